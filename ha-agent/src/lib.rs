@@ -1,0 +1,9 @@
+//! ha-agent: the userspace side of the XDP-accelerated HA failover system.
+//!
+//! Module map:
+//! - [`dataplane`]: loads the embedded XDP object, attaches programs to
+//!   interfaces (native mode, generic only as a logged fallback) and reads maps.
+//! - [`cli`]: the operator command line (`ha-agent <command>`).
+
+pub mod cli;
+pub mod dataplane;

@@ -1,0 +1,21 @@
+//! `ha-agent` binary: parses the command line, sets up logging, runs the command.
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HA_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = ha_agent::cli::Cli::parse();
+    match ha_agent::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ha-agent: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! XDP programs of the HA data plane.
+//!
+//! Entry points are thin: they call a `try_` function and turn an error into a
+//! verdict. Every packet byte is read through [`ptr_at`], the one bounds check.
+//!
+//! The crate is only meant for `bpfel-unknown-none`; on the host (clippy, rustdoc)
+//! it builds as an ordinary binary with an empty `main`, because the host build of
+//! its dependencies links `std` and would clash with our panic handler.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod probe;
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+
+/// Returns a pointer to a `T` at `offset` bytes into the frame, or `Err` when the
+/// frame is too short to hold it.
+///
+/// The comparison against `data_end` is what the verifier needs to see before
+/// any access to packet memory.
+#[inline(always)]
+pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let len = mem::size_of::<T>();
+    if start + offset + len > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path to here.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+/// GPL-compatible license so the programs may use GPL-only helpers
+/// (`bpf_ktime_get_ns`, ring buffers, ...).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

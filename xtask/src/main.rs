@@ -1,0 +1,78 @@
+//! Project automation, run as `cargo xtask <command>` (alias in .cargo/config.toml).
+//!
+//! - `setup`: installs every prerequisite, idempotently (Debian packages,
+//!   rust-src for nightly, bpf-linker against LLVM 22).
+//! - `build-ebpf`: builds the XDP object and prints its path.
+//! - `test`: setup, build, fmt, clippy, unit tests, privileged integration tests.
+//! - `lab`: the failover lab; `lab down` removes leftovers of any lab.
+
+mod build;
+mod lab;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, test and lab automation for ha-agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install every prerequisite (as root): Debian packages, rust-src for the
+    /// nightly toolchain, bpf-linker built against LLVM 22. Skips what is there.
+    Setup,
+    /// Build the XDP programs for the BPF target and print the object's path.
+    BuildEbpf,
+    /// Setup, build-ebpf, fmt --check, clippy -D warnings, unit tests, then the
+    /// privileged integration tests (root required unless --unprivileged).
+    Test(test::TestArgs),
+    /// The failover lab (`cargo xtask lab`), or `cargo xtask lab down`.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => build::build_ebpf().map(|path| println!("{}", path.display())),
+        Command::Test(args) => test::run(&args),
+        Command::Lab(args) => lab::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The cargo that runs us (so nested builds use the same toolchain).
+fn cargo() -> std::process::Command {
+    std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs a command inheriting stdio; a failure names the step.
+fn run_step(step: &str, cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {step}");
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("{step}: cannot start {:?}: {e}", cmd.get_program()))?;
+    if !status.success() {
+        anyhow::bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+/// True when running as root.
+fn is_root() -> bool {
+    // SAFETY: plain syscall without arguments.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,216 @@
+//! `cargo xtask setup`: installs every prerequisite on a fresh Debian machine, as
+//! root, idempotently. Each step checks first and says what it does.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::{is_root, run_step};
+
+/// Debian packages and why the project needs them.
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "llvm-22-dev",
+        "LLVM 22, which bpf-linker links against (the nightly's LLVM)",
+    ),
+    (
+        "iproute2",
+        "ip: namespaces, veths, bridges for the lab and tests",
+    ),
+    ("iputils-ping", "ping: reachability checks in tests"),
+    (
+        "nftables",
+        "nft: the stateful firewall ruleset on the lab firewalls",
+    ),
+    ("conntrack", "conntrack: inspect kernel connection tracking"),
+    (
+        "conntrackd",
+        "conntrackd: the state-sync daemon we compare against",
+    ),
+    (
+        "keepalived",
+        "keepalived: the VRRP peer we interoperate and compare with",
+    ),
+    ("bpftool", "bpftool: inspect our pinned programs and maps"),
+    ("tcpdump", "tcpdump: capture VRRP/ARP in lab tests"),
+    ("iperf3", "iperf3: traffic for benchmarks"),
+    ("xdp-tools", "xdp-loader/xdpdump: XDP diagnostics"),
+];
+
+/// Where bpf-linker finds LLVM 22.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    debian_packages()?;
+    services_off()?;
+    rust_src()?;
+    bpf_linker()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn need_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("{what} needs root: run `cargo xtask setup` as root (e.g. with sudo)");
+    }
+    Ok(())
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"ii"))
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<_> = PACKAGES.iter().filter(|(p, _)| !is_installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("xtask: Debian packages: all {} installed", PACKAGES.len());
+        return Ok(());
+    }
+    for (package, why) in &missing {
+        eprintln!("xtask: will install {package}: {why}");
+    }
+    need_root("installing Debian packages")?;
+    run_step(
+        "apt-get update",
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    run_step(
+        "apt-get install",
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|(p, _)| p))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// keepalived and conntrackd are installed as tools for the lab; their Debian
+/// services must not run on the host (they would speak VRRP/sync on real
+/// interfaces). Only acts where systemd is running.
+fn services_off() -> anyhow::Result<()> {
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        return Ok(());
+    }
+    for unit in ["keepalived.service", "conntrackd.service"] {
+        let enabled = Command::new("systemctl")
+            .args(["is-enabled", "--quiet", unit])
+            .status()
+            .is_ok_and(|s| s.success());
+        let active = Command::new("systemctl")
+            .args(["is-active", "--quiet", unit])
+            .status()
+            .is_ok_and(|s| s.success());
+        if enabled || active {
+            need_root("disabling the host's keepalived/conntrackd services")?;
+            run_step(
+                &format!("disable host service {unit} (the lab runs its own instances)"),
+                Command::new("systemctl").args(["disable", "--now", unit]),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let toolchains = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("running rustup (is it installed and on PATH?)")?;
+    if !String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
+        run_step(
+            "install the nightly toolchain (the XDP programs need it)",
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+        )?;
+    }
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup component list")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        eprintln!("xtask: rust-src (nightly): installed");
+        return Ok(());
+    }
+    run_step(
+        "rustup component add rust-src --toolchain nightly (build-std for the BPF target)",
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+    )
+}
+
+/// True when `bpf-linker` runs and links LLVM 22 (a linker built against
+/// another LLVM emits objects the nightly's bitcode does not match).
+fn bpf_linker_ok() -> bool {
+    let Ok(path) = which_bpf_linker() else {
+        return false;
+    };
+    let runs = Command::new(&path)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let llvm22 = Command::new("ldd")
+        .arg(&path)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libLLVM.so.22"));
+    runs && llvm22
+}
+
+fn which_bpf_linker() -> anyhow::Result<std::path::PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", "command -v bpf-linker"])
+        .output()?;
+    if !out.status.success() {
+        bail!("bpf-linker not on PATH");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().into())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if bpf_linker_ok() {
+        eprintln!("xtask: bpf-linker (LLVM 22): installed");
+        return Ok(());
+    }
+    if !std::path::Path::new(LLVM_PREFIX)
+        .join("bin/llvm-config")
+        .exists()
+    {
+        bail!(
+            "bpf-linker needs LLVM 22 in {LLVM_PREFIX}: install llvm-22-dev (cargo xtask setup does, as root)"
+        );
+    }
+    run_step(
+        "cargo install bpf-linker against LLVM 22 (takes a minute or two)",
+        crate::cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--force",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )?;
+    if !bpf_linker_ok() {
+        bail!(
+            "bpf-linker was installed but does not run or does not link LLVM 22; is ~/.cargo/bin on PATH?"
+        );
+    }
+    Ok(())
+}

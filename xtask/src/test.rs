@@ -1,0 +1,162 @@
+//! `cargo xtask test`: everything CI checks, in order, stopping at the first
+//! failure: setup, build-ebpf, fmt, clippy, unit tests, privileged integration
+//! tests; then a one-line summary of every test run.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::Stdio,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, is_root, run_step};
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Skip the privileged integration tests (namespaces, XDP) instead of
+    /// failing when not root.
+    #[arg(long)]
+    unprivileged: bool,
+}
+
+/// Counts from cargo test's `test result:` lines.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds the counts of one `test result: ok. 4 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    if !is_root() && !args.unprivileged {
+        bail!(
+            "the integration tests create network namespaces and load XDP programs, which needs root: \
+             run `cargo xtask test` as root, or `cargo xtask test --unprivileged` to skip them"
+        );
+    }
+    crate::setup::run()?;
+    let object = crate::build::build_ebpf_only()?;
+    eprintln!("xtask: XDP object: {}", object.display());
+    run_step(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
+    run_step(
+        "cargo clippy -D warnings",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+
+    let mut tally = Tally::default();
+    cargo_test(
+        "unit tests",
+        &[
+            "--workspace",
+            "--exclude",
+            "ha-tests",
+            "--exclude",
+            "ha-ebpf",
+        ],
+        &mut tally,
+    )?;
+    if args.unprivileged {
+        eprintln!("xtask: skipping the privileged integration tests (--unprivileged)");
+    } else {
+        let before = ha_lab::list_netns(ha_lab::PREFIX)?;
+        let result = cargo_test(
+            "privileged integration tests",
+            &["--package", "ha-tests"],
+            &mut tally,
+        );
+        let leaked: Vec<_> = ha_lab::list_netns(ha_lab::PREFIX)?
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect();
+        if !leaked.is_empty() {
+            ha_lab::down_prefix(ha_lab::PREFIX).ok();
+            bail!(
+                "the integration tests left namespaces behind (now removed): {}",
+                leaked.join(" ")
+            );
+        }
+        result?;
+    }
+    println!(
+        "\nxtask test finished in {:.0}s\nsummary: {} passed, {} failed, {} skipped",
+        start.elapsed().as_secs_f64(),
+        tally.passed,
+        tally.failed,
+        tally.ignored
+    );
+    Ok(())
+}
+
+/// Runs `cargo test <args>`, echoing its output and adding its results to `tally`.
+fn cargo_test(step: &str, args: &[&str], tally: &mut Tally) -> anyhow::Result<()> {
+    eprintln!("xtask: {step}");
+    let mut child = cargo()
+        .arg("test")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{step}: starting cargo test"))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        tally.add_line(&line);
+        writeln!(out, "{line}").ok();
+    }
+    drop(out);
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_reads_cargo_test_result_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 4 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.19s");
+        t.add_line(
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 5 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (6, 3, 1));
+    }
+}
