@@ -1,11 +1,13 @@
 //! The operator command line: `ha-agent <command>`.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
 
-use crate::dataplane::Dataplane;
+use crate::dataplane::{
+    Dataplane, LinkSettings, LoadOptions, inspect::Snapshot, pin_dir, probe::Probe,
+};
 
 /// XDP-accelerated HA failover agent and operator CLI.
 #[derive(Debug, Parser)]
@@ -17,6 +19,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show the pinned data plane: VIPs and ownership, lease, last advert per
+    /// VRID, flows, verdict counters. Needs no running agent.
+    ///
+    /// Example: `ha-agent maps --instance ha --top 20 --json`
+    Maps {
+        /// Instance name (pins under /sys/fs/bpf/<instance>).
+        #[arg(long, default_value = "ha")]
+        instance: String,
+        /// How many of the busiest flows to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load, attach and pin the XDP data plane, or remove it.
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
     /// Attach the probe XDP program to an interface for a while and print what it
     /// counted (frames, ICMP echo requests/replies): a check that XDP loads and
     /// sees traffic on this machine.
@@ -31,23 +51,190 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DataplaneCommand {
+    /// Load and pin the programs (if not pinned yet), attach `ha_link` to the HA
+    /// interface and `ha_data` to the data interfaces, and set the filter and VIP
+    /// tables. Ownership is not changed: the election decides it.
+    ///
+    /// Example: `ha-agent dataplane attach --ha-iface ha0 --data-iface lan0
+    /// --peer 10.255.0.2 --vrid 51 --sync-port 7788 --mgmt tcp/22 --vip 10.0.0.1`
+    Attach(AttachArgs),
+    /// Detach every program and remove every pin of the instance.
+    Detach {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Instance name (pins under /sys/fs/bpf/<instance>).
+    #[arg(long, default_value = "ha")]
+    instance: String,
+    /// The dedicated HA interface (gets `ha_link`).
+    #[arg(long)]
+    ha_iface: Option<String>,
+    /// Data interfaces (get `ha_data`), repeatable.
+    #[arg(long = "data-iface")]
+    data_ifaces: Vec<String>,
+    /// Peer address allowed to send VRRP and sync on the HA link, repeatable.
+    #[arg(long = "peer")]
+    peers: Vec<Ipv4Addr>,
+    /// VRID this node runs, repeatable.
+    #[arg(long = "vrid")]
+    vrids: Vec<u8>,
+    /// UDP port of state-sync frames on the HA link.
+    #[arg(long, default_value_t = 0)]
+    sync_port: u16,
+    /// Management service allowed on the HA link, `tcp/22` or `udp/161`, repeatable.
+    #[arg(long = "mgmt", value_parser = parse_mgmt)]
+    mgmt: Vec<(u8, u16)>,
+    /// VIP, `ADDR` (group 0) or `ADDR@GROUP`, repeatable.
+    #[arg(long = "vip", value_parser = parse_vip)]
+    vips: Vec<(Ipv4Addr, u32)>,
+    /// Enable debug logging inside the XDP programs (costs per packet; only at
+    /// first load).
+    #[arg(long)]
+    xdp_debug: bool,
+}
+
+fn parse_mgmt(s: &str) -> Result<(u8, u16), String> {
+    let (proto, port) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected tcp/PORT or udp/PORT"))?;
+    let proto = match proto {
+        "tcp" => 6,
+        "udp" => 17,
+        other => return Err(format!("{s:?}: protocol {other:?} is not tcp or udp")),
+    };
+    let port = port
+        .parse()
+        .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+    Ok((proto, port))
+}
+
+fn parse_vip(s: &str) -> Result<(Ipv4Addr, u32), String> {
+    let (addr, group) = s.split_once('@').unwrap_or((s, "0"));
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
+    let group: u32 = group
+        .parse()
+        .map_err(|_| format!("{s:?}: group {group:?} is not a number"))?;
+    if group >= ha_common::data::MAX_GROUPS {
+        return Err(format!("{s:?}: group {group} is out of range 0..63"));
+    }
+    Ok((addr, group))
+}
+
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Maps {
+            instance,
+            top,
+            json,
+        } => maps(&instance, top, json),
+        Command::Dataplane(DataplaneCommand::Attach(args)) => attach(&args),
+        Command::Dataplane(DataplaneCommand::Detach { instance }) => {
+            if Dataplane::detach_all(&instance)? {
+                println!("detached and removed {}", pin_dir(&instance).display());
+            } else {
+                println!("nothing pinned at {}", pin_dir(&instance).display());
+            }
+            Ok(())
+        }
         Command::Probe { iface, seconds } => probe(&iface, Duration::from_secs(seconds)).await,
     }
 }
 
+fn maps(instance: &str, top: usize, json: bool) -> anyhow::Result<()> {
+    let snapshot = Snapshot::read(instance, top)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{snapshot}");
+    }
+    Ok(())
+}
+
+fn attach(a: &AttachArgs) -> anyhow::Result<()> {
+    if a.ha_iface.is_none() && a.data_ifaces.is_empty() {
+        bail!("nothing to attach: give --ha-iface and/or --data-iface");
+    }
+    let mut dp = Dataplane::create_or_open(
+        &a.instance,
+        LoadOptions {
+            xdp_debug: a.xdp_debug,
+        },
+    )?;
+    dp.set_link_settings(&LinkSettings {
+        peers: a.peers.clone(),
+        vrids: a.vrids.clone(),
+        sync_port: a.sync_port,
+        mgmt: a.mgmt.clone(),
+    })?;
+    dp.set_vips(&a.vips)?;
+    let ifaces = a
+        .ha_iface
+        .iter()
+        .map(|i| (true, i))
+        .chain(a.data_ifaces.iter().map(|i| (false, i)));
+    for (is_link, iface) in ifaces {
+        let (program, mode) = if is_link {
+            ("ha_link", dp.attach_link(iface))
+        } else {
+            ("ha_data", dp.attach_data(iface))
+        };
+        match mode.with_context(|| format!("attach {program} to {iface}"))? {
+            Some(mode) => println!("{program} attached to {iface} ({mode} mode)"),
+            None => println!("{program} already attached to {iface}"),
+        }
+    }
+    println!(
+        "pinned at {}; `ha-agent maps --instance {}` shows it",
+        dp.dir().display(),
+        a.instance
+    );
+    Ok(())
+}
+
 async fn probe(iface: &str, duration: Duration) -> anyhow::Result<()> {
-    let mut dataplane = Dataplane::load()?;
-    let mode = dataplane
-        .attach_probe(iface)
+    let mut probe = Probe::load()?;
+    let mode = probe
+        .attach(iface)
         .with_context(|| format!("probe on {iface}"))?;
     println!(
         "probe attached to {iface} ({mode} mode), counting for {}s",
         duration.as_secs()
     );
     tokio::time::sleep(duration).await;
-    println!("{}", dataplane.probe_counters()?);
+    println!("{}", probe.probe_counters()?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mgmt_and_vip_arguments_parse_or_say_why() {
+        assert_eq!(parse_mgmt("tcp/22"), Ok((6, 22)));
+        assert_eq!(parse_mgmt("udp/161"), Ok((17, 161)));
+        assert!(parse_mgmt("sctp/1").unwrap_err().contains("not tcp or udp"));
+        assert!(parse_mgmt("tcp/x").unwrap_err().contains("not a port"));
+        assert_eq!(parse_vip("10.0.0.1"), Ok((Ipv4Addr::new(10, 0, 0, 1), 0)));
+        assert_eq!(parse_vip("10.0.0.1@3"), Ok((Ipv4Addr::new(10, 0, 0, 1), 3)));
+        assert!(
+            parse_vip("10.0.0.300")
+                .unwrap_err()
+                .contains("not an IPv4 address")
+        );
+        assert!(
+            parse_vip("10.0.0.1@64")
+                .unwrap_err()
+                .contains("out of range")
+        );
+    }
 }

@@ -9,6 +9,9 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod data;
+mod hdr;
+mod link;
 mod probe;
 
 use core::mem;
@@ -29,6 +32,23 @@ pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()>
         return Err(());
     }
     Ok((start + offset) as *const T)
+}
+
+/// Copies a `T` at `offset` bytes into the frame, or `Err` when the frame is too
+/// short. Headers are small; reading them by value keeps `unsafe` in one place.
+#[inline(always)]
+pub(crate) fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
+    let ptr = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes at `ptr` lie inside the
+    // frame; `read_unaligned` copes with any alignment.
+    Ok(unsafe { ptr.read_unaligned() })
+}
+
+/// `bpf_ktime_get_ns`: CLOCK_MONOTONIC, the clock the agent writes leases in.
+#[inline(always)]
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: helper without arguments or side effects.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
 #[cfg(target_arch = "bpf")]

@@ -11,7 +11,7 @@ use network_types::{
     ip::{IpProto, Ipv4Hdr},
 };
 
-use crate::ptr_at;
+use crate::read;
 
 #[btf_map]
 static HA_PROBE_COUNTERS: PerCpuArray<u64, { PROBE_COUNTERS as usize }> = PerCpuArray::new();
@@ -36,18 +36,16 @@ fn count(counter: ProbeCounter) {
 /// Which counter, besides `Frames`, this frame belongs to.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Option<ProbeCounter> {
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Ok(eth) = read::<EthHdr>(ctx, 0) else {
         return Some(ProbeCounter::Truncated);
     };
-    // SAFETY: `ptr_at` checked the header lies inside the frame.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+    if eth.ether_type != EtherType::Ipv4 as u16 {
         return None;
     }
-    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+    let Ok(ip) = read::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
         return Some(ProbeCounter::Truncated);
     };
-    // SAFETY: as above.
-    let (vihl, proto) = unsafe { ((*ip).vihl, (*ip).proto) };
+    let (vihl, proto) = (ip.vihl, ip.proto);
     if proto != IpProto::Icmp as u8 {
         return None;
     }
@@ -55,11 +53,10 @@ fn classify(ctx: &XdpContext) -> Option<ProbeCounter> {
     if ihl < Ipv4Hdr::LEN {
         return Some(ProbeCounter::Truncated);
     }
-    let Ok(icmp) = ptr_at::<Icmpv4Hdr>(ctx, EthHdr::LEN + ihl) else {
+    let Ok(icmp) = read::<Icmpv4Hdr>(ctx, EthHdr::LEN + ihl) else {
         return Some(ProbeCounter::Truncated);
     };
-    // SAFETY: as above.
-    match unsafe { (*icmp).type_ } {
+    match icmp.type_ {
         8 => Some(ProbeCounter::Ipv4EchoRequest),
         0 => Some(ProbeCounter::Ipv4EchoReply),
         _ => None,

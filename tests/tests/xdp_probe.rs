@@ -2,7 +2,7 @@
 //! object, attaches the probe in native mode to a veth inside a namespace, and
 //! its per-CPU map counts exactly the ICMP echo requests a ping sent.
 
-use ha_agent::dataplane::{AttachMode, Dataplane};
+use ha_agent::dataplane::{AttachMode, probe::Probe};
 use ha_common::probe::ProbeCounter;
 use ha_lab::Lab;
 use ha_tests::require_root;
@@ -21,8 +21,8 @@ fn probe_counts_exactly_the_pings_sent() {
 
     let (mode, before, after) = lab
         .run_in("target", || {
-            let mut dp = Dataplane::load().expect("load the embedded XDP object");
-            let mode = dp.attach_probe("eth0").expect("attach the probe to eth0");
+            let mut dp = Probe::load().expect("load the embedded XDP object");
+            let mode = dp.attach("eth0").expect("attach the probe to eth0");
             let before = dp.probe_counters().unwrap();
             let out = lab
                 .exec(
@@ -64,8 +64,8 @@ fn attach_to_missing_interface_names_it() {
     lab.add_netns("n").unwrap();
     let err = lab
         .run_in("n", || {
-            let mut dp = Dataplane::load().unwrap();
-            dp.attach_probe("nosuch0").unwrap_err()
+            let mut dp = Probe::load().unwrap();
+            dp.attach("nosuch0").unwrap_err()
         })
         .unwrap();
     let text = format!("{err:#}");

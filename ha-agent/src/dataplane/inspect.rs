@@ -1,0 +1,245 @@
+//! Read-only view of a pinned data plane for the operator CLI (`ha-agent maps`).
+//! Works without a running agent: everything comes from the pins.
+
+use std::{fmt, net::Ipv4Addr, path::Path};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use ha_common::{
+    addr_octets,
+    data::{self, DataVerdict, Ownership, VipEntry},
+    flow::{self, FlowKey, FlowState, TcpState},
+    link::{self, AdvertStamp, LinkVerdict},
+};
+use serde::Serialize;
+
+use super::{DataplaneError, monotonic_ns, open_map, pin_dir};
+
+/// Everything `ha-agent maps` shows.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// The pin directory read.
+    pub dir: String,
+    /// Bit `g` set: this node owns group `g` (as written; see `lease_ms`).
+    pub ownership_groups: u64,
+    /// Lease remaining in ms; `None` = no lease (never lapses); 0 = lapsed.
+    pub lease_remaining_ms: Option<f64>,
+    /// The VIP table with effective ownership.
+    pub vips: Vec<VipView>,
+    /// Last advert per VRID that has seen one.
+    pub adverts: Vec<AdvertView>,
+    /// Flows in the flow table.
+    pub flow_count: usize,
+    /// The busiest flows by bytes.
+    pub top_flows: Vec<FlowView>,
+    /// `ha_link` verdicts by reason (summed over CPUs).
+    pub link_verdicts: Vec<(String, u64)>,
+    /// `ha_data` verdicts and flow counters by reason.
+    pub data_verdicts: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VipView {
+    pub vip: Ipv4Addr,
+    pub group: u32,
+    pub owner: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AdvertView {
+    pub vrid: u8,
+    pub age_ms: f64,
+    pub priority: u8,
+    pub source: Ipv4Addr,
+    pub interval_cs: u16,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlowView {
+    pub proto: &'static str,
+    pub lo: String,
+    pub hi: String,
+    pub state: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub idle_ms: f64,
+}
+
+fn ns_to_ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+impl Snapshot {
+    /// Reads the data plane pinned for `instance`; `top` busiest flows.
+    pub fn read(instance: &str, top: usize) -> Result<Snapshot, DataplaneError> {
+        Self::read_dir(&pin_dir(instance), top)
+    }
+
+    fn read_dir(dir: &Path, top: usize) -> Result<Snapshot, DataplaneError> {
+        if !dir.join("maps").exists() {
+            return Err(DataplaneError::NotPinned(dir.to_owned()));
+        }
+        let now = monotonic_ns();
+        let map_err = |map| move |source| DataplaneError::Map { map, source };
+
+        let own: Array<MapData, Ownership> = open_map(dir, data::OWNERSHIP_MAP)?;
+        let own = own.get(&0, 0).map_err(map_err(data::OWNERSHIP_MAP))?;
+        let lease_remaining_ms = (own.lease_expires_ns != u64::MAX)
+            .then(|| ns_to_ms(own.lease_expires_ns.saturating_sub(now)));
+
+        let vips_map: HashMap<MapData, u32, VipEntry> = open_map(dir, data::VIPS_MAP)?;
+        let mut vips: Vec<VipView> = vips_map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(addr, e)| VipView {
+                vip: Ipv4Addr::from(addr_octets(addr)),
+                group: e.group,
+                owner: own.owns(e.group, now),
+            })
+            .collect();
+        vips.sort_by_key(|v| (v.group, v.vip));
+
+        let adverts_map: Array<MapData, AdvertStamp> = open_map(dir, link::ADVERTS_MAP)?;
+        let adverts = (0..=255u8)
+            .filter_map(|vrid| {
+                let s = adverts_map.get(&u32::from(vrid), 0).ok()?;
+                (s.last_ns != 0).then(|| AdvertView {
+                    vrid,
+                    age_ms: ns_to_ms(now.saturating_sub(s.last_ns)),
+                    priority: s.priority,
+                    source: Ipv4Addr::from(addr_octets(s.src_addr)),
+                    interval_cs: s.interval_cs,
+                    count: s.count,
+                })
+            })
+            .collect();
+
+        let flows_map: HashMap<MapData, FlowKey, FlowState> = open_map(dir, flow::FLOWS_MAP)?;
+        let mut flows: Vec<(FlowKey, FlowState)> =
+            flows_map.iter().filter_map(Result::ok).collect();
+        let flow_count = flows.len();
+        flows.sort_by_key(|(_, s)| std::cmp::Reverse(s.bytes));
+        let top_flows = flows
+            .iter()
+            .take(top)
+            .map(|(k, s)| flow_view(k, s, now))
+            .collect();
+
+        Ok(Snapshot {
+            dir: dir.display().to_string(),
+            ownership_groups: own.groups,
+            lease_remaining_ms,
+            vips,
+            adverts,
+            flow_count,
+            top_flows,
+            link_verdicts: counters(
+                dir,
+                link::VERDICTS_MAP,
+                LinkVerdict::ALL.iter().map(|v| (*v as u32, v.name())),
+            )?,
+            data_verdicts: counters(
+                dir,
+                data::VERDICTS_MAP,
+                DataVerdict::ALL.iter().map(|v| (*v as u32, v.name())),
+            )?,
+        })
+    }
+}
+
+fn flow_view(k: &FlowKey, s: &FlowState, now: u64) -> FlowView {
+    let ep = |a: u32, p: u16| {
+        let ip = Ipv4Addr::from(addr_octets(a));
+        if k.proto == flow::PROTO_ICMP {
+            format!("{ip} id {p}")
+        } else {
+            format!("{ip}:{p}")
+        }
+    };
+    FlowView {
+        proto: match k.proto {
+            flow::PROTO_TCP => "tcp",
+            flow::PROTO_UDP => "udp",
+            _ => "icmp",
+        },
+        lo: ep(k.lo_addr, k.lo_port),
+        hi: ep(k.hi_addr, k.hi_port),
+        state: TcpState::from_u8(s.state).map_or("?", TcpState::name),
+        packets: s.packets,
+        bytes: s.bytes,
+        idle_ms: ns_to_ms(now.saturating_sub(s.last_ns)),
+    }
+}
+
+/// Per-CPU counters summed, named.
+pub fn counters(
+    dir: &Path,
+    map: &'static str,
+    names: impl Iterator<Item = (u32, &'static str)>,
+) -> Result<Vec<(String, u64)>, DataplaneError> {
+    let arr: PerCpuArray<MapData, u64> = open_map(dir, map)?;
+    names
+        .map(|(i, name)| {
+            let v = arr
+                .get(&i, 0)
+                .map_err(|source| DataplaneError::Map { map, source })?;
+            Ok((name.to_owned(), v.iter().sum()))
+        })
+        .collect()
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "data plane pinned at {}", self.dir)?;
+        let lease = match self.lease_remaining_ms {
+            None => "no lease".to_owned(),
+            Some(ms) if ms <= 0.0 => "lease LAPSED".to_owned(),
+            Some(ms) => format!("lease {ms:.0} ms remaining"),
+        };
+        writeln!(f, "ownership: groups {:#x}, {lease}", self.ownership_groups)?;
+        writeln!(f, "VIPs ({}):", self.vips.len())?;
+        for v in &self.vips {
+            writeln!(
+                f,
+                "  {:<15}  group {:<2}  owner {}",
+                v.vip,
+                v.group,
+                if v.owner { "yes" } else { "no" }
+            )?;
+        }
+        writeln!(f, "last advert per VRID:")?;
+        if self.adverts.is_empty() {
+            writeln!(f, "  none seen")?;
+        }
+        for a in &self.adverts {
+            writeln!(
+                f,
+                "  vrid {:<3}  {:>9.1} ms ago  priority {:<3}  from {:<15}  interval {} cs  ({} adverts)",
+                a.vrid, a.age_ms, a.priority, a.source, a.interval_cs, a.count
+            )?;
+        }
+        writeln!(
+            f,
+            "flows: {} (busiest {} by bytes)",
+            self.flow_count,
+            self.top_flows.len()
+        )?;
+        for fl in &self.top_flows {
+            writeln!(
+                f,
+                "  {:<4} {:<21} <-> {:<21} {:<11} {:>8} pkts {:>12} bytes  idle {:.0} ms",
+                fl.proto, fl.lo, fl.hi, fl.state, fl.packets, fl.bytes, fl.idle_ms
+            )?;
+        }
+        for (title, list) in [
+            ("ha_link verdicts", &self.link_verdicts),
+            ("ha_data verdicts", &self.data_verdicts),
+        ] {
+            writeln!(f, "{title}:")?;
+            for (name, n) in list.iter().filter(|(_, n)| *n > 0) {
+                writeln!(f, "  {name:<24} {n}")?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,672 @@
+//! The XDP data plane as seen from userspace: the embedded object, loading,
+//! attaching and pinning, the control API the election and sync code use, and
+//! read-only inspection for the operator CLI.
+//!
+//! Everything the data plane needs to keep forwarding is pinned under
+//! `/sys/fs/bpf/<instance>/` (`maps/`, `progs/`, `links/<program>@<iface>`), so
+//! an agent that exits or restarts interrupts nothing: [`Dataplane::open`]
+//! re-opens the pins, and only `ha-agent dataplane detach` removes them.
+
+pub mod events;
+pub mod inspect;
+pub mod probe;
+
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    EbpfError, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError},
+    programs::{ProgramError, Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
+};
+use ha_common::{
+    addr_from_octets,
+    data::{self, DATA_FLAG_TRACK_FLOWS, DataConfig, MAX_GROUPS, Ownership, VipEntry},
+    flow,
+    link::{self, LinkConfig, MgmtPort},
+};
+use tracing::{info, warn};
+
+/// The XDP object built by `build.rs` from `ha-ebpf`, embedded so the agent binary
+/// is self-contained.
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ha-ebpf"));
+
+/// The embedded XDP object (an ELF file for `bpfel-unknown-none`).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
+/// Where bpffs is (or gets) mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Errors of the data plane, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The kernel refused the object (verifier, missing privileges, BTF, ...).
+    #[error("loading the XDP object failed (are you root?)")]
+    Load(#[source] EbpfError),
+    /// The object lacks a program the agent expects: a build mismatch.
+    #[error("the XDP object has no program {0}")]
+    MissingProgram(&'static str),
+    /// The object lacks a map the agent expects: a build mismatch.
+    #[error("the XDP object has no map {0}")]
+    MissingMap(&'static str),
+    /// Verifying/loading one program failed.
+    #[error("loading XDP program {program} failed")]
+    LoadProgram {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// Attaching to an interface failed in both native and generic mode.
+    #[error("attaching XDP program {program} to {iface} failed")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// Reading or writing a map failed.
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// Nothing is pinned for this instance.
+    #[error("no data plane is pinned at {0} (attach one with `ha-agent dataplane attach`)")]
+    NotPinned(PathBuf),
+    /// Pinning, mounting bpffs or removing pins failed.
+    #[error("{what} {path}: {source}")]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A value the caller passed is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How a program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (native XDP): the fast path we want.
+    Native,
+    /// In the generic (SKB) path: works everywhere, costs more per packet.
+    Generic,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// Attaches a loaded program to `iface` (current network namespace): native
+/// mode first, generic mode as a logged fallback.
+pub(crate) fn attach_xdp(
+    prog: &mut Xdp,
+    program: &'static str,
+    iface: &str,
+) -> Result<(AttachMode, XdpLinkId), DataplaneError> {
+    let attach_err = |source| DataplaneError::Attach {
+        program,
+        iface: iface.to_owned(),
+        source,
+    };
+    match prog.attach(iface, XdpMode::Driver) {
+        Ok(id) => {
+            info!(program, iface, mode = "native", "XDP program attached");
+            Ok((AttachMode::Native, id))
+        }
+        Err(err @ ProgramError::UnknownInterface { .. }) => Err(attach_err(err)),
+        Err(native_err) => {
+            warn!(program, iface, cause = %native_err,
+                "native XDP attach failed; falling back to generic mode (slower)");
+            let id = prog.attach(iface, XdpMode::Skb).map_err(attach_err)?;
+            info!(program, iface, mode = "generic", "XDP program attached");
+            Ok((AttachMode::Generic, id))
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mounts bpffs at [`BPFFS`] unless a bpffs is already there (as bpftool does).
+pub fn ensure_bpffs() -> Result<(), DataplaneError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = std::ffi::CString::new(BPFFS).expect("no NUL in a constant");
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL in a constant");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DataplaneError::Pin {
+            what: "mount bpffs at",
+            path: BPFFS.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    info!(path = BPFFS, "mounted bpffs");
+    Ok(())
+}
+
+/// The pin directory of an instance.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    Path::new(BPFFS).join(instance)
+}
+
+fn pin_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DataplaneError + 'a {
+    move |source| DataplaneError::Pin {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Opens a pinned map as a typed handle.
+pub(crate) fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = dir.join("maps").join(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotPinned(dir.to_owned()));
+    }
+    let map_err = |source| DataplaneError::Map { map: name, source };
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    T::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)
+}
+
+/// The maps every XDP program of the object uses, pinned under `maps/`.
+const PINNED_MAPS: &[&str] = &[
+    link::CONFIG_MAP,
+    link::PEERS_MAP,
+    link::VRIDS_MAP,
+    link::MGMT_MAP,
+    link::ADVERTS_MAP,
+    link::VERDICTS_MAP,
+    data::VIPS_MAP,
+    data::OWNERSHIP_MAP,
+    data::CONFIG_MAP,
+    data::VERDICTS_MAP,
+    flow::FLOWS_MAP,
+    flow::EVENTS_MAP,
+];
+
+/// Load-time options (they cannot change without reloading the programs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Enable debug logging from the XDP programs (aya-log; costs per packet).
+    pub xdp_debug: bool,
+}
+
+/// Flow-tracking settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSettings {
+    /// Emit events at all.
+    pub track: bool,
+    /// Re-emit an active flow this long after its last event.
+    pub refresh: Duration,
+    /// Wake the agent once this many bytes of events wait; below, it drains on
+    /// its own timer.
+    pub wakeup_bytes: u64,
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        FlowSettings {
+            track: true,
+            // conntrack's shortest established-UDP timeout is 120 s; a refresh
+            // every 10 s keeps the peer's entry alive with a wide margin.
+            refresh: Duration::from_secs(10),
+            // 1/16 of the ring: a burst wakes the agent early; at low rates the
+            // drain timer keeps lag at a millisecond.
+            wakeup_bytes: u64::from(flow::EVENTS_BYTES / 16),
+        }
+    }
+}
+
+/// HA-link filter settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Peers allowed to send VRRP and sync frames.
+    pub peers: Vec<Ipv4Addr>,
+    /// VRIDs this node runs.
+    pub vrids: Vec<u8>,
+    /// UDP port of sync frames (0: none).
+    pub sync_port: u16,
+    /// Management services reachable over the HA link: (IP protocol, port).
+    pub mgmt: Vec<(u8, u16)>,
+}
+
+/// Control handle on a pinned data plane.
+pub struct Dataplane {
+    /// `/sys/fs/bpf/<instance>`: where everything is pinned.
+    dir: PathBuf,
+    /// The one word that decides ownership (and its lease).
+    ownership: Array<MapData, Ownership>,
+    /// VIP -> ownership group.
+    vips: HashMap<MapData, u32, VipEntry>,
+    /// Flow-tracking settings of `ha_data`.
+    data_config: Array<MapData, DataConfig>,
+    /// Sync port of `ha_link`.
+    link_config: Array<MapData, LinkConfig>,
+    /// Peer allow-list of `ha_link`.
+    peers: HashMap<MapData, u32, u32>,
+    /// Configured VRIDs of `ha_link`.
+    vrids: Array<MapData, u32>,
+    /// Management allow-list of `ha_link`.
+    mgmt: HashMap<MapData, MgmtPort, u32>,
+}
+
+impl fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Opens the data plane pinned for `instance`, loading and pinning the
+    /// programs and maps first if nothing is pinned yet. An existing pin set is
+    /// reused as it is (maps keep their contents, attached programs keep running).
+    pub fn create_or_open(instance: &str, opts: LoadOptions) -> Result<Self, DataplaneError> {
+        ensure_bpffs()?;
+        let dir = pin_dir(instance);
+        if !dir.join("maps").join(data::OWNERSHIP_MAP).exists() {
+            Self::load_and_pin(&dir, opts)?;
+        } else {
+            info!(dir = %dir.display(), "re-opening the pinned data plane");
+        }
+        Self::open_dir(dir)
+    }
+
+    /// Opens the data plane pinned for `instance`; fails if nothing is pinned.
+    pub fn open(instance: &str) -> Result<Self, DataplaneError> {
+        Self::open_dir(pin_dir(instance))
+    }
+
+    fn open_dir(dir: PathBuf) -> Result<Self, DataplaneError> {
+        Ok(Dataplane {
+            ownership: open_map(&dir, data::OWNERSHIP_MAP)?,
+            vips: open_map(&dir, data::VIPS_MAP)?,
+            data_config: open_map(&dir, data::CONFIG_MAP)?,
+            link_config: open_map(&dir, link::CONFIG_MAP)?,
+            peers: open_map(&dir, link::PEERS_MAP)?,
+            vrids: open_map(&dir, link::VRIDS_MAP)?,
+            mgmt: open_map(&dir, link::MGMT_MAP)?,
+            dir,
+        })
+    }
+
+    /// Loads the embedded object (verifying both programs) and pins programs and
+    /// maps under `dir`. Ownership starts empty: a fresh node owns nothing.
+    fn load_and_pin(dir: &Path, opts: LoadOptions) -> Result<(), DataplaneError> {
+        // aya-log's level byte: 0 = off, 4 = debug.
+        let level: u8 = if opts.xdp_debug { 4 } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &level, true)
+            .load(OBJECT)
+            .map_err(DataplaneError::Load)?;
+        for sub in ["maps", "progs", "links"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(pin_err("create pin directory", &path))?;
+        }
+        for program in [link::PROGRAM, data::PROGRAM] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(program)
+                .ok_or(DataplaneError::MissingProgram(program))?
+                .try_into()
+                .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+            prog.pin(dir.join("progs").join(program))
+                .map_err(|e| DataplaneError::Pin {
+                    what: "pin program",
+                    path: dir.join("progs").join(program),
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        for &name in PINNED_MAPS {
+            let path = dir.join("maps").join(name);
+            ebpf.map(name)
+                .ok_or(DataplaneError::MissingMap(name))?
+                .pin(&path)
+                .map_err(|e| DataplaneError::Pin {
+                    what: "pin map",
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        let mut config: Array<_, DataConfig> = Array::try_from(
+            ebpf.map_mut(data::CONFIG_MAP)
+                .ok_or(DataplaneError::MissingMap(data::CONFIG_MAP))?,
+        )
+        .map_err(|source| DataplaneError::Map {
+            map: data::CONFIG_MAP,
+            source,
+        })?;
+        config
+            .set(0, data_config(&FlowSettings::default()), 0)
+            .map_err(|source| DataplaneError::Map {
+                map: data::CONFIG_MAP,
+                source,
+            })?;
+        info!(dir = %dir.display(), xdp_debug = opts.xdp_debug, "XDP programs loaded and pinned");
+        Ok(())
+    }
+
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Attaches `ha_link` to the HA interface (no-op if already attached).
+    pub fn attach_link(&self, iface: &str) -> Result<Option<AttachMode>, DataplaneError> {
+        self.attach(link::PROGRAM, iface)
+    }
+
+    /// Attaches `ha_data` to a data interface (no-op if already attached).
+    pub fn attach_data(&self, iface: &str) -> Result<Option<AttachMode>, DataplaneError> {
+        self.attach(data::PROGRAM, iface)
+    }
+
+    /// Attaches the pinned `program` to `iface` and pins the link, so it stays
+    /// attached after we exit. Returns `None` when a link is already pinned.
+    fn attach(
+        &self,
+        program: &'static str,
+        iface: &str,
+    ) -> Result<Option<AttachMode>, DataplaneError> {
+        let link_path = self.dir.join("links").join(format!("{program}@{iface}"));
+        if link_path.exists() {
+            return Ok(None);
+        }
+        let prog_path = self.dir.join("progs").join(program);
+        let mut prog = Xdp::from_pin(&prog_path, aya_obj::programs::XdpAttachType::Interface)
+            .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+        let (mode, id) = attach_xdp(&mut prog, program, iface)?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Attach {
+                program,
+                iface: iface.to_owned(),
+                source,
+            })?;
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source: ProgramError::IOError(std::io::Error::other(format!(
+                "the kernel attached without a bpf_link, which cannot be pinned: {e}"
+            ))),
+        })?;
+        link.pin(&link_path).map_err(|e| DataplaneError::Pin {
+            what: "pin link",
+            path: link_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(Some(mode))
+    }
+
+    /// Runs the pinned `program` on `frame` with `BPF_PROG_TEST_RUN`, `repeat`
+    /// times; returns the XDP verdict and the mean time per run. For tests and
+    /// benchmarks: it goes through the real maps, so it counts and tracks.
+    pub fn test_run(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), DataplaneError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let prog = Xdp::from_pin(
+            self.dir.join("progs").join(program),
+            aya_obj::programs::XdpAttachType::Interface,
+        )
+        .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Detaches `program` from `iface` by removing its pinned link.
+    pub fn detach_iface(&self, program: &'static str, iface: &str) -> Result<bool, DataplaneError> {
+        let path = self.dir.join("links").join(format!("{program}@{iface}"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(pin_err("remove pinned link", &path)(e)),
+        }
+    }
+
+    /// Replaces the VIP table: adds what is new, updates changed groups, removes
+    /// what is gone. Ownership is untouched.
+    pub fn set_vips(&mut self, vips: &[(Ipv4Addr, u32)]) -> Result<(), DataplaneError> {
+        let map = data::VIPS_MAP;
+        let map_err = |source| DataplaneError::Map { map, source };
+        if vips.len() > data::MAX_VIPS as usize {
+            return Err(DataplaneError::Invalid(format!(
+                "{} VIPs: at most {} fit the VIP table",
+                vips.len(),
+                data::MAX_VIPS
+            )));
+        }
+        let mut want = std::collections::HashMap::new();
+        for &(addr, group) in vips {
+            if group >= MAX_GROUPS {
+                return Err(DataplaneError::Invalid(format!(
+                    "VIP {addr}: group {group} out of range 0..{MAX_GROUPS}"
+                )));
+            }
+            want.insert(addr_from_octets(addr.octets()), VipEntry { group, _pad: 0 });
+        }
+        let stale: Vec<u32> = self
+            .vips
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains_key(k))
+            .collect();
+        for (addr, entry) in &want {
+            self.vips.insert(addr, entry, 0).map_err(map_err)?;
+        }
+        for addr in stale {
+            self.vips.remove(&addr).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Sets which groups this node owns, with a lease: **one map write** that
+    /// flips every VIP of every group at once. `lease = None` never lapses.
+    pub fn set_ownership(
+        &mut self,
+        groups: u64,
+        lease: Option<Duration>,
+    ) -> Result<(), DataplaneError> {
+        let lease_expires_ns = match lease {
+            Some(lease) => monotonic_ns().saturating_add(lease.as_nanos() as u64),
+            None => u64::MAX,
+        };
+        self.ownership
+            .set(
+                0,
+                Ownership {
+                    groups,
+                    lease_expires_ns,
+                },
+                0,
+            )
+            .map_err(|source| DataplaneError::Map {
+                map: data::OWNERSHIP_MAP,
+                source,
+            })
+    }
+
+    /// Extends the lease of the current ownership (one map write).
+    pub fn renew_lease(&mut self, lease: Duration) -> Result<(), DataplaneError> {
+        let groups = self.ownership()?.groups;
+        self.set_ownership(groups, Some(lease))
+    }
+
+    /// The ownership word as the XDP programs see it.
+    pub fn ownership(&self) -> Result<Ownership, DataplaneError> {
+        self.ownership
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: data::OWNERSHIP_MAP,
+                source,
+            })
+    }
+
+    /// Sets the flow-tracking settings.
+    pub fn set_flow_settings(&mut self, settings: &FlowSettings) -> Result<(), DataplaneError> {
+        self.data_config
+            .set(0, data_config(settings), 0)
+            .map_err(|source| DataplaneError::Map {
+                map: data::CONFIG_MAP,
+                source,
+            })
+    }
+
+    /// Replaces the HA-link filter settings.
+    pub fn set_link_settings(&mut self, s: &LinkSettings) -> Result<(), DataplaneError> {
+        let cfg_err = |map| move |source| DataplaneError::Map { map, source };
+        if s.peers.len() > link::MAX_PEERS as usize || s.mgmt.len() > link::MAX_MGMT as usize {
+            return Err(DataplaneError::Invalid(format!(
+                "at most {} peers and {} management entries",
+                link::MAX_PEERS,
+                link::MAX_MGMT
+            )));
+        }
+        self.link_config
+            .set(
+                0,
+                LinkConfig {
+                    sync_port: s.sync_port,
+                    _pad: [0; 6],
+                },
+                0,
+            )
+            .map_err(cfg_err(link::CONFIG_MAP))?;
+        let peers: Vec<u32> = s
+            .peers
+            .iter()
+            .map(|a| addr_from_octets(a.octets()))
+            .collect();
+        replace_keys(&mut self.peers, peers.iter().map(|&k| (k, 1u32)))
+            .map_err(cfg_err(link::PEERS_MAP))?;
+        let mgmt: Vec<MgmtPort> = s
+            .mgmt
+            .iter()
+            .map(|&(proto, port)| MgmtPort {
+                proto,
+                _pad: 0,
+                port,
+            })
+            .collect();
+        replace_keys(&mut self.mgmt, mgmt.iter().map(|&k| (k, 1u32)))
+            .map_err(cfg_err(link::MGMT_MAP))?;
+        for vrid in 0..=255u8 {
+            let on = u32::from(s.vrids.contains(&vrid));
+            self.vrids
+                .set(u32::from(vrid), on, 0)
+                .map_err(cfg_err(link::VRIDS_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches every program and removes every pin of `instance`.
+    pub fn detach_all(instance: &str) -> Result<bool, DataplaneError> {
+        let dir = pin_dir(instance);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        // Links first (detaches the programs from the interfaces), then the rest.
+        for sub in ["links", "progs", "maps"] {
+            let path = dir.join(sub);
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                for entry in entries.flatten() {
+                    std::fs::remove_file(entry.path())
+                        .map_err(pin_err("remove pin", &entry.path()))?;
+                }
+            }
+            let _ = std::fs::remove_dir(&path);
+        }
+        std::fs::remove_dir(&dir).map_err(pin_err("remove pin directory", &dir))?;
+        Ok(true)
+    }
+}
+
+fn data_config(s: &FlowSettings) -> DataConfig {
+    DataConfig {
+        refresh_ns: s.refresh.as_nanos() as u64,
+        wakeup_bytes: s.wakeup_bytes,
+        flags: if s.track { DATA_FLAG_TRACK_FLOWS } else { 0 },
+        _pad: 0,
+    }
+}
+
+/// Makes `map`'s keys exactly `want`.
+fn replace_keys<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    want: impl Iterator<Item = (K, V)>,
+) -> Result<(), MapError>
+where
+    K: aya::Pod + PartialEq,
+    V: aya::Pod,
+{
+    let want: Vec<(K, V)> = want.collect();
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.iter().any(|(w, _)| w == k))
+        .collect();
+    for (k, v) in &want {
+        map.insert(k, v, 0)?;
+    }
+    for k in stale {
+        map.remove(&k)?;
+    }
+    Ok(())
+}

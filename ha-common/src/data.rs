@@ -1,0 +1,149 @@
+//! `ha_data`: XDP on every data interface (LAN, WAN, ...): the VIP ownership gate.
+//!
+//! VIPs map to an ownership group (0..63). One word says which groups this node
+//! owns, together with a lease deadline: a single map write flips every VIP, and
+//! ownership lapses by itself when the agent stops renewing it (fail-safe).
+//! Not owner: ARP whose target is a VIP, and IPv4 to a VIP, are dropped.
+
+use crate::impl_pod;
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM: &str = "ha_data";
+/// `HashMap<u32 addr, VipEntry>`: the VIP table.
+pub const VIPS_MAP: &str = "HA_DATA_VIPS";
+/// `Array<Ownership, 1>`: the one word that decides ownership.
+pub const OWNERSHIP_MAP: &str = "HA_DATA_OWNERSHIP";
+/// `Array<DataConfig, 1>`: flow-tracking settings.
+pub const CONFIG_MAP: &str = "HA_DATA_CONFIG";
+/// `PerCpuArray<u64, DATA_VERDICTS>`: counters by [`DataVerdict`].
+pub const VERDICTS_MAP: &str = "HA_DATA_VERDICTS";
+
+/// Most VIPs in the table.
+pub const MAX_VIPS: u32 = 4096;
+/// Ownership groups are bits of a `u64`.
+pub const MAX_GROUPS: u32 = 64;
+
+/// Value of the VIP table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipEntry {
+    /// Ownership group (bit index into [`Ownership::groups`]), 0..63.
+    pub group: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Which groups this node owns, and until when (slot 0 of [`OWNERSHIP_MAP`]).
+///
+/// Written as one `bpf_map_update_elem`. The XDP program treats a group as
+/// owned only while `now < lease_expires_ns` (`bpf_ktime_get_ns`, i.e.
+/// CLOCK_MONOTONIC); the agent renews the lease well before it runs out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Bit `g` set: this node owns group `g`.
+    pub groups: u64,
+    /// CLOCK_MONOTONIC ns after which ownership lapses; `u64::MAX` = no lease
+    /// (never lapses; only for tests and manual use).
+    pub lease_expires_ns: u64,
+}
+
+impl Ownership {
+    /// Whether group `group` is owned at monotonic time `now_ns`.
+    #[inline(always)]
+    pub const fn owns(&self, group: u32, now_ns: u64) -> bool {
+        group < MAX_GROUPS && self.groups & (1 << group) != 0 && now_ns < self.lease_expires_ns
+    }
+
+    /// Whether any group is owned at `now_ns` (flow tracking runs only then).
+    #[inline(always)]
+    pub const fn owns_any(&self, now_ns: u64) -> bool {
+        self.groups != 0 && now_ns < self.lease_expires_ns
+    }
+}
+
+/// Flow-tracking settings (slot 0 of [`CONFIG_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataConfig {
+    /// Re-emit a flow that stays active this long after its last event (ns);
+    /// 0 disables refresh events.
+    pub refresh_ns: u64,
+    /// Wake the agent when at least this many bytes wait in the ring buffer;
+    /// below that, events are submitted without a wakeup and the agent drains
+    /// on its own timer (batching).
+    pub wakeup_bytes: u64,
+    /// [`DATA_FLAG_TRACK_FLOWS`] and friends.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`DataConfig::flags`]: track flows and emit events (when owner).
+pub const DATA_FLAG_TRACK_FLOWS: u32 = 1;
+
+impl_pod!(VipEntry, Ownership, DataConfig);
+
+/// What `ha_data` did with a frame (index into [`VERDICTS_MAP`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataVerdict {
+    /// No VIP involved: passed untouched.
+    PassNoVip = 0,
+    /// ARP for a VIP we own.
+    PassArpOwner = 1,
+    /// IPv4 to a VIP we own.
+    PassIpv4Owner = 2,
+    /// ARP whose target is a VIP we do not own.
+    DropArpNotOwner = 3,
+    /// IPv4 to a VIP we do not own.
+    DropIpv4NotOwner = 4,
+    /// Our group bit is set but the lease ran out (the agent stopped renewing).
+    DropLeaseExpired = 5,
+    /// A flow seen for the first time (event emitted).
+    FlowNew = 6,
+    /// A TCP state change (event emitted).
+    FlowStateChange = 7,
+    /// A refresh of an active flow (event emitted).
+    FlowRefresh = 8,
+    /// An event lost because the ring buffer was full.
+    RingBufFull = 9,
+    /// Frame too short for the headers it announces (passed: not ours to judge).
+    Truncated = 10,
+}
+
+/// Number of [`DataVerdict`]s.
+pub const DATA_VERDICTS: u32 = 11;
+
+impl DataVerdict {
+    /// Every counter in index order.
+    pub const ALL: [DataVerdict; DATA_VERDICTS as usize] = [
+        DataVerdict::PassNoVip,
+        DataVerdict::PassArpOwner,
+        DataVerdict::PassIpv4Owner,
+        DataVerdict::DropArpNotOwner,
+        DataVerdict::DropIpv4NotOwner,
+        DataVerdict::DropLeaseExpired,
+        DataVerdict::FlowNew,
+        DataVerdict::FlowStateChange,
+        DataVerdict::FlowRefresh,
+        DataVerdict::RingBufFull,
+        DataVerdict::Truncated,
+    ];
+
+    /// A short name for operators.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DataVerdict::PassNoVip => "pass_no_vip",
+            DataVerdict::PassArpOwner => "pass_arp_owner",
+            DataVerdict::PassIpv4Owner => "pass_ipv4_owner",
+            DataVerdict::DropArpNotOwner => "drop_arp_not_owner",
+            DataVerdict::DropIpv4NotOwner => "drop_ipv4_not_owner",
+            DataVerdict::DropLeaseExpired => "drop_lease_expired",
+            DataVerdict::FlowNew => "flow_new",
+            DataVerdict::FlowStateChange => "flow_state_change",
+            DataVerdict::FlowRefresh => "flow_refresh",
+            DataVerdict::RingBufFull => "ringbuf_full",
+            DataVerdict::Truncated => "truncated",
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Flow tracking on the owner: the LRU flow table and the events sent to the
+//! agent through a ring buffer.
+//!
+//! A flow's key is its 5-tuple normalised so both directions hit one entry: the
+//! endpoint that sorts lower (address, then port, compared in host order) is
+//! `lo`. The state remembers which side opened the flow, so events report the
+//! original direction (what kernel conntrack calls ORIGINAL).
+//!
+//! Events grow with flow churn, not packets: one when a flow appears, one per TCP
+//! state change, and a refresh when a flow stays active past the refresh interval.
+
+use crate::impl_pod;
+
+/// `LruHashMap<FlowKey, FlowState>`: the flow table.
+pub const FLOWS_MAP: &str = "HA_FLOWS";
+/// `RingBuf` of [`FlowEvent`]s to the agent.
+pub const EVENTS_MAP: &str = "HA_FLOW_EVENTS";
+/// Entries in the flow table.
+pub const MAX_FLOWS: u32 = 262_144;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 4 << 20;
+
+/// IP protocols tracked.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Direction-normalised 5-tuple. For ICMP echo both ports are the echo id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Lower endpoint's address (map encoding).
+    pub lo_addr: u32,
+    /// Higher endpoint's address (map encoding).
+    pub hi_addr: u32,
+    /// Lower endpoint's port, host order.
+    pub lo_port: u16,
+    /// Higher endpoint's port, host order.
+    pub hi_port: u16,
+    /// IP protocol ([`PROTO_TCP`], [`PROTO_UDP`], [`PROTO_ICMP`]).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// TCP state as far as XDP can see it (UDP and ICMP flows stay `Active`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    /// Not TCP.
+    Active = 0,
+    /// SYN seen, handshake not complete.
+    SynSent = 1,
+    /// Handshake complete, or a mid-stream flow picked up.
+    Established = 2,
+    /// A FIN seen from one side.
+    Closing = 3,
+    /// FINs from both sides, or a RST.
+    Closed = 4,
+}
+
+impl TcpState {
+    /// Decodes the byte stored in maps and events; unknown values map to `None`.
+    pub const fn from_u8(v: u8) -> Option<TcpState> {
+        Some(match v {
+            0 => TcpState::Active,
+            1 => TcpState::SynSent,
+            2 => TcpState::Established,
+            3 => TcpState::Closing,
+            4 => TcpState::Closed,
+            _ => return None,
+        })
+    }
+
+    /// A short name for operators.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::Active => "active",
+            TcpState::SynSent => "syn_sent",
+            TcpState::Established => "established",
+            TcpState::Closing => "closing",
+            TcpState::Closed => "closed",
+        }
+    }
+}
+
+/// [`FlowState::flags`]: the `lo` endpoint opened the flow.
+pub const FLOW_LO_IS_ORIGIN: u8 = 1;
+/// [`FlowState::flags`]: a FIN was seen from `lo`.
+pub const FLOW_FIN_LO: u8 = 2;
+/// [`FlowState::flags`]: a FIN was seen from `hi`.
+pub const FLOW_FIN_HI: u8 = 4;
+/// [`FlowState::flags`]: a SYN+ACK was seen.
+pub const FLOW_SYNACK: u8 = 8;
+
+/// Value of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Monotonic ns of the first packet.
+    pub first_ns: u64,
+    /// Monotonic ns of the latest packet.
+    pub last_ns: u64,
+    /// Monotonic ns of the latest event emitted for this flow.
+    pub emitted_ns: u64,
+    /// Packets seen, both directions (approximate under concurrency).
+    pub packets: u64,
+    /// Bytes seen (frame lengths), both directions.
+    pub bytes: u64,
+    /// [`TcpState`] as a byte.
+    pub state: u8,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Why an event was emitted.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEventKind {
+    New = 0,
+    StateChange = 1,
+    Refresh = 2,
+}
+
+impl FlowEventKind {
+    /// Decodes the byte in an event.
+    pub const fn from_u8(v: u8) -> Option<FlowEventKind> {
+        Some(match v {
+            0 => FlowEventKind::New,
+            1 => FlowEventKind::StateChange,
+            2 => FlowEventKind::Refresh,
+            _ => return None,
+        })
+    }
+}
+
+/// One record in the ring buffer (48 bytes). Addresses and ports are in the
+/// original direction: `src` opened the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// Monotonic ns when emitted.
+    pub ts_ns: u64,
+    /// Packets seen so far.
+    pub packets: u64,
+    /// Bytes seen so far.
+    pub bytes: u64,
+    /// Originator's address (map encoding).
+    pub src_addr: u32,
+    /// Responder's address (map encoding).
+    pub dst_addr: u32,
+    /// Originator's port (ICMP: echo id), host order.
+    pub src_port: u16,
+    /// Responder's port (ICMP: echo id), host order.
+    pub dst_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`TcpState`] as a byte.
+    pub state: u8,
+    /// [`FlowEventKind`] as a byte.
+    pub kind: u8,
+    pub _pad: u8,
+    /// Ingress interface index of the packet that triggered the event.
+    pub ifindex: u32,
+}
+
+impl_pod!(FlowKey, FlowState, FlowEvent);
+
+/// Advances the TCP state for a packet with `tcp_flags` (byte 13 of the TCP
+/// header) sent by the `lo` side (`from_lo`). Shared by the XDP program and the
+/// agent's tests, so the transition table is written once.
+#[inline(always)]
+pub const fn tcp_next(state: u8, flags: u8, tcp_flags: u8, from_lo: bool) -> (u8, u8) {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    let mut flags = flags;
+    if tcp_flags & RST != 0 {
+        return (TcpState::Closed as u8, flags);
+    }
+    if tcp_flags & FIN != 0 {
+        flags |= if from_lo { FLOW_FIN_LO } else { FLOW_FIN_HI };
+        let both = flags & (FLOW_FIN_LO | FLOW_FIN_HI) == (FLOW_FIN_LO | FLOW_FIN_HI);
+        return (
+            if both {
+                TcpState::Closed as u8
+            } else {
+                TcpState::Closing as u8
+            },
+            flags,
+        );
+    }
+    if state == TcpState::SynSent as u8 {
+        if tcp_flags & (SYN | ACK) == (SYN | ACK) {
+            flags |= FLOW_SYNACK;
+            return (state, flags);
+        }
+        if tcp_flags & ACK != 0 && flags & FLOW_SYNACK != 0 {
+            return (TcpState::Established as u8, flags);
+        }
+        return (state, flags);
+    }
+    if state == TcpState::Closed as u8 && tcp_flags & SYN != 0 && tcp_flags & ACK == 0 {
+        // A new connection reusing the tuple.
+        return (
+            TcpState::SynSent as u8,
+            if from_lo { FLOW_LO_IS_ORIGIN } else { 0 },
+        );
+    }
+    (state, flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYN: u8 = 0x02;
+    const SYNACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    const FINACK: u8 = 0x11;
+    const RST: u8 = 0x04;
+
+    #[test]
+    fn handshake_then_close() {
+        let s = TcpState::SynSent as u8;
+        let (s, f) = tcp_next(s, FLOW_LO_IS_ORIGIN, SYNACK, false);
+        assert_eq!(s, TcpState::SynSent as u8);
+        let (s, f) = tcp_next(s, f, ACK, true);
+        assert_eq!(s, TcpState::Established as u8);
+        let (s, f) = tcp_next(s, f, FINACK, true);
+        assert_eq!(s, TcpState::Closing as u8);
+        let (s, _) = tcp_next(s, f, FINACK, false);
+        assert_eq!(s, TcpState::Closed as u8);
+    }
+
+    #[test]
+    fn ack_before_synack_does_not_establish() {
+        let (s, _) = tcp_next(TcpState::SynSent as u8, 0, ACK, true);
+        assert_eq!(s, TcpState::SynSent as u8);
+    }
+
+    #[test]
+    fn rst_closes_from_any_state() {
+        for s in [TcpState::SynSent, TcpState::Established, TcpState::Closing] {
+            assert_eq!(tcp_next(s as u8, 0, RST, true).0, TcpState::Closed as u8);
+        }
+    }
+
+    #[test]
+    fn syn_reopens_a_closed_tuple() {
+        let (s, f) = tcp_next(TcpState::Closed as u8, FLOW_FIN_LO | FLOW_FIN_HI, SYN, true);
+        assert_eq!(s, TcpState::SynSent as u8);
+        assert_eq!(f & (FLOW_FIN_LO | FLOW_FIN_HI), 0);
+    }
+
+    #[test]
+    fn event_is_48_bytes() {
+        assert_eq!(core::mem::size_of::<FlowEvent>(), 48);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 16);
+        assert_eq!(core::mem::size_of::<FlowState>(), 48);
+    }
+}

@@ -1,0 +1,137 @@
+//! `ha_link`: XDP on the dedicated HA interface.
+//!
+//! Passes VRRP (IPv4 protocol 112, TTL 255, a configured VRID, a source in the
+//! peer allow-list) and stamps the last advert per VRID; passes sync frames (UDP to
+//! the configured port) only from a peer; passes ARP, ICMP echo and the management
+//! allow-list; drops everything else. Every verdict is counted by reason.
+
+use crate::impl_pod;
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM: &str = "ha_link";
+/// `Array<LinkConfig, 1>`: the sync port and flags.
+pub const CONFIG_MAP: &str = "HA_LINK_CONFIG";
+/// `HashMap<u32 addr, u32>`: peer addresses allowed to send VRRP and sync.
+pub const PEERS_MAP: &str = "HA_LINK_PEERS";
+/// `Array<u32, 256>` indexed by VRID: non-zero when this node runs that VRID.
+pub const VRIDS_MAP: &str = "HA_LINK_VRIDS";
+/// `HashMap<MgmtPort, u32>`: management services reachable on the HA link.
+pub const MGMT_MAP: &str = "HA_LINK_MGMT";
+/// `Array<AdvertStamp, 256>` indexed by VRID: the last accepted advert.
+pub const ADVERTS_MAP: &str = "HA_LINK_ADVERTS";
+/// `PerCpuArray<u64, LINK_VERDICTS>`: verdict counters by [`LinkVerdict`].
+pub const VERDICTS_MAP: &str = "HA_LINK_VERDICTS";
+
+/// Most peer addresses in the allow-list.
+pub const MAX_PEERS: u32 = 16;
+/// Most management allow-list entries.
+pub const MAX_MGMT: u32 = 64;
+/// IP protocol number of VRRP.
+pub const IPPROTO_VRRP: u8 = 112;
+/// VRRP packets must arrive with this TTL (RFC 9568 section 7.1).
+pub const VRRP_TTL: u8 = 255;
+
+/// Configuration of `ha_link` (slot 0 of [`CONFIG_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// UDP destination port of sync frames, host order; 0 = no sync accepted.
+    pub sync_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Key of the management allow-list: protocol and destination port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MgmtPort {
+    /// IP protocol: 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    pub _pad: u8,
+    /// Destination port, host order.
+    pub port: u16,
+}
+
+/// The last VRRP advert accepted for one VRID (what the agent and CLI read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdvertStamp {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when it arrived; 0 = never.
+    pub last_ns: u64,
+    /// Adverts accepted for this VRID since load (racy across CPUs: a hint).
+    pub count: u64,
+    /// Source address (map encoding).
+    pub src_addr: u32,
+    /// Advertised priority (0 = master is leaving).
+    pub priority: u8,
+    /// VRRP version nibble (3).
+    pub version: u8,
+    /// Max advert interval in centiseconds (12 bits), from the packet.
+    pub interval_cs: u16,
+}
+
+impl_pod!(LinkConfig, MgmtPort, AdvertStamp);
+
+/// Why `ha_link` passed or dropped a frame (index into [`VERDICTS_MAP`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkVerdict {
+    PassVrrp = 0,
+    PassSync = 1,
+    PassArp = 2,
+    PassIcmpEcho = 3,
+    PassMgmt = 4,
+    DropVrrpTtl = 5,
+    DropVrrpVrid = 6,
+    DropVrrpSource = 7,
+    DropVrrpTruncated = 8,
+    DropSyncSource = 9,
+    DropTruncated = 10,
+    DropNotAllowed = 11,
+    DropFragment = 12,
+}
+
+/// Number of [`LinkVerdict`]s.
+pub const LINK_VERDICTS: u32 = 13;
+
+impl LinkVerdict {
+    /// Every verdict in index order.
+    pub const ALL: [LinkVerdict; LINK_VERDICTS as usize] = [
+        LinkVerdict::PassVrrp,
+        LinkVerdict::PassSync,
+        LinkVerdict::PassArp,
+        LinkVerdict::PassIcmpEcho,
+        LinkVerdict::PassMgmt,
+        LinkVerdict::DropVrrpTtl,
+        LinkVerdict::DropVrrpVrid,
+        LinkVerdict::DropVrrpSource,
+        LinkVerdict::DropVrrpTruncated,
+        LinkVerdict::DropSyncSource,
+        LinkVerdict::DropTruncated,
+        LinkVerdict::DropNotAllowed,
+        LinkVerdict::DropFragment,
+    ];
+
+    /// Whether the frame goes on to the stack.
+    pub const fn passes(self) -> bool {
+        (self as u32) <= LinkVerdict::PassMgmt as u32
+    }
+
+    /// A short name for operators.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LinkVerdict::PassVrrp => "pass_vrrp",
+            LinkVerdict::PassSync => "pass_sync",
+            LinkVerdict::PassArp => "pass_arp",
+            LinkVerdict::PassIcmpEcho => "pass_icmp_echo",
+            LinkVerdict::PassMgmt => "pass_mgmt",
+            LinkVerdict::DropVrrpTtl => "drop_vrrp_ttl",
+            LinkVerdict::DropVrrpVrid => "drop_vrrp_unknown_vrid",
+            LinkVerdict::DropVrrpSource => "drop_vrrp_not_peer",
+            LinkVerdict::DropVrrpTruncated => "drop_vrrp_truncated",
+            LinkVerdict::DropSyncSource => "drop_sync_not_peer",
+            LinkVerdict::DropTruncated => "drop_truncated",
+            LinkVerdict::DropNotAllowed => "drop_not_allowed",
+            LinkVerdict::DropFragment => "drop_fragment",
+        }
+    }
+}

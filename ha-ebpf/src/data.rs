@@ -1,0 +1,352 @@
+//! `ha_data`: the VIP ownership gate and flow tracking on the data interfaces.
+//! See `ha_common::data` and `ha_common::flow`.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    helpers::generated::bpf_ringbuf_query,
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use ha_common::{
+    data::{
+        DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict, MAX_VIPS, Ownership,
+        VipEntry,
+    },
+    flow::{
+        EVENTS_BYTES, FLOW_LO_IS_ORIGIN, FlowEvent, FlowEventKind, FlowKey, FlowState, MAX_FLOWS,
+        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState, tcp_next,
+    },
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::{
+    hdr::{ArpIpv4, IcmpEcho, TcpPorts, UdpPorts, is_fragment},
+    now_ns, read,
+};
+
+#[btf_map]
+static HA_DATA_VIPS: HashMap<u32, VipEntry, { MAX_VIPS as usize }> = HashMap::new();
+#[btf_map]
+static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
+#[btf_map]
+static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
+#[btf_map]
+static HA_DATA_VERDICTS: PerCpuArray<u64, { DATA_VERDICTS as usize }> = PerCpuArray::new();
+#[btf_map]
+static HA_FLOWS: LruHashMap<FlowKey, FlowState, { MAX_FLOWS as usize }> = LruHashMap::new();
+#[btf_map]
+static HA_FLOW_EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[inline(always)]
+fn count(verdict: DataVerdict) {
+    if let Some(slot) = HA_DATA_VERDICTS.get_ptr_mut(verdict as u32) {
+        // SAFETY: this CPU's slot; per-CPU maps are not shared between CPUs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The VIP table entry of `addr`, if it is a VIP.
+#[inline(always)]
+fn vip_of(addr: u32) -> Option<VipEntry> {
+    // SAFETY: the pointer comes from a successful lookup and is read at once.
+    HA_DATA_VIPS.get_ptr(addr).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn ownership() -> Ownership {
+    HA_DATA_OWNERSHIP.get(0).copied().unwrap_or_default()
+}
+
+#[xdp]
+pub fn ha_data(ctx: XdpContext) -> u32 {
+    let verdict = gate(&ctx);
+    count(verdict);
+    match verdict {
+        DataVerdict::DropArpNotOwner
+        | DataVerdict::DropIpv4NotOwner
+        | DataVerdict::DropLeaseExpired => {
+            debug!(&ctx, "ha_data: drop, reason {}", verdict as u32);
+            xdp_action::XDP_DROP
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// The verdict for a VIP of `group`: pass if owned, else why not.
+#[inline(always)]
+fn vip_verdict(
+    group: u32,
+    own: &Ownership,
+    now: u64,
+    pass: DataVerdict,
+    drop: DataVerdict,
+) -> DataVerdict {
+    if own.owns(group, now) {
+        pass
+    } else if group < 64 && own.groups & (1 << group) != 0 {
+        DataVerdict::DropLeaseExpired
+    } else {
+        drop
+    }
+}
+
+fn gate(ctx: &XdpContext) -> DataVerdict {
+    let Ok(eth) = read::<EthHdr>(ctx, 0) else {
+        return DataVerdict::Truncated;
+    };
+    let ether_type = eth.ether_type;
+    if ether_type == EtherType::Arp as u16 {
+        let Ok(arp) = read::<ArpIpv4>(ctx, EthHdr::LEN) else {
+            return DataVerdict::Truncated;
+        };
+        // Only IPv4-over-Ethernet ARP can name a VIP.
+        if arp.ptype != [0x08, 0x00] || arp.plen != 4 {
+            return DataVerdict::PassNoVip;
+        }
+        let target = u32::from_ne_bytes(arp.tpa);
+        let Some(vip) = vip_of(target) else {
+            return DataVerdict::PassNoVip;
+        };
+        let now = now_ns();
+        return vip_verdict(
+            vip.group,
+            &ownership(),
+            now,
+            DataVerdict::PassArpOwner,
+            DataVerdict::DropArpNotOwner,
+        );
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
+        return DataVerdict::PassNoVip;
+    }
+    let Ok(ip) = read::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return DataVerdict::Truncated;
+    };
+    let dst = u32::from_ne_bytes(ip.dst_addr);
+    let own = ownership();
+    let now = now_ns();
+    let verdict = match vip_of(dst) {
+        Some(vip) => {
+            let v = vip_verdict(
+                vip.group,
+                &own,
+                now,
+                DataVerdict::PassIpv4Owner,
+                DataVerdict::DropIpv4NotOwner,
+            );
+            if v != DataVerdict::PassIpv4Owner {
+                return v;
+            }
+            v
+        }
+        None => DataVerdict::PassNoVip,
+    };
+    if own.owns_any(now) {
+        track(ctx, &ip, now);
+    }
+    verdict
+}
+
+/// Records the packet in the flow table and emits an event on a new flow, a TCP
+/// state change, or when a refresh is due.
+#[inline(always)]
+fn track(ctx: &XdpContext, ip: &Ipv4Hdr, now: u64) {
+    let Some(cfg) = HA_DATA_CONFIG.get(0) else {
+        return;
+    };
+    if cfg.flags & DATA_FLAG_TRACK_FLOWS == 0 || is_fragment(ip.frags) {
+        return;
+    }
+    let ihl = usize::from(ip.vihl & 0x0f) * 4;
+    if ihl < Ipv4Hdr::LEN {
+        return;
+    }
+    let l4 = EthHdr::LEN + ihl;
+    // (source port, destination port, TCP flags, sender is the originator if new)
+    let (sport, dport, tcp_flags, sender_origin) = match ip.proto {
+        PROTO_TCP => {
+            let Ok(t) = read::<TcpPorts>(ctx, l4) else {
+                return;
+            };
+            (
+                u16::from_be_bytes(t.src),
+                u16::from_be_bytes(t.dst),
+                t.flags,
+                true,
+            )
+        }
+        PROTO_UDP => {
+            let Ok(u) = read::<UdpPorts>(ctx, l4) else {
+                return;
+            };
+            (
+                u16::from_be_bytes(u.src),
+                u16::from_be_bytes(u.dst),
+                0,
+                true,
+            )
+        }
+        PROTO_ICMP => {
+            let Ok(i) = read::<IcmpEcho>(ctx, l4) else {
+                return;
+            };
+            let id = u16::from_be_bytes(i.id);
+            match i.type_ {
+                8 => (id, id, 0, true),
+                0 => (id, id, 0, false),
+                _ => return,
+            }
+        }
+        _ => return,
+    };
+    let src = u32::from_ne_bytes(ip.src_addr);
+    let dst = u32::from_ne_bytes(ip.dst_addr);
+    let from_lo = (u32::from_be(src), sport) <= (u32::from_be(dst), dport);
+    let key = if from_lo {
+        FlowKey {
+            lo_addr: src,
+            hi_addr: dst,
+            lo_port: sport,
+            hi_port: dport,
+            proto: ip.proto,
+            _pad: [0; 3],
+        }
+    } else {
+        FlowKey {
+            lo_addr: dst,
+            hi_addr: src,
+            lo_port: dport,
+            hi_port: sport,
+            proto: ip.proto,
+            _pad: [0; 3],
+        }
+    };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+
+    if let Some(st) = HA_FLOWS.get_ptr_mut(key) {
+        // SAFETY: a live map value; concurrent updates from other CPUs only race
+        // on counters and timestamps.
+        let st = unsafe { &mut *st };
+        st.last_ns = now;
+        st.packets += 1;
+        st.bytes += len;
+        let mut kind = None;
+        if ip.proto == PROTO_TCP {
+            let (state, flags) = tcp_next(st.state, st.flags, tcp_flags, from_lo);
+            if state != st.state {
+                if state == TcpState::SynSent as u8 {
+                    // The tuple was reused for a new connection.
+                    st.first_ns = now;
+                }
+                st.state = state;
+                kind = Some(FlowEventKind::StateChange);
+            }
+            st.flags = flags;
+        }
+        if kind.is_none()
+            && cfg.refresh_ns != 0
+            && now.wrapping_sub(st.emitted_ns) >= cfg.refresh_ns
+        {
+            kind = Some(FlowEventKind::Refresh);
+        }
+        if let Some(kind) = kind
+            && emit(ctx, &key, st, kind, now, cfg.wakeup_bytes)
+        {
+            st.emitted_ns = now;
+        }
+        return;
+    }
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let state = if ip.proto != PROTO_TCP {
+        TcpState::Active
+    } else if tcp_flags & (SYN | ACK) == SYN {
+        TcpState::SynSent
+    } else if tcp_flags & 0x05 != 0 {
+        // A lone FIN or RST for a flow we never saw: nothing to replicate.
+        return;
+    } else {
+        // Mid-stream pickup (e.g. after a failover): already established.
+        TcpState::Established
+    };
+    let lo_is_origin = from_lo == sender_origin;
+    let mut st = FlowState {
+        first_ns: now,
+        last_ns: now,
+        emitted_ns: 0,
+        packets: 1,
+        bytes: len,
+        state: state as u8,
+        flags: if lo_is_origin { FLOW_LO_IS_ORIGIN } else { 0 },
+        _pad: [0; 6],
+    };
+    if emit(ctx, &key, &st, FlowEventKind::New, now, cfg.wakeup_bytes) {
+        st.emitted_ns = now;
+    }
+    // Another CPU may have inserted it first; theirs wins.
+    let _ = HA_FLOWS.insert(key, st, u64::from(BPF_NOEXIST));
+}
+
+/// Writes one event to the ring buffer. Wakes the agent only once enough bytes
+/// are waiting; otherwise it drains on its own timer. Returns false (and counts)
+/// when the ring buffer is full.
+#[inline(always)]
+fn emit(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    st: &FlowState,
+    kind: FlowEventKind,
+    now: u64,
+    wakeup_bytes: u64,
+) -> bool {
+    let Some(mut entry) = HA_FLOW_EVENTS.reserve(0) else {
+        count(DataVerdict::RingBufFull);
+        return false;
+    };
+    let lo_origin = st.flags & FLOW_LO_IS_ORIGIN != 0;
+    let (src_addr, dst_addr, src_port, dst_port) = if lo_origin {
+        (key.lo_addr, key.hi_addr, key.lo_port, key.hi_port)
+    } else {
+        (key.hi_addr, key.lo_addr, key.hi_port, key.lo_port)
+    };
+    entry.write(FlowEvent {
+        ts_ns: now,
+        packets: st.packets,
+        bytes: st.bytes,
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+        proto: key.proto,
+        state: st.state,
+        kind: kind as u8,
+        _pad: 0,
+        // SAFETY: reading a field of the XDP context the kernel gave us.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+    });
+    // SAFETY: the map's own address is what the helper expects.
+    let avail = unsafe {
+        bpf_ringbuf_query(
+            core::ptr::from_ref(&HA_FLOW_EVENTS).cast_mut().cast(),
+            u64::from(BPF_RB_AVAIL_DATA),
+        )
+    };
+    let wake = if avail + 48 >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(wake));
+    count(match kind {
+        FlowEventKind::New => DataVerdict::FlowNew,
+        FlowEventKind::StateChange => DataVerdict::FlowStateChange,
+        FlowEventKind::Refresh => DataVerdict::FlowRefresh,
+    });
+    true
+}

@@ -1,0 +1,166 @@
+//! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`, built with etherparse.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder};
+
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+/// An IPv4 frame carrying `payload` as IP protocol `proto` with `ttl`.
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Ethernet2Header {
+        source: SRC_MAC,
+        destination: DST_MAC,
+        ether_type: EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    Ipv4Header::new(
+        payload.len() as u16,
+        ttl,
+        IpNumber(proto),
+        src.octets(),
+        dst.octets(),
+    )
+    .unwrap()
+    .write(&mut out)
+    .unwrap();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A VRRPv3 advertisement (RFC 9568 section 5.1) with one IPv4 address. The
+/// checksum is left zero: the XDP filter does not check it, the agent does.
+pub fn vrrp(
+    src: Ipv4Addr,
+    ttl: u8,
+    vrid: u8,
+    priority: u8,
+    interval_cs: u16,
+    vip: Ipv4Addr,
+) -> Vec<u8> {
+    let mut adv = vec![0x31, vrid, priority, 1];
+    adv.extend_from_slice(&(interval_cs & 0x0fff).to_be_bytes());
+    adv.extend_from_slice(&[0, 0]);
+    adv.extend_from_slice(&vip.octets());
+    ipv4(src, Ipv4Addr::new(224, 0, 0, 18), 112, ttl, &adv)
+}
+
+/// A UDP datagram.
+pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// TCP flags for [`tcp`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+pub const SYN: Flags = Flags {
+    syn: true,
+    ack: false,
+    fin: false,
+    rst: false,
+};
+pub const SYNACK: Flags = Flags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const FINACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+};
+pub const RST: Flags = Flags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
+/// A TCP segment with `flags`.
+pub fn tcp(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 65535);
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(1);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// An ICMP echo request.
+pub fn ping(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4_echo_request(id, seq)
+        .write(&mut out, b"ping")
+        .unwrap();
+    out
+}
+
+/// An ARP request (`oper` 1) or reply (2) about `target`.
+pub fn arp(oper: u16, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&[0xff; 6]);
+    out.extend_from_slice(&SRC_MAC);
+    out.extend_from_slice(&[0x08, 0x06]);
+    out.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+    out.extend_from_slice(&oper.to_be_bytes());
+    out.extend_from_slice(&SRC_MAC);
+    out.extend_from_slice(&sender.octets());
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&target.octets());
+    out
+}
+
+/// An IPv6 frame header only (anything not IPv4/ARP).
+pub fn ipv6_stub() -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&DST_MAC);
+    out.extend_from_slice(&SRC_MAC);
+    out.extend_from_slice(&[0x86, 0xdd]);
+    out.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
+    out.extend_from_slice(&[0; 32]);
+    out
+}

@@ -1,0 +1,374 @@
+//! Every verdict of `ha_link` and `ha_data`, checked with `BPF_PROG_TEST_RUN` on
+//! crafted frames, through the real pinned maps.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use ha_agent::dataplane::{FlowSettings, LinkSettings, events::FlowEvents, inspect::Snapshot};
+use ha_common::flow::{FlowEventKind, TcpState};
+use ha_tests::{
+    PinnedDataplane,
+    frames::{self, ACK, FINACK, RST, SYN, SYNACK},
+    require_root,
+};
+
+const ABORTED: u32 = 0;
+const DROP: u32 = 1;
+const PASS: u32 = 2;
+
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 99);
+const ME: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+
+fn link_settings() -> LinkSettings {
+    LinkSettings {
+        peers: vec![PEER],
+        vrids: vec![51],
+        sync_port: 7788,
+        mgmt: vec![(6, 22)],
+    }
+}
+
+fn counter(list: &[(String, u64)], name: &str) -> u64 {
+    list.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+#[test]
+fn ha_link_verdicts() {
+    require_root();
+    let mut p = PinnedDataplane::new("link");
+    p.dp.set_link_settings(&link_settings()).unwrap();
+    let run = |p: &PinnedDataplane, frame: &[u8]| p.dp.test_run("ha_link", frame, 1).unwrap().0;
+
+    let cases: &[(&str, Vec<u8>, u32, &str)] = &[
+        (
+            "valid VRRP",
+            frames::vrrp(PEER, 255, 51, 100, 1, VIP),
+            PASS,
+            "pass_vrrp",
+        ),
+        (
+            "VRRP TTL 254",
+            frames::vrrp(PEER, 254, 51, 100, 1, VIP),
+            DROP,
+            "drop_vrrp_ttl",
+        ),
+        (
+            "VRRP unknown VRID",
+            frames::vrrp(PEER, 255, 52, 100, 1, VIP),
+            DROP,
+            "drop_vrrp_unknown_vrid",
+        ),
+        (
+            "VRRP not from a peer",
+            frames::vrrp(STRANGER, 255, 51, 100, 1, VIP),
+            DROP,
+            "drop_vrrp_not_peer",
+        ),
+        (
+            "VRRP truncated",
+            frames::ipv4(PEER, ME, 112, 255, &[0x31, 51, 100]),
+            DROP,
+            "drop_vrrp_truncated",
+        ),
+        (
+            "sync from peer",
+            frames::udp(PEER, ME, 40000, 7788, b"sync"),
+            PASS,
+            "pass_sync",
+        ),
+        (
+            "sync from stranger",
+            frames::udp(STRANGER, ME, 40000, 7788, b"sync"),
+            DROP,
+            "drop_sync_not_peer",
+        ),
+        ("ARP", frames::arp(1, PEER, ME), PASS, "pass_arp"),
+        (
+            "ICMP echo",
+            frames::ping(STRANGER, ME, 7, 1),
+            PASS,
+            "pass_icmp_echo",
+        ),
+        (
+            "ssh (mgmt)",
+            frames::tcp(STRANGER, ME, 40000, 22, SYN, b""),
+            PASS,
+            "pass_mgmt",
+        ),
+        (
+            "telnet",
+            frames::tcp(STRANGER, ME, 40000, 23, SYN, b""),
+            DROP,
+            "drop_not_allowed",
+        ),
+        (
+            "other UDP",
+            frames::udp(PEER, ME, 40000, 53, b"q"),
+            DROP,
+            "drop_not_allowed",
+        ),
+        ("IPv6", frames::ipv6_stub(), DROP, "drop_not_allowed"),
+    ];
+    for (what, frame, want, _) in cases {
+        assert_eq!(run(&p, frame), *want, "{what}");
+    }
+
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    for (what, _, _, reason) in cases {
+        let expected = cases.iter().filter(|c| c.3 == *reason).count() as u64;
+        assert_eq!(
+            counter(&snap.link_verdicts, reason),
+            expected,
+            "{what}: counter {reason}"
+        );
+    }
+    // Only the valid advert was stamped, with its fields.
+    assert_eq!(snap.adverts.len(), 1, "{:?}", snap.adverts);
+    let a = &snap.adverts[0];
+    assert_eq!(
+        (a.vrid, a.priority, a.source, a.interval_cs, a.count),
+        (51, 100, PEER, 1, 1)
+    );
+    assert!(a.age_ms >= 0.0 && a.age_ms < 60_000.0, "{}", a.age_ms);
+
+    // Settings are replaced, not merged: the old peer is gone.
+    p.dp.set_link_settings(&LinkSettings {
+        peers: vec![STRANGER],
+        ..link_settings()
+    })
+    .unwrap();
+    assert_eq!(run(&p, &frames::vrrp(PEER, 255, 51, 100, 1, VIP)), DROP);
+    assert_eq!(run(&p, &frames::vrrp(STRANGER, 255, 51, 100, 1, VIP)), PASS);
+}
+
+#[test]
+fn ha_data_gate_follows_ownership_and_lease() {
+    require_root();
+    let mut p = PinnedDataplane::new("gate");
+    p.dp.set_vips(&[(VIP, 0), (Ipv4Addr::new(192, 0, 2, 2), 1)])
+        .unwrap();
+    let run = |p: &PinnedDataplane, frame: &[u8]| p.dp.test_run("ha_data", frame, 1).unwrap().0;
+    let arp_vip = frames::arp(1, CLIENT, VIP);
+    let reply_vip = frames::arp(2, CLIENT, VIP);
+    let to_vip = frames::ping(CLIENT, VIP, 1, 1);
+    let forwarded = frames::udp(CLIENT, SERVER, 5000, 53, b"q");
+    let arp_other = frames::arp(1, CLIENT, SERVER);
+
+    // A fresh node owns nothing.
+    assert_eq!(p.dp.ownership().unwrap().groups, 0);
+    assert_eq!(
+        run(&p, &arp_vip),
+        DROP,
+        "ARP request for a VIP on the non-owner"
+    );
+    assert_eq!(
+        run(&p, &reply_vip),
+        DROP,
+        "ARP reply for a VIP on the non-owner"
+    );
+    assert_eq!(run(&p, &to_vip), DROP, "IPv4 to a VIP on the non-owner");
+    assert_eq!(run(&p, &forwarded), PASS, "no VIP involved");
+    assert_eq!(run(&p, &arp_other), PASS, "ARP for a non-VIP");
+
+    // One write: group 0 owned (group 1 still not).
+    p.dp.set_ownership(0b01, Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(run(&p, &arp_vip), PASS);
+    assert_eq!(run(&p, &to_vip), PASS);
+    assert_eq!(
+        run(&p, &frames::arp(1, CLIENT, Ipv4Addr::new(192, 0, 2, 2))),
+        DROP,
+        "group 1 not owned"
+    );
+
+    // An expired lease stops the owner passing.
+    p.dp.set_ownership(0b11, Some(Duration::from_millis(1)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(run(&p, &arp_vip), DROP);
+    assert_eq!(run(&p, &to_vip), DROP);
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    assert_eq!(counter(&snap.data_verdicts, "drop_lease_expired"), 2);
+    assert_eq!(counter(&snap.data_verdicts, "drop_arp_not_owner"), 3);
+    assert_eq!(counter(&snap.data_verdicts, "drop_ipv4_not_owner"), 1);
+    assert_eq!(snap.lease_remaining_ms, Some(0.0));
+    assert!(snap.vips.iter().all(|v| !v.owner));
+
+    // Renewing brings it back without touching the groups.
+    p.dp.renew_lease(Duration::from_secs(30)).unwrap();
+    assert_eq!(p.dp.ownership().unwrap().groups, 0b11);
+    assert_eq!(run(&p, &arp_vip), PASS);
+}
+
+/// Frames of every length from 0 to 128 bytes, random and truncated valid ones,
+/// never abort either program and never change ownership.
+#[test]
+fn garbage_never_aborts_or_changes_ownership() {
+    require_root();
+    let mut p = PinnedDataplane::new("garbage");
+    p.dp.set_link_settings(&link_settings()).unwrap();
+    p.dp.set_vips(&[(VIP, 0)]).unwrap();
+    p.dp.set_ownership(0b1, None).unwrap();
+    let before = p.dp.ownership().unwrap();
+
+    let valid = [
+        frames::vrrp(PEER, 255, 51, 100, 1, VIP),
+        frames::arp(1, CLIENT, VIP),
+        frames::tcp(CLIENT, SERVER, 1, 2, SYN, b"x"),
+        frames::udp(PEER, ME, 1, 7788, b"x"),
+        frames::ping(CLIENT, VIP, 1, 1),
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as u8
+    };
+    let mut runs = 0;
+    for len in 0..=128usize {
+        let mut inputs: Vec<Vec<u8>> = valid
+            .iter()
+            .map(|f| f[..len.min(f.len())].to_vec())
+            .collect();
+        for _ in 0..4 {
+            inputs.push((0..len).map(|_| rand()).collect());
+        }
+        // Random bytes behind valid Ethernet+IPv4 headers reach deeper parsers.
+        for f in &valid {
+            let mut g = f.clone();
+            g.resize(len.max(34), 0);
+            for b in g.iter_mut().skip(23) {
+                *b = rand();
+            }
+            g.truncate(len);
+            inputs.push(g);
+        }
+        for frame in &inputs {
+            for program in ["ha_link", "ha_data"] {
+                match p.dp.test_run(program, frame, 1) {
+                    Ok((verdict, _)) => {
+                        assert_ne!(verdict, ABORTED, "{program} aborted on {frame:02x?}");
+                        assert!(
+                            verdict == PASS || verdict == DROP,
+                            "{program}: verdict {verdict}"
+                        );
+                        runs += 1;
+                    }
+                    // The kernel refuses test frames shorter than an Ethernet header.
+                    Err(e) => assert!(
+                        frame.len() < 14,
+                        "{program} on {} bytes: {e:#}",
+                        frame.len()
+                    ),
+                }
+            }
+        }
+    }
+    assert!(runs > 1000, "{runs}");
+    assert_eq!(p.dp.ownership().unwrap(), before);
+}
+
+/// TCP handshake, close and a UDP flow produce exactly the expected events, in
+/// the original direction, and nothing per packet.
+#[test]
+fn flow_events_follow_tcp_state_not_packets() {
+    require_root();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let mut p = PinnedDataplane::new("flows");
+    p.dp.set_flow_settings(&FlowSettings {
+        refresh: Duration::from_millis(50),
+        ..FlowSettings::default()
+    })
+    .unwrap();
+    let mut events = FlowEvents::open(&p.instance, Duration::from_millis(1)).unwrap();
+    let run =
+        |p: &PinnedDataplane, f: &[u8]| assert_eq!(p.dp.test_run("ha_data", f, 1).unwrap().0, PASS);
+
+    // Not owner: nothing is tracked.
+    run(&p, &frames::tcp(CLIENT, SERVER, 40000, 80, SYN, b""));
+    let mut got = Vec::new();
+    assert_eq!(events.drain(&mut got), 0, "backup must not emit events");
+
+    p.dp.set_ownership(0b1, Some(Duration::from_secs(30)))
+        .unwrap();
+    run(&p, &frames::tcp(CLIENT, SERVER, 40000, 80, SYN, b""));
+    run(&p, &frames::tcp(SERVER, CLIENT, 80, 40000, SYNACK, b""));
+    run(&p, &frames::tcp(CLIENT, SERVER, 40000, 80, ACK, b""));
+    for _ in 0..20 {
+        run(&p, &frames::tcp(CLIENT, SERVER, 40000, 80, ACK, b"data"));
+        run(&p, &frames::tcp(SERVER, CLIENT, 80, 40000, ACK, b"data"));
+    }
+    run(&p, &frames::tcp(SERVER, CLIENT, 80, 40000, FINACK, b""));
+    run(&p, &frames::tcp(CLIENT, SERVER, 40000, 80, FINACK, b""));
+    run(&p, &frames::udp(CLIENT, SERVER, 5353, 53, b"q"));
+    run(&p, &frames::udp(SERVER, CLIENT, 53, 5353, b"a"));
+    // A RST for a flow never seen is not worth replicating.
+    run(&p, &frames::tcp(CLIENT, SERVER, 40001, 80, RST, b""));
+
+    assert!(events.drain(&mut got) > 0);
+    let seen: Vec<_> = got
+        .iter()
+        .map(|e| {
+            (
+                FlowEventKind::from_u8(e.kind).unwrap(),
+                e.proto,
+                TcpState::from_u8(e.state).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (FlowEventKind::New, 6, TcpState::SynSent),
+            (FlowEventKind::StateChange, 6, TcpState::Established),
+            (FlowEventKind::StateChange, 6, TcpState::Closing),
+            (FlowEventKind::StateChange, 6, TcpState::Closed),
+            (FlowEventKind::New, 17, TcpState::Active),
+        ]
+    );
+    for e in &got {
+        assert_eq!(
+            ha_common::addr_octets(e.src_addr),
+            CLIENT.octets(),
+            "original direction"
+        );
+        assert_eq!(ha_common::addr_octets(e.dst_addr), SERVER.octets());
+    }
+    assert_eq!((got[0].src_port, got[0].dst_port), (40000, 80));
+    assert_eq!(got[3].packets, 45);
+
+    // After the refresh interval, an active flow is re-emitted once.
+    std::thread::sleep(Duration::from_millis(60));
+    run(&p, &frames::udp(CLIENT, SERVER, 5353, 53, b"q"));
+    run(&p, &frames::udp(CLIENT, SERVER, 5353, 53, b"q"));
+    got.clear();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(2), events.recv(&mut got))
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        FlowEventKind::from_u8(got[0].kind),
+        Some(FlowEventKind::Refresh)
+    );
+
+    let snap = Snapshot::read(&p.instance, 5).unwrap();
+    assert_eq!(snap.flow_count, 2);
+    assert_eq!(counter(&snap.data_verdicts, "flow_new"), 2);
+    assert_eq!(counter(&snap.data_verdicts, "flow_state_change"), 3);
+    assert_eq!(counter(&snap.data_verdicts, "flow_refresh"), 1);
+    assert_eq!(counter(&snap.data_verdicts, "ringbuf_full"), 0);
+}
