@@ -65,6 +65,15 @@ pub enum DataplaneCommand {
         #[arg(long, default_value = "ha")]
         instance: String,
     },
+    /// Print the debug log of the XDP programs (loaded with `attach
+    /// --xdp-debug`) until interrupted or for `--seconds`.
+    Logs {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +153,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("nothing pinned at {}", pin_dir(&instance).display());
             }
             Ok(())
+        }
+        Command::Dataplane(DataplaneCommand::Logs { instance, seconds }) => {
+            let logs = crate::dataplane::xdp_logs(&instance);
+            match seconds {
+                Some(s) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(s), logs).await;
+                    Ok(())
+                }
+                None => tokio::select! {
+                    r = logs => r.map_err(Into::into),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                },
+            }
         }
         Command::Probe { iface, seconds } => probe(&iface, Duration::from_secs(seconds)).await,
     }

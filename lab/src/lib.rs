@@ -201,6 +201,19 @@ impl Lab {
         )
     }
 
+    /// The MAC address of an interface (`aa:bb:cc:dd:ee:ff`).
+    pub fn mac(&self, end: End<'_>) -> Result<String> {
+        let step = format!("read MAC of {}-{}", end.0, end.1);
+        let out = self
+            .exec(end.0, &["ip", "-br", "link", "show", "dev", end.1])
+            .map_err(|e| fail(&step, e.detail))?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .map(str::to_owned)
+            .ok_or_else(|| fail(step, "no address in `ip -br link` output"))
+    }
+
     /// Runs `ip <args>` in namespace `ns`; `step` names it in errors.
     pub fn ip(&self, ns: &str, step: &str, args: &[&str]) -> Result<()> {
         let real = self.netns_name(ns);
@@ -226,9 +239,17 @@ impl Lab {
     }
 
     /// A `Command` that runs `argv` inside namespace `ns` (not yet started).
+    ///
+    /// Only the network namespace changes (`nsenter --net`), unlike
+    /// `ip netns exec`, which also gives the command a private mount namespace
+    /// with its own /sys: there, /sys/fs/bpf is an empty directory, and pins
+    /// made by an agent would vanish with it. Processes in the lab share the
+    /// host's bpffs, as agents on real firewalls do.
     pub fn command(&self, ns: &str, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns_name(ns)]).args(argv);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns_name(ns)))
+            .arg("--")
+            .args(argv);
         cmd
     }
 

@@ -19,6 +19,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("iputils-ping", "ping: reachability checks in tests"),
     (
+        "iputils-arping",
+        "arping: who answers ARP for a VIP, in tests",
+    ),
+    (
         "nftables",
         "nft: the stateful firewall ruleset on the lab firewalls",
     ),

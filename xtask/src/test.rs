@@ -109,6 +109,13 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                 leaked.join(" ")
             );
         }
+        let pins = leaked_pins();
+        if !pins.is_empty() {
+            bail!(
+                "the integration tests left pins behind in /sys/fs/bpf: {}",
+                pins.join(" ")
+            );
+        }
         result?;
     }
     println!(
@@ -119,6 +126,17 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         tally.ignored
     );
     Ok(())
+}
+
+/// Pin directories of test data planes (`/sys/fs/bpf/hatest-*`) still present.
+fn leaked_pins() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hatest-"))
+        .collect()
 }
 
 /// Runs `cargo test <args>`, echoing its output and adding its results to `tally`.

@@ -638,6 +638,46 @@ impl Dataplane {
     }
 }
 
+/// Forwards the XDP programs' aya-log records (debug level, only when loaded
+/// with [`LoadOptions::xdp_debug`]) to the `log`/`tracing` output, until an
+/// error. Reads the pinned programs' log ring buffer, so it needs no agent.
+pub async fn xdp_logs(instance: &str) -> Result<(), DataplaneError> {
+    let program = data::PROGRAM;
+    let path = pin_dir(instance).join("progs").join(program);
+    if !path.exists() {
+        return Err(DataplaneError::NotPinned(pin_dir(instance)));
+    }
+    let prog = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
+        .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+    let id = prog
+        .info()
+        .map_err(|source| DataplaneError::LoadProgram { program, source })?
+        .id();
+    let logger = aya_log::EbpfLogger::init_from_id(id).map_err(|e| DataplaneError::Pin {
+        what: "open the XDP log ring buffer of",
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    // SAFETY: the logger owns the ring buffer fd for as long as the AsyncFd lives.
+    let mut logger = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| DataplaneError::Pin {
+        what: "register XDP log ring buffer",
+        path,
+        source: e.into(),
+    })?;
+    loop {
+        logger.get_mut().flush();
+        tokio::select! {
+            guard = logger.readable_mut() => {
+                if let Ok(mut g) = guard { g.clear_ready() }
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
 fn data_config(s: &FlowSettings) -> DataConfig {
     DataConfig {
         refresh_ns: s.refresh.as_nanos() as u64,
