@@ -80,6 +80,10 @@ pub struct DataConfig {
 
 /// [`DataConfig::flags`]: track flows and emit events (when owner).
 pub const DATA_FLAG_TRACK_FLOWS: u32 = 1;
+/// [`DataConfig::flags`]: emit a refresh event for every packet of a tracked
+/// flow. Only for measuring ring-buffer throughput (`cargo xtask bench`); the
+/// agent never sets it.
+pub const DATA_FLAG_EMIT_EVERY_PACKET: u32 = 2;
 
 impl_pod!(VipEntry, Ownership, DataConfig);
 

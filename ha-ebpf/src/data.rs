@@ -11,8 +11,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use ha_common::{
     data::{
-        DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict, MAX_VIPS, Ownership,
-        VipEntry,
+        DATA_FLAG_EMIT_EVERY_PACKET, DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict,
+        MAX_VIPS, Ownership, VipEntry,
     },
     flow::{
         EVENTS_BYTES, FLOW_LO_IS_ORIGIN, FlowEvent, FlowEventKind, FlowKey, FlowState, MAX_FLOWS,
@@ -77,21 +77,25 @@ pub fn ha_data(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The verdict for a VIP of `group`: pass if owned, else why not.
+/// The verdict for a VIP of `group` given the ownership word: pass if owned and
+/// the lease runs, else why not. `now` is read only when the group bit is set,
+/// so a backup never pays for the clock.
 #[inline(always)]
 fn vip_verdict(
     group: u32,
     own: &Ownership,
-    now: u64,
+    now: &mut Option<u64>,
     pass: DataVerdict,
     drop: DataVerdict,
 ) -> DataVerdict {
-    if own.owns(group, now) {
+    if group >= 64 || own.groups & (1 << group) == 0 {
+        return drop;
+    }
+    let t = *now.get_or_insert_with(now_ns);
+    if t < own.lease_expires_ns {
         pass
-    } else if group < 64 && own.groups & (1 << group) != 0 {
-        DataVerdict::DropLeaseExpired
     } else {
-        drop
+        DataVerdict::DropLeaseExpired
     }
 }
 
@@ -108,15 +112,13 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
         if arp.ptype != [0x08, 0x00] || arp.plen != 4 {
             return DataVerdict::PassNoVip;
         }
-        let target = u32::from_ne_bytes(arp.tpa);
-        let Some(vip) = vip_of(target) else {
+        let Some(vip) = vip_of(u32::from_ne_bytes(arp.tpa)) else {
             return DataVerdict::PassNoVip;
         };
-        let now = now_ns();
         return vip_verdict(
             vip.group,
             &ownership(),
-            now,
+            &mut None,
             DataVerdict::PassArpOwner,
             DataVerdict::DropArpNotOwner,
         );
@@ -127,27 +129,24 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     let Ok(ip) = read::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
         return DataVerdict::Truncated;
     };
-    let dst = u32::from_ne_bytes(ip.dst_addr);
     let own = ownership();
-    let now = now_ns();
-    let verdict = match vip_of(dst) {
-        Some(vip) => {
-            let v = vip_verdict(
-                vip.group,
-                &own,
-                now,
-                DataVerdict::PassIpv4Owner,
-                DataVerdict::DropIpv4NotOwner,
-            );
-            if v != DataVerdict::PassIpv4Owner {
-                return v;
-            }
-            v
-        }
+    let mut now = None;
+    let verdict = match vip_of(u32::from_ne_bytes(ip.dst_addr)) {
+        Some(vip) => vip_verdict(
+            vip.group,
+            &own,
+            &mut now,
+            DataVerdict::PassIpv4Owner,
+            DataVerdict::DropIpv4NotOwner,
+        ),
         None => DataVerdict::PassNoVip,
     };
-    if own.owns_any(now) {
-        track(ctx, &ip, now);
+    if matches!(verdict, DataVerdict::PassNoVip | DataVerdict::PassIpv4Owner) && own.groups != 0 {
+        // Flow tracking only on the owner (a running lease), never on a backup.
+        let t = *now.get_or_insert_with(now_ns);
+        if own.owns_any(t) {
+            track(ctx, &ip, t);
+        }
     }
     verdict
 }
@@ -248,10 +247,8 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, now: u64) {
             }
             st.flags = flags;
         }
-        if kind.is_none()
-            && cfg.refresh_ns != 0
-            && now.wrapping_sub(st.emitted_ns) >= cfg.refresh_ns
-        {
+        let refresh_due = cfg.refresh_ns != 0 && now.wrapping_sub(st.emitted_ns) >= cfg.refresh_ns;
+        if kind.is_none() && (refresh_due || cfg.flags & DATA_FLAG_EMIT_EVERY_PACKET != 0) {
             kind = Some(FlowEventKind::Refresh);
         }
         if let Some(kind) = kind

@@ -44,11 +44,15 @@ pub(crate) fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
     Ok(unsafe { ptr.read_unaligned() })
 }
 
-/// `bpf_ktime_get_ns`: CLOCK_MONOTONIC, the clock the agent writes leases in.
+/// `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE, the clock the agent writes
+/// leases in (CLOCK_MONOTONIC) read at kernel-tick resolution (4 ms at
+/// CONFIG_HZ=250). It costs a memory read where `bpf_ktime_get_ns` reads the
+/// clocksource (about 25 ns per packet in a VM); a lease lapses up to one tick
+/// late, which the lease length documentation accounts for.
 #[inline(always)]
 pub(crate) fn now_ns() -> u64 {
     // SAFETY: helper without arguments or side effects.
-    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
 }
 
 #[cfg(target_arch = "bpf")]

@@ -5,6 +5,7 @@
 //! - `build-ebpf`: builds the XDP object and prints its path.
 //! - `test`: setup, build, fmt, clippy, unit tests, privileged integration tests.
 //! - `lab`: the failover lab; `lab down` removes leftovers of any lab.
+//! - `bench`: data-plane benchmarks (figures in docs/benchmarks.md).
 
 mod build;
 mod lab;
@@ -35,6 +36,9 @@ enum Command {
     Test(test::TestArgs),
     /// The failover lab (`cargo xtask lab`), or `cargo xtask lab down`.
     Lab(lab::LabArgs),
+    /// Data-plane benchmarks (root): ns per packet per XDP path, ownership flip
+    /// of 1,000 VIPs, ring-buffer events per second. Writes target/bench/*.json.
+    Bench,
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::BuildEbpf => build::build_ebpf().map(|path| println!("{}", path.display())),
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(&args),
+        Command::Bench => bench(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -52,6 +57,20 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn bench() -> anyhow::Result<()> {
+    if !is_root() {
+        anyhow::bail!(
+            "the benchmarks load XDP programs, which needs root: run `cargo xtask bench` as root"
+        );
+    }
+    setup::run()?;
+    build::build_ebpf_only()?;
+    run_step(
+        "data-plane benchmarks",
+        cargo().args(["bench", "--package", "ha-tests", "--bench", "dataplane"]),
+    )
 }
 
 /// The cargo that runs us (so nested builds use the same toolchain).

@@ -245,6 +245,9 @@ pub struct FlowSettings {
     /// Wake the agent once this many bytes of events wait; below, it drains on
     /// its own timer.
     pub wakeup_bytes: u64,
+    /// Emit an event for every packet of a tracked flow: only for measuring
+    /// the ring buffer (`cargo xtask bench`), never in service.
+    pub emit_every_packet: bool,
 }
 
 impl Default for FlowSettings {
@@ -257,6 +260,7 @@ impl Default for FlowSettings {
             // 1/16 of the ring: a burst wakes the agent early; at low rates the
             // drain timer keeps lag at a millisecond.
             wakeup_bytes: u64::from(flow::EVENTS_BYTES / 16),
+            emit_every_packet: false,
         }
     }
 }
@@ -682,7 +686,12 @@ fn data_config(s: &FlowSettings) -> DataConfig {
     DataConfig {
         refresh_ns: s.refresh.as_nanos() as u64,
         wakeup_bytes: s.wakeup_bytes,
-        flags: if s.track { DATA_FLAG_TRACK_FLOWS } else { 0 },
+        flags: if s.track { DATA_FLAG_TRACK_FLOWS } else { 0 }
+            | if s.emit_every_packet {
+                data::DATA_FLAG_EMIT_EVERY_PACKET
+            } else {
+                0
+            },
         _pad: 0,
     }
 }
