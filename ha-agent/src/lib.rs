@@ -3,7 +3,9 @@
 //! Module map:
 //! - [`dataplane`]: loads the embedded XDP object, attaches programs to
 //!   interfaces (native mode, generic only as a logged fallback) and reads maps.
+//! - [`vrrp`]: VRRPv3 wire format, state machine and groups (sans-IO).
 //! - [`cli`]: the operator command line (`ha-agent <command>`).
 
 pub mod cli;
 pub mod dataplane;
+pub mod vrrp;
