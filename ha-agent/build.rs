@@ -58,5 +58,15 @@ fn check_prerequisites() -> anyhow::Result<()> {
     if !matches!(linker, Ok(ref out) if out.status.success()) {
         bail!("bpf-linker is not installed or does not run: {hint}");
     }
+    // A reinstalled linker (another LLVM) must relink the object.
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v bpf-linker"])
+        .output()
+    {
+        println!(
+            "cargo:rerun-if-changed={}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
     Ok(())
 }

@@ -97,6 +97,8 @@ pub struct AttachArgs {
     #[arg(long, default_value_t = 0)]
     sync_port: u16,
     /// Management service allowed on the HA link, `tcp/22` or `udp/161`, repeatable.
+    /// The HA-link tables (peers, VRIDs, sync port, management) and the VIP table
+    /// are replaced only when options for them are given.
     #[arg(long = "mgmt", value_parser = parse_mgmt)]
     mgmt: Vec<(u8, u16)>,
     /// VIP, `ADDR` (group 0) or `ADDR@GROUP`, repeatable.
@@ -109,18 +111,7 @@ pub struct AttachArgs {
 }
 
 fn parse_mgmt(s: &str) -> Result<(u8, u16), String> {
-    let (proto, port) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{s:?}: expected tcp/PORT or udp/PORT"))?;
-    let proto = match proto {
-        "tcp" => 6,
-        "udp" => 17,
-        other => return Err(format!("{s:?}: protocol {other:?} is not tcp or udp")),
-    };
-    let port = port
-        .parse()
-        .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
-    Ok((proto, port))
+    crate::config::parse_mgmt(s).map_err(|problem| format!("{s:?}: {problem}"))
 }
 
 fn parse_vip(s: &str) -> Result<(Ipv4Addr, u32), String> {
@@ -157,10 +148,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dataplane(DataplaneCommand::Logs { instance, seconds }) => {
             let logs = crate::dataplane::xdp_logs(&instance);
             match seconds {
-                Some(s) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(s), logs).await;
-                    Ok(())
-                }
+                Some(s) => match tokio::time::timeout(Duration::from_secs(s), logs).await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(_elapsed) => Ok(()),
+                },
                 None => tokio::select! {
                     r = logs => r.map_err(Into::into),
                     _ = tokio::signal::ctrl_c() => Ok(()),
@@ -191,13 +182,19 @@ fn attach(a: &AttachArgs) -> anyhow::Result<()> {
             xdp_debug: a.xdp_debug,
         },
     )?;
-    dp.set_link_settings(&LinkSettings {
-        peers: a.peers.clone(),
-        vrids: a.vrids.clone(),
-        sync_port: a.sync_port,
-        mgmt: a.mgmt.clone(),
-    })?;
-    dp.set_vips(&a.vips)?;
+    // Tables are replaced only when given: attaching one more interface later
+    // must not empty the VIP table or the peer allow-list.
+    if !(a.peers.is_empty() && a.vrids.is_empty() && a.mgmt.is_empty() && a.sync_port == 0) {
+        dp.set_link_settings(&LinkSettings {
+            peers: a.peers.clone(),
+            vrids: a.vrids.clone(),
+            sync_port: a.sync_port,
+            mgmt: a.mgmt.clone(),
+        })?;
+    }
+    if !a.vips.is_empty() {
+        dp.set_vips(&a.vips)?;
+    }
     let ifaces = a
         .ha_iface
         .iter()

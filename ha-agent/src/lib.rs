@@ -4,8 +4,12 @@
 //! - [`dataplane`]: loads the embedded XDP object, attaches programs to
 //!   interfaces (native mode, generic only as a logged fallback) and reads maps.
 //! - [`vrrp`]: VRRPv3 wire format, state machine and groups (sans-IO).
+//! - [`iface`]: interface index, MAC and link state in the current namespace.
+//! - [`config`]: the TOML configuration and its validation.
 //! - [`cli`]: the operator command line (`ha-agent <command>`).
 
 pub mod cli;
+pub mod config;
 pub mod dataplane;
+pub mod iface;
 pub mod vrrp;

@@ -36,8 +36,13 @@ pub struct VipEntry {
 /// Which groups this node owns, and until when (slot 0 of [`OWNERSHIP_MAP`]).
 ///
 /// Written as one `bpf_map_update_elem`. The XDP program treats a group as
-/// owned only while `now < lease_expires_ns` (`bpf_ktime_get_ns`, i.e.
-/// CLOCK_MONOTONIC); the agent renews the lease well before it runs out.
+/// owned only while `now < lease_expires_ns` (CLOCK_MONOTONIC, read in XDP with
+/// `bpf_ktime_get_coarse_ns`, i.e. at kernel-tick resolution); the agent
+/// renews the lease well before it runs out.
+///
+/// The two fields are written by one memcpy; a packet racing the write may see
+/// the new groups with the old lease (or the reverse). Either way that single
+/// packet is judged as if it had arrived just before or after the flip.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ownership {

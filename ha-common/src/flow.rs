@@ -179,6 +179,10 @@ pub const fn tcp_next(state: u8, flags: u8, tcp_flags: u8, from_lo: bool) -> (u8
     if tcp_flags & RST != 0 {
         return (TcpState::Closed as u8, flags);
     }
+    if tcp_flags & FIN != 0 && state == TcpState::Closed as u8 {
+        // A FIN in flight after a RST: the connection is already gone.
+        return (state, flags);
+    }
     if tcp_flags & FIN != 0 {
         flags |= if from_lo { FLOW_FIN_LO } else { FLOW_FIN_HI };
         let both = flags & (FLOW_FIN_LO | FLOW_FIN_HI) == (FLOW_FIN_LO | FLOW_FIN_HI);
@@ -245,6 +249,12 @@ mod tests {
         for s in [TcpState::SynSent, TcpState::Established, TcpState::Closing] {
             assert_eq!(tcp_next(s as u8, 0, RST, true).0, TcpState::Closed as u8);
         }
+    }
+
+    #[test]
+    fn fin_after_rst_stays_closed() {
+        let (s, f) = tcp_next(TcpState::Established as u8, 0, RST, true);
+        assert_eq!(tcp_next(s, f, FINACK, false).0, TcpState::Closed as u8);
     }
 
     #[test]

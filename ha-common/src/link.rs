@@ -55,7 +55,7 @@ pub struct MgmtPort {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AdvertStamp {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when it arrived; 0 = never.
+    /// CLOCK_MONOTONIC (tick resolution, `bpf_ktime_get_coarse_ns`) when it arrived; 0 = never.
     pub last_ns: u64,
     /// Adverts accepted for this VRID since load (racy across CPUs: a hint).
     pub count: u64,

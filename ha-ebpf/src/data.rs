@@ -15,8 +15,8 @@ use ha_common::{
         MAX_VIPS, Ownership, VipEntry,
     },
     flow::{
-        EVENTS_BYTES, FLOW_LO_IS_ORIGIN, FlowEvent, FlowEventKind, FlowKey, FlowState, MAX_FLOWS,
-        PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState, tcp_next,
+        EVENTS_BYTES, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey, FlowState,
+        MAX_FLOWS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState, tcp_next,
     },
 };
 use network_types::{
@@ -28,6 +28,15 @@ use crate::{
     hdr::{ArpIpv4, IcmpEcho, TcpPorts, UdpPorts, is_fragment},
     now_ns, read,
 };
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+/// 802.1Q and 802.1ad ethertypes as they sit in the header (network order).
+const ETH_P_8021Q: u16 = 0x8100_u16.to_be();
+const ETH_P_8021AD: u16 = 0x88a8_u16.to_be();
+const VLAN_HLEN: usize = 4;
 
 #[btf_map]
 static HA_DATA_VIPS: HashMap<u32, VipEntry, { MAX_VIPS as usize }> = HashMap::new();
@@ -103,9 +112,17 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     let Ok(eth) = read::<EthHdr>(ctx, 0) else {
         return DataVerdict::Truncated;
     };
-    let ether_type = eth.ether_type;
+    // One 802.1Q/802.1ad tag is looked through, so a VLAN trunk is gated too.
+    let (ether_type, l3) = if eth.ether_type == ETH_P_8021Q || eth.ether_type == ETH_P_8021AD {
+        let Ok(inner) = read::<[u8; 2]>(ctx, EthHdr::LEN + 2) else {
+            return DataVerdict::Truncated;
+        };
+        (u16::from_ne_bytes(inner), EthHdr::LEN + VLAN_HLEN)
+    } else {
+        (eth.ether_type, EthHdr::LEN)
+    };
     if ether_type == EtherType::Arp as u16 {
-        let Ok(arp) = read::<ArpIpv4>(ctx, EthHdr::LEN) else {
+        let Ok(arp) = read::<ArpIpv4>(ctx, l3) else {
             return DataVerdict::Truncated;
         };
         // Only IPv4-over-Ethernet ARP can name a VIP.
@@ -126,7 +143,7 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     if ether_type != EtherType::Ipv4 as u16 {
         return DataVerdict::PassNoVip;
     }
-    let Ok(ip) = read::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+    let Ok(ip) = read::<Ipv4Hdr>(ctx, l3) else {
         return DataVerdict::Truncated;
     };
     let own = ownership();
@@ -145,7 +162,7 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
         // Flow tracking only on the owner (a running lease), never on a backup.
         let t = *now.get_or_insert_with(now_ns);
         if own.owns_any(t) {
-            track(ctx, &ip, t);
+            track(ctx, &ip, l3, t);
         }
     }
     verdict
@@ -154,7 +171,7 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
 /// Records the packet in the flow table and emits an event on a new flow, a TCP
 /// state change, or when a refresh is due.
 #[inline(always)]
-fn track(ctx: &XdpContext, ip: &Ipv4Hdr, now: u64) {
+fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
     let Some(cfg) = HA_DATA_CONFIG.get(0) else {
         return;
     };
@@ -165,18 +182,20 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, now: u64) {
     if ihl < Ipv4Hdr::LEN {
         return;
     }
-    let l4 = EthHdr::LEN + ihl;
+    let l4 = l3 + ihl;
     // (source port, destination port, TCP flags, sender is the originator if new)
     let (sport, dport, tcp_flags, sender_origin) = match ip.proto {
         PROTO_TCP => {
             let Ok(t) = read::<TcpPorts>(ctx, l4) else {
                 return;
             };
+            // A SYN-ACK comes from the responder.
+            let synack = t.flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
             (
                 u16::from_be_bytes(t.src),
                 u16::from_be_bytes(t.dst),
                 t.flags,
-                true,
+                !synack,
             )
         }
         PROTO_UDP => {
@@ -239,11 +258,15 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, now: u64) {
             let (state, flags) = tcp_next(st.state, st.flags, tcp_flags, from_lo);
             if state != st.state {
                 if state == TcpState::SynSent as u8 {
-                    // The tuple was reused for a new connection.
+                    // The tuple was reused for a new connection: a new flow.
                     st.first_ns = now;
+                    st.packets = 1;
+                    st.bytes = len;
+                    kind = Some(FlowEventKind::New);
+                } else {
+                    kind = Some(FlowEventKind::StateChange);
                 }
                 st.state = state;
-                kind = Some(FlowEventKind::StateChange);
             }
             st.flags = flags;
         }
@@ -259,13 +282,15 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, now: u64) {
         return;
     }
 
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
+    let mut flags = 0;
     let state = if ip.proto != PROTO_TCP {
         TcpState::Active
-    } else if tcp_flags & (SYN | ACK) == SYN {
+    } else if tcp_flags & TCP_SYN != 0 {
+        if tcp_flags & TCP_ACK != 0 {
+            flags = FLOW_SYNACK;
+        }
         TcpState::SynSent
-    } else if tcp_flags & 0x05 != 0 {
+    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // A lone FIN or RST for a flow we never saw: nothing to replicate.
         return;
     } else {
@@ -280,7 +305,7 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, now: u64) {
         packets: 1,
         bytes: len,
         state: state as u8,
-        flags: if lo_is_origin { FLOW_LO_IS_ORIGIN } else { 0 },
+        flags: flags | if lo_is_origin { FLOW_LO_IS_ORIGIN } else { 0 },
         _pad: [0; 6],
     };
     if emit(ctx, &key, &st, FlowEventKind::New, now, cfg.wakeup_bytes) {

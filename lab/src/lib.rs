@@ -64,7 +64,7 @@ impl Lab {
     pub fn new() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Self::with_run(&format!("{:x}{n:x}", std::process::id()))
+        Self::with_run(&format!("{:x}-{n:x}", std::process::id()))
     }
 
     /// A lab whose namespaces are `halab-<run>-<name>`. The caller promises that

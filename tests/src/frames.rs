@@ -164,3 +164,20 @@ pub fn ipv6_stub() -> Vec<u8> {
     out.extend_from_slice(&[0; 32]);
     out
 }
+
+/// The same frame with an 802.1Q tag (VLAN `vid`) after the MAC addresses.
+pub fn vlan(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// An IPv4 fragment (MF set) carrying `payload` as protocol `proto`.
+pub fn fragment(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = ipv4(src, dst, proto, ttl, payload);
+    f[20] |= 0x20; // More Fragments
+    // Fix the IPv4 header checksum is not needed: XDP does not verify it.
+    f
+}

@@ -110,6 +110,45 @@ fn attach_inspect_detach_through_the_cli() {
         .and_then(|r| r.trim().split(']').next());
     assert_eq!(echo.map(str::trim), Some("3"), "{json}");
 
+    // Owner, lease, an advert on the HA link, and a tracked flow, as the CLI
+    // shows them.
+    let mut dp = ha_agent::dataplane::Dataplane::open(&instance).unwrap();
+    dp.set_ownership(0b1, Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let advert = ha_tests::frames::vrrp(
+        "10.255.0.2".parse().unwrap(),
+        255,
+        51,
+        150,
+        1,
+        "192.0.2.1".parse().unwrap(),
+    );
+    assert_eq!(dp.test_run("ha_link", &advert, 1).unwrap().0, 2);
+    lab.add_addr(("fw", "lan0"), "192.0.2.5/24").unwrap();
+    lab.add_addr(("peer", "lan0"), "192.0.2.6/24").unwrap();
+    lab.exec(
+        "peer",
+        &["ping", "-c", "2", "-i", "0.05", "-W", "1", "192.0.2.5"],
+    )
+    .unwrap();
+    let out = Command::new(agent)
+        .args(["maps", "--instance", &instance])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ownership: groups 0x1, lease "), "{text}");
+    assert!(
+        text.contains("192.0.2.1        group 0   owner yes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("192.0.2.2        group 1   owner no"),
+        "{text}"
+    );
+    assert!(text.contains("priority 150  from 10.255.0.2"), "{text}");
+    assert!(text.contains("flows: 1 (busiest 1 by bytes)"), "{text}");
+    assert!(text.contains("icmp 192.0.2.5 id"), "{text}");
+
     // bpftool shows the same maps with BTF field names.
     let pin = format!("/sys/fs/bpf/{instance}/maps/HA_DATA_OWNERSHIP");
     let out = Command::new("bpftool")
@@ -196,6 +235,7 @@ fn xdp_debug_log_only_when_asked_for() {
             .output();
         let out = logs.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "`dataplane logs` failed: {err}");
         assert_eq!(
             err.contains("ha_link: drop, reason 11"),
             debug,

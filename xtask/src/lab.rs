@@ -31,11 +31,19 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                     removed.join(" ")
                 );
             }
+            let pins = crate::test::remove_test_pins(&[])?;
+            if !pins.is_empty() {
+                println!("removed test data-plane pins: {}", pins.join(" "));
+            }
             Ok(())
         }
-        None => bail!(
-            "the failover lab (scenarios, report, keepalived comparison) is not built yet; \
+        None => {
+            crate::setup::run()?;
+            crate::build::build_ebpf_only()?;
+            bail!(
+                "the failover lab (scenarios, report, keepalived comparison) is not built yet; \
              `cargo xtask test` runs what exists, `cargo xtask lab down` cleans up"
-        ),
+            )
+        }
     }
 }

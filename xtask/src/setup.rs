@@ -47,6 +47,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     services_off()?;
+    stable_components()?;
     rust_src()?;
     bpf_linker()?;
     eprintln!("xtask: setup complete");
@@ -117,6 +118,32 @@ fn services_off() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// rustfmt and clippy on the default toolchain (`cargo xtask test` runs both).
+fn stable_components() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .context("running rustup component list")?;
+    let have = String::from_utf8_lossy(&installed.stdout).into_owned();
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !have.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: rustfmt, clippy: installed");
+        return Ok(());
+    }
+    run_step(
+        &format!(
+            "rustup component add {} (cargo xtask test runs them)",
+            missing.join(" ")
+        ),
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
 }
 
 fn rust_src() -> anyhow::Result<()> {

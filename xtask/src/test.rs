@@ -93,6 +93,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         eprintln!("xtask: skipping the privileged integration tests (--unprivileged)");
     } else {
         let before = ha_lab::list_netns(ha_lab::PREFIX)?;
+        let pins_before = test_pins();
         let result = cargo_test(
             "privileged integration tests",
             &["--package", "ha-tests"],
@@ -109,14 +110,14 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                 leaked.join(" ")
             );
         }
-        let pins = leaked_pins();
+        result?;
+        let pins = remove_test_pins(&pins_before)?;
         if !pins.is_empty() {
             bail!(
-                "the integration tests left pins behind in /sys/fs/bpf: {}",
+                "the integration tests left pins behind in /sys/fs/bpf (now removed): {}",
                 pins.join(" ")
             );
         }
-        result?;
     }
     println!(
         "\nxtask test finished in {:.0}s\nsummary: {} passed, {} failed, {} skipped",
@@ -128,8 +129,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pin directories of test data planes (`/sys/fs/bpf/hatest-*`) still present.
-fn leaked_pins() -> Vec<String> {
+/// Pin directories of test data planes (`/sys/fs/bpf/hatest-*`).
+fn test_pins() -> Vec<String> {
     std::fs::read_dir("/sys/fs/bpf")
         .into_iter()
         .flatten()
@@ -137,6 +138,28 @@ fn leaked_pins() -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("hatest-"))
         .collect()
+}
+
+/// Removes test pin directories except those in `keep` (removing a link pin
+/// detaches its program); returns the names removed. `lab down` uses it too.
+pub fn remove_test_pins(keep: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for name in test_pins().into_iter().filter(|n| !keep.contains(n)) {
+        let dir = std::path::Path::new("/sys/fs/bpf").join(&name);
+        for sub in ["links", "progs", "maps"] {
+            for entry in std::fs::read_dir(dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                std::fs::remove_file(entry.path())?;
+            }
+            let _ = std::fs::remove_dir(dir.join(sub));
+        }
+        std::fs::remove_dir(&dir)?;
+        removed.push(name);
+    }
+    Ok(removed)
 }
 
 /// Runs `cargo test <args>`, echoing its output and adding its results to `tally`.

@@ -91,3 +91,24 @@ impl FlowEvents {
         self.malformed
     }
 }
+
+impl FlowEvents {
+    /// The events as a stream (one item per event, batches drained in order);
+    /// ends on a reactor error.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = FlowEvent> {
+        let state = (
+            self,
+            std::collections::VecDeque::<FlowEvent>::new(),
+            Vec::new(),
+        );
+        futures_util::stream::unfold(state, |(mut events, mut queue, mut buf)| async move {
+            if queue.is_empty() {
+                buf.clear();
+                events.recv(&mut buf).await.ok()?;
+                queue.extend(buf.drain(..));
+            }
+            let next = queue.pop_front()?;
+            Some((next, (events, queue, buf)))
+        })
+    }
+}

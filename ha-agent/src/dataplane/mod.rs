@@ -139,7 +139,7 @@ pub(crate) fn attach_xdp(
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in ns: the clock the XDP programs read (`bpf_ktime_get_coarse_ns`).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -313,10 +313,16 @@ impl Dataplane {
     pub fn create_or_open(instance: &str, opts: LoadOptions) -> Result<Self, DataplaneError> {
         ensure_bpffs()?;
         let dir = pin_dir(instance);
-        if !dir.join("maps").join(data::OWNERSHIP_MAP).exists() {
-            Self::load_and_pin(&dir, opts)?;
-        } else {
+        // `progs/ha_data` is pinned last: without it, a load was interrupted
+        // and whatever it left is removed before loading again.
+        if dir.join("progs").join(data::PROGRAM).exists() {
             info!(dir = %dir.display(), "re-opening the pinned data plane");
+        } else {
+            if dir.exists() {
+                warn!(dir = %dir.display(), "removing an incomplete data plane left by an interrupted load");
+                Self::detach_all(instance)?;
+            }
+            Self::load_and_pin(&dir, opts)?;
         }
         Self::open_dir(dir)
     }
@@ -348,36 +354,8 @@ impl Dataplane {
             .override_global("AYA_LOG_LEVEL", &level, true)
             .load(OBJECT)
             .map_err(DataplaneError::Load)?;
-        for sub in ["maps", "progs", "links"] {
-            let path = dir.join(sub);
-            std::fs::create_dir_all(&path).map_err(pin_err("create pin directory", &path))?;
-        }
-        for program in [link::PROGRAM, data::PROGRAM] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(program)
-                .ok_or(DataplaneError::MissingProgram(program))?
-                .try_into()
-                .map_err(|source| DataplaneError::LoadProgram { program, source })?;
-            prog.load()
-                .map_err(|source| DataplaneError::LoadProgram { program, source })?;
-            prog.pin(dir.join("progs").join(program))
-                .map_err(|e| DataplaneError::Pin {
-                    what: "pin program",
-                    path: dir.join("progs").join(program),
-                    source: std::io::Error::other(e),
-                })?;
-        }
-        for &name in PINNED_MAPS {
-            let path = dir.join("maps").join(name);
-            ebpf.map(name)
-                .ok_or(DataplaneError::MissingMap(name))?
-                .pin(&path)
-                .map_err(|e| DataplaneError::Pin {
-                    what: "pin map",
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-        }
+        // Configure before anything is pinned, then pin maps, then programs,
+        // `ha_data` last: its pin marks a complete load.
         let mut config: Array<_, DataConfig> = Array::try_from(
             ebpf.map_mut(data::CONFIG_MAP)
                 .ok_or(DataplaneError::MissingMap(data::CONFIG_MAP))?,
@@ -392,6 +370,36 @@ impl Dataplane {
                 map: data::CONFIG_MAP,
                 source,
             })?;
+        for sub in ["maps", "progs", "links"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(pin_err("create pin directory", &path))?;
+        }
+        for &name in PINNED_MAPS {
+            let path = dir.join("maps").join(name);
+            ebpf.map(name)
+                .ok_or(DataplaneError::MissingMap(name))?
+                .pin(&path)
+                .map_err(|e| DataplaneError::Pin {
+                    what: "pin map",
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        for program in [link::PROGRAM, data::PROGRAM] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(program)
+                .ok_or(DataplaneError::MissingProgram(program))?
+                .try_into()
+                .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+            let path = dir.join("progs").join(program);
+            prog.pin(&path).map_err(|e| DataplaneError::Pin {
+                what: "pin program",
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        }
         info!(dir = %dir.display(), xdp_debug = opts.xdp_debug, "XDP programs loaded and pinned");
         Ok(())
     }
@@ -418,10 +426,21 @@ impl Dataplane {
         program: &'static str,
         iface: &str,
     ) -> Result<Option<AttachMode>, DataplaneError> {
-        let link_path = self.dir.join("links").join(format!("{program}@{iface}"));
+        // The pin name carries the interface index: a link to an interface
+        // that was deleted and re-created (new index) is stale, not "attached".
+        let ifindex = crate::iface::if_index(iface).map_err(|e| DataplaneError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source: ProgramError::IOError(e),
+        })?;
+        let link_path = self
+            .dir
+            .join("links")
+            .join(format!("{program}@{iface}@{ifindex}"));
         if link_path.exists() {
             return Ok(None);
         }
+        self.detach_iface(program, iface)?;
         let prog_path = self.dir.join("progs").join(program);
         let mut prog = Xdp::from_pin(&prog_path, aya_obj::programs::XdpAttachType::Interface)
             .map_err(|source| DataplaneError::LoadProgram { program, source })?;
@@ -477,12 +496,20 @@ impl Dataplane {
 
     /// Detaches `program` from `iface` by removing its pinned link.
     pub fn detach_iface(&self, program: &'static str, iface: &str) -> Result<bool, DataplaneError> {
-        let path = self.dir.join("links").join(format!("{program}@{iface}"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(pin_err("remove pinned link", &path)(e)),
+        let prefix = format!("{program}@{iface}@");
+        let mut removed = false;
+        let links = self.dir.join("links");
+        for entry in std::fs::read_dir(&links)
+            .map_err(pin_err("read", &links))?
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(entry.path())
+                    .map_err(pin_err("remove pinned link", &entry.path()))?;
+                removed = true;
+            }
         }
+        Ok(removed)
     }
 
     /// Replaces the VIP table: adds what is new, updates changed groups, removes
@@ -512,11 +539,12 @@ impl Dataplane {
             .filter_map(Result::ok)
             .filter(|k| !want.contains_key(k))
             .collect();
-        for (addr, entry) in &want {
-            self.vips.insert(addr, entry, 0).map_err(map_err)?;
-        }
+        // Remove first, so replacing a full table never overflows it.
         for addr in stale {
             self.vips.remove(&addr).map_err(map_err)?;
+        }
+        for (addr, entry) in &want {
+            self.vips.insert(addr, entry, 0).map_err(map_err)?;
         }
         Ok(())
     }
@@ -547,10 +575,17 @@ impl Dataplane {
             })
     }
 
-    /// Extends the lease of the current ownership (one map write).
-    pub fn renew_lease(&mut self, lease: Duration) -> Result<(), DataplaneError> {
-        let groups = self.ownership()?.groups;
-        self.set_ownership(groups, Some(lease))
+    /// Extends the lease of the current ownership (one map write). A lease that
+    /// has already lapsed is not revived: the peer may own the VIPs by now, so
+    /// ownership must be won again (`set_ownership`). Returns whether it was
+    /// renewed.
+    pub fn renew_lease(&mut self, lease: Duration) -> Result<bool, DataplaneError> {
+        let current = self.ownership()?;
+        if current.lease_expires_ns <= monotonic_ns() {
+            return Ok(false);
+        }
+        self.set_ownership(current.groups, Some(lease))?;
+        Ok(true)
     }
 
     /// The ownership word as the XDP programs see it.
@@ -711,11 +746,11 @@ where
         .filter_map(Result::ok)
         .filter(|k| !want.iter().any(|(w, _)| w == k))
         .collect();
-    for (k, v) in &want {
-        map.insert(k, v, 0)?;
-    }
     for k in stale {
         map.remove(&k)?;
+    }
+    for (k, v) in &want {
+        map.insert(k, v, 0)?;
     }
     Ok(())
 }

@@ -1,0 +1,102 @@
+//! Role hooks: keepalived-compatible notify scripts and role-dependent
+//! services. Hooks run on a task of their own, one group's in order, each
+//! under a timeout; a hook that fails or hangs is logged and killed. Queuing a
+//! hook never waits: the ownership write and GARP never wait on a hook.
+
+use std::{path::PathBuf, time::Duration};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{config::GroupConfig, vrrp::machine::Role};
+
+/// One command to run.
+#[derive(Debug, Clone)]
+struct Job {
+    /// What it is, for logs.
+    what: String,
+    argv: Vec<String>,
+}
+
+/// The hook runner of one group.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    /// Queue to the group's hook task.
+    tx: mpsc::UnboundedSender<Job>,
+    /// The group's configuration (script, services).
+    notify: Option<PathBuf>,
+    services: Vec<crate::config::Service>,
+}
+
+impl Hooks {
+    /// Starts the hook task of `group`.
+    pub fn spawn(group: &GroupConfig) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let timeout = Duration::from_millis(group.hook_timeout_ms);
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                run(&job, timeout).await;
+            }
+        });
+        Hooks { tx, notify: group.notify.clone(), services: group.services.clone() }
+    }
+
+    fn queue(&self, what: String, argv: Vec<String>) {
+        if argv.is_empty() {
+            return;
+        }
+        let _ = self.tx.send(Job { what, argv });
+    }
+
+    /// `<script> GROUP|INSTANCE <name> <ROLE> <priority>`.
+    pub fn notify(&self, kind: &str, name: &str, role: Role, priority: u8) {
+        if let Some(script) = &self.notify {
+            self.queue(
+                format!("notify {kind} {name} {}", role.as_str()),
+                vec![
+                    script.display().to_string(),
+                    kind.to_owned(),
+                    name.to_owned(),
+                    role.as_str().to_owned(),
+                    priority.to_string(),
+                ],
+            );
+        }
+    }
+
+    /// Starts (MASTER) or stops (BACKUP, FAULT) the role-dependent services.
+    pub fn services(&self, role: Role) {
+        for s in &self.services {
+            let (verb, argv) = match role {
+                Role::Master => ("start", s.start.clone()),
+                Role::Backup | Role::Fault => ("stop", s.stop.clone()),
+                Role::Initialize => continue,
+            };
+            let argv = argv.unwrap_or_else(|| vec!["systemctl".into(), verb.into(), s.name.clone()]);
+            self.queue(format!("{verb} service {}", s.name), argv);
+        }
+    }
+}
+
+async fn run(job: &Job, timeout: Duration) {
+    let mut cmd = tokio::process::Command::new(&job.argv[0]);
+    cmd.args(&job.argv[1..]).kill_on_drop(true).stdin(std::process::Stdio::null());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(hook = %job.what, cause = %e, "hook could not start");
+            return;
+        }
+    };
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) if out.status.success() => info!(hook = %job.what, "hook done"),
+        Ok(Ok(out)) => warn!(
+            hook = %job.what,
+            status = %out.status,
+            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+            "hook failed"
+        ),
+        Ok(Err(e)) => warn!(hook = %job.what, cause = %e, "hook failed"),
+        Err(_) => warn!(hook = %job.what, timeout_ms = timeout.as_millis() as u64, "hook timed out; killed"),
+    }
+}

@@ -1,0 +1,464 @@
+//! The agent's configuration: one TOML file (default
+//! `/etc/ha-agent/config.toml`). Validation names the file, the field and
+//! what is wrong; a config that fails validation is never used.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::vrrp::{group::Track, machine};
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/ha-agent/config.toml";
+
+/// A configuration error: which file, which field, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}: {field}: {problem}")]
+    Invalid {
+        file: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node's data plane: pins under /sys/fs/bpf/<instance>.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// The dedicated HA link: VRRP and sync traffic.
+    pub ha: HaLink,
+    /// Groups of VRRP instances that change role together.
+    #[serde(rename = "group")]
+    pub groups: Vec<GroupConfig>,
+    /// Data interfaces to gate besides those that carry VIPs.
+    #[serde(default)]
+    pub data_interfaces: Vec<String>,
+}
+
+fn default_instance() -> String {
+    "ha".into()
+}
+
+/// The HA link.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HaLink {
+    /// Interface name, e.g. `ha0`.
+    pub interface: String,
+    /// Our address on it: the source of our adverts, the tie-breaker.
+    pub address: Ipv4Addr,
+    /// The peers' addresses on it: the only sources of VRRP and sync accepted.
+    pub peers: Vec<Ipv4Addr>,
+    /// Send adverts to each peer (unicast) instead of 224.0.0.18.
+    #[serde(default)]
+    pub unicast: bool,
+    /// Management services reachable over the HA link (`tcp/22`).
+    #[serde(default)]
+    pub mgmt: Vec<String>,
+    /// UDP port of state sync (0 = none yet).
+    #[serde(default)]
+    pub sync_port: u16,
+    /// Ownership lease in ms; default three times the shortest advert
+    /// interval, so a dead agent's VIPs lapse before the peer's
+    /// Master_Down_Interval ends (see docs/architecture.md).
+    pub lease_ms: Option<u64>,
+}
+
+/// A group: one ownership bit, one set of hooks.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    /// keepalived-compatible notify script:
+    /// `<script> GROUP|INSTANCE <name> MASTER|BACKUP|FAULT <priority>`.
+    pub notify: Option<PathBuf>,
+    /// Commands of role-dependent services: started on MASTER, stopped on
+    /// BACKUP and FAULT.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Longest a hook may run before it is killed (ms).
+    #[serde(default = "default_hook_timeout_ms")]
+    pub hook_timeout_ms: u64,
+    /// Gratuitous ARPs per VIP on becoming master, and their spacing.
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u32,
+    #[serde(default = "default_garp_interval_ms")]
+    pub garp_interval_ms: u64,
+    /// Interfaces whose link state lowers priority (weight) or faults the group (weight 0).
+    #[serde(default)]
+    pub track: Vec<TrackConfig>,
+    #[serde(rename = "vrrp")]
+    pub instances: Vec<InstanceConfig>,
+}
+
+fn default_hook_timeout_ms() -> u64 {
+    10_000
+}
+fn default_garp_count() -> u32 {
+    3
+}
+fn default_garp_interval_ms() -> u64 {
+    10
+}
+
+/// A role-dependent service.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// Command run on MASTER (default `systemctl start <name>`).
+    pub start: Option<Vec<String>>,
+    /// Command run on BACKUP/FAULT (default `systemctl stop <name>`).
+    pub stop: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrackConfig {
+    pub iface: String,
+    #[serde(default)]
+    pub weight: u8,
+}
+
+/// One VRRP instance (virtual router) on the HA link.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub name: String,
+    pub vrid: u8,
+    pub priority: u8,
+    /// Advert interval in ms: a multiple of 10, from 10 to 40950.
+    #[serde(default = "default_advert_ms")]
+    pub advert_interval_ms: u64,
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    #[serde(default)]
+    pub preempt_delay_ms: u64,
+    /// Accept packets addressed to the VIPs when master (RFC 9568 Accept_Mode).
+    #[serde(default = "default_true")]
+    pub accept: bool,
+    pub vips: Vec<VipConfig>,
+}
+
+fn default_advert_ms() -> u64 {
+    1000
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    /// Data interface that carries the VIP.
+    pub iface: String,
+    /// `10.0.0.1/24`.
+    pub address: String,
+}
+
+/// A VIP after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub iface: String,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text (`file` names it in errors).
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.into(),
+            message: e.to_string(),
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let bad = |field: String, problem: String| ConfigError::Invalid {
+            file: file.into(),
+            field,
+            problem,
+        };
+        if self.instance.is_empty() || self.instance.contains('/') {
+            return Err(bad(
+                "instance".into(),
+                format!("{:?} is not a valid name", self.instance),
+            ));
+        }
+        if self.ha.peers.is_empty() {
+            return Err(bad(
+                "ha.peers".into(),
+                "at least one peer address is needed".into(),
+            ));
+        }
+        for m in &self.ha.mgmt {
+            parse_mgmt(m).map_err(|p| bad(format!("ha.mgmt {m:?}"), p))?;
+        }
+        if self.groups.is_empty() {
+            return Err(bad("group".into(), "at least one group is needed".into()));
+        }
+        if self.groups.len() > ha_common::data::MAX_GROUPS as usize {
+            return Err(bad(
+                "group".into(),
+                format!("at most {} groups", ha_common::data::MAX_GROUPS),
+            ));
+        }
+        let mut vrids = std::collections::BTreeSet::new();
+        for g in &self.groups {
+            if g.instances.is_empty() {
+                return Err(bad(
+                    format!("group {}", g.name),
+                    "has no vrrp instance".into(),
+                ));
+            }
+            for i in &g.instances {
+                let field = |f: &str| format!("group {} vrrp {} {f}", g.name, i.name);
+                if i.vrid == 0 {
+                    return Err(bad(field("vrid"), "must be 1-255".into()));
+                }
+                if !vrids.insert(i.vrid) {
+                    return Err(bad(field("vrid"), format!("VRID {} is used twice", i.vrid)));
+                }
+                if i.priority == 0 {
+                    return Err(bad(
+                        field("priority"),
+                        "must be 1-255 (0 is reserved for leaving)".into(),
+                    ));
+                }
+                if i.advert_interval_ms % 10 != 0 || !(10..=40950).contains(&i.advert_interval_ms) {
+                    return Err(bad(
+                        field("advert_interval_ms"),
+                        format!(
+                            "{} is not a multiple of 10 ms between 10 and 40950",
+                            i.advert_interval_ms
+                        ),
+                    ));
+                }
+                for v in &i.vips {
+                    parse_vip(v)
+                        .map_err(|p| bad(format!("vip {} on {}", v.address, v.iface), p))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every data interface: those carrying VIPs and the listed ones.
+    pub fn data_interfaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.data_interfaces.clone();
+        for g in &self.groups {
+            for i in &g.instances {
+                for v in &i.vips {
+                    if !out.contains(&v.iface) {
+                        out.push(v.iface.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The ownership lease.
+    pub fn lease(&self) -> Duration {
+        let shortest = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.instances)
+            .map(|i| i.advert_interval_ms)
+            .min()
+            .unwrap_or(1000);
+        Duration::from_millis(self.ha.lease_ms.unwrap_or(3 * shortest))
+    }
+
+    /// The state machine configuration of an instance.
+    pub fn machine_config(&self, i: &InstanceConfig) -> machine::Config {
+        machine::Config {
+            vrid: i.vrid,
+            priority: i.priority,
+            advert_interval_cs: (i.advert_interval_ms / 10) as u16,
+            preempt: i.preempt,
+            preempt_delay: Duration::from_millis(i.preempt_delay_ms),
+            local_addr: self.ha.address,
+            vips: i
+                .vips
+                .iter()
+                .filter_map(|v| parse_vip(v).ok())
+                .map(|v| v.addr)
+                .collect(),
+        }
+    }
+}
+
+impl GroupConfig {
+    pub fn tracks(&self) -> Vec<Track> {
+        self.track
+            .iter()
+            .map(|t| Track {
+                iface: t.iface.clone(),
+                weight: t.weight,
+            })
+            .collect()
+    }
+}
+
+/// `tcp/22` -> (6, 22).
+pub fn parse_mgmt(s: &str) -> Result<(u8, u16), String> {
+    let (proto, port) = s
+        .split_once('/')
+        .ok_or_else(|| "expected tcp/PORT or udp/PORT".to_owned())?;
+    let proto = match proto {
+        "tcp" => 6,
+        "udp" => 17,
+        other => return Err(format!("protocol {other:?} is not tcp or udp")),
+    };
+    let port = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number"))?;
+    Ok((proto, port))
+}
+
+/// Validates a VIP: an IPv4 address with a prefix length.
+pub fn parse_vip(v: &VipConfig) -> Result<Vip, String> {
+    let (addr, prefix) = v.address.split_once('/').unwrap_or((&v.address, "32"));
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| "invalid IPv4 address".to_owned())?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(|| "invalid prefix length".to_owned())?;
+    if v.iface.is_empty() || v.iface.len() > 15 {
+        return Err(format!("invalid interface name {:?}", v.iface));
+    }
+    Ok(Vip {
+        iface: v.iface.clone(),
+        addr,
+        prefix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+instance = "fw"
+[ha]
+interface = "ha0"
+address = "10.255.0.1"
+peers = ["10.255.0.2"]
+mgmt = ["tcp/22"]
+
+[[group]]
+name = "fw"
+notify = "/usr/local/bin/notify"
+track = [{ iface = "wan0", weight = 50 }]
+services = [{ name = "openvpn" }]
+
+[[group.vrrp]]
+name = "VI_1"
+vrid = 51
+priority = 200
+advert_interval_ms = 10
+vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address = "203.0.113.1/24" }]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ha-agent/config.toml"))
+    }
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.instance, "fw");
+        let g = &c.groups[0];
+        assert_eq!(
+            (g.garp_count, g.garp_interval_ms, g.hook_timeout_ms),
+            (3, 10, 10_000)
+        );
+        let i = &g.instances[0];
+        assert!(i.preempt && i.accept);
+        assert_eq!(
+            c.data_interfaces(),
+            vec!["lan0".to_owned(), "wan0".to_owned()]
+        );
+        assert_eq!(c.lease(), Duration::from_millis(30));
+        let m = c.machine_config(i);
+        assert_eq!((m.advert_interval_cs, m.vips.len()), (1, 2));
+    }
+
+    #[test]
+    fn errors_name_file_field_and_problem() {
+        let err = parse(&GOOD.replace("10.0.0.1/24", "10.0.0.300/24"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/ha-agent/config.toml: vip 10.0.0.300/24 on lan0: invalid IPv4 address"
+        );
+        let err = parse(&GOOD.replace("advert_interval_ms = 10", "advert_interval_ms = 15"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("group fw vrrp VI_1 advert_interval_ms: 15 is not a multiple of 10 ms"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("priority = 200", "priority = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("priority: must be 1-255"), "{err}");
+        let err = parse(&GOOD.replace("tcp/22", "tcp/ssh"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ha.mgmt \"tcp/ssh\": \"ssh\" is not a port number"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("peers = [\"10.255.0.2\"]", "peers = []"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ha.peers: at least one peer"), "{err}");
+        let err = parse(&GOOD.replace("vrid = 51", "vrid = 51\nbogus = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/ha-agent/config.toml: ") && err.contains("bogus"),
+            "{err}"
+        );
+        let err = Config::load(Path::new("/nonexistent/ha.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/nonexistent/ha.toml: cannot read"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Interface queries by ioctl on a socket, so they answer for the network
+//! namespace of the calling thread (unlike /sys, which shows the namespace the
+//! sysfs was mounted in).
+
+use std::{ffi::CString, io, os::fd::AsRawFd as _};
+
+use socket2::{Domain, Socket, Type};
+
+fn ioctl_ifreq(iface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
+    let name = CString::new(iface)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    if name.as_bytes().len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {iface:?} too long"),
+        ));
+    }
+    // SAFETY: zeroed ifreq is valid; the name fits (checked above).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    // SAFETY: valid socket fd and ifreq pointer for a read-only interface query.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("interface {iface}: {e}")));
+    }
+    Ok(req)
+}
+
+/// Interface index in the current network namespace.
+pub fn if_index(iface: &str) -> io::Result<i32> {
+    let req = ioctl_ifreq(iface, libc::SIOCGIFINDEX)?;
+    // SAFETY: SIOCGIFINDEX fills the ifindex member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex })
+}
+
+/// Interface MAC address.
+pub fn if_mac(iface: &str) -> io::Result<[u8; 6]> {
+    let req = ioctl_ifreq(iface, libc::SIOCGIFHWADDR)?;
+    // SAFETY: SIOCGIFHWADDR fills the hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
+/// Whether the interface is up with carrier (IFF_UP and IFF_RUNNING); a
+/// missing interface counts as down.
+pub fn link_up(iface: &str) -> bool {
+    match ioctl_ifreq(iface, libc::SIOCGIFFLAGS) {
+        Ok(req) => {
+            // SAFETY: SIOCGIFFLAGS fills the flags member of the union.
+            let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+            flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0
+        }
+        Err(_) => false,
+    }
+}
