@@ -19,6 +19,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: load and attach the data plane, run the VRRP groups,
+    /// take over and step down. Stops gracefully (priority-0 adverts) on
+    /// SIGTERM or Ctrl-C.
+    ///
+    /// Example: `ha-agent run --config /etc/ha-agent/config.toml`
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
+        config: std::path::PathBuf,
+    },
+    /// Show the running agent's roles, peer, counters and last takeover
+    /// (from its status file) and the data plane's ownership.
+    Status {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the pinned data plane: VIPs and ownership, lease, last advert per
     /// VRID, flows, verdict counters. Needs no running agent.
     ///
@@ -128,9 +147,15 @@ fn parse_vip(s: &str) -> Result<(Ipv4Addr, u32), String> {
     Ok((addr, group))
 }
 
-/// Runs one command to completion.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs one command to completion. `shutdown` resolves when the process is
+/// asked to stop (only `main` touches signals).
+pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config } => {
+            let config = crate::config::Config::load(&config)?;
+            crate::agent::run(config, shutdown).await
+        }
+        Command::Status { instance, json } => status(&instance, json),
         Command::Maps {
             instance,
             top,
@@ -154,12 +179,70 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 None => tokio::select! {
                     r = logs => r.map_err(Into::into),
-                    _ = tokio::signal::ctrl_c() => Ok(()),
+                    () = shutdown => Ok(()),
                 },
             }
         }
         Command::Probe { iface, seconds } => probe(&iface, Duration::from_secs(seconds)).await,
     }
+}
+
+fn status(instance: &str, json: bool) -> anyhow::Result<()> {
+    let st = crate::agent::status::Status::read(instance).with_context(|| {
+        format!(
+            "no status for instance {instance} at {} (is `ha-agent run` running?)",
+            crate::agent::status::Status::path(instance).display()
+        )
+    })?;
+    let own = crate::dataplane::Dataplane::open(instance)
+        .and_then(|d| d.ownership())
+        .ok();
+    if json {
+        let mut v = serde_json::to_value(&st)?;
+        v["dataplane_ownership"] = serde_json::json!(own.map(|o| o.groups));
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for (group, role) in &st.roles {
+        let prio = st.priorities.get(group).copied().unwrap_or(0);
+        println!("group {group}: {role} (priority {prio})");
+    }
+    println!(
+        "ownership word: {:#x} (data plane: {})",
+        st.owned,
+        own.map_or("not pinned".to_owned(), |o| format!("{:#x}", o.groups))
+    );
+    match (st.last_advert_from, st.last_advert_unix_ms) {
+        (Some(src), Some(at)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            println!(
+                "peer {src}: last advert {} ms ago, priority {}",
+                now.saturating_sub(at),
+                st.last_advert_priority.unwrap_or(0)
+            );
+        }
+        _ => println!("peer: no advert received yet"),
+    }
+    println!(
+        "adverts sent {}, received {}",
+        st.adverts_sent, st.adverts_received
+    );
+    for (reason, n) in &st.rejected_by_reason {
+        println!("rejected {reason}: {n}");
+    }
+    if let Some(t) = &st.last_takeover {
+        println!(
+            "last takeover ({}): timer due -> VIPs owned {:.0} us, -> first GARP {:.0} us",
+            t.group, t.to_owned_us, t.to_first_garp_us
+        );
+    }
+    if let Some(t) = st.transitions.last() {
+        println!("last transition: {} -> {} ({})", t.group, t.role, t.reason);
+    }
+    Ok(())
 }
 
 fn maps(instance: &str, top: usize, json: bool) -> anyhow::Result<()> {

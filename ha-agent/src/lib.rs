@@ -6,8 +6,10 @@
 //! - [`vrrp`]: VRRPv3 wire format, state machine and groups (sans-IO).
 //! - [`iface`]: interface index, MAC and link state in the current namespace.
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`agent`]: the daemon (`ha-agent run`): VRRP sockets, takeover, hooks.
 //! - [`cli`]: the operator command line (`ha-agent <command>`).
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

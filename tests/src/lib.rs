@@ -89,3 +89,194 @@ pub fn agent_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; panics naming
+/// `what` on timeout.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// The failover lab of docs/architecture.md:
+///
+/// ```text
+/// client 10.0.0.10 --[lan]-- fw1 lan0 10.0.0.2 / fw2 lan0 10.0.0.3   (LAN VIP 10.0.0.1)
+///                            fw1 wan0 10.1.0.2 / fw2 wan0 10.1.0.3   (WAN VIP 10.1.0.1) --[wan]-- server 10.1.0.10
+///                            fw1 ha0 10.255.0.1 <-> fw2 ha0 10.255.0.2 (HA link)
+/// ```
+/// The VIPs are not configured here: whoever runs on the firewalls adds them.
+pub fn failover_lab() -> ha_lab::Lab {
+    require_root();
+    let mut lab = ha_lab::Lab::new();
+    for ns in ["client", "fw1", "fw2", "server"] {
+        lab.add_netns(ns).unwrap();
+    }
+    lab.add_bridge("lan").unwrap();
+    lab.add_bridge("wan").unwrap();
+    lab.add_bridge_port("lan", ("client", "eth0")).unwrap();
+    lab.add_bridge_port("wan", ("server", "eth0")).unwrap();
+    lab.add_veth(("fw1", "ha0"), ("fw2", "ha0")).unwrap();
+    for (i, fw) in ["fw1", "fw2"].into_iter().enumerate() {
+        lab.add_bridge_port("lan", (fw, "lan0")).unwrap();
+        lab.add_bridge_port("wan", (fw, "wan0")).unwrap();
+        lab.add_addr((fw, "lan0"), &format!("10.0.0.{}/24", i + 2))
+            .unwrap();
+        lab.add_addr((fw, "wan0"), &format!("10.1.0.{}/24", i + 2))
+            .unwrap();
+        lab.add_addr((fw, "ha0"), &format!("10.255.0.{}/24", i + 1))
+            .unwrap();
+        lab.sysctl(fw, "net.ipv4.ip_forward", "1").unwrap();
+    }
+    lab.add_addr(("client", "eth0"), "10.0.0.10/24").unwrap();
+    lab.add_route("client", "default", "10.0.0.1").unwrap();
+    lab.add_addr(("server", "eth0"), "10.1.0.10/24").unwrap();
+    lab.add_route("server", "default", "10.1.0.1").unwrap();
+    lab
+}
+
+/// Settings of one firewall's agent in [`failover_lab`].
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// 1 or 2.
+    pub node: u8,
+    pub priority: u8,
+    pub advert_ms: u64,
+    pub preempt: bool,
+    pub unicast: bool,
+    /// Extra TOML appended to the group (notify, services, track).
+    pub group_extra: String,
+}
+
+impl AgentSpec {
+    pub fn new(node: u8, priority: u8, advert_ms: u64) -> Self {
+        AgentSpec {
+            node,
+            priority,
+            advert_ms,
+            preempt: true,
+            unicast: false,
+            group_extra: String::new(),
+        }
+    }
+
+    /// The agent's TOML configuration for `instance`.
+    pub fn toml(&self, instance: &str) -> String {
+        let me = self.node;
+        let peer = 3 - self.node;
+        format!(
+            r#"instance = "{instance}"
+[ha]
+interface = "ha0"
+address = "10.255.0.{me}"
+peers = ["10.255.0.{peer}"]
+unicast = {unicast}
+mgmt = ["tcp/22"]
+
+[[group]]
+name = "fw"
+garp_count = 3
+garp_interval_ms = 10
+{extra}
+
+[[group.vrrp]]
+name = "VI_1"
+vrid = 51
+priority = {prio}
+advert_interval_ms = {adv}
+preempt = {preempt}
+vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", address = "10.1.0.1/24" }}]
+"#,
+            unicast = self.unicast,
+            extra = self.group_extra,
+            prio = self.priority,
+            adv = self.advert_ms,
+            preempt = self.preempt,
+        )
+    }
+}
+
+/// A running `ha-agent run` in a lab namespace, with its pins and status file
+/// removed on drop.
+#[derive(Debug)]
+pub struct RunningAgent {
+    pub ns: String,
+    pub pid: u32,
+    pub pins: PinGuard,
+    pub log: std::path::PathBuf,
+}
+
+impl RunningAgent {
+    /// Writes the config and starts the agent in namespace `ns`.
+    pub fn start(lab: &mut ha_lab::Lab, ns: &str, spec: &AgentSpec) -> Self {
+        let pins = PinGuard::new(&format!("agent{}", spec.node));
+        let dir = std::env::temp_dir().join(&pins.0);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, spec.toml(&pins.0)).unwrap();
+        let log = dir.join("agent.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let bin = agent_bin();
+        let mut cmd = lab.command(
+            ns,
+            &[
+                bin.to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        );
+        cmd.env("HA_AGENT_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let pid = lab.spawn(ns, cmd).unwrap();
+        RunningAgent {
+            ns: ns.to_owned(),
+            pid,
+            pins,
+            log,
+        }
+    }
+
+    /// The agent's status file, if written yet.
+    pub fn status(&self) -> Option<ha_agent::agent::status::Status> {
+        ha_agent::agent::status::Status::read(&self.pins.0).ok()
+    }
+
+    /// The group's role as the agent reports it ("MASTER", "BACKUP", ...).
+    pub fn role(&self) -> Option<String> {
+        self.status()?.roles.get("fw").cloned()
+    }
+
+    /// The ownership word in the data plane.
+    pub fn owned(&self) -> Option<u64> {
+        Dataplane::open(&self.pins.0)
+            .and_then(|d| d.ownership())
+            .ok()
+            .map(|o| o.groups)
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall on a pid we started.
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = std::fs::remove_file(ha_agent::agent::status::Status::path(&self.pins.0));
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.pins.0));
+    }
+}

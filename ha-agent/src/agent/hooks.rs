@@ -38,7 +38,11 @@ impl Hooks {
                 run(&job, timeout).await;
             }
         });
-        Hooks { tx, notify: group.notify.clone(), services: group.services.clone() }
+        Hooks {
+            tx,
+            notify: group.notify.clone(),
+            services: group.services.clone(),
+        }
     }
 
     fn queue(&self, what: String, argv: Vec<String>) {
@@ -72,7 +76,8 @@ impl Hooks {
                 Role::Backup | Role::Fault => ("stop", s.stop.clone()),
                 Role::Initialize => continue,
             };
-            let argv = argv.unwrap_or_else(|| vec!["systemctl".into(), verb.into(), s.name.clone()]);
+            let argv =
+                argv.unwrap_or_else(|| vec!["systemctl".into(), verb.into(), s.name.clone()]);
             self.queue(format!("{verb} service {}", s.name), argv);
         }
     }
@@ -80,7 +85,9 @@ impl Hooks {
 
 async fn run(job: &Job, timeout: Duration) {
     let mut cmd = tokio::process::Command::new(&job.argv[0]);
-    cmd.args(&job.argv[1..]).kill_on_drop(true).stdin(std::process::Stdio::null());
+    cmd.args(&job.argv[1..])
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -97,6 +104,8 @@ async fn run(job: &Job, timeout: Duration) {
             "hook failed"
         ),
         Ok(Err(e)) => warn!(hook = %job.what, cause = %e, "hook failed"),
-        Err(_) => warn!(hook = %job.what, timeout_ms = timeout.as_millis() as u64, "hook timed out; killed"),
+        Err(_) => {
+            warn!(hook = %job.what, timeout_ms = timeout.as_millis() as u64, "hook timed out; killed")
+        }
     }
 }

@@ -41,8 +41,11 @@ pub struct Received {
     pub advert: wire::Repr,
 }
 
-/// The VRRP socket: raw IP protocol 112, bound to the HA interface and our
-/// address, joined to 224.0.0.18, sending with TTL 255.
+/// The VRRP socket: raw IP protocol 112, bound to the HA interface, joined to
+/// 224.0.0.18. It writes its own IPv4 header (IP_HDRINCL): source = our
+/// address (the checksum covers it), TTL 255, DSCP CS6 like keepalived. It is
+/// not bound to our address: a raw socket bound to a unicast address only
+/// receives packets sent to that address, not to 224.0.0.18.
 #[derive(Debug)]
 pub struct VrrpSocket {
     /// The socket, registered with the reactor.
@@ -55,13 +58,14 @@ pub struct VrrpSocket {
 
 impl VrrpSocket {
     pub fn open(iface: &str, local: Ipv4Addr, unicast: Vec<Ipv4Addr>) -> io::Result<Self> {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(PROTOCOL))))?;
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(PROTOCOL))),
+        )?;
         s.bind_device(Some(iface.as_bytes()))
             .map_err(|e| io::Error::new(e.kind(), format!("bind VRRP socket to {iface}: {e}")))?;
-        s.bind(&SockAddr::from(SocketAddrV4::new(local, 0)))
-            .map_err(|e| io::Error::new(e.kind(), format!("bind VRRP socket to {local} (is it on {iface}?): {e}")))?;
-        s.set_ttl(u32::from(TTL))?;
-        s.set_multicast_ttl_v4(u32::from(TTL))?;
+        s.set_header_included_v4(true)?;
         s.set_multicast_loop_v4(false)?;
         s.set_multicast_if_v4(&local)?;
         s.join_multicast_v4(&MULTICAST, &local)
@@ -69,20 +73,24 @@ impl VrrpSocket {
         s.set_nonblocking(true)?;
         s.set_recv_buffer_size(1 << 20)?;
         // SAFETY: the Socket owns its fd until dropped together with the AsyncFd.
-        let fd = unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }.map_err(io::Error::from)?;
+        let fd = unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
         Ok(VrrpSocket { fd, local, unicast })
     }
 
     /// Sends an advert to 224.0.0.18, or to every unicast peer.
     pub fn send(&self, advert: &wire::Repr) -> io::Result<()> {
-        if self.unicast.is_empty() {
-            let bytes = advert.to_bytes(self.local, MULTICAST);
-            self.fd.get_ref().send_to(&bytes, &SockAddr::from(SocketAddrV4::new(MULTICAST, 0)))?;
+        let single = [MULTICAST];
+        let dsts: &[Ipv4Addr] = if self.unicast.is_empty() {
+            &single
         } else {
-            for peer in &self.unicast {
-                let bytes = advert.to_bytes(self.local, *peer);
-                self.fd.get_ref().send_to(&bytes, &SockAddr::from(SocketAddrV4::new(*peer, 0)))?;
-            }
+            &self.unicast
+        };
+        for dst in dsts {
+            let packet = ip_packet(self.local, *dst, &advert.to_bytes(self.local, *dst));
+            self.fd
+                .get_ref()
+                .send_to(&packet, &SockAddr::from(SocketAddrV4::new(*dst, 0)))?;
         }
         Ok(())
     }
@@ -117,6 +125,20 @@ impl VrrpSocket {
     }
 }
 
+/// An IPv4 header (TTL 255, protocol 112, DSCP CS6) followed by `payload`; the
+/// kernel fills in the header checksum and packet id.
+pub fn ip_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut p = Vec::with_capacity(usize::from(total));
+    p.extend_from_slice(&[0x45, 0xc0]);
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, TTL, PROTOCOL, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
 /// Validates a raw-socket packet (IPv4 header + VRRP).
 pub fn parse(
     bytes: &[u8],
@@ -140,9 +162,17 @@ pub fn parse(
         return Err((Rejected::NotPeer, Some(src)));
     }
     let _ = local;
-    let packet = wire::Packet::new_checked(&bytes[ihl..]).map_err(|_| (Rejected::Malformed, Some(src)))?;
+    let packet =
+        wire::Packet::new_checked(&bytes[ihl..]).map_err(|_| (Rejected::Malformed, Some(src)))?;
     let advert = wire::Repr::parse(&packet, src, dst).map_err(|e| {
-        (if e == wire::WireError::ZeroInterval { Rejected::ZeroInterval } else { Rejected::Malformed }, Some(src))
+        (
+            if e == wire::WireError::ZeroInterval {
+                Rejected::ZeroInterval
+            } else {
+                Rejected::Malformed
+            },
+            Some(src),
+        )
     })?;
     if !known_vrid(advert.vrid) {
         return Err((Rejected::UnknownVrid, Some(src)));
@@ -167,14 +197,24 @@ impl GarpSender {
         let ifindex = if_index(iface)?;
         let mac = if_mac(iface)?;
         // SAFETY: plain socket(2); the fd is owned right after.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ARP as u16).to_be())) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ARP as u16).to_be()),
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh, valid fd.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let frames = vips.iter().map(|vip| garp_frame(mac, *vip)).collect();
-        Ok(GarpSender { fd, ifindex, frames })
+        Ok(GarpSender {
+            fd,
+            ifindex,
+            frames,
+        })
     }
 
     /// Sends one gratuitous ARP per VIP; returns how many went out.
@@ -237,8 +277,13 @@ mod tests {
     }
 
     fn advert(src: Ipv4Addr) -> Vec<u8> {
-        wire::Repr { vrid: 51, priority: 100, interval_cs: 1, addrs: vec![Ipv4Addr::new(10, 0, 0, 1)] }
-            .to_bytes(src, MULTICAST)
+        wire::Repr {
+            vrid: 51,
+            priority: 100,
+            interval_cs: 1,
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+        }
+        .to_bytes(src, MULTICAST)
     }
 
     fn check(bytes: &[u8]) -> Result<Received, Rejected> {
@@ -247,20 +292,53 @@ mod tests {
 
     #[test]
     fn received_packets_are_validated_in_order() {
-        assert_eq!(check(&ip_packet(PEER, 255, &advert(PEER))).unwrap().advert.priority, 100);
-        assert_eq!(check(&ip_packet(PEER, 254, &advert(PEER))), Err(Rejected::Ttl));
+        assert_eq!(
+            check(&ip_packet(PEER, 255, &advert(PEER)))
+                .unwrap()
+                .advert
+                .priority,
+            100
+        );
+        assert_eq!(
+            check(&ip_packet(PEER, 254, &advert(PEER))),
+            Err(Rejected::Ttl)
+        );
         let stranger = Ipv4Addr::new(10, 255, 0, 9);
-        assert_eq!(check(&ip_packet(stranger, 255, &advert(stranger))), Err(Rejected::NotPeer));
+        assert_eq!(
+            check(&ip_packet(stranger, 255, &advert(stranger))),
+            Err(Rejected::NotPeer)
+        );
         let mut bad = advert(PEER);
         bad[2] ^= 0xff;
         assert_eq!(check(&ip_packet(PEER, 255, &bad)), Err(Rejected::Malformed));
-        let mut other = wire::Repr { vrid: 52, priority: 1, interval_cs: 1, addrs: vec![] }.to_bytes(PEER, MULTICAST);
-        assert_eq!(check(&ip_packet(PEER, 255, &other)), Err(Rejected::UnknownVrid));
+        let mut other = wire::Repr {
+            vrid: 52,
+            priority: 1,
+            interval_cs: 1,
+            addrs: vec![],
+        }
+        .to_bytes(PEER, MULTICAST);
+        assert_eq!(
+            check(&ip_packet(PEER, 255, &other)),
+            Err(Rejected::UnknownVrid)
+        );
         other.truncate(4);
-        assert_eq!(check(&ip_packet(PEER, 255, &other)), Err(Rejected::Malformed));
+        assert_eq!(
+            check(&ip_packet(PEER, 255, &other)),
+            Err(Rejected::Malformed)
+        );
         assert_eq!(check(&[0x45; 10]), Err(Rejected::TruncatedIp));
-        let zero = wire::Repr { vrid: 51, priority: 1, interval_cs: 0, addrs: vec![] }.to_bytes(PEER, MULTICAST);
-        assert_eq!(check(&ip_packet(PEER, 255, &zero)), Err(Rejected::ZeroInterval));
+        let zero = wire::Repr {
+            vrid: 51,
+            priority: 1,
+            interval_cs: 0,
+            addrs: vec![],
+        }
+        .to_bytes(PEER, MULTICAST);
+        assert_eq!(
+            check(&ip_packet(PEER, 255, &zero)),
+            Err(Rejected::ZeroInterval)
+        );
     }
 
     #[test]

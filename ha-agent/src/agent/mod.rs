@@ -1,0 +1,568 @@
+//! The daemon: runs the VRRP groups against the network and the data plane.
+//!
+//! One task owns everything that decides ownership (sockets, state machines,
+//! the data plane handle), so the takeover path is a straight line:
+//! master-down timer fires -> commit replicated state -> **one ownership
+//! write** -> gratuitous ARP for every VIP -> hooks queued (never awaited).
+//! Stepping down writes ownership first, then queues hooks.
+//!
+//! `run(config, shutdown)` returns when `shutdown` resolves, after a graceful
+//! exit (priority-0 adverts, ownership cleared). Only `main` touches signals.
+
+pub mod hooks;
+pub mod net;
+pub mod status;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    net::Ipv4Addr,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tracing::{debug, info, warn};
+
+use self::{
+    hooks::Hooks,
+    net::{GarpSender, Rejected, VrrpSocket},
+    status::{Status, TakeoverTiming},
+};
+use crate::{
+    config::{self, Config},
+    dataplane::{Dataplane, LinkSettings, LoadOptions},
+    vrrp::{
+        group::{Group, GroupAction},
+        machine::{Action, Instance, Instant, Role},
+        wire,
+    },
+};
+
+/// Interval at which tracked links are checked.
+const LINK_POLL: Duration = Duration::from_millis(50);
+/// Interval at which the status file is refreshed (besides every transition).
+const STATUS_EVERY: Duration = Duration::from_millis(500);
+
+/// Per-group runtime.
+struct GroupRt {
+    /// The group's configuration.
+    config: config::GroupConfig,
+    /// Its bit in the ownership word.
+    bit: u64,
+    /// The state machines.
+    group: Group,
+    /// Notify scripts and services.
+    hooks: Hooks,
+    /// One GARP sender per data interface carrying the group's VIPs.
+    garp: Vec<GarpSender>,
+    /// GARP rounds still to send, and when the next is due.
+    garp_pending: u32,
+    garp_at: Instant,
+}
+
+/// The running agent.
+pub struct Agent {
+    /// Validated configuration.
+    config: Config,
+    /// The pinned data plane.
+    dp: Dataplane,
+    /// VRRP on the HA link.
+    sock: VrrpSocket,
+    /// The groups.
+    groups: Vec<GroupRt>,
+    /// VRID -> (group, member).
+    by_vrid: HashMap<u8, (usize, usize)>,
+    /// The ownership word as we last wrote it.
+    owned: u64,
+    /// Ownership lease length.
+    lease: Duration,
+    /// When the lease is renewed next (while we own anything).
+    renew_at: Option<Instant>,
+    /// When tracked links are checked next.
+    links_at: Instant,
+    /// When the status file is written next.
+    status_at: Instant,
+    /// Last known state of tracked links.
+    links: BTreeMap<String, bool>,
+    /// Agent start (origin of [`Instant`]).
+    start: std::time::Instant,
+    /// What `ha-agent status` shows.
+    status: Status,
+    /// Last time each rejection reason was logged (rate limit: once a second).
+    logged: HashMap<Rejected, Instant>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("instance", &self.config.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut agent = Agent::start(config).await?;
+    tokio::pin!(shutdown);
+    loop {
+        let now = agent.now();
+        let deadline = agent.next_deadline();
+        let sleep = tokio::time::sleep(deadline.saturating_sub(now));
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            r = agent.sock.readable() => {
+                r.context("waiting on the VRRP socket")?;
+                agent.on_readable();
+            }
+            () = sleep => agent.on_timers(deadline),
+        }
+    }
+    agent.stop();
+    Ok(())
+}
+
+impl Agent {
+    /// Loads the data plane, configures and attaches it, opens the sockets and
+    /// starts the groups. Everything slow happens here, not on takeover.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let mut dp = Dataplane::create_or_open(&config.instance, LoadOptions::default())?;
+        let mgmt = config
+            .ha
+            .mgmt
+            .iter()
+            .filter_map(|m| config::parse_mgmt(m).ok())
+            .collect();
+        let vrids = config
+            .groups
+            .iter()
+            .flat_map(|g| &g.instances)
+            .map(|i| i.vrid)
+            .collect();
+        dp.set_link_settings(&LinkSettings {
+            peers: config.ha.peers.clone(),
+            vrids,
+            sync_port: config.ha.sync_port,
+            mgmt,
+        })?;
+        let mut vips = Vec::new();
+        for (gi, g) in config.groups.iter().enumerate() {
+            for i in &g.instances {
+                for v in &i.vips {
+                    let vip = config::parse_vip(v).map_err(anyhow::Error::msg)?;
+                    vips.push((vip.addr, gi as u32));
+                    // The address lives on every node; the XDP gate decides
+                    // who answers for it. Added once, here, not on takeover.
+                    let out = Command::new("ip")
+                        .args([
+                            "addr",
+                            "replace",
+                            &format!("{}/{}", vip.addr, vip.prefix),
+                            "dev",
+                            &vip.iface,
+                        ])
+                        .output()
+                        .context("running ip addr replace")?;
+                    if !out.status.success() {
+                        anyhow::bail!(
+                            "add VIP {}/{} to {}: {}",
+                            vip.addr,
+                            vip.prefix,
+                            vip.iface,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                }
+            }
+        }
+        dp.set_vips(&vips)?;
+        // A node starts owning nothing (RFC: Initialize -> Backup, unless it
+        // owns the addresses); the election decides.
+        dp.set_ownership(0, None)?;
+        if let Some(mode) = dp.attach_link(&config.ha.interface)? {
+            info!(iface = %config.ha.interface, %mode, "ha_link attached");
+        }
+        for iface in config.data_interfaces() {
+            if let Some(mode) = dp.attach_data(&iface)? {
+                info!(%iface, %mode, "ha_data attached");
+            }
+        }
+        let unicast = if config.ha.unicast {
+            config.ha.peers.clone()
+        } else {
+            Vec::new()
+        };
+        let sock = VrrpSocket::open(&config.ha.interface, config.ha.address, unicast)
+            .with_context(|| format!("VRRP socket on {}", config.ha.interface))?;
+
+        let mut groups = Vec::new();
+        let mut by_vrid = HashMap::new();
+        for (gi, g) in config.groups.iter().enumerate() {
+            let members: Vec<Instance> = g
+                .instances
+                .iter()
+                .map(|i| Instance::new(config.machine_config(i)))
+                .collect();
+            for (mi, i) in g.instances.iter().enumerate() {
+                by_vrid.insert(i.vrid, (gi, mi));
+            }
+            let mut per_iface: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+            for i in &g.instances {
+                for v in &i.vips {
+                    let vip = config::parse_vip(v).map_err(anyhow::Error::msg)?;
+                    per_iface.entry(vip.iface).or_default().push(vip.addr);
+                }
+            }
+            let garp = per_iface
+                .iter()
+                .map(|(iface, addrs)| {
+                    GarpSender::open(iface, addrs)
+                        .with_context(|| format!("GARP socket on {iface}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            groups.push(GroupRt {
+                config: g.clone(),
+                bit: 1 << gi,
+                group: Group::new(members, g.tracks()),
+                hooks: Hooks::spawn(g),
+                garp,
+                garp_pending: 0,
+                garp_at: Duration::MAX,
+            });
+        }
+        let mut agent = Agent {
+            lease: config.lease(),
+            status: Status::new(&config),
+            config,
+            dp,
+            sock,
+            groups,
+            by_vrid,
+            owned: 0,
+            renew_at: None,
+            links_at: Duration::ZERO,
+            status_at: STATUS_EVERY,
+            links: BTreeMap::new(),
+            start: std::time::Instant::now(),
+            logged: HashMap::new(),
+        };
+        let now = agent.now();
+        agent.poll_links(now);
+        for gi in 0..agent.groups.len() {
+            let out = agent.groups[gi].group.startup(now);
+            agent.apply(gi, out, now);
+        }
+        agent.write_status();
+        info!(instance = %agent.config.instance, lease_ms = agent.lease.as_millis() as u64, "agent running");
+        Ok(agent)
+    }
+
+    fn now(&self) -> Instant {
+        self.start.elapsed()
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = self.links_at.min(self.status_at);
+        for g in &self.groups {
+            if let Some(t) = g.group.poll_at() {
+                d = d.min(t);
+            }
+            if g.garp_pending > 0 {
+                d = d.min(g.garp_at);
+            }
+        }
+        if let Some(r) = self.renew_at {
+            d = d.min(r);
+        }
+        d
+    }
+
+    /// Timers are due at `deadline` (the instant we slept until): state
+    /// machines, GARP repeats, lease renewal, link checks.
+    fn on_timers(&mut self, deadline: Instant) {
+        let now = self.now();
+        for gi in 0..self.groups.len() {
+            let due = self.groups[gi].group.poll_at().is_some_and(|t| t <= now);
+            if due {
+                // The instant the timer was due: where takeover timing starts.
+                let fired = self.groups[gi].group.poll_at().unwrap_or(deadline);
+                let out = self.groups[gi].group.poll(now);
+                self.apply_timed(gi, out, now, Some(fired));
+            }
+            let g = &mut self.groups[gi];
+            if g.garp_pending > 0 && g.garp_at <= now {
+                for s in &g.garp {
+                    s.send_all();
+                }
+                g.garp_pending -= 1;
+                g.garp_at = now + Duration::from_millis(g.config.garp_interval_ms);
+            }
+        }
+        if self.renew_at.is_some_and(|t| t <= now) {
+            self.renew_lease(now);
+        }
+        if self.links_at <= now {
+            self.poll_links(now);
+        }
+        if self.status_at <= now {
+            self.status_at = now + STATUS_EVERY;
+            self.write_status();
+        }
+    }
+
+    fn renew_lease(&mut self, now: Instant) {
+        match self.dp.renew_lease(self.lease) {
+            Ok(true) => {}
+            Ok(false) => {
+                // We stalled past our own lease: the peer may own the VIPs.
+                // Win them again through the election, never by reviving.
+                warn!("ownership lease lapsed before renewal; stepping down");
+                for gi in 0..self.groups.len() {
+                    if self.groups[gi].group.role() == Role::Master {
+                        let out = self.groups[gi].group.shutdown(now);
+                        self.apply(gi, out, now);
+                        let out = self.groups[gi].group.startup(now);
+                        self.apply(gi, out, now);
+                    }
+                }
+            }
+            Err(e) => warn!(cause = %e, "renewing the ownership lease failed"),
+        }
+        self.renew_at = (self.owned != 0).then(|| now + self.renew_interval());
+    }
+
+    /// Renew every shortest advert interval (the lease is three of them).
+    fn renew_interval(&self) -> Duration {
+        (self.lease / 3).max(Duration::from_millis(1))
+    }
+
+    fn poll_links(&mut self, now: Instant) {
+        self.links_at = now + LINK_POLL;
+        let tracked: Vec<String> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.config.track.iter().map(|t| t.iface.clone()))
+            .collect();
+        for iface in tracked {
+            let up = crate::iface::link_up(&iface);
+            if self.links.get(&iface) == Some(&up) {
+                continue;
+            }
+            info!(%iface, up, "tracked link changed");
+            self.links.insert(iface.clone(), up);
+            for gi in 0..self.groups.len() {
+                let out = self.groups[gi].group.set_link(&iface, up, now);
+                self.apply(gi, out, now);
+            }
+        }
+    }
+
+    fn on_readable(&mut self) {
+        let peers = self.config.ha.peers.clone();
+        let by_vrid = &self.by_vrid;
+        let mut received = Vec::new();
+        let mut rejected = Vec::new();
+        self.sock.drain(
+            |a| peers.contains(&a),
+            |v| by_vrid.contains_key(&v),
+            |r| match r {
+                Ok(rx) => received.push(rx),
+                Err(e) => rejected.push(e),
+            },
+        );
+        let now = self.now();
+        for (reason, src) in rejected {
+            *self.status.rejected.entry(reason).or_default() += 1;
+            let last = self.logged.get(&reason).copied();
+            if last.is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1)) {
+                self.logged.insert(reason, now);
+                warn!(
+                    ?reason,
+                    ?src,
+                    total = self.status.rejected[&reason],
+                    "VRRP packet rejected"
+                );
+            }
+        }
+        for rx in received {
+            self.status.adverts_received += 1;
+            let Some(&(gi, mi)) = self.by_vrid.get(&rx.advert.vrid) else {
+                continue;
+            };
+            self.status.last_advert =
+                Some((rx.src, rx.advert.priority, std::time::SystemTime::now()));
+            let out = self.groups[gi].group.on_advert(
+                mi,
+                now,
+                rx.src,
+                rx.advert.priority,
+                rx.advert.interval_cs,
+            );
+            self.apply(gi, out, now);
+        }
+    }
+
+    fn apply(&mut self, gi: usize, out: Vec<GroupAction>, now: Instant) {
+        self.apply_timed(gi, out, now, None);
+    }
+
+    /// Carries out a group's actions. `fired` is the instant a timer was due,
+    /// for takeover timing.
+    fn apply_timed(
+        &mut self,
+        gi: usize,
+        out: Vec<GroupAction>,
+        now: Instant,
+        fired: Option<Instant>,
+    ) {
+        // Role changes first: ownership is written before adverts and hooks.
+        for a in &out {
+            if let GroupAction::Transition { to, reason } = a {
+                self.transition(gi, *to, *reason, now, fired);
+            }
+        }
+        for a in out {
+            let GroupAction::Member { member, action } = a else {
+                continue;
+            };
+            match action {
+                Action::SendAdvert { priority } => self.send_advert(gi, member, priority),
+                Action::Transition { to, reason } => {
+                    let inst = &self.groups[gi].config.instances[member];
+                    info!(instance = %inst.name, vrid = inst.vrid, role = to.as_str(), ?reason, "VRRP instance transition");
+                    let prio = self.groups[gi].group.members()[member].priority();
+                    self.groups[gi]
+                        .hooks
+                        .notify("INSTANCE", &inst.name.clone(), to, prio);
+                }
+                Action::ResendGarp => {
+                    let g = &mut self.groups[gi];
+                    for s in &g.garp {
+                        s.send_all();
+                    }
+                    info!(group = %g.config.name, "competing master seen: VIPs re-announced");
+                }
+            }
+        }
+    }
+
+    fn send_advert(&mut self, gi: usize, member: usize, priority: u8) {
+        let m = &self.groups[gi].group.members()[member];
+        let c = m.config();
+        let advert = wire::Repr {
+            vrid: c.vrid,
+            priority,
+            interval_cs: c.advert_interval_cs,
+            addrs: c.vips.clone(),
+        };
+        match self.sock.send(&advert) {
+            Ok(()) => self.status.adverts_sent += 1,
+            Err(e) => debug!(cause = %e, vrid = c.vrid, "sending advert failed"),
+        }
+    }
+
+    /// A group changed role: the ownership write, then GARP, then hooks.
+    fn transition(
+        &mut self,
+        gi: usize,
+        to: Role,
+        reason: crate::vrrp::machine::Reason,
+        now: Instant,
+        fired: Option<Instant>,
+    ) {
+        let bit = self.groups[gi].bit;
+        if to == Role::Master {
+            commit_replicated_state();
+            self.owned |= bit;
+            let write = self.dp.set_ownership(self.owned, Some(self.lease));
+            let owned_at = self.start.elapsed();
+            let renew_at = now + self.renew_interval();
+            let g = &mut self.groups[gi];
+            let sent: usize = g.garp.iter().map(GarpSender::send_all).sum();
+            let garp_at = self.start.elapsed();
+            g.garp_pending = g.config.garp_count.saturating_sub(1);
+            g.garp_at = garp_at + Duration::from_millis(g.config.garp_interval_ms);
+            if let Err(e) = write {
+                warn!(cause = %e, "ownership write failed");
+            }
+            self.renew_at = Some(renew_at);
+            let from = fired.unwrap_or(now);
+            let timing = TakeoverTiming {
+                group: g.config.name.clone(),
+                to_owned_us: owned_at.saturating_sub(from).as_secs_f64() * 1e6,
+                to_first_garp_us: garp_at.saturating_sub(from).as_secs_f64() * 1e6,
+                garps_sent: sent,
+            };
+            info!(group = %g.config.name, ?reason, owned_us = timing.to_owned_us, garp_us = timing.to_first_garp_us,
+                "MASTER: VIPs owned and announced");
+            self.status.last_takeover = Some(timing);
+        } else {
+            self.owned &= !bit;
+            let lease = (self.owned != 0).then_some(self.lease);
+            if let Err(e) = self.dp.set_ownership(self.owned, lease) {
+                warn!(cause = %e, "ownership write failed");
+            }
+            self.groups[gi].garp_pending = 0;
+            if self.owned == 0 {
+                self.renew_at = None;
+            }
+            info!(group = %self.groups[gi].config.name, role = to.as_str(), ?reason, "group left MASTER or started");
+        }
+        let g = &self.groups[gi];
+        let prio = g
+            .group
+            .members()
+            .iter()
+            .map(Instance::priority)
+            .max()
+            .unwrap_or(0);
+        g.hooks.services(to);
+        g.hooks.notify("GROUP", &g.config.name, to, prio);
+        self.status.record_transition(&g.config.name, to, reason);
+        self.write_status();
+    }
+
+    fn write_status(&mut self) {
+        let roles: Vec<_> = self
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.config.name.clone(),
+                    g.group.role(),
+                    g.group
+                        .members()
+                        .iter()
+                        .map(Instance::priority)
+                        .max()
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        self.status.groups = roles;
+        self.status.owned = self.owned;
+        if let Err(e) = self.status.write(&self.config.instance) {
+            debug!(cause = %e, "writing the status file failed");
+        }
+    }
+
+    /// Graceful exit: priority-0 adverts from a master, ownership cleared.
+    fn stop(&mut self) {
+        let now = self.now();
+        for gi in 0..self.groups.len() {
+            let out = self.groups[gi].group.shutdown(now);
+            self.apply(gi, out, now);
+        }
+        if let Err(e) = self.dp.set_ownership(0, None) {
+            warn!(cause = %e, "clearing ownership on exit failed");
+        }
+        self.write_status();
+        info!("agent stopped");
+    }
+}
+
+/// Commits replicated connection state to the kernel before the ownership
+/// write. State replication (a later issue) fills this in; until then there
+/// is nothing to commit.
+fn commit_replicated_state() {}
