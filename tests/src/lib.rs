@@ -280,3 +280,126 @@ impl Drop for RunningAgent {
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.pins.0));
     }
 }
+
+/// keepalived (Debian's 2.2.7, VRRPv3) on a firewall of [`failover_lab`],
+/// configured like our agent: VRID 51 on ha0, VIPs 10.0.0.1 on lan0 and
+/// 10.1.0.1 on wan0. Its state comes from its notify script.
+#[derive(Debug)]
+pub struct Keepalived {
+    pub pid: u32,
+    /// Scratch directory: config, pid files, state file, log.
+    pub dir: std::path::PathBuf,
+}
+
+impl Keepalived {
+    pub fn start(
+        lab: &mut ha_lab::Lab,
+        ns: &str,
+        node: u8,
+        priority: u8,
+        advert_ms: u64,
+        unicast: bool,
+    ) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hatest-keepalived-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state");
+        let notify = dir.join("notify.sh");
+        std::fs::write(
+            &notify,
+            format!("#!/bin/sh\necho \"$3\" > {}\n", state.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let peer = 3 - node;
+        let unicast = if unicast {
+            format!("unicast_src_ip 10.255.0.{node}\n  unicast_peer {{\n    10.255.0.{peer}\n  }}")
+        } else {
+            String::new()
+        };
+        let conf = format!(
+            r#"global_defs {{
+  router_id fw{node}
+  vrrp_version 3
+  script_user root
+  enable_script_security
+}}
+vrrp_instance VI_1 {{
+  state BACKUP
+  interface ha0
+  virtual_router_id 51
+  priority {priority}
+  advert_int {adv}
+  {unicast}
+  virtual_ipaddress {{
+    10.0.0.1/24 dev lan0
+    10.1.0.1/24 dev wan0
+  }}
+  notify {notify}
+}}
+"#,
+            adv = advert_ms as f64 / 1000.0,
+            notify = notify.display(),
+        );
+        let conf_path = dir.join("keepalived.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.join("keepalived.log")).unwrap();
+        let p = |f: &str| dir.join(f).display().to_string();
+        let mut cmd = lab.command(
+            ns,
+            &[
+                "keepalived",
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--vrrp",
+                "--use-file",
+                &p("keepalived.conf"),
+                "--pid",
+                &p("k.pid"),
+                "--vrrp_pid",
+                &p("v.pid"),
+                "--checkers_pid",
+                &p("c.pid"),
+            ],
+        );
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        let pid = lab.spawn(ns, cmd).unwrap();
+        Keepalived { pid, dir }
+    }
+
+    /// Its state as the notify script last wrote it (MASTER, BACKUP, FAULT).
+    pub fn state(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("state"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// keepalived's own log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("keepalived.log")).unwrap_or_default()
+    }
+
+    /// Signals the parent and the VRRP child process.
+    pub fn signal(&self, sig: i32) {
+        let child = std::fs::read_to_string(self.dir.join("v.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        for pid in [Some(self.pid as i32), child].into_iter().flatten() {
+            // SAFETY: plain syscall on processes we started.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -342,6 +342,26 @@ mod tests {
     }
 
     #[test]
+    fn a_captured_keepalived_packet_passes_every_check() {
+        let r = parse(
+            &crate::vrrp::wire::tests::KEEPALIVED_ADVERT,
+            ME,
+            &|a| a == PEER,
+            &|v| v == 51,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.src,
+                r.advert.vrid,
+                r.advert.priority,
+                r.advert.interval_cs
+            ),
+            (PEER, 51, 100, 100)
+        );
+    }
+
+    #[test]
     fn garp_frame_announces_the_vip() {
         let f = garp_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(&f[0..6], &[0xff; 6]);

@@ -107,6 +107,8 @@ enum State {
         master_down_at: Instant,
         /// When a pending preemption (preempt_delay) fires.
         preempt_at: Option<Instant>,
+        /// The master announced priority 0: the timer is Skew_Time.
+        master_left: bool,
     },
     Master {
         adver_at: Instant,
@@ -191,6 +193,7 @@ impl Instance {
         self.state = State::Backup {
             master_down_at: now + self.master_down_interval(),
             preempt_at: None,
+            master_left: false,
         };
         out.push(Action::Transition {
             to: Role::Backup,
@@ -219,6 +222,7 @@ impl Instance {
             State::Backup {
                 master_down_at,
                 preempt_at,
+                ..
             } => Some(preempt_at.map_or(master_down_at, |p| p.min(master_down_at))),
             State::Master { adver_at } => Some(adver_at),
             State::Initialize | State::Fault => None,
@@ -232,9 +236,15 @@ impl Instance {
             State::Backup {
                 master_down_at,
                 preempt_at,
+                master_left,
             } => {
                 if master_down_at <= now {
-                    self.become_master(now, Reason::MasterDown, &mut out);
+                    let reason = if master_left {
+                        Reason::MasterLeft
+                    } else {
+                        Reason::MasterDown
+                    };
+                    self.become_master(now, reason, &mut out);
                 } else if preempt_at.is_some_and(|p| p <= now) {
                     self.become_master(now, Reason::Preempt, &mut out);
                 }
@@ -270,6 +280,7 @@ impl Instance {
                     self.state = State::Backup {
                         master_down_at: at,
                         preempt_at: None,
+                        master_left: true,
                     };
                     return out;
                 }
@@ -288,6 +299,7 @@ impl Instance {
                 self.state = State::Backup {
                     master_down_at: now + self.master_down_interval(),
                     preempt_at,
+                    master_left: false,
                 };
             }
             State::Master { .. } => {
@@ -332,10 +344,17 @@ impl Instance {
     /// Allows or holds back preemption (state sync not complete yet).
     pub fn set_preempt_allowed(&mut self, allowed: bool) {
         self.preempt_allowed = allowed;
-        if !allowed && let State::Backup { master_down_at, .. } = self.state {
+        if !allowed
+            && let State::Backup {
+                master_down_at,
+                master_left,
+                ..
+            } = self.state
+        {
             self.state = State::Backup {
                 master_down_at,
                 preempt_at: None,
+                master_left,
             };
         }
     }
@@ -519,7 +538,7 @@ mod tests {
             Some(ms(20.0) + Duration::from_nanos(6_093_750))
         );
         let out = b.poll(b.poll_at().unwrap());
-        assert_eq!(transitions(&out), vec![(Role::Master, Reason::MasterDown)]);
+        assert_eq!(transitions(&out), vec![(Role::Master, Reason::MasterLeft)]);
     }
 
     #[test]

@@ -263,7 +263,7 @@ impl Repr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SRC: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
@@ -344,6 +344,32 @@ mod tests {
             Packet::new_checked(&big[..]),
             Err(WireError::Truncated { need: 44, .. })
         ));
+    }
+
+    /// An advert captured from keepalived 2.2.7 (VRRPv3, VRID 51, priority 100,
+    /// 1 s, two addresses) in the lab, IPv4 header included.
+    pub(crate) const KEEPALIVED_ADVERT: [u8; 36] = [
+        0x45, 0xc0, 0x00, 0x24, 0x00, 0x01, 0x00, 0x00, 0xff, 0x70, 0xcf, 0x95, 0x0a, 0xff, 0x00,
+        0x02, 0xe0, 0x00, 0x00, 0x12, 0x31, 0x33, 0x64, 0x02, 0x00, 0x64, 0x6a, 0xcf, 0x0a, 0x00,
+        0x00, 0x01, 0x0a, 0x01, 0x00, 0x01,
+    ];
+
+    #[test]
+    fn parses_an_advert_captured_from_keepalived() {
+        let vrrp = &KEEPALIVED_ADVERT[20..];
+        let p = Packet::new_checked(vrrp).unwrap();
+        let r = Repr::parse(&p, Ipv4Addr::new(10, 255, 0, 2), MULTICAST).unwrap();
+        assert_eq!(
+            r,
+            Repr {
+                vrid: 51,
+                priority: 100,
+                interval_cs: 100,
+                addrs: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 1, 0, 1)],
+            }
+        );
+        // And we emit the very same bytes for the same advert.
+        assert_eq!(r.to_bytes(Ipv4Addr::new(10, 255, 0, 2), MULTICAST), vrrp);
     }
 
     #[test]
