@@ -103,3 +103,253 @@ fn higher_priority_node_returns_and_preempts() {
     });
     assert_eq!((a1.owned(), a2.owned()), (Some(1), Some(0)));
 }
+
+/// Adverts sent to the peer's address instead of 224.0.0.18 work the same.
+#[test]
+fn unicast_peers_elect_and_fail_over() {
+    let mut lab = failover_lab();
+    let a1 = RunningAgent::start(
+        &mut lab,
+        "fw1",
+        &AgentSpec {
+            unicast: true,
+            ..AgentSpec::new(1, 200, 10)
+        },
+    );
+    let a2 = RunningAgent::start(
+        &mut lab,
+        "fw2",
+        &AgentSpec {
+            unicast: true,
+            ..AgentSpec::new(2, 100, 10)
+        },
+    );
+    wait_for("fw1 MASTER and fw2 BACKUP", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    // The adverts really are unicast: none to 224.0.0.18 on the HA link.
+    let out = lab
+        .command(
+            "fw2",
+            &[
+                "timeout",
+                "1",
+                "tcpdump",
+                "-l",
+                "-n",
+                "-i",
+                "ha0",
+                "-c",
+                "5",
+                "ip proto 112",
+            ],
+        )
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("10.255.0.1 > 10.255.0.2"), "{dump}");
+    assert!(!dump.contains("224.0.0.18"), "{dump}");
+    a1.signal(libc::SIGKILL);
+    lab.link_down(("fw1", "ha0")).unwrap();
+    wait_for("fw2 MASTER", Duration::from_secs(5), || {
+        a2.role().as_deref() == Some("MASTER")
+    });
+}
+
+/// A tracked link with weight 0 going down puts the master's group in FAULT:
+/// it announces priority 0 and the backup takes over.
+#[test]
+fn tracked_link_down_faults_the_master() {
+    let mut lab = failover_lab();
+    let spec = AgentSpec {
+        group_extra: "track = [{ iface = \"wan0\", weight = 0 }]".into(),
+        ..AgentSpec::new(1, 200, 10)
+    };
+    let a1 = RunningAgent::start(&mut lab, "fw1", &spec);
+    let a2 = RunningAgent::start(&mut lab, "fw2", &AgentSpec::new(2, 100, 10));
+    wait_for("fw1 MASTER", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    lab.link_down(("fw1", "wan0")).unwrap();
+    wait_for("fw1 FAULT, fw2 MASTER", Duration::from_secs(5), || {
+        a1.role().as_deref() == Some("FAULT") && a2.role().as_deref() == Some("MASTER")
+    });
+    assert_eq!((a1.owned(), a2.owned()), (Some(0), Some(1)));
+    let last = a2.status().unwrap().transitions.last().cloned().unwrap();
+    assert_eq!(
+        last.reason, "MasterLeft",
+        "fw1 announced priority 0 on its way to FAULT"
+    );
+    lab.link_up(("fw1", "wan0")).unwrap();
+    wait_for("fw1 back and preempting", Duration::from_secs(5), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+}
+
+/// Notify scripts get keepalived's arguments; a hook that hangs is killed
+/// after its timeout and delays nothing.
+#[test]
+fn hooks_run_with_keepalived_arguments_and_time_out() {
+    let mut lab = failover_lab();
+    let dir = std::env::temp_dir().join(format!("hatest-hooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify = dir.join("notify.sh");
+    let calls = dir.join("calls");
+    std::fs::write(
+        &notify,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let started = dir.join("vpn-started");
+    let extra = format!(
+        "notify = \"{}\"\nhook_timeout_ms = 300\nservices = [{{ name = \"vpn\", start = [\"sh\", \"-c\", \"touch {}; sleep 30\"], stop = [\"true\"] }}]",
+        notify.display(),
+        started.display()
+    );
+    let a1 = RunningAgent::start(
+        &mut lab,
+        "fw1",
+        &AgentSpec {
+            group_extra: extra,
+            ..AgentSpec::new(1, 200, 10)
+        },
+    );
+    wait_for("fw1 MASTER", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER")
+    });
+    wait_for("notify calls", Duration::from_secs(5), || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .contains("GROUP fw MASTER 200")
+    });
+    let text = std::fs::read_to_string(&calls).unwrap();
+    assert!(text.contains("INSTANCE VI_1 MASTER 200"), "{text}");
+    assert!(
+        text.contains("GROUP fw BACKUP 200"),
+        "the start as BACKUP is notified too: {text}"
+    );
+    assert!(started.exists(), "the service start command ran");
+    wait_for(
+        "the hanging service start timed out",
+        Duration::from_secs(5),
+        || a1.log_text().contains("hook timed out; killed"),
+    );
+    // The hook hung, yet the takeover timing was recorded promptly.
+    assert!(a1.status().unwrap().last_takeover.unwrap().to_owned_us < 100_000.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Split brain: with the HA link cut both become master; when it returns the
+/// lower-priority one steps down and the winner re-announces the VIPs.
+#[test]
+fn split_brain_heals_and_the_winner_re_announces() {
+    let mut lab = failover_lab();
+    let (a1, a2) = elect(&mut lab, 10);
+    lab.link_down(("fw2", "ha0")).unwrap();
+    wait_for("both MASTER", Duration::from_secs(5), || {
+        a2.role().as_deref() == Some("MASTER")
+    });
+    assert_eq!(a1.role().as_deref(), Some("MASTER"));
+    lab.link_up(("fw2", "ha0")).unwrap();
+    wait_for("fw2 steps down", Duration::from_secs(5), || {
+        a2.role().as_deref() == Some("BACKUP")
+    });
+    wait_for("fw1 re-announces", Duration::from_secs(5), || {
+        a1.log_text().contains("VIPs re-announced")
+    });
+    assert_eq!((a1.owned(), a2.owned()), (Some(1), Some(0)));
+    let mac1 = lab.mac(("fw1", "lan0")).unwrap().to_ascii_lowercase();
+    assert_eq!(arp_answers(&lab), BTreeSet::from([mac1]));
+}
+
+/// Malformed, forged and out-of-spec adverts from the peer's address are
+/// rejected and counted, by the XDP filter or the agent, and never change the
+/// master's role, even when they claim a higher priority.
+#[test]
+fn bad_adverts_are_counted_and_change_nothing() {
+    use ha_agent::{agent::net::ip_packet, vrrp::wire};
+    let mut lab = failover_lab();
+    let a1 = RunningAgent::start(&mut lab, "fw1", &AgentSpec::new(1, 150, 10));
+    wait_for("fw1 MASTER", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER")
+    });
+    let transitions = a1.status().unwrap().transitions.len();
+
+    let peer: std::net::Ipv4Addr = "10.255.0.2".parse().unwrap();
+    let good = |prio: u8, vrid: u8, interval: u16| {
+        wire::Repr {
+            vrid,
+            priority: prio,
+            interval_cs: interval,
+            addrs: vec!["10.0.0.1".parse().unwrap()],
+        }
+        .to_bytes(peer, wire::MULTICAST)
+    };
+    let mut bad_checksum = good(250, 51, 1);
+    bad_checksum[7] ^= 0xff;
+    let mut version2 = good(250, 51, 1);
+    version2[0] = 0x21;
+    let truncated = good(250, 51, 1)[..6].to_vec();
+    let zero_interval = good(250, 51, 0);
+    let mut ttl254 = ip_packet(peer, wire::MULTICAST, &good(250, 51, 1));
+    ttl254[8] = 254;
+    let unknown_vrid = ip_packet(peer, wire::MULTICAST, &good(250, 52, 1));
+    let mut packets: Vec<Vec<u8>> = [bad_checksum, version2, truncated, zero_interval]
+        .iter()
+        .map(|p| ip_packet(peer, wire::MULTICAST, p))
+        .collect();
+    packets.push(ttl254);
+    packets.push(unknown_vrid);
+    lab.run_in("fw2", || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(112)),
+        )
+        .unwrap();
+        s.set_header_included_v4(true).unwrap();
+        s.bind_device(Some(b"ha0")).unwrap();
+        let dst = socket2::SockAddr::from(std::net::SocketAddrV4::new(wire::MULTICAST, 0));
+        for _ in 0..5 {
+            for p in &packets {
+                s.send_to(p, &dst).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .unwrap();
+    wait_for("rejections counted", Duration::from_secs(3), || {
+        a1.status().is_some_and(|s| {
+            s.rejected_by_reason
+                .get("ZeroInterval")
+                .copied()
+                .unwrap_or(0)
+                >= 5
+        })
+    });
+    let st = a1.status().unwrap();
+    // Bad checksum and version 2 (the truncated ones never get past XDP).
+    assert_eq!(
+        st.rejected_by_reason.get("Malformed"),
+        Some(&10),
+        "{:?}",
+        st.rejected_by_reason
+    );
+    assert_eq!(
+        st.rejected_by_reason.get("ZeroInterval"),
+        Some(&5),
+        "{:?}",
+        st.rejected_by_reason
+    );
+    assert_eq!(st.adverts_received, 0, "nothing was accepted");
+    assert_eq!(st.transitions.len(), transitions, "no state change");
+    assert_eq!(a1.role().as_deref(), Some("MASTER"));
+    // TTL, unknown VRID and truncation never reach the agent: XDP drops them.
+    let snap = ha_agent::dataplane::inspect::Snapshot::read(&a1.pins.0, 0).unwrap();
+    let count = |n: &str| snap.link_verdicts.iter().find(|(k, _)| k == n).unwrap().1;
+    assert_eq!(count("drop_vrrp_ttl"), 5);
+    assert_eq!(count("drop_vrrp_unknown_vrid"), 5);
+    assert_eq!(count("drop_vrrp_truncated"), 5);
+    assert!(a1.log_text().contains("VRRP packet rejected"), "logged");
+}

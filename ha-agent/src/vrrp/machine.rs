@@ -304,9 +304,13 @@ impl Instance {
             }
             State::Master { .. } => {
                 if priority == 0 {
+                    // RFC: answer with an advert. Priority 0 while we are
+                    // master also comes from a master that just yielded to us
+                    // (below): it may hold hosts' ARP caches, so re-announce.
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
+                    out.push(Action::ResendGarp);
                     self.state = State::Master {
                         adver_at: now + self.advert_interval(),
                     };
@@ -315,6 +319,10 @@ impl Instance {
                 {
                     self.master_adver_interval_cs = interval_cs;
                     self.become_backup(now, Reason::HigherPriority { src, priority }, &mut out);
+                    // Split brain healing: tell the winner we held the VIPs,
+                    // even if none of our adverts reached it, so it
+                    // re-announces them (keepalived issue 166).
+                    out.push(Action::SendAdvert { priority: 0 });
                 } else {
                     // Two masters: ours wins. Advertise now so the other steps
                     // down at once, and re-announce the VIPs it may have taken.
@@ -568,6 +576,8 @@ mod tests {
                 }
             )]
         );
+        // ...and tells the winner it held the VIPs (split brain healing).
+        assert!(out.contains(&Action::SendAdvert { priority: 0 }), "{out:?}");
     }
 
     #[test]
@@ -575,7 +585,10 @@ mod tests {
         let mut m = Instance::new(cfg(255, 100, A));
         m.startup(ms(0.0));
         let out = m.on_advert(ms(50.0), B, 0, 100);
-        assert_eq!(out, vec![Action::SendAdvert { priority: 255 }]);
+        assert_eq!(
+            out,
+            vec![Action::SendAdvert { priority: 255 }, Action::ResendGarp]
+        );
         assert_eq!(m.poll_at(), Some(ms(1050.0)));
     }
 
