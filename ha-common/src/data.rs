@@ -20,6 +20,11 @@ pub const VERDICTS_MAP: &str = "HA_DATA_VERDICTS";
 
 /// Most VIPs in the table.
 pub const MAX_VIPS: u32 = 4096;
+/// [`VipEntry::flags`]: RFC 9568 Accept_Mode off: even the owner drops IPv4
+/// addressed to this VIP (ARP is still answered), unless it is the address
+/// owner (priority 255), for which the agent leaves the flag clear.
+pub const VIP_FLAG_NO_ACCEPT: u32 = 1;
+
 /// Ownership groups are bits of a `u64`.
 pub const MAX_GROUPS: u32 = 64;
 
@@ -29,8 +34,8 @@ pub const MAX_GROUPS: u32 = 64;
 pub struct VipEntry {
     /// Ownership group (bit index into [`Ownership::groups`]), 0..63.
     pub group: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// `VIP_FLAG_*` bits.
+    pub flags: u32,
 }
 
 /// Which groups this node owns, and until when (slot 0 of [`OWNERSHIP_MAP`]).
@@ -118,10 +123,12 @@ pub enum DataVerdict {
     RingBufFull = 9,
     /// Frame too short for the headers it announces (passed: not ours to judge).
     Truncated = 10,
+    /// IPv4 to a VIP we own whose instance has Accept_Mode off.
+    DropNoAccept = 11,
 }
 
 /// Number of [`DataVerdict`]s.
-pub const DATA_VERDICTS: u32 = 11;
+pub const DATA_VERDICTS: u32 = 12;
 
 impl DataVerdict {
     /// Every counter in index order.
@@ -137,6 +144,7 @@ impl DataVerdict {
         DataVerdict::FlowRefresh,
         DataVerdict::RingBufFull,
         DataVerdict::Truncated,
+        DataVerdict::DropNoAccept,
     ];
 
     /// A short name for operators.
@@ -153,6 +161,7 @@ impl DataVerdict {
             DataVerdict::FlowRefresh => "flow_refresh",
             DataVerdict::RingBufFull => "ringbuf_full",
             DataVerdict::Truncated => "truncated",
+            DataVerdict::DropNoAccept => "drop_no_accept",
         }
     }
 }

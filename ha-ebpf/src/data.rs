@@ -12,7 +12,7 @@ use aya_log_ebpf::debug;
 use ha_common::{
     data::{
         DATA_FLAG_EMIT_EVERY_PACKET, DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict,
-        MAX_VIPS, Ownership, VipEntry,
+        MAX_VIPS, Ownership, VIP_FLAG_NO_ACCEPT, VipEntry,
     },
     flow::{
         EVENTS_BYTES, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey, FlowState,
@@ -78,7 +78,8 @@ pub fn ha_data(ctx: XdpContext) -> u32 {
     match verdict {
         DataVerdict::DropArpNotOwner
         | DataVerdict::DropIpv4NotOwner
-        | DataVerdict::DropLeaseExpired => {
+        | DataVerdict::DropLeaseExpired
+        | DataVerdict::DropNoAccept => {
             debug!(&ctx, "ha_data: drop, reason {}", verdict as u32);
             xdp_action::XDP_DROP
         }
@@ -149,13 +150,18 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     let own = ownership();
     let mut now = None;
     let verdict = match vip_of(u32::from_ne_bytes(ip.dst_addr)) {
-        Some(vip) => vip_verdict(
+        Some(vip) => match vip_verdict(
             vip.group,
             &own,
             &mut now,
             DataVerdict::PassIpv4Owner,
             DataVerdict::DropIpv4NotOwner,
-        ),
+        ) {
+            DataVerdict::PassIpv4Owner if vip.flags & VIP_FLAG_NO_ACCEPT != 0 => {
+                DataVerdict::DropNoAccept
+            }
+            v => v,
+        },
         None => DataVerdict::PassNoVip,
     };
     if matches!(verdict, DataVerdict::PassNoVip | DataVerdict::PassIpv4Owner) && own.groups != 0 {

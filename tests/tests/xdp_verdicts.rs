@@ -238,6 +238,41 @@ fn ha_data_gate_follows_ownership_and_lease() {
     assert_eq!(run(&p, &frames::vlan(&forwarded, 10)), PASS);
 }
 
+/// Accept_Mode off: the owner still answers ARP for the VIP but drops IPv4
+/// addressed to it; with it on, both pass.
+#[test]
+fn accept_mode_off_drops_traffic_to_the_vip_on_the_owner() {
+    require_root();
+    use ha_agent::dataplane::VipSpec;
+    let mut p = PinnedDataplane::new("accept");
+    let other = Ipv4Addr::new(192, 0, 2, 2);
+    p.dp.set_vip_table(&[
+        VipSpec {
+            addr: VIP,
+            group: 0,
+            accept: false,
+        },
+        VipSpec {
+            addr: other,
+            group: 0,
+            accept: true,
+        },
+    ])
+    .unwrap();
+    p.dp.set_ownership(1, None).unwrap();
+    let run = |f: &[u8]| p.dp.test_run("ha_data", f, 1).unwrap().0;
+    assert_eq!(run(&frames::arp(1, CLIENT, VIP)), PASS);
+    assert_eq!(run(&frames::ping(CLIENT, VIP, 1, 1)), DROP);
+    assert_eq!(run(&frames::ping(CLIENT, other, 1, 1)), PASS);
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    assert_eq!(counter(&snap.data_verdicts, "drop_no_accept"), 1);
+    assert!(
+        snap.vips
+            .iter()
+            .any(|v| v.vip == VIP && !v.accept && v.owner)
+    );
+}
+
 /// Frames of every length from 0 to 128 bytes, random and truncated valid ones,
 /// never abort either program and never change ownership.
 #[test]

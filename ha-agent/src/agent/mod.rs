@@ -31,7 +31,7 @@ use self::{
 };
 use crate::{
     config::{self, Config},
-    dataplane::{Dataplane, LinkSettings, LoadOptions},
+    dataplane::{Dataplane, LinkSettings, LoadOptions, VipSpec},
     vrrp::{
         group::{Group, GroupAction},
         machine::{Action, Instance, Instant, Role},
@@ -151,7 +151,12 @@ impl Agent {
             for i in &g.instances {
                 for v in &i.vips {
                     let vip = config::parse_vip(v).map_err(anyhow::Error::msg)?;
-                    vips.push((vip.addr, gi as u32));
+                    // The address owner (255) always accepts (RFC 9568).
+                    vips.push(VipSpec {
+                        addr: vip.addr,
+                        group: gi as u32,
+                        accept: i.accept || i.priority == 255,
+                    });
                     // The address lives on every node; the XDP gate decides
                     // who answers for it. Added once, here, not on takeover.
                     let out = Command::new("ip")
@@ -176,7 +181,7 @@ impl Agent {
                 }
             }
         }
-        dp.set_vips(&vips)?;
+        dp.set_vip_table(&vips)?;
         // A node starts owning nothing (RFC: Initialize -> Backup, unless it
         // owns the addresses); the election decides.
         dp.set_ownership(0, None)?;

@@ -42,6 +42,8 @@ pub struct VipView {
     pub vip: Ipv4Addr,
     pub group: u32,
     pub owner: bool,
+    /// Accept_Mode: the owner accepts IPv4 addressed to it.
+    pub accept: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +97,7 @@ impl Snapshot {
                 vip: Ipv4Addr::from(addr_octets(addr)),
                 group: e.group,
                 owner: own.owns(e.group, now),
+                accept: e.flags & data::VIP_FLAG_NO_ACCEPT == 0,
             })
             .collect();
         vips.sort_by_key(|v| (v.group, v.vip));
@@ -201,10 +204,11 @@ impl fmt::Display for Snapshot {
         for v in &self.vips {
             writeln!(
                 f,
-                "  {:<15}  group {:<2}  owner {}",
+                "  {:<15}  group {:<2}  owner {}{}",
                 v.vip,
                 v.group,
-                if v.owner { "yes" } else { "no" }
+                if v.owner { "yes" } else { "no" },
+                if v.accept { "" } else { "  (accept mode off)" }
             )?;
         }
         writeln!(f, "last advert per VRID:")?;

@@ -278,6 +278,16 @@ pub struct LinkSettings {
     pub mgmt: Vec<(u8, u16)>,
 }
 
+/// One VIP of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VipSpec {
+    pub addr: Ipv4Addr,
+    /// Ownership group, 0..63.
+    pub group: u32,
+    /// RFC 9568 Accept_Mode: the owner accepts IPv4 addressed to the VIP.
+    pub accept: bool,
+}
+
 /// Control handle on a pinned data plane.
 pub struct Dataplane {
     /// `/sys/fs/bpf/<instance>`: where everything is pinned.
@@ -512,9 +522,23 @@ impl Dataplane {
         Ok(removed)
     }
 
-    /// Replaces the VIP table: adds what is new, updates changed groups, removes
-    /// what is gone. Ownership is untouched.
+    /// Replaces the VIP table with `(VIP, group)` pairs, Accept_Mode on for
+    /// all (see [`Dataplane::set_vip_table`]).
     pub fn set_vips(&mut self, vips: &[(Ipv4Addr, u32)]) -> Result<(), DataplaneError> {
+        let specs: Vec<VipSpec> = vips
+            .iter()
+            .map(|&(addr, group)| VipSpec {
+                addr,
+                group,
+                accept: true,
+            })
+            .collect();
+        self.set_vip_table(&specs)
+    }
+
+    /// Replaces the VIP table: adds what is new, updates what changed, removes
+    /// what is gone. Ownership is untouched.
+    pub fn set_vip_table(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
         let map = data::VIPS_MAP;
         let map_err = |source| DataplaneError::Map { map, source };
         if vips.len() > data::MAX_VIPS as usize {
@@ -525,13 +549,19 @@ impl Dataplane {
             )));
         }
         let mut want = std::collections::HashMap::new();
-        for &(addr, group) in vips {
+        for &VipSpec {
+            addr,
+            group,
+            accept,
+        } in vips
+        {
             if group >= MAX_GROUPS {
                 return Err(DataplaneError::Invalid(format!(
                     "VIP {addr}: group {group} out of range 0..{MAX_GROUPS}"
                 )));
             }
-            want.insert(addr_from_octets(addr.octets()), VipEntry { group, _pad: 0 });
+            let flags = if accept { 0 } else { data::VIP_FLAG_NO_ACCEPT };
+            want.insert(addr_from_octets(addr.octets()), VipEntry { group, flags });
         }
         let stale: Vec<u32> = self
             .vips
