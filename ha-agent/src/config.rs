@@ -416,6 +416,14 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.groups[0].instances[0].vips.len(), 2);
+        assert_eq!(c.lease(), Duration::from_millis(30));
+    }
+
+    #[test]
     fn errors_name_file_field_and_problem() {
         let err = parse(&GOOD.replace("10.0.0.1/24", "10.0.0.300/24"))
             .unwrap_err()

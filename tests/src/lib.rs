@@ -108,7 +108,7 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut()
 /// ```text
 /// client 10.0.0.10 --[lan]-- fw1 lan0 10.0.0.2 / fw2 lan0 10.0.0.3   (LAN VIP 10.0.0.1)
 ///                            fw1 wan0 10.1.0.2 / fw2 wan0 10.1.0.3   (WAN VIP 10.1.0.1) --[wan]-- server 10.1.0.10
-///                            fw1 ha0 10.255.0.1 <-> fw2 ha0 10.255.0.2 (HA link)
+///                            fw1 ha0 10.255.0.1 --[hasw]-- fw2 ha0 10.255.0.2 (HA link)
 /// ```
 /// The VIPs are not configured here: whoever runs on the firewalls adds them.
 pub fn failover_lab() -> ha_lab::Lab {
@@ -121,10 +121,13 @@ pub fn failover_lab() -> ha_lab::Lab {
     lab.add_bridge("wan").unwrap();
     lab.add_bridge_port("lan", ("client", "eth0")).unwrap();
     lab.add_bridge_port("wan", ("server", "eth0")).unwrap();
-    lab.add_veth(("fw1", "ha0"), ("fw2", "ha0")).unwrap();
+    // The HA link is a switch (a bridge of its own), as with more than two
+    // nodes: a crashed peer does not take the survivor's HA link down.
+    lab.add_bridge("hasw").unwrap();
     for (i, fw) in ["fw1", "fw2"].into_iter().enumerate() {
         lab.add_bridge_port("lan", (fw, "lan0")).unwrap();
         lab.add_bridge_port("wan", (fw, "wan0")).unwrap();
+        lab.add_bridge_port("hasw", (fw, "ha0")).unwrap();
         lab.add_addr((fw, "lan0"), &format!("10.0.0.{}/24", i + 2))
             .unwrap();
         lab.add_addr((fw, "wan0"), &format!("10.1.0.{}/24", i + 2))
@@ -243,6 +246,42 @@ impl RunningAgent {
         }
     }
 
+    /// Kills the agent (SIGKILL) and starts it again at once with the same
+    /// configuration and pins.
+    pub fn restart(&mut self, lab: &mut ha_lab::Lab) {
+        self.signal(libc::SIGKILL);
+        // SAFETY: reaping is left to the lab; wait until the pid is gone.
+        while std::path::Path::new(&format!("/proc/{}/stat", self.pid))
+            .exists()
+            .then(|| {
+                std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default()
+            })
+            .is_some_and(|s| !s.contains(") Z"))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let dir = std::env::temp_dir().join(&self.pins.0);
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let bin = agent_bin();
+        let config = dir.join("config.toml");
+        let mut cmd = lab.command(
+            &self.ns,
+            &[
+                bin.to_str().unwrap(),
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        );
+        cmd.env("HA_AGENT_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        self.pid = lab.spawn(&self.ns, cmd).unwrap();
+    }
+
     /// The agent's status file, if written yet.
     pub fn status(&self) -> Option<ha_agent::agent::status::Status> {
         ha_agent::agent::status::Status::read(&self.pins.0).ok()
@@ -283,7 +322,7 @@ impl Drop for RunningAgent {
 
 /// keepalived (Debian's 2.2.7, VRRPv3) on a firewall of [`failover_lab`],
 /// configured like our agent: VRID 51 on ha0, VIPs 10.0.0.1 on lan0 and
-/// 10.1.0.1 on wan0. Its state comes from its notify script.
+/// 10.1.0.1 on wan0. Its state is read from its log.
 #[derive(Debug)]
 pub struct Keepalived {
     pub pid: u32,
@@ -373,11 +412,14 @@ vrrp_instance VI_1 {{
         Keepalived { pid, dir }
     }
 
-    /// Its state as the notify script last wrote it (MASTER, BACKUP, FAULT).
+    /// Its state (MASTER, BACKUP, FAULT) from the last "Entering ... STATE"
+    /// line of its log (its notify scripts run concurrently and may finish out
+    /// of order; the log is written in order).
     pub fn state(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join("state"))
-            .ok()
-            .map(|s| s.trim().to_owned())
+        self.log_text().lines().rev().find_map(|l| {
+            let rest = l.split("Entering ").nth(1)?;
+            Some(rest.split(' ').next()?.to_owned())
+        })
     }
 
     /// keepalived's own log.

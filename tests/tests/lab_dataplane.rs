@@ -18,7 +18,7 @@ use std::{
 use ha_agent::dataplane::{Dataplane, LoadOptions, events::FlowEvents};
 use ha_common::flow::{FlowEvent, FlowEventKind, TcpState};
 use ha_lab::Lab;
-use ha_tests::{PinnedDataplane, require_root};
+use ha_tests::{PinnedDataplane, failover_lab};
 
 const LAN_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const WAN_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
@@ -29,34 +29,13 @@ struct TwoFirewalls {
 }
 
 fn two_firewalls(tag: &str) -> TwoFirewalls {
-    require_root();
-    let mut lab = Lab::new();
-    for ns in ["client", "fw1", "fw2", "server"] {
-        lab.add_netns(ns).unwrap();
-    }
-    lab.add_bridge("lan").unwrap();
-    lab.add_bridge("wan").unwrap();
-    lab.add_bridge_port("lan", ("client", "eth0")).unwrap();
-    lab.add_bridge_port("wan", ("server", "eth0")).unwrap();
-    for (i, fw) in ["fw1", "fw2"].into_iter().enumerate() {
-        lab.add_bridge_port("lan", (fw, "lan0")).unwrap();
-        lab.add_bridge_port("wan", (fw, "wan0")).unwrap();
-        lab.add_addr((fw, "lan0"), &format!("10.0.0.{}/24", i + 2))
-            .unwrap();
+    let lab = failover_lab();
+    for fw in ["fw1", "fw2"] {
         lab.add_addr((fw, "lan0"), &format!("{LAN_VIP}/24"))
-            .unwrap();
-        lab.add_addr((fw, "wan0"), &format!("10.1.0.{}/24", i + 2))
             .unwrap();
         lab.add_addr((fw, "wan0"), &format!("{WAN_VIP}/24"))
             .unwrap();
-        lab.sysctl(fw, "net.ipv4.ip_forward", "1").unwrap();
     }
-    lab.add_addr(("client", "eth0"), "10.0.0.10/24").unwrap();
-    lab.add_route("client", "default", &LAN_VIP.to_string())
-        .unwrap();
-    lab.add_addr(("server", "eth0"), "10.1.0.10/24").unwrap();
-    lab.add_route("server", "default", &WAN_VIP.to_string())
-        .unwrap();
 
     let fw = [
         PinnedDataplane::new(&format!("{tag}1")),

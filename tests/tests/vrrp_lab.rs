@@ -219,9 +219,8 @@ fn hooks_run_with_keepalived_arguments_and_time_out() {
         a1.role().as_deref() == Some("MASTER")
     });
     wait_for("notify calls", Duration::from_secs(5), || {
-        std::fs::read_to_string(&calls)
-            .unwrap_or_default()
-            .contains("GROUP fw MASTER 200")
+        let text = std::fs::read_to_string(&calls).unwrap_or_default();
+        text.contains("GROUP fw MASTER 200") && text.contains("INSTANCE VI_1 MASTER 200")
     });
     let text = std::fs::read_to_string(&calls).unwrap();
     assert!(text.contains("INSTANCE VI_1 MASTER 200"), "{text}");
@@ -352,4 +351,58 @@ fn bad_adverts_are_counted_and_change_nothing() {
     assert_eq!(count("drop_vrrp_unknown_vrid"), 5);
     assert_eq!(count("drop_vrrp_truncated"), 5);
     assert!(a1.log_text().contains("VRRP packet rejected"), "logged");
+}
+
+/// Restarting the master's agent (SIGKILL and start again) within its lease
+/// drops no forwarded packet: it re-opens the pins, renews the lease first and
+/// resumes as master; the backup never takes over.
+#[test]
+fn restarting_the_master_agent_drops_no_forwarded_packet() {
+    let mut lab = failover_lab();
+    let (mut a1, a2) = elect(&mut lab, 100);
+    let backup_transitions = a2.status().unwrap().transitions.len();
+    let lab_ref = &mut lab;
+    let ping = lab_ref
+        .command(
+            "client",
+            &[
+                "ping",
+                "-q",
+                "-i",
+                "0.01",
+                "-c",
+                "400",
+                "-W",
+                "1",
+                "10.1.0.10",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1200));
+        a1.restart(lab_ref);
+        wait_for("fw1 resumed", Duration::from_secs(2), || {
+            a1.status().is_some_and(|s| {
+                s.pid == a1.pid && s.roles.get("fw").map(String::as_str) == Some("MASTER")
+            })
+        });
+    }
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("400 packets transmitted, 400 received"),
+        "{text}"
+    );
+    assert_eq!(
+        a2.status().unwrap().transitions.len(),
+        backup_transitions,
+        "the backup never moved"
+    );
+    assert!(
+        a1.log_text().contains("resuming as master"),
+        "{}",
+        a1.log_text()
+    );
 }

@@ -36,8 +36,10 @@ enum Command {
     Test(test::TestArgs),
     /// The failover lab (`cargo xtask lab`), or `cargo xtask lab down`.
     Lab(lab::LabArgs),
-    /// Data-plane benchmarks (root): ns per packet per XDP path, ownership flip
-    /// of 1,000 VIPs, ring-buffer events per second. Writes target/bench/*.json.
+    /// Benchmarks (root): ns per packet per XDP path, ownership flip of 1,000
+    /// VIPs, ring-buffer events per second; then the failover benchmark
+    /// (HA_BENCH_RUNS hard crashes per system and advert interval, default 20).
+    /// Writes target/bench/*.json; figures in docs/benchmarks.md.
     Bench,
 }
 
@@ -67,9 +69,18 @@ fn bench() -> anyhow::Result<()> {
     }
     setup::run()?;
     build::build_ebpf_only()?;
+    // The failover bench runs the release agent binary.
+    run_step(
+        "build the release agent",
+        cargo().args(["build", "--release", "--package", "ha-agent"]),
+    )?;
     run_step(
         "data-plane benchmarks",
         cargo().args(["bench", "--package", "ha-tests", "--bench", "dataplane"]),
+    )?;
+    run_step(
+        "failover benchmark (ha-agent and keepalived, 1 s and 10 ms adverts)",
+        cargo().args(["bench", "--package", "ha-tests", "--bench", "failover"]),
     )
 }
 

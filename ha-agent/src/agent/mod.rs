@@ -41,6 +41,9 @@ use crate::{
 
 /// Interval at which tracked links are checked.
 const LINK_POLL: Duration = Duration::from_millis(50);
+/// How close to a deadline the tokio timer brings us; the rest is slept
+/// precisely.
+const COARSE_TIMER: Duration = Duration::from_millis(2);
 /// Interval at which the status file is refreshed (besides every transition).
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 
@@ -108,7 +111,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     loop {
         let now = agent.now();
         let deadline = agent.next_deadline();
-        let sleep = tokio::time::sleep(deadline.saturating_sub(now));
+        // tokio's timer wheel has millisecond granularity: sleep to within a
+        // millisecond of the deadline there, then the rest precisely (below).
+        let sleep = tokio::time::sleep(deadline.saturating_sub(now).saturating_sub(COARSE_TIMER));
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -116,7 +121,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 r.context("waiting on the VRRP socket")?;
                 agent.on_readable();
             }
-            () = sleep => agent.on_timers(deadline),
+            () = sleep => {
+                // At most COARSE_TIMER left: a precise nanosleep, so the
+                // master-down timer fires on time, not up to 1 ms late.
+                let left = deadline.saturating_sub(agent.now());
+                if !left.is_zero() {
+                    std::thread::sleep(left);
+                }
+                agent.on_timers(deadline);
+            }
         }
     }
     agent.stop();
@@ -128,6 +141,24 @@ impl Agent {
     /// starts the groups. Everything slow happens here, not on takeover.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let mut dp = Dataplane::create_or_open(&config.instance, LoadOptions::default())?;
+        // A restart within a running lease (we were master moments ago): renew
+        // it first thing, before any slow start-up work, and resume as master
+        // below, so forwarding is not interrupted. Otherwise start owning
+        // nothing (RFC: Initialize -> Backup unless address owner).
+        let lease = config.lease();
+        let resumed = if dp.renew_lease(lease)? {
+            dp.ownership()?.groups
+        } else {
+            0
+        };
+        if resumed == 0 {
+            dp.set_ownership(0, None)?;
+        } else {
+            info!(
+                groups = resumed,
+                "restarted within the ownership lease: resuming as master"
+            );
+        }
         let mgmt = config
             .ha
             .mgmt
@@ -182,9 +213,6 @@ impl Agent {
             }
         }
         dp.set_vip_table(&vips)?;
-        // A node starts owning nothing (RFC: Initialize -> Backup, unless it
-        // owns the addresses); the election decides.
-        dp.set_ownership(0, None)?;
         if let Some(mode) = dp.attach_link(&config.ha.interface)? {
             info!(iface = %config.ha.interface, %mode, "ha_link attached");
         }
@@ -237,14 +265,14 @@ impl Agent {
             });
         }
         let mut agent = Agent {
-            lease: config.lease(),
+            lease,
             status: Status::new(&config),
             config,
             dp,
             sock,
             groups,
             by_vrid,
-            owned: 0,
+            owned: resumed,
             renew_at: None,
             links_at: Duration::ZERO,
             status_at: STATUS_EVERY,
@@ -255,7 +283,11 @@ impl Agent {
         let now = agent.now();
         agent.poll_links(now);
         for gi in 0..agent.groups.len() {
-            let out = agent.groups[gi].group.startup(now);
+            let out = if resumed & agent.groups[gi].bit != 0 {
+                agent.groups[gi].group.resume_master(now)
+            } else {
+                agent.groups[gi].group.startup(now)
+            };
             agent.apply(gi, out, now);
         }
         agent.write_status();

@@ -85,6 +85,14 @@ impl Group {
         self.settle(now, out)
     }
 
+    /// Starts every member as master at once (see [`Instance::resume_master`]).
+    pub fn resume_master(&mut self, now: Instant) -> Vec<GroupAction> {
+        let out = (0..self.members.len())
+            .map(|i| (i, self.members[i].resume_master(now)))
+            .collect();
+        self.settle(now, out)
+    }
+
     /// Runs due timers.
     pub fn poll(&mut self, now: Instant) -> Vec<GroupAction> {
         let out = (0..self.members.len())

@@ -86,6 +86,9 @@ pub enum Reason {
     Shutdown,
     /// Another member of our group changed role.
     Group,
+    /// The agent restarted while it was master and its ownership lease was
+    /// still running: it carries on as master without a gap.
+    Resumed,
 }
 
 /// What the I/O layer must do.
@@ -416,6 +419,17 @@ impl Instance {
         out
     }
 
+    /// Initialize -> Master at once: the agent restarted within its ownership
+    /// lease, so the peer cannot have taken over yet (the lease is shorter
+    /// than the peer's Master_Down_Interval). Advertises immediately.
+    pub fn resume_master(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state == State::Initialize {
+            self.become_master(now, Reason::Resumed, &mut out);
+        }
+        out
+    }
+
     /// Forced to Master by its group (another member became master).
     pub fn force_master(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
@@ -652,6 +666,15 @@ mod tests {
         // Lower adverts now discarded: master down 32.1875 ms after the last accepted one.
         let out = b.poll(ms(190.0) + Duration::from_nanos(32_187_500));
         assert_eq!(transitions(&out), vec![(Role::Master, Reason::MasterDown)]);
+    }
+
+    #[test]
+    fn resume_master_advertises_at_once() {
+        let mut m = Instance::new(cfg(100, 1, A));
+        let out = m.resume_master(ms(0.0));
+        assert_eq!(transitions(&out), vec![(Role::Master, Reason::Resumed)]);
+        assert!(out.contains(&Action::SendAdvert { priority: 100 }));
+        assert!(m.resume_master(ms(1.0)).is_empty(), "only from Initialize");
     }
 
     #[test]

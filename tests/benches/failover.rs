@@ -1,0 +1,271 @@
+//! Failover benchmark (root): in the failover lab, a 1 kHz UDP probe from the
+//! client through the VIP gateway to the server and back, then a hard crash of
+//! the master (links down and process killed at once). Measures the
+//! client-visible outage (longest gap between answered probes around the
+//! crash), whether traffic recovered, and, for ha-agent, the time from the
+//! master-down timer to ownership written and first GARP sent.
+//!
+//! Runs ha-agent and keepalived (same topology, same VRID/VIPs, VRRPv3) at
+//! 1 s and 10 ms adverts, `HA_BENCH_RUNS` runs each (default 20). Prints a
+//! table and writes `target/bench/failover.json`. Run with `cargo xtask bench`.
+
+use std::{
+    net::UdpSocket,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use ha_lab::Lab;
+use ha_tests::{AgentSpec, Keepalived, RunningAgent, failover_lab, require_root};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Agent,
+    Keepalived,
+}
+
+struct Run {
+    outage_ms: f64,
+    recovered: bool,
+    to_owned_us: Option<f64>,
+    to_garp_us: Option<f64>,
+}
+
+/// Probes at 1 kHz until `stop`; returns the instants answers arrived.
+fn probe(lab: &Lab, stop: &AtomicBool) -> Vec<Instant> {
+    lab.run_in("client", || {
+        let sock = UdpSocket::bind("10.0.0.10:0").unwrap();
+        sock.connect("10.1.0.10:9000").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let mut answers = Vec::new();
+        let mut buf = [0u8; 64];
+        let mut next = Instant::now();
+        let mut seq: u32 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next {
+                let _ = sock.send(&seq.to_be_bytes());
+                seq += 1;
+                next += Duration::from_millis(1);
+            }
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n >= 4 {
+                    answers.push(Instant::now());
+                }
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        answers
+    })
+    .unwrap()
+}
+
+/// Echoes UDP on the server until `stop`.
+fn echo(lab: &Lab, stop: &AtomicBool) {
+    lab.run_in("server", || {
+        let sock = UdpSocket::bind("10.1.0.10:9000").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// One crash; `None` when the pair never settled into fw1 MASTER / fw2 BACKUP
+/// (a set-up problem, not a failover result: the run is repeated).
+fn one_run(system: System, advert_ms: u64) -> Option<Run> {
+    let mut lab = failover_lab();
+    // The master at priority 200 on fw1, the backup at 100 on fw2.
+    let (agents, kas) = match system {
+        System::Agent => (
+            vec![
+                RunningAgent::start(&mut lab, "fw1", &AgentSpec::new(1, 200, advert_ms)),
+                RunningAgent::start(&mut lab, "fw2", &AgentSpec::new(2, 100, advert_ms)),
+            ],
+            vec![],
+        ),
+        System::Keepalived => (
+            vec![],
+            vec![
+                Keepalived::start(&mut lab, "fw1", 1, 200, advert_ms, false),
+                Keepalived::start(&mut lab, "fw2", 2, 100, advert_ms, false),
+            ],
+        ),
+    };
+    let settled = || match system {
+        System::Agent => {
+            agents[0].role().as_deref() == Some("MASTER")
+                && agents[1].role().as_deref() == Some("BACKUP")
+        }
+        System::Keepalived => {
+            kas[0].state().as_deref() == Some("MASTER")
+                && kas[1].state().as_deref() == Some("BACKUP")
+        }
+    };
+    let start = Instant::now();
+    while !settled() {
+        if start.elapsed() > Duration::from_secs(20) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stop = AtomicBool::new(false);
+    let lab_ref = &lab;
+    let (answers, crash_at) = std::thread::scope(|s| {
+        s.spawn(|| echo(lab_ref, &stop));
+        let prober = s.spawn(|| probe(lab_ref, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        // Hard crash: every link of fw1 down in one `ip -batch`, then SIGKILL.
+        let crash_at = Instant::now();
+        let mut ip = lab_ref.command("fw1", &["ip", "-batch", "-"]);
+        ip.stdin(std::process::Stdio::piped());
+        let mut child = ip.spawn().unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"link set ha0 down\nlink set lan0 down\nlink set wan0 down\n")
+            .unwrap();
+        child.wait().unwrap();
+        match system {
+            System::Agent => agents[0].signal(libc::SIGKILL),
+            System::Keepalived => kas[0].signal(libc::SIGKILL),
+        }
+        let wait = Duration::from_millis(4 * advert_ms + 1500);
+        std::thread::sleep(wait);
+        stop.store(true, Ordering::Relaxed);
+        (prober.join().unwrap(), crash_at)
+    });
+    let before: Vec<&Instant> = answers.iter().filter(|t| **t <= crash_at).collect();
+    let after: Vec<&Instant> = answers.iter().filter(|t| **t > crash_at).collect();
+    let recovered = after.len() > 100 && !before.is_empty();
+    if !recovered {
+        eprintln!(
+            "{system:?} {advert_ms} ms: not recovered ({} answers before the crash, {} after)",
+            before.len(),
+            after.len()
+        );
+        if let Some(k) = kas.get(1) {
+            eprintln!("{}", k.log_text());
+        }
+    }
+    // The longest silence that spans the crash.
+    let mut outage = Duration::ZERO;
+    for w in answers.windows(2) {
+        if w[1] > crash_at && w[0] <= crash_at + Duration::from_millis(4 * advert_ms + 1000) {
+            outage = outage.max(w[1] - w[0]);
+        }
+    }
+    let timing = if system == System::Agent {
+        agents[1].status().and_then(|s| s.last_takeover)
+    } else {
+        None
+    };
+    Some(Run {
+        outage_ms: outage.as_secs_f64() * 1e3,
+        recovered,
+        to_owned_us: timing.as_ref().map(|t| t.to_owned_us),
+        to_garp_us: timing.as_ref().map(|t| t.to_first_garp_us),
+    })
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    require_root();
+    let runs: usize = std::env::var("HA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut systems = Vec::new();
+    println!(
+        "{:<11} {:>6} {:>9} {:>11} {:>11} {:>13} {:>16}",
+        "system", "adv_ms", "recovered", "outage p50", "outage max", "MDI+1ms", "due->GARP max"
+    );
+    let only: Option<String> = std::env::var("HA_BENCH_ONLY").ok();
+    for system in [System::Agent, System::Keepalived] {
+        for advert_ms in [10u64, 1000] {
+            if only
+                .as_deref()
+                .is_some_and(|o| o != format!("{system:?}-{advert_ms}"))
+            {
+                continue;
+            }
+            let results: Vec<Run> = (0..runs)
+                .map(|_| {
+                    (0..3)
+                        .find_map(|_| one_run(system, advert_ms))
+                        .unwrap_or_else(|| {
+                            panic!("{system:?} at {advert_ms} ms never settled, 3 tries")
+                        })
+                })
+                .collect();
+            let mut outages: Vec<f64> = results
+                .iter()
+                .filter(|r| r.recovered)
+                .map(|r| r.outage_ms)
+                .collect();
+            outages.sort_by(f64::total_cmp);
+            let recovered = results.iter().filter(|r| r.recovered).count();
+            let garp_max = results
+                .iter()
+                .filter_map(|r| r.to_garp_us)
+                .fold(f64::NAN, f64::max);
+            let owned_max = results
+                .iter()
+                .filter_map(|r| r.to_owned_us)
+                .fold(f64::NAN, f64::max);
+            let mdi = ha_agent::vrrp::machine::master_down_interval(100, (advert_ms / 10) as u16)
+                .as_secs_f64()
+                * 1e3;
+            let name = match system {
+                System::Agent => "ha-agent",
+                System::Keepalived => "keepalived",
+            };
+            println!(
+                "{name:<11} {advert_ms:>6} {:>9} {:>9.1}ms {:>9.1}ms {:>11.1}ms {:>14}",
+                format!("{recovered}/{runs}"),
+                pct(&outages, 0.5),
+                pct(&outages, 1.0),
+                mdi + 1.0,
+                if garp_max.is_nan() {
+                    "-".to_owned()
+                } else {
+                    format!("{garp_max:.0}us")
+                },
+            );
+            systems.push(serde_json::json!({
+                "system": name,
+                "adv_ms": advert_ms,
+                "runs": runs,
+                "recovered": recovered,
+                "outage_ms_p50": pct(&outages, 0.5),
+                "outage_ms_max": pct(&outages, 1.0),
+                "outages_ms": outages,
+                "master_down_interval_ms": mdi,
+                "due_to_owned_us_max": if owned_max.is_nan() { serde_json::Value::Null } else { owned_max.into() },
+                "due_to_first_garp_us_max": if garp_max.is_nan() { serde_json::Value::Null } else { garp_max.into() },
+            }));
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("failover.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({ "systems": systems })).unwrap(),
+    )
+    .unwrap();
+    println!("written {}", path.display());
+}
