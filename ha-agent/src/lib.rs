@@ -7,6 +7,8 @@
 //! - [`iface`]: interface index, MAC and link state in the current namespace.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`agent`]: the daemon (`ha-agent run`): VRRP sockets, takeover, hooks.
+//! - [`sync`]: connection-state replication protocol (records, AEAD frames,
+//!   reliable session with replay protection and bulk resync; sans-IO).
 //! - [`cli`]: the operator command line (`ha-agent <command>`).
 
 pub mod agent;
@@ -14,4 +16,5 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod iface;
+pub mod sync;
 pub mod vrrp;
