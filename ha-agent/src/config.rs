@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::vrrp::{group::Track, machine};
 
+/// What the lease keeps below three advert intervals: one kernel tick at
+/// CONFIG_HZ=100 (the XDP programs read the clock at tick resolution).
+pub const LEASE_MARGIN_MS: u64 = 10;
+
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/ha-agent/config.toml";
 
@@ -74,9 +78,11 @@ pub struct HaLink {
     /// UDP port of state sync (0 = none yet).
     #[serde(default)]
     pub sync_port: u16,
-    /// Ownership lease in ms; default three times the shortest advert
-    /// interval, so a dead agent's VIPs lapse before the peer's
-    /// Master_Down_Interval ends (see docs/architecture.md).
+    /// Ownership lease in ms, renewed with every advert. Default and maximum:
+    /// three shortest advert intervals minus [`LEASE_MARGIN_MS`], so a dead
+    /// agent's VIPs lapse before the peer's Master_Down_Interval (at least
+    /// three intervals after our last advert) ends, even with the XDP clock's
+    /// tick of lateness (see docs/architecture.md).
     pub lease_ms: Option<u64>,
 }
 
@@ -230,6 +236,20 @@ impl Config {
                 format!("at most {} groups", ha_common::data::MAX_GROUPS),
             ));
         }
+        if let Some(lease) = self.ha.lease_ms {
+            let shortest = self.shortest_advert_ms();
+            let max = self.max_lease_ms();
+            if lease > max || lease <= shortest {
+                return Err(bad(
+                    "ha.lease_ms".into(),
+                    format!(
+                        "{lease} ms: must be longer than the advert interval ({shortest} ms) and at most \
+                         {max} ms (three intervals minus {LEASE_MARGIN_MS} ms), or a dead agent could \
+                         hold the VIPs after the peer takes over"
+                    ),
+                ));
+            }
+        }
         let mut vrids = std::collections::BTreeSet::new();
         for g in &self.groups {
             if g.instances.is_empty() {
@@ -285,16 +305,22 @@ impl Config {
         out
     }
 
-    /// The ownership lease.
-    pub fn lease(&self) -> Duration {
-        let shortest = self
-            .groups
+    fn shortest_advert_ms(&self) -> u64 {
+        self.groups
             .iter()
             .flat_map(|g| &g.instances)
             .map(|i| i.advert_interval_ms)
             .min()
-            .unwrap_or(1000);
-        Duration::from_millis(self.ha.lease_ms.unwrap_or(3 * shortest))
+            .unwrap_or(1000)
+    }
+
+    fn max_lease_ms(&self) -> u64 {
+        3 * self.shortest_advert_ms() - LEASE_MARGIN_MS
+    }
+
+    /// The ownership lease.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.ha.lease_ms.unwrap_or_else(|| self.max_lease_ms()))
     }
 
     /// The state machine configuration of an instance.
@@ -410,7 +436,11 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             c.data_interfaces(),
             vec!["lan0".to_owned(), "wan0".to_owned()]
         );
-        assert_eq!(c.lease(), Duration::from_millis(30));
+        assert_eq!(
+            c.lease(),
+            Duration::from_millis(20),
+            "3 x 10 ms - 10 ms margin"
+        );
         let m = c.machine_config(i);
         assert_eq!((m.advert_interval_cs, m.vips.len()), (1, 2));
     }
@@ -420,7 +450,7 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.example.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c.groups[0].instances[0].vips.len(), 2);
-        assert_eq!(c.lease(), Duration::from_millis(30));
+        assert_eq!(c.lease(), Duration::from_millis(20));
     }
 
     #[test]
@@ -461,6 +491,10 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             err.starts_with("/etc/ha-agent/config.toml: ") && err.contains("bogus"),
             "{err}"
         );
+        let err = parse(&GOOD.replace("mgmt = [\"tcp/22\"]", "mgmt = [\"tcp/22\"]\nlease_ms = 30"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ha.lease_ms: 30 ms: must be longer than the advert interval (10 ms) and at most 20 ms"), "{err}");
         let err = Config::load(Path::new("/nonexistent/ha.toml"))
             .unwrap_err()
             .to_string();

@@ -53,10 +53,13 @@ fn agent_master_keepalived_backup_stable(advert_ms: u64) {
         "keepalived became master:\n{log}"
     );
     // keepalived accepted our adverts: nothing it complained about.
-    assert!(
-        !log.contains("bad checksum") && !log.contains("invalid"),
-        "{log}"
-    );
+    let lower = log.to_ascii_lowercase();
+    for complaint in ["checksum", "invalid", "mismatch", "unknown", "error"] {
+        assert!(
+            !lower.contains(complaint),
+            "keepalived complained ({complaint}):\n{log}"
+        );
+    }
 }
 
 /// keepalived master at 200, the agent backup at 100; returns both once settled.
@@ -108,9 +111,11 @@ fn agent_takes_over_hard_killed_keepalived(advert_ms: u64) {
     assert_eq!(reason, "MasterDown");
     let mdi = master_down_interval(100, (advert_ms / 10) as u16);
     // Whole milliseconds on both ends, and a loaded CI machine wakes late:
-    // the check is that the RFC timer ran, not a performance goal.
+    // the check is that the RFC timer ran, not a performance goal (the
+    // failover bench measures that).
+    let slack = Duration::from_millis(if advert_ms < 100 { 20 } else { 50 });
     assert!(
-        delay + Duration::from_millis(2) >= mdi && delay <= mdi + Duration::from_millis(100),
+        delay + Duration::from_millis(2) >= mdi && delay <= mdi + slack,
         "took over {delay:?} after the last advert; Master_Down_Interval is {mdi:?}"
     );
     println!(
@@ -127,8 +132,9 @@ fn agent_takes_over_from_keepalived_leaving(advert_ms: u64) {
     let (delay, reason) = takeover_delay(&agent);
     assert_eq!(reason, "MasterLeft", "priority 0 received");
     let skew = skew_time(100, (advert_ms / 10) as u16);
+    let slack = Duration::from_millis(if advert_ms < 100 { 20 } else { 50 });
     assert!(
-        delay + Duration::from_millis(2) >= skew && delay <= skew + Duration::from_millis(100),
+        delay + Duration::from_millis(2) >= skew && delay <= skew + slack,
         "took over {delay:?} after keepalived's priority-0 advert; Skew_Time is {skew:?}"
     );
     println!(

@@ -187,7 +187,8 @@ fn tracked_link_down_faults_the_master() {
 }
 
 /// Notify scripts get keepalived's arguments; a hook that hangs is killed
-/// after its timeout and delays nothing.
+/// after its timeout, with what it started, and delays neither the takeover
+/// nor (beyond its timeout) the hooks after it.
 #[test]
 fn hooks_run_with_keepalived_arguments_and_time_out() {
     let mut lab = failover_lab();
@@ -203,7 +204,7 @@ fn hooks_run_with_keepalived_arguments_and_time_out() {
     std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let started = dir.join("vpn-started");
     let extra = format!(
-        "notify = \"{}\"\nhook_timeout_ms = 300\nservices = [{{ name = \"vpn\", start = [\"sh\", \"-c\", \"touch {}; sleep 30\"], stop = [\"true\"] }}]",
+        "notify = \"{}\"\nhook_timeout_ms = 300\nservices = [{{ name = \"vpn\", start = [\"touch\", \"{}\"], stop = [\"sh\", \"-c\", \"sleep 30\"] }}]",
         notify.display(),
         started.display()
     );
@@ -228,14 +229,26 @@ fn hooks_run_with_keepalived_arguments_and_time_out() {
         text.contains("GROUP fw BACKUP 200"),
         "the start as BACKUP is notified too: {text}"
     );
-    assert!(started.exists(), "the service start command ran");
-    wait_for(
-        "the hanging service start timed out",
-        Duration::from_secs(5),
-        || a1.log_text().contains("hook timed out; killed"),
+    // The stop at start-up (BACKUP) hung; the start (MASTER) ran after its
+    // timeout, and the takeover itself did not wait for either.
+    wait_for("the service start ran", Duration::from_secs(5), || {
+        started.exists()
+    });
+    assert!(
+        a1.log_text().contains("hook timed out; killed"),
+        "{}",
+        a1.log_text()
     );
-    // The hook hung, yet the takeover timing was recorded promptly.
-    assert!(a1.status().unwrap().last_takeover.unwrap().to_owned_us < 100_000.0);
+    let t = a1.status().unwrap().last_takeover.unwrap();
+    assert!(t.to_owned_us < 50_000.0, "{t:?}");
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 30"])
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "the hung hook's child survived its timeout"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -405,4 +418,59 @@ fn restarting_the_master_agent_drops_no_forwarded_packet() {
         "{}",
         a1.log_text()
     );
+}
+
+/// Forged adverts with a higher priority but a bad checksum, sent to a BACKUP
+/// all along, do not hold off its master-down timer.
+#[test]
+fn bad_adverts_do_not_suppress_a_backup_takeover() {
+    use ha_agent::{agent::net::ip_packet, vrrp::wire};
+    let mut lab = failover_lab();
+    let peer: std::net::Ipv4Addr = "10.255.0.2".parse().unwrap();
+    let mut forged = wire::Repr {
+        vrid: 51,
+        priority: 250,
+        interval_cs: 1,
+        addrs: vec!["10.0.0.1".parse().unwrap()],
+    }
+    .to_bytes(peer, wire::MULTICAST);
+    forged[7] ^= 0xff;
+    let packet = ip_packet(peer, wire::MULTICAST, &forged);
+    // The agent starts first (it needs the lab mutably); its VRRP only begins
+    // after loading the data plane, by when the forgeries are flowing.
+    let a1 = RunningAgent::start(&mut lab, "fw1", &AgentSpec::new(1, 100, 10));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let lab_ref = &lab;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            lab_ref
+                .run_in("fw2", || {
+                    let sock = socket2::Socket::new(
+                        socket2::Domain::IPV4,
+                        socket2::Type::RAW,
+                        Some(socket2::Protocol::from(112)),
+                    )
+                    .unwrap();
+                    sock.set_header_included_v4(true).unwrap();
+                    sock.bind_device(Some(b"ha0")).unwrap();
+                    let dst =
+                        socket2::SockAddr::from(std::net::SocketAddrV4::new(wire::MULTICAST, 0));
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = sock.send_to(&packet, &dst);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+                .unwrap();
+        });
+        wait_for(
+            "fw1 MASTER despite the forgeries",
+            Duration::from_secs(5),
+            || a1.role().as_deref() == Some("MASTER"),
+        );
+        wait_for("forgeries counted", Duration::from_secs(3), || {
+            a1.status()
+                .is_some_and(|st| st.rejected_by_reason.get("Malformed").copied().unwrap_or(0) > 10)
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
 }

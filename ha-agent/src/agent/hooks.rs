@@ -19,10 +19,12 @@ struct Job {
 }
 
 /// The hook runner of one group.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Hooks {
     /// Queue to the group's hook task.
     tx: mpsc::UnboundedSender<Job>,
+    /// The task, awaited on a graceful stop so the last hooks run.
+    task: tokio::task::JoinHandle<()>,
     /// The group's configuration (script, services).
     notify: Option<PathBuf>,
     services: Vec<crate::config::Service>,
@@ -33,13 +35,14 @@ impl Hooks {
     pub fn spawn(group: &GroupConfig) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let timeout = Duration::from_millis(group.hook_timeout_ms);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 run(&job, timeout).await;
             }
         });
         Hooks {
             tx,
+            task,
             notify: group.notify.clone(),
             services: group.services.clone(),
         }
@@ -52,8 +55,21 @@ impl Hooks {
         let _ = self.tx.send(Job { what, argv });
     }
 
-    /// `<script> GROUP|INSTANCE <name> <ROLE> <priority>`.
+    /// Runs what is queued (each hook still under its timeout) and ends the
+    /// task: the last hooks of a graceful stop are not lost.
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+
+    /// `<script> GROUP|INSTANCE <name> <ROLE> <priority>`. A router leaving
+    /// service (graceful stop) is reported as BACKUP: it serves nothing.
     pub fn notify(&self, kind: &str, name: &str, role: Role, priority: u8) {
+        let role = if role == Role::Initialize {
+            Role::Backup
+        } else {
+            role
+        };
         if let Some(script) = &self.notify {
             self.queue(
                 format!("notify {kind} {name} {}", role.as_str()),
@@ -73,8 +89,7 @@ impl Hooks {
         for s in &self.services {
             let (verb, argv) = match role {
                 Role::Master => ("start", s.start.clone()),
-                Role::Backup | Role::Fault => ("stop", s.stop.clone()),
-                Role::Initialize => continue,
+                Role::Backup | Role::Fault | Role::Initialize => ("stop", s.stop.clone()),
             };
             let argv =
                 argv.unwrap_or_else(|| vec!["systemctl".into(), verb.into(), s.name.clone()]);
@@ -87,7 +102,11 @@ async fn run(job: &Job, timeout: Duration) {
     let mut cmd = tokio::process::Command::new(&job.argv[0]);
     cmd.args(&job.argv[1..])
         .kill_on_drop(true)
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own process group, so a timeout kills what it started too.
+        .process_group(0);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -95,6 +114,7 @@ async fn run(job: &Job, timeout: Duration) {
             return;
         }
     };
+    let pgid = child.id().map(|p| p as i32);
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) if out.status.success() => info!(hook = %job.what, "hook done"),
         Ok(Ok(out)) => warn!(
@@ -105,7 +125,11 @@ async fn run(job: &Job, timeout: Duration) {
         ),
         Ok(Err(e)) => warn!(hook = %job.what, cause = %e, "hook failed"),
         Err(_) => {
-            warn!(hook = %job.what, timeout_ms = timeout.as_millis() as u64, "hook timed out; killed")
+            if let Some(pgid) = pgid {
+                // SAFETY: plain syscall; the group is the hook's own.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+            warn!(hook = %job.what, timeout_ms = timeout.as_millis() as u64, "hook timed out; killed");
         }
     }
 }

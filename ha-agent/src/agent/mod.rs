@@ -59,6 +59,8 @@ struct GroupRt {
     hooks: Hooks,
     /// One GARP sender per data interface carrying the group's VIPs.
     garp: Vec<GarpSender>,
+    /// Last time VIPs were re-announced for a competing master.
+    last_resend: Option<Instant>,
     /// GARP rounds still to send, and when the next is due.
     garp_pending: u32,
     garp_at: Instant,
@@ -80,8 +82,9 @@ pub struct Agent {
     owned: u64,
     /// Ownership lease length.
     lease: Duration,
-    /// When the lease is renewed next (while we own anything).
-    renew_at: Option<Instant>,
+    /// A lease renewal found the lease lapsed: step down (handled after the
+    /// current batch of actions).
+    lease_lapsed: bool,
     /// When tracked links are checked next.
     links_at: Instant,
     /// When the status file is written next.
@@ -94,6 +97,10 @@ pub struct Agent {
     status: Status,
     /// Last time each rejection reason was logged (rate limit: once a second).
     logged: HashMap<Rejected, Instant>,
+    /// Last time a failed advert send was logged (once a second).
+    send_error_logged: Option<Instant>,
+    /// Last time an interval mismatch was logged (once a second).
+    interval_logged: Option<Instant>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -133,6 +140,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     agent.stop();
+    // Let the hooks of the stop (services stopped, notify) run to the end.
+    for g in agent.groups {
+        g.hooks.finish().await;
+    }
     Ok(())
 }
 
@@ -141,24 +152,7 @@ impl Agent {
     /// starts the groups. Everything slow happens here, not on takeover.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let mut dp = Dataplane::create_or_open(&config.instance, LoadOptions::default())?;
-        // A restart within a running lease (we were master moments ago): renew
-        // it first thing, before any slow start-up work, and resume as master
-        // below, so forwarding is not interrupted. Otherwise start owning
-        // nothing (RFC: Initialize -> Backup unless address owner).
         let lease = config.lease();
-        let resumed = if dp.renew_lease(lease)? {
-            dp.ownership()?.groups
-        } else {
-            0
-        };
-        if resumed == 0 {
-            dp.set_ownership(0, None)?;
-        } else {
-            info!(
-                groups = resumed,
-                "restarted within the ownership lease: resuming as master"
-            );
-        }
         let mgmt = config
             .ha
             .mgmt
@@ -260,6 +254,7 @@ impl Agent {
                 group: Group::new(members, g.tracks()),
                 hooks: Hooks::spawn(g),
                 garp,
+                last_resend: None,
                 garp_pending: 0,
                 garp_at: Duration::MAX,
             });
@@ -272,14 +267,36 @@ impl Agent {
             sock,
             groups,
             by_vrid,
-            owned: resumed,
-            renew_at: None,
+            owned: 0,
+            lease_lapsed: false,
             links_at: Duration::ZERO,
             status_at: STATUS_EVERY,
             links: BTreeMap::new(),
             start: std::time::Instant::now(),
             logged: HashMap::new(),
+            send_error_logged: None,
+            interval_logged: None,
         };
+        // A restart within a running lease (we were master moments ago): the
+        // lease is shorter than the peer's master-down interval and ran from
+        // our last advert, so the peer cannot have taken over yet. Renew it
+        // and resume as master, advertising at once: forwarding goes on.
+        // Otherwise start owning nothing (RFC: Initialize -> Backup unless
+        // address owner). Decided here, after the slow start-up work.
+        let resumed = if agent.dp.renew_lease(lease)? {
+            agent.dp.ownership()?.groups
+        } else {
+            0
+        };
+        if resumed == 0 {
+            agent.dp.set_ownership(0, None)?;
+        } else {
+            info!(
+                groups = resumed,
+                "restarted within the ownership lease: resuming as master"
+            );
+        }
+        agent.owned = resumed;
         let now = agent.now();
         agent.poll_links(now);
         for gi in 0..agent.groups.len() {
@@ -309,9 +326,7 @@ impl Agent {
                 d = d.min(g.garp_at);
             }
         }
-        if let Some(r) = self.renew_at {
-            d = d.min(r);
-        }
+
         d
     }
 
@@ -336,9 +351,7 @@ impl Agent {
                 g.garp_at = now + Duration::from_millis(g.config.garp_interval_ms);
             }
         }
-        if self.renew_at.is_some_and(|t| t <= now) {
-            self.renew_lease(now);
-        }
+        self.handle_lapsed_lease(now);
         if self.links_at <= now {
             self.poll_links(now);
         }
@@ -348,30 +361,32 @@ impl Agent {
         }
     }
 
-    fn renew_lease(&mut self, now: Instant) {
+    /// Renews the ownership lease; called with every advert a master sends,
+    /// so the lease runs from the same instant as the peer's master-down
+    /// timer and, being shorter than it, always lapses first.
+    fn renew_lease(&mut self) {
         match self.dp.renew_lease(self.lease) {
             Ok(true) => {}
-            Ok(false) => {
-                // We stalled past our own lease: the peer may own the VIPs.
-                // Win them again through the election, never by reviving.
-                warn!("ownership lease lapsed before renewal; stepping down");
-                for gi in 0..self.groups.len() {
-                    if self.groups[gi].group.role() == Role::Master {
-                        let out = self.groups[gi].group.shutdown(now);
-                        self.apply(gi, out, now);
-                        let out = self.groups[gi].group.startup(now);
-                        self.apply(gi, out, now);
-                    }
-                }
-            }
+            Ok(false) => self.lease_lapsed = true,
             Err(e) => warn!(cause = %e, "renewing the ownership lease failed"),
         }
-        self.renew_at = (self.owned != 0).then(|| now + self.renew_interval());
     }
 
-    /// Renew every shortest advert interval (the lease is three of them).
-    fn renew_interval(&self) -> Duration {
-        (self.lease / 3).max(Duration::from_millis(1))
+    /// We stalled past our own lease: the peer may own the VIPs by now. Win
+    /// them again through the election, never by reviving the lease.
+    fn handle_lapsed_lease(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.lease_lapsed) {
+            return;
+        }
+        warn!("ownership lease lapsed before renewal; stepping down");
+        for gi in 0..self.groups.len() {
+            if self.groups[gi].group.role() == Role::Master {
+                let out = self.groups[gi].group.shutdown(now);
+                self.apply(gi, out, now);
+                let out = self.groups[gi].group.startup(now);
+                self.apply(gi, out, now);
+            }
+        }
     }
 
     fn poll_links(&mut self, now: Instant) {
@@ -427,6 +442,20 @@ impl Agent {
             let Some(&(gi, mi)) = self.by_vrid.get(&rx.advert.vrid) else {
                 continue;
             };
+            let ours = self.groups[gi].group.members()[mi]
+                .config()
+                .advert_interval_cs;
+            if rx.advert.interval_cs != ours {
+                self.status.interval_mismatches += 1;
+                if self
+                    .interval_logged
+                    .is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
+                {
+                    self.interval_logged = Some(now);
+                    warn!(src = %rx.src, vrid = rx.advert.vrid, theirs_cs = rx.advert.interval_cs, ours_cs = ours,
+                        total = self.status.interval_mismatches, "advert interval differs from ours (learnt, per RFC 9568)");
+                }
+            }
             self.status.last_advert =
                 Some((rx.src, rx.advert.priority, std::time::SystemTime::now()));
             let out = self.groups[gi].group.on_advert(
@@ -454,9 +483,11 @@ impl Agent {
         fired: Option<Instant>,
     ) {
         // Role changes first: ownership is written before adverts and hooks.
+        let mut transitioned = false;
         for a in &out {
             if let GroupAction::Transition { to, reason } = a {
                 self.transition(gi, *to, *reason, now, fired);
+                transitioned = true;
             }
         }
         for a in out {
@@ -475,16 +506,31 @@ impl Agent {
                 }
                 Action::ResendGarp => {
                     let g = &mut self.groups[gi];
-                    for s in &g.garp {
-                        s.send_all();
+                    // At most once a second: a one-way HA link would otherwise
+                    // make both sides re-announce with every advert.
+                    if g.last_resend
+                        .is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
+                    {
+                        g.last_resend = Some(now);
+                        for s in &g.garp {
+                            s.send_all();
+                        }
+                        info!(group = %g.config.name, "competing master seen: VIPs re-announced");
                     }
-                    info!(group = %g.config.name, "competing master seen: VIPs re-announced");
                 }
             }
+        }
+        // The status file is written after the adverts are out, off the
+        // takeover path.
+        if transitioned {
+            self.write_status();
         }
     }
 
     fn send_advert(&mut self, gi: usize, member: usize, priority: u8) {
+        if priority != 0 && self.owned & self.groups[gi].bit != 0 {
+            self.renew_lease();
+        }
         let m = &self.groups[gi].group.members()[member];
         let c = m.config();
         let advert = wire::Repr {
@@ -493,9 +539,20 @@ impl Agent {
             interval_cs: c.advert_interval_cs,
             addrs: c.vips.clone(),
         };
+        let vrid = c.vrid;
         match self.sock.send(&advert) {
             Ok(()) => self.status.adverts_sent += 1,
-            Err(e) => debug!(cause = %e, vrid = c.vrid, "sending advert failed"),
+            Err(e) => {
+                self.status.advert_send_errors += 1;
+                let now = self.now();
+                if self
+                    .send_error_logged
+                    .is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
+                {
+                    self.send_error_logged = Some(now);
+                    warn!(cause = %e, vrid, total = self.status.advert_send_errors, "sending advert failed");
+                }
+            }
         }
     }
 
@@ -513,17 +570,20 @@ impl Agent {
             commit_replicated_state();
             self.owned |= bit;
             let write = self.dp.set_ownership(self.owned, Some(self.lease));
+            if let Err(e) = write {
+                // Announcing VIPs the data plane would drop is worse than
+                // staying backup: give the group up again.
+                warn!(cause = %e, group = %self.groups[gi].config.name, "ownership write failed; not taking over");
+                self.owned &= !bit;
+                self.lease_lapsed = true;
+                return;
+            }
             let owned_at = self.start.elapsed();
-            let renew_at = now + self.renew_interval();
             let g = &mut self.groups[gi];
             let sent: usize = g.garp.iter().map(GarpSender::send_all).sum();
             let garp_at = self.start.elapsed();
             g.garp_pending = g.config.garp_count.saturating_sub(1);
             g.garp_at = garp_at + Duration::from_millis(g.config.garp_interval_ms);
-            if let Err(e) = write {
-                warn!(cause = %e, "ownership write failed");
-            }
-            self.renew_at = Some(renew_at);
             let from = fired.unwrap_or(now);
             let timing = TakeoverTiming {
                 group: g.config.name.clone(),
@@ -541,9 +601,6 @@ impl Agent {
                 warn!(cause = %e, "ownership write failed");
             }
             self.groups[gi].garp_pending = 0;
-            if self.owned == 0 {
-                self.renew_at = None;
-            }
             info!(group = %self.groups[gi].config.name, role = to.as_str(), ?reason, "group left MASTER or started");
         }
         let g = &self.groups[gi];
@@ -557,7 +614,6 @@ impl Agent {
         g.hooks.services(to);
         g.hooks.notify("GROUP", &g.config.name, to, prio);
         self.status.record_transition(&g.config.name, to, reason);
-        self.write_status();
     }
 
     fn write_status(&mut self) {

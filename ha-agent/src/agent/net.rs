@@ -78,7 +78,8 @@ impl VrrpSocket {
         Ok(VrrpSocket { fd, local, unicast })
     }
 
-    /// Sends an advert to 224.0.0.18, or to every unicast peer.
+    /// Sends an advert to 224.0.0.18, or to every unicast peer (all of them
+    /// even if one fails; the first error is returned).
     pub fn send(&self, advert: &wire::Repr) -> io::Result<()> {
         let single = [MULTICAST];
         let dsts: &[Ipv4Addr] = if self.unicast.is_empty() {
@@ -86,13 +87,18 @@ impl VrrpSocket {
         } else {
             &self.unicast
         };
+        let mut result = Ok(());
         for dst in dsts {
             let packet = ip_packet(self.local, *dst, &advert.to_bytes(self.local, *dst));
-            self.fd
+            if let Err(e) = self
+                .fd
                 .get_ref()
-                .send_to(&packet, &SockAddr::from(SocketAddrV4::new(*dst, 0)))?;
+                .send_to(&packet, &SockAddr::from(SocketAddrV4::new(*dst, 0)))
+            {
+                result = result.and(Err(e));
+            }
         }
-        Ok(())
+        result
     }
 
     /// Waits until packets are readable.
@@ -196,14 +202,10 @@ impl GarpSender {
     pub fn open(iface: &str, vips: &[Ipv4Addr]) -> io::Result<Self> {
         let ifindex = if_index(iface)?;
         let mac = if_mac(iface)?;
+        // Protocol 0: a send-only packet socket, so the kernel queues no
+        // received frames on it.
         // SAFETY: plain socket(2); the fd is owned right after.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ARP as u16).to_be()),
-            )
-        };
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -50,6 +50,11 @@ pub struct Status {
     pub owned: u64,
     pub adverts_sent: u64,
     pub adverts_received: u64,
+    /// Adverts the socket refused to send.
+    pub advert_send_errors: u64,
+    /// Accepted adverts whose interval differs from ours (RFC 9568: a backup
+    /// learns the master's interval; counted and logged, not rejected).
+    pub interval_mismatches: u64,
     /// Rejected VRRP packets by reason.
     #[serde(skip)]
     pub rejected: BTreeMap<Rejected, u64>,
@@ -82,6 +87,8 @@ impl Status {
             owned: 0,
             adverts_sent: 0,
             adverts_received: 0,
+            advert_send_errors: 0,
+            interval_mismatches: 0,
             rejected: BTreeMap::new(),
             rejected_by_reason: BTreeMap::new(),
             last_advert: None,

@@ -307,13 +307,9 @@ impl Instance {
             }
             State::Master { .. } => {
                 if priority == 0 {
-                    // RFC: answer with an advert. Priority 0 while we are
-                    // master also comes from a master that just yielded to us
-                    // (below): it may hold hosts' ARP caches, so re-announce.
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
-                    out.push(Action::ResendGarp);
                     self.state = State::Master {
                         adver_at: now + self.advert_interval(),
                     };
@@ -322,10 +318,14 @@ impl Instance {
                 {
                     self.master_adver_interval_cs = interval_cs;
                     self.become_backup(now, Reason::HigherPriority { src, priority }, &mut out);
-                    // Split brain healing: tell the winner we held the VIPs,
-                    // even if none of our adverts reached it, so it
-                    // re-announces them (keepalived issue 166).
-                    out.push(Action::SendAdvert { priority: 0 });
+                    // Split brain healing: one last advert of ours, so the
+                    // winner sees a competing master and re-announces the VIPs
+                    // even if none of our earlier adverts reached it
+                    // (keepalived issue 166). Not priority 0: with more nodes,
+                    // that would make every backup take over after Skew_Time.
+                    out.push(Action::SendAdvert {
+                        priority: self.priority,
+                    });
                 } else {
                     // Two masters: ours wins. Advertise now so the other steps
                     // down at once, and re-announce the VIPs it may have taken.
@@ -590,8 +590,12 @@ mod tests {
                 }
             )]
         );
-        // ...and tells the winner it held the VIPs (split brain healing).
-        assert!(out.contains(&Action::SendAdvert { priority: 0 }), "{out:?}");
+        // ...and sends one last advert at its own priority, so the winner
+        // sees it held the VIPs (split brain healing).
+        assert!(
+            out.contains(&Action::SendAdvert { priority: 150 }),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -599,10 +603,7 @@ mod tests {
         let mut m = Instance::new(cfg(255, 100, A));
         m.startup(ms(0.0));
         let out = m.on_advert(ms(50.0), B, 0, 100);
-        assert_eq!(
-            out,
-            vec![Action::SendAdvert { priority: 255 }, Action::ResendGarp]
-        );
+        assert_eq!(out, vec![Action::SendAdvert { priority: 255 }]);
         assert_eq!(m.poll_at(), Some(ms(1050.0)));
     }
 
