@@ -12,9 +12,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::vrrp::{group::Track, machine};
 
-/// What the lease keeps below three advert intervals: one kernel tick at
-/// CONFIG_HZ=100 (the XDP programs read the clock at tick resolution).
-pub const LEASE_MARGIN_MS: u64 = 10;
+/// What the lease keeps below three advert intervals: one kernel tick (the
+/// XDP programs read the clock at tick resolution), i.e. the resolution of
+/// CLOCK_MONOTONIC_COARSE (4 ms at CONFIG_HZ=250, 10 ms at 100), in whole ms.
+pub fn lease_margin_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC_COARSE exists on Linux.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
+        return 10;
+    }
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    ns.div_ceil(1_000_000).clamp(1, 10)
+}
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/ha-agent/config.toml";
@@ -55,6 +67,10 @@ pub struct Config {
     pub data_interfaces: Vec<String>,
 }
 
+fn default_rt_priority() -> u8 {
+    50
+}
+
 fn default_instance() -> String {
     "ha".into()
 }
@@ -78,8 +94,13 @@ pub struct HaLink {
     /// UDP port of state sync (0 = none yet).
     #[serde(default)]
     pub sync_port: u16,
+    /// SCHED_FIFO priority of the agent's threads (0 = normal scheduling), so
+    /// a saturated CPU cannot delay adverts and lease renewals into a false
+    /// failover; keepalived's vrrp_rt_priority does the same.
+    #[serde(default = "default_rt_priority")]
+    pub realtime_priority: u8,
     /// Ownership lease in ms, renewed with every advert. Default and maximum:
-    /// three shortest advert intervals minus [`LEASE_MARGIN_MS`], so a dead
+    /// three shortest advert intervals minus [`lease_margin_ms`], so a dead
     /// agent's VIPs lapse before the peer's Master_Down_Interval (at least
     /// three intervals after our last advert) ends, even with the XDP clock's
     /// tick of lateness (see docs/architecture.md).
@@ -244,8 +265,9 @@ impl Config {
                     "ha.lease_ms".into(),
                     format!(
                         "{lease} ms: must be longer than the advert interval ({shortest} ms) and at most \
-                         {max} ms (three intervals minus {LEASE_MARGIN_MS} ms), or a dead agent could \
-                         hold the VIPs after the peer takes over"
+                         {max} ms (three intervals minus one kernel tick, {} ms), or a dead agent could \
+                         hold the VIPs after the peer takes over",
+                        lease_margin_ms()
                     ),
                 ));
             }
@@ -315,7 +337,7 @@ impl Config {
     }
 
     fn max_lease_ms(&self) -> u64 {
-        3 * self.shortest_advert_ms() - LEASE_MARGIN_MS
+        3 * self.shortest_advert_ms() - lease_margin_ms()
     }
 
     /// The ownership lease.
@@ -438,8 +460,8 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
         );
         assert_eq!(
             c.lease(),
-            Duration::from_millis(20),
-            "3 x 10 ms - 10 ms margin"
+            Duration::from_millis(30 - lease_margin_ms()),
+            "3 x 10 ms - one tick"
         );
         let m = c.machine_config(i);
         assert_eq!((m.advert_interval_cs, m.vips.len()), (1, 2));
@@ -450,7 +472,7 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.example.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c.groups[0].instances[0].vips.len(), 2);
-        assert_eq!(c.lease(), Duration::from_millis(20));
+        assert_eq!(c.lease(), Duration::from_millis(30 - lease_margin_ms()));
     }
 
     #[test]
@@ -494,7 +516,15 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
         let err = parse(&GOOD.replace("mgmt = [\"tcp/22\"]", "mgmt = [\"tcp/22\"]\nlease_ms = 30"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("ha.lease_ms: 30 ms: must be longer than the advert interval (10 ms) and at most 20 ms"), "{err}");
+        let max = 30 - lease_margin_ms();
+        assert!(
+            err.contains(&format!("ha.lease_ms: 30 ms: must be longer than the advert interval (10 ms) and at most {max} ms")),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("mgmt = [\"tcp/22\"]", "mgmt = [\"tcp/22\"]\nlease_ms = 10"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ha.lease_ms: 10 ms"), "{err}");
         let err = Config::load(Path::new("/nonexistent/ha.toml"))
             .unwrap_err()
             .to_string();

@@ -107,6 +107,15 @@ async fn run(job: &Job, timeout: Duration) {
         .stderr(std::process::Stdio::piped())
         // Its own process group, so a timeout kills what it started too.
         .process_group(0);
+    // SAFETY: only an async-signal-safe syscall runs between fork and exec.
+    // Hooks must not inherit the agent's realtime priority.
+    unsafe {
+        cmd.pre_exec(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+            Ok(())
+        });
+    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -283,6 +283,7 @@ impl Agent {
         // and resume as master, advertising at once: forwarding goes on.
         // Otherwise start owning nothing (RFC: Initialize -> Backup unless
         // address owner). Decided here, after the slow start-up work.
+        realtime(agent.config.ha.realtime_priority);
         let resumed = if agent.dp.renew_lease(lease)? {
             agent.dp.ownership()?.groups
         } else {
@@ -652,6 +653,39 @@ impl Agent {
         }
         self.write_status();
         info!("agent stopped");
+    }
+}
+
+/// Puts every thread of the process under SCHED_FIFO at `priority` (0: leave
+/// the scheduling alone) and locks memory, so neither a saturated CPU nor a
+/// page fault stalls the adverts. Failing is logged, not fatal.
+fn realtime(priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority.min(99)),
+    };
+    let mut failed = None;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() {
+            // SAFETY: plain syscall on one of our own threads.
+            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {
+                failed = Some(std::io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: plain syscall; failure only means pages may be swapped.
+    let locked = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } == 0;
+    match failed {
+        None => info!(priority, memory_locked = locked, "running under SCHED_FIFO"),
+        Some(e) => {
+            warn!(cause = %e, "cannot use realtime scheduling; adverts may be delayed under load")
+        }
     }
 }
 

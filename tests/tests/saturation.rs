@@ -1,0 +1,50 @@
+//! No false failover with both CPUs saturated: two agents at 10 ms adverts
+//! keep their roles for 30 s while four busy loops compete for two cores (the
+//! agents run under SCHED_FIFO, and the lease tolerates a tick of lateness).
+//! In a file of its own so the busy loops do not slow other tests.
+
+use std::time::Duration;
+
+use ha_tests::{AgentSpec, RunningAgent, failover_lab, wait_for};
+
+#[test]
+fn no_false_failover_with_the_cpus_saturated() {
+    let mut lab = failover_lab();
+    let a1 = RunningAgent::start(&mut lab, "fw1", &AgentSpec::new(1, 200, 10));
+    let a2 = RunningAgent::start(&mut lab, "fw2", &AgentSpec::new(2, 100, 10));
+    wait_for("fw1 MASTER and fw2 BACKUP", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    let before = (
+        a1.status().unwrap().transitions.len(),
+        a2.status().unwrap().transitions.len(),
+    );
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new("timeout")
+                .args(["30", "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut h in hogs {
+        let _ = h.wait();
+    }
+    let after = (
+        a1.status().unwrap().transitions.len(),
+        a2.status().unwrap().transitions.len(),
+    );
+    assert_eq!(
+        after,
+        before,
+        "a role changed under load:\n{}\n{}",
+        a1.log_text(),
+        a2.log_text()
+    );
+    assert!(a1.log_text().contains("running under SCHED_FIFO"));
+    assert!(!a1.log_text().contains("lease lapsed"));
+    assert!(
+        a2.status().unwrap().adverts_received > 2000,
+        "adverts kept flowing"
+    );
+}
