@@ -279,6 +279,7 @@ fn main() {
                 "runs_within_mdi_plus_1ms": within,
                 "due_to_owned_us_max": if owned_max.is_nan() { serde_json::Value::Null } else { owned_max.into() },
                 "due_to_first_garp_us_max": if garp_max.is_nan() { serde_json::Value::Null } else { garp_max.into() },
+                "due_to_first_garp_us": results.iter().filter_map(|r| r.to_garp_us).collect::<Vec<f64>>(),
             }));
         }
     }
