@@ -204,6 +204,29 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
     }
 }
 
+/// Starts `ha-agent run --config <config>` in namespace `ns`, logging to `log`.
+fn spawn_agent(
+    lab: &mut ha_lab::Lab,
+    ns: &str,
+    config: &std::path::Path,
+    log: std::fs::File,
+) -> u32 {
+    let bin = agent_bin();
+    let mut cmd = lab.command(
+        ns,
+        &[
+            bin.to_str().unwrap(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    cmd.env("HA_AGENT_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    lab.spawn(ns, cmd).unwrap()
+}
+
 /// A running `ha-agent run` in a lab namespace, with its pins and status file
 /// removed on drop.
 #[derive(Debug)]
@@ -223,21 +246,7 @@ impl RunningAgent {
         let config = dir.join("config.toml");
         std::fs::write(&config, spec.toml(&pins.0)).unwrap();
         let log = dir.join("agent.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let bin = agent_bin();
-        let mut cmd = lab.command(
-            ns,
-            &[
-                bin.to_str().unwrap(),
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-        );
-        cmd.env("HA_AGENT_LOG", "info")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let pid = lab.spawn(ns, cmd).unwrap();
+        let pid = spawn_agent(lab, ns, &config, std::fs::File::create(&log).unwrap());
         RunningAgent {
             ns: ns.to_owned(),
             pid,
@@ -250,36 +259,17 @@ impl RunningAgent {
     /// configuration and pins.
     pub fn restart(&mut self, lab: &mut ha_lab::Lab) {
         self.signal(libc::SIGKILL);
-        // SAFETY: reaping is left to the lab; wait until the pid is gone.
-        while std::path::Path::new(&format!("/proc/{}/stat", self.pid))
-            .exists()
-            .then(|| {
-                std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default()
-            })
-            .is_some_and(|s| !s.contains(") Z"))
-        {
+        // Wait until it is gone (or a zombie: the lab reaps it later).
+        let stat = format!("/proc/{}/stat", self.pid);
+        while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z")) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let dir = std::env::temp_dir().join(&self.pins.0);
-        let file = std::fs::OpenOptions::new()
+        let config = std::env::temp_dir().join(&self.pins.0).join("config.toml");
+        let log = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)
             .unwrap();
-        let bin = agent_bin();
-        let config = dir.join("config.toml");
-        let mut cmd = lab.command(
-            &self.ns,
-            &[
-                bin.to_str().unwrap(),
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-        );
-        cmd.env("HA_AGENT_LOG", "info")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        self.pid = lab.spawn(&self.ns, cmd).unwrap();
+        self.pid = spawn_agent(lab, &self.ns, &config, log);
     }
 
     /// The agent's status file, if written yet.
