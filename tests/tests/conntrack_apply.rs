@@ -1,0 +1,76 @@
+//! Replicated records applied to kernel conntrack through ctnetlink, in a
+//! namespace of our own: a TCP connection appears ESTABLISHED and assured, a
+//! refresh is accepted, UDP works, a NAT reply tuple is kept, delete removes.
+
+use std::net::Ipv4Addr;
+
+use ha_agent::sync::{
+    conntrack::Conntrack,
+    record::{FLAG_NAT, Record, RecordKind},
+};
+use ha_lab::Lab;
+use ha_tests::require_root;
+
+fn table(lab: &Lab) -> String {
+    let out = lab.exec("fw", &["conntrack", "-L"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn records_become_kernel_conntrack_entries() {
+    require_root();
+    let mut lab = Lab::new();
+    lab.add_netns("fw").unwrap();
+    let client = Ipv4Addr::new(10, 0, 0, 10);
+    let server = Ipv4Addr::new(10, 1, 0, 10);
+    let tcp = Record::plain(RecordKind::Upsert, 6, 2, client, server, 40000, 80);
+    let udp = Record::plain(RecordKind::Upsert, 17, 0, client, server, 5353, 53);
+    // Masqueraded: the server sees the firewall's WAN address and another port.
+    let mut nat = Record::plain(RecordKind::Upsert, 6, 2, client, server, 40001, 443);
+    nat.reply_dst = Ipv4Addr::new(10, 1, 0, 1);
+    nat.reply_dport = 61001;
+    nat.flags = FLAG_NAT;
+
+    lab.run_in("fw", || {
+        let mut ct = Conntrack::open().expect("ctnetlink socket");
+        ct.apply(&tcp, 600).expect("create TCP");
+        ct.apply(&tcp, 900).expect("refresh TCP");
+        ct.apply(&udp, 120).expect("create UDP");
+        ct.apply(&nat, 600).expect("create NATed TCP");
+    })
+    .unwrap();
+    let t = table(&lab);
+    let line = |needle: &str| {
+        t.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in:\n{t}"))
+    };
+    let l = line("sport=40000");
+    assert!(l.contains("ESTABLISHED") && l.contains("[ASSURED]"), "{l}");
+    assert!(
+        l.contains("src=10.1.0.10 dst=10.0.0.10 sport=80 dport=40000"),
+        "reply tuple: {l}"
+    );
+    let l = line("sport=5353");
+    assert!(l.starts_with("udp"), "{l}");
+    let l = line("sport=40001");
+    assert!(
+        l.contains("src=10.1.0.10 dst=10.1.0.1 sport=443 dport=61001"),
+        "NAT reply tuple kept: {l}"
+    );
+
+    lab.run_in("fw", || {
+        let mut ct = Conntrack::open().unwrap();
+        let gone = Record {
+            kind: RecordKind::Delete,
+            ..tcp
+        };
+        ct.apply(&gone, 0).expect("delete");
+        ct.apply(&gone, 0)
+            .expect("deleting a missing entry is not an error");
+    })
+    .unwrap();
+    let t = table(&lab);
+    assert!(!t.contains("sport=40000"), "{t}");
+    assert!(t.contains("sport=5353"), "{t}");
+}
