@@ -91,9 +91,12 @@ pub struct HaLink {
     /// Management services reachable over the HA link (`tcp/22`).
     #[serde(default)]
     pub mgmt: Vec<String>,
-    /// UDP port of state sync (0 = none yet).
+    /// UDP port of state sync on the HA link (0 = no state sync).
     #[serde(default)]
     pub sync_port: u16,
+    /// Pre-shared key of state sync: a file of 32 bytes or 64 hex digits.
+    /// Required with `sync_port`.
+    pub sync_key_file: Option<PathBuf>,
     /// SCHED_FIFO priority of the agent's threads (0 = normal scheduling), so
     /// a saturated CPU cannot delay adverts and lease renewals into a false
     /// failover; keepalived's vrrp_rt_priority does the same.
@@ -247,6 +250,12 @@ impl Config {
         }
         for m in &self.ha.mgmt {
             parse_mgmt(m).map_err(|p| bad(format!("ha.mgmt {m:?}"), p))?;
+        }
+        if (self.ha.sync_port != 0) != self.ha.sync_key_file.is_some() {
+            return Err(bad(
+                "ha.sync_port / ha.sync_key_file".into(),
+                "state sync needs both a port and a key file (or neither)".into(),
+            ));
         }
         if self.groups.is_empty() {
             return Err(bad("group".into(), "at least one group is needed".into()));

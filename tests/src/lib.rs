@@ -154,6 +154,8 @@ pub struct AgentSpec {
     pub unicast: bool,
     /// Extra TOML appended to the group (notify, services, track).
     pub group_extra: String,
+    /// Extra TOML appended to the [ha] section (sync settings).
+    pub ha_extra: String,
 }
 
 impl AgentSpec {
@@ -165,6 +167,7 @@ impl AgentSpec {
             preempt: true,
             unicast: false,
             group_extra: String::new(),
+            ha_extra: String::new(),
         }
     }
 
@@ -180,6 +183,7 @@ address = "10.255.0.{me}"
 peers = ["10.255.0.{peer}"]
 unicast = {unicast}
 mgmt = ["tcp/22"]
+{ha_extra}
 
 [[group]]
 name = "fw"
@@ -197,6 +201,7 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
 "#,
             unicast = self.unicast,
             extra = self.group_extra,
+            ha_extra = self.ha_extra,
             prio = self.priority,
             adv = self.advert_ms,
             preempt = self.preempt,

@@ -41,10 +41,18 @@ fn agent_master_keepalived_backup_stable(advert_ms: u64) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let st = agent.status().unwrap();
     assert_eq!(
-        agent.status().unwrap().transitions.len(),
+        st.transitions.len(),
         transitions,
-        "no flapping"
+        "no flapping: {:?}\n{}",
+        st.transitions,
+        agent
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(agent.owned(), Some(1));
     let log = ka.log_text()[log_start..].to_owned();

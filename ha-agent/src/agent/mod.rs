@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use self::{
     hooks::Hooks,
@@ -95,6 +95,8 @@ pub struct Agent {
     start: std::time::Instant,
     /// What `ha-agent status` shows.
     status: Status,
+    /// Writes the status file off the loop's thread.
+    status_writer: status::StatusWriter,
     /// Last time each rejection reason was logged (rate limit: once a second).
     logged: HashMap<Rejected, Instant>,
     /// Last time a failed advert send was logged (once a second).
@@ -113,7 +115,26 @@ impl std::fmt::Debug for Agent {
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let sync_config = config.clone();
     let mut agent = Agent::start(config).await?;
+    // State sync (when configured) runs on a task of its own.
+    let (stop_sync, mut sync_stopped) = tokio::sync::watch::channel(false);
+    let sync = match &sync_config.ha.sync_key_file {
+        Some(key_file) if sync_config.ha.sync_port != 0 => {
+            let key = crate::sync::transport::read_key(key_file)?;
+            let cfg = sync_config.clone();
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = sync_stopped.changed().await;
+                };
+                if let Err(e) = crate::sync::transport::run(&cfg, key, stop).await {
+                    warn!(cause = %e, "state sync stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
+
     tokio::pin!(shutdown);
     loop {
         let now = agent.now();
@@ -140,6 +161,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     agent.stop();
+    let _ = stop_sync.send(true);
+    if let Some(task) = sync {
+        let _ = task.await;
+    }
     // Let the hooks of the stop (services stopped, notify) run to the end.
     for g in agent.groups {
         g.hooks.finish().await;
@@ -262,6 +287,7 @@ impl Agent {
         let mut agent = Agent {
             lease,
             status: Status::new(&config),
+            status_writer: status::StatusWriter::spawn(&config.instance),
             config,
             dp,
             sock,
@@ -636,9 +662,7 @@ impl Agent {
             .collect();
         self.status.groups = roles;
         self.status.owned = self.owned;
-        if let Err(e) = self.status.write(&self.config.instance) {
-            debug!(cause = %e, "writing the status file failed");
-        }
+        self.status_writer.write(self.status.to_json());
     }
 
     /// Graceful exit: priority-0 adverts from a master, ownership cleared.
@@ -672,6 +696,11 @@ fn realtime(priority: u8) {
         .flatten()
         .flatten()
     {
+        // The status writer does disk I/O: it stays at normal priority.
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "status-writer" {
+            continue;
+        }
         if let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() {
             // SAFETY: plain syscall on one of our own threads.
             if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {

@@ -117,8 +117,8 @@ impl Status {
         PathBuf::from(RUN_DIR).join(format!("{instance}.json"))
     }
 
-    /// Writes the status file atomically (temp file + rename).
-    pub fn write(&mut self, instance: &str) -> std::io::Result<()> {
+    /// Fills the serialized fields from the live ones.
+    fn prepare(&mut self) {
         self.roles = self
             .groups
             .iter()
@@ -139,19 +139,60 @@ impl Status {
             self.last_advert_priority = Some(prio);
             self.last_advert_unix_ms = Some(unix_ms(at));
         }
-        std::fs::create_dir_all(RUN_DIR)?;
-        let path = Self::path(instance);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+    }
+
+    /// The JSON of the status, for [`StatusWriter`].
+    pub fn to_json(&mut self) -> Vec<u8> {
+        self.prepare();
+        serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
     /// Reads an instance's status file.
     pub fn read(instance: &str) -> std::io::Result<Status> {
         let bytes = std::fs::read(Self::path(instance))?;
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(RUN_DIR)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Writes status files on a thread of its own, so a slow disk never stalls
+/// the agent's loop (where a stall lapses the ownership lease). Only the
+/// latest status matters: queued older ones are skipped.
+#[derive(Debug)]
+pub struct StatusWriter {
+    tx: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl StatusWriter {
+    pub fn spawn(instance: &str) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let path = Status::path(instance);
+        std::thread::Builder::new()
+            .name("status-writer".into())
+            .spawn(move || {
+                // Normal scheduling: this thread is started before the agent
+                // raises its own threads to SCHED_FIFO, and must not be raised.
+                while let Ok(mut bytes) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        bytes = newer;
+                    }
+                    if let Err(e) = write_atomically(&path, &bytes) {
+                        tracing::debug!(cause = %e, "writing the status file failed");
+                    }
+                }
+            })
+            .expect("spawning the status writer thread");
+        StatusWriter { tx }
+    }
+
+    /// Queues a status to write.
+    pub fn write(&self, bytes: Vec<u8>) {
+        let _ = self.tx.send(bytes);
     }
 }

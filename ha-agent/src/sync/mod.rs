@@ -9,3 +9,4 @@ pub mod conntrack;
 pub mod frame;
 pub mod record;
 pub mod session;
+pub mod transport;

@@ -70,8 +70,8 @@ pub struct Counters {
 pub struct Received {
     /// Records to apply, in order.
     pub records: Vec<Record>,
-    /// The peer (re)joined and asked for everything: dump the state with
-    /// [`Session::queue_bulk`].
+    /// The peer needs everything (it joined, restarted, or asked): dump the
+    /// state with [`Session::queue_bulk`].
     pub resync_requested: bool,
     /// The bulk resync we asked for is complete.
     pub in_sync: bool,
@@ -111,6 +111,9 @@ pub struct Session {
     awaiting_resync: bool,
     /// The peer's bulk resync completed (and nothing was lost since).
     in_sync: bool,
+    /// The peer epoch we already sent a bulk for (a Hello from the same
+    /// epoch then needs no second one).
+    bulk_for_epoch: Option<u64>,
     pub counters: Counters,
 }
 
@@ -135,6 +138,7 @@ impl Session {
             ack_due: false,
             awaiting_resync: false,
             in_sync: false,
+            bulk_for_epoch: None,
             counters: Counters::default(),
         }
     }
@@ -296,6 +300,11 @@ impl Session {
                 self.next_expected = h.seq;
                 self.reorder.clear();
                 self.request_resync();
+                // It cannot have our state either: send it everything now,
+                // without waiting for its Hello (which it may have sent before
+                // we listened, and which we would then never deliver).
+                got.resync_requested = true;
+                self.bulk_for_epoch = Some(h.epoch);
             }
         }
         // Acknowledgement of what we sent (cumulative; an old or repeated ACK
@@ -332,7 +341,12 @@ impl Session {
                     self.counters.records_received += records.len() as u64;
                     got.records.extend(records);
                 }
-                Kind::Hello => got.resync_requested = true,
+                Kind::Hello => {
+                    if self.bulk_for_epoch != self.peer_epoch {
+                        got.resync_requested = true;
+                        self.bulk_for_epoch = self.peer_epoch;
+                    }
+                }
                 Kind::ResyncDone => {
                     if self.awaiting_resync {
                         self.awaiting_resync = false;
