@@ -138,6 +138,7 @@ pub async fn run(
     let start = tokio::time::Instant::now();
     let mut batch = Vec::new();
     let mut buf = vec![0u8; 2048];
+    let mut last_reject_log: Option<Duration> = None;
     info!(%me, %peer, port, "state sync running");
     tokio::pin!(shutdown);
     loop {
@@ -182,7 +183,14 @@ pub async fn run(
                                         info!("state sync complete");
                                     }
                                 }
-                                Err(e) => warn!(cause = %e, "sync frame rejected"),
+                                Err(e) => {
+                                    // Counted by the session; logged at most once a second.
+                                    let now = start.elapsed();
+                                    if last_reject_log.is_none_or(|t: Duration| now.saturating_sub(t) >= Duration::from_secs(1)) {
+                                        last_reject_log = Some(now);
+                                        warn!(cause = %e, total = ?session.counters.rejected, "sync frame rejected");
+                                    }
+                                }
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
