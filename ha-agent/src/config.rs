@@ -363,13 +363,16 @@ impl Config {
             preempt: i.preempt,
             preempt_delay: Duration::from_millis(i.preempt_delay_ms),
             local_addr: self.ha.address,
-            vips: i
-                .vips
-                .iter()
-                .filter_map(|v| parse_vip(v).ok())
-                .map(|v| v.addr)
-                .collect(),
+            vips: i.parsed_vips().into_iter().map(|v| v.addr).collect(),
         }
+    }
+}
+
+impl InstanceConfig {
+    /// The instance's VIPs, parsed (a loaded config has been validated, so
+    /// none is dropped here).
+    pub fn parsed_vips(&self) -> Vec<Vip> {
+        self.vips.iter().filter_map(|v| parse_vip(v).ok()).collect()
     }
 }
 

@@ -90,6 +90,32 @@ pub fn agent_bin() -> std::path::PathBuf {
     bin
 }
 
+/// The MACs (lower case) of every reply to two ARP requests the lab's client
+/// sends for `addr` on its eth0, one entry per reply.
+pub fn arp_answers(lab: &ha_lab::Lab, addr: std::net::Ipv4Addr) -> Vec<String> {
+    let out = lab
+        .command(
+            "client",
+            &[
+                "arping",
+                "-c",
+                "2",
+                "-w",
+                "2",
+                "-I",
+                "eth0",
+                &addr.to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_ascii_lowercase()))
+        .collect()
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; panics naming
 /// `what` on timeout.
 pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {

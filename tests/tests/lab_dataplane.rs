@@ -61,30 +61,9 @@ fn two_firewalls(tag: &str) -> TwoFirewalls {
     TwoFirewalls { lab, fw }
 }
 
-/// MACs that answered the client's ARP requests for `vip`.
+/// Replies to the client's ARP for `vip`: how many, and from which MACs.
 fn arp_answers(lab: &Lab, vip: Ipv4Addr) -> (usize, BTreeSet<String>) {
-    let out = lab
-        .command(
-            "client",
-            &[
-                "arping",
-                "-c",
-                "2",
-                "-w",
-                "2",
-                "-I",
-                "eth0",
-                &vip.to_string(),
-            ],
-        )
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let replies: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_ascii_lowercase()))
-        .collect();
+    let replies = ha_tests::arp_answers(lab, vip);
     (replies.len(), replies.into_iter().collect())
 }
 

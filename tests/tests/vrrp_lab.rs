@@ -8,17 +8,8 @@ use ha_tests::{AgentSpec, RunningAgent, failover_lab, wait_for};
 
 /// MACs that answered the client's ARP requests for the LAN VIP.
 fn arp_answers(lab: &Lab) -> BTreeSet<String> {
-    let out = lab
-        .command(
-            "client",
-            &["arping", "-c", "2", "-w", "2", "-I", "eth0", "10.0.0.1"],
-        )
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_ascii_lowercase()))
+    ha_tests::arp_answers(lab, "10.0.0.1".parse().unwrap())
+        .into_iter()
         .collect()
 }
 

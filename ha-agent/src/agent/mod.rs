@@ -199,8 +199,7 @@ impl Agent {
         let mut vips = Vec::new();
         for (gi, g) in config.groups.iter().enumerate() {
             for i in &g.instances {
-                for v in &i.vips {
-                    let vip = config::parse_vip(v).map_err(anyhow::Error::msg)?;
+                for vip in i.parsed_vips() {
                     // The address owner (255) always accepts (RFC 9568).
                     vips.push(VipSpec {
                         addr: vip.addr,
@@ -260,11 +259,12 @@ impl Agent {
                 by_vrid.insert(i.vrid, (gi, mi));
             }
             let mut per_iface: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-            for i in &g.instances {
-                for v in &i.vips {
-                    let vip = config::parse_vip(v).map_err(anyhow::Error::msg)?;
-                    per_iface.entry(vip.iface).or_default().push(vip.addr);
-                }
+            for vip in g
+                .instances
+                .iter()
+                .flat_map(config::InstanceConfig::parsed_vips)
+            {
+                per_iface.entry(vip.iface).or_default().push(vip.addr);
             }
             let garp = per_iface
                 .iter()
