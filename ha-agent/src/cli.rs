@@ -233,11 +233,34 @@ fn status(instance: &str, json: bool) -> anyhow::Result<()> {
     for (reason, n) in &st.rejected_by_reason {
         println!("rejected {reason}: {n}");
     }
+    if let Some(s) = &st.sync {
+        let lag = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} ms"));
+        println!(
+            "state sync: {} ({} flows from the peer; lag p50 {}, p99 {}; {} frames unacknowledged, {} records dropped, {} apply errors)",
+            if s.in_sync {
+                "up to date"
+            } else {
+                "waiting for the peer's bulk resync"
+            },
+            s.flows_from_peer,
+            lag(s.lag_ms_p50),
+            lag(s.lag_ms_p99),
+            s.queue_depth,
+            s.records_dropped,
+            s.apply_errors
+        );
+        for (reason, n) in &s.rejected {
+            println!("sync frames rejected ({reason}): {n}");
+        }
+    }
     if let Some(t) = &st.last_takeover {
         println!(
             "last takeover ({}): timer due -> VIPs owned {:.0} us, -> first GARP {:.0} us",
             t.group, t.to_owned_us, t.to_first_garp_us
         );
+        if let (Some(n), Some(us)) = (t.commit_records, t.commit_us) {
+            println!("  state commit before the ownership write: {n} records in {us:.0} us");
+        }
     }
     if let Some(t) = st.transitions.last() {
         println!("last transition: {} -> {} ({})", t.group, t.role, t.reason);

@@ -43,6 +43,8 @@ fn fail(step: impl Into<String>, detail: impl ToString) -> LabError {
     }
 }
 
+pub mod traffic;
+
 /// One end of a link: an interface name inside a namespace (logical name).
 pub type End<'a> = (&'a str, &'a str);
 
@@ -236,6 +238,30 @@ impl Lab {
             return Err(fail(step, format!("{} ({})", stderr.trim(), out.status)));
         }
         Ok(out)
+    }
+
+    /// Loads an nftables ruleset (`nft -f -`) in namespace `ns`.
+    pub fn nft(&self, ns: &str, ruleset: &str) -> Result<()> {
+        use std::io::Write as _;
+        let step = format!("load nftables ruleset in {ns}");
+        let mut child = self
+            .command(ns, &["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(&step, e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(ruleset.as_bytes())
+                .map_err(|e| fail(&step, e))?;
+        }
+        let out = child.wait_with_output().map_err(|e| fail(&step, e))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(fail(step, format!("{} ({})", stderr.trim(), out.status)));
+        }
+        Ok(())
     }
 
     /// A `Command` that runs `argv` inside namespace `ns` (not yet started).

@@ -466,3 +466,78 @@ impl Drop for Keepalived {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Takes every link of `ns` in `links` down in one `ip -batch` (the
+/// network side of a hard crash; the caller kills the processes).
+pub fn links_down_at_once(lab: &ha_lab::Lab, ns: &str, links: &[&str]) {
+    use std::io::Write as _;
+    let mut ip = lab.command(ns, &["ip", "-batch", "-"]);
+    ip.stdin(std::process::Stdio::piped());
+    let mut child = ip.spawn().expect("spawn ip -batch");
+    let script: String = links
+        .iter()
+        .map(|l| format!("link set {l} down\n"))
+        .collect();
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write ip -batch script");
+    assert!(
+        child.wait().expect("ip -batch").success(),
+        "links down in {ns}"
+    );
+}
+
+/// A stateful firewall ruleset as operators run it: established/related
+/// accepted, new connections only from the LAN, invalid dropped, strict TCP
+/// tracking (`nf_conntrack_tcp_loose=0`, so a connection conntrack does not
+/// know is not picked up mid-stream). With `snat`, connections leaving on the
+/// WAN are source-NATed to that address (the WAN VIP, so they survive a
+/// failover).
+pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv4Addr>) {
+    let mut rules = String::from(
+        "table inet halab_fw {
+  chain input {
+    type filter hook input priority filter; policy drop;
+    ct state invalid drop
+    ct state established,related accept
+    iifname \"lo\" accept
+    iifname \"ha0\" accept
+    ip protocol icmp accept
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state invalid counter drop
+    ct state established,related accept
+    iifname \"lan0\" oifname \"wan0\" ct state new accept
+  }
+}
+",
+    );
+    if let Some(to) = snat {
+        rules.push_str(&format!(
+            "table ip halab_nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname \"wan0\" snat to {to}
+  }}
+}}
+"
+        ));
+    }
+    lab.nft(fw, &rules).expect("load the firewall ruleset");
+    // The ruleset loaded conntrack, so its sysctls exist now.
+    lab.sysctl(fw, "net.netfilter.nf_conntrack_tcp_loose", "0")
+        .expect("strict TCP tracking");
+}
+
+/// Connections in `ns`'s kernel conntrack whose original destination port is
+/// `dport` (TCP).
+pub fn conntrack_count(lab: &ha_lab::Lab, ns: &str, dport: u16) -> usize {
+    let port = dport.to_string();
+    lab.exec(ns, &["conntrack", "-L", "-p", "tcp", "--dport", &port])
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
+}

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use ha_agent::sync::{
-    conntrack::Conntrack,
+    conntrack::{Conntrack, CtTuple},
     record::{FLAG_NAT, Record, RecordKind},
 };
 use ha_lab::Lab;
@@ -58,6 +58,40 @@ fn records_become_kernel_conntrack_entries() {
         l.contains("src=10.1.0.10 dst=10.1.0.1 sport=443 dport=61001"),
         "NAT reply tuple kept: {l}"
     );
+    // The kernel marks it source-NATed (so it translates packets), which a
+    // NATed reply tuple alone would not do.
+    let out = lab.exec("fw", &["conntrack", "-L", "--src-nat"]).unwrap();
+    let snat = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        snat.contains("sport=40001") && !snat.contains("sport=40000"),
+        "only the NATed entry is SRC_NAT:\n{snat}"
+    );
+
+    // The sending side reads entries back by either direction's tuple.
+    let seen_on_wan = CtTuple {
+        proto: 6,
+        src: server,
+        dst: Ipv4Addr::new(10, 1, 0, 1),
+        sport: 443,
+        dport: 61001,
+    };
+    let unknown = CtTuple {
+        proto: 6,
+        src: client,
+        dst: server,
+        sport: 1,
+        dport: 2,
+    };
+    let found = lab
+        .run_in("fw", || {
+            let mut ct = Conntrack::open().unwrap();
+            ct.lookup(&[CtTuple::orig_of(&nat), seen_on_wan.inverted(), unknown])
+                .expect("lookup")
+        })
+        .unwrap();
+    assert_eq!(found[0].map(|e| e.record()), Some(nat), "by original tuple");
+    assert_eq!(found[1].map(|e| e.record()), Some(nat), "by reply tuple");
+    assert_eq!(found[2], None, "unknown tuple");
 
     lab.run_in("fw", || {
         let mut ct = Conntrack::open().unwrap();

@@ -18,6 +18,7 @@ use std::{
     future::Future,
     net::Ipv4Addr,
     process::Command,
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,6 +33,7 @@ use self::{
 use crate::{
     config::{self, Config},
     dataplane::{Dataplane, LinkSettings, LoadOptions, VipSpec},
+    sync::transport::{SyncHandle, read_key},
     vrrp::{
         group::{Group, GroupAction},
         machine::{Action, Instance, Instant, Role},
@@ -97,6 +99,10 @@ pub struct Agent {
     status: Status,
     /// Writes the status file off the loop's thread.
     status_writer: status::StatusWriter,
+    /// State sync, when configured.
+    sync: Option<Arc<SyncHandle>>,
+    /// Whether preemption is allowed (state sync complete), as last set.
+    preempt_gate: bool,
     /// Last time each rejection reason was logged (rate limit: once a second).
     logged: HashMap<Rejected, Instant>,
     /// Last time a failed advert send was logged (once a second).
@@ -116,23 +122,49 @@ impl std::fmt::Debug for Agent {
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let sync_config = config.clone();
-    let mut agent = Agent::start(config).await?;
-    // State sync (when configured) runs on a task of its own.
-    let (stop_sync, mut sync_stopped) = tokio::sync::watch::channel(false);
-    let sync = match &sync_config.ha.sync_key_file {
-        Some(key_file) if sync_config.ha.sync_port != 0 => {
-            let key = crate::sync::transport::read_key(key_file)?;
-            let cfg = sync_config.clone();
-            Some(tokio::spawn(async move {
-                let stop = async move {
-                    let _ = sync_stopped.changed().await;
-                };
-                if let Err(e) = crate::sync::transport::run(&cfg, key, stop).await {
-                    warn!(cause = %e, "state sync stopped");
-                }
-            }))
-        }
+    let key = match &sync_config.ha.sync_key_file {
+        Some(key_file) if sync_config.ha.sync_port != 0 => Some(read_key(key_file)?),
         _ => None,
+    };
+    let mut agent = Agent::start(config).await?;
+    // State sync (when configured) runs on a thread of its own, one realtime
+    // priority below this loop: a burst of connections keeps it busy, and it
+    // must never delay an advert. The loop keeps a handle for the commit
+    // before takeover and the preemption gate.
+    let (stop_sync, mut sync_stopped) = tokio::sync::watch::channel(false);
+    let sync = match key {
+        Some(key) => {
+            let handle = SyncHandle::open(&sync_config, key)?;
+            agent.set_sync(handle.clone());
+            let thread = std::thread::Builder::new()
+                .name("state-sync".into())
+                .spawn(move || {
+                    lower_realtime_priority();
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            warn!(cause = %e, "state sync could not start");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let stop = async move {
+                            let _ = sync_stopped.changed().await;
+                        };
+                        if let Err(e) =
+                            crate::sync::transport::run(handle, &sync_config, stop).await
+                        {
+                            warn!(cause = %e, "state sync stopped");
+                        }
+                    });
+                })
+                .context("start the state-sync thread")?;
+            Some(thread)
+        }
+        None => None,
     };
 
     tokio::pin!(shutdown);
@@ -162,8 +194,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     agent.stop();
     let _ = stop_sync.send(true);
-    if let Some(task) = sync {
-        let _ = task.await;
+    if let Some(thread) = sync {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     // Let the hooks of the stop (services stopped, notify) run to the end.
     for g in agent.groups {
@@ -288,6 +320,8 @@ impl Agent {
             lease,
             status: Status::new(&config),
             status_writer: status::StatusWriter::spawn(&config.instance),
+            sync: None,
+            preempt_gate: true,
             config,
             dp,
             sock,
@@ -343,6 +377,34 @@ impl Agent {
         self.start.elapsed()
     }
 
+    /// Connects state sync: from now on a takeover commits replicated state
+    /// first, and preemption waits for the peer's bulk resync.
+    pub fn set_sync(&mut self, sync: Arc<SyncHandle>) {
+        self.sync = Some(sync);
+        self.update_preempt_gate();
+    }
+
+    /// A node that returns may preempt only once it has the peer's
+    /// connections (after its `preempt_delay`, which starts then).
+    fn update_preempt_gate(&mut self) {
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        let allowed = sync.in_sync();
+        if allowed == self.preempt_gate {
+            return;
+        }
+        self.preempt_gate = allowed;
+        if allowed {
+            info!("state sync complete: preemption allowed");
+        } else {
+            info!("preemption held until the peer's state has been received");
+        }
+        for g in &mut self.groups {
+            g.group.set_preempt_allowed(allowed);
+        }
+    }
+
     fn next_deadline(&self) -> Instant {
         let mut d = self.links_at.min(self.status_at);
         for g in &self.groups {
@@ -360,6 +422,7 @@ impl Agent {
     /// Timers are due at `deadline` (the instant we slept until): state
     /// machines, GARP repeats, lease renewal, link checks.
     fn on_timers(&mut self, deadline: Instant) {
+        self.update_preempt_gate();
         let now = self.now();
         for gi in 0..self.groups.len() {
             let due = self.groups[gi].group.poll_at().is_some_and(|t| t <= now);
@@ -438,6 +501,7 @@ impl Agent {
     }
 
     fn on_readable(&mut self) {
+        self.update_preempt_gate();
         let peers = self.config.ha.peers.clone();
         let by_vrid = &self.by_vrid;
         let mut received = Vec::new();
@@ -594,7 +658,9 @@ impl Agent {
     ) {
         let bit = self.groups[gi].bit;
         if to == Role::Master {
-            commit_replicated_state();
+            // Everything the peer sent is in conntrack before the VIPs move
+            // (the keepalived + conntrackd race that resets connections).
+            let commit = self.sync.as_ref().map(|s| s.commit());
             self.owned |= bit;
             let write = self.dp.set_ownership(self.owned, Some(self.lease));
             if let Err(e) = write {
@@ -613,6 +679,8 @@ impl Agent {
             g.garp_at = garp_at + Duration::from_millis(g.config.garp_interval_ms);
             let from = fired.unwrap_or(now);
             let timing = TakeoverTiming {
+                commit_records: commit.map(|c| c.0),
+                commit_us: commit.map(|c| c.1.as_secs_f64() * 1e6),
                 group: g.config.name.clone(),
                 to_owned_us: owned_at.saturating_sub(from).as_secs_f64() * 1e6,
                 to_first_garp_us: garp_at.saturating_sub(from).as_secs_f64() * 1e6,
@@ -662,6 +730,7 @@ impl Agent {
             .collect();
         self.status.groups = roles;
         self.status.owned = self.owned;
+        self.status.sync = self.sync.as_ref().map(|s| s.status());
         self.status_writer.write(self.status.to_json());
     }
 
@@ -677,6 +746,23 @@ impl Agent {
         }
         self.write_status();
         info!("agent stopped");
+    }
+}
+
+/// Called on a thread that inherited the loop's SCHED_FIFO priority: one
+/// below, so the VRRP loop always runs first. Nothing to do otherwise.
+fn lower_realtime_priority() {
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        if libc::sched_getscheduler(0) != libc::SCHED_FIFO {
+            return;
+        }
+        let mut param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_getparam(0, &mut param) != 0 {
+            return;
+        }
+        param.sched_priority = (param.sched_priority - 1).max(1);
+        libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
     }
 }
 
@@ -717,8 +803,3 @@ fn realtime(priority: u8) {
         }
     }
 }
-
-/// Commits replicated connection state to the kernel before the ownership
-/// write. State replication (a later issue) fills this in; until then there
-/// is nothing to commit.
-fn commit_replicated_state() {}

@@ -19,6 +19,12 @@ pub const RUN_DIR: &str = "/run/ha-agent";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TakeoverTiming {
     pub group: String,
+    /// Replicated records applied by the commit before the ownership write,
+    /// and how long the commit took (us); absent without state sync.
+    #[serde(default)]
+    pub commit_records: Option<usize>,
+    #[serde(default)]
+    pub commit_us: Option<f64>,
     /// Timer due -> ownership word written (us).
     pub to_owned_us: f64,
     /// Timer due -> first round of gratuitous ARPs on the wire (us).
@@ -68,6 +74,9 @@ pub struct Status {
     pub last_takeover: Option<TakeoverTiming>,
     /// The most recent transitions, newest last (at most 20).
     pub transitions: Vec<Transition>,
+    /// State sync, when configured.
+    #[serde(default)]
+    pub sync: Option<crate::sync::transport::SyncStatus>,
 }
 
 fn unix_ms(t: SystemTime) -> u128 {
@@ -97,6 +106,7 @@ impl Status {
             last_advert_unix_ms: None,
             last_takeover: None,
             transitions: Vec::new(),
+            sync: None,
         }
     }
 

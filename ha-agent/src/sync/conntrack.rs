@@ -1,13 +1,29 @@
-//! Kernel conntrack through ctnetlink: creating (or refreshing) and deleting
-//! entries for replicated connections, so a node that takes over knows the
-//! flows its stateful ruleset must accept. TCP entries are created
-//! ESTABLISHED with the be-liberal window flag (the new master has not seen
-//! the sequence numbers), like conntrackd does.
+//! Kernel conntrack through ctnetlink.
+//!
+//! On the receiving node, replicated records become entries (created,
+//! refreshed, deleted), so a node that takes over knows the flows its
+//! stateful ruleset must accept. TCP entries carry the be-liberal window flag
+//! (the new master has not seen the sequence numbers), like conntrackd's.
+//! A NATed record is created with its un-NATed reply tuple plus a
+//! `CTA_NAT_SRC`/`CTA_NAT_DST` range of one address and port: the kernel then
+//! computes the same mapping and, unlike with a NATed reply tuple alone, sets
+//! the status bits that make it translate packets.
+//!
+//! On the sending node, [`Conntrack::lookup`] reads an entry (by either
+//! direction's tuple) to learn the NAT mapping the flow events of XDP cannot
+//! see.
+//!
+//! Requests go out in batches (one `send` of many messages, then their
+//! answers), which is what makes ctnetlink fast enough here.
 
-use std::{io, net::IpAddr};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
@@ -18,17 +34,118 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::record::{Record, RecordKind};
+use super::record::{FLAG_NAT, Record, RecordKind};
+use ha_common::flow::TcpState;
 
-/// TCP_CONNTRACK_ESTABLISHED.
+/// Kernel TCP conntrack states (`enum tcp_conntrack`).
+const TCP_SYN_SENT: u8 = 1;
+const TCP_SYN_RECV: u8 = 2;
 const TCP_ESTABLISHED: u8 = 3;
+const TCP_FIN_WAIT: u8 = 4;
+const TCP_TIME_WAIT: u8 = 7;
+const TCP_CLOSE: u8 = 8;
 /// IP_CT_TCP_FLAG_BE_LIBERAL: do not check the window (sequence numbers unknown).
 const TCP_FLAG_BE_LIBERAL: u8 = 0x08;
+/// CTA_NAT_SRC / CTA_NAT_DST and their nested attributes.
+const CTA_NAT_SRC: u16 = 6;
+const CTA_NAT_DST: u16 = 13;
+const CTA_NAT_V4_MINIP: u16 = 1;
+const CTA_NAT_V4_MAXIP: u16 = 2;
+const CTA_NAT_PROTO: u16 = 3;
+const CTA_PROTONAT_PORT_MIN: u16 = 1;
+const CTA_PROTONAT_PORT_MAX: u16 = 2;
+const NLA_F_NESTED: u16 = 0x8000;
+/// Requests per `send`; their answers fit the default receive buffer.
+const BATCH: usize = 256;
+
+/// One direction of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CtTuple {
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl CtTuple {
+    /// The same connection seen from the other end.
+    pub fn inverted(self) -> CtTuple {
+        CtTuple {
+            proto: self.proto,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+
+    /// The original tuple of a record.
+    pub fn orig_of(r: &Record) -> CtTuple {
+        CtTuple {
+            proto: r.proto,
+            src: r.orig_src,
+            dst: r.orig_dst,
+            sport: r.orig_sport,
+            dport: r.orig_dport,
+        }
+    }
+
+    /// The reply tuple of a record.
+    pub fn reply_of(r: &Record) -> CtTuple {
+        CtTuple {
+            proto: r.proto,
+            src: r.reply_src,
+            dst: r.reply_dst,
+            sport: r.reply_sport,
+            dport: r.reply_dport,
+        }
+    }
+}
+
+/// A kernel conntrack entry as far as replication cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtEntry {
+    pub orig: CtTuple,
+    pub reply: CtTuple,
+    /// Kernel TCP state (`TCP_CONNTRACK_*`), 0 for other protocols.
+    pub tcp_state: u8,
+}
+
+impl CtEntry {
+    /// The entry as an upsert record; the flow state comes from conntrack.
+    pub fn record(&self) -> Record {
+        let state = match self.tcp_state {
+            0 => TcpState::Active,
+            TCP_SYN_SENT | TCP_SYN_RECV => TcpState::SynSent,
+            TCP_ESTABLISHED => TcpState::Established,
+            TCP_CLOSE => TcpState::Closed,
+            _ => TcpState::Closing,
+        };
+        let nat = self.reply != self.orig.inverted();
+        Record {
+            kind: RecordKind::Upsert,
+            proto: self.orig.proto,
+            state: state as u8,
+            flags: if nat { FLAG_NAT } else { 0 },
+            orig_src: self.orig.src,
+            orig_dst: self.orig.dst,
+            orig_sport: self.orig.sport,
+            orig_dport: self.orig.dport,
+            reply_src: self.reply.src,
+            reply_dst: self.reply.dst,
+            reply_sport: self.reply.sport,
+            reply_dport: self.reply.dport,
+            age_ms: 0,
+        }
+    }
+}
 
 /// A ctnetlink socket in the current network namespace.
 pub struct Conntrack {
     sock: Socket,
     seq: u32,
+    rx: Vec<u8>,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -37,33 +154,138 @@ impl std::fmt::Debug for Conntrack {
     }
 }
 
-fn tuple(
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-) -> Vec<Tuple> {
-    let proto_tuple = match proto {
-        6 => vec![
-            ProtoTuple::Protocol(Protocol::Tcp),
-            ProtoTuple::SourcePort(sport),
-            ProtoTuple::DestinationPort(dport),
-        ],
-        17 => vec![
-            ProtoTuple::Protocol(Protocol::Udp),
-            ProtoTuple::SourcePort(sport),
-            ProtoTuple::DestinationPort(dport),
+fn tuple(t: &CtTuple) -> Vec<Tuple> {
+    let proto_tuple = match t.proto {
+        6 | 17 => vec![
+            ProtoTuple::Protocol(if t.proto == 6 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            }),
+            ProtoTuple::SourcePort(t.sport),
+            ProtoTuple::DestinationPort(t.dport),
         ],
         _ => vec![ProtoTuple::Protocol(Protocol::Icmp)],
     };
     vec![
         Tuple::Ip(vec![
-            IPTuple::SourceAddress(IpAddr::V4(src)),
-            IPTuple::DestinationAddress(IpAddr::V4(dst)),
+            IPTuple::SourceAddress(IpAddr::V4(t.src)),
+            IPTuple::DestinationAddress(IpAddr::V4(t.dst)),
         ]),
         Tuple::Proto(proto_tuple),
     ]
+}
+
+fn parse_tuple(proto: u8, attrs: &[Tuple]) -> Option<CtTuple> {
+    let mut t = CtTuple {
+        proto,
+        src: Ipv4Addr::UNSPECIFIED,
+        dst: Ipv4Addr::UNSPECIFIED,
+        sport: 0,
+        dport: 0,
+    };
+    for a in attrs {
+        match a {
+            Tuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(IpAddr::V4(a)) => t.src = *a,
+                        IPTuple::DestinationAddress(IpAddr::V4(a)) => t.dst = *a,
+                        _ => return None,
+                    }
+                }
+            }
+            Tuple::Proto(p) => {
+                for x in p {
+                    match x {
+                        ProtoTuple::SourcePort(v) => t.sport = *v,
+                        ProtoTuple::DestinationPort(v) => t.dport = *v,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(t)
+}
+
+/// One netlink attribute (length, type, value, padding to 4 bytes).
+fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+    let len = 4 + value.len();
+    let mut b = Vec::with_capacity(len.next_multiple_of(4));
+    b.extend_from_slice(&(len as u16).to_ne_bytes());
+    b.extend_from_slice(&kind.to_ne_bytes());
+    b.extend_from_slice(value);
+    b.resize(len.next_multiple_of(4), 0);
+    b
+}
+
+/// A NAT range of exactly one address and port.
+fn nat_to(kind: u16, addr: Ipv4Addr, port: u16, with_port: bool) -> ConntrackAttribute {
+    let mut v = nla(CTA_NAT_V4_MINIP, &addr.octets());
+    v.extend(nla(CTA_NAT_V4_MAXIP, &addr.octets()));
+    if with_port {
+        let mut p = nla(CTA_PROTONAT_PORT_MIN, &port.to_be_bytes());
+        p.extend(nla(CTA_PROTONAT_PORT_MAX, &port.to_be_bytes()));
+        v.extend(nla(CTA_NAT_PROTO | NLA_F_NESTED, &p));
+    }
+    ConntrackAttribute::Other(DefaultNla::new(kind | NLA_F_NESTED, v))
+}
+
+/// The ctnetlink message creating or refreshing `r`'s entry. The kernel takes
+/// NAT ranges only when it creates an entry (an update with them fails with
+/// EOPNOTSUPP): `with_nat` is for the create.
+fn upsert_message(r: &Record, timeout_s: u32, with_nat: bool) -> ConntrackMessage {
+    let orig = CtTuple::orig_of(r);
+    let reply = CtTuple::reply_of(r);
+    let mut attrs = vec![
+        ConntrackAttribute::CtaTupleOrig(tuple(&orig)),
+        // The un-NATed reply; the NAT ranges below make the kernel apply
+        // (and mark) the mapping itself.
+        ConntrackAttribute::CtaTupleReply(tuple(&orig.inverted())),
+        ConntrackAttribute::CtaTimeout(timeout_s),
+    ];
+    let with_port = r.proto == 6 || r.proto == 17;
+    if with_nat && (reply.dst != orig.src || reply.dport != orig.sport) {
+        attrs.push(nat_to(CTA_NAT_SRC, reply.dst, reply.dport, with_port));
+    }
+    if with_nat && (reply.src != orig.dst || reply.sport != orig.dport) {
+        attrs.push(nat_to(CTA_NAT_DST, reply.src, reply.sport, with_port));
+    }
+    // CONFIRMED too, as conntrack(8) sends it: the kernel refuses a status
+    // that would clear a bit it does not let change.
+    let syn_sent = r.proto == 6 && r.state == TcpState::SynSent as u8;
+    attrs.push(ConntrackAttribute::CtaStatus(if syn_sent {
+        Status::Confirmed
+    } else {
+        Status::SeenReply | Status::Assured | Status::Confirmed
+    }));
+    if r.proto == 6 {
+        let state = match TcpState::from_u8(r.state) {
+            Some(TcpState::SynSent) => TCP_SYN_SENT,
+            Some(TcpState::Closing) => TCP_FIN_WAIT,
+            Some(TcpState::Closed) => TCP_TIME_WAIT,
+            _ => TCP_ESTABLISHED,
+        };
+        let liberal = TCPFlags::parse(&[TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL])
+            .expect("two bytes are a TCP flags attribute");
+        attrs.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+            vec![
+                ProtoInfoTCP::State(state),
+                ProtoInfoTCP::OriginalFlags(liberal.clone()),
+                ProtoInfoTCP::ReplyFlags(liberal),
+            ],
+        )]));
+    }
+    ConntrackMessage::New(attrs)
+}
+
+/// What one request got back.
+enum Answer {
+    Ok,
+    Entry(Box<ConntrackMessage>),
+    Err(io::Error),
 }
 
 impl Conntrack {
@@ -72,102 +294,268 @@ impl Conntrack {
         let mut sock = Socket::new(NETLINK_NETFILTER)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Conntrack { sock, seq: 0 })
+        Ok(Conntrack {
+            sock,
+            seq: 0,
+            rx: vec![0u8; 64 * 1024],
+        })
     }
 
     /// Applies a record: [`RecordKind::Upsert`] creates the entry or refreshes
-    /// it (`timeout_s` is its lifetime), [`RecordKind::Delete`] removes it.
+    /// it (`timeout_s` is its lifetime), [`RecordKind::Delete`] removes it (a
+    /// missing entry is not an error).
     pub fn apply(&mut self, r: &Record, timeout_s: u32) -> io::Result<()> {
-        match r.kind {
-            RecordKind::Upsert => self.upsert(r, timeout_s),
-            RecordKind::Delete => self.delete(r),
+        self.apply_batch(std::slice::from_ref(r), |_| timeout_s)
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Deletes the entry whose original tuple is `orig`; missing is fine.
+    pub fn delete(&mut self, orig: &CtTuple) -> io::Result<()> {
+        let msg = ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple(orig))]);
+        match self.requests(vec![(msg, NLM_F_ACK)]).pop() {
+            Some(Answer::Err(e)) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
         }
     }
 
-    /// Creates the entry, or refreshes it if it exists.
-    pub fn upsert(&mut self, r: &Record, timeout_s: u32) -> io::Result<()> {
-        let mut attrs = vec![
-            ConntrackAttribute::CtaTupleOrig(tuple(
-                r.orig_src,
-                r.orig_dst,
-                r.proto,
-                r.orig_sport,
-                r.orig_dport,
-            )),
-            ConntrackAttribute::CtaTupleReply(tuple(
-                r.reply_src,
-                r.reply_dst,
-                r.proto,
-                r.reply_sport,
-                r.reply_dport,
-            )),
-            ConntrackAttribute::CtaTimeout(timeout_s),
-            // CONFIRMED too, as conntrack(8) sends it: the kernel refuses a
-            // status that would clear a bit it does not let change.
-            ConntrackAttribute::CtaStatus(Status::SeenReply | Status::Assured | Status::Confirmed),
-        ];
-        if r.proto == 6 {
-            let liberal = TCPFlags::parse(&[TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL])
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            attrs.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
-                vec![
-                    ProtoInfoTCP::State(TCP_ESTABLISHED),
-                    ProtoInfoTCP::OriginalFlags(liberal.clone()),
-                    ProtoInfoTCP::ReplyFlags(liberal),
-                ],
-            )]));
+    /// Applies records in order, in batches; one result per record.
+    pub fn apply_batch(
+        &mut self,
+        records: &[Record],
+        timeout_s: impl Fn(&Record) -> u32,
+    ) -> Vec<io::Result<()>> {
+        let nat = |r: &Record| r.flags & FLAG_NAT != 0;
+        let msgs = records
+            .iter()
+            .map(|r| match r.kind {
+                // A NATed entry is created exclusively (with its NAT ranges),
+                // and updated below if it exists.
+                RecordKind::Upsert if nat(r) => (
+                    upsert_message(r, timeout_s(r), true),
+                    NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                ),
+                // Without NLM_F_EXCL: an existing entry is updated (refreshed).
+                RecordKind::Upsert => (
+                    upsert_message(r, timeout_s(r), false),
+                    NLM_F_ACK | NLM_F_CREATE,
+                ),
+                RecordKind::Delete => (
+                    ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple(
+                        &CtTuple::orig_of(r),
+                    ))]),
+                    NLM_F_ACK,
+                ),
+            })
+            .collect();
+        let mut answers = self.requests(msgs);
+        let exists: Vec<usize> = (0..records.len())
+            .filter(|&i| {
+                records[i].kind == RecordKind::Upsert
+                    && nat(&records[i])
+                    && matches!(&answers[i], Answer::Err(e) if e.raw_os_error() == Some(libc::EEXIST))
+            })
+            .collect();
+        if !exists.is_empty() {
+            let updates = exists
+                .iter()
+                .map(|&i| {
+                    let r = &records[i];
+                    (upsert_message(r, timeout_s(r), false), NLM_F_ACK)
+                })
+                .collect();
+            for (&i, a) in exists.iter().zip(self.requests(updates)) {
+                answers[i] = a;
+            }
         }
-        // Without NLM_F_EXCL: an existing entry is updated (refreshed).
-        self.request(ConntrackMessage::New(attrs), NLM_F_CREATE)
+        answers
+            .into_iter()
+            .zip(records)
+            .map(|(a, r)| match a {
+                Answer::Err(e)
+                    if r.kind == RecordKind::Delete && e.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                Answer::Err(e) => Err(e),
+                _ => Ok(()),
+            })
+            .collect()
     }
 
-    /// Deletes the entry of `r`'s original tuple; a missing entry is not an error.
-    pub fn delete(&mut self, r: &Record) -> io::Result<()> {
-        let attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple(
-            r.orig_src,
-            r.orig_dst,
-            r.proto,
-            r.orig_sport,
-            r.orig_dport,
-        ))];
-        match self.request(ConntrackMessage::Delete(attrs), 0) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other,
+    /// Looks entries up by a tuple of either direction (the flow events of
+    /// XDP on the WAN side carry the NATed reply direction). `None` where
+    /// conntrack has no such entry.
+    pub fn lookup(&mut self, tuples: &[CtTuple]) -> io::Result<Vec<Option<CtEntry>>> {
+        let by = |t: &CtTuple, reply: bool| {
+            let attr = if reply {
+                ConntrackAttribute::CtaTupleReply(tuple(t))
+            } else {
+                ConntrackAttribute::CtaTupleOrig(tuple(t))
+            };
+            (ConntrackMessage::Get(vec![attr]), 0)
+        };
+        let first = self.requests(tuples.iter().map(|t| by(t, false)).collect());
+        let mut out: Vec<Option<CtEntry>> = first.iter().map(entry_of).collect();
+        // Not found as an original tuple: maybe it is a reply tuple.
+        let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let second = self.requests(
+                missing
+                    .iter()
+                    .map(|&i| by(&tuples[i].inverted(), true))
+                    .collect(),
+            );
+            for (&i, a) in missing.iter().zip(&second) {
+                out[i] = entry_of(a);
+            }
+            if let Some(e) = first.iter().chain(&second).find_map(|a| match a {
+                Answer::Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Some(e),
+                _ => None,
+            }) {
+                return Err(io::Error::new(e.kind(), format!("conntrack lookup: {e}")));
+            }
         }
+        Ok(out)
     }
 
-    /// Sends one request and waits for its ACK; a NACK becomes the error.
-    fn request(&mut self, msg: ConntrackMessage, flags: u16) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = self.seq;
-        let mut nl = NetlinkMessage::new(
-            header,
-            NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-                msg,
-            )),
-        );
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        let mut rx = vec![0u8; 8192];
-        loop {
-            let n = self.sock.recv(&mut &mut rx[..], 0)?;
-            let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&rx[..n])
-                .map_err(|e| io::Error::other(format!("ctnetlink reply: {e}")))?;
-            if reply.header.sequence_number != self.seq {
+    /// Sends requests in batches and collects one answer per request.
+    fn requests(&mut self, msgs: Vec<(ConntrackMessage, u16)>) -> Vec<Answer> {
+        let mut answers = Vec::with_capacity(msgs.len());
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let chunk: Vec<_> = msgs.by_ref().take(BATCH).collect();
+            let n = chunk.len();
+            let first_seq = self.seq.wrapping_add(1);
+            let mut buf = Vec::new();
+            for (msg, flags) in chunk {
+                self.seq = self.seq.wrapping_add(1);
+                let mut header = NetlinkHeader::default();
+                header.flags = NLM_F_REQUEST | flags;
+                header.sequence_number = self.seq;
+                let mut nl = NetlinkMessage::new(
+                    header,
+                    NetlinkPayload::from(NetfilterMessage::new(
+                        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                        msg,
+                    )),
+                );
+                nl.finalize();
+                let at = buf.len();
+                buf.resize(at + nl.buffer_len(), 0);
+                nl.serialize(&mut buf[at..]);
+            }
+            let mut got: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
+            if let Err(e) = self.sock.send(&buf, 0) {
+                answers
+                    .extend((0..n).map(|_| Answer::Err(io::Error::new(e.kind(), e.to_string()))));
                 continue;
             }
-            return match reply.payload {
-                NetlinkPayload::Error(e) => match e.code {
-                    None => Ok(()),
-                    Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                },
-                _ => Ok(()),
-            };
+            let mut left = n;
+            while left > 0 {
+                let len = match self.sock.recv(&mut &mut self.rx[..], 0) {
+                    Ok(len) => len,
+                    Err(e) => {
+                        for g in got.iter_mut().filter(|g| g.is_none()) {
+                            *g = Some(Answer::Err(io::Error::new(e.kind(), e.to_string())));
+                        }
+                        break;
+                    }
+                };
+                let mut off = 0;
+                while off < len {
+                    let Ok(nb) = NetlinkBuffer::new_checked(&self.rx[off..len]) else {
+                        break;
+                    };
+                    let msg_len = (nb.length() as usize).max(16).next_multiple_of(4);
+                    let seq = nb.sequence_number();
+                    let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(
+                        &self.rx[off..len.min(off + msg_len)],
+                    );
+                    off += msg_len;
+                    let i = seq.wrapping_sub(first_seq) as usize;
+                    if i >= n || got[i].is_some() {
+                        continue;
+                    }
+                    let answer = match parsed {
+                        Err(e) => Answer::Err(io::Error::other(format!("ctnetlink reply: {e}"))),
+                        Ok(m) => match m.payload {
+                            NetlinkPayload::Error(e) => match e.code {
+                                None => Answer::Ok,
+                                Some(code) => {
+                                    Answer::Err(io::Error::from_raw_os_error(-code.get()))
+                                }
+                            },
+                            NetlinkPayload::InnerMessage(inner) => match inner.inner {
+                                netlink_packet_netfilter::NetfilterMessageInner::Conntrack(c) => {
+                                    Answer::Entry(Box::new(c))
+                                }
+                                _ => Answer::Ok,
+                            },
+                            _ => Answer::Ok,
+                        },
+                    };
+                    got[i] = Some(answer);
+                    left -= 1;
+                }
+            }
+            answers.extend(
+                got.into_iter()
+                    .map(|g| g.unwrap_or_else(|| Answer::Err(io::Error::other("no answer")))),
+            );
+        }
+        answers
+    }
+}
+
+fn entry_of(a: &Answer) -> Option<CtEntry> {
+    let Answer::Entry(msg) = a else {
+        return None;
+    };
+    let ConntrackMessage::New(attrs) = msg.as_ref() else {
+        return None;
+    };
+    let mut proto = 0;
+    for a in attrs {
+        if let ConntrackAttribute::CtaTupleOrig(t) = a {
+            for x in t {
+                if let Tuple::Proto(p) = x {
+                    for y in p {
+                        if let ProtoTuple::Protocol(p) = y {
+                            proto = match p {
+                                Protocol::Tcp => 6,
+                                Protocol::Udp => 17,
+                                Protocol::Icmp => 1,
+                                _ => return None,
+                            };
+                        }
+                    }
+                }
+            }
         }
     }
+    let (mut orig, mut reply, mut tcp_state) = (None, None, 0);
+    for a in attrs {
+        match a {
+            ConntrackAttribute::CtaTupleOrig(t) => orig = parse_tuple(proto, t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = parse_tuple(proto, t),
+            ConntrackAttribute::CtaProtoInfo(p) => {
+                for x in p {
+                    if let ProtoInfo::TCP(v) = x {
+                        for y in v {
+                            if let ProtoInfoTCP::State(s) = y {
+                                tcp_state = *s;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(CtEntry {
+        orig: orig?,
+        reply: reply?,
+        tcp_state,
+    })
 }

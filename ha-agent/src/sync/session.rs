@@ -15,7 +15,7 @@ use std::{
 };
 
 use super::{
-    frame::{Crypto, FrameError, Header, Kind, MAX_RECORDS},
+    frame::{Crypto, FrameError, HEADER_LEN, Header, Kind, MAX_RECORDS, TAG_LEN},
     record::Record,
 };
 
@@ -93,11 +93,16 @@ pub struct Session {
     /// Counter of ACK frames sent: their nonces use it with the top bit set,
     /// so no nonce repeats though ACKs take no sequence number.
     acks_sent: u64,
-    /// Sent, not yet acknowledged: (seq, datagram, last sent).
-    unacked: VecDeque<(u64, Vec<u8>, Instant)>,
-    /// Records waiting to fill a frame, and since when.
+    /// Sent, not yet acknowledged: (seq, datagram, last sent, origin of its
+    /// oldest record).
+    unacked: VecDeque<(u64, Vec<u8>, Instant, Instant)>,
+    /// Records waiting to fill a frame, since when, and the origin (event
+    /// time) of the oldest.
     pending: Vec<Record>,
     pending_since: Option<Instant>,
+    pending_origin: Option<Instant>,
+    /// Origins of frames acknowledged since [`Session::take_acked`].
+    acked: Vec<Instant>,
     /// Kinds of control frames to send with the next poll.
     control: VecDeque<Kind>,
     /// Receive side: the peer's epoch, the next sequence expected from it,
@@ -131,6 +136,8 @@ impl Session {
             unacked: VecDeque::new(),
             pending: Vec::new(),
             pending_since: None,
+            pending_origin: None,
+            acked: Vec::new(),
             control: VecDeque::new(),
             peer_epoch: None,
             next_expected: 1,
@@ -170,12 +177,26 @@ impl Session {
 
     /// Queues one record; frames go out from [`Session::poll`].
     pub fn push(&mut self, now: Instant, record: Record) {
+        self.push_from(now, now, record);
+    }
+
+    /// Queues one record that stands for an event at `origin` (for the lag:
+    /// see [`Session::take_acked`]).
+    pub fn push_from(&mut self, now: Instant, origin: Instant, record: Record) {
         if self.pending.len() >= self.settings.max_pending {
             self.counters.records_dropped += 1;
             return;
         }
         self.pending.push(record);
         self.pending_since.get_or_insert(now);
+        self.pending_origin = Some(self.pending_origin.map_or(origin, |o| o.min(origin)));
+    }
+
+    /// The origins of the oldest record of each frame the peer acknowledged
+    /// since the last call: `now - origin` is how long an event took to be
+    /// applied there (the peer acknowledges after applying).
+    pub fn take_acked(&mut self) -> Vec<Instant> {
+        std::mem::take(&mut self.acked)
     }
 
     /// Queues a whole table (answer to a Hello), then marks its end.
@@ -207,7 +228,12 @@ impl Session {
         self.next_seq += 1;
         let d = self.crypto.seal(&self.header(kind, seq), records);
         out.push(d.clone());
-        self.unacked.push_back((seq, d, now));
+        let origin = if records.is_empty() {
+            now
+        } else {
+            self.pending_origin.unwrap_or(now).min(now)
+        };
+        self.unacked.push_back((seq, d, now, origin));
         self.counters.frames_sent += 1;
         self.counters.records_sent += records.len() as u64;
         self.ack_due = false;
@@ -226,9 +252,13 @@ impl Session {
             let take = self.pending.len().min(MAX_RECORDS);
             let batch: Vec<Record> = self.pending.drain(..take).collect();
             self.send_reliable(now, Kind::Data, &batch, &mut out);
+            // The rest are at most as old as now (origins are not kept per
+            // record).
+            self.pending_origin = (!self.pending.is_empty()).then_some(now);
         }
         if self.pending.is_empty() {
             self.pending_since = None;
+            self.pending_origin = None;
         }
         // Control frames after the data queued before them (ResyncDone ends a bulk).
         while let Some(kind) = self.control.pop_front() {
@@ -238,7 +268,7 @@ impl Session {
             }
             self.send_reliable(now, kind, &[], &mut out);
         }
-        for (_, d, sent) in self.unacked.iter_mut() {
+        for (_, d, sent, _) in self.unacked.iter_mut() {
             if now.saturating_sub(*sent) >= self.settings.rto {
                 out.push(d.clone());
                 *sent = now;
@@ -264,7 +294,7 @@ impl Session {
         let resend = self
             .unacked
             .iter()
-            .map(|(_, _, t)| *t + self.settings.rto)
+            .map(|(_, _, t, _)| *t + self.settings.rto)
             .min();
         [flush, resend].into_iter().flatten().min()
     }
@@ -312,9 +342,14 @@ impl Session {
         while self
             .unacked
             .front()
-            .is_some_and(|(seq, _, _)| *seq <= h.ack)
+            .is_some_and(|(seq, _, _, _)| *seq <= h.ack)
         {
-            self.unacked.pop_front();
+            if let Some((_, d, _, origin)) = self.unacked.pop_front()
+                && d.len() > HEADER_LEN + TAG_LEN
+                && self.acked.len() < 65_536
+            {
+                self.acked.push(origin);
+            }
         }
         if !sequenced {
             return Ok(got);

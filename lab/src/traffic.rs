@@ -1,0 +1,219 @@
+//! Traffic for labs: many long-lived TCP connections that can be checked for
+//! survival, an echo server for them, and RST counting with nftables.
+//!
+//! Run inside a namespace with [`crate::Lab::run_in`]; everything here is
+//! bounded in time and only talks to the addresses it is given.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::{Lab, Result, fail};
+
+/// Bytes per probe message: connection index and round, both u32.
+const MSG: usize = 8;
+
+/// What an echo server saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EchoStats {
+    pub accepted: usize,
+    /// Connections that ended with a reset.
+    pub resets: usize,
+    pub bytes: u64,
+}
+
+/// A listening socket with a backlog for a thousand connections arriving at
+/// once (std's is 128: an overflowing accept queue drops handshakes).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Echoes every byte on every connection accepted on `listener` until `stop`
+/// (or `limit` passes). Non-blocking, one thread for all connections.
+pub fn echo_server(
+    listener: TcpListener,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> io::Result<EchoStats> {
+    listener.set_nonblocking(true)?;
+    let started = Instant::now();
+    let mut conns: Vec<TcpStream> = Vec::new();
+    let mut stats = EchoStats::default();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+        let mut busy = false;
+        loop {
+            match listener.accept() {
+                Ok((c, _)) => {
+                    c.set_nonblocking(true)?;
+                    let _ = c.set_nodelay(true);
+                    conns.push(c);
+                    stats.accepted += 1;
+                    busy = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        conns.retain_mut(|c| match c.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                busy = true;
+                stats.bytes += n as u64;
+                // Small messages: the send buffer has room; a short write
+                // would show as a missing echo, which is what we measure.
+                let _ = c.write_all(&buf[..n]);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::ConnectionReset {
+                    stats.resets += 1;
+                }
+                false
+            }
+        });
+        if !busy {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(stats)
+}
+
+/// Many TCP connections to one server, probed in rounds.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    /// `None` once a connection failed.
+    conns: Vec<Option<TcpStream>>,
+    /// Connections that failed with a reset.
+    pub resets: usize,
+    /// Connections that failed otherwise.
+    pub failed: usize,
+    /// Local ports of the connections that did not answer the last round.
+    pub silent: Vec<u16>,
+}
+
+impl Fleet {
+    /// Opens `n` more connections to `to` (each retried for up to `timeout`).
+    pub fn open(&mut self, to: SocketAddr, n: usize, timeout: Duration) -> io::Result<()> {
+        for _ in 0..n {
+            let started = Instant::now();
+            let c = loop {
+                match TcpStream::connect_timeout(&to, Duration::from_millis(500)) {
+                    Ok(c) => break c,
+                    Err(e) if started.elapsed() >= timeout => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            c.set_nonblocking(true)?;
+            let _ = c.set_nodelay(true);
+            self.conns.push(Some(c));
+        }
+        Ok(())
+    }
+
+    /// Connections opened.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Sends one message on every live connection and waits up to `deadline`
+    /// for every echo. Returns how many connections answered.
+    pub fn round(&mut self, round: u32, deadline: Duration) -> usize {
+        let started = Instant::now();
+        let mut got = vec![0usize; self.conns.len()];
+        let mut want: Vec<usize> = Vec::new();
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = c else { continue };
+            let mut msg = [0u8; MSG];
+            msg[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            msg[4..].copy_from_slice(&round.to_be_bytes());
+            match conn.write(&msg) {
+                Ok(MSG) => want.push(i),
+                Ok(_) | Err(_) => {
+                    self.failed += 1;
+                    *c = None;
+                }
+            }
+        }
+        let mut answered = 0;
+        let mut buf = [0u8; MSG];
+        while !want.is_empty() && started.elapsed() < deadline {
+            let mut progress = false;
+            want.retain(|&i| {
+                let Some(conn) = &mut self.conns[i] else {
+                    return false;
+                };
+                match conn.read(&mut buf[..MSG - got[i]]) {
+                    Ok(0) => {
+                        self.failed += 1;
+                        self.conns[i] = None;
+                        false
+                    }
+                    Ok(n) => {
+                        progress = true;
+                        got[i] += n;
+                        if got[i] == MSG {
+                            answered += 1;
+                            false
+                        } else {
+                            true
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::ConnectionReset {
+                            self.resets += 1;
+                        } else {
+                            self.failed += 1;
+                        }
+                        self.conns[i] = None;
+                        false
+                    }
+                }
+            });
+            if !progress {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.silent = want
+            .iter()
+            .filter_map(|&i| self.conns[i].as_ref()?.local_addr().ok())
+            .map(|a| a.port())
+            .collect();
+        answered
+    }
+}
+
+/// Counts TCP resets arriving in namespace `ns` (an nftables counter).
+pub fn count_resets(lab: &Lab, ns: &str) -> Result<()> {
+    lab.nft(
+        ns,
+        "table inet halab_rst {\n\
+         counter rst {}\n\
+         chain in {\n type filter hook input priority -300;\n tcp flags & rst == rst counter name rst\n }\n\
+         }\n",
+    )
+}
+
+/// The resets counted by [`count_resets`] so far.
+pub fn resets_seen(lab: &Lab, ns: &str) -> Result<u64> {
+    let out = lab.exec(ns, &["nft", "list", "counter", "inet", "halab_rst", "rst"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| fail(format!("read the reset counter in {ns}"), text.trim()))
+}
