@@ -541,3 +541,27 @@ pub fn conntrack_count(lab: &ha_lab::Lab, ns: &str, dport: u16) -> usize {
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
         .unwrap_or(0)
 }
+
+/// A state-sync key file for a test, removed on drop (panics included).
+#[derive(Debug)]
+pub struct SyncKey(pub std::path::PathBuf);
+
+impl SyncKey {
+    pub fn new(tag: &str, key: [u8; 32]) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("hatest-sync-key-{}-{tag}", std::process::id()));
+        std::fs::write(&path, key).expect("write the sync key file");
+        SyncKey(path)
+    }
+
+    /// The `[ha]` lines that turn state sync on with this key.
+    pub fn ha_extra(&self) -> String {
+        format!("sync_port = 7788\nsync_key_file = \"{}\"", self.0.display())
+    }
+}
+
+impl Drop for SyncKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

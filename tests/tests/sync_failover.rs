@@ -14,8 +14,8 @@ use std::{
 
 use ha_lab::traffic::{Fleet, count_resets, echo_server, listen, resets_seen};
 use ha_tests::{
-    AgentSpec, RunningAgent, conntrack_count, failover_lab, links_down_at_once, stateful_firewall,
-    wait_for,
+    AgentSpec, RunningAgent, SyncKey, conntrack_count, failover_lab, links_down_at_once,
+    stateful_firewall, wait_for,
 };
 
 const LONG_LIVED: usize = 1000;
@@ -41,13 +41,9 @@ fn run(replicate: bool, snat: bool) -> Outcome {
     for ns in ["client", "server"] {
         count_resets(&lab, ns).unwrap();
     }
-    let key = std::env::temp_dir().join(format!(
-        "hatest-sync-key-{}-{replicate}-{snat}",
-        std::process::id()
-    ));
-    std::fs::write(&key, [7u8; 32]).unwrap();
+    let key = SyncKey::new(&format!("{replicate}-{snat}"), [7u8; 32]);
     let ha_extra = if replicate {
-        format!("sync_port = 7788\nsync_key_file = \"{}\"", key.display())
+        key.ha_extra()
     } else {
         String::new()
     };
@@ -146,33 +142,33 @@ fn run(replicate: bool, snat: bool) -> Outcome {
                 let o = lab.exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "9000"]).unwrap();
                 std::fs::write("/tmp/ct-fw2-after.txt", o.stdout).unwrap();
             }
-            (fleet.len(), survived, fleet.resets as u64, replicated)
+            // Counted now, before anything closes: a socket closed with data
+            // in flight draws a reset that has nothing to do with failover.
+            let rst_client = resets_seen(lab, "client").unwrap();
+            let rst_server = resets_seen(lab, "server").unwrap();
+            if std::env::var_os("HATEST_DEBUG").is_some() {
+                eprintln!(
+                    "rst: sockets {} client {rst_client} server {rst_server}",
+                    fleet.resets
+                );
+            }
+            let rsts = fleet.resets as u64 + rst_client + rst_server;
+            (fleet.len(), survived, rsts, replicated)
         });
         stop.store(true, Ordering::Relaxed);
-        let echo = server.join().unwrap();
-        let (total, survived, client_resets, replicated) = result.unwrap();
+        server.join().unwrap();
+        let (total, survived, rsts, replicated) = result.unwrap();
         Outcome {
             total,
             survived,
-            rsts: client_resets + echo.resets as u64,
+            rsts,
             replicated,
         }
     });
-    let (rst_client, rst_server) = (
-        resets_seen(lab, "client").unwrap(),
-        resets_seen(lab, "server").unwrap(),
-    );
-    let rsts = outcome.rsts + rst_client + rst_server;
+    let rsts = outcome.rsts;
     if std::env::var_os("HATEST_DEBUG").is_some() {
-        eprintln!(
-            "rst: sockets {} client {rst_client} server {rst_server}",
-            outcome.rsts
-        );
-    }
-    let _ = std::fs::remove_file(&key);
-    if std::env::var_os("HATEST_DEBUG").is_some() {
-        let _ = std::fs::write("/tmp/agent1.log", a1.log_text());
-        let _ = std::fs::write("/tmp/agent2.log", a2.log_text());
+        let _ = std::fs::write(format!("/tmp/agent1-{snat}.log"), a1.log_text());
+        let _ = std::fs::write(format!("/tmp/agent2-{snat}.log"), a2.log_text());
     }
     eprintln!(
         "replicate={replicate} snat={snat}: {}/{} connections survived, {rsts} RSTs, {} in the backup's conntrack before the crash",

@@ -7,18 +7,13 @@ use std::{
     time::Duration,
 };
 
-use ha_tests::{AgentSpec, RunningAgent, failover_lab, wait_for};
+use ha_tests::{AgentSpec, RunningAgent, SyncKey, failover_lab, wait_for};
 
 #[test]
 fn a_forwarded_connection_reaches_the_backups_conntrack() {
     let mut lab = failover_lab();
-    let key = std::env::temp_dir().join(format!("hatest-sync-key-{}", std::process::id()));
-    std::fs::write(
-        &key,
-        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n",
-    )
-    .unwrap();
-    let ha_extra = format!("sync_port = 7788\nsync_key_file = \"{}\"", key.display());
+    let key = SyncKey::new("forwarded", [3u8; 32]);
+    let ha_extra = key.ha_extra();
     let a1 = RunningAgent::start(
         &mut lab,
         "fw1",
@@ -83,5 +78,171 @@ fn a_forwarded_connection_reaches_the_backups_conntrack() {
         .unwrap();
         server.join().unwrap();
     });
-    let _ = std::fs::remove_file(&key);
+}
+
+/// The sync counters of an agent's status, by rejection reason.
+fn rejected(agent: &RunningAgent) -> std::collections::BTreeMap<String, u64> {
+    agent
+        .status()
+        .and_then(|s| s.sync)
+        .map(|s| s.rejected)
+        .unwrap_or_default()
+}
+
+/// The UDP payload of the first packet in a pcap stream (Ethernet, IPv4).
+fn first_udp_payload(pcap: &[u8]) -> Option<Vec<u8>> {
+    let rec = pcap.get(24..)?;
+    let caplen = u32::from_le_bytes(rec.get(8..12)?.try_into().ok()?) as usize;
+    let frame = rec.get(16..16 + caplen)?;
+    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+    frame.get(14 + ihl + 8..).map(<[u8]>::to_vec)
+}
+
+#[test]
+fn hostile_sync_frames_are_rejected_counted_and_change_nothing() {
+    use ha_agent::sync::{
+        frame::{Crypto, Header, Kind},
+        record::{Record, RecordKind},
+        session::WINDOW,
+    };
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    let mut lab = failover_lab();
+    let key_bytes = [9u8; 32];
+    let key = SyncKey::new("hostile", key_bytes);
+    let ha_extra = key.ha_extra();
+    let a1 = RunningAgent::start(
+        &mut lab,
+        "fw1",
+        &AgentSpec {
+            ha_extra: ha_extra.clone(),
+            ..AgentSpec::new(1, 200, 10)
+        },
+    );
+    let a2 = RunningAgent::start(
+        &mut lab,
+        "fw2",
+        &AgentSpec {
+            ha_extra,
+            ..AgentSpec::new(2, 100, 10)
+        },
+    );
+    wait_for("roles and sync", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER")
+            && [&a1, &a2]
+                .iter()
+                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+    });
+
+    // A genuine data frame from fw1 to fw2, captured on fw2's HA link while
+    // a connection goes through fw1.
+    let mut cmd = lab.command(
+        "fw2",
+        &[
+            "tcpdump",
+            "-i",
+            "ha0",
+            "-c",
+            "1",
+            "-U",
+            "-w",
+            "-",
+            "udp",
+            "and",
+            "dst",
+            "port",
+            "7788",
+            "and",
+            "src",
+            "10.255.0.1",
+            "and",
+            "greater",
+            "120",
+        ],
+    );
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let capture = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let lab_ref = &lab;
+    std::thread::scope(|s| {
+        let server = s.spawn(|| {
+            lab_ref
+                .run_in("server", || {
+                    let listener = TcpListener::bind("10.1.0.10:8081").unwrap();
+                    let _ = listener.accept().unwrap();
+                })
+                .unwrap()
+        });
+        lab_ref
+            .run_in("client", || {
+                (0..50)
+                    .find_map(|_| {
+                        TcpStream::connect("10.1.0.10:8081").ok().or_else(|| {
+                            std::thread::sleep(Duration::from_millis(20));
+                            None
+                        })
+                    })
+                    .expect("connect through the VIP gateway")
+            })
+            .unwrap();
+        server.join().unwrap();
+    });
+    let out = capture.wait_with_output().unwrap();
+    let genuine = first_udp_payload(&out.stdout).expect("a captured sync frame");
+    let crypto = Crypto::new(&key_bytes);
+    let (header, _) = crypto
+        .open(&genuine)
+        .expect("the captured frame opens with the key");
+    assert_eq!(header.kind, Kind::Data);
+
+    let marker = Record::plain(
+        RecordKind::Upsert,
+        6,
+        2,
+        Ipv4Addr::new(10, 0, 0, 99),
+        Ipv4Addr::new(10, 1, 0, 10),
+        1111,
+        80,
+    );
+    let forged = Crypto::new(&[1u8; 32]).seal(&header, &[marker]);
+    let out_of_window = crypto.seal(
+        &Header {
+            seq: header.seq + WINDOW + 100,
+            ..header
+        },
+        &[marker],
+    );
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("Auth", forged),
+        ("NotSync", vec![0xAA; 100]),
+        ("Truncated", genuine[..10].to_vec()),
+        ("Replay", genuine.clone()),
+        ("OutOfWindow", out_of_window),
+    ];
+    for (reason, datagram) in cases {
+        let before = rejected(&a2).get(reason).copied().unwrap_or(0);
+        lab.run_in("fw1", || {
+            let sock = UdpSocket::bind("10.255.0.1:0").unwrap();
+            sock.send_to(&datagram, "10.255.0.2:7788").unwrap();
+        })
+        .unwrap();
+        wait_for(&format!("{reason} counted"), Duration::from_secs(5), || {
+            rejected(&a2).get(reason).copied().unwrap_or(0) > before
+        });
+    }
+    // No state changed: the marker is not in conntrack, sync is still up and
+    // replication still works.
+    let t = lab.exec("fw2", &["conntrack", "-L"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&t.stdout).contains("10.0.0.99"),
+        "a rejected frame reached conntrack"
+    );
+    assert!(a2.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync));
+    wait_for("the connection on fw2", Duration::from_secs(5), || {
+        let out = lab
+            .exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "8081"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("src=10.0.0.10")
+    });
 }
