@@ -182,6 +182,8 @@ pub struct AgentSpec {
     pub group_extra: String,
     /// Extra TOML appended to the [ha] section (sync settings).
     pub ha_extra: String,
+    /// What the HA link lets through besides VRRP and our sync (`tcp/22`).
+    pub mgmt: Vec<String>,
 }
 
 impl AgentSpec {
@@ -194,6 +196,7 @@ impl AgentSpec {
             unicast: false,
             group_extra: String::new(),
             ha_extra: String::new(),
+            mgmt: vec!["tcp/22".to_owned()],
         }
     }
 
@@ -208,7 +211,7 @@ interface = "ha0"
 address = "10.255.0.{me}"
 peers = ["10.255.0.{peer}"]
 unicast = {unicast}
-mgmt = ["tcp/22"]
+mgmt = {mgmt:?}
 {ha_extra}
 
 [[group]]
@@ -228,6 +231,7 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
             unicast = self.unicast,
             extra = self.group_extra,
             ha_extra = self.ha_extra,
+            mgmt = self.mgmt,
             prio = self.priority,
             adv = self.advert_ms,
             preempt = self.preempt,

@@ -81,6 +81,10 @@ fn bench() -> anyhow::Result<()> {
     run_step(
         "failover benchmark (ha-agent and keepalived, 1 s and 10 ms adverts)",
         cargo().args(["bench", "--package", "ha-tests", "--bench", "failover"]),
+    )?;
+    run_step(
+        "state-sync benchmark (ha-agent and conntrackd FTFW)",
+        cargo().args(["bench", "--package", "ha-tests", "--bench", "sync"]),
     )
 }
 

@@ -1,0 +1,347 @@
+//! State-sync benchmark (root): replicated flow events per second end to end
+//! (a new flow forwarded by the master -> an entry in the backup's kernel
+//! conntrack) and the lag, for ha-agent and for conntrackd (FTFW over UDP on
+//! the same HA link, `DisableExternalCache On` so it too writes straight into
+//! the backup's kernel table) in the same lab, with the same churn.
+//!
+//! The churn: `HA_BENCH_FLOWS` (default 100,000) new UDP flows, one packet
+//! each, sent from the client through the VIP gateway as fast as a raw socket
+//! goes. Both firewalls run the stateful ruleset. In the conntrackd run our
+//! agents still own the VIPs (same data path), with their replication off.
+//!
+//! Prints a table and writes `target/bench/sync.json`. Run with `cargo xtask bench`.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use ha_lab::Lab;
+use ha_tests::{
+    AgentSpec, RunningAgent, SyncKey, failover_lab, require_root, stateful_firewall, wait_for,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Agent,
+    Conntrackd,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Agent => "ha-agent",
+            System::Conntrackd => "conntrackd",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Result {
+    flows: usize,
+    /// Send duration of the churn (s) and the rate it reached.
+    send_s: f64,
+    /// Entries the master's conntrack gained.
+    on_master: usize,
+    /// Entries that reached the backup.
+    replicated: usize,
+    /// First packet sent -> 99.9 % of the flows in the backup's conntrack.
+    done_s: f64,
+    /// Last packet sent -> 99.9 % replicated (the tail of the backlog).
+    tail_ms: f64,
+    /// ha-agent only: event in XDP -> acknowledged as applied by the peer.
+    lag_p50_ms: Option<f64>,
+    lag_p99_ms: Option<f64>,
+}
+
+fn ct_count(lab: &Lab, ns: &str) -> usize {
+    // All entries (`-C` takes no filter); the few of the lab's own traffic
+    // are in the baseline taken before the churn.
+    lab.exec(ns, &["conntrack", "-C"])
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `n` one-packet UDP flows (distinct source/destination ports) from
+/// the client to the server through the VIP gateway with a raw socket.
+fn churn(lab: &Lab, n: usize) -> (Instant, Instant) {
+    lab.run_in("client", || {
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh, valid descriptor.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let src = Ipv4Addr::new(10, 0, 0, 10);
+        let dst = Ipv4Addr::new(10, 1, 0, 10);
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut pkt = [0u8; 20 + 8 + 4];
+        pkt[0] = 0x45;
+        let len = pkt.len() as u16;
+        pkt[2..4].copy_from_slice(&len.to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = 17;
+        pkt[12..16].copy_from_slice(&src.octets());
+        pkt[16..20].copy_from_slice(&dst.octets());
+        pkt[24..26].copy_from_slice(&12u16.to_be_bytes());
+        let start = Instant::now();
+        for i in 0..n {
+            let sport = 1024 + (i % 60_000) as u16;
+            let dport = 20_000 + (i / 60_000) as u16;
+            pkt[20..22].copy_from_slice(&sport.to_be_bytes());
+            pkt[22..24].copy_from_slice(&dport.to_be_bytes());
+            loop {
+                // SAFETY: valid buffer and address for the call's duration.
+                let r = unsafe {
+                    libc::sendto(
+                        sock.as_raw_fd(),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&raw const to).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                if r >= 0 {
+                    break;
+                }
+                // A full queue: wait for it to drain.
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        (start, Instant::now())
+    })
+    .unwrap()
+}
+
+fn conntrackd_config(dir: &std::path::Path, me: u8) -> std::path::PathBuf {
+    let peer = 3 - me;
+    let conf = format!(
+        "Sync {{
+    Mode FTFW {{
+        DisableExternalCache On
+    }}
+    UDP {{
+        IPv4_address 10.255.0.{me}
+        IPv4_Destination_Address 10.255.0.{peer}
+        Port 3780
+        Interface ha0
+        SndSocketBuffer 24985600
+        RcvSocketBuffer 24985600
+        Checksum on
+    }}
+}}
+General {{
+    HashSize 262144
+    HashLimit 524288
+    LogFile {log}
+    LockFile {lock}
+    UNIX {{
+        Path {ctl}
+    }}
+    NetlinkBufferSize 33554432
+    NetlinkBufferSizeMaxGrowth 67108864
+    Filter From Kernelspace {{
+        Address Ignore {{
+            IPv4_address 127.0.0.1
+            IPv4_address 10.255.0.1
+            IPv4_address 10.255.0.2
+        }}
+    }}
+}}
+",
+        log = dir.join(format!("conntrackd{me}.log")).display(),
+        lock = dir.join(format!("conntrackd{me}.lock")).display(),
+        ctl = dir.join(format!("conntrackd{me}.ctl")).display(),
+    );
+    let path = dir.join(format!("conntrackd{me}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+fn run(system: System, flows: usize) -> Result {
+    let mut lab = failover_lab();
+    for fw in ["fw1", "fw2"] {
+        stateful_firewall(&lab, fw, None);
+    }
+    // The server drops the churn quietly (no ICMP port-unreachable storm).
+    lab.nft(
+        "server",
+        "table inet churn {\n chain in {\n type filter hook input priority -10\n udp dport 20000-30000 drop\n }\n}\n",
+    )
+    .unwrap();
+    let key = SyncKey::new("bench", [5u8; 32]);
+    let extra = if system == System::Agent {
+        key.ha_extra()
+    } else {
+        String::new()
+    };
+    // For conntrackd: the HA link's XDP lets its frames (UDP 3780) through.
+    let mgmt = vec!["tcp/22".to_owned(), "udp/3780".to_owned()];
+    let a1 = RunningAgent::start(
+        &mut lab,
+        "fw1",
+        &AgentSpec {
+            ha_extra: extra.clone(),
+            mgmt: mgmt.clone(),
+            ..AgentSpec::new(1, 200, 100)
+        },
+    );
+    let a2 = RunningAgent::start(
+        &mut lab,
+        "fw2",
+        &AgentSpec {
+            ha_extra: extra,
+            mgmt,
+            ..AgentSpec::new(2, 100, 100)
+        },
+    );
+    wait_for("roles", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    let dir = std::env::temp_dir().join(format!("hatest-bench-sync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if system == System::Conntrackd {
+        for (ns, me) in [("fw1", 1), ("fw2", 2)] {
+            let conf = conntrackd_config(&dir, me);
+            let cmd = lab.command(ns, &["conntrackd", "-C", conf.to_str().unwrap()]);
+            lab.spawn(ns, cmd).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    } else {
+        wait_for("in sync", Duration::from_secs(10), || {
+            [&a1, &a2]
+                .iter()
+                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+        });
+    }
+    let base_master = ct_count(&lab, "fw1");
+    let base_backup = ct_count(&lab, "fw2");
+    let lab = &lab;
+    let goal = flows * 999 / 1000;
+    let (start, sent, done) = std::thread::scope(|s| {
+        let sender = s.spawn(|| churn(lab, flows));
+        let limit = Duration::from_secs(120);
+        let t = Instant::now();
+        let done = loop {
+            let n = ct_count(lab, "fw2").saturating_sub(base_backup);
+            if n >= goal {
+                break Some(Instant::now());
+            }
+            if t.elapsed() > limit {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let (start, sent) = sender.join().unwrap();
+        (start, sent, done)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let on_master = ct_count(lab, "fw1").saturating_sub(base_master);
+    let replicated = ct_count(lab, "fw2").saturating_sub(base_backup);
+    let sync = a1.status().and_then(|s| s.sync);
+    if std::env::var_os("HATEST_DEBUG").is_some() {
+        for me in [1, 2] {
+            let log = std::fs::read_to_string(dir.join(format!("conntrackd{me}.log")))
+                .unwrap_or_default();
+            eprintln!("conntrackd{me}.log:\n{log}");
+            let ctl = dir.join(format!("conntrackd{me}.conf"));
+            let ns = if me == 1 { "fw1" } else { "fw2" };
+            let o = lab
+                .command(ns, &["conntrackd", "-C", ctl.to_str().unwrap(), "-s"])
+                .output()
+                .unwrap();
+            eprintln!("{ns} stats: {}", String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let done = done.unwrap_or(Instant::now());
+    Result {
+        flows,
+        send_s: sent.duration_since(start).as_secs_f64(),
+        on_master,
+        replicated,
+        done_s: done.duration_since(start).as_secs_f64(),
+        tail_ms: done.saturating_duration_since(sent).as_secs_f64() * 1e3,
+        lag_p50_ms: sync.as_ref().and_then(|s| s.lag_ms_p50),
+        lag_p99_ms: sync.as_ref().and_then(|s| s.lag_ms_p99),
+    }
+}
+
+fn main() {
+    require_root();
+    let flows: usize = std::env::var("HA_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    println!(
+        "{:<11} {:>8} {:>10} {:>10} {:>11} {:>12} {:>9} {:>9} {:>9}",
+        "system",
+        "flows",
+        "sent/s",
+        "on master",
+        "replicated",
+        "events/s",
+        "tail ms",
+        "lag p50",
+        "lag p99"
+    );
+    let mut rows = Vec::new();
+    let only = std::env::var("HA_BENCH_SYSTEM").ok();
+    for system in [System::Agent, System::Conntrackd] {
+        if only.as_deref().is_some_and(|o| o != system.name()) {
+            continue;
+        }
+        let r = run(system, flows);
+        let rate = r.replicated.min(r.flows) as f64 / r.done_s;
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        println!(
+            "{:<11} {:>8} {:>10.0} {:>10} {:>11} {:>12.0} {:>9.1} {:>9} {:>9}",
+            system.name(),
+            r.flows,
+            r.flows as f64 / r.send_s,
+            r.on_master,
+            r.replicated,
+            rate,
+            r.tail_ms,
+            ms(r.lag_p50_ms),
+            ms(r.lag_p99_ms)
+        );
+        rows.push((system, r, rate));
+    }
+    let ratio = if rows.len() == 2 {
+        rows[0].2 / rows[1].2.max(1.0)
+    } else {
+        f64::NAN
+    };
+    println!("ha-agent / conntrackd events/s: {ratio:.2}x");
+    let json = serde_json::json!({
+        "systems": rows.iter().map(|(s, r, rate)| serde_json::json!({
+            "system": s.name(),
+            "flows": r.flows,
+            "sent_per_s": r.flows as f64 / r.send_s,
+            "on_master": r.on_master,
+            "replicated": r.replicated,
+            "events_per_s": rate,
+            "tail_ms": r.tail_ms,
+            "lag_ms_p50": r.lag_p50_ms,
+            "lag_ms_p99": r.lag_p99_ms,
+        })).collect::<Vec<_>>(),
+        "ratio_events_per_s": ratio,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sync.json"),
+        serde_json::to_vec_pretty(&json).unwrap(),
+    )
+    .unwrap();
+}
