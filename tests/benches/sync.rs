@@ -19,7 +19,8 @@ use std::{
 
 use ha_lab::Lab;
 use ha_tests::{
-    AgentSpec, RunningAgent, SyncKey, failover_lab, require_root, stateful_firewall, wait_for,
+    AgentSpec, RunningAgent, SyncKey, failover_lab, links_down_at_once, require_root,
+    stateful_firewall, wait_for,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -53,6 +54,10 @@ struct Result {
     /// ha-agent only: event in XDP -> acknowledged as applied by the peer.
     lag_p50_ms: Option<f64>,
     lag_p99_ms: Option<f64>,
+    /// ha-agent only: the backup's commit before its ownership write when
+    /// the master then crashes with all the flows replicated (us, records).
+    commit_us: Option<f64>,
+    commit_records: Option<usize>,
 }
 
 fn ct_count(lab: &Lab, ns: &str) -> usize {
@@ -248,6 +253,18 @@ fn run(system: System, flows: usize) -> Result {
     let on_master = ct_count(lab, "fw1").saturating_sub(base_master);
     let replicated = ct_count(lab, "fw2").saturating_sub(base_backup);
     let sync = a1.status().and_then(|s| s.sync);
+    let mut commit = None;
+    if system == System::Agent {
+        links_down_at_once(lab, "fw1", &["ha0", "lan0", "wan0"]);
+        a1.signal(libc::SIGKILL);
+        wait_for("fw2 takes over", Duration::from_secs(10), || {
+            a2.role().as_deref() == Some("MASTER")
+        });
+        commit = a2
+            .status()
+            .and_then(|s| s.last_takeover)
+            .map(|t| (t.commit_us, t.commit_records));
+    }
     if std::env::var_os("HATEST_DEBUG").is_some() {
         for me in [1, 2] {
             let log = std::fs::read_to_string(dir.join(format!("conntrackd{me}.log")))
@@ -273,6 +290,8 @@ fn run(system: System, flows: usize) -> Result {
         tail_ms: done.saturating_duration_since(sent).as_secs_f64() * 1e3,
         lag_p50_ms: sync.as_ref().and_then(|s| s.lag_ms_p50),
         lag_p99_ms: sync.as_ref().and_then(|s| s.lag_ms_p99),
+        commit_us: commit.and_then(|c| c.0),
+        commit_records: commit.and_then(|c| c.1),
     }
 }
 
@@ -315,6 +334,13 @@ fn main() {
             ms(r.lag_p50_ms),
             ms(r.lag_p99_ms)
         );
+        if let (Some(us), Some(n)) = (r.commit_us, r.commit_records) {
+            println!(
+                "  {}: commit before the ownership write at takeover, with {} flows replicated: {n} records in {us:.0} us",
+                system.name(),
+                r.replicated
+            );
+        }
         rows.push((system, r, rate));
     }
     let ratio = if rows.len() == 2 {
@@ -334,6 +360,8 @@ fn main() {
             "tail_ms": r.tail_ms,
             "lag_ms_p50": r.lag_p50_ms,
             "lag_ms_p99": r.lag_p99_ms,
+            "commit_us": r.commit_us,
+            "commit_records": r.commit_records,
         })).collect::<Vec<_>>(),
         "ratio_events_per_s": ratio,
     });
