@@ -5,8 +5,9 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::dataplane::{
-    Dataplane, LinkSettings, LoadOptions, inspect::Snapshot, pin_dir, probe::Probe,
+use crate::{
+    control::LocalRequest,
+    dataplane::{Dataplane, LinkSettings, LoadOptions, inspect::Snapshot, pin_dir, probe::Probe},
 };
 
 /// XDP-accelerated HA failover agent and operator CLI.
@@ -24,19 +25,68 @@ pub enum Command {
     /// SIGTERM or Ctrl-C.
     ///
     /// Example: `ha-agent run --config /etc/ha-agent/config.toml`
+    ///
+    /// Without a configuration file, a node waits to be joined: it serves the
+    /// join on `--join-listen` for a primary holding its join token
+    /// (`ha-agent cluster join-token`), then starts with what it received.
     Run {
         /// Configuration file.
         #[arg(long, default_value = crate::config::DEFAULT_PATH)]
         config: std::path::PathBuf,
+        /// Instance name this node runs under once joined.
+        #[arg(long, default_value = "ha")]
+        instance: String,
+        /// Where to wait for the join (no configuration yet).
+        #[arg(long, default_value = "0.0.0.0:7789")]
+        join_listen: std::net::SocketAddr,
     },
-    /// Show the running agent's roles, peer, counters and last takeover
-    /// (from its status file) and the data plane's ownership.
+    /// This node's role and state (cOS Core's `ha` is the model): cluster
+    /// role, VRRP role, peer, state sync, config sync, last transition.
     Status {
         #[arg(long, default_value = "ha")]
         instance: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Planned switchover: this node takes over (priority 254, preempting
+    /// once state sync is complete) and stays master until `demote`.
+    Promote {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+    },
+    /// Planned switchover: this node hands over to the peer (priority 1)
+    /// without a moment with no owner, and stays backup until `promote`.
+    Demote {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+    },
+    /// Persistent demotion for upgrades (survives restarts): `on` or `off`.
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long, default_value = "ha")]
+        instance: String,
+    },
+    /// Ask the peer for a full connection-state resync.
+    Resync {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+    },
+    /// Re-read the configuration file (VIPs and data interfaces apply live;
+    /// an invalid file changes nothing).
+    Reload {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+    },
+    /// Cluster setup and management: the verbs of NethSecurity's
+    /// `ns-ha-config`, run on the primary.
+    Cluster {
+        /// This node's configuration file.
+        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
+        config: std::path::PathBuf,
+        #[command(subcommand)]
+        verb: ClusterVerb,
     },
     /// Show the pinned data plane: VIPs and ownership, lease, last advert per
     /// VRID, flows, verdict counters. Needs no running agent.
@@ -67,6 +117,61 @@ pub enum Command {
         /// How long to count before detaching.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterVerb {
+    /// On the backup node, before the join: make a one-time join token.
+    JoinToken,
+    /// Check this node can be the primary: the LAN interface exists, is up
+    /// and has a static address.
+    CheckPrimaryNode { lan_if: String },
+    /// Check the backup over the network (join token on stdin): reachable,
+    /// same version, same interface names, static address on the LAN.
+    CheckBackupNode { backup_ip: Ipv4Addr, lan_if: String },
+    /// Make this node the primary: HA between the two addresses, the VIP on
+    /// the LAN interface, state sync, the cluster key.
+    InitPrimaryNode {
+        primary_ip: Ipv4Addr,
+        backup_ip: Ipv4Addr,
+        vip_cidr: String,
+        lan_if: String,
+        /// Instance name (pins and status files).
+        #[arg(long, default_value = "ha")]
+        instance: String,
+        /// VRRP advert interval.
+        #[arg(long, default_value_t = 10)]
+        advert_ms: u64,
+    },
+    /// Configure the backup from here (join token on stdin); the cluster key
+    /// goes to it encrypted, once.
+    InitBackupNode {
+        lan_if: String,
+        /// Root under which the backup writes synced files (labs whose nodes
+        /// share a filesystem).
+        #[arg(long)]
+        files_root: Option<std::path::PathBuf>,
+    },
+    /// Add another LAN interface (found by the primary's address on it) with
+    /// a VIP.
+    AddLanInterface {
+        primary_ip: Ipv4Addr,
+        backup_ip: Ipv4Addr,
+        vip_cidr: String,
+    },
+    /// Add a VIP that fails over with the others.
+    AddVip { iface: String, vip_cidr: String },
+    /// Remove a VIP.
+    RemoveVip { iface: String, vip_cidr: String },
+    /// Remove an interface (all its VIPs) from the cluster.
+    RemoveInterface { iface: String },
+    /// Print the cluster configuration of this node.
+    ShowConfig,
+    /// Same as `ha-agent status` for this node's instance.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -151,11 +256,26 @@ fn parse_vip(s: &str) -> Result<(Ipv4Addr, u32), String> {
 /// asked to stop (only `main` touches signals).
 pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => {
-            let config = crate::config::Config::load(&config)?;
-            crate::agent::run(config, shutdown).await
+        Command::Run {
+            config: path,
+            instance,
+            join_listen,
+        } => {
+            if !path.exists() {
+                crate::cluster::wait_for_join(&path, &instance, join_listen).await?;
+            }
+            let config = crate::config::Config::load(&path)?;
+            crate::agent::run(config, path, shutdown).await
         }
         Command::Status { instance, json } => status(&instance, json),
+        Command::Promote { instance } => local(&instance, LocalRequest::Promote).await,
+        Command::Demote { instance } => local(&instance, LocalRequest::Demote).await,
+        Command::Maintenance { state, instance } => {
+            local(&instance, LocalRequest::Maintenance(state == "on")).await
+        }
+        Command::Resync { instance } => local(&instance, LocalRequest::Resync).await,
+        Command::Reload { instance } => local(&instance, LocalRequest::Reload).await,
+        Command::Cluster { config, verb } => cluster(&config, verb).await,
         Command::Maps {
             instance,
             top,
@@ -187,6 +307,56 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
     }
 }
 
+async fn local(instance: &str, req: LocalRequest) -> anyhow::Result<()> {
+    let r = crate::control::request(instance, req).await?;
+    if r.ok {
+        println!("{}", r.message);
+        Ok(())
+    } else {
+        bail!("{}", r.message)
+    }
+}
+
+async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()> {
+    use crate::cluster as c;
+    match verb {
+        ClusterVerb::JoinToken => c::join_token(path),
+        ClusterVerb::CheckPrimaryNode { lan_if } => c::check_primary_node(&lan_if),
+        ClusterVerb::CheckBackupNode { backup_ip, lan_if } => {
+            c::check_backup_node(backup_ip, &lan_if).await.map(drop)
+        }
+        ClusterVerb::InitPrimaryNode {
+            primary_ip,
+            backup_ip,
+            vip_cidr,
+            lan_if,
+            instance,
+            advert_ms,
+        } => {
+            c::init_primary_node(
+                path, &instance, primary_ip, backup_ip, &vip_cidr, &lan_if, advert_ms,
+            )
+            .await
+        }
+        ClusterVerb::InitBackupNode { lan_if, files_root } => {
+            c::init_backup_node(path, &lan_if, files_root).await
+        }
+        ClusterVerb::AddLanInterface {
+            primary_ip,
+            backup_ip,
+            vip_cidr,
+        } => c::add_lan_interface(path, primary_ip, backup_ip, &vip_cidr).await,
+        ClusterVerb::AddVip { iface, vip_cidr } => c::add_vip(path, &iface, &vip_cidr).await,
+        ClusterVerb::RemoveVip { iface, vip_cidr } => c::remove_vip(path, &iface, &vip_cidr).await,
+        ClusterVerb::RemoveInterface { iface } => c::remove_interface(path, &iface).await,
+        ClusterVerb::ShowConfig => c::show_config(path),
+        ClusterVerb::Status { json } => {
+            let config = crate::config::Config::load(path)?;
+            status(&config.instance, json)
+        }
+    }
+}
+
 fn status(instance: &str, json: bool) -> anyhow::Result<()> {
     let st = crate::agent::status::Status::read(instance).with_context(|| {
         format!(
@@ -203,69 +373,170 @@ fn status(instance: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    print!("{}", status_text(&st, own.map(|o| o.groups)));
+    Ok(())
+}
+
+fn ago(now_ms: u128, at_ms: u128) -> String {
+    let d = now_ms.saturating_sub(at_ms);
+    if d < 10_000 {
+        format!("{d} ms ago")
+    } else {
+        format!("{} s ago", d / 1000)
+    }
+}
+
+/// The text of `ha-agent status`.
+pub fn status_text(st: &crate::agent::status::Status, dataplane_owned: Option<u64>) -> String {
+    use std::fmt::Write as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut o = String::new();
+    let roles: Vec<&String> = st.roles.values().collect();
+    let vrrp_role = if roles.iter().all(|r| *r == "MASTER") {
+        "MASTER (forwarding)".to_owned()
+    } else if roles.iter().all(|r| *r == "BACKUP") {
+        "BACKUP (standing by)".to_owned()
+    } else {
+        roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let _ = match &st.cluster_role {
+        Some(role) => writeln!(o, "this node is the {role}, currently {vrrp_role}"),
+        None => writeln!(o, "this node is currently {vrrp_role}"),
+    };
     for (group, role) in &st.roles {
         let prio = st.priorities.get(group).copied().unwrap_or(0);
-        println!("group {group}: {role} (priority {prio})");
+        let _ = writeln!(o, "  group {group}: {role}, priority {prio}");
     }
-    println!(
-        "ownership word: {:#x} (data plane: {})",
-        st.owned,
-        own.map_or("not pinned".to_owned(), |o| format!("{:#x}", o.groups))
-    );
-    match (st.last_advert_from, st.last_advert_unix_ms) {
-        (Some(src), Some(at)) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
-            println!(
-                "peer {src}: last advert {} ms ago, priority {}",
-                now.saturating_sub(at),
-                st.last_advert_priority.unwrap_or(0)
+    if st.maintenance {
+        let _ = writeln!(
+            o,
+            "  maintenance mode: ON (stays backup; `ha-agent maintenance off` ends it)"
+        );
+    } else if let Some(p) = st.priority_override {
+        let _ = writeln!(
+            o,
+            "  priority set by the operator: {p} ({})",
+            if p >= 254 { "promoted" } else { "demoted" }
+        );
+    }
+    let sync_rx = st.sync.as_ref().and_then(|s| s.last_rx_unix_ms);
+    let advert = st.last_advert_unix_ms;
+    let last_heard = advert.into_iter().chain(sync_rx).max();
+    match (
+        last_heard,
+        st.last_advert_from
+            .or(st.sync.as_ref().and_then(|s| s.peer)),
+    ) {
+        (Some(at), Some(peer)) => {
+            let alive = now.saturating_sub(at) < 3_000;
+            let _ = write!(
+                o,
+                "peer {peer}: {} (last heard {}",
+                if alive { "ALIVE" } else { "NOT HEARD" },
+                ago(now, at)
             );
+            if let (Some(a), Some(p)) = (advert, st.last_advert_priority) {
+                let _ = write!(o, "; last advert {}, priority {p}", ago(now, a));
+            }
+            let _ = writeln!(o, ")");
         }
-        _ => println!("peer: no advert received yet"),
-    }
-    println!(
-        "adverts sent {}, received {}",
-        st.adverts_sent, st.adverts_received
-    );
-    for (reason, n) in &st.rejected_by_reason {
-        println!("rejected {reason}: {n}");
+        _ => {
+            let _ = writeln!(o, "peer: not heard yet");
+        }
     }
     if let Some(s) = &st.sync {
-        let lag = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} ms"));
-        println!(
-            "state sync: {} ({} flows from the peer; lag p50 {}, p99 {}; {} frames unacknowledged, {} records dropped, {} apply errors)",
+        let lag = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
+        let _ = writeln!(
+            o,
+            "state sync: {} (lag p50 {}, p99 {}; {} flows from the peer here, {} records sent; {} frames unacknowledged, {} records dropped, {} apply errors)",
             if s.in_sync {
                 "up to date"
             } else {
                 "waiting for the peer's bulk resync"
             },
-            s.flows_from_peer,
             lag(s.lag_ms_p50),
             lag(s.lag_ms_p99),
+            s.flows_from_peer,
+            s.records_sent,
             s.queue_depth,
             s.records_dropped,
             s.apply_errors
         );
         for (reason, n) in &s.rejected {
-            println!("sync frames rejected ({reason}): {n}");
+            let _ = writeln!(o, "  sync frames rejected ({reason}): {n}");
+        }
+    } else {
+        let _ = writeln!(o, "state sync: not configured");
+    }
+    if let Some(c) = &st.config_sync {
+        let state = if c.state.is_empty() {
+            "Pending"
+        } else {
+            c.state.as_str()
+        };
+        let _ = write!(o, "config sync: {state}");
+        if let Some(h) = &c.hash {
+            let _ = write!(o, " (hash {h}");
+            if let Some(at) = c.synced_unix_ms {
+                let _ = write!(o, ", synced {}", ago(now, at));
+            }
+            let _ = write!(o, ")");
+        }
+        if let Some(r) = &c.reason {
+            let _ = write!(o, ": {r}");
+        }
+        let _ = writeln!(o);
+        if st.cluster_role.as_deref() == Some("SECONDARY")
+            && let Some(p) = st.primary
+        {
+            let _ = writeln!(o, "  configuration is managed on the primary {p}");
         }
     }
+    let _ = writeln!(
+        o,
+        "ownership word: {:#x} (data plane: {})",
+        st.owned,
+        dataplane_owned.map_or("not pinned".to_owned(), |g| format!("{g:#x}"))
+    );
+    let _ = writeln!(
+        o,
+        "adverts sent {}, received {}",
+        st.adverts_sent, st.adverts_received
+    );
+    for (reason, n) in &st.rejected_by_reason {
+        let _ = writeln!(o, "  rejected {reason}: {n}");
+    }
+    if let Some(t) = st.transitions.last() {
+        let _ = writeln!(
+            o,
+            "last transition: {} -> {} ({}) {}",
+            t.group,
+            t.role,
+            t.reason,
+            ago(now, t.at_ms)
+        );
+    }
     if let Some(t) = &st.last_takeover {
-        println!(
+        let _ = writeln!(
+            o,
             "last takeover ({}): timer due -> VIPs owned {:.0} us, -> first GARP {:.0} us",
             t.group, t.to_owned_us, t.to_first_garp_us
         );
         if let (Some(n), Some(us)) = (t.commit_records, t.commit_us) {
-            println!("  state commit before the ownership write: {n} records in {us:.0} us");
+            let _ = writeln!(
+                o,
+                "  state commit before the ownership write: {n} records in {us:.0} us"
+            );
         }
     }
-    if let Some(t) = st.transitions.last() {
-        println!("last transition: {} -> {} ({})", t.group, t.role, t.reason);
-    }
-    Ok(())
+    o
 }
 
 fn maps(instance: &str, top: usize, json: bool) -> anyhow::Result<()> {

@@ -65,6 +65,67 @@ pub struct Config {
     /// Data interfaces to gate besides those that carry VIPs.
     #[serde(default)]
     pub data_interfaces: Vec<String>,
+    /// Prometheus metrics (`GET /metrics`) on this address, e.g.
+    /// `127.0.0.1:9477`; off when absent.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Cluster management (`ha-agent cluster ...`): roles and config sync.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A node's place in a two-node cluster, as `ha-agent cluster` sets it up.
+/// The primary's groups, data interfaces and listed files are pushed to the
+/// secondary, where they are read-only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub role: ClusterRole,
+    /// The primary's HA address (where changes must be made).
+    pub primary: Ipv4Addr,
+    /// This node's VRRP priority for every instance (the synced groups carry
+    /// the primary's).
+    pub priority: Option<u8>,
+    /// Files replicated from the primary (e.g. `/etc/nftables.conf`).
+    #[serde(default)]
+    pub sync_files: Vec<PathBuf>,
+    /// Run (by `sh -c`) on the secondary after synced files changed.
+    pub reload_hook: Option<String>,
+    /// TCP port of the cluster control channel on the HA link.
+    #[serde(default = "default_control_port")]
+    pub control_port: u16,
+    /// On a secondary: where synced files are written (their path below this
+    /// root; default `/`). For labs and containers whose nodes share a
+    /// filesystem.
+    pub files_root: Option<PathBuf>,
+}
+
+/// Primary or secondary.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    Primary,
+    Secondary,
+}
+
+impl ClusterRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Primary => "PRIMARY",
+            ClusterRole::Secondary => "SECONDARY",
+        }
+    }
+}
+
+fn default_control_port() -> u16 {
+    7789
+}
+
+/// The part of the configuration the primary replicates to the secondary.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct SharedConfig {
+    #[serde(rename = "group")]
+    pub groups: Vec<GroupConfig>,
+    #[serde(default)]
+    pub data_interfaces: Vec<String>,
 }
 
 fn default_rt_priority() -> u8 {
@@ -260,6 +321,25 @@ impl Config {
         if self.groups.is_empty() {
             return Err(bad("group".into(), "at least one group is needed".into()));
         }
+        if let Some(c) = &self.cluster {
+            if c.priority.is_some_and(|p| p == 0 || p == 255) {
+                return Err(bad("cluster.priority".into(), "must be 1-254".into()));
+            }
+            if c.control_port == 0 || c.control_port == self.ha.sync_port {
+                return Err(bad(
+                    "cluster.control_port".into(),
+                    format!("{} is not usable (0, or the sync port)", c.control_port),
+                ));
+            }
+            for f in &c.sync_files {
+                if !f.is_absolute() {
+                    return Err(bad(
+                        format!("cluster.sync_files {}", f.display()),
+                        "must be an absolute path".into(),
+                    ));
+                }
+            }
+        }
         if self.groups.len() > ha_common::data::MAX_GROUPS as usize {
             return Err(bad(
                 "group".into(),
@@ -354,11 +434,24 @@ impl Config {
         Duration::from_millis(self.ha.lease_ms.unwrap_or_else(|| self.max_lease_ms()))
     }
 
+    /// The replicated part.
+    pub fn shared(&self) -> SharedConfig {
+        SharedConfig {
+            groups: self.groups.clone(),
+            data_interfaces: self.data_interfaces.clone(),
+        }
+    }
+
     /// The state machine configuration of an instance.
     pub fn machine_config(&self, i: &InstanceConfig) -> machine::Config {
+        let own = self.cluster.as_ref().and_then(|c| c.priority);
         machine::Config {
             vrid: i.vrid,
-            priority: i.priority,
+            priority: if i.priority == 255 {
+                255
+            } else {
+                own.unwrap_or(i.priority)
+            },
             advert_interval_cs: (i.advert_interval_ms / 10) as u16,
             preempt: i.preempt,
             preempt_delay: Duration::from_millis(i.preempt_delay_ms),

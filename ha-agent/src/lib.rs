@@ -13,8 +13,11 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod iface;
+pub mod metrics;
 pub mod sync;
 pub mod vrrp;

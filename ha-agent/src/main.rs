@@ -15,9 +15,27 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ha-agent: error: {err:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// Exit codes (documented in the README): 1 an operation failed, 2 bad
+/// command line (clap), 77 missing privileges, 78 invalid configuration.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err
+        .chain()
+        .any(|c| c.downcast_ref::<ha_agent::config::ConfigError>().is_some())
+    {
+        return 78;
+    }
+    if err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    }) {
+        return 77;
+    }
+    1
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -184,6 +184,8 @@ pub struct AgentSpec {
     pub ha_extra: String,
     /// What the HA link lets through besides VRRP and our sync (`tcp/22`).
     pub mgmt: Vec<String>,
+    /// `metrics_listen`, if any.
+    pub metrics: Option<String>,
 }
 
 impl AgentSpec {
@@ -197,6 +199,7 @@ impl AgentSpec {
             group_extra: String::new(),
             ha_extra: String::new(),
             mgmt: vec!["tcp/22".to_owned()],
+            metrics: None,
         }
     }
 
@@ -206,6 +209,7 @@ impl AgentSpec {
         let peer = 3 - self.node;
         format!(
             r#"instance = "{instance}"
+{metrics}
 [ha]
 interface = "ha0"
 address = "10.255.0.{me}"
@@ -232,6 +236,11 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
             extra = self.group_extra,
             ha_extra = self.ha_extra,
             mgmt = self.mgmt,
+            metrics = self
+                .metrics
+                .as_ref()
+                .map(|m| format!("metrics_listen = \"{m}\""))
+                .unwrap_or_default(),
             prio = self.priority,
             adv = self.advert_ms,
             preempt = self.preempt,

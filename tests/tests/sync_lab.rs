@@ -19,6 +19,7 @@ fn a_forwarded_connection_reaches_the_backups_conntrack() {
         "fw1",
         &AgentSpec {
             ha_extra: ha_extra.clone(),
+            metrics: Some("127.0.0.1:9477".into()),
             ..AgentSpec::new(1, 200, 10)
         },
     );
@@ -36,6 +37,22 @@ fn a_forwarded_connection_reaches_the_backups_conntrack() {
     wait_for("both in sync", Duration::from_secs(5), || {
         a1.log_text().contains("state sync complete")
             && a2.log_text().contains("state sync complete")
+    });
+    // Prometheus metrics from the master's agent.
+    wait_for("metrics", Duration::from_secs(5), || {
+        let text = lab
+            .run_in("fw1", || {
+                let mut s = TcpStream::connect("127.0.0.1:9477").ok()?;
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+                let mut t = String::new();
+                s.read_to_string(&mut t).ok()?;
+                Some(t)
+            })
+            .unwrap()
+            .unwrap_or_default();
+        text.contains("ha_agent_role{group=\"fw\",role=\"MASTER\"} 1")
+            && text.contains("ha_agent_sync_in_sync 1")
+            && text.contains("ha_agent_adverts_sent_total")
     });
 
     let lab = &lab;

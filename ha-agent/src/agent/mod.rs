@@ -17,6 +17,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
     net::Ipv4Addr,
+    path::PathBuf,
     process::Command,
     sync::Arc,
     time::Duration,
@@ -31,7 +32,8 @@ use self::{
     status::{Status, TakeoverTiming},
 };
 use crate::{
-    config::{self, Config},
+    config::{self, ClusterRole, Config},
+    control::{self, LocalRequest, LoopCommand, LoopRequest},
     dataplane::{Dataplane, LinkSettings, LoadOptions, VipSpec},
     sync::transport::{SyncHandle, read_key},
     vrrp::{
@@ -103,6 +105,9 @@ pub struct Agent {
     sync: Option<Arc<SyncHandle>>,
     /// Whether preemption is allowed (state sync complete), as last set.
     preempt_gate: bool,
+    /// The configuration file (reloads) and what the control thread shares.
+    config_path: Option<PathBuf>,
+    control: Option<Arc<control::Shared>>,
     /// Last time each rejection reason was logged (rate limit: once a second).
     logged: HashMap<Rejected, Instant>,
     /// Last time a failed advert send was logged (once a second).
@@ -120,13 +125,30 @@ impl std::fmt::Debug for Agent {
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let sync_config = config.clone();
     let key = match &sync_config.ha.sync_key_file {
         Some(key_file) if sync_config.ha.sync_port != 0 => Some(read_key(key_file)?),
         _ => None,
     };
     let mut agent = Agent::start(config).await?;
+    // The control plane (operator socket, cluster channel, config sync,
+    // metrics) on a normal-priority thread; what it asks of the VRRP state
+    // comes here.
+    let (to_loop, mut commands) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(control::Shared {
+        instance: agent.config.instance.clone(),
+        config_path: config_path.clone(),
+        config: std::sync::Mutex::new(agent.config.clone()),
+        config_sync: std::sync::Mutex::new(control::ConfigSyncStatus::default()),
+        changed: tokio::sync::Notify::new(),
+    });
+    agent.attach_control(shared.clone(), config_path);
+    let _control = control::spawn(shared, key, to_loop)?;
     // State sync (when configured) runs on a thread of its own, one realtime
     // priority below this loop: a burst of connections keeps it busy, and it
     // must never delay an advert. The loop keeps a handle for the commit
@@ -181,6 +203,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 r.context("waiting on the VRRP socket")?;
                 agent.on_readable();
             }
+            Some(cmd) = commands.recv() => agent.on_command(cmd),
             () = sleep => {
                 // At most COARSE_TIMER left: a precise nanosleep, so the
                 // master-down timer fires on time, not up to 1 ms late.
@@ -197,6 +220,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(thread) = sync {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
+    let _ = std::fs::remove_file(control::socket_path(&agent.config.instance));
     // Let the hooks of the stop (services stopped, notify) run to the end.
     for g in agent.groups {
         g.hooks.finish().await;
@@ -228,42 +252,12 @@ impl Agent {
             sync_port: config.ha.sync_port,
             mgmt,
         })?;
-        let mut vips = Vec::new();
-        for (gi, g) in config.groups.iter().enumerate() {
-            for i in &g.instances {
-                for vip in i.parsed_vips() {
-                    // The address owner (255) always accepts (RFC 9568).
-                    vips.push(VipSpec {
-                        addr: vip.addr,
-                        group: gi as u32,
-                        accept: i.accept || i.priority == 255,
-                    });
-                    // The address lives on every node; the XDP gate decides
-                    // who answers for it. Added once, here, not on takeover.
-                    let out = Command::new("ip")
-                        .args([
-                            "addr",
-                            "replace",
-                            &format!("{}/{}", vip.addr, vip.prefix),
-                            "dev",
-                            &vip.iface,
-                        ])
-                        .output()
-                        .context("running ip addr replace")?;
-                    if !out.status.success() {
-                        anyhow::bail!(
-                            "add VIP {}/{} to {}: {}",
-                            vip.addr,
-                            vip.prefix,
-                            vip.iface,
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                    }
-                }
-            }
-        }
-        dp.set_vip_table(&vips)?;
-        if let Some(mode) = dp.attach_link(&config.ha.interface)? {
+        install_vips(&config, &mut dp)?;
+        if config.data_interfaces().contains(&config.ha.interface) {
+            // One XDP program per interface: the data gate it is (VRRP and
+            // sync to our own address pass it), without the HA-link filter.
+            info!(iface = %config.ha.interface, "HA traffic shares a data interface: ha_link not attached (a dedicated HA link gets the HA-link filter)");
+        } else if let Some(mode) = dp.attach_link(&config.ha.interface)? {
             info!(iface = %config.ha.interface, %mode, "ha_link attached");
         }
         for iface in config.data_interfaces() {
@@ -290,21 +284,7 @@ impl Agent {
             for (mi, i) in g.instances.iter().enumerate() {
                 by_vrid.insert(i.vrid, (gi, mi));
             }
-            let mut per_iface: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-            for vip in g
-                .instances
-                .iter()
-                .flat_map(config::InstanceConfig::parsed_vips)
-            {
-                per_iface.entry(vip.iface).or_default().push(vip.addr);
-            }
-            let garp = per_iface
-                .iter()
-                .map(|(iface, addrs)| {
-                    GarpSender::open(iface, addrs)
-                        .with_context(|| format!("GARP socket on {iface}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let garp = garp_senders(g)?;
             groups.push(GroupRt {
                 config: g.clone(),
                 bit: 1 << gi,
@@ -322,6 +302,8 @@ impl Agent {
             status_writer: status::StatusWriter::spawn(&config.instance),
             sync: None,
             preempt_gate: true,
+            config_path: None,
+            control: None,
             config,
             dp,
             sock,
@@ -382,6 +364,131 @@ impl Agent {
     pub fn set_sync(&mut self, sync: Arc<SyncHandle>) {
         self.sync = Some(sync);
         self.update_preempt_gate();
+    }
+
+    /// Connects the control plane; a persistent maintenance demotion is
+    /// applied at once.
+    pub fn attach_control(&mut self, shared: Arc<control::Shared>, config_path: PathBuf) {
+        let maintenance = state_file_maintenance(&config_path).exists();
+        self.config_path = Some(config_path);
+        self.control = Some(shared);
+        if maintenance {
+            info!("maintenance mode is on: staying backup (`ha-agent maintenance off` ends it)");
+            self.set_override(Some(crate::vrrp::group::DEMOTED_PRIORITY));
+            self.status.maintenance = true;
+        }
+    }
+
+    fn set_override(&mut self, p: Option<u8>) {
+        for g in &mut self.groups {
+            g.group.set_priority_override(p);
+        }
+        self.write_status();
+    }
+
+    /// A request from the control plane.
+    fn on_command(&mut self, cmd: LoopCommand) {
+        use crate::vrrp::group::{DEMOTED_PRIORITY, PROMOTED_PRIORITY};
+        let result = match cmd.request {
+            LoopRequest::Local(LocalRequest::Promote) => {
+                if let Err(e) = self.set_maintenance(false) {
+                    warn!(cause = %e, "clearing maintenance mode");
+                }
+                self.set_override(Some(PROMOTED_PRIORITY));
+                Ok(format!(
+                    "promoted: priority {PROMOTED_PRIORITY}; this node preempts the master{} and stays master until `demote` or a restart",
+                    if self.sync.as_ref().is_some_and(|s| !s.in_sync()) {
+                        " once state sync is complete"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            LoopRequest::Local(LocalRequest::Demote) => {
+                self.set_override(Some(DEMOTED_PRIORITY));
+                Ok(format!(
+                    "demoted: priority {DEMOTED_PRIORITY}; the peer takes over as soon as it sees our adverts, and this node stays backup until `promote` or a restart"
+                ))
+            }
+            LoopRequest::Local(LocalRequest::Maintenance(on)) => match self.set_maintenance(on) {
+                Ok(()) if on => {
+                    self.set_override(Some(DEMOTED_PRIORITY));
+                    Ok("maintenance on: this node hands over to the peer and stays backup, across restarts, until `maintenance off`".into())
+                }
+                Ok(()) => {
+                    self.set_override(None);
+                    Ok("maintenance off: back to the configured priority".into())
+                }
+                Err(e) => Err(format!("{e:#}")),
+            },
+            LoopRequest::Local(LocalRequest::Resync) => match &self.sync {
+                Some(s) => {
+                    s.force_resync();
+                    Ok("asked the peer for a full state resync; `ha-agent status` shows when it is complete".into())
+                }
+                None => Err("state sync is not configured (ha.sync_port, ha.sync_key_file)".into()),
+            },
+            LoopRequest::Local(LocalRequest::Reload) => {
+                Err("reloads are handled by the control thread".into())
+            }
+            LoopRequest::Apply(next) => self.apply_config(*next),
+        };
+        let _ = cmd.reply.send(result);
+    }
+
+    fn set_maintenance(&mut self, on: bool) -> anyhow::Result<()> {
+        let Some(path) = &self.config_path else {
+            anyhow::bail!("no configuration file");
+        };
+        let flag = state_file_maintenance(path);
+        if on {
+            std::fs::write(&flag, b"on\n")
+                .with_context(|| format!("writing {}", flag.display()))?;
+        } else if let Err(e) = std::fs::remove_file(&flag)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e).with_context(|| format!("removing {}", flag.display()));
+        }
+        self.status.maintenance = on;
+        Ok(())
+    }
+
+    /// The loop's half of a reload (see [`reload`]): VIP table, GARP
+    /// senders, advert addresses; GARP at once for a group we are master of.
+    fn apply_config(&mut self, next: Config) -> Result<String, String> {
+        let (old_vips, new_vips) = (all_vips(&self.config), all_vips(&next));
+        self.dp
+            .set_vip_table(&vip_specs(&next))
+            .map_err(|e| format!("VIP table: {e}"))?;
+        for (gi, g) in next.groups.iter().enumerate() {
+            let garp = garp_senders(g).map_err(|e| format!("{e:#}"))?;
+            let rt = &mut self.groups[gi];
+            for (mi, i) in g.instances.iter().enumerate() {
+                rt.group
+                    .member_mut(mi)
+                    .set_vips(i.parsed_vips().into_iter().map(|v| v.addr).collect());
+            }
+            // Closing a packet socket waits for an RCU grace period (tens of
+            // ms): never on this loop, where it would lapse the lease.
+            let old = std::mem::replace(&mut rt.garp, garp);
+            let _ = std::thread::Builder::new()
+                .name("garp-close".into())
+                .spawn(move || drop(old));
+            rt.config.instances = g.instances.clone();
+            if rt.group.role() == Role::Master {
+                for s in &rt.garp {
+                    s.send_all();
+                }
+            }
+        }
+        let added = new_vips.iter().filter(|v| !old_vips.contains(v)).count();
+        let removed = old_vips.iter().filter(|v| !new_vips.contains(v)).count();
+        self.config = next;
+        self.write_status();
+        info!(added, removed, "configuration reloaded");
+        Ok(format!(
+            "configuration reloaded: {added} VIPs added, {removed} removed"
+        ))
     }
 
     /// A node that returns may preempt only once it has the peer's
@@ -731,6 +838,15 @@ impl Agent {
         self.status.groups = roles;
         self.status.owned = self.owned;
         self.status.sync = self.sync.as_ref().map(|s| s.status());
+        self.status.config_sync = self
+            .control
+            .as_ref()
+            .filter(|_| self.config.cluster.is_some())
+            .map(|c| c.config_sync.lock().map(|s| s.clone()).unwrap_or_default());
+        self.status.priority_override = self
+            .groups
+            .first()
+            .and_then(|g| g.group.priority_override());
         self.status_writer.write(self.status.to_json());
     }
 
@@ -749,6 +865,173 @@ impl Agent {
     }
 }
 
+/// Adds every VIP to its interface (on every node: the XDP gate decides who
+/// answers for it) and writes the data plane's VIP table.
+fn install_vips(config: &Config, dp: &mut Dataplane) -> anyhow::Result<()> {
+    for vip in all_vips(config) {
+        ip_addr("replace", &vip)?;
+    }
+    dp.set_vip_table(&vip_specs(config))?;
+    Ok(())
+}
+
+fn all_vips(config: &Config) -> Vec<config::Vip> {
+    config
+        .groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .flat_map(|i| i.parsed_vips())
+        .collect()
+}
+
+/// The data plane's VIP table of `config`.
+fn vip_specs(config: &Config) -> Vec<VipSpec> {
+    let mut vips = Vec::new();
+    for (gi, g) in config.groups.iter().enumerate() {
+        for i in &g.instances {
+            for vip in i.parsed_vips() {
+                // The address owner (255) always accepts (RFC 9568).
+                vips.push(VipSpec {
+                    addr: vip.addr,
+                    group: gi as u32,
+                    accept: i.accept || i.priority == 255,
+                });
+            }
+        }
+    }
+    vips
+}
+
+/// A reload, off the VRRP loop (the slow half: reading and validating the
+/// file, adding addresses, attaching XDP), then on it (the VIP table, GARP
+/// senders, adverts: a map write and a few sockets), then the clean-up of
+/// what went away. Runs on the control thread.
+pub async fn reload(
+    shared: &control::Shared,
+    from_primary: bool,
+    to_loop: &tokio::sync::mpsc::UnboundedSender<LoopCommand>,
+) -> Result<String, String> {
+    let path = &shared.config_path;
+    let current = shared.config.lock().map_err(|_| "poisoned")?.clone();
+    let next = Config::load(path).map_err(|e| format!("configuration not applied: {e}"))?;
+    if let Some(c) = &current.cluster
+        && c.role == ClusterRole::Secondary
+        && !from_primary
+    {
+        let synced =
+            std::fs::read_to_string(control::state_file(path, "synced.toml")).unwrap_or_default();
+        if control::shared_text(&next) != synced {
+            return Err(format!(
+                "not applied: this node is the secondary, and its groups, VIPs and data interfaces are synchronized from the primary ({}): make the change there",
+                c.primary
+            ));
+        }
+    }
+    if structure(&next) != structure(&current) {
+        return Err("not applied: only VIPs, data interfaces and synced files change live; other changes need a restart of the agent".into());
+    }
+    let (old_vips, new_vips) = (all_vips(&current), all_vips(&next));
+    for v in new_vips.iter().filter(|v| !old_vips.contains(v)) {
+        ip_addr("replace", v).map_err(|e| format!("{e:#}"))?;
+    }
+    let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
+    let (old_ifaces, new_ifaces) = (current.data_interfaces(), next.data_interfaces());
+    for iface in new_ifaces.iter().filter(|i| !old_ifaces.contains(i)) {
+        if *iface == next.ha.interface {
+            let _ = dp.detach_iface("ha_link", iface);
+        }
+        match dp.attach_data(iface) {
+            Ok(Some(mode)) => info!(%iface, %mode, "ha_data attached"),
+            Ok(None) => {}
+            Err(e) => return Err(format!("attaching ha_data to {iface}: {e}")),
+        }
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    to_loop
+        .send(LoopCommand {
+            request: LoopRequest::Apply(Box::new(next.clone())),
+            reply: tx,
+        })
+        .map_err(|_| "the agent is stopping")?;
+    let applied = rx.await.map_err(|_| "the agent is stopping")??;
+    for v in old_vips.iter().filter(|v| !new_vips.contains(v)) {
+        if let Err(e) = ip_addr("del", v) {
+            warn!(cause = %e, "removing a VIP address");
+        }
+    }
+    for iface in old_ifaces.iter().filter(|i| !new_ifaces.contains(i)) {
+        let _ = dp.detach_iface("ha_data", iface);
+        info!(%iface, "ha_data detached");
+    }
+    if let Ok(mut cfg) = shared.config.lock() {
+        *cfg = next;
+    }
+    shared.changed.notify_one();
+    Ok(applied)
+}
+
+/// `ip addr replace|del <vip> dev <iface>`.
+fn ip_addr(op: &str, vip: &config::Vip) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args([
+            "addr",
+            op,
+            &format!("{}/{}", vip.addr, vip.prefix),
+            "dev",
+            &vip.iface,
+        ])
+        .output()
+        .context("running ip addr")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip addr {op} {}/{} dev {}: {}",
+            vip.addr,
+            vip.prefix,
+            vip.iface,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// One GARP sender per interface carrying the group's VIPs.
+fn garp_senders(g: &config::GroupConfig) -> anyhow::Result<Vec<GarpSender>> {
+    let mut per_iface: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for vip in g
+        .instances
+        .iter()
+        .flat_map(config::InstanceConfig::parsed_vips)
+    {
+        per_iface.entry(vip.iface).or_default().push(vip.addr);
+    }
+    per_iface
+        .iter()
+        .map(|(iface, addrs)| {
+            GarpSender::open(iface, addrs).with_context(|| format!("GARP socket on {iface}"))
+        })
+        .collect()
+}
+
+/// The configuration without what a reload can change live (VIPs, data
+/// interfaces, synced files): if this differs, a restart is needed.
+fn structure(c: &Config) -> Config {
+    let mut c = c.clone();
+    for g in &mut c.groups {
+        for i in &mut g.instances {
+            i.vips.clear();
+            i.priority = 0;
+        }
+    }
+    c.data_interfaces.clear();
+    if let Some(cl) = &mut c.cluster {
+        cl.sync_files.clear();
+        cl.reload_hook = None;
+        cl.files_root = None;
+        cl.priority = None;
+    }
+    c
+}
+
 /// Called on a thread that inherited the loop's SCHED_FIFO priority: one
 /// below, so the VRRP loop always runs first. Nothing to do otherwise.
 fn lower_realtime_priority() {
@@ -764,6 +1047,11 @@ fn lower_realtime_priority() {
         param.sched_priority = (param.sched_priority - 1).max(1);
         libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
     }
+}
+
+/// The flag file of `maintenance on`.
+fn state_file_maintenance(config_path: &std::path::Path) -> PathBuf {
+    control::state_file(config_path, "maintenance")
 }
 
 /// Puts every thread of the process under SCHED_FIFO at `priority` (0: leave

@@ -77,6 +77,21 @@ pub struct Status {
     /// State sync, when configured.
     #[serde(default)]
     pub sync: Option<crate::sync::transport::SyncStatus>,
+    /// PRIMARY or SECONDARY, in a cluster.
+    #[serde(default)]
+    pub cluster_role: Option<String>,
+    /// The primary's HA address, in a cluster.
+    #[serde(default)]
+    pub primary: Option<Ipv4Addr>,
+    /// Operator's priority (promote 254, demote and maintenance 1).
+    #[serde(default)]
+    pub priority_override: Option<u8>,
+    /// Persistently demoted (`maintenance on`).
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Config sync, in a cluster.
+    #[serde(default)]
+    pub config_sync: Option<crate::control::ConfigSyncStatus>,
 }
 
 fn unix_ms(t: SystemTime) -> u128 {
@@ -107,6 +122,11 @@ impl Status {
             last_takeover: None,
             transitions: Vec::new(),
             sync: None,
+            cluster_role: config.cluster.as_ref().map(|c| c.role.as_str().to_owned()),
+            primary: config.cluster.as_ref().map(|c| c.primary),
+            priority_override: None,
+            maintenance: false,
+            config_sync: None,
         }
     }
 

@@ -38,6 +38,8 @@ pub enum Kind {
     Hello = 3,
     /// The bulk resync that answered a Hello is complete.
     ResyncDone = 4,
+    /// "Send me everything again" (an operator's `resync`): always answered.
+    Resync = 5,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
             2 => Kind::Ack,
             3 => Kind::Hello,
             4 => Kind::ResyncDone,
+            5 => Kind::Resync,
             _ => return None,
         })
     }

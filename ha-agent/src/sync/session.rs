@@ -170,6 +170,21 @@ impl Session {
         }
     }
 
+    /// Asks the peer for a full bulk resync now, even if it sent one for
+    /// this epoch already (an operator's `resync`). Until it completes, we
+    /// are not in sync.
+    pub fn force_resync(&mut self) {
+        self.in_sync = false;
+        self.awaiting_resync = true;
+        self.control.push_back(Kind::Resync);
+    }
+
+    /// Sends an acknowledgement with the next poll even if nothing is owed:
+    /// a heartbeat, so each side knows the other is there when idle.
+    pub fn keepalive(&mut self) {
+        self.ack_due = true;
+    }
+
     /// Records waiting for a frame.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -382,6 +397,7 @@ impl Session {
                         self.bulk_for_epoch = self.peer_epoch;
                     }
                 }
+                Kind::Resync => got.resync_requested = true,
                 Kind::ResyncDone => {
                     if self.awaiting_resync {
                         self.awaiting_resync = false;

@@ -274,7 +274,13 @@ struct Core {
     resync_owed: bool,
     last_rx: Option<std::time::SystemTime>,
     last_reject_log: Option<Instant>,
+    /// When we last sent anything (idle heartbeats, [`KEEPALIVE`]).
+    last_tx: Duration,
 }
+
+/// An idle session sends an acknowledgement this often, so each side knows
+/// the other is alive (status) without traffic.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 
 impl Core {
     fn now(&self) -> Duration {
@@ -327,8 +333,13 @@ impl Core {
 
     /// Sends whatever the session has due.
     fn flush(&mut self) {
-        for d in self.session.poll(self.now()) {
+        let now = self.now();
+        if now.saturating_sub(self.last_tx) >= KEEPALIVE {
+            self.session.keepalive();
+        }
+        for d in self.session.poll(now) {
             let _ = self.udp.send_to(&d, self.peer);
+            self.last_tx = now;
         }
     }
 }
@@ -593,6 +604,7 @@ impl SyncHandle {
             resync_owed: false,
             last_rx: None,
             last_reject_log: None,
+            last_tx: Duration::ZERO,
         };
         Ok(Arc::new(SyncHandle {
             core: Mutex::new(core),
@@ -609,6 +621,15 @@ impl SyncHandle {
     /// not preempt (it would take over without the connections).
     pub fn in_sync(&self) -> bool {
         self.in_sync.load(Ordering::Acquire)
+    }
+
+    /// Asks the peer for a full resync (operator's `resync`).
+    pub fn force_resync(&self) {
+        if let Ok(mut core) = self.core.lock() {
+            core.session.force_resync();
+            core.flush();
+        }
+        self.in_sync.store(false, Ordering::Release);
     }
 
     /// The last status snapshot (cheap: never waits on the sync task's work).
@@ -764,6 +785,7 @@ pub async fn run(
                 core.session.poll_at(),
                 enricher.next_retry(),
                 Some(status_at),
+                Some(core.last_tx + KEEPALIVE),
             ]
             .into_iter()
             .flatten()

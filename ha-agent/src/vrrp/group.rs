@@ -40,7 +40,15 @@ pub struct Group {
     links_down: BTreeMap<String, bool>,
     /// The group's role as last reported.
     role: Role,
+    /// An operator's priority for every member (promote, demote,
+    /// maintenance), replacing the configured one minus tracking.
+    priority_override: Option<u8>,
 }
+
+/// Priority of a promoted node: above any configured backup.
+pub const PROMOTED_PRIORITY: u8 = 254;
+/// Priority of a demoted node or one in maintenance: below any peer.
+pub const DEMOTED_PRIORITY: u8 = 1;
 
 impl Group {
     pub fn new(members: Vec<Instance>, tracks: Vec<Track>) -> Self {
@@ -50,6 +58,7 @@ impl Group {
             tracks,
             links_down: BTreeMap::new(),
             role: Role::Initialize,
+            priority_override: None,
         }
     }
 
@@ -129,6 +138,34 @@ impl Group {
         }
     }
 
+    /// Sets (or, with `None`, clears) the operator's priority. A promoted
+    /// group preempts a lower master even where `preempt` is off; a demoted
+    /// master hands over when the peer, seeing its lower adverts, preempts
+    /// (no moment without an owner, unlike a priority-0 release).
+    pub fn set_priority_override(&mut self, priority: Option<u8>) {
+        self.priority_override = priority;
+        self.apply_priorities();
+        let forced = priority.is_some_and(|p| p >= PROMOTED_PRIORITY);
+        for m in &mut self.members {
+            m.set_preempt_forced(forced);
+        }
+    }
+
+    /// The operator's priority, if one is set.
+    pub fn priority_override(&self) -> Option<u8> {
+        self.priority_override
+    }
+
+    fn apply_priorities(&mut self) {
+        let penalty = self.tracked_penalty();
+        for (m, base) in self.members.iter_mut().zip(&self.base_priority) {
+            m.set_priority(
+                self.priority_override
+                    .unwrap_or(base.saturating_sub(penalty)),
+            );
+        }
+    }
+
     fn tracked_fault(&self) -> bool {
         self.tracks
             .iter()
@@ -149,10 +186,7 @@ impl Group {
         }
         let was_fault = self.tracked_fault();
         self.links_down.insert(iface.to_owned(), !up);
-        let penalty = self.tracked_penalty();
-        for (m, base) in self.members.iter_mut().zip(&self.base_priority) {
-            m.set_priority(base.saturating_sub(penalty));
-        }
+        self.apply_priorities();
         let fault = self.tracked_fault();
         let out = match (was_fault, fault) {
             (false, true) => (0..self.members.len())

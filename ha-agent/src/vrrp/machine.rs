@@ -131,6 +131,9 @@ pub struct Instance {
     /// Whether preemption is allowed right now (state sync holds it back until
     /// a returning node is in sync).
     preempt_allowed: bool,
+    /// Preempt even if the configuration says not to (an operator's
+    /// `promote`).
+    preempt_forced: bool,
     /// Where we are, with the timers of that state.
     state: State,
 }
@@ -142,6 +145,7 @@ impl Instance {
             priority: config.priority,
             master_adver_interval_cs: config.advert_interval_cs,
             preempt_allowed: true,
+            preempt_forced: false,
             state: State::Initialize,
             config,
         }
@@ -288,7 +292,8 @@ impl Instance {
                     return out;
                 }
                 let lower = priority < self.priority;
-                let may_preempt = self.config.preempt && self.preempt_allowed && lower;
+                let may_preempt =
+                    (self.config.preempt || self.preempt_forced) && self.preempt_allowed && lower;
                 if may_preempt && self.config.preempt_delay.is_zero() {
                     // RFC: discard; the Master_Down_Timer will fire.
                     return out;
@@ -350,6 +355,17 @@ impl Instance {
         if self.config.priority != 255 {
             self.priority = priority.clamp(1, 254);
         }
+    }
+
+    /// The addresses listed in our adverts (VIPs added or removed live).
+    pub fn set_vips(&mut self, vips: Vec<Ipv4Addr>) {
+        self.config.vips = vips;
+    }
+
+    /// Preempt a lower-priority master whatever the configuration says
+    /// (`promote`); still subject to [`Instance::set_preempt_allowed`].
+    pub fn set_preempt_forced(&mut self, forced: bool) {
+        self.preempt_forced = forced;
     }
 
     /// Allows or holds back preemption (state sync not complete yet).

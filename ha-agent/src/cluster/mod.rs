@@ -1,0 +1,589 @@
+//! Cluster setup and management with the verbs and arguments of
+//! NethSecurity's `ns-ha-config` (`ha-agent cluster <verb> ...`), all run on
+//! the primary:
+//!
+//! ```text
+//! check-primary-node <lan_if>
+//! check-backup-node <backup_ip> <lan_if>          (join token on stdin)
+//! init-primary-node <primary_ip> <backup_ip> <vip_cidr> <lan_if>
+//! init-backup-node <lan_if>                        (join token on stdin)
+//! add-lan-interface <primary_ip> <backup_ip> <vip_cidr>
+//! add-vip <if> <vip_cidr> / remove-vip <if> <vip_cidr> / remove-interface <if>
+//! show-config / status
+//! ```
+//!
+//! Where the seed pipes the backup's root password into an SSH session, we
+//! pipe a one-time join token: the secondary prints it (`join-token`) while
+//! its agent waits to be joined; the primary derives a key from it, and the
+//! cluster's sync key travels encrypted under that key, once. After the join
+//! the token is gone and everything uses the sync key.
+
+pub mod channel;
+pub mod node;
+
+use std::{
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use tracing::{info, warn};
+
+use self::{
+    channel::{Request, Response},
+    node::NodeInfo,
+};
+use crate::{
+    config::{ClusterRole, Config, VipConfig, parse_vip},
+    control::{self, LocalRequest, state_file, write_file_atomically},
+};
+
+/// Default TCP port of the cluster control channel (also the join port).
+pub const CONTROL_PORT: u16 = 7789;
+/// State sync port set up by `init-primary-node`.
+pub const SYNC_PORT: u16 = 7788;
+/// VRID of the cluster's VRRP instance.
+pub const VRID: u8 = 51;
+
+/// The join token file of a node (next to its configuration).
+pub fn token_file(config_path: &Path) -> PathBuf {
+    state_file(config_path, "join.token")
+}
+
+/// The sync key file of a node (next to its configuration).
+pub fn key_file(config_path: &Path) -> PathBuf {
+    state_file(config_path, "sync.key")
+}
+
+/// Reads the join token from stdin (as the seed reads the root password).
+fn token_from_stdin() -> anyhow::Result<String> {
+    let mut t = String::new();
+    std::io::stdin()
+        .read_to_string(&mut t)
+        .context("reading the join token from stdin")?;
+    let t = t.trim().to_owned();
+    if t.is_empty() {
+        bail!(
+            "no join token on stdin: on the backup node run `ha-agent cluster join-token`, then \
+             `echo <token> | ha-agent cluster ...` here"
+        );
+    }
+    Ok(t)
+}
+
+/// Makes a one-time join token for this node and prints it.
+pub fn join_token(config_path: &Path) -> anyhow::Result<()> {
+    let mut raw = [0u8; 16];
+    getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let path = token_file(config_path);
+    write_file_atomically(&path, format!("{token}\n").as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{token}");
+    eprintln!(
+        "join token written to {} (used once). On the primary:\n  echo {token} | ha-agent cluster check-backup-node <backup_ip> <lan_if>\n  echo {token} | ha-agent cluster init-backup-node <lan_if>",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `ha-agent run` on a node without a configuration: serve the join
+/// (Info, then Join) on `listen` until the primary has configured us.
+pub async fn wait_for_join(
+    config_path: &Path,
+    instance: &str,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening for the join on {listen}"))?;
+    info!(
+        %listen,
+        config = %config_path.display(),
+        "no configuration yet: waiting to be joined by a primary (`ha-agent cluster join-token` makes the token)"
+    );
+    loop {
+        let (stream, from) = listener.accept().await?;
+        let Ok(token) = std::fs::read_to_string(token_file(config_path)) else {
+            warn!(%from, "join attempt, but no join token exists here (run `ha-agent cluster join-token`)");
+            continue;
+        };
+        let key = channel::join_key(&token);
+        let mut joined = false;
+        let r = channel::serve(stream, &[key], async |_, req| match req {
+            Request::Info => match node::info(false) {
+                Ok(mut i) => {
+                    i.instance = Some(instance.to_owned());
+                    Response::Info(i)
+                }
+                Err(e) => Response::Refused(e.to_string()),
+            },
+            Request::Join { config, key } => match accept_join(config_path, &config, &key) {
+                Ok(hash) => {
+                    joined = true;
+                    Response::Done { hash }
+                }
+                Err(e) => Response::Refused(format!("{e:#}")),
+            },
+            Request::Push(_) => Response::Refused("not joined yet".into()),
+        })
+        .await;
+        match r {
+            Err(e) => warn!(%from, cause = %e, "join request rejected"),
+            Ok(()) if joined => {
+                info!(%from, "joined the cluster; starting");
+                return Ok(());
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// Writes the configuration and key a primary sent; the token is spent.
+fn accept_join(config_path: &Path, text: &str, key: &[u8]) -> anyhow::Result<String> {
+    if key.len() != 32 {
+        bail!("sync key of {} bytes (need 32)", key.len());
+    }
+    let mut config = Config::parse(text, config_path)?;
+    let key_path = key_file(config_path);
+    config.ha.sync_key_file = Some(key_path.clone());
+    let text = toml::to_string(&config)?;
+    Config::parse(&text, config_path)?;
+    write_file_atomically(&key_path, key, 0o600)
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    write_file_atomically(config_path, text.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let _ = std::fs::write(
+        state_file(config_path, "synced.toml"),
+        control::shared_text(&config),
+    );
+    let _ = std::fs::remove_file(token_file(config_path));
+    Ok(control::bundle_hash(&control::shared_text(&config), &[]))
+}
+
+/// The primary's configuration, refusing on a secondary.
+fn primary_config(config_path: &Path) -> anyhow::Result<Config> {
+    let config = Config::load(config_path)?;
+    match &config.cluster {
+        Some(c) if c.role == ClusterRole::Secondary => bail!(
+            "this node is the secondary: make configuration changes on the primary ({}); they are synchronized here",
+            c.primary
+        ),
+        Some(_) => Ok(config),
+        None => bail!(
+            "{} has no [cluster] section: run `ha-agent cluster init-primary-node` first",
+            config_path.display()
+        ),
+    }
+}
+
+/// Validates and writes a configuration, then asks the running agent (if
+/// any) to reload it. A configuration that fails validation is not written.
+async fn save_and_reload(config_path: &Path, config: &Config) -> anyhow::Result<()> {
+    let text = toml::to_string(config)?;
+    Config::parse(&text, config_path)?;
+    write_file_atomically(config_path, text.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    println!("wrote {}", config_path.display());
+    match control::request(&config.instance, LocalRequest::Reload).await {
+        Ok(r) if r.ok => println!("agent reloaded: {}", r.message),
+        Ok(r) => bail!("the running agent did not apply it: {}", r.message),
+        Err(_) => println!(
+            "no agent running for instance {}: start it (`systemctl start ha-agent`) to apply",
+            config.instance
+        ),
+    }
+    Ok(())
+}
+
+fn check_vip(iface: &str, vip: &str) -> anyhow::Result<VipConfig> {
+    let v = VipConfig {
+        iface: iface.to_owned(),
+        address: vip.to_owned(),
+    };
+    parse_vip(&v).map_err(|p| anyhow::anyhow!("vip {vip} on {iface}: {p}"))?;
+    if !vip.contains('/') {
+        bail!("vip {vip} on {iface}: give a prefix length, e.g. {vip}/24");
+    }
+    Ok(v)
+}
+
+async fn peer_info(peer: Ipv4Addr, port: u16, key: &[u8; 32]) -> anyhow::Result<NodeInfo> {
+    match channel::call(SocketAddr::from((peer, port)), key, &Request::Info).await? {
+        Response::Info(i) => Ok(i),
+        Response::Refused(r) => bail!("{peer} refused: {r}"),
+        other => bail!("{peer}: unexpected answer {other:?}"),
+    }
+}
+
+fn sync_key(config: &Config) -> anyhow::Result<[u8; 32]> {
+    let path = config
+        .ha
+        .sync_key_file
+        .as_ref()
+        .context("the configuration has no ha.sync_key_file")?;
+    crate::sync::transport::read_key(path)
+}
+
+/// `check-primary-node <lan_if>`.
+pub fn check_primary_node(lan_if: &str) -> anyhow::Result<()> {
+    let me = node::info(true)?;
+    let problems = me.check_iface("primary", lan_if);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let i = me.iface(lan_if).expect("checked above");
+    println!(
+        "primary node: {lan_if} is up with static address {}: OK (ha-agent {})",
+        i.addrs
+            .iter()
+            .filter(|a| a.is_static)
+            .map(|a| format!("{}/{}", a.addr, a.prefix))
+            .collect::<Vec<_>>()
+            .join(", "),
+        me.version
+    );
+    Ok(())
+}
+
+/// `check-backup-node <backup_ip> <lan_if>`, join token on stdin.
+pub async fn check_backup_node(backup_ip: Ipv4Addr, lan_if: &str) -> anyhow::Result<NodeInfo> {
+    let token = token_from_stdin()?;
+    let backup = peer_info(backup_ip, CONTROL_PORT, &channel::join_key(&token))
+        .await
+        .with_context(|| format!("backup node {backup_ip} is not reachable for the join (is its agent waiting, with a join token?)"))?;
+    let me = node::info(true)?;
+    let mut problems = backup.check_iface("backup", lan_if);
+    if backup.version != me.version {
+        problems.push(format!(
+            "version differs: primary ha-agent {}, backup {}",
+            me.version, backup.version
+        ));
+    }
+    for i in me.interfaces.iter().filter(|i| i.name != "lo") {
+        if backup.iface(&i.name).is_none() {
+            problems.push(format!(
+                "interface {} exists here but not on the backup (the nodes need the same interface names)",
+                i.name
+            ));
+        }
+    }
+    if backup.configured {
+        problems.push("the backup is already part of a cluster".into());
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    println!(
+        "backup node {backup_ip} ({}): reachable, ha-agent {}, {lan_if} static, same interfaces: OK",
+        backup.hostname, backup.version
+    );
+    Ok(backup)
+}
+
+/// `init-primary-node <primary_ip> <backup_ip> <vip_cidr> <lan_if>`.
+pub async fn init_primary_node(
+    config_path: &Path,
+    instance: &str,
+    primary_ip: Ipv4Addr,
+    backup_ip: Ipv4Addr,
+    vip: &str,
+    lan_if: &str,
+    advert_ms: u64,
+) -> anyhow::Result<()> {
+    if Config::load(config_path)
+        .ok()
+        .and_then(|c| c.cluster)
+        .is_some_and(|c| c.role == ClusterRole::Secondary)
+    {
+        bail!("this node is already the secondary of a cluster");
+    }
+    let me = node::info(true)?;
+    let ha_if = me
+        .iface_with(primary_ip)
+        .with_context(|| format!("{primary_ip} is not an address of this node"))?
+        .name
+        .clone();
+    let problems = me.check_iface("primary", lan_if);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let vip = check_vip(lan_if, vip)?;
+    let key_path = key_file(config_path);
+    if !key_path.exists() {
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+        write_file_atomically(&key_path, &key, 0o600)
+            .with_context(|| format!("writing {}", key_path.display()))?;
+        println!("made the cluster key {}", key_path.display());
+    }
+    let text = format!(
+        r#"instance = "{instance}"
+
+[ha]
+interface = "{ha_if}"
+address = "{primary_ip}"
+peers = ["{backup_ip}"]
+mgmt = ["tcp/22"]
+sync_port = {SYNC_PORT}
+sync_key_file = "{key}"
+
+[cluster]
+role = "primary"
+primary = "{primary_ip}"
+
+[[group]]
+name = "cluster"
+
+[[group.vrrp]]
+name = "{lan_if}"
+vrid = {VRID}
+priority = 200
+advert_interval_ms = {advert_ms}
+preempt = true
+vips = [{{ iface = "{lan_if}", address = "{vip}" }}]
+"#,
+        key = key_path.display(),
+        vip = vip.address,
+    );
+    let config = Config::parse(&text, config_path)?;
+    save_and_reload(config_path, &config).await?;
+    println!(
+        "primary initialized: HA on {ha_if} ({primary_ip} <-> {backup_ip}), VIP {} on {lan_if}, VRRP VRID {VRID} every {advert_ms} ms, state sync on UDP {SYNC_PORT}",
+        vip.address
+    );
+    Ok(())
+}
+
+/// `init-backup-node <lan_if>`, join token on stdin: configures the backup
+/// from here.
+pub async fn init_backup_node(
+    config_path: &Path,
+    lan_if: &str,
+    files_root: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let primary = primary_config(config_path)?;
+    let token = token_from_stdin()?;
+    let backup_ip = *primary.ha.peers.first().context("no peer in ha.peers")?;
+    let join = channel::join_key(&token);
+    let backup = peer_info(backup_ip, CONTROL_PORT, &join)
+        .await
+        .with_context(|| format!("backup node {backup_ip} is not reachable for the join"))?;
+    let ha_if = backup
+        .iface_with(backup_ip)
+        .with_context(|| format!("{backup_ip} is not an address of the backup node"))?
+        .name
+        .clone();
+    let problems = backup.check_iface("backup", lan_if);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let mut config = primary.clone();
+    config.instance = backup
+        .instance
+        .clone()
+        .unwrap_or_else(|| primary.instance.clone());
+    config.ha.interface = ha_if.clone();
+    config.ha.address = backup_ip;
+    config.ha.peers = vec![primary.ha.address];
+    config.metrics_listen = None;
+    if let Some(c) = &mut config.cluster {
+        c.role = ClusterRole::Secondary;
+        c.priority = Some(100);
+        c.files_root = files_root;
+    }
+    let key = sync_key(&primary)?;
+    let text = toml::to_string(&config)?;
+    Config::parse(&text, config_path).context("the backup's configuration")?;
+    match channel::call(
+        SocketAddr::from((backup_ip, CONTROL_PORT)),
+        &join,
+        &Request::Join {
+            config: text,
+            key: key.to_vec(),
+        },
+    )
+    .await?
+    {
+        Response::Done { .. } => {}
+        Response::Refused(r) => bail!("backup node refused the join: {r}"),
+        other => bail!("backup node: unexpected answer {other:?}"),
+    }
+    println!(
+        "backup node {backup_ip} ({}) initialized: HA on {ha_if}, priority 100; the cluster key was sent encrypted and the join token is spent. Configuration changes made here are synced to it.",
+        backup.hostname
+    );
+    Ok(())
+}
+
+fn first_instance(config: &mut Config) -> anyhow::Result<&mut crate::config::InstanceConfig> {
+    config
+        .groups
+        .first_mut()
+        .and_then(|g| g.instances.first_mut())
+        .context("the configuration has no VRRP instance")
+}
+
+/// `add-lan-interface <primary_ip> <backup_ip> <vip_cidr>`.
+pub async fn add_lan_interface(
+    config_path: &Path,
+    primary_ip: Ipv4Addr,
+    backup_ip: Ipv4Addr,
+    vip: &str,
+) -> anyhow::Result<()> {
+    let mut config = primary_config(config_path)?;
+    let me = node::info(true)?;
+    let iface = me
+        .iface_with(primary_ip)
+        .with_context(|| format!("{primary_ip} is not an address of this node"))?
+        .name
+        .clone();
+    let problems = me.check_iface("primary", &iface);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let port = config
+        .cluster
+        .as_ref()
+        .map_or(CONTROL_PORT, |c| c.control_port);
+    let peer = *config.ha.peers.first().context("no peer")?;
+    let backup = peer_info(peer, port, &sync_key(&config)?)
+        .await
+        .context("asking the backup about its interfaces")?;
+    match backup.iface_with(backup_ip) {
+        Some(i) if i.name == iface => {}
+        Some(i) => bail!(
+            "{backup_ip} is on {} on the backup but {primary_ip} is on {iface} here: the interfaces must match",
+            i.name
+        ),
+        None => bail!("{backup_ip} is not an address of the backup node"),
+    }
+    let problems = backup.check_iface("backup", &iface);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let v = check_vip(&iface, vip)?;
+    let inst = first_instance(&mut config)?;
+    if inst.vips.iter().any(|x| x.iface == iface) {
+        bail!("{iface} is already part of the cluster (add VIPs with add-vip)");
+    }
+    inst.vips.push(v);
+    save_and_reload(config_path, &config).await?;
+    println!("added LAN interface {iface} ({primary_ip} / {backup_ip}) with VIP {vip}");
+    Ok(())
+}
+
+/// `add-vip <if> <vip_cidr>`.
+pub async fn add_vip(config_path: &Path, iface: &str, vip: &str) -> anyhow::Result<()> {
+    let mut config = primary_config(config_path)?;
+    if node::info(true)?.iface(iface).is_none() {
+        bail!("interface {iface} does not exist on this node");
+    }
+    let v = check_vip(iface, vip)?;
+    let addr = parse_vip(&v).map_err(anyhow::Error::msg)?.addr;
+    if config
+        .groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .flat_map(|i| i.parsed_vips())
+        .any(|x| x.addr == addr)
+    {
+        bail!("VIP {addr} is already configured");
+    }
+    first_instance(&mut config)?.vips.push(v);
+    save_and_reload(config_path, &config).await?;
+    println!("added VIP {vip} on {iface}");
+    Ok(())
+}
+
+/// `remove-vip <if> <vip_cidr>`.
+pub async fn remove_vip(config_path: &Path, iface: &str, vip: &str) -> anyhow::Result<()> {
+    let mut config = primary_config(config_path)?;
+    let mut found = false;
+    for g in &mut config.groups {
+        for i in &mut g.instances {
+            let before = i.vips.len();
+            i.vips.retain(|v| !(v.iface == iface && v.address == vip));
+            found |= i.vips.len() != before;
+        }
+    }
+    if !found {
+        bail!("VIP {vip} on {iface} is not configured");
+    }
+    save_and_reload(config_path, &config).await?;
+    println!("removed VIP {vip} from {iface}");
+    Ok(())
+}
+
+/// `remove-interface <if>`.
+pub async fn remove_interface(config_path: &Path, iface: &str) -> anyhow::Result<()> {
+    let mut config = primary_config(config_path)?;
+    if config.ha.interface == iface {
+        bail!("{iface} carries the HA traffic; it cannot be removed from the cluster");
+    }
+    let mut removed = 0;
+    for g in &mut config.groups {
+        for i in &mut g.instances {
+            let before = i.vips.len();
+            i.vips.retain(|v| v.iface != iface);
+            removed += before - i.vips.len();
+        }
+    }
+    config.data_interfaces.retain(|d| d != iface);
+    if removed == 0 {
+        bail!("interface {iface} is not part of the cluster");
+    }
+    save_and_reload(config_path, &config).await?;
+    println!("removed interface {iface} ({removed} VIPs) from the cluster");
+    Ok(())
+}
+
+/// `show-config`.
+pub fn show_config(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(c) = &config.cluster else {
+        bail!("{} has no [cluster] section", config_path.display());
+    };
+    println!("role: {} (primary {})", c.role.as_str(), c.primary);
+    println!(
+        "HA link: {} {} <-> {}",
+        config.ha.interface,
+        config.ha.address,
+        config
+            .ha
+            .peers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "state sync: UDP {} (key {})",
+        config.ha.sync_port,
+        config
+            .ha
+            .sync_key_file
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string())
+    );
+    for g in &config.groups {
+        for i in &g.instances {
+            let prio = c.priority.unwrap_or(i.priority);
+            println!(
+                "group {} VRRP {} VRID {} priority {prio} every {} ms, preempt {}",
+                g.name, i.name, i.vrid, i.advert_interval_ms, i.preempt
+            );
+            for v in &i.vips {
+                println!("  VIP {} on {}", v.address, v.iface);
+            }
+        }
+    }
+    for f in &c.sync_files {
+        println!("synced file: {}", f.display());
+    }
+    if let Some(h) = &c.reload_hook {
+        println!("reload hook: {h}");
+    }
+    Ok(())
+}

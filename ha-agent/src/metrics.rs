@@ -1,0 +1,182 @@
+//! Prometheus metrics, rendered from the status the agent last wrote (so a
+//! scrape never touches the VRRP loop).
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::agent::status::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabel {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    group: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabel {
+    group: String,
+    role: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    registry.register(name, help, g);
+}
+
+fn gauge_f(registry: &mut Registry, name: &str, help: &str, v: f64) {
+    let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    g.set(v);
+    registry.register(name, help, g);
+}
+
+/// The text exposition of `st`.
+pub fn render(st: &Status) -> String {
+    let mut r = Registry::with_prefix("ha_agent");
+    let roles = Family::<RoleLabel, Gauge>::default();
+    for (group, role) in &st.roles {
+        for candidate in ["MASTER", "BACKUP", "FAULT", "INIT"] {
+            roles
+                .get_or_create(&RoleLabel {
+                    group: group.clone(),
+                    role: candidate.into(),
+                })
+                .set(i64::from(role == candidate));
+        }
+    }
+    r.register("role", "1 for the role each group is in", roles);
+    let prio = Family::<GroupLabel, Gauge>::default();
+    for (group, p) in &st.priorities {
+        prio.get_or_create(&GroupLabel {
+            group: group.clone(),
+        })
+        .set(i64::from(*p));
+    }
+    r.register("priority", "Effective VRRP priority", prio);
+    let transitions = Family::<TransitionLabel, Counter>::default();
+    for t in &st.transitions {
+        transitions
+            .get_or_create(&TransitionLabel {
+                group: t.group.clone(),
+                role: t.role.clone(),
+                reason: t.reason.split([' ', '{']).next().unwrap_or("").to_owned(),
+            })
+            .inc();
+    }
+    r.register(
+        "transitions",
+        "Role transitions (of the last 20 kept), by reason",
+        transitions,
+    );
+    counter(&mut r, "adverts_sent", "VRRP adverts sent", st.adverts_sent);
+    counter(
+        &mut r,
+        "adverts_received",
+        "VRRP adverts accepted",
+        st.adverts_received,
+    );
+    let rejected = Family::<ReasonLabel, Counter>::default();
+    for (reason, n) in &st.rejected_by_reason {
+        rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+    r.register("vrrp_rejected", "VRRP packets dropped, by reason", rejected);
+    gauge(
+        &mut r,
+        "ownership",
+        "The ownership word written to the data plane",
+        st.owned as i64,
+    );
+    if let Some(s) = &st.sync {
+        gauge(
+            &mut r,
+            "sync_in_sync",
+            "1 once the peer's bulk resync completed",
+            i64::from(s.in_sync),
+        );
+        gauge(
+            &mut r,
+            "sync_queue_depth",
+            "Sync frames not yet acknowledged",
+            s.queue_depth as i64,
+        );
+        gauge(
+            &mut r,
+            "sync_flows_from_peer",
+            "Connections replicated from the peer",
+            s.flows_from_peer as i64,
+        );
+        gauge_f(
+            &mut r,
+            "sync_lag_p99_ms",
+            "Event to peer acknowledgement, p99 (ms)",
+            s.lag_ms_p99.unwrap_or(0.0),
+        );
+        counter(
+            &mut r,
+            "sync_records_sent",
+            "Sync records sent",
+            s.records_sent,
+        );
+        counter(
+            &mut r,
+            "sync_records_received",
+            "Sync records received",
+            s.records_received,
+        );
+        counter(
+            &mut r,
+            "sync_records_dropped",
+            "Sync records dropped (queue full)",
+            s.records_dropped,
+        );
+        let rej = Family::<ReasonLabel, Counter>::default();
+        for (reason, n) in &s.rejected {
+            rej.get_or_create(&ReasonLabel {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+        }
+        r.register("sync_rejected", "Sync frames rejected, by reason", rej);
+    }
+    if let Some(c) = &st.config_sync {
+        let states = Family::<StateLabel, Gauge>::default();
+        for s in ["Up to Date", "Pending", "Failed"] {
+            states
+                .get_or_create(&StateLabel { state: s.into() })
+                .set(i64::from(c.state == s));
+        }
+        r.register("config_sync", "1 for the config-sync state", states);
+    }
+    let mut out = String::new();
+    let _ = encode(&mut out, &r);
+    out
+}

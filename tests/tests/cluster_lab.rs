@@ -1,0 +1,411 @@
+//! The seed's `ns-ha-config` configuration example, end to end with our CLI
+//! (`ha-agent cluster ...`) in the failover lab, all run "on the primary"
+//! (fw1) except the join token and the agent waiting on the backup (fw2):
+//! check-primary-node, check-backup-node, init-primary-node,
+//! init-backup-node, add-vip, add-lan-interface; then status on both nodes,
+//! a change on the primary appearing on the secondary (a VIP and a synced
+//! file), a refused edit on the secondary, and a planned demote/promote that
+//! loses no ping through the VIP gateway.
+
+use std::{path::Path, process::Output, time::Duration};
+
+use ha_lab::Lab;
+use ha_tests::{PinGuard, agent_bin, failover_lab, wait_for};
+
+/// Runs `ha-agent <args>` in `ns`, with `stdin` piped in if given.
+fn cli(lab: &Lab, ns: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write as _;
+    let bin = agent_bin();
+    let mut argv = vec![bin.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let mut cmd = lab.command(ns, &argv);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs a cluster verb that must succeed; returns its output.
+fn ok(lab: &Lab, ns: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let o = cli(lab, ns, args, stdin);
+    let t = text(&o);
+    assert!(
+        o.status.success(),
+        "`ha-agent {}` failed:\n{t}",
+        args.join(" ")
+    );
+    t
+}
+
+fn spawn_agent(
+    lab: &mut Lab,
+    ns: &str,
+    config: &Path,
+    instance: &str,
+    join_listen: &str,
+    log: &Path,
+) {
+    let bin = agent_bin();
+    let mut cmd = lab.command(
+        ns,
+        &[
+            bin.to_str().unwrap(),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--instance",
+            instance,
+            "--join-listen",
+            join_listen,
+        ],
+    );
+    let f = std::fs::File::create(log).unwrap();
+    cmd.env("HA_AGENT_LOG", "info")
+        .stdout(f.try_clone().unwrap())
+        .stderr(f);
+    lab.spawn(ns, cmd).unwrap();
+}
+
+fn status(lab: &Lab, ns: &str, instance: &str) -> String {
+    text(&cli(lab, ns, &["status", "--instance", instance], None))
+}
+
+/// Pings the server from the client through the VIP gateway, `n` pings at
+/// 100 Hz, while `during` runs; returns (sent, received).
+fn ping_during(lab: &Lab, n: u32, during: impl FnOnce()) -> (u32, u32) {
+    let count = n.to_string();
+    let child = lab
+        .command(
+            "client",
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-c",
+                &count,
+                "10.1.0.10",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    during();
+    let out = child.wait_with_output().unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    let line = t
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping summary missing:\n{t}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn seed_example_end_to_end() {
+    let mut lab = failover_lab();
+    let pins1 = PinGuard::new("cluster1");
+    let pins2 = PinGuard::new("cluster2");
+    let dir = std::env::temp_dir().join(&pins1.0);
+    let (d1, d2) = (dir.join("fw1"), dir.join("fw2"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    /// Removes the nodes' files and the agents' status files and sockets.
+    struct Rm(std::path::PathBuf, [String; 2]);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            for i in &self.1 {
+                for ext in ["json", "sock"] {
+                    let _ = std::fs::remove_file(format!("/run/ha-agent/{i}.{ext}"));
+                }
+            }
+        }
+    }
+    let _rm = Rm(dir.clone(), [pins1.0.clone(), pins2.0.clone()]);
+    let (c1, c2) = (d1.join("config.toml"), d2.join("config.toml"));
+    let (c1s, c2s) = (c1.to_str().unwrap(), c2.to_str().unwrap());
+
+    // The backup: a join token, and the agent waiting to be joined.
+    let token = ok(
+        &lab,
+        "fw2",
+        &["cluster", "--config", c2s, "join-token"],
+        None,
+    );
+    let token = token.lines().next().unwrap().trim().to_owned();
+    assert_eq!(token.len(), 32, "token: {token}");
+    spawn_agent(
+        &mut lab,
+        "fw2",
+        &c2,
+        &pins2.0,
+        "10.0.0.3:7789",
+        &d2.join("agent.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // On the primary, the seed's commands.
+    let t = ok(
+        &lab,
+        "fw1",
+        &["cluster", "--config", c1s, "check-primary-node", "lan0"],
+        None,
+    );
+    assert!(t.contains("OK"), "{t}");
+    let wrong = cli(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "check-backup-node",
+            "10.0.0.3",
+            "lan0",
+        ],
+        Some("0000000000000000000000000000000\n"),
+    );
+    assert!(!wrong.status.success(), "a wrong token must fail");
+    let t = ok(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "check-backup-node",
+            "10.0.0.3",
+            "lan0",
+        ],
+        Some(&format!("{token}\n")),
+    );
+    assert!(t.contains("OK"), "{t}");
+    let t = ok(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "init-primary-node",
+            "10.0.0.2",
+            "10.0.0.3",
+            "10.0.0.1/24",
+            "lan0",
+            "--instance",
+            &pins1.0,
+        ],
+        None,
+    );
+    assert!(t.contains("primary initialized"), "{t}");
+    spawn_agent(
+        &mut lab,
+        "fw1",
+        &c1,
+        &pins1.0,
+        "10.0.0.2:7789",
+        &d1.join("agent.log"),
+    );
+    wait_for("fw1 master", Duration::from_secs(10), || {
+        status(&lab, "fw1", &pins1.0).contains("currently MASTER")
+    });
+    let root2 = d2.join("root");
+    let t = ok(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "init-backup-node",
+            "lan0",
+            "--files-root",
+            root2.to_str().unwrap(),
+        ],
+        Some(&format!("{token}\n")),
+    );
+    assert!(t.contains("initialized"), "{t}");
+    wait_for("fw2 backup, in sync", Duration::from_secs(15), || {
+        let s = status(&lab, "fw2", &pins2.0);
+        s.contains("SECONDARY, currently BACKUP") && s.contains("state sync: up to date")
+    });
+    // The token is spent.
+    assert!(!d2.join("join.token").exists());
+
+    // Changes on the primary reach the secondary: a VIP, a LAN interface,
+    // and a synced file with its reload hook.
+    ok(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "add-vip",
+            "lan0",
+            "10.0.0.100/24",
+        ],
+        None,
+    );
+    ok(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "add-lan-interface",
+            "10.1.0.2",
+            "10.1.0.3",
+            "10.1.0.1/24",
+        ],
+        None,
+    );
+    let rules = d1.join("rules.nft");
+    std::fs::write(&rules, "# ruleset v1\n").unwrap();
+    let mut cfg: toml::Table = std::fs::read_to_string(&c1).unwrap().parse().unwrap();
+    let cluster = cfg["cluster"].as_table_mut().unwrap();
+    cluster.insert(
+        "sync_files".into(),
+        toml::Value::Array(vec![rules.display().to_string().into()]),
+    );
+    let hook_out = d2.join("hook-ran");
+    cluster.insert(
+        "reload_hook".into(),
+        format!("touch {}", hook_out.display()).into(),
+    );
+    std::fs::write(&c1, toml::to_string(&cfg).unwrap()).unwrap();
+    ok(&lab, "fw1", &["reload", "--instance", &pins1.0], None);
+    let synced = root2.join(rules.strip_prefix("/").unwrap());
+    wait_for("config on the secondary", Duration::from_secs(15), || {
+        let c = std::fs::read_to_string(&c2).unwrap_or_default();
+        c.contains("10.0.0.100/24")
+            && c.contains("10.1.0.1/24")
+            && std::fs::read_to_string(&synced).is_ok_and(|t| t == "# ruleset v1\n")
+            && hook_out.exists()
+    });
+    let addrs = lab
+        .exec("fw2", &["ip", "-4", "addr", "show", "wan0"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&addrs.stdout).contains("10.1.0.1/24"));
+    wait_for(
+        "config sync up to date on both",
+        Duration::from_secs(10),
+        || {
+            status(&lab, "fw1", &pins1.0).contains("config sync: Up to Date")
+                && status(&lab, "fw2", &pins2.0).contains("config sync: Up to Date")
+        },
+    );
+    let s1 = status(&lab, "fw1", &pins1.0);
+    let s2 = status(&lab, "fw2", &pins2.0);
+    eprintln!("fw1:\n{s1}\nfw2:\n{s2}");
+    if std::env::var_os("HATEST_DEBUG").is_some() {
+        for d in [&d1, &d2] {
+            eprintln!(
+                "{}",
+                std::fs::read_to_string(d.join("agent.log")).unwrap_or_default()
+            );
+        }
+    }
+    assert!(
+        s1.contains("this node is the PRIMARY, currently MASTER (forwarding)"),
+        "{s1}"
+    );
+    assert!(s1.contains("peer 10.0.0.3: ALIVE"), "{s1}");
+    assert!(
+        s2.contains("this node is the SECONDARY, currently BACKUP"),
+        "{s2}"
+    );
+    assert!(
+        s2.contains("configuration is managed on the primary 10.0.0.2"),
+        "{s2}"
+    );
+
+    // The secondary refuses local edits, pointing to the primary.
+    let refused = cli(
+        &lab,
+        "fw2",
+        &[
+            "cluster",
+            "--config",
+            c2s,
+            "add-vip",
+            "lan0",
+            "10.0.0.200/24",
+        ],
+        None,
+    );
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("make configuration changes on the primary (10.0.0.2)"));
+    let before = std::fs::read_to_string(&c2).unwrap();
+    std::fs::write(&c2, before.replace("10.0.0.100/24", "10.0.0.101/24")).unwrap();
+    let refused = cli(&lab, "fw2", &["reload", "--instance", &pins2.0], None);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("synchronized from the primary (10.0.0.2)"),
+        "{}",
+        text(&refused)
+    );
+    std::fs::write(&c2, before).unwrap();
+    // Bad input gets a message naming the problem.
+    let bad = cli(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "add-vip",
+            "lan0",
+            "10.0.0.300/24",
+        ],
+        None,
+    );
+    assert!(
+        text(&bad).contains("vip 10.0.0.300/24 on lan0: invalid IPv4 address"),
+        "{}",
+        text(&bad)
+    );
+
+    // Planned switchover both ways, with pings through the VIP gateway.
+    let (sent, got) = ping_during(&lab, 200, || {
+        std::thread::sleep(Duration::from_millis(300));
+        ok(&lab, "fw1", &["demote", "--instance", &pins1.0], None);
+        wait_for("fw2 master", Duration::from_secs(5), || {
+            status(&lab, "fw2", &pins2.0).contains("currently MASTER")
+        });
+    });
+    assert_eq!(got, sent, "pings lost during demote");
+    assert!(status(&lab, "fw1", &pins1.0).contains("currently BACKUP"));
+    let (sent, got) = ping_during(&lab, 200, || {
+        std::thread::sleep(Duration::from_millis(300));
+        ok(&lab, "fw1", &["promote", "--instance", &pins1.0], None);
+        wait_for("fw1 master again", Duration::from_secs(5), || {
+            status(&lab, "fw1", &pins1.0).contains("currently MASTER")
+        });
+    });
+    assert_eq!(got, sent, "pings lost during promote");
+    assert!(status(&lab, "fw2", &pins2.0).contains("currently BACKUP"));
+}
