@@ -217,3 +217,137 @@ pub fn resets_seen(lab: &Lab, ns: &str) -> Result<u64> {
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| fail(format!("read the reset counter in {ns}"), text.trim()))
 }
+
+/// Echoes UDP datagrams on `sock` until `stop` (or `limit`).
+pub fn udp_echo(sock: std::net::UdpSocket, stop: &AtomicBool, limit: Duration) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(20)));
+    let started = Instant::now();
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    }
+}
+
+/// Sends a numbered UDP probe to `to` every `every` until `stop` (at most
+/// `limit`), and returns when each answer arrived.
+pub fn udp_probe(
+    to: SocketAddr,
+    every: Duration,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> io::Result<Vec<Instant>> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect(to)?;
+    sock.set_nonblocking(true)?;
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    let mut next = started;
+    let mut seq: u32 = 0;
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+        let now = Instant::now();
+        if now >= next {
+            let _ = sock.send(&seq.to_be_bytes());
+            seq = seq.wrapping_add(1);
+            next += every;
+        }
+        while let Ok(n) = sock.recv(&mut buf) {
+            if n >= 4 {
+                answers.push(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Ok(answers)
+}
+
+/// Who answers ARP for `target`: from interface `iface` (of the calling
+/// thread's namespace, address `src`), a request every `every` until `stop`;
+/// returns (when, sender MAC) of every reply.
+pub fn arp_sample(
+    iface: &str,
+    src: std::net::Ipv4Addr,
+    target: std::net::Ipv4Addr,
+    every: Duration,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> io::Result<Vec<(Instant, [u8; 6])>> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
+    let mut my_mac = [0u8; 6];
+    for (i, p) in mac.trim().split(':').enumerate().take(6) {
+        my_mac[i] = u8::from_str_radix(p, 16).map_err(io::Error::other)?;
+    }
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: plain socket(2); owned right after.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh valid fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: valid fd and address.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let mut req = [0u8; 42];
+    req[..6].copy_from_slice(&[0xff; 6]);
+    req[6..12].copy_from_slice(&my_mac);
+    req[12..14].copy_from_slice(&[0x08, 0x06]);
+    req[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    req[22..28].copy_from_slice(&my_mac);
+    req[28..32].copy_from_slice(&src.octets());
+    req[38..42].copy_from_slice(&target.octets());
+    let started = Instant::now();
+    let mut next = started;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 128];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+        if Instant::now() >= next {
+            // SAFETY: valid fd, buffer, bound socket.
+            unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+            next += every;
+        }
+        loop {
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 42 {
+                break;
+            }
+            // An ARP reply (op 2) about the target.
+            if buf[20..22] == [0, 2] && buf[28..32] == target.octets() {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(&buf[22..28]);
+                out.push((Instant::now(), m));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(out)
+}

@@ -77,11 +77,15 @@ impl PinnedDataplane {
 /// `cargo xtask test` builds it before the integration tests.
 pub fn agent_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("ha-agent");
+    // Tests and benches live in target/<profile>/deps, binaries (the lab
+    // runner) in target/<profile>.
+    let dir = exe.parent().expect("target/<profile>[/deps]");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
+    let bin = dir.join("ha-agent");
     assert!(
         bin.exists(),
         "{} missing: run `cargo build -p ha-agent` (cargo xtask test does)",
@@ -186,6 +190,9 @@ pub struct AgentSpec {
     pub mgmt: Vec<String>,
     /// `metrics_listen`, if any.
     pub metrics: Option<String>,
+    /// Accept_Mode: the master takes traffic addressed to the VIPs (a
+    /// service on the firewall itself).
+    pub accept: bool,
 }
 
 impl AgentSpec {
@@ -200,6 +207,7 @@ impl AgentSpec {
             ha_extra: String::new(),
             mgmt: vec!["tcp/22".to_owned()],
             metrics: None,
+            accept: false,
         }
     }
 
@@ -230,6 +238,7 @@ vrid = 51
 priority = {prio}
 advert_interval_ms = {adv}
 preempt = {preempt}
+accept = {accept}
 vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", address = "10.1.0.1/24" }}]
 "#,
             unicast = self.unicast,
@@ -244,6 +253,7 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
             prio = self.priority,
             adv = self.advert_ms,
             preempt = self.preempt,
+            accept = self.accept,
         )
     }
 }
@@ -373,6 +383,20 @@ impl Keepalived {
         advert_ms: u64,
         unicast: bool,
     ) -> Self {
+        Self::start_with_notify(lab, ns, node, priority, advert_ms, unicast, "")
+    }
+
+    /// Like [`Keepalived::start`]; `on_state` is shell run by the notify
+    /// script with the new state in `$3` (e.g. conntrackd's commit on MASTER).
+    pub fn start_with_notify(
+        lab: &mut ha_lab::Lab,
+        ns: &str,
+        node: u8,
+        priority: u8,
+        advert_ms: u64,
+        unicast: bool,
+        on_state: &str,
+    ) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "hatest-keepalived-{}-{}",
@@ -384,7 +408,7 @@ impl Keepalived {
         let notify = dir.join("notify.sh");
         std::fs::write(
             &notify,
-            format!("#!/bin/sh\necho \"$3\" > {}\n", state.display()),
+            format!("#!/bin/sh\n{on_state}\necho \"$3\" > {}\n", state.display()),
         )
         .unwrap();
         std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755))

@@ -1,4 +1,7 @@
-//! `cargo xtask lab`: the failover lab. `cargo xtask lab down` removes the
+//! `cargo xtask lab`: sets up the machine, builds the agent and the lab
+//! runner (release), and runs the failover lab (`tests/src/bin/failover-lab.rs`):
+//! every scenario against ha-agent and keepalived + conntrackd, a table, JSON
+//! and an SVG timeline. `lab up` leaves a lab running; `lab down` removes the
 //! namespaces of any lab or test run that could not clean up after itself.
 
 use anyhow::bail;
@@ -7,20 +10,43 @@ use anyhow::bail;
 pub struct LabArgs {
     #[command(subcommand)]
     action: Option<LabAction>,
+    /// Scenario to run (repeatable): hard-crash, agent-crash, partition,
+    /// switchover, graceful, return. All by default.
+    #[arg(long)]
+    scenario: Vec<String>,
+    /// Runs per scenario and system.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// VRRP advert interval in ms (both systems).
+    #[arg(long, default_value_t = 10)]
+    adv_ms: u64,
+    /// Long-lived TCP connections per run.
+    #[arg(long, default_value_t = 200)]
+    tcp: usize,
+    /// `keepalived` (keepalived + conntrackd beside ha-agent) or `none`.
+    #[arg(long, default_value = "keepalived")]
+    compare: String,
+    /// JSON report path (the SVG timeline is written next to it).
+    #[arg(long, default_value = "target/lab/report.json")]
+    json: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum LabAction {
+    /// Build the lab with both agents and leave it running, with instructions.
+    Up,
     /// Remove every lab namespace (`halab-*`) and the processes in it.
     Down,
 }
 
 pub fn run(args: &LabArgs) -> anyhow::Result<()> {
+    if !crate::is_root() {
+        bail!(
+            "the lab creates network namespaces and loads XDP programs: run `cargo xtask lab` as root"
+        );
+    }
     match args.action {
         Some(LabAction::Down) => {
-            if !crate::is_root() {
-                bail!("removing network namespaces needs root: run `cargo xtask lab down` as root");
-            }
             let removed = ha_lab::down()?;
             if removed.is_empty() {
                 println!("no lab namespaces left over");
@@ -37,13 +63,59 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        None => {
-            crate::setup::run()?;
-            crate::build::build_ebpf_only()?;
-            bail!(
-                "the failover lab (scenarios, report, keepalived comparison) is not built yet; \
-             `cargo xtask test` runs what exists, `cargo xtask lab down` cleans up"
+        Some(LabAction::Up) => {
+            build()?;
+            crate::run_step(
+                "start the lab (left running)",
+                lab_runner().args(["--up", "--adv-ms", &args.adv_ms.to_string()]),
             )
         }
+        None => {
+            build()?;
+            let mut cmd = lab_runner();
+            cmd.args([
+                "--runs",
+                &args.runs.to_string(),
+                "--adv-ms",
+                &args.adv_ms.to_string(),
+                "--tcp",
+                &args.tcp.to_string(),
+                "--compare",
+                &args.compare,
+                "--json",
+                &args.json,
+            ]);
+            for s in &args.scenario {
+                cmd.args(["--scenario", s]);
+            }
+            crate::run_step("failover lab", &mut cmd)
+        }
     }
+}
+
+fn build() -> anyhow::Result<()> {
+    crate::setup::run()?;
+    crate::build::build_ebpf_only()?;
+    crate::run_step(
+        "build the release agent and the lab runner",
+        crate::cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "ha-agent",
+            "--package",
+            "ha-tests",
+            "--bin",
+            "ha-agent",
+            "--bin",
+            "failover-lab",
+        ]),
+    )
+}
+
+fn lab_runner() -> std::process::Command {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = std::process::Command::new(root.join("target/release/failover-lab"));
+    cmd.current_dir(root);
+    cmd
 }

@@ -89,12 +89,12 @@ fn bench() -> anyhow::Result<()> {
 }
 
 /// The cargo that runs us (so nested builds use the same toolchain).
-fn cargo() -> std::process::Command {
+pub fn cargo() -> std::process::Command {
     std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
 /// Runs a command inheriting stdio; a failure names the step.
-fn run_step(step: &str, cmd: &mut std::process::Command) -> anyhow::Result<()> {
+pub fn run_step(step: &str, cmd: &mut std::process::Command) -> anyhow::Result<()> {
     eprintln!("xtask: {step}");
     let status = cmd
         .status()

@@ -1,0 +1,53 @@
+//! `cargo xtask lab`'s runner, end to end on a short run: the hard crash and
+//! the planned switchover against ha-agent, with the report's JSON keys.
+
+use ha_tests::require_root;
+
+#[test]
+fn the_lab_reports_hard_crash_and_switchover() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("hatest-lab-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_failover-lab"))
+        .args([
+            "--runs",
+            "1",
+            "--tcp",
+            "20",
+            "--compare",
+            "none",
+            "--scenario",
+            "hard-crash",
+            "--scenario",
+            "switchover",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let svg = std::fs::read_to_string(json.with_extension("svg")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(svg.starts_with("<svg"));
+    let sys = &report["systems"][0];
+    assert_eq!(sys["system"], "ha-agent");
+    assert_eq!(sys["adv_ms"], 10);
+    for (i, name) in ["hard-crash", "switchover"].into_iter().enumerate() {
+        let s = &sys["scenarios"][i];
+        assert_eq!(s["name"], name, "{stdout}");
+        assert_eq!(s["runs"], 1);
+        assert_eq!(s["recovered"], 1, "{name} recovered:\n{stdout}");
+        assert_eq!(s["tcp_survived"], s["tcp_total"], "{name} TCP:\n{stdout}");
+        assert_eq!(s["rsts"], 0, "{name} RSTs:\n{stdout}");
+        for key in ["outage_ms_p50", "outage_ms_max", "dual_owner_ms"] {
+            assert!(s[key].is_number(), "{name} {key}:\n{stdout}");
+        }
+    }
+}
