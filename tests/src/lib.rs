@@ -191,7 +191,7 @@ pub struct AgentSpec {
     /// `metrics_listen`, if any.
     pub metrics: Option<String>,
     /// Accept_Mode: the master takes traffic addressed to the VIPs (a
-    /// service on the firewall itself).
+    /// service on the firewall itself, NAT to the VIP); the agent's default.
     pub accept: bool,
 }
 
@@ -207,7 +207,7 @@ impl AgentSpec {
             ha_extra: String::new(),
             mgmt: vec!["tcp/22".to_owned()],
             metrics: None,
-            accept: false,
+            accept: true,
         }
     }
 

@@ -166,8 +166,6 @@ fn start(
             &fw,
             &AgentSpec {
                 ha_extra: key.ha_extra(),
-                // A service answers on the VIP itself.
-                accept: true,
                 ..AgentSpec::new(node, prio, adv_ms)
             },
         )),
