@@ -389,10 +389,7 @@ fn ago(now_ms: u128, at_ms: u128) -> String {
 /// The text of `ha-agent status`.
 pub fn status_text(st: &crate::agent::status::Status, dataplane_owned: Option<u64>) -> String {
     use std::fmt::Write as _;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let now = crate::agent::status::unix_ms(std::time::SystemTime::now());
     let mut o = String::new();
     let roles: Vec<&String> = st.roles.values().collect();
     let vrrp_role = if roles.iter().all(|r| *r == "MASTER") {

@@ -29,7 +29,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    agent::status::{RUN_DIR, Status},
+    agent::status::{RUN_DIR, Status, unix_ms},
     cluster::{
         channel::{self, Bundle, Request, Response, SyncedFile},
         node,
@@ -115,12 +115,6 @@ pub async fn request(instance: &str, req: LocalRequest) -> anyhow::Result<LocalR
     let mut reply = String::new();
     BufReader::new(s).read_line(&mut reply).await?;
     serde_json::from_str(&reply).context("malformed answer from the agent")
-}
-
-fn unix_ms(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 /// Hash of what the primary replicates.

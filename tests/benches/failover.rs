@@ -15,8 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ha_lab::Lab;
-use ha_tests::{AgentSpec, Keepalived, RunningAgent, failover_lab, require_root};
+use ha_lab::traffic::{udp_echo, udp_probe};
+use ha_tests::{
+    Keepalived, failover_lab, links_down_at_once, percentile, require_root, start_pair,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
@@ -31,64 +33,16 @@ struct Run {
     to_garp_us: Option<f64>,
 }
 
-/// Probes at 1 kHz until `stop`; returns the instants answers arrived.
-fn probe(lab: &Lab, stop: &AtomicBool) -> Vec<Instant> {
-    lab.run_in("client", || {
-        let sock = UdpSocket::bind("10.0.0.10:0").unwrap();
-        sock.connect("10.1.0.10:9000").unwrap();
-        sock.set_nonblocking(true).unwrap();
-        let mut answers = Vec::new();
-        let mut buf = [0u8; 64];
-        let mut next = Instant::now();
-        let mut seq: u32 = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= next {
-                let _ = sock.send(&seq.to_be_bytes());
-                seq += 1;
-                next += Duration::from_millis(1);
-            }
-            while let Ok(n) = sock.recv(&mut buf) {
-                if n >= 4 {
-                    answers.push(Instant::now());
-                }
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        answers
-    })
-    .unwrap()
-}
-
-/// Echoes UDP on the server until `stop`.
-fn echo(lab: &Lab, stop: &AtomicBool) {
-    lab.run_in("server", || {
-        let sock = UdpSocket::bind("10.1.0.10:9000").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], from);
-            }
-        }
-    })
-    .unwrap();
-}
-
 /// One crash; `None` when the pair never settled into fw1 MASTER / fw2 BACKUP
 /// (a set-up problem, not a failover result: the run is repeated).
 fn one_run(system: System, advert_ms: u64) -> Option<Run> {
     let mut lab = failover_lab();
     // The master at priority 200 on fw1, the backup at 100 on fw2.
     let (agents, kas) = match system {
-        System::Agent => (
-            vec![
-                RunningAgent::start(&mut lab, "fw1", &AgentSpec::new(1, 200, advert_ms)),
-                RunningAgent::start(&mut lab, "fw2", &AgentSpec::new(2, 100, advert_ms)),
-            ],
-            vec![],
-        ),
+        System::Agent => {
+            let (a1, a2) = start_pair(&mut lab, advert_ms, |spec| spec);
+            (vec![a1, a2], vec![])
+        }
         System::Keepalived => (
             vec![],
             vec![
@@ -117,9 +71,26 @@ fn one_run(system: System, advert_ms: u64) -> Option<Run> {
     let fw1_mac = lab.mac(("fw1", "lan0")).unwrap().to_ascii_lowercase();
     let stop = AtomicBool::new(false);
     let lab_ref = &lab;
+    let limit = Duration::from_secs(60);
+    let echo = lab
+        .run_in("server", || UdpSocket::bind("10.1.0.10:9000"))
+        .unwrap()
+        .unwrap();
     let (answers, crash_at) = std::thread::scope(|s| {
-        s.spawn(|| echo(lab_ref, &stop));
-        let prober = s.spawn(|| probe(lab_ref, &stop));
+        s.spawn(|| udp_echo(echo, &stop, limit));
+        let prober = s.spawn(|| {
+            lab_ref
+                .run_in("client", || {
+                    udp_probe(
+                        "10.1.0.10:9000".parse().unwrap(),
+                        Duration::from_millis(1),
+                        &stop,
+                        limit,
+                    )
+                })
+                .unwrap()
+                .unwrap()
+        });
         std::thread::sleep(Duration::from_millis(300));
         // The probes must be going through fw1 (the client resolved the
         // gateway VIP to fw1), or the crash would measure nothing.
@@ -135,17 +106,7 @@ fn one_run(system: System, advert_ms: u64) -> Option<Run> {
         }
         // Hard crash: every link of fw1 down in one `ip -batch`, then SIGKILL.
         let crash_at = Instant::now();
-        let mut ip = lab_ref.command("fw1", &["ip", "-batch", "-"]);
-        ip.stdin(std::process::Stdio::piped());
-        let mut child = ip.spawn().unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"link set ha0 down\nlink set lan0 down\nlink set wan0 down\n")
-            .unwrap();
-        child.wait().unwrap();
+        links_down_at_once(lab_ref, "fw1", &["ha0", "lan0", "wan0"]);
         match system {
             System::Agent => agents[0].signal(libc::SIGKILL),
             System::Keepalived => kas[0].signal(libc::SIGKILL),
@@ -186,13 +147,6 @@ fn one_run(system: System, advert_ms: u64) -> Option<Run> {
         to_owned_us: timing.as_ref().map(|t| t.to_owned_us),
         to_garp_us: timing.as_ref().map(|t| t.to_first_garp_us),
     })
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {
@@ -257,8 +211,8 @@ fn main() {
             println!(
                 "{name:<11} {advert_ms:>6} {:>9} {:>9.1}ms {:>9.1}ms {:>11.1}ms {:>8} {:>14}",
                 format!("{recovered}/{runs}"),
-                pct(&outages, 0.5),
-                pct(&outages, 1.0),
+                percentile(&outages, 0.5),
+                percentile(&outages, 1.0),
                 mdi + 1.0,
                 format!("{within}/{runs}"),
                 if garp_max.is_nan() {
@@ -272,8 +226,8 @@ fn main() {
                 "adv_ms": advert_ms,
                 "runs": runs,
                 "recovered": recovered,
-                "outage_ms_p50": pct(&outages, 0.5),
-                "outage_ms_max": pct(&outages, 1.0),
+                "outage_ms_p50": percentile(&outages, 0.5),
+                "outage_ms_max": percentile(&outages, 1.0),
                 "outages_ms": outages,
                 "master_down_interval_ms": mdi,
                 "runs_within_mdi_plus_1ms": within,

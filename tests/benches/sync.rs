@@ -19,7 +19,7 @@ use std::{
 
 use ha_lab::Lab;
 use ha_tests::{
-    AgentSpec, RunningAgent, SyncKey, failover_lab, links_down_at_once, require_root,
+    AgentSpec, SyncKey, failover_lab, links_down_at_once, require_root, start_pair,
     stateful_firewall, wait_for,
 };
 
@@ -191,24 +191,11 @@ fn run(system: System, flows: usize) -> Result {
     };
     // For conntrackd: the HA link's XDP lets its frames (UDP 3780) through.
     let mgmt = vec!["tcp/22".to_owned(), "udp/3780".to_owned()];
-    let a1 = RunningAgent::start(
-        &mut lab,
-        "fw1",
-        &AgentSpec {
-            ha_extra: extra.clone(),
-            mgmt: mgmt.clone(),
-            ..AgentSpec::new(1, 200, 100)
-        },
-    );
-    let a2 = RunningAgent::start(
-        &mut lab,
-        "fw2",
-        &AgentSpec {
-            ha_extra: extra,
-            mgmt,
-            ..AgentSpec::new(2, 100, 100)
-        },
-    );
+    let (a1, a2) = start_pair(&mut lab, 100, |spec| AgentSpec {
+        ha_extra: extra.clone(),
+        mgmt: mgmt.clone(),
+        ..spec
+    });
     wait_for("roles", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
     });

@@ -258,23 +258,24 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
     }
 }
 
-/// Starts `ha-agent run --config <config>` in namespace `ns`, logging to `log`.
-fn spawn_agent(
+/// Starts `ha-agent run --config <config> <extra...>` in namespace `ns`,
+/// logging to `log`.
+pub fn spawn_agent(
     lab: &mut ha_lab::Lab,
     ns: &str,
     config: &std::path::Path,
+    extra: &[&str],
     log: std::fs::File,
 ) -> u32 {
     let bin = agent_bin();
-    let mut cmd = lab.command(
-        ns,
-        &[
-            bin.to_str().unwrap(),
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
+    let mut argv = vec![
+        bin.to_str().unwrap(),
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(extra);
+    let mut cmd = lab.command(ns, &argv);
     cmd.env("HA_AGENT_LOG", "info")
         .stdout(log.try_clone().unwrap())
         .stderr(log);
@@ -300,7 +301,7 @@ impl RunningAgent {
         let config = dir.join("config.toml");
         std::fs::write(&config, spec.toml(&pins.0)).unwrap();
         let log = dir.join("agent.log");
-        let pid = spawn_agent(lab, ns, &config, std::fs::File::create(&log).unwrap());
+        let pid = spawn_agent(lab, ns, &config, &[], std::fs::File::create(&log).unwrap());
         RunningAgent {
             ns: ns.to_owned(),
             pid,
@@ -323,7 +324,7 @@ impl RunningAgent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        self.pid = spawn_agent(lab, &self.ns, &config, log);
+        self.pid = spawn_agent(lab, &self.ns, &config, &[], log);
     }
 
     /// The agent's status file, if written yet.
@@ -502,6 +503,29 @@ impl Drop for Keepalived {
         self.signal(libc::SIGKILL);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The value at fraction `p` (0..=1) of `values` (NaN when empty).
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = values.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Starts agents on fw1 (priority 200) and fw2 (priority 100) of
+/// [`failover_lab`], each spec first shaped by `spec` (sync key, options).
+pub fn start_pair(
+    lab: &mut ha_lab::Lab,
+    advert_ms: u64,
+    spec: impl Fn(AgentSpec) -> AgentSpec,
+) -> (RunningAgent, RunningAgent) {
+    (
+        RunningAgent::start(lab, "fw1", &spec(AgentSpec::new(1, 200, advert_ms))),
+        RunningAgent::start(lab, "fw2", &spec(AgentSpec::new(2, 100, advert_ms))),
+    )
 }
 
 /// Takes every link of `ns` in `links` down in one `ip -batch` (the

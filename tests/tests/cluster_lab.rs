@@ -10,7 +10,7 @@
 use std::{path::Path, process::Output, time::Duration};
 
 use ha_lab::Lab;
-use ha_tests::{PinGuard, agent_bin, failover_lab, wait_for};
+use ha_tests::{PinGuard, agent_bin, failover_lab, spawn_agent, wait_for};
 
 /// Runs `ha-agent <args>` in `ns`, with `stdin` piped in if given.
 fn cli(lab: &Lab, ns: &str, args: &[&str], stdin: Option<&str>) -> Output {
@@ -51,7 +51,8 @@ fn ok(lab: &Lab, ns: &str, args: &[&str], stdin: Option<&str>) -> String {
     t
 }
 
-fn spawn_agent(
+/// `ha-agent run` on a node of the cluster (`--instance`, `--join-listen`).
+fn run_agent(
     lab: &mut Lab,
     ns: &str,
     config: &Path,
@@ -59,25 +60,14 @@ fn spawn_agent(
     join_listen: &str,
     log: &Path,
 ) {
-    let bin = agent_bin();
-    let mut cmd = lab.command(
+    let log = std::fs::File::create(log).unwrap();
+    spawn_agent(
+        lab,
         ns,
-        &[
-            bin.to_str().unwrap(),
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--instance",
-            instance,
-            "--join-listen",
-            join_listen,
-        ],
+        config,
+        &["--instance", instance, "--join-listen", join_listen],
+        log,
     );
-    let f = std::fs::File::create(log).unwrap();
-    cmd.env("HA_AGENT_LOG", "info")
-        .stdout(f.try_clone().unwrap())
-        .stderr(f);
-    lab.spawn(ns, cmd).unwrap();
 }
 
 fn status(lab: &Lab, ns: &str, instance: &str) -> String {
@@ -156,7 +146,7 @@ fn seed_example_end_to_end() {
     );
     let token = token.lines().next().unwrap().trim().to_owned();
     assert_eq!(token.len(), 32, "token: {token}");
-    spawn_agent(
+    run_agent(
         &mut lab,
         "fw2",
         &c2,
@@ -220,7 +210,7 @@ fn seed_example_end_to_end() {
         None,
     );
     assert!(t.contains("primary initialized"), "{t}");
-    spawn_agent(
+    run_agent(
         &mut lab,
         "fw1",
         &c1,

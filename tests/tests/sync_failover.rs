@@ -14,7 +14,7 @@ use std::{
 
 use ha_lab::traffic::{Fleet, count_resets, echo_server, listen, resets_seen};
 use ha_tests::{
-    AgentSpec, RunningAgent, SyncKey, conntrack_count, failover_lab, links_down_at_once,
+    AgentSpec, SyncKey, conntrack_count, failover_lab, links_down_at_once, start_pair,
     stateful_firewall, wait_for,
 };
 
@@ -47,22 +47,10 @@ fn run(replicate: bool, snat: bool) -> Outcome {
     } else {
         String::new()
     };
-    let a1 = RunningAgent::start(
-        &mut lab,
-        "fw1",
-        &AgentSpec {
-            ha_extra: ha_extra.clone(),
-            ..AgentSpec::new(1, 200, 10)
-        },
-    );
-    let a2 = RunningAgent::start(
-        &mut lab,
-        "fw2",
-        &AgentSpec {
-            ha_extra,
-            ..AgentSpec::new(2, 100, 10)
-        },
-    );
+    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
+        ha_extra: ha_extra.clone(),
+        ..spec
+    });
     wait_for("roles", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
     });

@@ -7,30 +7,18 @@ use std::{
     time::Duration,
 };
 
-use ha_tests::{AgentSpec, RunningAgent, SyncKey, failover_lab, wait_for};
+use ha_tests::{AgentSpec, RunningAgent, SyncKey, failover_lab, start_pair, wait_for};
 
 #[test]
 fn a_forwarded_connection_reaches_the_backups_conntrack() {
     let mut lab = failover_lab();
     let key = SyncKey::new("forwarded", [3u8; 32]);
     let ha_extra = key.ha_extra();
-    let a1 = RunningAgent::start(
-        &mut lab,
-        "fw1",
-        &AgentSpec {
-            ha_extra: ha_extra.clone(),
-            metrics: Some("127.0.0.1:9477".into()),
-            ..AgentSpec::new(1, 200, 10)
-        },
-    );
-    let a2 = RunningAgent::start(
-        &mut lab,
-        "fw2",
-        &AgentSpec {
-            ha_extra,
-            ..AgentSpec::new(2, 100, 10)
-        },
-    );
+    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
+        ha_extra: ha_extra.clone(),
+        metrics: Some("127.0.0.1:9477".into()),
+        ..spec
+    });
     wait_for("roles", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
     });
@@ -128,22 +116,10 @@ fn hostile_sync_frames_are_rejected_counted_and_change_nothing() {
     let key_bytes = [9u8; 32];
     let key = SyncKey::new("hostile", key_bytes);
     let ha_extra = key.ha_extra();
-    let a1 = RunningAgent::start(
-        &mut lab,
-        "fw1",
-        &AgentSpec {
-            ha_extra: ha_extra.clone(),
-            ..AgentSpec::new(1, 200, 10)
-        },
-    );
-    let a2 = RunningAgent::start(
-        &mut lab,
-        "fw2",
-        &AgentSpec {
-            ha_extra,
-            ..AgentSpec::new(2, 100, 10)
-        },
-    );
+    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
+        ha_extra: ha_extra.clone(),
+        ..spec
+    });
     wait_for("roles and sync", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER")
             && [&a1, &a2]

@@ -94,7 +94,8 @@ pub struct Status {
     pub config_sync: Option<crate::control::ConfigSyncStatus>,
 }
 
-fn unix_ms(t: SystemTime) -> u128 {
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u128 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
@@ -184,13 +185,6 @@ impl Status {
     }
 }
 
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(RUN_DIR)?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
-}
-
 /// Writes status files on a thread of its own, so a slow disk never stalls
 /// the agent's loop (where a stall lapses the ownership lease). Only the
 /// latest status matters: queued older ones are skipped.
@@ -212,7 +206,7 @@ impl StatusWriter {
                     while let Ok(newer) = rx.try_recv() {
                         bytes = newer;
                     }
-                    if let Err(e) = write_atomically(&path, &bytes) {
+                    if let Err(e) = crate::control::write_file_atomically(&path, &bytes, 0o644) {
                         tracing::debug!(cause = %e, "writing the status file failed");
                     }
                 }

@@ -667,11 +667,7 @@ impl SyncHandle {
             return;
         };
         s.in_sync = in_sync;
-        s.last_rx_unix_ms = core.last_rx.and_then(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_millis())
-        });
+        s.last_rx_unix_ms = core.last_rx.map(crate::agent::status::unix_ms);
         s.queue_depth = core.session.queue_depth();
         s.pending_records = core.session.pending();
         s.lag_ms_p50 = pct(0.5);

@@ -21,7 +21,7 @@ use ha_lab::{
 };
 use ha_tests::{
     AgentSpec, Keepalived, RunningAgent, SyncKey, agent_bin, conntrack_count, failover_lab,
-    links_down_at_once, stateful_firewall,
+    links_down_at_once, percentile, stateful_firewall,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -621,15 +621,6 @@ fn main() {
     report(&a, &systems, &scenarios, &results);
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((s.len() - 1) as f64 * p).round() as usize]
-}
-
 fn report(
     a: &Args,
     systems: &[System],
@@ -686,8 +677,8 @@ fn report(
                 scenario.name(),
                 system.name(),
                 format!("{recovered}/{}", runs.len()),
-                pct(&outages, 0.5),
-                pct(&outages, 1.0),
+                percentile(&outages, 0.5),
+                percentile(&outages, 1.0),
                 vip_max,
                 format!("{tcp_alive}/{tcp_total}"),
                 rsts,
@@ -706,8 +697,8 @@ fn report(
                 "name": scenario.name(),
                 "runs": runs.len(),
                 "recovered": recovered,
-                "outage_ms_p50": pct(&outages, 0.5),
-                "outage_ms_max": pct(&outages, 1.0),
+                "outage_ms_p50": percentile(&outages, 0.5),
+                "outage_ms_max": percentile(&outages, 1.0),
                 "vip_service_outage_ms_max": vip_max,
                 "tcp_total": tcp_total,
                 "tcp_survived": tcp_alive,
@@ -740,7 +731,7 @@ fn report(
                     .map(|r| r.outage_ms)
                     .collect();
                 let dual = runs.iter().map(|r| r.dual_owner_ms).fold(0.0, f64::max);
-                (pct(&o, 0.5), pct(&o, 1.0), dual)
+                (percentile(&o, 0.5), percentile(&o, 1.0), dual)
             };
             let (a50, amax, adual) = get(System::Agent);
             let (k50, kmax, kdual) = get(System::Keepalived);
