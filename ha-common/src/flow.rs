@@ -42,6 +42,69 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// One direction of a flow: addresses in map encoding, ports in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl FlowKey {
+    /// The key of the flow a packet `src -> dst` belongs to, and whether its
+    /// source is the `lo` endpoint. Both directions give the same key: the
+    /// endpoint that sorts lower (address in host order, then port) is `lo`.
+    /// The XDP programs and the agent's flow-table writes share this.
+    #[inline(always)]
+    pub const fn normalised(proto: u8, e: Endpoints) -> (FlowKey, bool) {
+        let src = u32::from_be(e.src_addr);
+        let dst = u32::from_be(e.dst_addr);
+        let from_lo = src < dst || (src == dst && e.src_port <= e.dst_port);
+        let key = if from_lo {
+            FlowKey {
+                lo_addr: e.src_addr,
+                hi_addr: e.dst_addr,
+                lo_port: e.src_port,
+                hi_port: e.dst_port,
+                proto,
+                _pad: [0; 3],
+            }
+        } else {
+            FlowKey {
+                lo_addr: e.dst_addr,
+                hi_addr: e.src_addr,
+                lo_port: e.dst_port,
+                hi_port: e.src_port,
+                proto,
+                _pad: [0; 3],
+            }
+        };
+        (key, from_lo)
+    }
+
+    /// The flow in its original direction, given whether `lo` opened it
+    /// ([`FLOW_LO_IS_ORIGIN`]): the inverse of [`FlowKey::normalised`].
+    #[inline(always)]
+    pub const fn oriented(&self, lo_is_origin: bool) -> Endpoints {
+        if lo_is_origin {
+            Endpoints {
+                src_addr: self.lo_addr,
+                dst_addr: self.hi_addr,
+                src_port: self.lo_port,
+                dst_port: self.hi_port,
+            }
+        } else {
+            Endpoints {
+                src_addr: self.hi_addr,
+                dst_addr: self.lo_addr,
+                src_port: self.hi_port,
+                dst_port: self.lo_port,
+            }
+        }
+    }
+}
+
 /// TCP state as far as XDP can see it (UDP and ICMP flows stay `Active`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +325,40 @@ mod tests {
         let (s, f) = tcp_next(TcpState::Closed as u8, FLOW_FIN_LO | FLOW_FIN_HI, SYN, true);
         assert_eq!(s, TcpState::SynSent as u8);
         assert_eq!(f & (FLOW_FIN_LO | FLOW_FIN_HI), 0);
+    }
+
+    #[test]
+    fn both_directions_share_a_key_and_orientation_inverts_it() {
+        let a = crate::addr_from_octets([10, 0, 0, 10]);
+        let b = crate::addr_from_octets([10, 1, 0, 10]);
+        let fwd = Endpoints {
+            src_addr: a,
+            dst_addr: b,
+            src_port: 40000,
+            dst_port: 80,
+        };
+        let back = Endpoints {
+            src_addr: b,
+            dst_addr: a,
+            src_port: 80,
+            dst_port: 40000,
+        };
+        let (k1, lo1) = FlowKey::normalised(PROTO_TCP, fwd);
+        let (k2, lo2) = FlowKey::normalised(PROTO_TCP, back);
+        assert_eq!(k1, k2);
+        assert!(lo1 && !lo2, "10.0.0.10 sorts below 10.1.0.10");
+        assert_eq!(k1.oriented(lo1), fwd);
+        assert_eq!(k1.oriented(lo2), back);
+        // Same address: the port decides (host order).
+        let same = Endpoints {
+            src_addr: a,
+            dst_addr: a,
+            src_port: 2,
+            dst_port: 1,
+        };
+        let (k, lo) = FlowKey::normalised(PROTO_UDP, same);
+        assert!(!lo && k.lo_port == 1);
+        assert_eq!(k.oriented(lo), same);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use ha_common::{
         MAX_VIPS, Ownership, VIP_FLAG_NO_ACCEPT, VipEntry,
     },
     flow::{
-        EVENTS_BYTES, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey, FlowState,
-        MAX_FLOWS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState, tcp_next,
+        EVENTS_BYTES, Endpoints, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey,
+        FlowState, MAX_FLOWS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState, tcp_next,
     },
 };
 use network_types::{
@@ -228,28 +228,15 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
         }
         _ => return,
     };
-    let src = u32::from_ne_bytes(ip.src_addr);
-    let dst = u32::from_ne_bytes(ip.dst_addr);
-    let from_lo = (u32::from_be(src), sport) <= (u32::from_be(dst), dport);
-    let key = if from_lo {
-        FlowKey {
-            lo_addr: src,
-            hi_addr: dst,
-            lo_port: sport,
-            hi_port: dport,
-            proto: ip.proto,
-            _pad: [0; 3],
-        }
-    } else {
-        FlowKey {
-            lo_addr: dst,
-            hi_addr: src,
-            lo_port: dport,
-            hi_port: sport,
-            proto: ip.proto,
-            _pad: [0; 3],
-        }
-    };
+    let (key, from_lo) = FlowKey::normalised(
+        ip.proto,
+        Endpoints {
+            src_addr: u32::from_ne_bytes(ip.src_addr),
+            dst_addr: u32::from_ne_bytes(ip.dst_addr),
+            src_port: sport,
+            dst_port: dport,
+        },
+    );
     let len = (ctx.data_end() - ctx.data()) as u64;
 
     if let Some(st) = HA_FLOWS.get_ptr_mut(key) {
@@ -337,20 +324,15 @@ fn emit(
         count(DataVerdict::RingBufFull);
         return false;
     };
-    let lo_origin = st.flags & FLOW_LO_IS_ORIGIN != 0;
-    let (src_addr, dst_addr, src_port, dst_port) = if lo_origin {
-        (key.lo_addr, key.hi_addr, key.lo_port, key.hi_port)
-    } else {
-        (key.hi_addr, key.lo_addr, key.hi_port, key.lo_port)
-    };
+    let e = key.oriented(st.flags & FLOW_LO_IS_ORIGIN != 0);
     entry.write(FlowEvent {
         ts_ns: now,
         packets: st.packets,
         bytes: st.bytes,
-        src_addr,
-        dst_addr,
-        src_port,
-        dst_port,
+        src_addr: e.src_addr,
+        dst_addr: e.dst_addr,
+        src_port: e.src_port,
+        dst_port: e.dst_port,
         proto: key.proto,
         state: st.state,
         kind: kind as u8,
