@@ -6,8 +6,10 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    control::LocalRequest,
+    control::local::{self, LocalRequest},
     dataplane::{Dataplane, LinkSettings, LoadOptions, inspect::Snapshot, pin_dir, probe::Probe},
+    paths,
+    status::{self, Status},
 };
 
 /// XDP-accelerated HA failover agent and operator CLI.
@@ -262,12 +264,12 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
             join_listen,
         } => {
             if !path.exists() {
-                crate::cluster::wait_for_join(&path, &instance, join_listen).await?;
+                crate::control::join::wait_for_join(&path, &instance, join_listen).await?;
             }
             let config = crate::config::Config::load(&path)?;
-            crate::agent::run(config, path, shutdown).await
+            crate::daemon::run(config, path, shutdown).await
         }
-        Command::Status { instance, json } => status(&instance, json),
+        Command::Status { instance, json } => show_status(&instance, json).await,
         Command::Promote { instance } => local(&instance, LocalRequest::Promote).await,
         Command::Demote { instance } => local(&instance, LocalRequest::Demote).await,
         Command::Maintenance { state, instance } => {
@@ -308,7 +310,7 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
 }
 
 async fn local(instance: &str, req: LocalRequest) -> anyhow::Result<()> {
-    let r = crate::control::request(instance, req).await?;
+    let r = local::request(instance, req).await?;
     if r.ok {
         println!("{}", r.message);
         Ok(())
@@ -352,188 +354,49 @@ async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()
         ClusterVerb::ShowConfig => c::show_config(path),
         ClusterVerb::Status { json } => {
             let config = crate::config::Config::load(path)?;
-            status(&config.instance, json)
+            show_status(&config.instance, json).await
         }
     }
 }
 
-fn status(instance: &str, json: bool) -> anyhow::Result<()> {
-    let st = crate::agent::status::Status::read(instance).with_context(|| {
+/// The status, taken now by the running agent; the status file when the
+/// agent does not answer (it stopped: the file is its last word).
+async fn read_status(instance: &str) -> anyhow::Result<(Status, bool)> {
+    if let Ok(r) = local::request(instance, LocalRequest::Status).await
+        && let Some(st) = r.status
+    {
+        return Ok((*st, true));
+    }
+    let st = Status::read(instance).with_context(|| {
         format!(
             "no status for instance {instance} at {} (is `ha-agent run` running?)",
-            crate::agent::status::Status::path(instance).display()
+            paths::status_file(instance).display()
         )
     })?;
+    Ok((st, false))
+}
+
+async fn show_status(instance: &str, json: bool) -> anyhow::Result<()> {
+    let (st, live) = read_status(instance).await?;
     let own = crate::dataplane::Dataplane::open(instance)
         .and_then(|d| d.ownership())
         .ok();
     if json {
         let mut v = serde_json::to_value(&st)?;
         v["dataplane_ownership"] = serde_json::json!(own.map(|o| o.groups));
+        v["live"] = serde_json::json!(live);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    print!("{}", status_text(&st, own.map(|o| o.groups)));
+    if !live {
+        println!(
+            "(the agent does not answer: its last status, pid {}, written {} s ago)",
+            st.pid,
+            status::unix_ms(std::time::SystemTime::now()).saturating_sub(st.written_unix_ms) / 1000
+        );
+    }
+    print!("{}", status::text::render(&st, own.map(|o| o.groups)));
     Ok(())
-}
-
-fn ago(now_ms: u128, at_ms: u128) -> String {
-    let d = now_ms.saturating_sub(at_ms);
-    if d < 10_000 {
-        format!("{d} ms ago")
-    } else {
-        format!("{} s ago", d / 1000)
-    }
-}
-
-/// The text of `ha-agent status`.
-pub fn status_text(st: &crate::agent::status::Status, dataplane_owned: Option<u64>) -> String {
-    use std::fmt::Write as _;
-    let now = crate::agent::status::unix_ms(std::time::SystemTime::now());
-    let mut o = String::new();
-    let roles: Vec<&String> = st.roles.values().collect();
-    let vrrp_role = if roles.iter().all(|r| *r == "MASTER") {
-        "MASTER (forwarding)".to_owned()
-    } else if roles.iter().all(|r| *r == "BACKUP") {
-        "BACKUP (standing by)".to_owned()
-    } else {
-        roles
-            .iter()
-            .map(|r| r.as_str())
-            .collect::<Vec<_>>()
-            .join("/")
-    };
-    let _ = match &st.cluster_role {
-        Some(role) => writeln!(o, "this node is the {role}, currently {vrrp_role}"),
-        None => writeln!(o, "this node is currently {vrrp_role}"),
-    };
-    for (group, role) in &st.roles {
-        let prio = st.priorities.get(group).copied().unwrap_or(0);
-        let _ = writeln!(o, "  group {group}: {role}, priority {prio}");
-    }
-    if st.maintenance {
-        let _ = writeln!(
-            o,
-            "  maintenance mode: ON (stays backup; `ha-agent maintenance off` ends it)"
-        );
-    } else if let Some(p) = st.priority_override {
-        let _ = writeln!(
-            o,
-            "  priority set by the operator: {p} ({})",
-            if p >= 254 { "promoted" } else { "demoted" }
-        );
-    }
-    let sync_rx = st.sync.as_ref().and_then(|s| s.last_rx_unix_ms);
-    let advert = st.last_advert_unix_ms;
-    let last_heard = advert.into_iter().chain(sync_rx).max();
-    match (
-        last_heard,
-        st.last_advert_from
-            .or(st.sync.as_ref().and_then(|s| s.peer)),
-    ) {
-        (Some(at), Some(peer)) => {
-            let alive = now.saturating_sub(at) < 3_000;
-            let _ = write!(
-                o,
-                "peer {peer}: {} (last heard {}",
-                if alive { "ALIVE" } else { "NOT HEARD" },
-                ago(now, at)
-            );
-            if let (Some(a), Some(p)) = (advert, st.last_advert_priority) {
-                let _ = write!(o, "; last advert {}, priority {p}", ago(now, a));
-            }
-            let _ = writeln!(o, ")");
-        }
-        _ => {
-            let _ = writeln!(o, "peer: not heard yet");
-        }
-    }
-    if let Some(s) = &st.sync {
-        let lag = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
-        let _ = writeln!(
-            o,
-            "state sync: {} (lag p50 {}, p99 {}; {} flows from the peer here, {} records sent; {} frames unacknowledged, {} records dropped, {} apply errors)",
-            if s.in_sync {
-                "up to date"
-            } else {
-                "waiting for the peer's bulk resync"
-            },
-            lag(s.lag_ms_p50),
-            lag(s.lag_ms_p99),
-            s.flows_from_peer,
-            s.records_sent,
-            s.queue_depth,
-            s.records_dropped,
-            s.apply_errors
-        );
-        for (reason, n) in &s.rejected {
-            let _ = writeln!(o, "  sync frames rejected ({reason}): {n}");
-        }
-    } else {
-        let _ = writeln!(o, "state sync: not configured");
-    }
-    if let Some(c) = &st.config_sync {
-        let state = if c.state.is_empty() {
-            "Pending"
-        } else {
-            c.state.as_str()
-        };
-        let _ = write!(o, "config sync: {state}");
-        if let Some(h) = &c.hash {
-            let _ = write!(o, " (hash {h}");
-            if let Some(at) = c.synced_unix_ms {
-                let _ = write!(o, ", synced {}", ago(now, at));
-            }
-            let _ = write!(o, ")");
-        }
-        if let Some(r) = &c.reason {
-            let _ = write!(o, ": {r}");
-        }
-        let _ = writeln!(o);
-        if st.cluster_role.as_deref() == Some("SECONDARY")
-            && let Some(p) = st.primary
-        {
-            let _ = writeln!(o, "  configuration is managed on the primary {p}");
-        }
-    }
-    let _ = writeln!(
-        o,
-        "ownership word: {:#x} (data plane: {})",
-        st.owned,
-        dataplane_owned.map_or("not pinned".to_owned(), |g| format!("{g:#x}"))
-    );
-    let _ = writeln!(
-        o,
-        "adverts sent {}, received {}",
-        st.adverts_sent, st.adverts_received
-    );
-    for (reason, n) in &st.rejected_by_reason {
-        let _ = writeln!(o, "  rejected {reason}: {n}");
-    }
-    if let Some(t) = st.transitions.last() {
-        let _ = writeln!(
-            o,
-            "last transition: {} -> {} ({}) {}",
-            t.group,
-            t.role,
-            t.reason,
-            ago(now, t.at_ms)
-        );
-    }
-    if let Some(t) = &st.last_takeover {
-        let _ = writeln!(
-            o,
-            "last takeover ({}): timer due -> VIPs owned {:.0} us, -> first GARP {:.0} us",
-            t.group, t.to_owned_us, t.to_first_garp_us
-        );
-        if let (Some(n), Some(us)) = (t.commit_records, t.commit_us) {
-            let _ = writeln!(
-                o,
-                "  state commit before the ownership write: {n} records in {us:.0} us"
-            );
-        }
-    }
-    o
 }
 
 fn maps(instance: &str, top: usize, json: bool) -> anyhow::Result<()> {

@@ -10,7 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::vrrp::{group::Track, machine};
+use ha_core::{
+    node,
+    vrrp::{group::Track, machine},
+};
 
 /// What the lease keeps below three advert intervals: one kernel tick (the
 /// XDP programs read the clock at tick resolution), i.e. the resolution of
@@ -439,6 +442,36 @@ impl Config {
         SharedConfig {
             groups: self.groups.clone(),
             data_interfaces: self.data_interfaces.clone(),
+        }
+    }
+
+    /// The replicated part as text (what a secondary receives and keeps).
+    pub fn shared_text(&self) -> String {
+        toml::to_string(&self.shared()).unwrap_or_default()
+    }
+
+    /// What the node core runs.
+    pub fn node_settings(&self) -> node::Settings {
+        node::Settings {
+            local_addr: self.ha.address,
+            peers: self.ha.peers.clone(),
+            lease: self.lease(),
+            state_sync: self.ha.sync_port != 0,
+            groups: self
+                .groups
+                .iter()
+                .map(|g| node::GroupSettings {
+                    name: g.name.clone(),
+                    instances: g
+                        .instances
+                        .iter()
+                        .map(|i| (i.name.clone(), self.machine_config(i)))
+                        .collect(),
+                    tracks: g.tracks(),
+                    garp_count: g.garp_count,
+                    garp_interval: Duration::from_millis(g.garp_interval_ms),
+                })
+                .collect(),
         }
     }
 

@@ -200,7 +200,7 @@ fn main() {
                 .iter()
                 .filter_map(|r| r.to_owned_us)
                 .fold(f64::NAN, f64::max);
-            let mdi = ha_agent::vrrp::machine::master_down_interval(100, (advert_ms / 10) as u16)
+            let mdi = ha_core::vrrp::machine::master_down_interval(100, (advert_ms / 10) as u16)
                 .as_secs_f64()
                 * 1e3;
             let within = outages.iter().filter(|o| **o <= mdi + 1.0).count();

@@ -328,8 +328,8 @@ impl RunningAgent {
     }
 
     /// The agent's status file, if written yet.
-    pub fn status(&self) -> Option<ha_agent::agent::status::Status> {
-        ha_agent::agent::status::Status::read(&self.pins.0).ok()
+    pub fn status(&self) -> Option<ha_agent::status::Status> {
+        ha_agent::status::Status::read(&self.pins.0).ok()
     }
 
     /// The group's role as the agent reports it ("MASTER", "BACKUP", ...).
@@ -360,7 +360,9 @@ impl RunningAgent {
 impl Drop for RunningAgent {
     fn drop(&mut self) {
         self.signal(libc::SIGKILL);
-        let _ = std::fs::remove_file(ha_agent::agent::status::Status::path(&self.pins.0));
+        for f in ha_agent::paths::run_files(&self.pins.0) {
+            let _ = std::fs::remove_file(f);
+        }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.pins.0));
     }
 }

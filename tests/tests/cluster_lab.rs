@@ -126,10 +126,8 @@ fn seed_example_end_to_end() {
     impl Drop for Rm {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
-            for i in &self.1 {
-                for ext in ["json", "sock"] {
-                    let _ = std::fs::remove_file(format!("/run/ha-agent/{i}.{ext}"));
-                }
+            for f in self.1.iter().flat_map(|i| ha_agent::paths::run_files(i)) {
+                let _ = std::fs::remove_file(f);
             }
         }
     }

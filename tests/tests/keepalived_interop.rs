@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use ha_agent::vrrp::machine::{master_down_interval, skew_time};
+use ha_core::vrrp::machine::{master_down_interval, skew_time};
 use ha_tests::{AgentSpec, Keepalived, RunningAgent, failover_lab, wait_for};
 
 fn agent_master_keepalived_backup_stable(advert_ms: u64) {

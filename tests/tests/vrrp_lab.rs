@@ -271,7 +271,7 @@ fn split_brain_heals_and_the_winner_re_announces() {
 /// master's role, even when they claim a higher priority.
 #[test]
 fn bad_adverts_are_counted_and_change_nothing() {
-    use ha_agent::{agent::net::ip_packet, vrrp::wire};
+    use ha_core::vrrp::{packet::ip_packet, wire};
     let mut lab = failover_lab();
     let a1 = RunningAgent::start(&mut lab, "fw1", &AgentSpec::new(1, 150, 10));
     wait_for("fw1 MASTER", Duration::from_secs(10), || {
@@ -415,7 +415,7 @@ fn restarting_the_master_agent_drops_no_forwarded_packet() {
 /// all along, do not hold off its master-down timer.
 #[test]
 fn bad_adverts_do_not_suppress_a_backup_takeover() {
-    use ha_agent::{agent::net::ip_packet, vrrp::wire};
+    use ha_core::vrrp::{packet::ip_packet, wire};
     let mut lab = failover_lab();
     let peer: std::net::Ipv4Addr = "10.255.0.2".parse().unwrap();
     let mut forged = wire::Repr {

@@ -8,7 +8,12 @@ use std::{path::PathBuf, time::Duration};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::{config::GroupConfig, vrrp::machine::Role};
+use ha_core::{
+    node::{Hook, NotifyKind},
+    vrrp::machine::Role,
+};
+
+use crate::config::GroupConfig;
 
 /// One command to run.
 #[derive(Debug, Clone)]
@@ -62,9 +67,22 @@ impl Hooks {
         let _ = self.task.await;
     }
 
+    /// Queues `hook`.
+    pub fn queue_hook(&self, hook: &Hook) {
+        match hook {
+            Hook::Notify {
+                kind,
+                name,
+                role,
+                priority,
+            } => self.notify(*kind, name, *role, *priority),
+            Hook::Services { role } => self.services(*role),
+        }
+    }
+
     /// `<script> GROUP|INSTANCE <name> <ROLE> <priority>`. A router leaving
     /// service (graceful stop) is reported as BACKUP: it serves nothing.
-    pub fn notify(&self, kind: &str, name: &str, role: Role, priority: u8) {
+    fn notify(&self, kind: NotifyKind, name: &str, role: Role, priority: u8) {
         let role = if role == Role::Initialize {
             Role::Backup
         } else {
@@ -72,10 +90,10 @@ impl Hooks {
         };
         if let Some(script) = &self.notify {
             self.queue(
-                format!("notify {kind} {name} {}", role.as_str()),
+                format!("notify {} {name} {}", kind.as_str(), role.as_str()),
                 vec![
                     script.display().to_string(),
-                    kind.to_owned(),
+                    kind.as_str().to_owned(),
                     name.to_owned(),
                     role.as_str().to_owned(),
                     priority.to_string(),
@@ -85,7 +103,7 @@ impl Hooks {
     }
 
     /// Starts (MASTER) or stops (BACKUP, FAULT) the role-dependent services.
-    pub fn services(&self, role: Role) {
+    fn services(&self, role: Role) {
         for s in &self.services {
             let (verb, argv) = match role {
                 Role::Master => ("start", s.start.clone()),

@@ -12,34 +12,12 @@ use std::{
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-use crate::{
-    iface::{if_index, if_mac},
-    vrrp::wire::{self, MULTICAST, PROTOCOL, TTL},
+use ha_core::vrrp::{
+    packet::ip_packet,
+    wire::{self, MULTICAST, PROTOCOL},
 };
 
-/// Why a received packet was not an advert we act on (counted and logged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum Rejected {
-    /// Shorter than an IPv4 header, or its header length is wrong.
-    TruncatedIp,
-    /// TTL was not 255 (it may have been routed).
-    Ttl,
-    /// VRRP version, type, length or checksum.
-    Malformed,
-    /// Not from a configured peer.
-    NotPeer,
-    /// A VRID we do not run.
-    UnknownVrid,
-    /// An advert interval of 0.
-    ZeroInterval,
-}
-
-/// A received, validated advert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    pub src: Ipv4Addr,
-    pub advert: wire::Repr,
-}
+use crate::iface::{if_index, if_mac};
 
 /// The VRRP socket: raw IP protocol 112, bound to the HA interface, joined to
 /// 224.0.0.18. It writes its own IPv4 header (IP_HDRINCL): source = our
@@ -108,82 +86,15 @@ impl VrrpSocket {
         Ok(())
     }
 
-    /// Reads every waiting packet: `on_packet` gets each validated advert or
-    /// the reason it was rejected (`known_vrid` and `is_peer` decide the last
-    /// two checks).
-    pub fn drain(
-        &self,
-        is_peer: impl Fn(Ipv4Addr) -> bool,
-        known_vrid: impl Fn(u8) -> bool,
-        mut on_packet: impl FnMut(Result<Received, (Rejected, Option<Ipv4Addr>)>),
-    ) {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
-        loop {
-            let n = match self.fd.get_ref().recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
-            };
+    /// Reads one waiting packet (IPv4 header included) into `buf`; `None`
+    /// when nothing is waiting.
+    pub fn recv<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> Option<&'b [u8]> {
+        match self.fd.get_ref().recv(buf) {
             // SAFETY: recv initialised the first n bytes.
-            let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) };
-            on_packet(parse(bytes, self.local, &is_peer, &known_vrid));
+            Ok(n) => Some(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) }),
+            Err(_) => None,
         }
     }
-}
-
-/// An IPv4 header (TTL 255, protocol 112, DSCP CS6) followed by `payload`; the
-/// kernel fills in the header checksum and packet id.
-pub fn ip_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let total = (20 + payload.len()) as u16;
-    let mut p = Vec::with_capacity(usize::from(total));
-    p.extend_from_slice(&[0x45, 0xc0]);
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 0, TTL, PROTOCOL, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(payload);
-    p
-}
-
-/// Validates a raw-socket packet (IPv4 header + VRRP).
-pub fn parse(
-    bytes: &[u8],
-    local: Ipv4Addr,
-    is_peer: &impl Fn(Ipv4Addr) -> bool,
-    known_vrid: &impl Fn(u8) -> bool,
-) -> Result<Received, (Rejected, Option<Ipv4Addr>)> {
-    if bytes.len() < 20 {
-        return Err((Rejected::TruncatedIp, None));
-    }
-    let ihl = usize::from(bytes[0] & 0x0f) * 4;
-    if ihl < 20 || bytes.len() < ihl {
-        return Err((Rejected::TruncatedIp, None));
-    }
-    let src = Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]);
-    let dst = Ipv4Addr::new(bytes[16], bytes[17], bytes[18], bytes[19]);
-    if bytes[8] != TTL {
-        return Err((Rejected::Ttl, Some(src)));
-    }
-    if !is_peer(src) {
-        return Err((Rejected::NotPeer, Some(src)));
-    }
-    let _ = local;
-    let packet =
-        wire::Packet::new_checked(&bytes[ihl..]).map_err(|_| (Rejected::Malformed, Some(src)))?;
-    let advert = wire::Repr::parse(&packet, src, dst).map_err(|e| {
-        (
-            if e == wire::WireError::ZeroInterval {
-                Rejected::ZeroInterval
-            } else {
-                Rejected::Malformed
-            },
-            Some(src),
-        )
-    })?;
-    if !known_vrid(advert.vrid) {
-        return Err((Rejected::UnknownVrid, Some(src)));
-    }
-    Ok(Received { src, advert })
 }
 
 /// Gratuitous ARP for the VIPs of one interface: frames built at startup, sent
@@ -266,102 +177,6 @@ pub fn garp_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; 42] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PEER: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
-    const ME: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
-
-    fn ip_packet(src: Ipv4Addr, ttl: u8, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, ttl, 112, 0, 0];
-        p.extend_from_slice(&src.octets());
-        p.extend_from_slice(&MULTICAST.octets());
-        p.extend_from_slice(payload);
-        p
-    }
-
-    fn advert(src: Ipv4Addr) -> Vec<u8> {
-        wire::Repr {
-            vrid: 51,
-            priority: 100,
-            interval_cs: 1,
-            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
-        }
-        .to_bytes(src, MULTICAST)
-    }
-
-    fn check(bytes: &[u8]) -> Result<Received, Rejected> {
-        parse(bytes, ME, &|a| a == PEER, &|v| v == 51).map_err(|(r, _)| r)
-    }
-
-    #[test]
-    fn received_packets_are_validated_in_order() {
-        assert_eq!(
-            check(&ip_packet(PEER, 255, &advert(PEER)))
-                .unwrap()
-                .advert
-                .priority,
-            100
-        );
-        assert_eq!(
-            check(&ip_packet(PEER, 254, &advert(PEER))),
-            Err(Rejected::Ttl)
-        );
-        let stranger = Ipv4Addr::new(10, 255, 0, 9);
-        assert_eq!(
-            check(&ip_packet(stranger, 255, &advert(stranger))),
-            Err(Rejected::NotPeer)
-        );
-        let mut bad = advert(PEER);
-        bad[2] ^= 0xff;
-        assert_eq!(check(&ip_packet(PEER, 255, &bad)), Err(Rejected::Malformed));
-        let mut other = wire::Repr {
-            vrid: 52,
-            priority: 1,
-            interval_cs: 1,
-            addrs: vec![],
-        }
-        .to_bytes(PEER, MULTICAST);
-        assert_eq!(
-            check(&ip_packet(PEER, 255, &other)),
-            Err(Rejected::UnknownVrid)
-        );
-        other.truncate(4);
-        assert_eq!(
-            check(&ip_packet(PEER, 255, &other)),
-            Err(Rejected::Malformed)
-        );
-        assert_eq!(check(&[0x45; 10]), Err(Rejected::TruncatedIp));
-        let zero = wire::Repr {
-            vrid: 51,
-            priority: 1,
-            interval_cs: 0,
-            addrs: vec![],
-        }
-        .to_bytes(PEER, MULTICAST);
-        assert_eq!(
-            check(&ip_packet(PEER, 255, &zero)),
-            Err(Rejected::ZeroInterval)
-        );
-    }
-
-    #[test]
-    fn a_captured_keepalived_packet_passes_every_check() {
-        let r = parse(
-            &crate::vrrp::wire::tests::KEEPALIVED_ADVERT,
-            ME,
-            &|a| a == PEER,
-            &|v| v == 51,
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                r.src,
-                r.advert.vrid,
-                r.advert.priority,
-                r.advert.interval_cs
-            ),
-            (PEER, 51, 100, 100)
-        );
-    }
 
     #[test]
     fn garp_frame_announces_the_vip() {

@@ -136,7 +136,6 @@ impl CtEntry {
             reply_dst: self.reply.dst,
             reply_sport: self.reply.sport,
             reply_dport: self.reply.dport,
-            age_ms: 0,
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  0 kind  1 proto  2 state  3 flags | 4 orig src | 8 orig dst | 12 sport 14 dport
-//! 16 reply src | 20 reply dst | 24 reply sport 26 reply dport | 28 age_ms
+//! 16 reply src | 20 reply dst | 24 reply sport 26 reply dport | 28 reserved (0)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -43,8 +43,6 @@ pub struct Record {
     pub reply_dst: Ipv4Addr,
     pub reply_sport: u16,
     pub reply_dport: u16,
-    /// Milliseconds since the flow was last seen active, when sent.
-    pub age_ms: u32,
 }
 
 /// Why bytes are not a record.
@@ -88,7 +86,6 @@ impl Record {
             reply_dst: src,
             reply_sport: dport,
             reply_dport: sport,
-            age_ms: 0,
         }
     }
 
@@ -106,7 +103,8 @@ impl Record {
         out[20..24].copy_from_slice(&self.reply_dst.octets());
         out[24..26].copy_from_slice(&self.reply_sport.to_be_bytes());
         out[26..28].copy_from_slice(&self.reply_dport.to_be_bytes());
-        out[28..32].copy_from_slice(&self.age_ms.to_be_bytes());
+        // Reserved: sent as zero, ignored on receipt.
+        out[28..32].fill(0);
     }
 
     /// Parses a record; `b` comes from an authenticated frame, but is still
@@ -133,7 +131,6 @@ impl Record {
             reply_dst: ip(&b[20..24]),
             reply_sport: port(&b[24..26]),
             reply_dport: port(&b[26..28]),
-            age_ms: u32::from_be_bytes([b[28], b[29], b[30], b[31]]),
         })
     }
 }
@@ -155,10 +152,10 @@ mod tests {
         );
         r.reply_dst = Ipv4Addr::new(10, 1, 0, 1);
         r.flags = FLAG_NAT;
-        r.age_ms = 1234;
         let mut buf = [0u8; RECORD_LEN];
         r.emit(&mut buf);
         assert_eq!(Record::parse(&buf), Ok(r));
+        assert_eq!(&buf[28..], &[0; 4], "reserved");
 
         assert_eq!(Record::parse(&buf[..31]), Err(RecordError::Truncated(31)));
         buf[0] = 9;

@@ -18,9 +18,6 @@
 //! cluster's sync key travels encrypted under that key, once. After the join
 //! the token is gone and everything uses the sync key.
 
-pub mod channel;
-pub mod node;
-
 use std::{
     io::Read as _,
     net::{Ipv4Addr, SocketAddr},
@@ -28,15 +25,15 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tracing::{info, warn};
 
-use self::{
-    channel::{Request, Response},
-    node::NodeInfo,
-};
 use crate::{
     config::{ClusterRole, Config, VipConfig, parse_vip},
-    control::{self, LocalRequest, state_file, write_file_atomically},
+    control::{
+        channel::{self, Request, Response},
+        host::{self, NodeInfo},
+        local::{self, LocalRequest},
+    },
+    paths::{self, StateFile},
 };
 
 /// Default TCP port of the cluster control channel (also the join port).
@@ -45,16 +42,6 @@ pub const CONTROL_PORT: u16 = 7789;
 pub const SYNC_PORT: u16 = 7788;
 /// VRID of the cluster's VRRP instance.
 pub const VRID: u8 = 51;
-
-/// The join token file of a node (next to its configuration).
-pub fn token_file(config_path: &Path) -> PathBuf {
-    state_file(config_path, "join.token")
-}
-
-/// The sync key file of a node (next to its configuration).
-pub fn key_file(config_path: &Path) -> PathBuf {
-    state_file(config_path, "sync.key")
-}
 
 /// Reads the join token from stdin (as the seed reads the root password).
 fn token_from_stdin() -> anyhow::Result<String> {
@@ -77,8 +64,8 @@ pub fn join_token(config_path: &Path) -> anyhow::Result<()> {
     let mut raw = [0u8; 16];
     getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let path = token_file(config_path);
-    write_file_atomically(&path, format!("{token}\n").as_bytes(), 0o600)
+    let path = StateFile::JoinToken.path(config_path);
+    paths::write_atomically(&path, format!("{token}\n").as_bytes(), 0o600)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("{token}");
     eprintln!(
@@ -86,80 +73,6 @@ pub fn join_token(config_path: &Path) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
-}
-
-/// `ha-agent run` on a node without a configuration: serve the join
-/// (Info, then Join) on `listen` until the primary has configured us.
-pub async fn wait_for_join(
-    config_path: &Path,
-    instance: &str,
-    listen: SocketAddr,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening for the join on {listen}"))?;
-    info!(
-        %listen,
-        config = %config_path.display(),
-        "no configuration yet: waiting to be joined by a primary (`ha-agent cluster join-token` makes the token)"
-    );
-    loop {
-        let (stream, from) = listener.accept().await?;
-        let Ok(token) = std::fs::read_to_string(token_file(config_path)) else {
-            warn!(%from, "join attempt, but no join token exists here (run `ha-agent cluster join-token`)");
-            continue;
-        };
-        let key = channel::join_key(&token);
-        let mut joined = false;
-        let r = channel::serve(stream, &[key], async |_, req| match req {
-            Request::Info => match node::info(false) {
-                Ok(mut i) => {
-                    i.instance = Some(instance.to_owned());
-                    Response::Info(i)
-                }
-                Err(e) => Response::Refused(e.to_string()),
-            },
-            Request::Join { config, key } => match accept_join(config_path, &config, &key) {
-                Ok(hash) => {
-                    joined = true;
-                    Response::Done { hash }
-                }
-                Err(e) => Response::Refused(format!("{e:#}")),
-            },
-            Request::Push(_) => Response::Refused("not joined yet".into()),
-        })
-        .await;
-        match r {
-            Err(e) => warn!(%from, cause = %e, "join request rejected"),
-            Ok(()) if joined => {
-                info!(%from, "joined the cluster; starting");
-                return Ok(());
-            }
-            Ok(()) => {}
-        }
-    }
-}
-
-/// Writes the configuration and key a primary sent; the token is spent.
-fn accept_join(config_path: &Path, text: &str, key: &[u8]) -> anyhow::Result<String> {
-    if key.len() != 32 {
-        bail!("sync key of {} bytes (need 32)", key.len());
-    }
-    let mut config = Config::parse(text, config_path)?;
-    let key_path = key_file(config_path);
-    config.ha.sync_key_file = Some(key_path.clone());
-    let text = toml::to_string(&config)?;
-    Config::parse(&text, config_path)?;
-    write_file_atomically(&key_path, key, 0o600)
-        .with_context(|| format!("writing {}", key_path.display()))?;
-    write_file_atomically(config_path, text.as_bytes(), 0o600)
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    let _ = std::fs::write(
-        state_file(config_path, "synced.toml"),
-        control::shared_text(&config),
-    );
-    let _ = std::fs::remove_file(token_file(config_path));
-    Ok(control::bundle_hash(&control::shared_text(&config), &[]))
 }
 
 /// The primary's configuration, refusing on a secondary.
@@ -183,10 +96,10 @@ fn primary_config(config_path: &Path) -> anyhow::Result<Config> {
 async fn save_and_reload(config_path: &Path, config: &Config) -> anyhow::Result<()> {
     let text = toml::to_string(config)?;
     Config::parse(&text, config_path)?;
-    write_file_atomically(config_path, text.as_bytes(), 0o600)
+    paths::write_atomically(config_path, text.as_bytes(), 0o600)
         .with_context(|| format!("writing {}", config_path.display()))?;
     println!("wrote {}", config_path.display());
-    match control::request(&config.instance, LocalRequest::Reload).await {
+    match local::request(&config.instance, LocalRequest::Reload).await {
         Ok(r) if r.ok => println!("agent reloaded: {}", r.message),
         Ok(r) => bail!("the running agent did not apply it: {}", r.message),
         Err(_) => println!(
@@ -223,12 +136,12 @@ fn sync_key(config: &Config) -> anyhow::Result<[u8; 32]> {
         .sync_key_file
         .as_ref()
         .context("the configuration has no ha.sync_key_file")?;
-    crate::sync::transport::read_key(path)
+    crate::sync::key::read_key(path)
 }
 
 /// `check-primary-node <lan_if>`.
 pub fn check_primary_node(lan_if: &str) -> anyhow::Result<()> {
-    let me = node::info(true)?;
+    let me = host::info(true)?;
     let problems = me.check_iface("primary", lan_if);
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
@@ -253,7 +166,7 @@ pub async fn check_backup_node(backup_ip: Ipv4Addr, lan_if: &str) -> anyhow::Res
     let backup = peer_info(backup_ip, CONTROL_PORT, &channel::join_key(&token))
         .await
         .with_context(|| format!("backup node {backup_ip} is not reachable for the join (is its agent waiting, with a join token?)"))?;
-    let me = node::info(true)?;
+    let me = host::info(true)?;
     let mut problems = backup.check_iface("backup", lan_if);
     if backup.version != me.version {
         problems.push(format!(
@@ -299,7 +212,7 @@ pub async fn init_primary_node(
     {
         bail!("this node is already the secondary of a cluster");
     }
-    let me = node::info(true)?;
+    let me = host::info(true)?;
     let ha_if = me
         .iface_with(primary_ip)
         .with_context(|| format!("{primary_ip} is not an address of this node"))?
@@ -310,11 +223,11 @@ pub async fn init_primary_node(
         bail!("{}", problems.join("\n"));
     }
     let vip = check_vip(lan_if, vip)?;
-    let key_path = key_file(config_path);
+    let key_path = StateFile::ClusterKey.path(config_path);
     if !key_path.exists() {
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-        write_file_atomically(&key_path, &key, 0o600)
+        paths::write_atomically(&key_path, &key, 0o600)
             .with_context(|| format!("writing {}", key_path.display()))?;
         println!("made the cluster key {}", key_path.display());
     }
@@ -433,7 +346,7 @@ pub async fn add_lan_interface(
     vip: &str,
 ) -> anyhow::Result<()> {
     let mut config = primary_config(config_path)?;
-    let me = node::info(true)?;
+    let me = host::info(true)?;
     let iface = me
         .iface_with(primary_ip)
         .with_context(|| format!("{primary_ip} is not an address of this node"))?
@@ -477,7 +390,7 @@ pub async fn add_lan_interface(
 /// `add-vip <if> <vip_cidr>`.
 pub async fn add_vip(config_path: &Path, iface: &str, vip: &str) -> anyhow::Result<()> {
     let mut config = primary_config(config_path)?;
-    if node::info(true)?.iface(iface).is_none() {
+    if host::info(true)?.iface(iface).is_none() {
         bail!("interface {iface} does not exist on this node");
     }
     let v = check_vip(iface, vip)?;

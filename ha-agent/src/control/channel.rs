@@ -21,7 +21,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::node::NodeInfo;
+use super::host::NodeInfo;
 
 /// Largest message accepted (a config bundle with its files).
 const MAX_MESSAGE: usize = 4 << 20;

@@ -89,6 +89,29 @@ pub enum Reason {
     /// The agent restarted while it was master and its ownership lease was
     /// still running: it carries on as master without a gap.
     Resumed,
+    /// Our ownership lease lapsed before we renewed it (the node stalled, or
+    /// the data plane refused the write): we stepped down to let the election
+    /// decide, never reviving the lease.
+    LeaseLapsed,
+}
+
+impl Reason {
+    /// The reason's name without its details (per-reason counters).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Reason::Startup => "Startup",
+            Reason::MasterDown => "MasterDown",
+            Reason::MasterLeft => "MasterLeft",
+            Reason::Preempt => "Preempt",
+            Reason::HigherPriority { .. } => "HigherPriority",
+            Reason::Fault => "Fault",
+            Reason::FaultCleared => "FaultCleared",
+            Reason::Shutdown => "Shutdown",
+            Reason::Group => "Group",
+            Reason::Resumed => "Resumed",
+            Reason::LeaseLapsed => "LeaseLapsed",
+        }
+    }
 }
 
 /// What the I/O layer must do.
@@ -419,8 +442,14 @@ impl Instance {
         out
     }
 
-    /// Graceful shutdown (or an operator demotion): a master sends priority 0.
-    pub fn shutdown(&mut self, _now: Instant) -> Vec<Action> {
+    /// Graceful shutdown: a master sends priority 0.
+    pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
+        self.release(now, Reason::Shutdown)
+    }
+
+    /// Back to Initialize for `reason` (a master first sends priority 0, so
+    /// a backup takes over after Skew_Time).
+    pub fn release(&mut self, _now: Instant, reason: Reason) -> Vec<Action> {
         let mut out = Vec::new();
         if matches!(self.state, State::Master { .. }) {
             out.push(Action::SendAdvert { priority: 0 });
@@ -429,7 +458,7 @@ impl Instance {
             self.state = State::Initialize;
             out.push(Action::Transition {
                 to: Role::Initialize,
-                reason: Reason::Shutdown,
+                reason,
             });
         }
         out

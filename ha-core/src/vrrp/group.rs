@@ -70,6 +70,11 @@ impl Group {
         &self.members
     }
 
+    /// The tracked interfaces.
+    pub fn tracks(&self) -> &[Track] {
+        &self.tracks
+    }
+
     pub fn member_mut(&mut self, i: usize) -> &mut Instance {
         &mut self.members[i]
     }
@@ -125,8 +130,14 @@ impl Group {
 
     /// Graceful shutdown of every member (priority-0 adverts from a master).
     pub fn shutdown(&mut self, now: Instant) -> Vec<GroupAction> {
+        self.release(now, Reason::Shutdown)
+    }
+
+    /// Every member back to Initialize for `reason` (priority-0 adverts from
+    /// a master).
+    pub fn release(&mut self, now: Instant, reason: Reason) -> Vec<GroupAction> {
         let out = (0..self.members.len())
-            .map(|i| (i, self.members[i].shutdown(now)))
+            .map(|i| (i, self.members[i].release(now, reason)))
             .collect();
         self.settle(now, out)
     }

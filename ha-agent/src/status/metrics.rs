@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::agent::status::Status;
+use super::Status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabel {
@@ -22,13 +22,6 @@ struct RoleLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
-    reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TransitionLabel {
-    group: String,
-    role: String,
     reason: String,
 }
 
@@ -78,20 +71,24 @@ pub fn render(st: &Status) -> String {
         .set(i64::from(*p));
     }
     r.register("priority", "Effective VRRP priority", prio);
-    let transitions = Family::<TransitionLabel, Counter>::default();
-    for t in &st.transitions {
+    let transitions = Family::<ReasonLabel, Counter>::default();
+    for (reason, n) in &st.transitions_by_reason {
         transitions
-            .get_or_create(&TransitionLabel {
-                group: t.group.clone(),
-                role: t.role.clone(),
-                reason: t.reason.split([' ', '{']).next().unwrap_or("").to_owned(),
+            .get_or_create(&ReasonLabel {
+                reason: reason.clone(),
             })
-            .inc();
+            .inc_by(*n);
     }
     r.register(
         "transitions",
-        "Role transitions (of the last 20 kept), by reason",
+        "Group role transitions since the agent started, by reason",
         transitions,
+    );
+    counter(
+        &mut r,
+        "lease_lapses",
+        "Ownership leases found lapsed (a stalled loop), each a step-down",
+        st.lease_lapses,
     );
     counter(&mut r, "adverts_sent", "VRRP adverts sent", st.adverts_sent);
     counter(

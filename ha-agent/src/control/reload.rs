@@ -1,0 +1,135 @@
+//! A reload, on the control thread: the slow half (reading and validating
+//! the file, adding addresses, attaching XDP), then the loop's half (the VIP
+//! table, GARP senders, adverts: a map write and a few sockets, see
+//! [`crate::agent::request::apply`]), then the clean-up of what went away.
+
+use tracing::{info, warn};
+
+use super::{Shared, lock};
+use crate::{
+    agent::{
+        request::{self, ToLoop},
+        setup,
+    },
+    config::{ClusterRole, Config},
+    dataplane::Dataplane,
+    paths::StateFile,
+};
+
+/// Re-reads the configuration file and applies what can change live (VIPs,
+/// data interfaces, synced files). `from_primary`: a config push, which may
+/// change the shared sections of a secondary.
+pub async fn reload(
+    shared: &Shared,
+    from_primary: bool,
+    to_loop: &ToLoop,
+) -> Result<String, String> {
+    let path = &shared.config_path;
+    let current = lock(&shared.config).clone();
+    let next = Config::load(path).map_err(|e| format!("configuration not applied: {e}"))?;
+    if let Some(c) = &current.cluster
+        && c.role == ClusterRole::Secondary
+        && !from_primary
+    {
+        let synced =
+            std::fs::read_to_string(StateFile::SyncedShared.path(path)).unwrap_or_default();
+        if next.shared_text() != synced {
+            return Err(format!(
+                "not applied: this node is the secondary, and its groups, VIPs and data interfaces are synchronized from the primary ({}): make the change there",
+                c.primary
+            ));
+        }
+    }
+    if structure(&next) != structure(&current) {
+        return Err("not applied: only VIPs, data interfaces and synced files change live; other changes need a restart of the agent".into());
+    }
+    let (old_vips, new_vips) = (setup::all_vips(&current), setup::all_vips(&next));
+    for v in new_vips.iter().filter(|v| !old_vips.contains(v)) {
+        setup::ip_addr("replace", v).map_err(|e| format!("{e:#}"))?;
+    }
+    let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
+    let (old_ifaces, new_ifaces) = (current.data_interfaces(), next.data_interfaces());
+    for iface in new_ifaces.iter().filter(|i| !old_ifaces.contains(i)) {
+        if *iface == next.ha.interface {
+            let _ = dp.detach_iface("ha_link", iface);
+        }
+        match dp.attach_data(iface) {
+            Ok(Some(mode)) => info!(%iface, %mode, "ha_data attached"),
+            Ok(None) => {}
+            Err(e) => return Err(format!("attaching ha_data to {iface}: {e}")),
+        }
+    }
+    let applied = request::apply(to_loop, next.clone()).await?;
+    for v in old_vips.iter().filter(|v| !new_vips.contains(v)) {
+        if let Err(e) = setup::ip_addr("del", v) {
+            warn!(cause = %e, "removing a VIP address");
+        }
+    }
+    for iface in old_ifaces.iter().filter(|i| !new_ifaces.contains(i)) {
+        let _ = dp.detach_iface("ha_data", iface);
+        info!(%iface, "ha_data detached");
+    }
+    *lock(&shared.config) = next;
+    shared.changed.notify_one();
+    Ok(applied)
+}
+
+/// The configuration without what a reload can change live (VIPs, data
+/// interfaces, synced files): if this differs, a restart is needed.
+fn structure(c: &Config) -> Config {
+    let mut c = c.clone();
+    for g in &mut c.groups {
+        for i in &mut g.instances {
+            i.vips.clear();
+            i.priority = 0;
+        }
+    }
+    c.data_interfaces.clear();
+    if let Some(cl) = &mut c.cluster {
+        cl.sync_files.clear();
+        cl.reload_hook = None;
+        cl.files_root = None;
+        cl.priority = None;
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const BASE: &str = r#"
+[ha]
+interface = "ha0"
+address = "10.255.0.1"
+peers = ["10.255.0.2"]
+
+[[group]]
+name = "fw"
+
+[[group.vrrp]]
+name = "VI_1"
+vrid = 51
+priority = 200
+vips = [{ iface = "lan0", address = "10.0.0.1/24" }]
+"#;
+
+    fn parse(t: &str) -> Config {
+        Config::parse(t, Path::new("/etc/ha-agent/config.toml")).unwrap()
+    }
+
+    #[test]
+    fn vips_and_interfaces_change_live_the_rest_needs_a_restart() {
+        let base = parse(BASE);
+        let vips = parse(&BASE.replace(
+            r#"vips = [{ iface = "lan0", address = "10.0.0.1/24" }]"#,
+            r#"vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address = "10.1.0.1/24" }]"#,
+        ));
+        assert_eq!(structure(&base), structure(&vips));
+        let interval =
+            parse(&BASE.replace("priority = 200", "priority = 200\nadvert_interval_ms = 10"));
+        assert_ne!(structure(&base), structure(&interval));
+    }
+}

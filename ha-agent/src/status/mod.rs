@@ -1,0 +1,308 @@
+//! What the running agent reports, in one model: the node core's report,
+//! state sync, config sync and the last takeover's timing. Written as JSON
+//! to the status file (atomically, off the loop: [`writer`]), answered live
+//! on the operator socket, rendered as text for `ha-agent status` ([`text`])
+//! and as Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
+pub mod text;
+pub mod writer;
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::SystemTime};
+
+use ha_core::node::{Instant, Report};
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Timing of the last takeover, from the master-down timer's due instant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TakeoverTiming {
+    pub group: String,
+    /// Replicated records applied by the commit before the ownership write,
+    /// and how long the commit took (us); absent without state sync.
+    #[serde(default)]
+    pub commit_records: Option<usize>,
+    #[serde(default)]
+    pub commit_us: Option<f64>,
+    /// Timer due -> ownership word written (us).
+    pub to_owned_us: f64,
+    /// Timer due -> first round of gratuitous ARPs on the wire (us).
+    pub to_first_garp_us: f64,
+    pub garps_sent: usize,
+}
+
+/// A transition for the status history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Transition {
+    pub group: String,
+    pub role: String,
+    pub reason: String,
+    /// Unix time, ms.
+    pub at_ms: u128,
+}
+
+/// What `ha-agent status` shows about state sync.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SyncStatus {
+    pub peer: Option<Ipv4Addr>,
+    pub port: u16,
+    /// The peer's bulk resync reached us, and nothing was lost since.
+    pub in_sync: bool,
+    /// Unix ms of the last authenticated frame from the peer.
+    pub last_rx_unix_ms: Option<u128>,
+    /// Frames sent and not yet acknowledged.
+    pub queue_depth: usize,
+    /// Records waiting for a frame.
+    pub pending_records: usize,
+    /// Event in XDP -> acknowledged as applied by the peer, over the last
+    /// acknowledged frames (ms).
+    pub lag_ms_p50: Option<f64>,
+    pub lag_ms_p99: Option<f64>,
+    pub lag_ms_max: Option<f64>,
+    /// Connections the peer gave us that are in our conntrack.
+    pub flows_from_peer: usize,
+    pub frames_sent: u64,
+    pub frames_resent: u64,
+    pub records_sent: u64,
+    pub records_received: u64,
+    /// Records dropped because a queue was full (the peer needs a resync).
+    pub records_dropped: u64,
+    /// Records sent with a NAT mapping read from conntrack.
+    pub records_nat: u64,
+    /// Records the kernel refused to apply.
+    pub apply_errors: u64,
+    /// Rejected datagrams by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Bulk resyncs sent to the peer.
+    pub bulks_sent: u64,
+    /// The last commit before a takeover: records applied, how long (us),
+    /// and whether it stopped before the socket was empty (its time budget,
+    /// or the sync thread was applying a batch: the rest follows at once).
+    pub last_commit_records: Option<usize>,
+    pub last_commit_us: Option<f64>,
+    #[serde(default)]
+    pub last_commit_partial: bool,
+}
+
+/// Config sync as status shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConfigSyncStatus {
+    /// `Up to Date`, `Pending` or `Failed`.
+    pub state: String,
+    pub reason: Option<String>,
+    /// Hash of the shared sections and files in force.
+    pub hash: Option<String>,
+    /// Unix ms of the last successful sync.
+    pub synced_unix_ms: Option<u128>,
+}
+
+/// The agent's status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub instance: String,
+    pub pid: u32,
+    /// When this snapshot was taken (Unix ms): ages below are as of then.
+    #[serde(default)]
+    pub written_unix_ms: u128,
+    /// Roles and effective priorities by group.
+    pub roles: BTreeMap<String, String>,
+    pub priorities: BTreeMap<String, u8>,
+    /// The ownership word we last wrote.
+    pub owned: u64,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    /// Adverts the socket refused to send.
+    pub advert_send_errors: u64,
+    /// Accepted adverts whose interval differs from ours (RFC 9568: a backup
+    /// learns the master's interval; counted and logged, not rejected).
+    pub interval_mismatches: u64,
+    /// Rejected VRRP packets by reason.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Last accepted advert: source, priority, when, and its age when this
+    /// snapshot was taken.
+    pub last_advert_from: Option<Ipv4Addr>,
+    pub last_advert_priority: Option<u8>,
+    pub last_advert_unix_ms: Option<u128>,
+    #[serde(default)]
+    pub last_advert_age_ms: Option<u64>,
+    pub last_takeover: Option<TakeoverTiming>,
+    /// The most recent transitions, newest last (at most 20: count with
+    /// `transitions_total`).
+    pub transitions: Vec<Transition>,
+    /// Every group transition since the agent started, and by reason.
+    #[serde(default)]
+    pub transitions_total: u64,
+    #[serde(default)]
+    pub transitions_by_reason: BTreeMap<String, u64>,
+    /// Ownership leases found lapsed (a stall), each a step-down.
+    #[serde(default)]
+    pub lease_lapses: u64,
+    /// Whether this node may preempt (state sync complete, or none).
+    #[serde(default)]
+    pub preempt_allowed: bool,
+    /// State sync, when configured.
+    #[serde(default)]
+    pub sync: Option<SyncStatus>,
+    /// PRIMARY or SECONDARY, in a cluster.
+    #[serde(default)]
+    pub cluster_role: Option<String>,
+    /// The primary's HA address, in a cluster.
+    #[serde(default)]
+    pub primary: Option<Ipv4Addr>,
+    /// Operator's priority (promote 254, demote and maintenance 1).
+    #[serde(default)]
+    pub priority_override: Option<u8>,
+    /// Persistently demoted (`maintenance on`).
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Config sync, in a cluster.
+    #[serde(default)]
+    pub config_sync: Option<ConfigSyncStatus>,
+}
+
+/// What the loop adds to the node core's report.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    pub advert_send_errors: u64,
+    pub last_takeover: Option<TakeoverTiming>,
+    pub sync: Option<SyncStatus>,
+    pub cluster_role: Option<String>,
+    pub primary: Option<Ipv4Addr>,
+    pub config_sync: Option<ConfigSyncStatus>,
+}
+
+impl Status {
+    /// A snapshot of `report` taken at node time `now` (wall clock `wall`),
+    /// with what the loop adds.
+    pub fn snapshot(
+        instance: &str,
+        report: &Report,
+        now: Instant,
+        wall: SystemTime,
+        extras: Extras,
+    ) -> Status {
+        let wall_ms = unix_ms(wall);
+        // Node time -> Unix ms, as of this snapshot.
+        let at_ms = |t: Instant| wall_ms.saturating_sub(now.saturating_sub(t).as_millis());
+        let c = &report.counters;
+        Status {
+            instance: instance.to_owned(),
+            pid: std::process::id(),
+            written_unix_ms: wall_ms,
+            roles: report
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), g.role.as_str().to_owned()))
+                .collect(),
+            priorities: report
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), g.priority))
+                .collect(),
+            owned: report.owned,
+            adverts_sent: c.adverts_sent,
+            adverts_received: c.adverts_received,
+            advert_send_errors: extras.advert_send_errors,
+            interval_mismatches: c.interval_mismatches,
+            rejected_by_reason: c
+                .rejected
+                .iter()
+                .map(|(r, n)| (format!("{r:?}"), *n))
+                .collect(),
+            last_advert_from: c.last_advert.map(|a| a.src),
+            last_advert_priority: c.last_advert.map(|a| a.priority),
+            last_advert_unix_ms: c.last_advert.map(|a| at_ms(a.at)),
+            last_advert_age_ms: c
+                .last_advert
+                .map(|a| now.saturating_sub(a.at).as_millis() as u64),
+            last_takeover: extras.last_takeover,
+            transitions: c
+                .transitions
+                .iter()
+                .map(|t| Transition {
+                    group: t.group.clone(),
+                    role: t.role.as_str().to_owned(),
+                    reason: format!("{:?}", t.reason),
+                    at_ms: at_ms(t.at),
+                })
+                .collect(),
+            transitions_total: c.transitions_total,
+            transitions_by_reason: c
+                .transitions_by_reason
+                .iter()
+                .map(|(r, n)| ((*r).to_owned(), *n))
+                .collect(),
+            lease_lapses: c.lease_lapses,
+            preempt_allowed: report.preempt_allowed,
+            sync: extras.sync,
+            cluster_role: extras.cluster_role,
+            primary: extras.primary,
+            priority_override: report.priority_override,
+            maintenance: report.maintenance,
+            config_sync: extras.config_sync,
+        }
+    }
+
+    /// Reads an instance's status file.
+    pub fn read(instance: &str) -> std::io::Result<Status> {
+        let bytes = std::fs::read(paths::status_file(instance))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ha_core::{
+        node::{Counters, GroupReport, LastAdvert},
+        vrrp::machine::Role,
+    };
+
+    use super::*;
+
+    #[test]
+    fn ages_are_as_of_the_snapshot() {
+        let report = Report {
+            groups: vec![GroupReport {
+                name: "fw".into(),
+                role: Role::Backup,
+                priority: 100,
+            }],
+            owned: 0,
+            priority_override: None,
+            maintenance: false,
+            preempt_allowed: true,
+            counters: Counters {
+                last_advert: Some(LastAdvert {
+                    src: Ipv4Addr::new(10, 255, 0, 1),
+                    priority: 200,
+                    at: Duration::from_millis(9_993),
+                }),
+                ..Counters::default()
+            },
+        };
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let st = Status::snapshot(
+            "fw",
+            &report,
+            Duration::from_secs(10),
+            wall,
+            Extras::default(),
+        );
+        assert_eq!(st.last_advert_age_ms, Some(7));
+        assert_eq!(st.last_advert_unix_ms, Some(1_000_000_000 - 7));
+        assert_eq!(st.written_unix_ms, 1_000_000_000);
+        assert_eq!(st.roles["fw"], "BACKUP");
+        let back: Status = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+    }
+}

@@ -1,0 +1,418 @@
+//! The replication thread, and the handle the VRRP loop keeps.
+//!
+//! Sending: flow events from this node's XDP ring buffer are enriched from
+//! kernel conntrack ([`Enricher`]) and go to the peer as records over UDP on
+//! the HA link; a peer that (re)joins gets a bulk of the flow table.
+//!
+//! Receiving: records from the peer are applied as they arrive (continuously,
+//! not at takeover) to kernel conntrack and this node's XDP flow table
+//! ([`Applier`]). The takeover then only has to apply what is still in the
+//! socket: [`SyncHandle::commit`], which the loop runs before the ownership
+//! write. Applying continuously keeps that commit short however many flows
+//! there are; applying everything at takeover (conntrackd's external cache)
+//! costs time proportional to the table, at the worst moment.
+//!
+//! The sync thread never blocks a takeover. What it shares with the loop
+//! ([`Core`]: the session, the socket, the applier) it holds only for one
+//! bounded step: [`RX_BATCH`] datagrams received and applied, or a flush.
+//! Conntrack lookups, the flow-table dump and the enrichment of a bulk run
+//! without it. The commit only *tries* the lock: if the sync thread is in
+//! the middle of a step, the takeover goes on, and the records of that step
+//! land a moment later (that thread runs next); otherwise the commit drains
+//! the socket within [`COMMIT_BUDGET`].
+
+use std::{
+    collections::VecDeque,
+    net::{SocketAddrV4, UdpSocket},
+    sync::{
+        Arc, Mutex, TryLockError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use ha_common::flow::FlowEventKind;
+use ha_core::limit::Every;
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+use super::{
+    apply::Applier,
+    conntrack::Conntrack,
+    enrich::{Ask, Enricher, record_of},
+    flows::FlowTable,
+    session::{Session, Settings},
+};
+use crate::{
+    config::Config,
+    dataplane::{events::FlowEvents, monotonic_ns},
+    status::{SyncStatus, unix_ms},
+};
+
+/// Lag samples kept for the percentiles in the status.
+const LAG_SAMPLES: usize = 1024;
+/// An idle session sends an acknowledgement this often, so each side knows
+/// the other is alive (status) without traffic.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Datagrams received and applied per hold of the shared state by the sync
+/// thread (at most 44 records each).
+pub const RX_BATCH: usize = 8;
+/// Longest the commit before a takeover keeps draining the socket; what is
+/// left is applied by the sync thread right after.
+pub const COMMIT_BUDGET: Duration = Duration::from_millis(1);
+/// How often the status snapshot is refreshed.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
+
+/// What the sync thread and the loop's commit share.
+struct Core {
+    session: Session,
+    udp: Arc<UdpSocket>,
+    peer: SocketAddrV4,
+    applier: Applier,
+    /// Origin of the session's time.
+    start: Instant,
+    buf: Vec<u8>,
+    /// The peer wants our table (set by a receive, done by the sync thread).
+    resync_owed: bool,
+    /// When the last authenticated frame came.
+    last_rx: Option<SystemTime>,
+    /// When we last sent anything (idle heartbeats, [`KEEPALIVE`]).
+    last_tx: Duration,
+    reject_log: Every,
+}
+
+impl Core {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Receives up to `max` datagrams, applies their records, then sends
+    /// what the session owes (ACKs: an ACK means "in my conntrack").
+    /// Returns the records applied and whether datagrams may still wait.
+    fn receive(&mut self, max: usize) -> std::io::Result<(usize, bool)> {
+        let mut records = Vec::new();
+        let mut more = true;
+        for _ in 0..max {
+            match self.udp.recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    if from.ip() != std::net::IpAddr::V4(*self.peer.ip()) {
+                        continue;
+                    }
+                    match self.session.on_datagram(&self.buf[..n]) {
+                        Ok(rx) => {
+                            self.last_rx = Some(SystemTime::now());
+                            records.extend(rx.records);
+                            self.resync_owed |= rx.resync_requested;
+                            if rx.in_sync {
+                                info!("state sync complete");
+                            }
+                        }
+                        Err(e) => {
+                            // Counted by the session; logged at most once a second.
+                            if self.reject_log.allow(self.now()) {
+                                warn!(cause = %e, total = ?self.session.counters.rejected, "sync frame rejected");
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let now = self.now();
+        self.applier.apply(&records, now);
+        self.flush();
+        Ok((records.len(), more))
+    }
+
+    /// Sends whatever the session has due.
+    fn flush(&mut self) {
+        let now = self.now();
+        if now.saturating_sub(self.last_tx) >= KEEPALIVE {
+            self.session.keepalive();
+        }
+        for d in self.session.poll(now) {
+            let _ = self.udp.send_to(&d, self.peer);
+            self.last_tx = now;
+        }
+    }
+}
+
+/// Shared between the replication thread and the VRRP loop.
+pub struct SyncHandle {
+    core: Mutex<Core>,
+    /// Whether the peer's bulk resync completed (read by the loop).
+    in_sync: AtomicBool,
+    /// The operator asked for a resync; the sync thread sends the request.
+    resync: AtomicBool,
+    /// Wakes the sync thread (a resync was asked for).
+    wake: tokio::sync::Notify,
+    /// The last status snapshot.
+    status: Mutex<SyncStatus>,
+}
+
+impl std::fmt::Debug for SyncHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHandle")
+            .field("in_sync", &self.in_sync())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncHandle {
+    /// Opens the sync socket on the HA interface and ctnetlink.
+    pub fn open(config: &Config, key: [u8; 32]) -> anyhow::Result<Arc<Self>> {
+        let port = config.ha.sync_port;
+        let me = config.ha.address;
+        let peer = *config.ha.peers.first().context("state sync needs a peer")?;
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        sock.bind_device(Some(config.ha.interface.as_bytes()))
+            .with_context(|| format!("bind sync socket to {}", config.ha.interface))?;
+        sock.bind(&socket2::SockAddr::from(SocketAddrV4::new(me, port)))
+            .with_context(|| format!("bind sync socket {me}:{port}"))?;
+        // A bulk resync arrives faster than it is applied.
+        let _ = sock.set_recv_buffer_size(8 << 20);
+        sock.set_nonblocking(true)?;
+        let udp: UdpSocket = sock.into();
+        let epoch = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64;
+        let mut session = Session::new(
+            &key,
+            u32::from(me),
+            epoch,
+            u32::from(peer),
+            Settings::default(),
+        );
+        session.request_resync();
+        let core = Core {
+            session,
+            udp: Arc::new(udp),
+            peer: SocketAddrV4::new(peer, port),
+            applier: Applier::new(
+                Conntrack::open().context("ctnetlink socket")?,
+                FlowTable::open(&config.instance),
+            ),
+            start: Instant::now(),
+            buf: vec![0u8; 2048],
+            resync_owed: false,
+            last_rx: None,
+            last_tx: Duration::ZERO,
+            reject_log: Every::new(),
+        };
+        Ok(Arc::new(SyncHandle {
+            core: Mutex::new(core),
+            in_sync: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            status: Mutex::new(SyncStatus {
+                peer: Some(peer),
+                port,
+                ..SyncStatus::default()
+            }),
+        }))
+    }
+
+    fn lock(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Core>> {
+        self.core
+            .lock()
+            .map_err(|_| anyhow::anyhow!("sync state poisoned"))
+    }
+
+    /// Whether the peer's bulk resync completed: until then this node must
+    /// not preempt (it would take over without the connections).
+    pub fn in_sync(&self) -> bool {
+        self.in_sync.load(Ordering::Acquire)
+    }
+
+    /// Asks the peer for a full resync (operator's `resync`); never waits.
+    pub fn force_resync(&self) {
+        self.in_sync.store(false, Ordering::Release);
+        self.resync.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The last status snapshot (cheap: never waits on the sync thread's work).
+    pub fn status(&self) -> SyncStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The commit before a takeover: applies the records already received,
+    /// for at most [`COMMIT_BUDGET`], and never waits for the sync thread
+    /// (see the module docs). Returns the records applied and how long it
+    /// took.
+    pub fn commit(&self) -> (usize, Duration) {
+        let t = Instant::now();
+        let (applied, partial) = match self.core.try_lock() {
+            Ok(mut core) => {
+                let mut applied = 0;
+                loop {
+                    match core.receive(4) {
+                        Ok((n, true)) if t.elapsed() < COMMIT_BUDGET => applied += n,
+                        Ok((n, more)) => break (applied + n, more),
+                        Err(_) => break (applied, false),
+                    }
+                }
+            }
+            Err(TryLockError::WouldBlock) => (0, true),
+            Err(TryLockError::Poisoned(_)) => (0, false),
+        };
+        let took = t.elapsed();
+        if let Ok(mut s) = self.status.lock() {
+            s.last_commit_records = Some(applied);
+            s.last_commit_us = Some(took.as_secs_f64() * 1e6);
+            s.last_commit_partial = partial;
+        }
+        (applied, took)
+    }
+
+    fn update_status(&self, core: &Core, nat_records: u64, lags: &VecDeque<f64>, bulks: u64) {
+        let in_sync = core.session.in_sync();
+        self.in_sync.store(in_sync, Ordering::Release);
+        let mut sorted: Vec<f64> = lags.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            (!sorted.is_empty()).then(|| sorted[((sorted.len() - 1) as f64 * p).round() as usize])
+        };
+        let c = &core.session.counters;
+        let Ok(mut s) = self.status.lock() else {
+            return;
+        };
+        s.in_sync = in_sync;
+        s.last_rx_unix_ms = core.last_rx.map(unix_ms);
+        s.queue_depth = core.session.queue_depth();
+        s.pending_records = core.session.pending();
+        s.lag_ms_p50 = pct(0.5);
+        s.lag_ms_p99 = pct(0.99);
+        s.lag_ms_max = sorted.last().copied();
+        s.flows_from_peer = core.applier.flows_from_peer();
+        s.frames_sent = c.frames_sent;
+        s.frames_resent = c.frames_resent;
+        s.records_sent = c.records_sent;
+        s.records_received = c.records_received;
+        s.records_dropped = c.records_dropped;
+        s.records_nat = nat_records;
+        s.apply_errors = core.applier.errors();
+        s.rejected = c
+            .rejected
+            .iter()
+            .map(|(k, v)| (format!("{k:?}"), *v))
+            .collect();
+        s.bulks_sent = bulks;
+    }
+}
+
+/// Runs replication until `shutdown` (on the sync thread).
+pub async fn run(
+    handle: Arc<SyncHandle>,
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (udp, start) = {
+        let core = handle.lock()?;
+        (core.udp.clone(), core.start)
+    };
+    // SAFETY: the Arc keeps the socket open for as long as the AsyncFd lives.
+    let readable = unsafe { AsyncFd::register_with_interest(udp, tokio::io::Interest::READABLE) }?;
+    let mut events = FlowEvents::open(&config.instance, Duration::from_millis(1))?;
+    let mut enricher = Enricher::new(Conntrack::open().context("ctnetlink socket")?);
+    let table = FlowTable::open(&config.instance);
+    // Event timestamps (CLOCK_MONOTONIC, ns) into the session's time base.
+    let start_mono = monotonic_ns().saturating_sub(start.elapsed().as_nanos() as u64);
+    let mut lags: VecDeque<f64> = VecDeque::with_capacity(LAG_SAMPLES);
+    let mut bulks = 0u64;
+    let mut batch = Vec::new();
+    let mut status_at = Duration::ZERO;
+    info!(peer = %config.ha.peers[0], port = config.ha.sync_port, "state sync running");
+    tokio::pin!(shutdown);
+    loop {
+        let now = start.elapsed();
+        // Flows conntrack did not know a moment ago: looked up without the lock.
+        let mut out = Vec::new();
+        let due = enricher.due(now);
+        if !due.is_empty() {
+            enricher.enrich(now, due, &mut out);
+        }
+        let forced = handle.resync.swap(false, Ordering::AcqRel);
+        let owed = std::mem::take(&mut handle.lock()?.resync_owed);
+        // A bulk for the peer: dumped and enriched without the lock.
+        let bulk = owed.then(|| {
+            let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
+            info!(flows = flows.len(), "sending the peer a bulk resync");
+            enricher.bulk(now, flows)
+        });
+        let wake = {
+            let mut core = handle.lock()?;
+            if forced {
+                core.session.force_resync();
+            }
+            for (r, origin) in out {
+                core.session.push_from(now, origin, r);
+            }
+            if let Some(records) = bulk {
+                core.session.queue_bulk(now, records);
+                bulks += 1;
+            }
+            core.flush();
+            for origin in core.session.take_acked() {
+                if lags.len() == LAG_SAMPLES {
+                    lags.pop_front();
+                }
+                lags.push_back(now.saturating_sub(origin).as_secs_f64() * 1e3);
+            }
+            if now >= status_at {
+                status_at = now + STATUS_EVERY;
+                handle.update_status(&core, enricher.nat_records(), &lags, bulks);
+            }
+            [
+                core.session.poll_at(),
+                enricher.next_retry(),
+                Some(status_at),
+                Some(core.last_tx + KEEPALIVE),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_millis(50))
+            .max(now + Duration::from_micros(200))
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = handle.wake.notified() => {}
+            r = events.recv(&mut batch) => {
+                r?;
+                let now = start.elapsed();
+                let evs = batch
+                    .drain(..)
+                    .map(|e| {
+                        let origin = Duration::from_nanos(e.ts_ns.saturating_sub(start_mono));
+                        Ask::event(record_of(&e), FlowEventKind::from_u8(e.kind), origin.min(now))
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                enricher.enrich(now, evs, &mut out);
+                let mut core = handle.lock()?;
+                for (r, origin) in out {
+                    core.session.push_from(now, origin, r);
+                }
+            }
+            guard = readable.readable() => {
+                // Cleared first: a datagram that arrives while we drain
+                // wakes us again.
+                guard?.clear_ready();
+                loop {
+                    let (_, more) = handle.lock()?.receive(RX_BATCH)?;
+                    if !more {
+                        break;
+                    }
+                }
+            }
+            () = tokio::time::sleep_until((start + wake).into()) => {}
+        }
+    }
+    Ok(())
+}

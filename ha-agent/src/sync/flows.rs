@@ -1,0 +1,121 @@
+//! This node's XDP flow table (`HA_FLOWS`) from the sync side: a dump for a
+//! bulk resync, and entries written for the flows the peer replicated (so
+//! the new master's XDP tracks them from their first packet). Keys are
+//! normalised by [`FlowKey::normalised`], shared with the XDP programs.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use ha_common::{
+    addr_from_octets, addr_octets,
+    flow::{self, Endpoints, FlowKey, FlowState, TcpState},
+};
+
+use super::{
+    conntrack::CtTuple,
+    record::{Record, RecordKind},
+};
+use crate::dataplane::{open_map, pin_dir};
+
+/// A tuple's key in the flow table, and whether its source is `lo`.
+fn key_of(t: &CtTuple) -> (FlowKey, bool) {
+    FlowKey::normalised(
+        t.proto,
+        Endpoints {
+            src_addr: addr_from_octets(t.src.octets()),
+            dst_addr: addr_from_octets(t.dst.octets()),
+            src_port: t.sport,
+            dst_port: t.dport,
+        },
+    )
+}
+
+/// The pinned flow table of an instance.
+pub struct FlowTable {
+    map: BpfHashMap<MapData, FlowKey, FlowState>,
+}
+
+impl FlowTable {
+    /// Opens the pinned table; `None` when the data plane has none.
+    pub fn open(instance: &str) -> Option<FlowTable> {
+        open_map(&pin_dir(instance), flow::FLOWS_MAP)
+            .ok()
+            .map(|map| FlowTable { map })
+    }
+
+    /// Tracks the flow `t` (original direction) in `state`, seen at `now_ns`.
+    pub fn insert(&mut self, t: &CtTuple, state: u8, now_ns: u64) {
+        let (key, lo_origin) = key_of(t);
+        let st = FlowState {
+            first_ns: now_ns,
+            last_ns: now_ns,
+            emitted_ns: now_ns,
+            packets: 0,
+            bytes: 0,
+            state,
+            flags: if lo_origin {
+                flow::FLOW_LO_IS_ORIGIN
+            } else {
+                0
+            },
+            _pad: [0; 6],
+        };
+        let _ = self.map.insert(key, st, 0);
+    }
+
+    /// Forgets the flow `t`.
+    pub fn remove(&mut self, t: &CtTuple) {
+        let _ = self.map.remove(&key_of(t).0);
+    }
+
+    /// Every live flow (closed TCP flows left out), in its original
+    /// direction, as XDP saw it.
+    pub fn dump(&self) -> Vec<Record> {
+        self.map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, s)| !(k.proto == flow::PROTO_TCP && s.state == TcpState::Closed as u8))
+            .map(|(k, s)| {
+                let e = k.oriented(s.flags & flow::FLOW_LO_IS_ORIGIN != 0);
+                Record::plain(
+                    RecordKind::Upsert,
+                    k.proto,
+                    s.state,
+                    Ipv4Addr::from(addr_octets(e.src_addr)),
+                    Ipv4Addr::from(addr_octets(e.dst_addr)),
+                    e.src_port,
+                    e.dst_port,
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tuple_and_its_inverse_share_a_key_and_the_origin_is_kept() {
+        let t = CtTuple {
+            proto: flow::PROTO_TCP,
+            src: Ipv4Addr::new(10, 1, 0, 10),
+            dst: Ipv4Addr::new(10, 0, 0, 10),
+            sport: 80,
+            dport: 40000,
+        };
+        let (k, lo) = key_of(&t);
+        let (k2, lo2) = key_of(&t.inverted());
+        assert_eq!(k, k2);
+        assert!(!lo && lo2);
+        let e = k.oriented(lo);
+        assert_eq!(
+            (
+                Ipv4Addr::from(addr_octets(e.src_addr)),
+                e.src_port,
+                e.dst_port
+            ),
+            (t.src, 80, 40000)
+        );
+    }
+}

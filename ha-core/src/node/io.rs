@@ -1,0 +1,119 @@
+//! What goes into the node core and what comes out of it: [`Event`]s (with
+//! the time, passed separately) in, [`Effect`]s in the order they must be
+//! carried out.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use super::Instant;
+use crate::vrrp::{machine::Role, wire};
+
+/// Something that happened to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The node starts. `resumed`: the groups the data plane still owns
+    /// under a running lease, which the I/O layer has just renewed (0 when
+    /// the lease had lapsed or nothing was owned). `maintenance`: the
+    /// persistent demotion is on. `links`: the tracked links' state now.
+    Start {
+        resumed: u64,
+        maintenance: bool,
+        links: &'a [(String, bool)],
+    },
+    /// A packet from the VRRP socket: IPv4 header and VRRP message, as
+    /// received. Anything is possible here; it is validated by the core.
+    Packet(&'a [u8]),
+    /// The time reached [`super::Node::poll_at`] (or later).
+    Timer,
+    /// A tracked link went up or down.
+    Link { iface: &'a str, up: bool },
+    /// State sync reached (or lost) the peer's whole table.
+    SyncState { in_sync: bool },
+    /// The data plane refused to renew the lease: it had lapsed already.
+    LeaseLapsed,
+    /// The data plane refused an ownership write (the I/O layer stopped
+    /// carrying out that batch there).
+    OwnershipWriteFailed,
+    /// The VIPs of each group's members changed (a reload):
+    /// `vips[group][member]`.
+    SetVips(Vec<Vec<Vec<Ipv4Addr>>>),
+    /// An operator's command; answered by an [`Effect::Reply`].
+    Command(Command),
+    /// Graceful stop: priority-0 adverts from a master, ownership cleared.
+    Stop,
+}
+
+/// What an operator asks of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Become master (priority 254, preempting) until `demote` or a restart.
+    Promote,
+    /// Hand over to the peer (priority 1) until `promote` or a restart.
+    Demote,
+    /// Persistent demotion (survives restarts), for upgrades.
+    Maintenance(bool),
+    /// Ask the peer for a full state resync.
+    Resync,
+}
+
+/// A role hook for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    /// keepalived's notify: `<script> GROUP|INSTANCE <name> <ROLE> <prio>`.
+    Notify {
+        kind: NotifyKind,
+        name: String,
+        role: Role,
+        priority: u8,
+    },
+    /// Start (MASTER) or stop (any other role) the role-dependent services.
+    Services { role: Role },
+}
+
+/// Whose role a notify reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyKind {
+    Group,
+    Instance,
+}
+
+impl NotifyKind {
+    /// keepalived's spelling (the notify script's first argument).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Group => "GROUP",
+            NotifyKind::Instance => "INSTANCE",
+        }
+    }
+}
+
+/// What the I/O layer must do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Apply the replicated state still waiting, before the ownership write
+    /// that follows (takeover of `group`; `due` is when its timer was due,
+    /// where takeover timing starts).
+    Commit { group: usize, due: Instant },
+    /// One map write: the groups this node owns, with a lease (`None`: owns
+    /// nothing, or never lapses).
+    WriteOwnership {
+        groups: u64,
+        lease: Option<Duration>,
+    },
+    /// Extend the running lease (never revive a lapsed one: the data plane
+    /// refuses, and the I/O layer answers [`Event::LeaseLapsed`]).
+    RenewLease { lease: Duration },
+    /// Send this advert from our address (to 224.0.0.18 or each unicast peer).
+    SendAdvert(wire::Repr),
+    /// One round of gratuitous ARP for every VIP of `group`.
+    SendGarp { group: usize },
+    /// Queue a hook of `group` (never waited for).
+    Hook { group: usize, hook: Hook },
+    /// Persist the maintenance flag (on) or remove it (off).
+    SaveMaintenance(bool),
+    /// Ask the peer for a full state resync.
+    ForceResync,
+    /// The status changed: write it (off the loop).
+    WriteStatus,
+    /// The answer to the [`Event::Command`] being handled.
+    Reply(Result<String, String>),
+}

@@ -1,0 +1,813 @@
+//! The node's decisions as a state machine, sans-IO: [`Node::handle`] takes
+//! an [`Event`] and the time and returns [`Effect`]s in the order the I/O
+//! layer must carry them out. The daemon's loop (`ha-agent`'s `agent`) does
+//! nothing else; the deterministic simulation (`ha-sim`) runs the same code
+//! over a simulated network.
+//!
+//! What is decided here: the VRRP groups (through [`crate::vrrp::group`]),
+//! the ownership word and its lease, the preemption gate of state sync, the
+//! takeover order, GARP rounds, hooks, the operator's promote, demote and
+//! maintenance, and what hostile input may change (nothing but counters).
+//!
+//! The order of a takeover is a property of the effect list, tested below
+//! and checked by the simulation on every step:
+//! `Commit` -> `WriteOwnership` (the group's bit set) -> first `SendGarp` ->
+//! adverts -> hooks -> `WriteStatus`. A step-down writes ownership first.
+//!
+//! The lease: every advert a master sends renews it first
+//! ([`Effect::RenewLease`]), so it runs from the same instant as the peer's
+//! master-down timer and, being shorter, lapses first. The core remembers
+//! when the lease it asked for ends; a node that finds it has passed (its
+//! loop stalled) sends no advert at its old priority, renews nothing, and
+//! steps down (priority 0, ownership cleared) to let the election decide.
+
+mod io;
+mod report;
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use tracing::{info, warn};
+
+pub use self::{
+    io::{Command, Effect, Event, Hook, NotifyKind},
+    report::{Counters, GroupReport, HISTORY, LastAdvert, Report, TransitionRecord},
+};
+use crate::{
+    limit::{Every, EveryBy},
+    vrrp::{
+        group::{DEMOTED_PRIORITY, Group, GroupAction, PROMOTED_PRIORITY, Track},
+        machine::{self, Action, Instance, Reason, Role},
+        packet::{self, Rejected},
+        wire,
+    },
+};
+
+/// Monotonic time since an arbitrary origin (the daemon uses its start).
+pub type Instant = Duration;
+
+/// Most groups a node runs: one bit each in the ownership word.
+pub const MAX_GROUPS: usize = 64;
+
+/// What the node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Our address on the HA link: advert source, priority tie-breaker.
+    pub local_addr: Ipv4Addr,
+    /// The only sources of adverts we accept.
+    pub peers: Vec<Ipv4Addr>,
+    /// Ownership lease, renewed with every advert of a master (shorter than
+    /// the peer's Master_Down_Interval by at least one data-plane tick).
+    pub lease: Duration,
+    /// State sync is configured: a returning node preempts only once it has
+    /// the peer's whole table.
+    pub state_sync: bool,
+    pub groups: Vec<GroupSettings>,
+}
+
+/// One group: one ownership bit, one set of hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    pub name: String,
+    /// Its VRRP instances: (name, state machine configuration).
+    pub instances: Vec<(String, machine::Config)>,
+    pub tracks: Vec<Track>,
+    /// GARP rounds on takeover, and their spacing.
+    pub garp_count: u32,
+    pub garp_interval: Duration,
+}
+
+/// Settings the core cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0} groups: at most {MAX_GROUPS} (one bit each in the ownership word)")]
+    TooManyGroups(usize),
+    #[error("group {0} has no VRRP instance")]
+    EmptyGroup(String),
+    #[error("VRID {0} is used twice")]
+    DuplicateVrid(u8),
+}
+
+/// A group and what the node keeps beside its state machines.
+#[derive(Debug)]
+struct GroupState {
+    name: String,
+    /// Instance names, by member index (notify).
+    instances: Vec<String>,
+    /// Its bit in the ownership word.
+    bit: u64,
+    group: Group,
+    garp_count: u32,
+    garp_interval: Duration,
+    /// GARP rounds still to send after a takeover, and when the next is due.
+    garp_pending: u32,
+    garp_at: Instant,
+    /// VIPs re-announced for a competing master, at most once a second.
+    resend: Every,
+}
+
+/// A member's role, effective priority and learnt interval (cs).
+type MemberElection = (Role, u8, u16);
+
+/// What only the election may change (see [`Node::election_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionState {
+    /// Per group: role, next timer, and per member (role, priority, learnt
+    /// interval).
+    groups: Vec<(Role, Option<Instant>, Vec<MemberElection>)>,
+    owned: u64,
+    lease_until: Option<Instant>,
+}
+
+/// The node core.
+#[derive(Debug)]
+pub struct Node {
+    local_addr: Ipv4Addr,
+    peers: Vec<Ipv4Addr>,
+    lease: Duration,
+    state_sync: bool,
+    groups: Vec<GroupState>,
+    /// VRID -> (group, member).
+    by_vrid: BTreeMap<u8, (usize, usize)>,
+    /// The ownership word as last written.
+    owned: u64,
+    /// When the lease we last wrote or renewed ends (node time); `None`
+    /// while we own nothing.
+    lease_until: Option<Instant>,
+    /// The lease lapsed (found before a renewal, or reported by the data
+    /// plane): nothing in the word is ours; the masters step down once the
+    /// current actions are out.
+    lapsed: bool,
+    /// Last known state of tracked links (absent: up).
+    links: BTreeMap<String, bool>,
+    /// Whether preemption is allowed (state sync complete, or not configured).
+    preempt_allowed: bool,
+    maintenance: bool,
+    started: bool,
+    counters: Counters,
+    /// Log limits (once a second each).
+    log_rejected: EveryBy<Rejected>,
+    log_interval: Every,
+}
+
+impl Node {
+    /// A node that has not started yet (see [`Event::Start`]).
+    pub fn new(settings: Settings) -> Result<Node, NodeError> {
+        if settings.groups.len() > MAX_GROUPS {
+            return Err(NodeError::TooManyGroups(settings.groups.len()));
+        }
+        let mut by_vrid = BTreeMap::new();
+        let mut groups = Vec::new();
+        for (gi, g) in settings.groups.into_iter().enumerate() {
+            if g.instances.is_empty() {
+                return Err(NodeError::EmptyGroup(g.name));
+            }
+            for (mi, (_, m)) in g.instances.iter().enumerate() {
+                if by_vrid.insert(m.vrid, (gi, mi)).is_some() {
+                    return Err(NodeError::DuplicateVrid(m.vrid));
+                }
+            }
+            let members = g
+                .instances
+                .iter()
+                .map(|(_, m)| Instance::new(m.clone()))
+                .collect();
+            groups.push(GroupState {
+                instances: g.instances.into_iter().map(|(n, _)| n).collect(),
+                bit: 1 << gi,
+                group: Group::new(members, g.tracks),
+                garp_count: g.garp_count,
+                garp_interval: g.garp_interval,
+                garp_pending: 0,
+                garp_at: Duration::MAX,
+                resend: Every::new(),
+                name: g.name,
+            });
+        }
+        let mut node = Node {
+            local_addr: settings.local_addr,
+            peers: settings.peers,
+            lease: settings.lease,
+            state_sync: settings.state_sync,
+            groups,
+            by_vrid,
+            owned: 0,
+            lease_until: None,
+            lapsed: false,
+            links: BTreeMap::new(),
+            preempt_allowed: true,
+            maintenance: false,
+            started: false,
+            counters: Counters::default(),
+            log_rejected: EveryBy::default(),
+            log_interval: Every::new(),
+        };
+        if node.state_sync {
+            // Until the peer's table has arrived (see Event::SyncState).
+            node.set_preempt_allowed(false);
+        }
+        Ok(node)
+    }
+
+    /// Handles one event at `now`; the effects are in the order they must be
+    /// carried out.
+    pub fn handle(&mut self, now: Instant, event: Event<'_>) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match event {
+            Event::Start {
+                resumed,
+                maintenance,
+                links,
+            } => self.start(now, resumed, maintenance, links, &mut out),
+            Event::Packet(bytes) => self.on_packet(now, bytes, &mut out),
+            Event::Timer => self.on_timer(now, &mut out),
+            Event::Link { iface, up } => self.on_link(now, iface, up, &mut out),
+            Event::SyncState { in_sync } => {
+                if self.state_sync && in_sync != self.preempt_allowed {
+                    if in_sync {
+                        info!("state sync complete: preemption allowed");
+                    } else {
+                        info!("preemption held until the peer's state has been received");
+                    }
+                    self.set_preempt_allowed(in_sync);
+                    out.push(Effect::WriteStatus);
+                }
+            }
+            Event::LeaseLapsed => self.lapse(),
+            Event::OwnershipWriteFailed => {
+                warn!("ownership write failed; stepping down so the election decides");
+                self.lapse();
+            }
+            Event::SetVips(vips) => self.set_vips(now, vips, &mut out),
+            Event::Command(c) => self.command(c, &mut out),
+            Event::Stop => self.stop(now, &mut out),
+        }
+        if std::mem::take(&mut self.lapsed) {
+            self.step_down_lapsed(now, &mut out);
+        }
+        out
+    }
+
+    /// When [`Event::Timer`] is due next, if any timer is armed.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.groups
+            .iter()
+            .flat_map(|g| {
+                let garp = (g.garp_pending > 0).then_some(g.garp_at);
+                g.group.poll_at().into_iter().chain(garp)
+            })
+            .min()
+    }
+
+    /// Interfaces whose link state the I/O layer must report.
+    pub fn tracked_links(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.group.tracks().iter().map(|t| t.iface.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Our address on the HA link (the source of our adverts).
+    pub fn local_addr(&self) -> Ipv4Addr {
+        self.local_addr
+    }
+
+    /// The ownership word as last written.
+    pub fn owned(&self) -> u64 {
+        self.owned
+    }
+
+    /// Whether state sync is configured (a resync can be asked for).
+    pub fn state_sync(&self) -> bool {
+        self.state_sync
+    }
+
+    /// The role of every group.
+    pub fn roles(&self) -> impl Iterator<Item = Role> + '_ {
+        self.groups.iter().map(|g| g.group.role())
+    }
+
+    /// The VRIDs of group `gi`'s members.
+    pub fn vrids(&self, gi: usize) -> Vec<u8> {
+        self.groups.get(gi).map_or_else(Vec::new, |g| {
+            g.group.members().iter().map(|m| m.config().vrid).collect()
+        })
+    }
+
+    /// Group `gi`'s Master_Down_Interval and Skew_Time as a backup computes
+    /// them now (its earliest member: the group follows the first to fire).
+    pub fn master_down(&self, gi: usize) -> Option<(Duration, Duration)> {
+        self.groups
+            .get(gi)?
+            .group
+            .members()
+            .iter()
+            .map(|m| {
+                (
+                    m.master_down_interval(),
+                    machine::skew_time(m.priority(), m.master_adver_interval_cs()),
+                )
+            })
+            .min()
+    }
+
+    /// Each group's role, timers and effective priorities, and the lease:
+    /// what input may change only through the election. The simulation
+    /// compares it before and after hostile input.
+    pub fn election_state(&self) -> ElectionState {
+        ElectionState {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| {
+                    (
+                        g.group.role(),
+                        g.group.poll_at(),
+                        g.group
+                            .members()
+                            .iter()
+                            .map(|m| (m.role(), m.priority(), m.master_adver_interval_cs()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            owned: self.owned,
+            lease_until: self.lease_until,
+        }
+    }
+
+    /// Counters, history and roles for the status.
+    pub fn report(&self) -> Report {
+        Report {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| GroupReport {
+                    name: g.name.clone(),
+                    role: g.group.role(),
+                    priority: max_priority(&g.group),
+                })
+                .collect(),
+            owned: self.owned,
+            priority_override: self
+                .groups
+                .first()
+                .and_then(|g| g.group.priority_override()),
+            maintenance: self.maintenance,
+            preempt_allowed: self.preempt_allowed,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// The counters alone (cheaper than [`Node::report`]).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether what we own is past its lease at `now`.
+    fn lease_passed(&self, now: Instant) -> bool {
+        self.owned != 0 && self.lease_until.is_none_or(|t| now >= t)
+    }
+
+    /// Nothing in the ownership word is ours any more (its lease lapsed, or
+    /// a write failed): masters step down at the end of the event.
+    fn lapse(&mut self) {
+        self.owned = 0;
+        self.lease_until = None;
+        self.lapsed = true;
+    }
+
+    /// Whether group `gi` is ours under a running lease (GARP only then).
+    fn owns(&self, gi: usize, now: Instant) -> bool {
+        !self.lapsed
+            && self.owned & self.groups[gi].bit != 0
+            && self.lease_until.is_some_and(|t| now < t)
+    }
+
+    fn set_preempt_allowed(&mut self, allowed: bool) {
+        self.preempt_allowed = allowed;
+        for g in &mut self.groups {
+            g.group.set_preempt_allowed(allowed);
+        }
+    }
+
+    fn start(
+        &mut self,
+        now: Instant,
+        resumed: u64,
+        maintenance: bool,
+        links: &[(String, bool)],
+        out: &mut Vec<Effect>,
+    ) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if maintenance {
+            info!("maintenance mode is on: staying backup (`ha-agent maintenance off` ends it)");
+            self.maintenance = true;
+            self.set_override(Some(DEMOTED_PRIORITY));
+        }
+        // A restart within a running lease (we were master moments ago): the
+        // lease is shorter than the peer's master-down interval and ran from
+        // our last advert, so the peer cannot have taken over yet. The I/O
+        // layer renewed it; resume as master, advertising at once. Otherwise
+        // own nothing (RFC 9568: Initialize -> Backup unless address owner).
+        let all = self.groups.iter().fold(0, |a, g| a | g.bit);
+        let resumed = resumed & all;
+        self.owned = resumed;
+        if resumed == 0 {
+            out.push(Effect::WriteOwnership {
+                groups: 0,
+                lease: None,
+            });
+        } else {
+            info!(
+                groups = resumed,
+                "restarted within the ownership lease: resuming as master"
+            );
+            self.lease_until = Some(now + self.lease);
+        }
+        for (iface, up) in links {
+            self.on_link(now, iface, *up, out);
+        }
+        for gi in 0..self.groups.len() {
+            let actions = if resumed & self.groups[gi].bit != 0 {
+                self.groups[gi].group.resume_master(now)
+            } else {
+                self.groups[gi].group.startup(now)
+            };
+            self.apply(gi, actions, now, None, out);
+        }
+        out.push(Effect::WriteStatus);
+    }
+
+    fn on_packet(&mut self, now: Instant, bytes: &[u8], out: &mut Vec<Effect>) {
+        let peers = &self.peers;
+        let by_vrid = &self.by_vrid;
+        let rx = match packet::parse(bytes, |a| peers.contains(&a), |v| by_vrid.contains_key(&v)) {
+            Ok(rx) => rx,
+            Err((reason, src)) => {
+                let total = {
+                    let n = self.counters.rejected.entry(reason).or_default();
+                    *n += 1;
+                    *n
+                };
+                if self.log_rejected.allow(reason, now) {
+                    warn!(?reason, ?src, total, "VRRP packet rejected");
+                }
+                return;
+            }
+        };
+        if !self.started {
+            return;
+        }
+        self.counters.adverts_received += 1;
+        let Some(&(gi, mi)) = self.by_vrid.get(&rx.advert.vrid) else {
+            return;
+        };
+        let ours = self.groups[gi].group.members()[mi]
+            .config()
+            .advert_interval_cs;
+        if rx.advert.interval_cs != ours {
+            self.counters.interval_mismatches += 1;
+            if self.log_interval.allow(now) {
+                warn!(src = %rx.src, vrid = rx.advert.vrid, theirs_cs = rx.advert.interval_cs, ours_cs = ours,
+                    total = self.counters.interval_mismatches, "advert interval differs from ours (learnt, per RFC 9568)");
+            }
+        }
+        self.counters.last_advert = Some(LastAdvert {
+            src: rx.src,
+            priority: rx.advert.priority,
+            at: now,
+        });
+        let actions = self.groups[gi].group.on_advert(
+            mi,
+            now,
+            rx.src,
+            rx.advert.priority,
+            rx.advert.interval_cs,
+        );
+        self.apply(gi, actions, now, None, out);
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if !self.started {
+            return;
+        }
+        for gi in 0..self.groups.len() {
+            if let Some(due) = self.groups[gi].group.poll_at().filter(|t| *t <= now) {
+                let actions = self.groups[gi].group.poll(now);
+                self.apply(gi, actions, now, Some(due), out);
+            }
+            let owns = self.owns(gi, now);
+            let g = &mut self.groups[gi];
+            if g.garp_pending > 0 && g.garp_at <= now {
+                g.garp_pending -= 1;
+                g.garp_at = now + g.garp_interval;
+                if owns {
+                    out.push(Effect::SendGarp { group: gi });
+                }
+            }
+        }
+    }
+
+    fn on_link(&mut self, now: Instant, iface: &str, up: bool, out: &mut Vec<Effect>) {
+        if self.links.get(iface) == Some(&up) {
+            return;
+        }
+        info!(%iface, up, "tracked link changed");
+        self.links.insert(iface.to_owned(), up);
+        for gi in 0..self.groups.len() {
+            let actions = self.groups[gi].group.set_link(iface, up, now);
+            self.apply(gi, actions, now, None, out);
+        }
+    }
+
+    fn set_vips(&mut self, now: Instant, vips: Vec<Vec<Vec<Ipv4Addr>>>, out: &mut Vec<Effect>) {
+        for (gi, members) in vips.into_iter().enumerate().take(self.groups.len()) {
+            let g = &mut self.groups[gi];
+            for (mi, v) in members.into_iter().enumerate().take(g.instances.len()) {
+                g.group.member_mut(mi).set_vips(v);
+            }
+            if self.owns(gi, now) {
+                out.push(Effect::SendGarp { group: gi });
+            }
+        }
+        out.push(Effect::WriteStatus);
+    }
+
+    fn set_override(&mut self, p: Option<u8>) {
+        for g in &mut self.groups {
+            g.group.set_priority_override(p);
+        }
+    }
+
+    fn command(&mut self, c: Command, out: &mut Vec<Effect>) {
+        let reply = match c {
+            Command::Promote => {
+                if self.maintenance {
+                    self.maintenance = false;
+                    out.push(Effect::SaveMaintenance(false));
+                }
+                self.set_override(Some(PROMOTED_PRIORITY));
+                Ok(format!(
+                    "promoted: priority {PROMOTED_PRIORITY}; this node preempts the master{} and stays master until `demote` or a restart",
+                    if self.preempt_allowed {
+                        ""
+                    } else {
+                        " once state sync is complete"
+                    }
+                ))
+            }
+            Command::Demote => {
+                self.set_override(Some(DEMOTED_PRIORITY));
+                Ok(format!(
+                    "demoted: priority {DEMOTED_PRIORITY}; the peer takes over as soon as it sees our adverts, and this node stays backup until `promote` or a restart"
+                ))
+            }
+            Command::Maintenance(on) => {
+                self.maintenance = on;
+                out.push(Effect::SaveMaintenance(on));
+                if on {
+                    self.set_override(Some(DEMOTED_PRIORITY));
+                    Ok("maintenance on: this node hands over to the peer and stays backup, across restarts, until `maintenance off`".into())
+                } else {
+                    self.set_override(None);
+                    Ok("maintenance off: back to the configured priority".into())
+                }
+            }
+            Command::Resync if self.state_sync => {
+                out.push(Effect::ForceResync);
+                self.set_preempt_allowed(false);
+                Ok("asked the peer for a full state resync; `ha-agent status` shows when it is complete".into())
+            }
+            Command::Resync => {
+                Err("state sync is not configured (ha.sync_port, ha.sync_key_file)".into())
+            }
+        };
+        out.push(Effect::WriteStatus);
+        out.push(Effect::Reply(reply));
+    }
+
+    fn stop(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        for gi in 0..self.groups.len() {
+            let actions = self.groups[gi].group.shutdown(now);
+            self.apply(gi, actions, now, None, out);
+        }
+        self.owned = 0;
+        self.lease_until = None;
+        out.push(Effect::WriteOwnership {
+            groups: 0,
+            lease: None,
+        });
+        out.push(Effect::WriteStatus);
+        info!("node stopped");
+    }
+
+    /// We stalled past our own lease (or the data plane says so): the peer
+    /// may own the VIPs by now. The groups that were ours step down (priority
+    /// 0, then backup) and win them again through the election, never by
+    /// reviving the lease. A group that took over during this very event
+    /// keeps what it wrote.
+    fn step_down_lapsed(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.counters.lease_lapses += 1;
+        warn!("ownership lease lapsed before renewal; stepping down");
+        if self.owned == 0 {
+            // First: the data plane's word still names the lapsed groups
+            // (or a write failed and what it holds is unknown).
+            out.push(Effect::WriteOwnership {
+                groups: 0,
+                lease: None,
+            });
+        }
+        for gi in 0..self.groups.len() {
+            let g = &self.groups[gi];
+            if g.group.role() == Role::Master && self.owned & g.bit == 0 {
+                let actions = self.groups[gi].group.release(now, Reason::LeaseLapsed);
+                self.apply(gi, actions, now, None, out);
+                let actions = self.groups[gi].group.startup(now);
+                self.apply(gi, actions, now, None, out);
+            }
+        }
+    }
+
+    /// Carries out a group's actions: the group's role change first (its
+    /// ownership write and first GARP), then the members' adverts and
+    /// notifications. `due`: when the timer that caused them was due.
+    fn apply(
+        &mut self,
+        gi: usize,
+        actions: Vec<GroupAction>,
+        now: Instant,
+        due: Option<Instant>,
+        out: &mut Vec<Effect>,
+    ) {
+        let mut transitioned = false;
+        for a in &actions {
+            if let GroupAction::Transition { to, reason } = a {
+                self.transition(gi, *to, *reason, now, due, out);
+                transitioned = true;
+            }
+        }
+        for a in actions {
+            let GroupAction::Member { member, action } = a else {
+                continue;
+            };
+            match action {
+                Action::SendAdvert { priority } => self.advert(gi, member, priority, now, out),
+                Action::Transition { to, reason } => {
+                    let g = &self.groups[gi];
+                    let m = &g.group.members()[member];
+                    info!(instance = %g.instances[member], vrid = m.config().vrid, role = to.as_str(), ?reason, "VRRP instance transition");
+                    out.push(Effect::Hook {
+                        group: gi,
+                        hook: Hook::Notify {
+                            kind: NotifyKind::Instance,
+                            name: g.instances[member].clone(),
+                            role: to,
+                            priority: m.priority(),
+                        },
+                    });
+                }
+                Action::ResendGarp => {
+                    let owns = self.owns(gi, now);
+                    let g = &mut self.groups[gi];
+                    // At most once a second: a one-way HA link would otherwise
+                    // make both sides re-announce with every advert.
+                    if owns && g.resend.allow(now) {
+                        info!(group = %g.name, "competing master seen: VIPs re-announced");
+                        out.push(Effect::SendGarp { group: gi });
+                    }
+                }
+            }
+        }
+        if transitioned {
+            out.push(Effect::WriteStatus);
+        }
+    }
+
+    /// Sends an advert; a master renews its lease first, unless the lease has
+    /// lapsed (then it sends nothing at its priority and steps down).
+    fn advert(
+        &mut self,
+        gi: usize,
+        member: usize,
+        priority: u8,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        if priority != 0 && self.groups[gi].group.role() == Role::Master {
+            if self.lapsed || self.lease_passed(now) {
+                self.lapse();
+                return;
+            }
+            // Written at this very instant already (a takeover): no second write.
+            if self.lease_until != Some(now + self.lease) {
+                self.lease_until = Some(now + self.lease);
+                out.push(Effect::RenewLease { lease: self.lease });
+            }
+        }
+        let c = self.groups[gi].group.members()[member].config();
+        out.push(Effect::SendAdvert(wire::Repr {
+            vrid: c.vrid,
+            priority,
+            interval_cs: c.advert_interval_cs,
+            addrs: c.vips.clone(),
+        }));
+        self.counters.adverts_sent += 1;
+    }
+
+    /// A group changed role: to MASTER, commit, one ownership write, the
+    /// first GARP; away from it, the ownership write first. Then hooks.
+    fn transition(
+        &mut self,
+        gi: usize,
+        to: Role,
+        reason: Reason,
+        now: Instant,
+        due: Option<Instant>,
+        out: &mut Vec<Effect>,
+    ) {
+        let bit = self.groups[gi].bit;
+        if to == Role::Master {
+            // Everything the peer sent is in conntrack before the VIPs move
+            // (the keepalived + conntrackd race that resets connections).
+            out.push(Effect::Commit {
+                group: gi,
+                due: due.unwrap_or(now),
+            });
+            if self.lease_passed(now) {
+                // What else the word holds lapsed: it is not carried over.
+                self.lapse();
+            }
+            self.owned |= bit;
+            self.lease_until = Some(now + self.lease);
+            out.push(Effect::WriteOwnership {
+                groups: self.owned,
+                lease: Some(self.lease),
+            });
+            let g = &mut self.groups[gi];
+            out.push(Effect::SendGarp { group: gi });
+            g.garp_pending = g.garp_count.saturating_sub(1);
+            g.garp_at = now + g.garp_interval;
+            info!(group = %g.name, ?reason, "MASTER: VIPs owned and announced");
+        } else {
+            if self.owned & bit != 0 {
+                self.owned &= !bit;
+                // A step-down never extends the lease of what remains: it
+                // keeps the time it had, or, lapsed, is given up too.
+                let left = self
+                    .lease_until
+                    .and_then(|t| t.checked_sub(now))
+                    .filter(|d| !d.is_zero());
+                let lease = match left {
+                    Some(left) if self.owned != 0 => Some(left),
+                    _ => {
+                        if self.owned != 0 {
+                            self.lapse();
+                        }
+                        self.lease_until = None;
+                        None
+                    }
+                };
+                out.push(Effect::WriteOwnership {
+                    groups: self.owned,
+                    lease,
+                });
+            }
+            self.groups[gi].garp_pending = 0;
+            info!(group = %self.groups[gi].name, role = to.as_str(), ?reason, "group left MASTER or started");
+        }
+        let g = &self.groups[gi];
+        out.push(Effect::Hook {
+            group: gi,
+            hook: Hook::Services { role: to },
+        });
+        out.push(Effect::Hook {
+            group: gi,
+            hook: Hook::Notify {
+                kind: NotifyKind::Group,
+                name: g.name.clone(),
+                role: to,
+                priority: max_priority(&g.group),
+            },
+        });
+        let name = g.name.clone();
+        self.counters.record_transition(&name, to, reason, now);
+    }
+}
+
+fn max_priority(g: &Group) -> u8 {
+    g.members()
+        .iter()
+        .map(Instance::priority)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
