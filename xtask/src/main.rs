@@ -6,6 +6,7 @@
 //! - `test`: setup, build, fmt, clippy, unit tests, privileged integration tests.
 //! - `lab`: the failover lab; `lab down` removes leftovers of any lab.
 //! - `bench`: data-plane benchmarks (figures in docs/benchmarks.md).
+//! - `sim`: the deterministic simulation of the cluster (docs/simulation.md).
 
 mod build;
 mod lab;
@@ -41,6 +42,27 @@ enum Command {
     /// (HA_BENCH_RUNS hard crashes per system and advert interval, default 20).
     /// Writes target/bench/*.json; figures in docs/benchmarks.md.
     Bench,
+    /// The deterministic simulation of a cluster (node cores over a seeded,
+    /// fault-injecting network; docs/simulation.md). Prints `sim: N seeds, N
+    /// failovers, N invariant violations`; a failing seed prints its trace.
+    ///
+    /// Example: `cargo xtask sim --seeds 100000`, `cargo xtask sim --seed 42 --trace`
+    Sim(SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Seeds to run.
+    #[arg(long, default_value_t = 2000)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Run only this seed (with --trace: print its whole trace).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    trace: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Bench => bench(),
+        Command::Sim(args) => sim(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -86,6 +109,25 @@ fn bench() -> anyhow::Result<()> {
         "state-sync benchmark (ha-agent and conntrackd FTFW)",
         cargo().args(["bench", "--package", "ha-tests", "--bench", "sync"]),
     )
+}
+
+/// Runs the simulation (release build: it is CPU-bound).
+fn sim(a: &SimArgs) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "--release", "--package", "ha-sim", "--"])
+        .args([
+            "--seeds",
+            &a.seeds.to_string(),
+            "--first",
+            &a.first.to_string(),
+        ]);
+    if let Some(s) = a.seed {
+        cmd.args(["--seed", &s.to_string()]);
+    }
+    if a.trace {
+        cmd.arg("--trace");
+    }
+    run_step("deterministic simulation", &mut cmd)
 }
 
 /// The cargo that runs us (so nested builds use the same toolchain).

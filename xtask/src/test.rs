@@ -89,6 +89,19 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         ],
         &mut tally,
     )?;
+    run_step(
+        "deterministic simulation (2,000 seeds; `cargo xtask sim --seeds 100000` for more)",
+        cargo().args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "ha-sim",
+            "--",
+            "--seeds",
+            "2000",
+        ]),
+    )?;
     if args.unprivileged {
         eprintln!("xtask: skipping the privileged integration tests (--unprivileged)");
     } else {

@@ -1,0 +1,528 @@
+//! The invariants, checked on every step of a run (and, for the bounds on
+//! two owners, over the whole run at its end). Each is a formula; the names
+//! are those of `docs/simulation.md`.
+//!
+//! Definitions. A node *owns* group g at t when its data plane would answer
+//! for g's VIPs: the machine is up and not paused, g's bit is set in the
+//! ownership word, and the lease has not lapsed on the data plane's coarse
+//! clock (up to one tick late). L = lease + tick (the lease bound).
+//! C = A + D + P (the convergence bound): A the longest advert interval, D
+//! the longest one-way delay (jitter and spikes included), P = 5 ms of
+//! processing. A pair of nodes is *impaired* at t when a packet between
+//! them is dropped (loss, partition, a full or dead receiver) or either
+//! node is disturbed (crash, agent down, stall, pause, hostile burst, link
+//! fault, operator command).
+//!
+//! - SPLIT: every interval [s, e) in which two nodes own g satisfies
+//!   e − max(s, f) ≤ max(L, C), f the last impairment of the pair before e.
+//!   Without impairment two owners never last longer than the lease bound;
+//!   after a cut heals they converge within one advert interval (plus delay
+//!   and processing).
+//! - FAILOVER: when the sole owner of g dies (machine crash, agent crash,
+//!   graceful stop) and a backup B stays undisturbed, some other node owns g
+//!   by r + MDI_B·1.001 + P (r: the last advert B processed from the dead
+//!   master; Skew_Time instead of MDI when that advert was priority 0;
+//!   1.001 covers 500 ppm of clock drift).
+//! - HOSTILE: a hostile packet (malformed, from a stranger, wrong TTL or
+//!   VRID) produces no effect, leaves the node's election state (roles,
+//!   timers, priorities, learnt intervals, ownership, lease) unchanged, and
+//!   is counted as exactly one rejection.
+//! - GATE: a node with state sync never preempts (Reason::Preempt) before
+//!   it was told its resync is complete.
+//! - ORDER: in one batch of effects, ownership of g is gained only after a
+//!   Commit for g (no ownership without a takeover: a lapsed lease is never
+//!   revived); a GARP for g, and the start of g's services, only while the
+//!   data plane owns g. So: commit -> ownership write -> first GARP.
+//! - AGREE: after every event a running, unfrozen core handles, its data
+//!   plane owns no group the core does not hold as MASTER.
+//! - CONVERGE: at the end of the quiet tail (every fault healed, every node
+//!   up), each group has exactly one owner, whose core is its only MASTER.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use ha_core::{
+    node::ElectionState,
+    vrrp::{machine::Role, packet},
+};
+
+use crate::{
+    scenario::{Scenario, T, ms},
+    world::SimNode,
+};
+
+/// Processing allowance in the bounds.
+const P: Duration = Duration::from_millis(5);
+
+/// A master death whose takeover is awaited.
+#[derive(Debug, Clone)]
+struct Death {
+    group: usize,
+    master: usize,
+    at: T,
+    /// Eligible backups with their (MDI, Skew_Time).
+    backups: Vec<(usize, Duration, Duration)>,
+}
+
+/// What the checks keep.
+pub struct Checker {
+    groups: usize,
+    tick: T,
+    lease_bound: Duration,
+    converge_bound: Duration,
+    /// Ownership intervals by (group, node), and the open one.
+    intervals: BTreeMap<(usize, usize), Vec<(T, T)>>,
+    open: BTreeMap<(usize, usize), T>,
+    /// Drop times by unordered pair.
+    drops: BTreeMap<(usize, usize), Vec<T>>,
+    /// Disturbance windows by node.
+    disturbed: BTreeMap<usize, Vec<(T, T)>>,
+    /// The last advert each node processed for each group, from whom, at
+    /// what priority: (node, group) -> (from, t, priority).
+    last_rx: BTreeMap<(usize, usize), (usize, T, u8)>,
+    deaths: Vec<Death>,
+    /// Before a packet: (election state, rejections) of the node.
+    before: Option<(ElectionState, u64)>,
+    pub violations: Vec<(T, String)>,
+    /// Figures: failovers checked and their worst margin past MDI, the
+    /// longest two-owner interval with and without impairment.
+    pub deaths_checked: u64,
+    pub worst_failover_excess: Option<Duration>,
+    pub dual_clean_max: Duration,
+    pub dual_impaired_max: Duration,
+    pub dual_total: Duration,
+}
+
+impl Checker {
+    pub fn new(sc: &Scenario, groups: usize) -> Self {
+        let lease = sc.nodes[0].settings.lease;
+        let d = sc.net.delay
+            + sc.net.jitter
+            + if sc.net.spike > 0.0 {
+                sc.net.spike_max
+            } else {
+                T::ZERO
+            };
+        Checker {
+            groups,
+            tick: sc.tick,
+            lease_bound: lease + sc.tick,
+            converge_bound: sc.max_advert() + d + P,
+            intervals: BTreeMap::new(),
+            open: BTreeMap::new(),
+            drops: BTreeMap::new(),
+            disturbed: BTreeMap::new(),
+            last_rx: BTreeMap::new(),
+            deaths: Vec::new(),
+            before: None,
+            violations: Vec::new(),
+            deaths_checked: 0,
+            worst_failover_excess: None,
+            dual_clean_max: T::ZERO,
+            dual_impaired_max: T::ZERO,
+            dual_total: T::ZERO,
+        }
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty()
+    }
+
+    pub fn violation(&mut self, t: T, what: String) {
+        self.violations.push((t, what));
+    }
+
+    pub fn dropped(&mut self, from: usize, to: usize, t: T) {
+        self.drops.entry(pair(from, to)).or_default().push(t);
+    }
+
+    pub fn disturb(&mut self, node: usize, from: T, to: T) {
+        self.disturbed.entry(node).or_default().push((from, to));
+    }
+
+    fn disturbed_in(&self, node: usize, from: T, to: T) -> bool {
+        self.disturbed
+            .get(&node)
+            .is_some_and(|w| w.iter().any(|&(a, b)| a <= to && b >= from))
+    }
+
+    /// Closes ownership that ended by itself (a lapsed lease) before `t`,
+    /// at the exact instant, and checks awaited takeovers.
+    pub fn settle(&mut self, nodes: &[SimNode], t: T) {
+        let open: Vec<((usize, usize), T)> = self.open.iter().map(|(k, v)| (*k, *v)).collect();
+        for ((g, i), since) in open {
+            if !nodes[i].owns(g, t, self.tick) {
+                let end = nodes[i].lease_end(self.tick).unwrap_or(t).clamp(since, t);
+                self.close(g, i, since, end);
+            }
+        }
+        self.check_deaths(nodes, t);
+    }
+
+    fn close(&mut self, g: usize, i: usize, since: T, end: T) {
+        self.open.remove(&(g, i));
+        self.intervals.entry((g, i)).or_default().push((since, end));
+    }
+
+    /// Node `i`'s ownership may have changed at `t` (a write, a crash, a
+    /// pause).
+    pub fn ownership_changed(&mut self, nodes: &[SimNode], i: usize, t: T) {
+        for g in 0..self.groups {
+            let owns = nodes[i].owns(g, t, self.tick);
+            match (self.open.get(&(g, i)).copied(), owns) {
+                (Some(since), false) => self.close(g, i, since, t),
+                (None, true) => {
+                    self.open.insert((g, i), t);
+                    self.took_over(g, i, t);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ----- FAILOVER -----
+
+    /// Node `m` dies at `t`: for each group it owns alone, await a takeover.
+    pub fn death(&mut self, nodes: &[SimNode], m: usize, t: T) {
+        for g in 0..self.groups {
+            let owners: Vec<usize> = (0..nodes.len())
+                .filter(|&i| nodes[i].owns(g, t, self.tick))
+                .collect();
+            if owners != [m] {
+                continue;
+            }
+            let backups = (0..nodes.len())
+                .filter(|&b| b != m)
+                .filter_map(|b| {
+                    let core = nodes[b].core.as_ref()?;
+                    if core.roles().nth(g) != Some(Role::Backup) {
+                        return None;
+                    }
+                    let (mdi, skew) = core.master_down(g)?;
+                    // Undisturbed over the master-down interval before.
+                    if self.disturbed_in(b, t.saturating_sub(mdi + ms(10)), t) {
+                        return None;
+                    }
+                    Some((b, mdi, skew))
+                })
+                .collect::<Vec<_>>();
+            if !backups.is_empty() {
+                self.deaths.push(Death {
+                    group: g,
+                    master: m,
+                    at: t,
+                    backups,
+                });
+            }
+        }
+    }
+
+    /// The deadline of a death: the earliest of its eligible backups'.
+    fn deadline(&self, d: &Death, now: T) -> Option<T> {
+        d.backups
+            .iter()
+            .filter(|(b, _, _)| !self.disturbed_in(*b, d.at, now))
+            .filter_map(|&(b, mdi, skew)| {
+                let &(from, r, prio) = self.last_rx.get(&(b, d.group))?;
+                (from == d.master).then(|| {
+                    let wait = if prio == 0 { skew } else { mdi };
+                    r + wait + wait / 1000 + P
+                })
+            })
+            .min()
+    }
+
+    fn took_over(&mut self, g: usize, i: usize, t: T) {
+        let mut done = Vec::new();
+        for (k, d) in self.deaths.iter().enumerate() {
+            if d.group == g && d.master != i {
+                done.push(k);
+                if let Some(deadline) = self.deadline(d, t) {
+                    self.deaths_checked += 1;
+                    let excess = t.saturating_sub(deadline - P);
+                    self.worst_failover_excess = self.worst_failover_excess.max(Some(excess));
+                    if t > deadline {
+                        self.violations.push((
+                            t,
+                            format!(
+                                "FAILOVER: node {i} took group {g} over at {t:?}, after the bound {deadline:?} (master {} died at {:?})",
+                                d.master, d.at
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for k in done.into_iter().rev() {
+            self.deaths.remove(k);
+        }
+    }
+
+    fn check_deaths(&mut self, nodes: &[SimNode], t: T) {
+        let mut late = Vec::new();
+        self.deaths.retain(|d| {
+            // The master came back and owns again: nothing awaited.
+            if nodes[d.master].core.is_some() && nodes[d.master].owns(d.group, t, self.tick) {
+                return false;
+            }
+            true
+        });
+        for (k, d) in self.deaths.iter().enumerate() {
+            match self.deadline(d, t) {
+                None if d
+                    .backups
+                    .iter()
+                    .all(|(b, _, _)| self.disturbed_in(*b, d.at, t)) =>
+                {
+                    late.push((k, None));
+                }
+                Some(deadline) if t > deadline => late.push((k, Some(deadline))),
+                _ => {}
+            }
+        }
+        for (k, deadline) in late.into_iter().rev() {
+            let d = self.deaths.remove(k);
+            if let Some(deadline) = deadline {
+                self.violations.push((
+                    t,
+                    format!(
+                        "FAILOVER: no node owns group {} at {t:?}, past the bound {deadline:?} (master {} died at {:?})",
+                        d.group, d.master, d.at
+                    ),
+                ));
+            }
+        }
+    }
+
+    // ----- HOSTILE, and adverts seen -----
+
+    pub fn before_packet(
+        &mut self,
+        nodes: &[SimNode],
+        i: usize,
+        from: Option<usize>,
+        _bytes: &[u8],
+    ) {
+        self.before = match (from, &nodes[i].core) {
+            (None, Some(core)) => Some((
+                core.election_state(),
+                core.counters().rejected.values().sum(),
+            )),
+            _ => None,
+        };
+    }
+
+    pub fn after_packet(
+        &mut self,
+        nodes: &[SimNode],
+        i: usize,
+        from: Option<usize>,
+        bytes: &[u8],
+        effects: usize,
+        t: T,
+    ) {
+        let Some(core) = &nodes[i].core else {
+            return;
+        };
+        if let Some((state, rejected)) = self.before.take() {
+            let now_rejected: u64 = core.counters().rejected.values().sum();
+            if effects != 0 || core.election_state() != state || now_rejected != rejected + 1 {
+                self.violations.push((
+                    t,
+                    format!(
+                        "HOSTILE: node {i} changed on a hostile packet ({} bytes: {:02x?}): {effects} effects, rejections {rejected} -> {now_rejected}",
+                        bytes.len(),
+                        &bytes[..bytes.len().min(32)]
+                    ),
+                ));
+            }
+            return;
+        }
+        if let Some(from) = from
+            && let Ok(rx) = packet::parse(bytes, |_| true, |_| true)
+        {
+            for g in 0..self.groups {
+                if group_of(core, g, rx.advert.vrid) {
+                    self.last_rx.insert((i, g), (from, t, rx.advert.priority));
+                }
+            }
+        }
+    }
+
+    // ----- ORDER -----
+
+    pub fn batch(&self, node: usize) -> Batch {
+        Batch { node, committed: 0 }
+    }
+
+    // ----- AGREE -----
+
+    pub fn consistent(&mut self, nodes: &[SimNode], i: usize, t: T) {
+        let Some(core) = &nodes[i].core else {
+            return;
+        };
+        for (g, role) in core.roles().enumerate() {
+            if role != Role::Master && nodes[i].owns(g, t, self.tick) {
+                self.violations.push((
+                    t,
+                    format!(
+                        "AGREE: node {i}'s data plane owns group {g} while its core is {role:?}"
+                    ),
+                ));
+            }
+        }
+    }
+
+    // ----- at the end: SPLIT and CONVERGE -----
+
+    pub fn finish(&mut self, nodes: &[SimNode], t: T) {
+        for g in 0..self.groups {
+            let owners: Vec<usize> = (0..nodes.len())
+                .filter(|&i| nodes[i].owns(g, t, self.tick))
+                .collect();
+            let masters: Vec<usize> = (0..nodes.len())
+                .filter(|&i| {
+                    nodes[i]
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.roles().nth(g) == Some(Role::Master))
+                })
+                .collect();
+            if owners.len() != 1 || masters != owners {
+                self.violations.push((
+                    t,
+                    format!("CONVERGE: at the end, group {g} is owned by {owners:?} with masters {masters:?}"),
+                ));
+            }
+        }
+        let open: Vec<((usize, usize), T)> = self.open.iter().map(|(k, v)| (*k, *v)).collect();
+        for ((g, i), since) in open {
+            self.close(g, i, since, t);
+        }
+        self.split();
+    }
+
+    fn split(&mut self) {
+        let bound = self.lease_bound.max(self.converge_bound);
+        let nodes: Vec<usize> = self.intervals.keys().map(|(_, i)| *i).collect();
+        let max_node = nodes.iter().copied().max().unwrap_or(0);
+        for g in 0..self.groups {
+            for a in 0..=max_node {
+                for b in a + 1..=max_node {
+                    let (Some(ia), Some(ib)) =
+                        (self.intervals.get(&(g, a)), self.intervals.get(&(g, b)))
+                    else {
+                        continue;
+                    };
+                    let mut overlaps = Vec::new();
+                    for &(s1, e1) in ia {
+                        for &(s2, e2) in ib {
+                            let (s, e) = (s1.max(s2), e1.min(e2));
+                            if s < e {
+                                overlaps.push((s, e));
+                            }
+                        }
+                    }
+                    for (s, e) in overlaps {
+                        let f = self.last_impairment(a, b, e);
+                        let len = e - s;
+                        self.dual_total += len;
+                        let clean = f.is_none_or(|f| f < s.saturating_sub(self.lease_bound));
+                        if clean {
+                            self.dual_clean_max = self.dual_clean_max.max(len);
+                        } else {
+                            self.dual_impaired_max = self.dual_impaired_max.max(len);
+                        }
+                        let from = f.map_or(s, |f| f.max(s));
+                        if e - from > bound + Duration::from_micros(1) {
+                            self.violations.push((
+                                e,
+                                format!(
+                                    "SPLIT: nodes {a} and {b} both owned group {g} from {s:?} to {e:?} ({len:?}), {:?} after the last impairment ({f:?}); bound {bound:?}",
+                                    e - from
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last impairment of the pair before `e`.
+    fn last_impairment(&self, a: usize, b: usize, e: T) -> Option<T> {
+        let drop = self.drops.get(&pair(a, b)).and_then(|d| {
+            let k = d.partition_point(|t| *t < e);
+            k.checked_sub(1).map(|k| d[k])
+        });
+        let window = [a, b]
+            .iter()
+            .filter_map(|n| self.disturbed.get(n))
+            .flatten()
+            .filter(|(from, _)| *from < e)
+            .map(|&(_, to)| to.min(e))
+            .max();
+        drop.max(window)
+    }
+}
+
+/// The ORDER checks of one batch of effects.
+pub struct Batch {
+    node: usize,
+    /// Groups with a Commit in this batch.
+    committed: u64,
+}
+
+impl Batch {
+    pub fn commit(&mut self, g: usize) {
+        self.committed |= 1 << g;
+    }
+
+    pub fn gained(&mut self, check: &mut Checker, g: usize, t: T) {
+        if self.committed & (1 << g) == 0 {
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {} gained ownership of group {g} without a takeover commit before it (a lapsed lease revived?)",
+                    self.node
+                ),
+            );
+        }
+    }
+
+    pub fn garp(&mut self, check: &mut Checker, n: &SimNode, g: usize, tick: T, t: T) {
+        if !n.owns(g, t, tick) {
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {} sent GARP for group {g} it does not own",
+                    self.node
+                ),
+            );
+        }
+    }
+
+    pub fn services(&mut self, check: &mut Checker, n: &SimNode, g: usize, tick: T, t: T) {
+        if !n.owns(g, t, tick) {
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {} started the services of group {g} without owning it",
+                    self.node
+                ),
+            );
+        }
+    }
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+/// Whether `vrid` belongs to group `g` of this core.
+fn group_of(core: &ha_core::node::Node, g: usize, vrid: u8) -> bool {
+    core.vrids(g).contains(&vrid)
+}

@@ -1,0 +1,941 @@
+//! The simulated cluster: node cores behind a model of the daemon's shell,
+//! each with a data plane (the ownership word and its lease, read through a
+//! coarse clock) and a monotonic clock of its own (drift, VM pauses), over
+//! a network that delays, reorders, duplicates and loses packets and can be
+//! partitioned one way or both. One event queue orders everything; nothing
+//! depends on the wall clock or on hash order, so a seed replays exactly.
+//!
+//! The shell model follows `ha-agent`'s loop: on each wake it reports state
+//! sync first, then drains every packet waiting in the socket, else runs the
+//! timers; effects are carried out in order; an ownership write the data
+//! plane refuses ends the batch and is reported back, as is a renewal of a
+//! lapsed lease (which the data plane refuses, never reviving it).
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use ha_core::{
+    node::{Command, Effect, Event, Hook, Node},
+    vrrp::{
+        machine::{Reason, Role},
+        packet::ip_packet,
+        wire::{self, MULTICAST},
+    },
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{
+    check::Checker,
+    scenario::{Fault, Scenario, T, TRACKED, ms},
+    trace::Trace,
+};
+
+/// Packets a node's socket holds (about a 1 MB receive buffer).
+const INBOX: usize = 2000;
+
+/// What waits in a node's socket or control queue.
+#[derive(Debug, Clone)]
+enum Item {
+    /// A VRRP packet; `from` is the sending node (`None`: the attacker).
+    Packet { bytes: Vec<u8>, from: Option<usize> },
+    /// The shell saw the tracked link change.
+    Link(bool),
+    /// An operator command.
+    Command(Command),
+}
+
+/// A queued event.
+#[derive(Debug, Clone)]
+enum Ev {
+    /// The node's loop wakes (stale wakes are ignored).
+    Wake(usize),
+    /// Something arrives at a node.
+    Arrive {
+        to: usize,
+        item: Item,
+    },
+    /// A fault of the timeline begins.
+    FaultStart(usize),
+    /// A node's machine boots, or its agent starts.
+    Boot(usize),
+    AgentStart(usize),
+    /// The end of a fault on a node.
+    Unfreeze(usize),
+    Unpause(usize),
+    LinkUp(usize),
+    /// State sync may complete on a node (`generation` guards stale ones).
+    SyncReady {
+        node: usize,
+        generation: u64,
+    },
+    /// The run ends.
+    End,
+}
+
+/// A node's data plane: the ownership word.
+#[derive(Debug, Clone, Copy)]
+pub struct Dataplane {
+    pub groups: u64,
+    /// When the lease ends, on the node's monotonic clock (ns); `None`:
+    /// never (the agent's "no lease").
+    pub expires: Option<u64>,
+    /// The next ownership write fails.
+    pub write_fails: bool,
+}
+
+/// One simulated node.
+pub struct SimNode {
+    pub addr: Ipv4Addr,
+    /// The agent's core; `None` while the agent is not running.
+    pub core: Option<Node>,
+    /// The node's monotonic clock at the agent's start (the core's origin).
+    origin: u64,
+    /// The machine is up; when it booted (its clock's origin).
+    pub up: bool,
+    boot: T,
+    ppm: i64,
+    pub dp: Dataplane,
+    /// The loop is busy until, frozen until (stall), the machine paused until.
+    busy_until: T,
+    frozen_until: T,
+    paused_until: T,
+    inbox: VecDeque<Item>,
+    wake_at: Option<T>,
+    /// State sync: the truth, what the core was told, a guard for retries.
+    in_sync: bool,
+    told_sync: Option<bool>,
+    sync_generation: u64,
+    /// Persisted across restarts.
+    maintenance: bool,
+    link_up: bool,
+}
+
+impl SimNode {
+    /// The node's monotonic clock at `t` (ns since its boot).
+    pub fn mono(&self, t: T) -> u64 {
+        let d = t.saturating_sub(self.boot).as_nanos() as i128;
+        (d + d * i128::from(self.ppm) / 1_000_000) as u64
+    }
+
+    /// The first simulated instant at which the node's clock reads `mono`.
+    pub fn to_sim(&self, mono: u64) -> T {
+        let m = i128::from(mono);
+        let d =
+            (m * 1_000_000 + 999_999 + i128::from(self.ppm)) / (1_000_000 + i128::from(self.ppm));
+        let mut t = self.boot + Duration::from_nanos(d.max(0) as u64);
+        // Integer rounding: step forward until the clock reads it.
+        while self.mono(t) < mono {
+            t += Duration::from_nanos(1);
+        }
+        t
+    }
+
+    /// The core's time at `t`.
+    fn local(&self, t: T) -> Duration {
+        Duration::from_nanos(self.mono(t).saturating_sub(self.origin))
+    }
+
+    /// Whether the data plane answers for group `g` at `t` (the XDP
+    /// programs read a coarse clock: a lease lapses up to a tick late).
+    pub fn owns(&self, g: usize, t: T, tick: T) -> bool {
+        if !self.up || t < self.paused_until || self.dp.groups & (1 << g) == 0 {
+            return false;
+        }
+        match self.dp.expires {
+            None => true,
+            Some(e) => {
+                let m = self.mono(t);
+                let tick = tick.as_nanos() as u64;
+                m - m % tick < e
+            }
+        }
+    }
+
+    /// When ownership of a group ends by itself (its lease), if it does.
+    pub fn lease_end(&self, tick: T) -> Option<T> {
+        let e = self.dp.expires?;
+        let tick = tick.as_nanos() as u64;
+        Some(self.to_sim(e.div_ceil(tick) * tick))
+    }
+}
+
+/// Outcome figures of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub events: u64,
+    /// Takeovers because a master went silent or left (MasterDown,
+    /// MasterLeft).
+    pub failovers: u64,
+    /// Master deaths whose takeover was checked against its bound.
+    pub deaths_checked: u64,
+    pub hostile: u64,
+    pub packets: u64,
+    pub drops: u64,
+}
+
+/// The running simulation.
+pub struct World<'a> {
+    pub sc: &'a Scenario,
+    pub now: T,
+    queue: BTreeMap<(T, u64), Ev>,
+    seq: u64,
+    pub nodes: Vec<SimNode>,
+    net_rng: ChaCha8Rng,
+    cost_rng: ChaCha8Rng,
+    hostile_rng: ChaCha8Rng,
+    /// Active partitions: (from, to, until).
+    partitions: Vec<(usize, usize, T)>,
+    /// Active extra loss: (a, b, p, until).
+    losses: Vec<(usize, usize, f64, T)>,
+    pub check: Checker,
+    pub stats: Stats,
+    trace: Option<&'a mut Trace>,
+}
+
+impl<'a> World<'a> {
+    pub fn new(sc: &'a Scenario, trace: Option<&'a mut Trace>) -> Self {
+        let nodes = sc
+            .nodes
+            .iter()
+            .map(|n| SimNode {
+                addr: n.addr,
+                core: None,
+                origin: 0,
+                up: false,
+                boot: T::ZERO,
+                ppm: n.drift_ppm,
+                dp: Dataplane {
+                    groups: 0,
+                    expires: Some(0),
+                    write_fails: false,
+                },
+                busy_until: T::ZERO,
+                frozen_until: T::ZERO,
+                paused_until: T::ZERO,
+                inbox: VecDeque::new(),
+                wake_at: None,
+                in_sync: false,
+                told_sync: None,
+                sync_generation: 0,
+                maintenance: false,
+                link_up: true,
+            })
+            .collect();
+        let groups = sc.nodes[0].settings.groups.len();
+        let mut w = World {
+            sc,
+            now: T::ZERO,
+            queue: BTreeMap::new(),
+            seq: 0,
+            nodes,
+            net_rng: ChaCha8Rng::seed_from_u64(sc.seed ^ 0x6e65_7477_6f72_6b00),
+            cost_rng: ChaCha8Rng::seed_from_u64(sc.seed ^ 0x636f_7374_0000_0000),
+            hostile_rng: ChaCha8Rng::seed_from_u64(sc.seed ^ 0x686f_7374_696c_6500),
+            partitions: Vec::new(),
+            losses: Vec::new(),
+            check: Checker::new(sc, groups),
+            stats: Stats::default(),
+            trace,
+        };
+        for i in 0..sc.nodes.len() {
+            let at = Duration::from_micros(w.cost_rng.gen_range(0..50_000));
+            w.at(at, Ev::Boot(i));
+        }
+        for (i, (t, _)) in sc.faults.iter().enumerate() {
+            w.at(*t, Ev::FaultStart(i));
+        }
+        w.at(sc.end(), Ev::End);
+        w
+    }
+
+    fn at(&mut self, t: T, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), ev);
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            t.push(self.now, line());
+        }
+    }
+
+    /// Runs to the end; the checker holds what was found.
+    pub fn run(&mut self) {
+        while let Some(((t, _), ev)) = self.queue.pop_first() {
+            self.now = t;
+            self.check.settle(&self.nodes, t);
+            self.stats.events += 1;
+            match ev {
+                Ev::End => {
+                    self.check.finish(&self.nodes, t);
+                    return;
+                }
+                Ev::Wake(i) => self.wake(i),
+                Ev::Arrive { to, item } => self.arrive(to, item),
+                Ev::FaultStart(k) => self.fault(k),
+                Ev::Boot(i) => self.boot(i),
+                Ev::AgentStart(i) => self.agent_start(i),
+                Ev::Unfreeze(i) => self.schedule_wake(i, t),
+                Ev::Unpause(i) => {
+                    self.check.ownership_changed(&self.nodes, i, t);
+                    self.schedule_wake(i, t);
+                }
+                Ev::LinkUp(i) => {
+                    self.nodes[i].link_up = true;
+                    let delay = ms(self.cost_rng.gen_range(0..50));
+                    self.at(
+                        t + delay,
+                        Ev::Arrive {
+                            to: i,
+                            item: Item::Link(true),
+                        },
+                    );
+                }
+                Ev::SyncReady { node, generation } => self.sync_ready(node, generation),
+            }
+            if self.check.failed() {
+                return;
+            }
+        }
+    }
+
+    fn schedule_wake(&mut self, i: usize, t: T) {
+        let n = &self.nodes[i];
+        let t = t.max(n.busy_until).max(n.frozen_until).max(n.paused_until);
+        if n.wake_at.is_none_or(|w| t < w) {
+            self.nodes[i].wake_at = Some(t);
+            self.at(t, Ev::Wake(i));
+        }
+    }
+
+    fn cost(&mut self) -> Duration {
+        let (lo, hi) = self.sc.cost;
+        Duration::from_nanos(
+            self.cost_rng
+                .gen_range(lo.as_nanos() as u64..=hi.as_nanos() as u64),
+        )
+    }
+
+    // ----- faults -----
+
+    fn fault(&mut self, k: usize) {
+        let t = self.now;
+        let fault = self.sc.faults[k].1.clone();
+        self.log(|| format!("FAULT {fault:?}"));
+        match fault {
+            Fault::Partition {
+                from,
+                to,
+                one_way,
+                dur,
+            } => {
+                self.partitions.push((from, to, t + dur));
+                if !one_way {
+                    self.partitions.push((to, from, t + dur));
+                }
+                // A cut that ends lets the election settle; nothing to do.
+            }
+            Fault::Loss { a, b, p, dur } => self.losses.push((a, b, p, t + dur)),
+            Fault::Crash { node, dur } => {
+                if self.nodes[node].up {
+                    self.check.death(&self.nodes, node, t);
+                    let n = &mut self.nodes[node];
+                    n.up = false;
+                    n.core = None;
+                    n.inbox.clear();
+                    n.dp = Dataplane {
+                        groups: 0,
+                        expires: Some(0),
+                        write_fails: false,
+                    };
+                    self.check.ownership_changed(&self.nodes, node, t);
+                    self.check.disturb(node, t, t + dur + ms(100));
+                    self.at(t + dur, Ev::Boot(node));
+                }
+            }
+            Fault::AgentCrash { node, dur } => {
+                if self.nodes[node].core.is_some() && t >= self.nodes[node].paused_until {
+                    self.check.death(&self.nodes, node, t);
+                    let n = &mut self.nodes[node];
+                    n.core = None;
+                    n.inbox.clear();
+                    self.check.disturb(node, t, t + dur);
+                    self.at(t + dur, Ev::AgentStart(node));
+                }
+            }
+            Fault::Stop { node, dur } => {
+                if self.nodes[node].core.is_some()
+                    && t >= self.nodes[node]
+                        .frozen_until
+                        .max(self.nodes[node].paused_until)
+                {
+                    self.check.death(&self.nodes, node, t);
+                    self.handle(node, t, Event::Stop);
+                    let n = &mut self.nodes[node];
+                    n.core = None;
+                    n.inbox.clear();
+                    self.check.disturb(node, t, t + dur);
+                    self.at(t + dur, Ev::AgentStart(node));
+                }
+            }
+            Fault::Stall { node, dur } => {
+                let n = &mut self.nodes[node];
+                n.frozen_until = n.frozen_until.max(t + dur);
+                self.check.disturb(node, t, t + dur);
+                self.at(t + dur, Ev::Unfreeze(node));
+            }
+            Fault::Pause { node, dur } => {
+                let n = &mut self.nodes[node];
+                n.paused_until = n.paused_until.max(t + dur);
+                n.frozen_until = n.frozen_until.max(t + dur);
+                self.check.ownership_changed(&self.nodes, node, t);
+                self.check.disturb(node, t, t + dur);
+                self.at(t + dur, Ev::Unpause(node));
+            }
+            Fault::Hostile { node, count, span } => {
+                self.check.disturb(node, t, t + span + ms(5));
+                for _ in 0..count {
+                    let at = t + Duration::from_nanos(
+                        self.hostile_rng.gen_range(0..=span.as_nanos() as u64),
+                    );
+                    let bytes = self.hostile_packet(node);
+                    self.at(
+                        at,
+                        Ev::Arrive {
+                            to: node,
+                            item: Item::Packet { bytes, from: None },
+                        },
+                    );
+                }
+            }
+            Fault::Command { node, command } => {
+                self.check.disturb(node, t, t);
+                self.at(
+                    t,
+                    Ev::Arrive {
+                        to: node,
+                        item: Item::Command(command),
+                    },
+                );
+            }
+            Fault::LinkDown { node, dur } => {
+                self.nodes[node].link_up = false;
+                self.check.disturb(node, t, t + dur + ms(50));
+                let delay = ms(self.cost_rng.gen_range(0..50));
+                self.at(
+                    t + delay,
+                    Ev::Arrive {
+                        to: node,
+                        item: Item::Link(false),
+                    },
+                );
+                self.at(t + dur, Ev::LinkUp(node));
+            }
+            Fault::WriteFail { node } => {
+                self.check.disturb(node, t, t);
+                self.nodes[node].dp.write_fails = true;
+            }
+        }
+    }
+
+    fn boot(&mut self, i: usize) {
+        let t = self.now;
+        let n = &mut self.nodes[i];
+        n.up = true;
+        n.boot = t;
+        n.busy_until = t;
+        n.frozen_until = t;
+        n.paused_until = t;
+        n.dp = Dataplane {
+            groups: 0,
+            expires: Some(0),
+            write_fails: false,
+        };
+        // The agent starts after the system (and loads the data plane).
+        let delay = ms(self.cost_rng.gen_range(1..=100));
+        self.at(t + delay, Ev::AgentStart(i));
+    }
+
+    fn agent_start(&mut self, i: usize) {
+        let t = self.now;
+        if !self.nodes[i].up || self.nodes[i].core.is_some() {
+            return;
+        }
+        if t < self.nodes[i].paused_until {
+            // Nothing runs on a paused machine.
+            self.at(self.nodes[i].paused_until, Ev::AgentStart(i));
+            return;
+        }
+        let settings = self.sc.nodes[i].settings.clone();
+        let lease = settings.lease;
+        let core = match Node::new(settings) {
+            Ok(c) => c,
+            Err(e) => {
+                self.check
+                    .violation(t, format!("node {i}: settings refused: {e}"));
+                return;
+            }
+        };
+        let n = &mut self.nodes[i];
+        // The lease read back, as the agent does: renew it if it still runs.
+        let mono = n.mono(t);
+        let resumed = match n.dp.expires {
+            Some(e) if e <= mono => 0,
+            _ => {
+                n.dp.expires = Some(mono + lease.as_nanos() as u64);
+                n.dp.groups
+            }
+        };
+        n.core = Some(core);
+        n.origin = mono;
+        n.busy_until = t;
+        n.inbox.clear();
+        n.told_sync = None;
+        self.check.disturb(i, t, t + ms(1));
+        let links = [(TRACKED.to_owned(), self.nodes[i].link_up)];
+        let maintenance = self.nodes[i].maintenance;
+        self.log(|| format!("node {i}: agent starts (resumed {resumed:#x})"));
+        self.handle(
+            i,
+            t,
+            Event::Start {
+                resumed,
+                maintenance,
+                links: &links,
+            },
+        );
+        // State sync starts over on both sides (a new epoch).
+        if self.sc.nodes[i].settings.state_sync {
+            for j in 0..self.nodes.len() {
+                self.sync_restart(j);
+            }
+        }
+        self.schedule_wake(i, t);
+    }
+
+    // ----- state sync model -----
+
+    fn sync_restart(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.in_sync = false;
+        n.sync_generation += 1;
+        let generation = n.sync_generation;
+        let after = ms(self.cost_rng.gen_range(5..=300));
+        self.at(
+            self.now + after,
+            Ev::SyncReady {
+                node: i,
+                generation,
+            },
+        );
+    }
+
+    fn sync_ready(&mut self, i: usize, generation: u64) {
+        if self.nodes[i].sync_generation != generation || self.nodes[i].core.is_none() {
+            return;
+        }
+        let connected = (0..self.nodes.len())
+            .filter(|j| *j != i)
+            .all(|j| self.nodes[j].core.is_some() && !self.cut(i, j) && !self.cut(j, i));
+        if connected {
+            self.nodes[i].in_sync = true;
+            self.log(|| format!("node {i}: state sync complete"));
+            self.schedule_wake(i, self.now);
+        } else {
+            self.at(
+                self.now + ms(50),
+                Ev::SyncReady {
+                    node: i,
+                    generation,
+                },
+            );
+        }
+    }
+
+    // ----- network -----
+
+    fn cut(&self, from: usize, to: usize) -> bool {
+        self.partitions
+            .iter()
+            .any(|&(f, t, until)| f == from && t == to && self.now < until)
+    }
+
+    fn send(&mut self, from: usize, advert: &wire::Repr) {
+        let src = self.nodes[from].addr;
+        let dsts: Vec<(usize, Ipv4Addr)> = if self.sc.unicast {
+            self.sc.nodes[from]
+                .settings
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    self.nodes
+                        .iter()
+                        .position(|n| n.addr == *p)
+                        .map(|j| (j, *p))
+                })
+                .collect()
+        } else {
+            (0..self.nodes.len())
+                .filter(|j| *j != from)
+                .map(|j| (j, MULTICAST))
+                .collect()
+        };
+        for (to, dst) in dsts {
+            let bytes = ip_packet(src, dst, &advert.to_bytes(src, dst));
+            self.stats.packets += 1;
+            let extra = self
+                .losses
+                .iter()
+                .filter(|&&(a, b, _, until)| {
+                    self.now < until && ((a, b) == (from, to) || (a, b) == (to, from))
+                })
+                .map(|l| l.2)
+                .fold(0.0, f64::max);
+            // The quiet tail is loss-free: convergence is checked at its end.
+            let loss = if self.now < self.sc.faults_until {
+                self.sc.net.loss.max(extra)
+            } else {
+                0.0
+            };
+            if self.cut(from, to) || self.net_rng.gen_bool(loss) {
+                self.stats.drops += 1;
+                self.check.dropped(from, to, self.now);
+                continue;
+            }
+            let copies = if self.net_rng.gen_bool(self.sc.net.dup) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let delay = self.delay();
+                self.at(
+                    self.now + delay,
+                    Ev::Arrive {
+                        to,
+                        item: Item::Packet {
+                            bytes: bytes.clone(),
+                            from: Some(from),
+                        },
+                    },
+                );
+            }
+        }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let net = &self.sc.net;
+        let mut d = net.delay
+            + Duration::from_nanos(self.net_rng.gen_range(0..=net.jitter.as_nanos() as u64));
+        if self.net_rng.gen_bool(net.spike) {
+            d += Duration::from_nanos(self.net_rng.gen_range(0..=net.spike_max.as_nanos() as u64));
+        }
+        d
+    }
+
+    fn arrive(&mut self, to: usize, item: Item) {
+        let t = self.now;
+        let n = &self.nodes[to];
+        let from = match &item {
+            Item::Packet { from, .. } => *from,
+            _ => None,
+        };
+        if !n.up || t < n.paused_until || n.core.is_none() || n.inbox.len() >= INBOX {
+            if let Some(f) = from {
+                self.stats.drops += 1;
+                self.check.dropped(f, to, t);
+            }
+            return;
+        }
+        self.nodes[to].inbox.push_back(item);
+        self.schedule_wake(to, t);
+    }
+
+    // ----- the shell -----
+
+    fn wake(&mut self, i: usize) {
+        let t = self.now;
+        if self.nodes[i].wake_at != Some(t) {
+            return;
+        }
+        self.nodes[i].wake_at = None;
+        let n = &self.nodes[i];
+        if !n.up || n.core.is_none() {
+            return;
+        }
+        let free = n.busy_until.max(n.frozen_until).max(n.paused_until);
+        if free > t {
+            self.schedule_wake(i, free);
+            return;
+        }
+        let mut cur = t;
+        // State sync first, as the shell does on every wake.
+        if self.nodes[i].told_sync != Some(self.nodes[i].in_sync) {
+            let in_sync = self.nodes[i].in_sync;
+            self.nodes[i].told_sync = Some(in_sync);
+            self.handle(i, cur, Event::SyncState { in_sync });
+            cur += self.cost();
+        }
+        if !self.nodes[i].inbox.is_empty() {
+            while let Some(item) = self.nodes[i].inbox.pop_front() {
+                if self.nodes[i].core.is_none() {
+                    break;
+                }
+                self.item(i, cur, item);
+                cur += self.cost();
+            }
+        } else if let Some(due) = self.due(i)
+            && due <= cur
+        {
+            self.handle(i, cur, Event::Timer);
+            cur += self.cost();
+        }
+        self.nodes[i].busy_until = cur;
+        if !self.nodes[i].inbox.is_empty() {
+            self.schedule_wake(i, cur);
+        } else if let Some(due) = self.due(i) {
+            self.schedule_wake(i, due.max(cur));
+        }
+    }
+
+    /// When the core's next timer is due, in simulated time.
+    fn due(&self, i: usize) -> Option<T> {
+        let n = &self.nodes[i];
+        let d = n.core.as_ref()?.poll_at()?;
+        Some(n.to_sim(n.origin + d.as_nanos() as u64))
+    }
+
+    fn item(&mut self, i: usize, t: T, item: Item) {
+        match item {
+            Item::Packet { bytes, from } => {
+                self.check.before_packet(&self.nodes, i, from, &bytes);
+                if from.is_none() {
+                    self.stats.hostile += 1;
+                }
+                let effects = self.handle(i, t, Event::Packet(&bytes));
+                self.check
+                    .after_packet(&self.nodes, i, from, &bytes, effects, t);
+            }
+            Item::Link(up) => {
+                self.handle(i, t, Event::Link { iface: TRACKED, up });
+            }
+            Item::Command(c) => {
+                self.handle(i, t, Event::Command(c));
+            }
+        }
+    }
+
+    /// Hands `event` to node `i`'s core at `t` and carries out the effects;
+    /// returns how many there were.
+    fn handle(&mut self, i: usize, t: T, event: Event<'_>) -> usize {
+        let Some(core) = &mut self.nodes[i].core else {
+            return 0;
+        };
+        let before = core.counters().transitions_total;
+        let local = self.nodes[i].local(t);
+        let label = self.trace.is_some().then(|| describe_event(&event));
+        let effects = match &mut self.nodes[i].core {
+            Some(core) => core.handle(local, event),
+            None => return 0,
+        };
+        if let Some(label) = label {
+            let effects = effects.clone();
+            self.log(|| format!("node {i} @{local:?}: {label} -> {effects:?}"));
+        }
+        let n = effects.len();
+        self.execute(i, t, effects, 0);
+        self.after_handle(i, t, before);
+        n
+    }
+
+    /// Carries out effects as the shell does.
+    fn execute(&mut self, i: usize, t: T, effects: Vec<Effect>, depth: u8) {
+        let mut followup = None;
+        let mut batch = self.check.batch(i);
+        for e in effects {
+            match e {
+                Effect::Commit { group, .. } => batch.commit(group),
+                Effect::WriteOwnership { groups, lease } => {
+                    if std::mem::take(&mut self.nodes[i].dp.write_fails) {
+                        self.log(|| format!("node {i}: ownership write fails"));
+                        self.check.disturb(i, t, t + ms(100));
+                        followup = Some(Event::OwnershipWriteFailed);
+                        break;
+                    }
+                    let before: Vec<bool> = self.owned_groups(i, t);
+                    let n = &mut self.nodes[i];
+                    n.dp.groups = groups;
+                    n.dp.expires = lease.map(|l| n.mono(t) + l.as_nanos() as u64);
+                    let after = self.owned_groups(i, t);
+                    for (g, (b, a)) in before.iter().zip(&after).enumerate() {
+                        if !b && *a {
+                            batch.gained(&mut self.check, g, t);
+                        }
+                    }
+                    self.check.ownership_changed(&self.nodes, i, t);
+                }
+                Effect::RenewLease { lease } => {
+                    let n = &mut self.nodes[i];
+                    let mono = n.mono(t);
+                    if n.dp.expires.is_some_and(|e| e <= mono) {
+                        followup = Some(Event::LeaseLapsed);
+                        break;
+                    }
+                    n.dp.expires = Some(mono + lease.as_nanos() as u64);
+                    self.check.ownership_changed(&self.nodes, i, t);
+                }
+                Effect::SendAdvert(advert) => self.send(i, &advert),
+                Effect::SendGarp { group } => {
+                    batch.garp(&mut self.check, &self.nodes[i], group, self.sc.tick, t);
+                }
+                Effect::Hook { group, hook } => {
+                    if hook == (Hook::Services { role: Role::Master }) {
+                        batch.services(&mut self.check, &self.nodes[i], group, self.sc.tick, t);
+                    }
+                }
+                Effect::SaveMaintenance(on) => self.nodes[i].maintenance = on,
+                Effect::ForceResync => {
+                    if self.sc.nodes[i].settings.state_sync {
+                        self.sync_restart(i);
+                    }
+                }
+                Effect::WriteStatus | Effect::Reply(_) => {}
+            }
+        }
+        if let Some(event) = followup
+            && depth == 0
+        {
+            let local = self.nodes[i].local(t);
+            self.log(|| format!("node {i}: reported back {event:?}"));
+            let effects = match &mut self.nodes[i].core {
+                Some(core) => core.handle(local, event),
+                None => return,
+            };
+            self.execute(i, t, effects, 1);
+        }
+    }
+
+    fn owned_groups(&self, i: usize, t: T) -> Vec<bool> {
+        (0..self.check.groups())
+            .map(|g| self.nodes[i].owns(g, t, self.sc.tick))
+            .collect()
+    }
+
+    /// Checks after every event a core handled: transitions (failovers, the
+    /// preemption gate) and data plane against core.
+    fn after_handle(&mut self, i: usize, t: T, before: u64) {
+        let Some(core) = &self.nodes[i].core else {
+            return;
+        };
+        let c = core.counters();
+        let new = (c.transitions_total - before) as usize;
+        let recent: Vec<(Role, Reason)> = c
+            .transitions
+            .iter()
+            .rev()
+            .take(new)
+            .map(|r| (r.role, r.reason))
+            .collect();
+        for (role, reason) in recent {
+            if role != Role::Master {
+                continue;
+            }
+            match reason {
+                Reason::MasterDown | Reason::MasterLeft => self.stats.failovers += 1,
+                Reason::Preempt
+                    if self.sc.nodes[i].settings.state_sync
+                        && self.nodes[i].told_sync != Some(true) =>
+                {
+                    self.check.violation(
+                        t,
+                        format!("GATE: node {i} preempted before its state sync was complete"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.check.consistent(&self.nodes, i, t);
+    }
+
+    /// A hostile packet for node `to`: malformed, or from a stranger, or
+    /// otherwise invalid. (Forged valid adverts from a peer's address are
+    /// indistinguishable from real ones until adverts are authenticated.)
+    fn hostile_packet(&mut self, to: usize) -> Vec<u8> {
+        let rng = &mut self.hostile_rng;
+        let peers: Vec<Ipv4Addr> = self.sc.nodes[to].settings.peers.clone();
+        let peer = peers[rng.gen_range(0..peers.len())];
+        let vrids: Vec<u8> = self.sc.nodes[to]
+            .settings
+            .groups
+            .iter()
+            .flat_map(|g| g.instances.iter().map(|(_, m)| m.vrid))
+            .collect();
+        let vrid = vrids[rng.gen_range(0..vrids.len())];
+        let advert = |vrid: u8, priority: u8, interval_cs: u16, src: Ipv4Addr| {
+            let r = wire::Repr {
+                vrid,
+                priority,
+                interval_cs,
+                addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            };
+            ip_packet(src, MULTICAST, &r.to_bytes(src, MULTICAST))
+        };
+        let prio = rng.gen_range(0..=255);
+        match rng.gen_range(0..10) {
+            0 => {
+                let mut p = advert(vrid, prio, 1, peer);
+                p[26] ^= 1 << rng.gen_range(0..8);
+                p
+            }
+            1 => {
+                let mut p = advert(vrid, prio, 1, peer);
+                p[20] = 0x21;
+                p
+            }
+            2 => {
+                let mut p = advert(vrid, prio, 1, peer);
+                p[20] = 0x32;
+                p
+            }
+            3 => {
+                let p = advert(vrid, prio, 1, peer);
+                let len = rng.gen_range(0..p.len());
+                p[..len].to_vec()
+            }
+            4 => advert(vrid, prio, 0, peer),
+            5 => {
+                let mut p = advert(vrid, prio, 1, peer);
+                p[8] = rng.gen_range(0..255);
+                p
+            }
+            6 => {
+                let unknown = (1..=255).find(|v| !vrids.contains(v)).unwrap_or(255);
+                advert(unknown, 255, 1, peer)
+            }
+            7 => advert(vrid, 255, 1, Ipv4Addr::new(10, 255, 0, 66)),
+            8 => (0..rng.gen_range(0..80)).map(|_| rng.r#gen()).collect(),
+            _ => {
+                let mut p = advert(vrid, prio, 1, peer);
+                p[0] = 0x4f;
+                p
+            }
+        }
+    }
+}
+
+fn describe_event(e: &Event<'_>) -> String {
+    match e {
+        Event::Packet(b) => match ha_core::vrrp::packet::parse(b, |_| true, |_| true) {
+            Ok(rx) => format!(
+                "advert from {} vrid {} prio {} int {}cs",
+                rx.src, rx.advert.vrid, rx.advert.priority, rx.advert.interval_cs
+            ),
+            Err((r, src)) => format!("bad packet ({r:?}, from {src:?}, {} bytes)", b.len()),
+        },
+        other => format!("{other:?}"),
+    }
+}
