@@ -87,5 +87,6 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     agent.finish().await;
+    tracing::info!("agent stopped");
     result
 }

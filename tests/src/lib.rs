@@ -133,6 +133,42 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut()
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Starts `cmd` and returns once a line of its stderr contains `marker`
+/// (tcpdump says "listening on" when its capture runs): a wait on the
+/// condition, not a sleep. The rest of its stderr is drained in the
+/// background. Panics after `timeout`.
+pub fn spawn_when_ready(
+    mut cmd: std::process::Command,
+    marker: &str,
+    timeout: std::time::Duration,
+) -> std::process::Child {
+    use std::io::BufRead as _;
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_owned();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(&marker) {
+                let _ = tx.send(Ok(()));
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => child,
+        Ok(Err(seen)) => panic!("the command ended before it was ready:\n{seen}"),
+        Err(_) => panic!("the command was not ready after {timeout:?}"),
+    }
+}
+
 /// The failover lab of docs/architecture.md:
 ///
 /// ```text
@@ -330,6 +366,31 @@ impl RunningAgent {
     /// The agent's status file, if written yet.
     pub fn status(&self) -> Option<ha_agent::status::Status> {
         ha_agent::status::Status::read(&self.pins.0).ok()
+    }
+
+    /// `ha-agent status --json` run in the agent's namespace, as an operator
+    /// would: a snapshot the running agent takes when asked.
+    pub fn cli_status(&self, lab: &ha_lab::Lab) -> serde_json::Value {
+        let bin = agent_bin();
+        let out = lab
+            .command(
+                &self.ns,
+                &[
+                    bin.to_str().unwrap(),
+                    "status",
+                    "--json",
+                    "--instance",
+                    &self.pins.0,
+                ],
+            )
+            .output()
+            .expect("run ha-agent status");
+        assert!(
+            out.status.success(),
+            "ha-agent status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
     /// The group's role as the agent reports it ("MASTER", "BACKUP", ...).

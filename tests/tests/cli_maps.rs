@@ -221,18 +221,25 @@ fn xdp_debug_log_only_when_asked_for() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        // TCP to port 23 is not on the allow-list: dropped (and logged if asked).
-        let _ = lab
-            .command(
-                "peer",
-                &[
-                    "bash",
-                    "-c",
-                    "timeout 0.5 bash -c 'echo > /dev/tcp/10.255.0.1/23'",
-                ],
-            )
-            .output();
+        // TCP to port 23 is not on the allow-list: dropped (and logged if
+        // asked). Probed until the reader ends, so when it started reading
+        // does not matter.
+        let mut logs = logs;
+        for _ in 0..40 {
+            if logs.try_wait().unwrap().is_some() {
+                break;
+            }
+            let _ = lab
+                .command(
+                    "peer",
+                    &[
+                        "bash",
+                        "-c",
+                        "timeout 0.1 bash -c 'echo > /dev/tcp/10.255.0.1/23'",
+                    ],
+                )
+                .output();
+        }
         let out = logs.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "`dataplane logs` failed: {err}");

@@ -75,16 +75,17 @@ fn status(lab: &Lab, ns: &str, instance: &str) -> String {
 }
 
 /// Pings the server from the client through the VIP gateway, `n` pings at
-/// 100 Hz, while `during` runs; returns (sent, received).
+/// 100 Hz; `during` runs once the first reply came back. Returns (sent,
+/// received).
 fn ping_during(lab: &Lab, n: u32, during: impl FnOnce()) -> (u32, u32) {
+    use std::io::BufRead as _;
     let count = n.to_string();
-    let child = lab
+    let mut child = lab
         .command(
             "client",
             &[
                 "ping",
                 "-n",
-                "-q",
                 "-i",
                 "0.01",
                 "-W",
@@ -98,13 +99,29 @@ fn ping_during(lab: &Lab, n: u32, during: impl FnOnce()) -> (u32, u32) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (first, answered) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut summary = None;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("bytes from") {
+                let _ = first.send(());
+            }
+            if line.contains("packets transmitted") {
+                summary = Some(line);
+            }
+        }
+        summary
+    });
+    answered
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a first ping answered through the VIP gateway");
     during();
-    let out = child.wait_with_output().unwrap();
-    let t = String::from_utf8_lossy(&out.stdout);
-    let line = t
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("ping summary missing:\n{t}"));
+    child.wait().unwrap();
+    let line = reader.join().unwrap().expect("the ping summary");
     let nums: Vec<u32> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
@@ -152,7 +169,14 @@ fn seed_example_end_to_end() {
         "10.0.0.3:7789",
         &d2.join("agent.log"),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(
+        "the backup listening for the join",
+        Duration::from_secs(10),
+        || {
+            lab.exec("fw2", &["ss", "-Hltn", "sport = :7789"])
+                .is_ok_and(|o| !o.stdout.is_empty())
+        },
+    );
 
     // On the primary, the seed's commands.
     let t = ok(
@@ -357,6 +381,10 @@ fn seed_example_end_to_end() {
         text(&refused)
     );
     std::fs::write(&c2, before).unwrap();
+    // Unchanged, the configuration reloads on the secondary after pushes:
+    // the join and every push record the synced sections under one name.
+    let t = ok(&lab, "fw2", &["reload", "--instance", &pins2.0], None);
+    assert!(t.contains("configuration reloaded"), "{t}");
     // Bad input gets a message naming the problem.
     let bad = cli(
         &lab,
@@ -379,7 +407,6 @@ fn seed_example_end_to_end() {
 
     // Planned switchover both ways, with pings through the VIP gateway.
     let (sent, got) = ping_during(&lab, 200, || {
-        std::thread::sleep(Duration::from_millis(300));
         ok(&lab, "fw1", &["demote", "--instance", &pins1.0], None);
         wait_for("fw2 master", Duration::from_secs(5), || {
             status(&lab, "fw2", &pins2.0).contains("currently MASTER")
@@ -388,7 +415,6 @@ fn seed_example_end_to_end() {
     assert_eq!(got, sent, "pings lost during demote");
     assert!(status(&lab, "fw1", &pins1.0).contains("currently BACKUP"));
     let (sent, got) = ping_during(&lab, 200, || {
-        std::thread::sleep(Duration::from_millis(300));
         ok(&lab, "fw1", &["promote", "--instance", &pins1.0], None);
         wait_for("fw1 master again", Duration::from_secs(5), || {
             status(&lab, "fw1", &pins1.0).contains("currently MASTER")

@@ -22,7 +22,7 @@ fn agent_master_keepalived_backup_stable(advert_ms: u64) {
         Duration::from_secs(15),
         || agent.role().as_deref() == Some("MASTER") && ka.state().as_deref() == Some("BACKUP"),
     );
-    let transitions = agent.status().unwrap().transitions.len();
+    let transitions = agent.status().unwrap().transitions_total;
     // Who won a start-up race does not matter; from here on nothing may move.
     let log_start = ka.log_text().len();
     let start = Instant::now();
@@ -43,7 +43,7 @@ fn agent_master_keepalived_backup_stable(advert_ms: u64) {
     }
     let st = agent.status().unwrap();
     assert_eq!(
-        st.transitions.len(),
+        st.transitions_total,
         transitions,
         "no flapping: {:?}\n{}",
         st.transitions,

@@ -99,6 +99,21 @@ fn arp_for_a_vip_is_answered_only_by_the_owner() {
     assert_eq!(arp_answers(&t.lab, LAN_VIP).0, 0);
 }
 
+/// Drains `events` into `got` until `n` events match `want`, or 2 s pass.
+fn wait_for_events(
+    events: &mut FlowEvents,
+    got: &mut Vec<FlowEvent>,
+    want: impl Fn(&FlowEvent) -> bool,
+    n: usize,
+) {
+    let start = std::time::Instant::now();
+    while got.iter().filter(|e| want(e)).count() < n && start.elapsed() < Duration::from_secs(2) {
+        if events.drain(got) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 #[test]
 fn forwarded_tcp_flow_produces_its_events_on_the_owner_only() {
     let mut t = two_firewalls("flow");
@@ -151,10 +166,15 @@ fn forwarded_tcp_flow_produces_its_events_on_the_owner_only() {
         server.join().unwrap();
         port
     });
-    std::thread::sleep(Duration::from_millis(50));
-
+    // The owner's XDP wrote the events before forwarding the packets that
+    // caused them; read until the four are there.
     let mut got = Vec::new();
-    ev1.drain(&mut got);
+    wait_for_events(
+        &mut ev1,
+        &mut got,
+        |e| e.proto == 6 && e.src_port == client_port,
+        4,
+    );
     let tcp: Vec<&FlowEvent> = got
         .iter()
         .filter(|e| e.proto == 6 && e.src_port == client_port)

@@ -16,8 +16,8 @@ fn no_false_failover_with_the_cpus_saturated() {
         a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
     });
     let before = (
-        a1.status().unwrap().transitions.len(),
-        a2.status().unwrap().transitions.len(),
+        a1.status().unwrap().transitions_total,
+        a2.status().unwrap().transitions_total,
     );
     let hogs: Vec<_> = (0..4)
         .map(|_| {
@@ -31,8 +31,8 @@ fn no_false_failover_with_the_cpus_saturated() {
         let _ = h.wait();
     }
     let after = (
-        a1.status().unwrap().transitions.len(),
-        a2.status().unwrap().transitions.len(),
+        a1.status().unwrap().transitions_total,
+        a2.status().unwrap().transitions_total,
     );
     assert_eq!(
         after,

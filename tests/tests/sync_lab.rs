@@ -153,10 +153,8 @@ fn hostile_sync_frames_are_rejected_counted_and_change_nothing() {
             "120",
         ],
     );
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    let capture = cmd.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    cmd.stdout(std::process::Stdio::piped());
+    let capture = ha_tests::spawn_when_ready(cmd, "listening on", Duration::from_secs(10));
     let lab_ref = &lab;
     std::thread::scope(|s| {
         let server = s.spawn(|| {

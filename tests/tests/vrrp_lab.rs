@@ -38,6 +38,14 @@ fn agents_elect_and_the_backup_takes_over_a_hard_crash() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(a1.role().as_deref(), Some("MASTER"));
     assert!(a2.status().unwrap().adverts_received > 50);
+    // `status` on the backup asks the agent: the last advert is as old as
+    // it is (every 10 ms here), not as old as the last status file.
+    for _ in 0..10 {
+        let st = a2.cli_status(&lab);
+        assert_eq!(st["live"], true, "{st}");
+        let age = st["last_advert_age_ms"].as_u64().expect("an advert age");
+        assert!(age <= 100, "last advert {age} ms ago at 10 ms adverts");
+    }
 
     // Hard crash: links down and the agent killed at once (no priority 0).
     for ifc in ["ha0", "lan0", "wan0"] {
@@ -277,7 +285,7 @@ fn bad_adverts_are_counted_and_change_nothing() {
     wait_for("fw1 MASTER", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER")
     });
-    let transitions = a1.status().unwrap().transitions.len();
+    let transitions = a1.status().unwrap().transitions_total;
 
     let peer: std::net::Ipv4Addr = "10.255.0.2".parse().unwrap();
     let good = |prio: u8, vrid: u8, interval: u16| {
@@ -346,7 +354,7 @@ fn bad_adverts_are_counted_and_change_nothing() {
         st.rejected_by_reason
     );
     assert_eq!(st.adverts_received, 0, "nothing was accepted");
-    assert_eq!(st.transitions.len(), transitions, "no state change");
+    assert_eq!(st.transitions_total, transitions, "no state change");
     assert_eq!(a1.role().as_deref(), Some("MASTER"));
     // TTL, unknown VRID and truncation never reach the agent: XDP drops them.
     let snap = ha_agent::dataplane::inspect::Snapshot::read(&a1.pins.0, 0).unwrap();
@@ -364,7 +372,7 @@ fn bad_adverts_are_counted_and_change_nothing() {
 fn restarting_the_master_agent_drops_no_forwarded_packet() {
     let mut lab = failover_lab();
     let (mut a1, a2) = elect(&mut lab, 100);
-    let backup_transitions = a2.status().unwrap().transitions.len();
+    let backup_transitions = a2.status().unwrap().transitions_total;
     let lab_ref = &mut lab;
     let ping = lab_ref
         .command(
@@ -400,7 +408,7 @@ fn restarting_the_master_agent_drops_no_forwarded_packet() {
         "{text}"
     );
     assert_eq!(
-        a2.status().unwrap().transitions.len(),
+        a2.status().unwrap().transitions_total,
         backup_transitions,
         "the backup never moved"
     );

@@ -107,6 +107,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     } else {
         let before = ha_lab::list_netns(ha_lab::PREFIX)?;
         let pins_before = test_pins();
+        let run_before = run_files();
         let result = cargo_test(
             "privileged integration tests",
             &["--package", "ha-tests"],
@@ -124,6 +125,19 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             );
         }
         result?;
+        let left: Vec<String> = run_files()
+            .into_iter()
+            .filter(|f| !run_before.contains(f))
+            .collect();
+        if !left.is_empty() {
+            for f in &left {
+                let _ = std::fs::remove_file(std::path::Path::new(RUN_DIR).join(f));
+            }
+            bail!(
+                "the integration tests left files behind in {RUN_DIR} (now removed): {}",
+                left.join(" ")
+            );
+        }
         let pins = remove_test_pins(&pins_before)?;
         if !pins.is_empty() {
             bail!(
@@ -140,6 +154,19 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         tally.ignored
     );
     Ok(())
+}
+
+/// The agent's run directory (status files, operator sockets).
+const RUN_DIR: &str = "/run/ha-agent";
+
+/// Files in [`RUN_DIR`].
+fn run_files() -> Vec<String> {
+    std::fs::read_dir(RUN_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Pin directories of test data planes (`/sys/fs/bpf/hatest-*`).

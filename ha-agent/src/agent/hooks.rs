@@ -160,3 +160,92 @@ async fn run(job: &Job, timeout: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(toml: &str) -> GroupConfig {
+        toml::from_str(toml).expect("group")
+    }
+
+    /// Real processes, real time: a hook that hangs is killed at its timeout
+    /// with what it started.
+    #[tokio::test]
+    async fn a_hung_hook_is_killed_with_what_it_started_at_its_timeout() {
+        let pidfile = std::env::temp_dir().join(format!("ha-agent-hook-{}", std::process::id()));
+        let g = group(&format!(
+            r#"
+name = "fw"
+hook_timeout_ms = 300
+services = [{{ name = "x", start = ["sh", "-c", "sleep 3600 & echo $! > {}; wait"] }}]
+vrrp = []
+"#,
+            pidfile.display()
+        ));
+        let hooks = Hooks::spawn(&g);
+        let t = std::time::Instant::now();
+        hooks.queue_hook(&Hook::Services { role: Role::Master });
+        hooks.finish().await;
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("the hook started its child")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let _ = std::fs::remove_file(&pidfile);
+        // The grandchild goes with the hook's process group (gone, or a
+        // zombie for init to reap), as soon as the kill is delivered.
+        let gone = || {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            state.is_empty() || state.contains(") Z")
+        };
+        let t = std::time::Instant::now();
+        while !gone() && t.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(gone(), "process {pid} outlived its hook's timeout");
+    }
+
+    #[tokio::test]
+    async fn hooks_run_in_order_and_notify_reports_a_stop_as_backup() {
+        let out = std::env::temp_dir().join(format!("ha-agent-notify-{}", std::process::id()));
+        let script = out.with_extension("sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let g = group(&format!(
+            "name = \"fw\"\nnotify = \"{}\"\nvrrp = []\n",
+            script.display()
+        ));
+        let hooks = Hooks::spawn(&g);
+        for (role, prio) in [
+            (Role::Master, 200),
+            (Role::Initialize, 200),
+            (Role::Fault, 100),
+        ] {
+            hooks.queue_hook(&Hook::Notify {
+                kind: NotifyKind::Group,
+                name: "fw".into(),
+                role,
+                priority: prio,
+            });
+        }
+        hooks.finish().await;
+        let lines = std::fs::read_to_string(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&script);
+        assert_eq!(
+            lines,
+            "GROUP fw MASTER 200\nGROUP fw BACKUP 200\nGROUP fw FAULT 100\n"
+        );
+    }
+}

@@ -176,10 +176,27 @@ pub(super) async fn apply_push(shared: &Shared, bundle: Bundle, to_loop: &ToLoop
     Response::Done { hash: bundle.hash }
 }
 
-/// On a primary: pushes the bundle whenever its hash differs from what the
-/// secondary acknowledged; retried every few seconds while it fails.
+/// How long a failed push waits before it is tried again (a change on the
+/// primary pushes at once).
+const RETRY: Duration = Duration::from_secs(3);
+
+/// On a primary: pushes the bundle over the cluster channel whenever its
+/// hash differs from what the secondary acknowledged; retried every
+/// [`RETRY`] while it fails.
 pub(super) async fn pusher(shared: Arc<Shared>, key: Option<[u8; 32]>) {
     let Some(key) = key else { return };
+    push_loop(shared, |addr, bundle| async move {
+        channel::call(addr, &key, &Request::Push(bundle)).await
+    })
+    .await;
+}
+
+/// The pusher's loop, with the exchange passed in (tests give their own).
+async fn push_loop<F, Fut>(shared: Arc<Shared>, mut push: F)
+where
+    F: FnMut(SocketAddr, Bundle) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Response>>,
+{
     let mut acked: Option<String> = None;
     loop {
         let (config, peer) = {
@@ -199,9 +216,7 @@ pub(super) async fn pusher(shared: Arc<Shared>, key: Option<[u8; 32]>) {
                 Ok(b) => {
                     set_sync(&shared, "Pending", None, Some(b.hash.clone()));
                     let hash = b.hash.clone();
-                    match channel::call(SocketAddr::from((peer, port)), &key, &Request::Push(b))
-                        .await
-                    {
+                    match push(SocketAddr::from((peer, port)), b).await {
                         Ok(Response::Done { hash: h }) if h == hash => {
                             info!(%hash, "configuration synced to the secondary");
                             acked = Some(hash.clone());
@@ -230,7 +245,7 @@ pub(super) async fn pusher(shared: Arc<Shared>, key: Option<[u8; 32]>) {
                 }
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(3), shared.changed.notified()).await;
+        let _ = tokio::time::timeout(RETRY, shared.changed.notified()).await;
     }
 }
 
@@ -240,5 +255,100 @@ fn set_sync(shared: &Shared, state: &str, reason: Option<String>, hash: Option<S
     s.reason = reason;
     if hash.is_some() {
         s.hash = hash;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    use super::*;
+
+    fn primary() -> Arc<Shared> {
+        let config = Config::parse(
+            r#"
+[ha]
+interface = "ha0"
+address = "10.255.0.1"
+peers = ["10.255.0.2"]
+sync_port = 7788
+sync_key_file = "/nonexistent"
+
+[cluster]
+role = "primary"
+primary = "10.255.0.1"
+
+[[group]]
+name = "fw"
+
+[[group.vrrp]]
+name = "VI_1"
+vrid = 51
+priority = 200
+vips = [{ iface = "lan0", address = "10.0.0.1/24" }]
+"#,
+            std::path::Path::new("/etc/ha-agent/config.toml"),
+        )
+        .unwrap();
+        Arc::new(Shared {
+            instance: "fw".into(),
+            config_path: "/etc/ha-agent/config.toml".into(),
+            config: Mutex::new(config),
+            config_sync: Arc::new(Mutex::new(ConfigSyncStatus::default())),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// No network and no kernel clock here: time is paused and jumps from
+    /// one retry to the next.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_push_is_retried_every_three_seconds_and_a_change_goes_at_once() {
+        let shared = primary();
+        let tries = Arc::new(AtomicU32::new(0));
+        let up = Arc::new(AtomicU32::new(0));
+        let task = tokio::spawn({
+            let (shared, tries, up) = (shared.clone(), tries.clone(), up.clone());
+            push_loop(shared, move |addr, b| {
+                let (tries, up) = (tries.clone(), up.clone());
+                async move {
+                    assert_eq!(addr, SocketAddr::from(([10, 255, 0, 2], 7789)));
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    if up.load(Ordering::SeqCst) == 1 {
+                        Ok(Response::Done { hash: b.hash })
+                    } else {
+                        anyhow::bail!("connection refused")
+                    }
+                }
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(9_500)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 4, "at 0, 3, 6 and 9 s");
+        {
+            let s = lock(&shared.config_sync);
+            assert_eq!(s.state, "Failed");
+            assert!(
+                s.reason.as_deref().is_some_and(|r| r.contains("refused")),
+                "{s:?}"
+            );
+        }
+        up.store(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(lock(&shared.config_sync).state, "Up to Date");
+        let after = tries.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            tries.load(Ordering::SeqCst),
+            after,
+            "acknowledged: nothing to push"
+        );
+        // A change (a reload) wakes the pusher at once, not 3 s later.
+        lock(&shared.config).groups[0].instances[0].vips[0].address = "10.0.0.2/24".into();
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), after + 1);
+        task.abort();
     }
 }
