@@ -15,6 +15,8 @@
 //! clock, so a failing seed replays exactly with its trace.
 
 pub mod check;
+pub mod hostile;
+pub mod node;
 pub mod scenario;
 pub mod trace;
 pub mod world;

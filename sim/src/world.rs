@@ -28,6 +28,7 @@ use ha_core::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub use crate::node::{Dataplane, SimNode};
 use crate::{
     check::Checker,
     scenario::{Fault, Scenario, T, TRACKED, ms},
@@ -39,7 +40,7 @@ const INBOX: usize = 2000;
 
 /// What waits in a node's socket or control queue.
 #[derive(Debug, Clone)]
-enum Item {
+pub(crate) enum Item {
     /// A VRRP packet; `from` is the sending node (`None`: the attacker).
     Packet { bytes: Vec<u8>, from: Option<usize> },
     /// The shell saw the tracked link change.
@@ -74,93 +75,6 @@ enum Ev {
     },
     /// The run ends.
     End,
-}
-
-/// A node's data plane: the ownership word.
-#[derive(Debug, Clone, Copy)]
-pub struct Dataplane {
-    pub groups: u64,
-    /// When the lease ends, on the node's monotonic clock (ns); `None`:
-    /// never (the agent's "no lease").
-    pub expires: Option<u64>,
-    /// The next ownership write fails.
-    pub write_fails: bool,
-}
-
-/// One simulated node.
-pub struct SimNode {
-    pub addr: Ipv4Addr,
-    /// The agent's core; `None` while the agent is not running.
-    pub core: Option<Node>,
-    /// The node's monotonic clock at the agent's start (the core's origin).
-    origin: u64,
-    /// The machine is up; when it booted (its clock's origin).
-    pub up: bool,
-    boot: T,
-    ppm: i64,
-    pub dp: Dataplane,
-    /// The loop is busy until, frozen until (stall), the machine paused until.
-    busy_until: T,
-    frozen_until: T,
-    paused_until: T,
-    inbox: VecDeque<Item>,
-    wake_at: Option<T>,
-    /// State sync: the truth, what the core was told, a guard for retries.
-    in_sync: bool,
-    told_sync: Option<bool>,
-    sync_generation: u64,
-    /// Persisted across restarts.
-    maintenance: bool,
-    link_up: bool,
-}
-
-impl SimNode {
-    /// The node's monotonic clock at `t` (ns since its boot).
-    pub fn mono(&self, t: T) -> u64 {
-        let d = t.saturating_sub(self.boot).as_nanos() as i128;
-        (d + d * i128::from(self.ppm) / 1_000_000) as u64
-    }
-
-    /// The first simulated instant at which the node's clock reads `mono`.
-    pub fn to_sim(&self, mono: u64) -> T {
-        let m = i128::from(mono);
-        let d =
-            (m * 1_000_000 + 999_999 + i128::from(self.ppm)) / (1_000_000 + i128::from(self.ppm));
-        let mut t = self.boot + Duration::from_nanos(d.max(0) as u64);
-        // Integer rounding: step forward until the clock reads it.
-        while self.mono(t) < mono {
-            t += Duration::from_nanos(1);
-        }
-        t
-    }
-
-    /// The core's time at `t`.
-    fn local(&self, t: T) -> Duration {
-        Duration::from_nanos(self.mono(t).saturating_sub(self.origin))
-    }
-
-    /// Whether the data plane answers for group `g` at `t` (the XDP
-    /// programs read a coarse clock: a lease lapses up to a tick late).
-    pub fn owns(&self, g: usize, t: T, tick: T) -> bool {
-        if !self.up || t < self.paused_until || self.dp.groups & (1 << g) == 0 {
-            return false;
-        }
-        match self.dp.expires {
-            None => true,
-            Some(e) => {
-                let m = self.mono(t);
-                let tick = tick.as_nanos() as u64;
-                m - m % tick < e
-            }
-        }
-    }
-
-    /// When ownership of a group ends by itself (its lease), if it does.
-    pub fn lease_end(&self, tick: T) -> Option<T> {
-        let e = self.dp.expires?;
-        let tick = tick.as_nanos() as u64;
-        Some(self.to_sim(e.div_ceil(tick) * tick))
-    }
 }
 
 /// Outcome figures of a run.
@@ -402,7 +316,7 @@ impl<'a> World<'a> {
                     let at = t + Duration::from_nanos(
                         self.hostile_rng.gen_range(0..=span.as_nanos() as u64),
                     );
-                    let bytes = self.hostile_packet(node);
+                    let bytes = crate::hostile::packet(&mut self.hostile_rng, self.sc, node);
                     self.at(
                         at,
                         Ev::Arrive {
@@ -859,71 +773,6 @@ impl<'a> World<'a> {
             }
         }
         self.check.consistent(&self.nodes, i, t);
-    }
-
-    /// A hostile packet for node `to`: malformed, or from a stranger, or
-    /// otherwise invalid. (Forged valid adverts from a peer's address are
-    /// indistinguishable from real ones until adverts are authenticated.)
-    fn hostile_packet(&mut self, to: usize) -> Vec<u8> {
-        let rng = &mut self.hostile_rng;
-        let peers: Vec<Ipv4Addr> = self.sc.nodes[to].settings.peers.clone();
-        let peer = peers[rng.gen_range(0..peers.len())];
-        let vrids: Vec<u8> = self.sc.nodes[to]
-            .settings
-            .groups
-            .iter()
-            .flat_map(|g| g.instances.iter().map(|(_, m)| m.vrid))
-            .collect();
-        let vrid = vrids[rng.gen_range(0..vrids.len())];
-        let advert = |vrid: u8, priority: u8, interval_cs: u16, src: Ipv4Addr| {
-            let r = wire::Repr {
-                vrid,
-                priority,
-                interval_cs,
-                addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
-            };
-            ip_packet(src, MULTICAST, &r.to_bytes(src, MULTICAST))
-        };
-        let prio = rng.gen_range(0..=255);
-        match rng.gen_range(0..10) {
-            0 => {
-                let mut p = advert(vrid, prio, 1, peer);
-                p[26] ^= 1 << rng.gen_range(0..8);
-                p
-            }
-            1 => {
-                let mut p = advert(vrid, prio, 1, peer);
-                p[20] = 0x21;
-                p
-            }
-            2 => {
-                let mut p = advert(vrid, prio, 1, peer);
-                p[20] = 0x32;
-                p
-            }
-            3 => {
-                let p = advert(vrid, prio, 1, peer);
-                let len = rng.gen_range(0..p.len());
-                p[..len].to_vec()
-            }
-            4 => advert(vrid, prio, 0, peer),
-            5 => {
-                let mut p = advert(vrid, prio, 1, peer);
-                p[8] = rng.gen_range(0..255);
-                p
-            }
-            6 => {
-                let unknown = (1..=255).find(|v| !vrids.contains(v)).unwrap_or(255);
-                advert(unknown, 255, 1, peer)
-            }
-            7 => advert(vrid, 255, 1, Ipv4Addr::new(10, 255, 0, 66)),
-            8 => (0..rng.gen_range(0..80)).map(|_| rng.r#gen()).collect(),
-            _ => {
-                let mut p = advert(vrid, prio, 1, peer);
-                p[0] = 0x4f;
-                p
-            }
-        }
     }
 }
 

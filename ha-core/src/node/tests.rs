@@ -2,7 +2,10 @@
 //! preemption gate, hostile input, operator commands.
 
 use super::*;
-use crate::vrrp::wire::MULTICAST;
+use crate::vrrp::{
+    machine::Reason,
+    wire::{self, MULTICAST},
+};
 
 const ME: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);

@@ -1,0 +1,97 @@
+//! A simulated node: its core (when the agent runs), its data plane (the
+//! ownership word and its lease, read through a coarse clock as XDP reads
+//! it) and its monotonic clock (drift, VM pauses), with what the shell model
+//! keeps about it.
+
+use std::{collections::VecDeque, net::Ipv4Addr, time::Duration};
+
+use ha_core::node::Node;
+
+use crate::{scenario::T, world::Item};
+
+/// A node's data plane: the ownership word.
+#[derive(Debug, Clone, Copy)]
+pub struct Dataplane {
+    pub groups: u64,
+    /// When the lease ends, on the node's monotonic clock (ns); `None`:
+    /// never (the agent's "no lease").
+    pub expires: Option<u64>,
+    /// The next ownership write fails.
+    pub write_fails: bool,
+}
+
+/// One simulated node.
+pub struct SimNode {
+    pub addr: Ipv4Addr,
+    /// The agent's core; `None` while the agent is not running.
+    pub core: Option<Node>,
+    /// The node's monotonic clock at the agent's start (the core's origin).
+    pub(crate) origin: u64,
+    /// The machine is up; when it booted (its clock's origin).
+    pub up: bool,
+    pub(crate) boot: T,
+    pub(crate) ppm: i64,
+    pub dp: Dataplane,
+    /// The loop is busy until, frozen until (stall), the machine paused until.
+    pub(crate) busy_until: T,
+    pub(crate) frozen_until: T,
+    pub(crate) paused_until: T,
+    pub(crate) inbox: VecDeque<Item>,
+    pub(crate) wake_at: Option<T>,
+    /// State sync: the truth, what the core was told, a guard for retries.
+    pub(crate) in_sync: bool,
+    pub(crate) told_sync: Option<bool>,
+    pub(crate) sync_generation: u64,
+    /// Persisted across restarts.
+    pub(crate) maintenance: bool,
+    pub(crate) link_up: bool,
+}
+
+impl SimNode {
+    /// The node's monotonic clock at `t` (ns since its boot).
+    pub fn mono(&self, t: T) -> u64 {
+        let d = t.saturating_sub(self.boot).as_nanos() as i128;
+        (d + d * i128::from(self.ppm) / 1_000_000) as u64
+    }
+
+    /// The first simulated instant at which the node's clock reads `mono`.
+    pub fn to_sim(&self, mono: u64) -> T {
+        let m = i128::from(mono);
+        let d =
+            (m * 1_000_000 + 999_999 + i128::from(self.ppm)) / (1_000_000 + i128::from(self.ppm));
+        let mut t = self.boot + Duration::from_nanos(d.max(0) as u64);
+        // Integer rounding: step forward until the clock reads it.
+        while self.mono(t) < mono {
+            t += Duration::from_nanos(1);
+        }
+        t
+    }
+
+    /// The core's time at `t`.
+    pub(crate) fn local(&self, t: T) -> Duration {
+        Duration::from_nanos(self.mono(t).saturating_sub(self.origin))
+    }
+
+    /// Whether the data plane answers for group `g` at `t` (the XDP
+    /// programs read a coarse clock: a lease lapses up to a tick late).
+    pub fn owns(&self, g: usize, t: T, tick: T) -> bool {
+        if !self.up || t < self.paused_until || self.dp.groups & (1 << g) == 0 {
+            return false;
+        }
+        match self.dp.expires {
+            None => true,
+            Some(e) => {
+                let m = self.mono(t);
+                let tick = tick.as_nanos() as u64;
+                m - m % tick < e
+            }
+        }
+    }
+
+    /// When ownership of a group ends by itself (its lease), if it does.
+    pub fn lease_end(&self, tick: T) -> Option<T> {
+        let e = self.dp.expires?;
+        let tick = tick.as_nanos() as u64;
+        Some(self.to_sim(e.div_ceil(tick) * tick))
+    }
+}
