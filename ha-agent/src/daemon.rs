@@ -79,8 +79,10 @@ pub async fn run(
     let control_thread =
         control::spawn(shared, key, to_loop, stopped).context("start the control thread")?;
 
-    agent.start()?;
-    let result = agent.run(requests, shutdown).await;
+    let result = match agent.start() {
+        Ok(()) => agent.run(requests, shutdown).await,
+        Err(e) => Err(e),
+    };
 
     let _ = stop.send(true);
     for thread in [Some(control_thread), sync_thread].into_iter().flatten() {

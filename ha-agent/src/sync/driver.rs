@@ -416,3 +416,80 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A handle on a loopback socket, its conntrack socket unused.
+    fn handle() -> Arc<SyncHandle> {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_nonblocking(true).unwrap();
+        let peer = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9);
+        let core = Core {
+            session: Session::new(&[1; 32], 1, 1, 2, Settings::default()),
+            udp: Arc::new(udp),
+            peer,
+            applier: Applier::new(Conntrack::open().expect("a netlink socket"), None),
+            start: Instant::now(),
+            buf: vec![0u8; 2048],
+            resync_owed: false,
+            last_rx: None,
+            last_tx: Duration::ZERO,
+            reject_log: Every::new(),
+        };
+        Arc::new(SyncHandle {
+            core: Mutex::new(core),
+            in_sync: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            status: Mutex::new(SyncStatus::default()),
+        })
+    }
+
+    /// The sync thread in the middle of a step (here: holding the shared
+    /// state until told to let go) never holds up the commit of a takeover.
+    #[test]
+    fn the_commit_never_waits_for_the_sync_thread() {
+        let h = handle();
+        let (locked, release) = (mpsc::channel(), mpsc::channel::<()>());
+        let busy = std::thread::spawn({
+            let h = h.clone();
+            move || {
+                let _core = h.core.lock().unwrap();
+                locked.0.send(()).unwrap();
+                let _ = release.1.recv();
+            }
+        });
+        locked.1.recv().unwrap();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn({
+            let h = h.clone();
+            move || done_tx.send(h.commit()).unwrap()
+        });
+        let committed = done.recv_timeout(Duration::from_secs(5));
+        release.0.send(()).unwrap();
+        busy.join().unwrap();
+        let (records, _) =
+            committed.expect("the commit returned while the sync thread held its step");
+        assert_eq!(records, 0);
+        let s = h.status();
+        assert!(s.last_commit_partial, "{s:?}");
+        // Free, the commit drains the (empty) socket and says it is complete.
+        assert_eq!(h.commit().0, 0);
+        assert!(!h.status().last_commit_partial);
+    }
+
+    /// An operator's resync is a flag for the sync thread: it never waits.
+    #[test]
+    fn a_resync_request_never_waits_either() {
+        let h = handle();
+        h.in_sync.store(true, Ordering::Release);
+        let _core = h.core.lock().unwrap();
+        h.force_resync();
+        assert!(!h.in_sync());
+        assert!(h.resync.load(Ordering::Acquire));
+    }
+}
