@@ -453,7 +453,6 @@ impl Config {
     /// What the node core runs.
     pub fn node_settings(&self) -> node::Settings {
         node::Settings {
-            local_addr: self.ha.address,
             peers: self.ha.peers.clone(),
             lease: self.lease(),
             state_sync: self.ha.sync_port != 0,

@@ -216,7 +216,6 @@ impl Scenario {
                 NodeSpec {
                     addr: addrs[i],
                     settings: Settings {
-                        local_addr: addrs[i],
                         peers: addrs.iter().copied().filter(|a| *a != addrs[i]).collect(),
                         lease,
                         state_sync,

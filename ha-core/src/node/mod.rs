@@ -51,8 +51,6 @@ pub const MAX_GROUPS: usize = 64;
 /// What the node runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// Our address on the HA link: advert source, priority tie-breaker.
-    pub local_addr: Ipv4Addr,
     /// The only sources of adverts we accept.
     pub peers: Vec<Ipv4Addr>,
     /// Ownership lease, renewed with every advert of a master (shorter than
@@ -121,7 +119,6 @@ pub struct ElectionState {
 /// The node core.
 #[derive(Debug)]
 pub struct Node {
-    local_addr: Ipv4Addr,
     peers: Vec<Ipv4Addr>,
     lease: Duration,
     state_sync: bool,
@@ -184,7 +181,6 @@ impl Node {
             });
         }
         let mut node = Node {
-            local_addr: settings.local_addr,
             peers: settings.peers,
             lease: settings.lease,
             state_sync: settings.state_sync,
@@ -270,19 +266,9 @@ impl Node {
         v
     }
 
-    /// Our address on the HA link (the source of our adverts).
-    pub fn local_addr(&self) -> Ipv4Addr {
-        self.local_addr
-    }
-
     /// The ownership word as last written.
     pub fn owned(&self) -> u64 {
         self.owned
-    }
-
-    /// Whether state sync is configured (a resync can be asked for).
-    pub fn state_sync(&self) -> bool {
-        self.state_sync
     }
 
     /// The role of every group.

@@ -17,7 +17,6 @@ fn ms(v: u64) -> Instant {
 
 fn settings(priority: u8, state_sync: bool) -> Settings {
     Settings {
-        local_addr: ME,
         peers: vec![PEER],
         lease: ms(26),
         state_sync,
