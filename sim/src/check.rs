@@ -46,8 +46,8 @@ use ha_core::{
 };
 
 use crate::{
+    node::SimNode,
     scenario::{Scenario, T, ms},
-    world::SimNode,
 };
 
 /// Processing allowance in the bounds.

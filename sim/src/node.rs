@@ -5,9 +5,9 @@
 
 use std::{collections::VecDeque, net::Ipv4Addr, time::Duration};
 
-use ha_core::node::Node;
+use ha_core::node::{Command, Node};
 
-use crate::{scenario::T, world::Item};
+use crate::scenario::T;
 
 /// A node's data plane: the ownership word.
 #[derive(Debug, Clone, Copy)]
@@ -94,4 +94,15 @@ impl SimNode {
         let tick = tick.as_nanos() as u64;
         Some(self.to_sim(e.div_ceil(tick) * tick))
     }
+}
+
+/// What waits in a node's socket or control queue.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A VRRP packet; `from` is the sending node (`None`: the attacker).
+    Packet { bytes: Vec<u8>, from: Option<usize> },
+    /// The shell saw the tracked link change.
+    Link(bool),
+    /// An operator command.
+    Command(Command),
 }

@@ -11,6 +11,8 @@
 //! plane refuses ends the batch and is reported back, as is a renewal of a
 //! lapsed lease (which the data plane refuses, never reviving it).
 
+mod shell;
+
 use std::{
     collections::{BTreeMap, VecDeque},
     net::Ipv4Addr,
@@ -18,9 +20,8 @@ use std::{
 };
 
 use ha_core::{
-    node::{Command, Effect, Event, Hook, Node},
+    node::{Event, Node},
     vrrp::{
-        machine::{Reason, Role},
         packet::ip_packet,
         wire::{self, MULTICAST},
     },
@@ -28,7 +29,7 @@ use ha_core::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub use crate::node::{Dataplane, SimNode};
+pub use crate::node::{Dataplane, Item, SimNode};
 use crate::{
     check::Checker,
     scenario::{Fault, Scenario, T, TRACKED, ms},
@@ -37,17 +38,6 @@ use crate::{
 
 /// Packets a node's socket holds (about a 1 MB receive buffer).
 const INBOX: usize = 2000;
-
-/// What waits in a node's socket or control queue.
-#[derive(Debug, Clone)]
-pub(crate) enum Item {
-    /// A VRRP packet; `from` is the sending node (`None`: the attacker).
-    Packet { bytes: Vec<u8>, from: Option<usize> },
-    /// The shell saw the tracked link change.
-    Link(bool),
-    /// An operator command.
-    Command(Command),
-}
 
 /// A queued event.
 #[derive(Debug, Clone)]
@@ -567,224 +557,5 @@ impl<'a> World<'a> {
         }
         self.nodes[to].inbox.push_back(item);
         self.schedule_wake(to, t);
-    }
-
-    // ----- the shell -----
-
-    fn wake(&mut self, i: usize) {
-        let t = self.now;
-        if self.nodes[i].wake_at != Some(t) {
-            return;
-        }
-        self.nodes[i].wake_at = None;
-        let n = &self.nodes[i];
-        if !n.up || n.core.is_none() {
-            return;
-        }
-        let free = n.busy_until.max(n.frozen_until).max(n.paused_until);
-        if free > t {
-            self.schedule_wake(i, free);
-            return;
-        }
-        let mut cur = t;
-        // State sync first, as the shell does on every wake.
-        if self.nodes[i].told_sync != Some(self.nodes[i].in_sync) {
-            let in_sync = self.nodes[i].in_sync;
-            self.nodes[i].told_sync = Some(in_sync);
-            self.handle(i, cur, Event::SyncState { in_sync });
-            cur += self.cost();
-        }
-        if !self.nodes[i].inbox.is_empty() {
-            while let Some(item) = self.nodes[i].inbox.pop_front() {
-                if self.nodes[i].core.is_none() {
-                    break;
-                }
-                self.item(i, cur, item);
-                cur += self.cost();
-            }
-        } else if let Some(due) = self.due(i)
-            && due <= cur
-        {
-            self.handle(i, cur, Event::Timer);
-            cur += self.cost();
-        }
-        self.nodes[i].busy_until = cur;
-        if !self.nodes[i].inbox.is_empty() {
-            self.schedule_wake(i, cur);
-        } else if let Some(due) = self.due(i) {
-            self.schedule_wake(i, due.max(cur));
-        }
-    }
-
-    /// When the core's next timer is due, in simulated time.
-    fn due(&self, i: usize) -> Option<T> {
-        let n = &self.nodes[i];
-        let d = n.core.as_ref()?.poll_at()?;
-        Some(n.to_sim(n.origin + d.as_nanos() as u64))
-    }
-
-    fn item(&mut self, i: usize, t: T, item: Item) {
-        match item {
-            Item::Packet { bytes, from } => {
-                self.check.before_packet(&self.nodes, i, from, &bytes);
-                if from.is_none() {
-                    self.stats.hostile += 1;
-                }
-                let effects = self.handle(i, t, Event::Packet(&bytes));
-                self.check
-                    .after_packet(&self.nodes, i, from, &bytes, effects, t);
-            }
-            Item::Link(up) => {
-                self.handle(i, t, Event::Link { iface: TRACKED, up });
-            }
-            Item::Command(c) => {
-                self.handle(i, t, Event::Command(c));
-            }
-        }
-    }
-
-    /// Hands `event` to node `i`'s core at `t` and carries out the effects;
-    /// returns how many there were.
-    fn handle(&mut self, i: usize, t: T, event: Event<'_>) -> usize {
-        let Some(core) = &mut self.nodes[i].core else {
-            return 0;
-        };
-        let before = core.counters().transitions_total;
-        let local = self.nodes[i].local(t);
-        let label = self.trace.is_some().then(|| describe_event(&event));
-        let effects = match &mut self.nodes[i].core {
-            Some(core) => core.handle(local, event),
-            None => return 0,
-        };
-        if let Some(label) = label {
-            let effects = effects.clone();
-            self.log(|| format!("node {i} @{local:?}: {label} -> {effects:?}"));
-        }
-        let n = effects.len();
-        self.execute(i, t, effects, 0);
-        self.after_handle(i, t, before);
-        n
-    }
-
-    /// Carries out effects as the shell does.
-    fn execute(&mut self, i: usize, t: T, effects: Vec<Effect>, depth: u8) {
-        let mut followup = None;
-        let mut batch = self.check.batch(i);
-        for e in effects {
-            match e {
-                Effect::Commit { group, .. } => batch.commit(group),
-                Effect::WriteOwnership { groups, lease } => {
-                    if std::mem::take(&mut self.nodes[i].dp.write_fails) {
-                        self.log(|| format!("node {i}: ownership write fails"));
-                        self.check.disturb(i, t, t + ms(100));
-                        followup = Some(Event::OwnershipWriteFailed);
-                        break;
-                    }
-                    let before: Vec<bool> = self.owned_groups(i, t);
-                    let n = &mut self.nodes[i];
-                    n.dp.groups = groups;
-                    n.dp.expires = lease.map(|l| n.mono(t) + l.as_nanos() as u64);
-                    let after = self.owned_groups(i, t);
-                    for (g, (b, a)) in before.iter().zip(&after).enumerate() {
-                        if !b && *a {
-                            batch.gained(&mut self.check, g, t);
-                        }
-                    }
-                    self.check.ownership_changed(&self.nodes, i, t);
-                }
-                Effect::RenewLease { lease } => {
-                    let n = &mut self.nodes[i];
-                    let mono = n.mono(t);
-                    if n.dp.expires.is_some_and(|e| e <= mono) {
-                        followup = Some(Event::LeaseLapsed);
-                        break;
-                    }
-                    n.dp.expires = Some(mono + lease.as_nanos() as u64);
-                    self.check.ownership_changed(&self.nodes, i, t);
-                }
-                Effect::SendAdvert(advert) => self.send(i, &advert),
-                Effect::SendGarp { group } => {
-                    batch.garp(&mut self.check, &self.nodes[i], group, self.sc.tick, t);
-                }
-                Effect::Hook { group, hook } => {
-                    if hook == (Hook::Services { role: Role::Master }) {
-                        batch.services(&mut self.check, &self.nodes[i], group, self.sc.tick, t);
-                    }
-                }
-                Effect::SaveMaintenance(on) => self.nodes[i].maintenance = on,
-                Effect::ForceResync => {
-                    if self.sc.nodes[i].settings.state_sync {
-                        self.sync_restart(i);
-                    }
-                }
-                Effect::WriteStatus | Effect::Reply(_) => {}
-            }
-        }
-        if let Some(event) = followup
-            && depth == 0
-        {
-            let local = self.nodes[i].local(t);
-            self.log(|| format!("node {i}: reported back {event:?}"));
-            let effects = match &mut self.nodes[i].core {
-                Some(core) => core.handle(local, event),
-                None => return,
-            };
-            self.execute(i, t, effects, 1);
-        }
-    }
-
-    fn owned_groups(&self, i: usize, t: T) -> Vec<bool> {
-        (0..self.check.groups())
-            .map(|g| self.nodes[i].owns(g, t, self.sc.tick))
-            .collect()
-    }
-
-    /// Checks after every event a core handled: transitions (failovers, the
-    /// preemption gate) and data plane against core.
-    fn after_handle(&mut self, i: usize, t: T, before: u64) {
-        let Some(core) = &self.nodes[i].core else {
-            return;
-        };
-        let c = core.counters();
-        let new = (c.transitions_total - before) as usize;
-        let recent: Vec<(Role, Reason)> = c
-            .transitions
-            .iter()
-            .rev()
-            .take(new)
-            .map(|r| (r.role, r.reason))
-            .collect();
-        for (role, reason) in recent {
-            if role != Role::Master {
-                continue;
-            }
-            match reason {
-                Reason::MasterDown | Reason::MasterLeft => self.stats.failovers += 1,
-                Reason::Preempt
-                    if self.sc.nodes[i].settings.state_sync
-                        && self.nodes[i].told_sync != Some(true) =>
-                {
-                    self.check.violation(
-                        t,
-                        format!("GATE: node {i} preempted before its state sync was complete"),
-                    );
-                }
-                _ => {}
-            }
-        }
-        self.check.consistent(&self.nodes, i, t);
-    }
-}
-
-fn describe_event(e: &Event<'_>) -> String {
-    match e {
-        Event::Packet(b) => match ha_core::vrrp::packet::parse(b, |_| true, |_| true) {
-            Ok(rx) => format!(
-                "advert from {} vrid {} prio {} int {}cs",
-                rx.src, rx.advert.vrid, rx.advert.priority, rx.advert.interval_cs
-            ),
-            Err((r, src)) => format!("bad packet ({r:?}, from {src:?}, {} bytes)", b.len()),
-        },
-        other => format!("{other:?}"),
     }
 }
