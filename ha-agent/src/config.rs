@@ -550,6 +550,24 @@ pub fn parse_vip(v: &VipConfig) -> Result<Vip, String> {
     })
 }
 
+/// A small valid configuration for the tests of other modules.
+#[cfg(test)]
+pub(crate) const TEST_CONFIG: &str = r#"
+[ha]
+interface = "ha0"
+address = "10.255.0.1"
+peers = ["10.255.0.2"]
+
+[[group]]
+name = "fw"
+
+[[group.vrrp]]
+name = "VI_1"
+vrid = 51
+priority = 200
+vips = [{ iface = "lan0", address = "10.0.0.1/24" }]
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,6 +227,19 @@ pub struct FlowEvent {
     pub ifindex: u32,
 }
 
+impl FlowEvent {
+    /// The flow in its original direction.
+    #[inline(always)]
+    pub const fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            src_addr: self.src_addr,
+            dst_addr: self.dst_addr,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        }
+    }
+}
+
 impl_pod!(FlowKey, FlowState, FlowEvent);
 
 /// Advances the TCP state for a packet with `tcp_flags` (byte 13 of the TCP

@@ -268,31 +268,18 @@ mod tests {
     use super::*;
 
     fn primary() -> Arc<Shared> {
-        let config = Config::parse(
-            r#"
-[ha]
-interface = "ha0"
-address = "10.255.0.1"
-peers = ["10.255.0.2"]
-sync_port = 7788
-sync_key_file = "/nonexistent"
-
-[cluster]
-role = "primary"
-primary = "10.255.0.1"
-
-[[group]]
-name = "fw"
-
-[[group.vrrp]]
-name = "VI_1"
-vrid = 51
-priority = 200
-vips = [{ iface = "lan0", address = "10.0.0.1/24" }]
-"#,
-            std::path::Path::new("/etc/ha-agent/config.toml"),
-        )
-        .unwrap();
+        // The test configuration, made a primary with state sync.
+        let text = crate::config::TEST_CONFIG
+            .replace(
+                "peers = [\"10.255.0.2\"]",
+                "peers = [\"10.255.0.2\"]\nsync_port = 7788\nsync_key_file = \"/nonexistent\"",
+            )
+            .replace(
+                "[[group]]",
+                "[cluster]\nrole = \"primary\"\nprimary = \"10.255.0.1\"\n\n[[group]]",
+            );
+        let config =
+            Config::parse(&text, std::path::Path::new("/etc/ha-agent/config.toml")).unwrap();
         Arc::new(Shared {
             instance: "fw".into(),
             config_path: "/etc/ha-agent/config.toml".into(),

@@ -100,21 +100,7 @@ mod tests {
 
     use super::*;
 
-    const BASE: &str = r#"
-[ha]
-interface = "ha0"
-address = "10.255.0.1"
-peers = ["10.255.0.2"]
-
-[[group]]
-name = "fw"
-
-[[group.vrrp]]
-name = "VI_1"
-vrid = 51
-priority = 200
-vips = [{ iface = "lan0", address = "10.0.0.1/24" }]
-"#;
+    use crate::config::TEST_CONFIG as BASE;
 
     fn parse(t: &str) -> Config {
         Config::parse(t, Path::new("/etc/ha-agent/config.toml")).unwrap()

@@ -83,6 +83,21 @@ struct Core {
 }
 
 impl Core {
+    fn new(session: Session, udp: UdpSocket, peer: SocketAddrV4, applier: Applier) -> Self {
+        Core {
+            session,
+            udp: Arc::new(udp),
+            peer,
+            applier,
+            start: Instant::now(),
+            buf: vec![0u8; 2048],
+            resync_owed: false,
+            last_rx: None,
+            last_tx: Duration::ZERO,
+            reject_log: Every::new(),
+        }
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
     }
@@ -189,32 +204,31 @@ impl SyncHandle {
             Settings::default(),
         );
         session.request_resync();
-        let core = Core {
+        let core = Core::new(
             session,
-            udp: Arc::new(udp),
-            peer: SocketAddrV4::new(peer, port),
-            applier: Applier::new(
+            udp,
+            SocketAddrV4::new(peer, port),
+            Applier::new(
                 Conntrack::open().context("ctnetlink socket")?,
                 FlowTable::open(&config.instance),
             ),
-            start: Instant::now(),
-            buf: vec![0u8; 2048],
-            resync_owed: false,
-            last_rx: None,
-            last_tx: Duration::ZERO,
-            reject_log: Every::new(),
-        };
-        Ok(Arc::new(SyncHandle {
+        );
+        Ok(SyncHandle::from_core(core))
+    }
+
+    fn from_core(core: Core) -> Arc<Self> {
+        let peer = core.peer;
+        Arc::new(SyncHandle {
             core: Mutex::new(core),
             in_sync: AtomicBool::new(false),
             resync: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             status: Mutex::new(SyncStatus {
-                peer: Some(peer),
-                port,
+                peer: Some(*peer.ip()),
+                port: peer.port(),
                 ..SyncStatus::default()
             }),
-        }))
+        })
     }
 
     fn lock(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Core>> {
@@ -427,26 +441,12 @@ mod tests {
     fn handle() -> Arc<SyncHandle> {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         udp.set_nonblocking(true).unwrap();
-        let peer = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9);
-        let core = Core {
-            session: Session::new(&[1; 32], 1, 1, 2, Settings::default()),
-            udp: Arc::new(udp),
-            peer,
-            applier: Applier::new(Conntrack::open().expect("a netlink socket"), None),
-            start: Instant::now(),
-            buf: vec![0u8; 2048],
-            resync_owed: false,
-            last_rx: None,
-            last_tx: Duration::ZERO,
-            reject_log: Every::new(),
-        };
-        Arc::new(SyncHandle {
-            core: Mutex::new(core),
-            in_sync: AtomicBool::new(false),
-            resync: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
-            status: Mutex::new(SyncStatus::default()),
-        })
+        SyncHandle::from_core(Core::new(
+            Session::new(&[1; 32], 1, 1, 2, Settings::default()),
+            udp,
+            SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9),
+            Applier::new(Conntrack::open().expect("a netlink socket"), None),
+        ))
     }
 
     /// The sync thread in the middle of a step (here: holding the shared

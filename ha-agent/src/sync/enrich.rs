@@ -6,14 +6,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
     time::Duration,
 };
 
-use ha_common::{
-    addr_octets,
-    flow::{self, FlowEvent, FlowEventKind, TcpState},
-};
+use ha_common::flow::{self, FlowEvent, FlowEventKind, TcpState};
 use tracing::warn;
 
 use super::{
@@ -42,15 +38,7 @@ pub fn record_of(e: &FlowEvent) -> Record {
     } else {
         RecordKind::Upsert
     };
-    Record::plain(
-        kind,
-        e.proto,
-        e.state,
-        Ipv4Addr::from(addr_octets(e.src_addr)),
-        Ipv4Addr::from(addr_octets(e.dst_addr)),
-        e.src_port,
-        e.dst_port,
-    )
+    Record::of_flow(kind, e.proto, e.state, e.endpoints())
 }
 
 /// Why a flow is looked up again later.

@@ -3,11 +3,9 @@
 //! the new master's XDP tracks them from their first packet). Keys are
 //! normalised by [`FlowKey::normalised`], shared with the XDP programs.
 
-use std::net::Ipv4Addr;
-
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use ha_common::{
-    addr_from_octets, addr_octets,
+    addr_from_octets,
     flow::{self, Endpoints, FlowKey, FlowState, TcpState},
 };
 
@@ -77,15 +75,7 @@ impl FlowTable {
             .filter(|(k, s)| !(k.proto == flow::PROTO_TCP && s.state == TcpState::Closed as u8))
             .map(|(k, s)| {
                 let e = k.oriented(s.flags & flow::FLOW_LO_IS_ORIGIN != 0);
-                Record::plain(
-                    RecordKind::Upsert,
-                    k.proto,
-                    s.state,
-                    Ipv4Addr::from(addr_octets(e.src_addr)),
-                    Ipv4Addr::from(addr_octets(e.dst_addr)),
-                    e.src_port,
-                    e.dst_port,
-                )
+                Record::of_flow(RecordKind::Upsert, k.proto, s.state, e)
             })
             .collect()
     }
@@ -93,6 +83,10 @@ impl FlowTable {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use ha_common::addr_octets;
+
     use super::*;
 
     #[test]

@@ -9,6 +9,8 @@
 
 use std::net::Ipv4Addr;
 
+use ha_common::{addr_octets, flow::Endpoints};
+
 /// Bytes per record.
 pub const RECORD_LEN: usize = 32;
 // The budget the design sets (pfsync's compressed update is 84).
@@ -87,6 +89,20 @@ impl Record {
             reply_sport: dport,
             reply_dport: sport,
         }
+    }
+
+    /// A record without NAT of a flow as XDP keeps it (addresses in map
+    /// encoding, ports in host order, original direction).
+    pub fn of_flow(kind: RecordKind, proto: u8, state: u8, e: Endpoints) -> Self {
+        Record::plain(
+            kind,
+            proto,
+            state,
+            Ipv4Addr::from(addr_octets(e.src_addr)),
+            Ipv4Addr::from(addr_octets(e.dst_addr)),
+            e.src_port,
+            e.dst_port,
+        )
     }
 
     /// Writes the record into `out` (at least [`RECORD_LEN`] bytes).

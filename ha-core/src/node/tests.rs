@@ -45,7 +45,12 @@ fn settings(priority: u8, state_sync: bool) -> Settings {
 }
 
 fn started(priority: u8, state_sync: bool) -> (Node, Vec<Effect>) {
-    let mut n = Node::new(settings(priority, state_sync)).unwrap();
+    start(settings(priority, state_sync))
+}
+
+/// A node of `s`, started at 0 owning nothing, and the effects of its start.
+fn start(s: Settings) -> (Node, Vec<Effect>) {
+    let mut n = Node::new(s).unwrap();
     let out = n.handle(
         ms(0),
         Event::Start {
@@ -446,15 +451,7 @@ fn advert_for(src: Ipv4Addr, vrid: u8, priority: u8) -> Vec<u8> {
 /// lease, reviving ownership the peer may have taken over meanwhile.
 #[test]
 fn a_step_down_after_a_stall_revives_no_other_group() {
-    let mut n = Node::new(two_groups(200)).unwrap();
-    n.handle(
-        ms(0),
-        Event::Start {
-            resumed: 0,
-            maintenance: false,
-            links: &[],
-        },
-    );
+    let (mut n, _) = start(two_groups(200));
     let (t, _) = until_master(&mut n);
     assert_eq!(n.owned(), 0b11);
     // Stalled for 60 ms; the first thing handled is a better advert for g1.
@@ -477,15 +474,7 @@ fn a_step_down_after_a_stall_revives_no_other_group() {
 
 #[test]
 fn a_takeover_after_a_stall_carries_no_lapsed_group() {
-    let mut n = Node::new(two_groups(200)).unwrap();
-    n.handle(
-        ms(0),
-        Event::Start {
-            resumed: 0,
-            maintenance: false,
-            links: &[],
-        },
-    );
+    let (mut n, _) = start(two_groups(200));
     let (t, _) = until_master(&mut n);
     // g1 steps down to a better peer; g0 stays master.
     n.handle(t + ms(1), Event::Packet(&advert_for(PEER, 52, 254)));
