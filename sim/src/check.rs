@@ -355,7 +355,11 @@ impl Checker {
     // ----- ORDER -----
 
     pub fn batch(&self, node: usize) -> Batch {
-        Batch { node, committed: 0 }
+        Batch {
+            node,
+            committed: 0,
+            gained: 0,
+        }
     }
 
     // ----- AGREE -----
@@ -364,6 +368,11 @@ impl Checker {
         let Some(core) = &nodes[i].core else {
             return;
         };
+        if nodes[i].dp.stale {
+            // The data plane refused the write that gave the group up: it
+            // answers until that lease runs out (SPLIT bounds it).
+            return;
+        }
         for (g, role) in core.roles().enumerate() {
             if role != Role::Master && nodes[i].owns(g, t, self.tick) {
                 self.violations.push((
@@ -427,22 +436,19 @@ impl Checker {
                         }
                     }
                     for (s, e) in overlaps {
-                        let f = self.last_impairment(a, b, e);
                         let len = e - s;
                         self.dual_total += len;
-                        let clean = f.is_none_or(|f| f < s.saturating_sub(self.lease_bound));
-                        if clean {
+                        let (longest, at) = self.longest_clean(a, b, s, e);
+                        if longest == len && self.clean_before(a, b, s) {
                             self.dual_clean_max = self.dual_clean_max.max(len);
                         } else {
                             self.dual_impaired_max = self.dual_impaired_max.max(len);
                         }
-                        let from = f.map_or(s, |f| f.max(s));
-                        if e - from > bound + Duration::from_micros(1) {
+                        if longest > bound + Duration::from_micros(1) {
                             self.violations.push((
                                 e,
                                 format!(
-                                    "SPLIT: nodes {a} and {b} both owned group {g} from {s:?} to {e:?} ({len:?}), {:?} after the last impairment ({f:?}); bound {bound:?}",
-                                    e - from
+                                    "SPLIT: nodes {a} and {b} both owned group {g} from {s:?} to {e:?} ({len:?}), {longest:?} of it from {at:?} without an impairment; bound {bound:?}"
                                 ),
                             ));
                         }
@@ -452,28 +458,65 @@ impl Checker {
         }
     }
 
-    /// The last impairment of the pair before `e`.
-    fn last_impairment(&self, a: usize, b: usize, e: T) -> Option<T> {
-        let drop = self.drops.get(&pair(a, b)).and_then(|d| {
-            let k = d.partition_point(|t| *t < e);
-            k.checked_sub(1).map(|k| d[k])
-        });
-        let window = [a, b]
+    /// Instants (drops) and windows (disturbances) that impair the pair.
+    fn impairments(&self, a: usize, b: usize) -> Vec<(T, T)> {
+        let drops = self
+            .drops
+            .get(&pair(a, b))
+            .into_iter()
+            .flatten()
+            .map(|&t| (t, t));
+        let nodes = [a, b];
+        let windows = nodes
             .iter()
             .filter_map(|n| self.disturbed.get(n))
             .flatten()
-            .filter(|(from, _)| *from < e)
-            .map(|&(_, to)| to.min(e))
-            .max();
-        drop.max(window)
+            .copied();
+        let mut v: Vec<(T, T)> = drops.chain(windows).collect();
+        v.sort();
+        v
+    }
+
+    /// The longest stretch of [s, e) with no impairment of the pair, and
+    /// where it starts.
+    fn longest_clean(&self, a: usize, b: usize, s: T, e: T) -> (Duration, T) {
+        let mut from = s;
+        let mut best = (T::ZERO, s);
+        for (i0, i1) in self.impairments(a, b) {
+            if i1 < from {
+                continue;
+            }
+            if i0 >= e {
+                break;
+            }
+            if i0 > from && i0 - from > best.0 {
+                best = (i0 - from, from);
+            }
+            from = from.max(i1);
+        }
+        if e > from && e - from > best.0 {
+            best = (e - from, from);
+        }
+        best
+    }
+
+    /// Whether nothing impaired the pair in the lease bound before `s` (the
+    /// two owners then came from the protocol alone: a preemption).
+    fn clean_before(&self, a: usize, b: usize, s: T) -> bool {
+        let from = s.saturating_sub(self.lease_bound);
+        !self
+            .impairments(a, b)
+            .iter()
+            .any(|&(i0, i1)| i1 >= from && i0 <= s)
     }
 }
 
 /// The ORDER checks of one batch of effects.
 pub struct Batch {
     node: usize,
-    /// Groups with a Commit in this batch.
+    /// Groups with a Commit in this batch, and groups gained in it.
     committed: u64,
+    gained: u64,
 }
 
 impl Batch {
@@ -481,7 +524,26 @@ impl Batch {
         self.committed |= 1 << g;
     }
 
+    /// A takeover (a Commit) is under way in this batch.
+    pub fn took_over(&self) -> bool {
+        self.committed != 0
+    }
+
+    /// Ownership of `g` given up: never in the batch that took it over.
+    pub fn given_up(&mut self, check: &mut Checker, g: usize, t: T) {
+        if self.gained & (1 << g) != 0 {
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {} took group {g} over and gave it up again in one batch",
+                    self.node
+                ),
+            );
+        }
+    }
+
     pub fn gained(&mut self, check: &mut Checker, g: usize, t: T) {
+        self.gained |= 1 << g;
         if self.committed & (1 << g) == 0 {
             check.violation(
                 t,

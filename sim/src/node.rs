@@ -16,8 +16,30 @@ pub struct Dataplane {
     /// When the lease ends, on the node's monotonic clock (ns); `None`:
     /// never (the agent's "no lease").
     pub expires: Option<u64>,
-    /// The next ownership write fails.
-    pub write_fails: bool,
+    /// Map writes (ownership, renewals) still to fail.
+    pub fails: u8,
+    /// The last write failed: the word may name groups the core gave up
+    /// (their lease then runs out by itself).
+    pub stale: bool,
+}
+
+impl Dataplane {
+    /// A data plane after boot: nothing owned, no lease.
+    pub fn fresh() -> Self {
+        Dataplane {
+            groups: 0,
+            expires: Some(0),
+            fails: 0,
+            stale: false,
+        }
+    }
+
+    /// Whether this map write fails (one fewer to fail).
+    pub fn fail(&mut self) -> bool {
+        let fails = self.fails > 0;
+        self.fails = self.fails.saturating_sub(1);
+        fails
+    }
 }
 
 /// One simulated node.
@@ -45,6 +67,8 @@ pub struct SimNode {
     /// Persisted across restarts.
     pub(crate) maintenance: bool,
     pub(crate) link_up: bool,
+    /// Reloads so far (odd: an extra VIP in each group's first instance).
+    pub(crate) reloads: u32,
 }
 
 impl SimNode {
@@ -105,4 +129,6 @@ pub enum Item {
     Link(bool),
     /// An operator command.
     Command(Command),
+    /// A reload of the configuration (its VIPs).
+    Reload,
 }

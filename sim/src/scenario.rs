@@ -83,8 +83,11 @@ pub enum Fault {
     },
     /// The tracked link of `node` goes down for `dur`.
     LinkDown { node: usize, dur: T },
-    /// The next ownership write of `node` fails.
-    WriteFail { node: usize },
+    /// The next `count` map writes of `node` (ownership, renewals) fail.
+    WriteFail { node: usize, count: u8 },
+    /// `node` reloads its configuration: a VIP is added to (or removed
+    /// from) the first instance of each group.
+    Reload { node: usize },
 }
 
 impl Fault {
@@ -101,7 +104,7 @@ impl Fault {
             | Fault::Pause { dur, .. }
             | Fault::LinkDown { dur, .. }
             | Fault::Hostile { span: dur, .. } => *dur = (*dur).min(left),
-            Fault::Command { .. } | Fault::WriteFail { .. } => {}
+            Fault::Command { .. } | Fault::WriteFail { .. } | Fault::Reload { .. } => {}
         }
         self
     }
@@ -179,6 +182,9 @@ impl Scenario {
         if rng.gen_bool(0.3) {
             prios.shuffle(&mut rng);
         }
+        // With two groups, half the time each is at home on another node
+        // (active/active: one node master of one group, backup of the other).
+        let active_active = n_groups == 2 && rng.gen_bool(0.5);
         let track_weight = if rng.gen_bool(0.5) { 0 } else { 60 };
         let addrs: Vec<Ipv4Addr> = (0..n_nodes)
             .map(|i| Ipv4Addr::new(10, 255, 0, i as u8 + 1))
@@ -195,7 +201,11 @@ impl Scenario {
                                     format!("VI_{vrid}"),
                                     machine::Config {
                                         vrid,
-                                        priority: prios[i],
+                                        priority: if active_active && g == 1 {
+                                            prios[n_nodes - 1 - i]
+                                        } else {
+                                            prios[i]
+                                        },
                                         advert_interval_cs: adv_cs,
                                         preempt,
                                         preempt_delay,
@@ -290,8 +300,12 @@ impl Scenario {
                         _ => ha_core::node::Command::Resync,
                     },
                 },
-                92..=97 => Fault::LinkDown { node, dur: long },
-                _ => Fault::WriteFail { node },
+                92..=96 => Fault::LinkDown { node, dur: long },
+                97 => Fault::Reload { node },
+                _ => Fault::WriteFail {
+                    node,
+                    count: rng.gen_range(1..=3),
+                },
             };
             faults.push((at, fault.clamped(faults_until - at)));
         }

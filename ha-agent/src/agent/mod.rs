@@ -87,8 +87,13 @@ pub struct Agent {
     /// whether we are in sync (as last told to the core).
     sync: Option<Arc<SyncHandle>>,
     in_sync: bool,
-    /// Config sync as the control thread reports it (in a cluster).
+    /// Config sync as the control thread reports it (in a cluster), and
+    /// the last copy read: the loop never waits for that thread's lock.
     config_sync: Arc<Mutex<ConfigSyncStatus>>,
+    config_sync_seen: ConfigSyncStatus,
+    /// The maintenance flag to persist (off the loop) before the command's
+    /// reply goes out.
+    persist: Option<bool>,
     /// Writes the status file off the loop.
     writer: StatusWriter,
     /// Adverts the socket refused, and their log limit.
@@ -176,6 +181,8 @@ impl Agent {
             sync: None,
             in_sync: false,
             config_sync,
+            config_sync_seen: ConfigSyncStatus::default(),
+            persist: None,
             writer,
             send_errors: 0,
             send_error_log: Every::new(),
@@ -330,8 +337,36 @@ impl Agent {
         match req {
             LoopRequest::Command(c, reply) => {
                 let effects = self.node.handle(self.now(), Event::Command(c));
-                let outcome = self.execute(effects);
-                let _ = reply.send(outcome.unwrap_or_else(|| Err("no answer".into())));
+                let outcome = self
+                    .execute(effects)
+                    .unwrap_or_else(|| Err("no answer".into()));
+                match self.persist.take() {
+                    None => {
+                        let _ = reply.send(outcome);
+                    }
+                    // The flag file is written off the loop (a slow disk
+                    // must not stall it); the answer waits for it.
+                    Some(on) => {
+                        let file = self.maintenance_file.clone();
+                        let spawned = crate::sched::spawn_blocking(
+                            "maintenance-flag",
+                            crate::sched::Class::Normal,
+                            move || {
+                                let outcome = match (outcome, save_flag(&file, on)) {
+                                    (Ok(m), Err(e)) => Err(format!(
+                                        "{m}; but not persisted: {}: {e} (in force until the agent restarts)",
+                                        file.display()
+                                    )),
+                                    (outcome, _) => outcome,
+                                };
+                                let _ = reply.send(outcome);
+                            },
+                        );
+                        if let Err(e) = spawned {
+                            warn!(cause = %e, "persisting maintenance mode");
+                        }
+                    }
+                }
             }
             LoopRequest::Apply(next, reply) => {
                 let _ = reply.send(self.apply_config(*next));
@@ -384,10 +419,15 @@ impl Agent {
     fn execute_at(&mut self, effects: Vec<Effect>, depth: u8) -> Option<Outcome> {
         let mut reply = None;
         let mut followup = None;
-        let mut persist_failed = None;
+        // After an ownership write the data plane refused, nothing is
+        // announced (adverts, GARP): what it holds is not what they say.
+        let mut muted = false;
+        // A Commit in this batch: a takeover is under way.
+        let mut taking_over = false;
         for e in effects {
             match e {
                 Effect::Commit { group, due } => {
+                    taking_over = true;
                     let commit = self.sync.as_ref().map(|s| s.commit());
                     self.takeover = Some(TakeoverClock {
                         group,
@@ -400,24 +440,42 @@ impl Agent {
                     if let Err(e) = self.dp.set_ownership(groups, lease) {
                         warn!(cause = %e, groups, "ownership write failed");
                         followup = Some(Event::OwnershipWriteFailed);
-                        self.takeover = None;
-                        break;
+                        if taking_over {
+                            // A takeover the data plane refused: nothing
+                            // after it (GARP, adverts, services) may act as
+                            // if the VIPs were ours.
+                            self.takeover = None;
+                            break;
+                        }
+                        // A step-down or a stop goes on (hooks, status)
+                        // without announcing anything.
+                        muted = true;
+                        continue;
                     }
                     let now = self.now();
                     if let Some(t) = &mut self.takeover {
                         t.owned_at.get_or_insert(now);
                     }
                 }
-                Effect::RenewLease { lease } => match self.dp.renew_lease(lease) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        // Nothing after this (an advert at our priority) may
-                        // claim VIPs the data plane no longer gives us.
-                        followup = Some(Event::LeaseLapsed);
-                        break;
+                Effect::RenewLease { lease } => {
+                    // Nothing after a failed renewal (an advert at our
+                    // priority) may claim VIPs the data plane does not give
+                    // us: a lapse, or a write failure (the lease then runs
+                    // out by itself).
+                    match self.dp.renew_lease(lease) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            followup = Some(Event::LeaseLapsed);
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(cause = %e, "renewing the ownership lease failed");
+                            followup = Some(Event::OwnershipWriteFailed);
+                            break;
+                        }
                     }
-                    Err(e) => warn!(cause = %e, "renewing the ownership lease failed"),
-                },
+                }
+                Effect::SendAdvert(_) | Effect::SendGarp { .. } if muted => {}
                 Effect::SendAdvert(advert) => {
                     if let Err(e) = self.sock.send(&advert) {
                         self.send_errors += 1;
@@ -431,15 +489,7 @@ impl Agent {
                     self.garp_sent(group, sent);
                 }
                 Effect::Hook { group, hook } => self.hooks[group].queue_hook(&hook),
-                Effect::SaveMaintenance(on) => {
-                    if let Err(e) = save_flag(&self.maintenance_file, on) {
-                        warn!(cause = %e, "persisting maintenance mode");
-                        persist_failed = Some(format!(
-                            "{}: {e} (in force until the agent restarts)",
-                            self.maintenance_file.display()
-                        ));
-                    }
-                }
+                Effect::SaveMaintenance(on) => self.persist = Some(on),
                 Effect::ForceResync => {
                     if let Some(s) = &self.sync {
                         s.force_resync();
@@ -447,12 +497,7 @@ impl Agent {
                     }
                 }
                 Effect::WriteStatus => self.write_status(),
-                Effect::Reply(r) => {
-                    reply = Some(match (r, &persist_failed) {
-                        (Ok(m), Some(why)) => Err(format!("{m}; but not persisted: {why}")),
-                        (r, _) => r,
-                    });
-                }
+                Effect::Reply(r) => reply = Some(r),
             }
         }
         if let Some(event) = followup
@@ -485,7 +530,12 @@ impl Agent {
     }
 
     /// A status snapshot taken now.
-    fn snapshot(&self) -> Status {
+    fn snapshot(&mut self) -> Status {
+        // The control thread's lock is only tried: it runs at normal
+        // priority and must never hold this loop up.
+        if let Ok(s) = self.config_sync.try_lock() {
+            self.config_sync_seen.clone_from(&s);
+        }
         let cluster = self.config.cluster.as_ref();
         Status::snapshot(
             &self.config.instance,
@@ -498,19 +548,15 @@ impl Agent {
                 sync: self.sync.as_ref().map(|s| s.status()),
                 cluster_role: cluster.map(|c| c.role.as_str().to_owned()),
                 primary: cluster.map(|c| c.primary),
-                config_sync: cluster.map(|_| {
-                    self.config_sync
-                        .lock()
-                        .map(|s| s.clone())
-                        .unwrap_or_default()
-                }),
+                config_sync: cluster.map(|_| self.config_sync_seen.clone()),
             },
         )
     }
 
     fn write_status(&mut self) {
         self.status_at = self.now() + STATUS_EVERY;
-        self.writer.write(self.snapshot());
+        let status = self.snapshot();
+        self.writer.write(status);
     }
 }
 

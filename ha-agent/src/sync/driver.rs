@@ -285,7 +285,9 @@ impl SyncHandle {
     }
 
     fn update_status(&self, core: &Core, nat_records: u64, lags: &VecDeque<f64>, bulks: u64) {
-        let in_sync = core.session.in_sync();
+        // A resync asked for and not started yet: not in sync, whatever the
+        // session still says.
+        let in_sync = core.session.in_sync() && !self.resync.load(Ordering::Acquire);
         self.in_sync.store(in_sync, Ordering::Release);
         let mut sorted: Vec<f64> = lags.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);

@@ -18,19 +18,18 @@ impl Node {
         self.owned != 0 && self.lease_until.is_none_or(|t| now >= t)
     }
 
-    /// Nothing in the ownership word is ours any more (its lease lapsed, or
-    /// a write failed): masters step down at the end of the event.
-    pub(super) fn lapse(&mut self) {
+    /// Nothing in the ownership word is ours any more (`cause`: its lease
+    /// lapsed, or a write failed): the masters it named step down at the end
+    /// of the event. A takeover later in the same event writes afresh.
+    pub(super) fn lapse(&mut self, cause: Reason) {
         self.owned = 0;
         self.lease_until = None;
-        self.lapsed = true;
+        self.lapsed.get_or_insert(cause);
     }
 
     /// Whether group `gi` is ours under a running lease (GARP only then).
     pub(super) fn owns(&self, gi: usize, now: Instant) -> bool {
-        !self.lapsed
-            && self.owned & self.groups[gi].bit != 0
-            && self.lease_until.is_some_and(|t| now < t)
+        self.owned & self.groups[gi].bit != 0 && self.lease_until.is_some_and(|t| now < t)
     }
 
     /// We stalled past our own lease (or the data plane says so): the peer
@@ -38,9 +37,13 @@ impl Node {
     /// 0, then backup) and win them again through the election, never by
     /// reviving the lease. A group that took over during this very event
     /// keeps what it wrote.
-    pub(super) fn step_down_lapsed(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        self.counters.lease_lapses += 1;
-        warn!("ownership lease lapsed before renewal; stepping down");
+    pub(super) fn step_down_lapsed(&mut self, now: Instant, cause: Reason, out: &mut Vec<Effect>) {
+        if cause == Reason::LeaseLapsed {
+            self.counters.lease_lapses += 1;
+            warn!("ownership lease lapsed before renewal; stepping down");
+        } else {
+            self.counters.write_failures += 1;
+        }
         if self.owned == 0 {
             // First: the data plane's word still names the lapsed groups
             // (or a write failed and what it holds is unknown).
@@ -52,7 +55,12 @@ impl Node {
         for gi in 0..self.groups.len() {
             let g = &self.groups[gi];
             if g.group.role() == Role::Master && self.owned & g.bit == 0 {
-                let actions = self.groups[gi].group.release(now, Reason::LeaseLapsed);
+                // Priority 0 only when the lease is known to have lapsed:
+                // after a failed write the data plane may still answer for
+                // the VIPs until the lease runs out, so the peer is left to
+                // its master-down timer, which ends after that lease.
+                let announce = cause == Reason::LeaseLapsed;
+                let actions = self.groups[gi].group.release(now, cause, announce);
                 self.apply(gi, actions, now, None, out);
                 let actions = self.groups[gi].group.startup(now);
                 self.apply(gi, actions, now, None, out);
@@ -125,9 +133,17 @@ impl Node {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let bit = self.groups[gi].bit;
         if priority != 0 && self.groups[gi].group.role() == Role::Master {
-            if self.lapsed || self.lease_passed(now) {
-                self.lapse();
+            // A master whose bit is not in the word lost it earlier in this
+            // event (a lapse, a failed write): it says nothing and steps
+            // down. One that took over in this event has its bit.
+            if self.owned & bit == 0 {
+                self.lapsed.get_or_insert(Reason::LeaseLapsed);
+                return;
+            }
+            if self.lease_passed(now) {
+                self.lapse(Reason::LeaseLapsed);
                 return;
             }
             // Written at this very instant already (a takeover): no second write.
@@ -167,7 +183,7 @@ impl Node {
             });
             if self.lease_passed(now) {
                 // What else the word holds lapsed: it is not carried over.
-                self.lapse();
+                self.lapse(Reason::LeaseLapsed);
             }
             self.owned |= bit;
             self.lease_until = Some(now + self.lease);
@@ -193,7 +209,7 @@ impl Node {
                     Some(left) if self.owned != 0 => Some(left),
                     _ => {
                         if self.owned != 0 {
-                            self.lapse();
+                            self.lapse(Reason::LeaseLapsed);
                         }
                         self.lease_until = None;
                         None

@@ -9,17 +9,23 @@
 //! takeover order, GARP rounds, hooks, the operator's promote, demote and
 //! maintenance, and what hostile input may change (nothing but counters).
 //!
-//! The order of a takeover is a property of the effect list, tested below
-//! and checked by the simulation on every step:
-//! `Commit` -> `WriteOwnership` (the group's bit set) -> first `SendGarp` ->
-//! adverts -> hooks -> `WriteStatus`. A step-down writes ownership first.
+//! The order of a takeover is a property of the effect list: `Commit` ->
+//! `WriteOwnership` (the group's bit set) -> the first `SendGarp` -> hooks
+//! (services, the group's notify; queued, never waited for) -> adverts ->
+//! `WriteStatus`. A step-down writes ownership first. Tested below; the
+//! simulation checks on every step that ownership is gained only after a
+//! commit, that GARP and services go only with ownership, and that a
+//! takeover is not given up again in the same batch.
 //!
 //! The lease: every advert a master sends renews it first
 //! ([`Effect::RenewLease`]), so it runs from the same instant as the peer's
 //! master-down timer and, being shorter, lapses first. The core remembers
 //! when the lease it asked for ends; a node that finds it has passed (its
 //! loop stalled) sends no advert at its old priority, renews nothing, and
-//! steps down (priority 0, ownership cleared) to let the election decide.
+//! steps down (ownership cleared, priority 0) to let the election decide.
+//! After a write the data plane refused, it steps down without priority 0:
+//! what the data plane holds may still answer until its lease runs out,
+//! and the peer's master-down timer ends after that.
 
 mod effects;
 mod io;
@@ -37,7 +43,7 @@ use crate::{
     limit::{Every, EveryBy},
     vrrp::{
         group::{DEMOTED_PRIORITY, Group, PROMOTED_PRIORITY, Track},
-        machine::{self, Instance, Role},
+        machine::{self, Instance, Reason, Role},
         packet::{self, Rejected},
     },
 };
@@ -130,10 +136,11 @@ pub struct Node {
     /// When the lease we last wrote or renewed ends (node time); `None`
     /// while we own nothing.
     lease_until: Option<Instant>,
-    /// The lease lapsed (found before a renewal, or reported by the data
-    /// plane): nothing in the word is ours; the masters step down once the
-    /// current actions are out.
-    lapsed: bool,
+    /// What the word held is not ours any more, and why (the lease lapsed,
+    /// found before a renewal or reported by the data plane; or a write
+    /// failed): the masters it named step down once the current actions are
+    /// out.
+    lapsed: Option<Reason>,
     /// Last known state of tracked links (absent: up).
     links: BTreeMap<String, bool>,
     /// Whether preemption is allowed (state sync complete, or not configured).
@@ -188,7 +195,7 @@ impl Node {
             by_vrid,
             owned: 0,
             lease_until: None,
-            lapsed: false,
+            lapsed: None,
             links: BTreeMap::new(),
             preempt_allowed: true,
             maintenance: false,
@@ -228,17 +235,17 @@ impl Node {
                     out.push(Effect::WriteStatus);
                 }
             }
-            Event::LeaseLapsed => self.lapse(),
+            Event::LeaseLapsed => self.lapse(Reason::LeaseLapsed),
             Event::OwnershipWriteFailed => {
                 warn!("ownership write failed; stepping down so the election decides");
-                self.lapse();
+                self.lapse(Reason::WriteFailed);
             }
             Event::SetVips(vips) => self.set_vips(now, vips, &mut out),
             Event::Command(c) => self.command(c, &mut out),
             Event::Stop => self.stop(now, &mut out),
         }
-        if std::mem::take(&mut self.lapsed) {
-            self.step_down_lapsed(now, &mut out);
+        if let Some(cause) = self.lapsed.take() {
+            self.step_down_lapsed(now, cause, &mut out);
         }
         out
     }

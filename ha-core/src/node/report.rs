@@ -62,6 +62,8 @@ pub struct Counters {
     pub transitions_by_reason: BTreeMap<&'static str, u64>,
     /// Lease lapses found (before a renewal, or refused by the data plane).
     pub lease_lapses: u64,
+    /// Ownership writes the data plane refused (each a step-down).
+    pub write_failures: u64,
 }
 
 impl Counters {

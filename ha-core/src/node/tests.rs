@@ -479,20 +479,48 @@ fn a_takeover_after_a_stall_carries_no_lapsed_group() {
     // g1 steps down to a better peer; g0 stays master.
     n.handle(t + ms(1), Event::Packet(&advert_for(PEER, 52, 254)));
     assert_eq!(n.owned(), 0b01);
-    // Stall: g1's master-down timer and g0's advert are both long due.
+    // Stall: g0's advert and g1's master-down timer are both long due.
     let out = n.handle(t + ms(200), Event::Timer);
-    let takeover = out
-        .iter()
-        .position(|e| matches!(e, Effect::Commit { group: 1, .. }));
-    if let Some(k) = takeover {
-        assert!(
-            matches!(out[k + 1], Effect::WriteOwnership { groups: 0b10, .. }),
-            "g0's lapsed lease is not carried: {out:#?}"
-        );
-    }
-    assert_eq!(
-        n.roles().next(),
-        Some(Role::Backup),
-        "g0 stepped down: {out:#?}"
+    let k = position(&out, |e| matches!(e, Effect::Commit { group: 1, .. }));
+    assert!(
+        matches!(out[k + 1], Effect::WriteOwnership { groups: 0b10, .. }),
+        "g0's lapsed lease is not carried: {out:#?}"
     );
+    // Found in review: g1, which took over in this very event, keeps it
+    // (it advertises, and nothing gives it up again).
+    assert!(
+        out[k..]
+            .iter()
+            .any(|e| matches!(e, Effect::SendAdvert(a) if a.vrid == 52 && a.priority == 200)),
+        "{out:#?}"
+    );
+    assert!(
+        !out[k + 2..]
+            .iter()
+            .any(|e| matches!(e, Effect::WriteOwnership { groups, .. } if groups & 0b10 == 0)),
+        "{out:#?}"
+    );
+    assert_eq!(
+        n.roles().collect::<Vec<_>>(),
+        vec![Role::Backup, Role::Master],
+        "g0 stepped down, g1 stays: {out:#?}"
+    );
+    assert_eq!(n.owned(), 0b10);
+}
+
+#[test]
+fn a_failed_write_is_a_step_down_of_its_own_kind() {
+    let (mut n, _) = started(200, false);
+    let (t, _) = until_master(&mut n);
+    let out = n.handle(t + ms(1), Event::OwnershipWriteFailed);
+    assert_eq!(
+        out[0],
+        Effect::WriteOwnership {
+            groups: 0,
+            lease: None
+        }
+    );
+    let c = n.counters();
+    assert_eq!((c.write_failures, c.lease_lapses), (1, 0));
+    assert_eq!(c.transitions_by_reason.get("WriteFailed"), Some(&1));
 }

@@ -130,14 +130,14 @@ impl Group {
 
     /// Graceful shutdown of every member (priority-0 adverts from a master).
     pub fn shutdown(&mut self, now: Instant) -> Vec<GroupAction> {
-        self.release(now, Reason::Shutdown)
+        self.release(now, Reason::Shutdown, true)
     }
 
-    /// Every member back to Initialize for `reason` (priority-0 adverts from
-    /// a master).
-    pub fn release(&mut self, now: Instant, reason: Reason) -> Vec<GroupAction> {
+    /// Every member back to Initialize for `reason` (with `announce`,
+    /// priority-0 adverts from a master).
+    pub fn release(&mut self, now: Instant, reason: Reason, announce: bool) -> Vec<GroupAction> {
         let out = (0..self.members.len())
-            .map(|i| (i, self.members[i].release(now, reason)))
+            .map(|i| (i, self.members[i].release(now, reason, announce)))
             .collect();
         self.settle(now, out)
     }

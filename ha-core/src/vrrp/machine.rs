@@ -93,6 +93,9 @@ pub enum Reason {
     /// the data plane refused the write): we stepped down to let the election
     /// decide, never reviving the lease.
     LeaseLapsed,
+    /// The data plane refused an ownership write: what it holds is not
+    /// known to be ours, so we step down and let the election decide.
+    WriteFailed,
 }
 
 impl Reason {
@@ -110,6 +113,7 @@ impl Reason {
             Reason::Group => "Group",
             Reason::Resumed => "Resumed",
             Reason::LeaseLapsed => "LeaseLapsed",
+            Reason::WriteFailed => "WriteFailed",
         }
     }
 }
@@ -444,14 +448,15 @@ impl Instance {
 
     /// Graceful shutdown: a master sends priority 0.
     pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
-        self.release(now, Reason::Shutdown)
+        self.release(now, Reason::Shutdown, true)
     }
 
-    /// Back to Initialize for `reason` (a master first sends priority 0, so
-    /// a backup takes over after Skew_Time).
-    pub fn release(&mut self, _now: Instant, reason: Reason) -> Vec<Action> {
+    /// Back to Initialize for `reason`. With `announce`, a master first
+    /// sends priority 0, so a backup takes over after Skew_Time; without,
+    /// the backup waits its Master_Down_Interval.
+    pub fn release(&mut self, _now: Instant, reason: Reason, announce: bool) -> Vec<Action> {
         let mut out = Vec::new();
-        if matches!(self.state, State::Master { .. }) {
+        if announce && matches!(self.state, State::Master { .. }) {
             out.push(Action::SendAdvert { priority: 0 });
         }
         if self.state != State::Initialize {

@@ -112,11 +112,7 @@ impl<'a> World<'a> {
                 up: false,
                 boot: T::ZERO,
                 ppm: n.drift_ppm,
-                dp: Dataplane {
-                    groups: 0,
-                    expires: Some(0),
-                    write_fails: false,
-                },
+                dp: Dataplane::fresh(),
                 busy_until: T::ZERO,
                 frozen_until: T::ZERO,
                 paused_until: T::ZERO,
@@ -127,6 +123,7 @@ impl<'a> World<'a> {
                 sync_generation: 0,
                 maintenance: false,
                 link_up: true,
+                reloads: 0,
             })
             .collect();
         let groups = sc.nodes[0].settings.groups.len();
@@ -251,11 +248,7 @@ impl<'a> World<'a> {
                     n.up = false;
                     n.core = None;
                     n.inbox.clear();
-                    n.dp = Dataplane {
-                        groups: 0,
-                        expires: Some(0),
-                        write_fails: false,
-                    };
+                    n.dp = Dataplane::fresh();
                     self.check.ownership_changed(&self.nodes, node, t);
                     self.check.disturb(node, t, t + dur + ms(100));
                     self.at(t + dur, Ev::Boot(node));
@@ -339,9 +332,19 @@ impl<'a> World<'a> {
                 );
                 self.at(t + dur, Ev::LinkUp(node));
             }
-            Fault::WriteFail { node } => {
+            Fault::WriteFail { node, count } => {
                 self.check.disturb(node, t, t);
-                self.nodes[node].dp.write_fails = true;
+                self.nodes[node].dp.fails = count;
+            }
+            Fault::Reload { node } => {
+                self.check.disturb(node, t, t + ms(5));
+                self.at(
+                    t,
+                    Ev::Arrive {
+                        to: node,
+                        item: Item::Reload,
+                    },
+                );
             }
         }
     }
@@ -354,11 +357,7 @@ impl<'a> World<'a> {
         n.busy_until = t;
         n.frozen_until = t;
         n.paused_until = t;
-        n.dp = Dataplane {
-            groups: 0,
-            expires: Some(0),
-            write_fails: false,
-        };
+        n.dp = Dataplane::fresh();
         // The agent starts after the system (and loads the data plane).
         let delay = ms(self.cost_rng.gen_range(1..=100));
         self.at(t + delay, Ev::AgentStart(i));

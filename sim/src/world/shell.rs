@@ -82,6 +82,30 @@ impl World<'_> {
             Item::Command(c) => {
                 self.handle(i, t, Event::Command(c));
             }
+            Item::Reload => {
+                self.nodes[i].reloads += 1;
+                let extra = self.nodes[i].reloads % 2 == 1;
+                let vips = self.sc.nodes[i]
+                    .settings
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .map(|(g, gs)| {
+                        gs.instances
+                            .iter()
+                            .enumerate()
+                            .map(|(m, (_, c))| {
+                                let mut v = c.vips.clone();
+                                if extra && m == 0 {
+                                    v.push(std::net::Ipv4Addr::new(10, g as u8, 0, 100));
+                                }
+                                v
+                            })
+                            .collect()
+                    })
+                    .collect();
+                self.handle(i, t, Event::SetVips(vips));
+            }
         }
     }
 
@@ -111,17 +135,26 @@ impl World<'_> {
     /// Carries out effects as the shell does.
     fn execute(&mut self, i: usize, t: T, effects: Vec<Effect>, depth: u8) {
         let mut followup = None;
+        let mut muted = false;
         let mut batch = self.check.batch(i);
         for e in effects {
             match e {
                 Effect::Commit { group, .. } => batch.commit(group),
                 Effect::WriteOwnership { groups, lease } => {
-                    if std::mem::take(&mut self.nodes[i].dp.write_fails) {
+                    if self.nodes[i].dp.fail() {
                         self.log(|| format!("node {i}: ownership write fails"));
                         self.check.disturb(i, t, t + ms(100));
                         followup = Some(Event::OwnershipWriteFailed);
-                        break;
+                        self.nodes[i].dp.stale = true;
+                        if batch.took_over() {
+                            // A takeover refused: nothing after it goes out.
+                            break;
+                        }
+                        // A step-down or stop goes on, announcing nothing.
+                        muted = true;
+                        continue;
                     }
+                    self.nodes[i].dp.stale = false;
                     let before: Vec<bool> = self.owned_groups(i, t);
                     let n = &mut self.nodes[i];
                     n.dp.groups = groups;
@@ -131,10 +164,20 @@ impl World<'_> {
                         if !b && *a {
                             batch.gained(&mut self.check, g, t);
                         }
+                        if *b && !*a {
+                            batch.given_up(&mut self.check, g, t);
+                        }
                     }
                     self.check.ownership_changed(&self.nodes, i, t);
                 }
                 Effect::RenewLease { lease } => {
+                    if self.nodes[i].dp.fail() {
+                        self.log(|| format!("node {i}: lease renewal fails"));
+                        self.check.disturb(i, t, t + ms(100));
+                        self.nodes[i].dp.stale = true;
+                        followup = Some(Event::OwnershipWriteFailed);
+                        break;
+                    }
                     let n = &mut self.nodes[i];
                     let mono = n.mono(t);
                     if n.dp.expires.is_some_and(|e| e <= mono) {
@@ -144,6 +187,7 @@ impl World<'_> {
                     n.dp.expires = Some(mono + lease.as_nanos() as u64);
                     self.check.ownership_changed(&self.nodes, i, t);
                 }
+                Effect::SendAdvert(_) | Effect::SendGarp { .. } if muted => {}
                 Effect::SendAdvert(advert) => self.send(i, &advert),
                 Effect::SendGarp { group } => {
                     batch.garp(&mut self.check, &self.nodes[i], group, self.sc.tick, t);
@@ -204,7 +248,7 @@ impl World<'_> {
                 Reason::MasterDown | Reason::MasterLeft => self.stats.failovers += 1,
                 Reason::Preempt
                     if self.sc.nodes[i].settings.state_sync
-                        && self.nodes[i].told_sync != Some(true) =>
+                        && !(self.nodes[i].in_sync && self.nodes[i].told_sync == Some(true)) =>
                 {
                     self.check.violation(
                         t,
