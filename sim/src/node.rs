@@ -67,6 +67,8 @@ pub struct SimNode {
     /// Persisted across restarts.
     pub(crate) maintenance: bool,
     pub(crate) link_up: bool,
+    /// A data-plane failure met while answering one: told at the next wake.
+    pub(crate) failure: Option<ha_core::node::Event<'static>>,
     /// Reloads so far (odd: an extra VIP in each group's first instance).
     pub(crate) reloads: u32,
 }

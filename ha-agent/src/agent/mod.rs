@@ -94,6 +94,9 @@ pub struct Agent {
     /// The maintenance flag to persist (off the loop) before the command's
     /// reply goes out.
     persist: Option<bool>,
+    /// A failure of the data plane met while carrying out the core's answer
+    /// to an earlier one: reported at the next wake (never in a loop here).
+    failure: Option<Event<'static>>,
     /// Writes the status file off the loop.
     writer: StatusWriter,
     /// Adverts the socket refused, and their log limit.
@@ -183,6 +186,7 @@ impl Agent {
             config_sync,
             config_sync_seen: ConfigSyncStatus::default(),
             persist: None,
+            failure: None,
             writer,
             send_errors: 0,
             send_error_log: Every::new(),
@@ -291,8 +295,14 @@ impl Agent {
         self.node.poll_at().map_or(d, |t| t.min(d))
     }
 
-    /// Tells the core when state sync completes or is lost.
+    /// Tells the core what it must know before anything else: a data-plane
+    /// failure left over from the last wake, and when state sync completes
+    /// or is lost.
     fn report_sync(&mut self) {
+        if let Some(failure) = self.failure.take() {
+            let effects = self.node.handle(self.now(), failure);
+            self.execute(effects);
+        }
         let Some(in_sync) = self.sync.as_ref().map(|s| s.in_sync()) else {
             return;
         };
@@ -410,8 +420,8 @@ impl Agent {
     /// plane refuses ends the batch there (nothing after it may assume the
     /// VIPs are ours) and is reported back, as is a renewal that found the
     /// lease lapsed; what the core answers to that is carried out in turn,
-    /// but its own failures are not reported again. Returns the batch's
-    /// reply, if any.
+    /// and a failure of that answer is reported at the next wake. Returns
+    /// the batch's reply, if any.
     fn execute(&mut self, effects: Vec<Effect>) -> Option<Outcome> {
         self.execute_at(effects, 0)
     }
@@ -457,12 +467,12 @@ impl Agent {
                         t.owned_at.get_or_insert(now);
                     }
                 }
-                Effect::RenewLease { lease } => {
+                Effect::RenewLease { groups, lease } => {
                     // Nothing after a failed renewal (an advert at our
                     // priority) may claim VIPs the data plane does not give
                     // us: a lapse, or a write failure (the lease then runs
                     // out by itself).
-                    match self.dp.renew_lease(lease) {
+                    match self.dp.renew_ownership(groups, lease) {
                         Ok(true) => {}
                         Ok(false) => {
                             followup = Some(Event::LeaseLapsed);
@@ -500,11 +510,15 @@ impl Agent {
                 Effect::Reply(r) => reply = Some(r),
             }
         }
-        if let Some(event) = followup
-            && depth == 0
-        {
-            let effects = self.node.handle(self.now(), event);
-            self.execute_at(effects, 1);
+        match followup {
+            Some(event) if depth == 0 => {
+                let effects = self.node.handle(self.now(), event);
+                self.execute_at(effects, 1);
+            }
+            // Failing again while answering a failure: the core hears it at
+            // the next wake, so a broken map costs one round per wake.
+            Some(event) => self.failure = Some(event),
+            None => {}
         }
         reply
     }

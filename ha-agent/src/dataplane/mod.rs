@@ -611,10 +611,23 @@ impl Dataplane {
     /// renewed.
     pub fn renew_lease(&mut self, lease: Duration) -> Result<bool, DataplaneError> {
         let current = self.ownership()?;
+        self.renew_ownership(current.groups, lease)
+    }
+
+    /// Extends the lease of what this node still owns, `groups` (which the
+    /// word may name more of, after a write that failed): one map write, and
+    /// only if the current lease still runs, so a lapsed lease is never
+    /// revived, nor a group given up. Returns whether it was renewed.
+    pub fn renew_ownership(
+        &mut self,
+        groups: u64,
+        lease: Duration,
+    ) -> Result<bool, DataplaneError> {
+        let current = self.ownership()?;
         if current.lease_expires_ns <= monotonic_ns() {
             return Ok(false);
         }
-        self.set_ownership(current.groups, Some(lease))?;
+        self.set_ownership(groups, Some(lease))?;
         Ok(true)
     }
 

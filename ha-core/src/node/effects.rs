@@ -149,7 +149,10 @@ impl Node {
             // Written at this very instant already (a takeover): no second write.
             if self.lease_until != Some(now + self.lease) {
                 self.lease_until = Some(now + self.lease);
-                out.push(Effect::RenewLease { lease: self.lease });
+                out.push(Effect::RenewLease {
+                    groups: self.owned,
+                    lease: self.lease,
+                });
             }
         }
         let c = self.groups[gi].group.members()[member].config();

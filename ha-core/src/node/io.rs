@@ -99,9 +99,11 @@ pub enum Effect {
         groups: u64,
         lease: Option<Duration>,
     },
-    /// Extend the running lease (never revive a lapsed one: the data plane
-    /// refuses, and the I/O layer answers [`Event::LeaseLapsed`]).
-    RenewLease { lease: Duration },
+    /// Extend the running lease of `groups`, what the node owns (never
+    /// revive a lapsed one: the data plane refuses, and the I/O layer
+    /// answers [`Event::LeaseLapsed`]). The word is rewritten with exactly
+    /// these groups, so a renewal never keeps one the node gave up.
+    RenewLease { groups: u64, lease: Duration },
     /// Send this advert from our address (to 224.0.0.18 or each unicast peer).
     SendAdvert(wire::Repr),
     /// One round of gratuitous ARP for every VIP of `group`.

@@ -524,3 +524,22 @@ fn a_failed_write_is_a_step_down_of_its_own_kind() {
     assert_eq!((c.write_failures, c.lease_lapses), (1, 0));
     assert_eq!(c.transitions_by_reason.get("WriteFailed"), Some(&1));
 }
+
+/// Found by the simulation: after a write that failed to give a group up,
+/// a renewal that kept the data plane's word revived it. A renewal names
+/// exactly what the node owns.
+#[test]
+fn a_renewal_names_only_what_the_node_owns() {
+    let (mut n, _) = start(two_groups(200));
+    let (t, _) = until_master(&mut n);
+    n.handle(t + ms(1), Event::Packet(&advert_for(PEER, 52, 254)));
+    let out = n.handle(t + ms(10), Event::Timer);
+    let renewals: Vec<u64> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RenewLease { groups, .. } => Some(*groups),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(renewals, vec![0b01], "{out:#?}");
+}

@@ -123,6 +123,7 @@ impl<'a> World<'a> {
                 sync_generation: 0,
                 maintenance: false,
                 link_up: true,
+                failure: None,
                 reloads: 0,
             })
             .collect();
@@ -398,6 +399,7 @@ impl<'a> World<'a> {
         n.busy_until = t;
         n.inbox.clear();
         n.told_sync = None;
+        n.failure = None;
         self.check.disturb(i, t, t + ms(1));
         let links = [(TRACKED.to_owned(), self.nodes[i].link_up)];
         let maintenance = self.nodes[i].maintenance;

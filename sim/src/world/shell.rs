@@ -29,7 +29,12 @@ impl World<'_> {
             return;
         }
         let mut cur = t;
-        // State sync first, as the shell does on every wake.
+        // A failure left over from the last wake, then state sync, as the
+        // shell does on every wake.
+        if let Some(failure) = self.nodes[i].failure.take() {
+            self.handle(i, cur, failure);
+            cur += self.cost();
+        }
         if self.nodes[i].told_sync != Some(self.nodes[i].in_sync) {
             let in_sync = self.nodes[i].in_sync;
             self.nodes[i].told_sync = Some(in_sync);
@@ -170,7 +175,7 @@ impl World<'_> {
                     }
                     self.check.ownership_changed(&self.nodes, i, t);
                 }
-                Effect::RenewLease { lease } => {
+                Effect::RenewLease { groups, lease } => {
                     if self.nodes[i].dp.fail() {
                         self.log(|| format!("node {i}: lease renewal fails"));
                         self.check.disturb(i, t, t + ms(100));
@@ -184,7 +189,17 @@ impl World<'_> {
                         followup = Some(Event::LeaseLapsed);
                         break;
                     }
-                    n.dp.expires = Some(mono + lease.as_nanos() as u64);
+                    let before = self.owned_groups(i, t);
+                    let n = &mut self.nodes[i];
+                    n.dp.groups = groups;
+                    n.dp.expires = Some(n.mono(t) + lease.as_nanos() as u64);
+                    n.dp.stale = false;
+                    let after = self.owned_groups(i, t);
+                    for (g, (b, a)) in before.iter().zip(&after).enumerate() {
+                        if !b && *a {
+                            batch.gained(&mut self.check, g, t);
+                        }
+                    }
                     self.check.ownership_changed(&self.nodes, i, t);
                 }
                 Effect::SendAdvert(_) | Effect::SendGarp { .. } if muted => {}
@@ -206,16 +221,18 @@ impl World<'_> {
                 Effect::WriteStatus | Effect::Reply(_) => {}
             }
         }
-        if let Some(event) = followup
-            && depth == 0
-        {
-            let local = self.nodes[i].local(t);
-            self.log(|| format!("node {i}: reported back {event:?}"));
-            let effects = match &mut self.nodes[i].core {
-                Some(core) => core.handle(local, event),
-                None => return,
-            };
-            self.execute(i, t, effects, 1);
+        match followup {
+            Some(event) if depth == 0 => {
+                let local = self.nodes[i].local(t);
+                self.log(|| format!("node {i}: reported back {event:?}"));
+                let effects = match &mut self.nodes[i].core {
+                    Some(core) => core.handle(local, event),
+                    None => return,
+                };
+                self.execute(i, t, effects, 1);
+            }
+            Some(event) => self.nodes[i].failure = Some(event),
+            None => {}
         }
     }
 
