@@ -240,14 +240,22 @@ fn hooks_run_with_keepalived_arguments_and_time_out() {
     );
     let t = a1.status().unwrap().last_takeover.unwrap();
     assert!(t.to_owned_us < 50_000.0, "{t:?}");
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 30"])
-        .output()
-        .unwrap();
-    assert!(
-        out.stdout.is_empty(),
-        "the hung hook's child survived its timeout"
-    );
+    // The hung hook's child goes with its process group: gone, or a zombie
+    // until init reaps it, once the kill is delivered.
+    let alive = || {
+        let out = std::process::Command::new("ps")
+            .args(["-eo", "stat=,args="])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+            l.trim_start().split_once(' ').is_some_and(|(stat, args)| {
+                !stat.starts_with('Z') && args.trim().ends_with("sleep 30")
+            })
+        })
+    };
+    wait_for("the hung hook's child gone", Duration::from_secs(2), || {
+        !alive()
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 
