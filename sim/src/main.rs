@@ -120,6 +120,8 @@ fn summary(results: &[Outcome], took: Duration) {
     let deaths: u64 = results.iter().map(|o| o.deaths_checked).sum();
     let events: u64 = results.iter().map(|o| o.stats.events).sum();
     let hostile: u64 = results.iter().map(|o| o.stats.hostile).sum();
+    let packets: u64 = results.iter().map(|o| o.stats.packets).sum();
+    let drops: u64 = results.iter().map(|o| o.stats.drops).sum();
     let excess = results.iter().filter_map(|o| o.worst_failover_excess).max();
     let clean_at = results.iter().max_by_key(|o| o.dual_clean_max);
     let clean = clean_at.map(|o| o.dual_clean_max).unwrap_or_default();
@@ -129,7 +131,7 @@ fn summary(results: &[Outcome], took: Duration) {
         .max()
         .unwrap_or_default();
     println!(
-        "  {events} events, {hostile} hostile packets, {deaths} master deaths checked (worst takeover {} past MDI), two owners at most {:.3} ms without impairment (seed {}), {:.1} ms with, in {:.1} s",
+        "  {events} events, {packets} adverts sent ({drops} dropped), {hostile} hostile packets, {deaths} master deaths checked (worst takeover {} past MDI), two owners at most {:.3} ms without impairment (seed {}), {:.1} ms with, in {:.1} s",
         excess.map_or("-".into(), |e| format!("{:.3} ms", e.as_secs_f64() * 1e3)),
         clean.as_secs_f64() * 1e3,
         clean_at.map_or(0, |o| o.seed),

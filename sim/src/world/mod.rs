@@ -75,7 +75,6 @@ pub struct Stats {
     /// MasterLeft).
     pub failovers: u64,
     /// Master deaths whose takeover was checked against its bound.
-    pub deaths_checked: u64,
     pub hostile: u64,
     pub packets: u64,
     pub drops: u64,
