@@ -74,7 +74,7 @@ pub struct Stats {
     /// Takeovers because a master went silent or left (MasterDown,
     /// MasterLeft).
     pub failovers: u64,
-    /// Master deaths whose takeover was checked against its bound.
+    /// Hostile packets handled; adverts sent, and those the network dropped.
     pub hostile: u64,
     pub packets: u64,
     pub drops: u64,
