@@ -130,6 +130,7 @@ async fn peer_info(peer: Ipv4Addr, port: u16, key: &[u8; 32]) -> anyhow::Result<
     }
 }
 
+/// The cluster key (sent, encrypted, once at the join).
 fn sync_key(config: &Config) -> anyhow::Result<[u8; 32]> {
     let path = config
         .ha
@@ -361,7 +362,8 @@ pub async fn add_lan_interface(
         .as_ref()
         .map_or(CONTROL_PORT, |c| c.control_port);
     let peer = *config.ha.peers.first().context("no peer")?;
-    let backup = peer_info(peer, port, &sync_key(&config)?)
+    let control = crate::sync::key::derive(&sync_key(&config)?, crate::sync::key::Purpose::Control);
+    let backup = peer_info(peer, port, &control)
         .await
         .context("asking the backup about its interfaces")?;
     match backup.iface_with(backup_ip) {

@@ -27,7 +27,7 @@ use crate::{
     config::Config,
     control, sched,
     status::ConfigSyncStatus,
-    sync::{self, driver::SyncHandle},
+    sync::{self, driver::SyncHandle, key::Purpose},
 };
 
 /// Runs the agent until `shutdown` resolves.
@@ -36,6 +36,8 @@ pub async fn run(
     config_path: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // The cluster key: state sync and the control channel each get a key
+    // derived from it (see `sync::key`).
     let key = match &config.ha.sync_key_file {
         Some(file) if config.ha.sync_port != 0 => Some(sync::key::read_key(file)?),
         _ => None,
@@ -49,7 +51,7 @@ pub async fn run(
     // connections keeps it busy, and it must never delay an advert.
     let sync_thread = match key {
         Some(key) => {
-            let handle = SyncHandle::open(&config, key)?;
+            let handle = SyncHandle::open(&config, sync::key::derive(&key, Purpose::StateSync))?;
             agent.set_sync(handle.clone());
             let config = config.clone();
             let mut stopped = stopped.clone();
@@ -76,8 +78,13 @@ pub async fn run(
         config_sync,
         changed: tokio::sync::Notify::new(),
     });
-    let control_thread =
-        control::spawn(shared, key, to_loop, stopped).context("start the control thread")?;
+    let control_thread = control::spawn(
+        shared,
+        key.map(|k| sync::key::derive(&k, Purpose::Control)),
+        to_loop,
+        stopped,
+    )
+    .context("start the control thread")?;
 
     let result = match agent.start() {
         Ok(()) => agent.run(requests, shutdown).await,

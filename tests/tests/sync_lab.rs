@@ -181,7 +181,11 @@ fn hostile_sync_frames_are_rejected_counted_and_change_nothing() {
     });
     let out = capture.wait_with_output().unwrap();
     let genuine = first_udp_payload(&out.stdout).expect("a captured sync frame");
-    let crypto = Crypto::new(&key_bytes);
+    // Sync frames are sealed with the state-sync key derived from the cluster key.
+    let crypto = Crypto::new(&ha_agent::sync::key::derive(
+        &key_bytes,
+        ha_agent::sync::key::Purpose::StateSync,
+    ));
     let (header, _) = crypto
         .open(&genuine)
         .expect("the captured frame opens with the key");
