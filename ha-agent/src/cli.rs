@@ -222,6 +222,14 @@ pub struct AttachArgs {
     /// UDP port of state-sync frames on the HA link.
     #[arg(long, default_value_t = 0)]
     sync_port: u16,
+    /// This node's address on the HA link: sync, management, control and
+    /// ICMP pass only when addressed to it. Default: the first IPv4 address
+    /// of `--ha-iface`.
+    #[arg(long)]
+    address: Option<Ipv4Addr>,
+    /// TCP port of the cluster control channel on the HA link (0: none).
+    #[arg(long, default_value_t = 0)]
+    control_port: u16,
     /// Management service allowed on the HA link, `tcp/22` or `udp/161`, repeatable.
     /// The HA-link tables (peers, VRIDs, sync port, management) and the VIP table
     /// are replaced only when options for them are given.
@@ -421,12 +429,32 @@ fn attach(a: &AttachArgs) -> anyhow::Result<()> {
     )?;
     // Tables are replaced only when given: attaching one more interface later
     // must not empty the VIP table or the peer allow-list.
-    if !(a.peers.is_empty() && a.vrids.is_empty() && a.mgmt.is_empty() && a.sync_port == 0) {
+    if !(a.peers.is_empty()
+        && a.vrids.is_empty()
+        && a.mgmt.is_empty()
+        && a.sync_port == 0
+        && a.address.is_none()
+        && a.control_port == 0)
+    {
+        let address = match (a.address, &a.ha_iface) {
+            (Some(addr), _) => addr,
+            (None, Some(iface)) => crate::control::host::info(false)?
+                .iface(iface)
+                .and_then(|i| i.addrs.first())
+                .map(|a| a.addr)
+                .with_context(|| {
+                    format!("{iface} has no IPv4 address: give the HA address with --address")
+                })?,
+            (None, None) => Ipv4Addr::UNSPECIFIED,
+        };
         dp.set_link_settings(&LinkSettings {
+            address,
             peers: a.peers.clone(),
             vrids: a.vrids.clone(),
             sync_port: a.sync_port,
             mgmt: a.mgmt.clone(),
+            control_port: a.control_port,
+            join_port: 0,
         })?;
     }
     if !a.vips.is_empty() {

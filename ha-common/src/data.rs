@@ -3,7 +3,9 @@
 //! VIPs map to an ownership group (0..63). One word says which groups this node
 //! owns, together with a lease deadline: a single map write flips every VIP, and
 //! ownership lapses by itself when the agent stops renewing it (fail-safe).
-//! Not owner: ARP whose target is a VIP, and IPv4 to a VIP, are dropped.
+//! Not owner: ARP whose target is a VIP, and IPv4 to a VIP, are dropped. The
+//! gate looks through one VLAN tag; frames with stacked tags (QinQ) are
+//! dropped, counted.
 
 use crate::impl_pod;
 
@@ -125,10 +127,15 @@ pub enum DataVerdict {
     Truncated = 10,
     /// IPv4 to a VIP we own whose instance has Accept_Mode off.
     DropNoAccept = 11,
+    /// A frame with stacked VLAN tags (QinQ: 802.1Q or 802.1ad inside a tag),
+    /// dropped whatever it carries: the gate looks through one tag only, and
+    /// a firewall's data interface carries no QinQ, so passing it would pass
+    /// ARP and IPv4 for a VIP ungated.
+    DropStackedVlan = 12,
 }
 
 /// Number of [`DataVerdict`]s.
-pub const DATA_VERDICTS: u32 = 12;
+pub const DATA_VERDICTS: u32 = 13;
 
 impl DataVerdict {
     /// Every counter in index order.
@@ -145,6 +152,7 @@ impl DataVerdict {
         DataVerdict::RingBufFull,
         DataVerdict::Truncated,
         DataVerdict::DropNoAccept,
+        DataVerdict::DropStackedVlan,
     ];
 
     /// A short name for operators.
@@ -162,6 +170,7 @@ impl DataVerdict {
             DataVerdict::RingBufFull => "ringbuf_full",
             DataVerdict::Truncated => "truncated",
             DataVerdict::DropNoAccept => "drop_no_accept",
+            DataVerdict::DropStackedVlan => "drop_stacked_vlan",
         }
     }
 }

@@ -1,9 +1,16 @@
 //! `ha_link`: XDP on the dedicated HA interface.
 //!
 //! Passes VRRP (IPv4 protocol 112, TTL 255, a configured VRID, a source in the
-//! peer allow-list) and stamps the last advert per VRID; passes sync frames (UDP to
-//! the configured port) only from a peer; passes ARP, ICMP echo and the management
-//! allow-list; drops everything else. Every verdict is counted by reason.
+//! peer allow-list, to 224.0.0.18 or this node) and stamps the last advert per
+//! VRID; passes ARP. Everything else must be addressed to this node's HA address
+//! ([`LinkConfig::local_addr`]): a VIP, another host or forwarded traffic is
+//! dropped (`drop_not_local`), so the HA segment reaches only this node's own
+//! services. Of those it passes sync frames (UDP to the sync port) only from a
+//! peer; the cluster control channel (TCP to the control or join port) only
+//! from a peer; replies to connections this node opened to a peer's control or
+//! join port (see [`LinkVerdict::PassControlReply`]); ICMP echo and the
+//! management allow-list; drops the rest, fragments included. Every verdict is
+//! counted by reason.
 
 use crate::impl_pod;
 
@@ -37,7 +44,18 @@ pub const VRRP_TTL: u8 = 255;
 pub struct LinkConfig {
     /// UDP destination port of sync frames, host order; 0 = no sync accepted.
     pub sync_port: u16,
-    pub _pad: [u8; 6],
+    /// TCP port of the cluster control channel, host order; 0 = none. Peers
+    /// may connect to it, and replies from a peer's port pass (to a connection
+    /// this node opened).
+    pub control_port: u16,
+    /// TCP port of the join listener, host order, treated as the control
+    /// port; 0 = none (the same as `control_port` is fine).
+    pub join_port: u16,
+    pub _pad: u16,
+    /// This node's address on the HA link (map encoding). Everything but VRRP
+    /// and ARP must be addressed to it; 0 = nothing is (fail closed).
+    pub local_addr: u32,
+    pub _pad2: u32,
 }
 
 /// Key of the management allow-list: protocol and destination port.
@@ -88,10 +106,27 @@ pub enum LinkVerdict {
     DropTruncated = 10,
     DropNotAllowed = 11,
     DropFragment = 12,
+    /// TCP from a peer to our control or join port.
+    PassControl = 13,
+    /// TCP from a peer's control or join port to a socket this node has
+    /// connected with exactly that 4-tuple (the SYN-ACK and every later
+    /// segment of a connection we opened). A bare SYN never passes, nor a
+    /// segment to a listening or absent socket: a spoofed peer source with
+    /// the control port as source port reaches no local service.
+    PassControlReply = 14,
+    /// Sync, management, control or ICMP not addressed to this node's HA
+    /// address (a VIP, another host, forwarded traffic), or VRRP to neither
+    /// 224.0.0.18 nor this node.
+    DropNotLocal = 15,
+    /// TCP to the control or join port from a source that is not a peer.
+    DropControlSource = 16,
+    /// TCP from a peer's control or join port that is a bare SYN or matches
+    /// no connected local socket.
+    DropControlReply = 17,
 }
 
 /// Number of [`LinkVerdict`]s.
-pub const LINK_VERDICTS: u32 = 13;
+pub const LINK_VERDICTS: u32 = 18;
 
 impl LinkVerdict {
     /// Every verdict in index order.
@@ -109,11 +144,25 @@ impl LinkVerdict {
         LinkVerdict::DropTruncated,
         LinkVerdict::DropNotAllowed,
         LinkVerdict::DropFragment,
+        LinkVerdict::PassControl,
+        LinkVerdict::PassControlReply,
+        LinkVerdict::DropNotLocal,
+        LinkVerdict::DropControlSource,
+        LinkVerdict::DropControlReply,
     ];
 
     /// Whether the frame goes on to the stack.
     pub const fn passes(self) -> bool {
-        (self as u32) <= LinkVerdict::PassMgmt as u32
+        matches!(
+            self,
+            LinkVerdict::PassVrrp
+                | LinkVerdict::PassSync
+                | LinkVerdict::PassArp
+                | LinkVerdict::PassIcmpEcho
+                | LinkVerdict::PassMgmt
+                | LinkVerdict::PassControl
+                | LinkVerdict::PassControlReply
+        )
     }
 
     /// A short name for operators.
@@ -132,6 +181,11 @@ impl LinkVerdict {
             LinkVerdict::DropTruncated => "drop_truncated",
             LinkVerdict::DropNotAllowed => "drop_not_allowed",
             LinkVerdict::DropFragment => "drop_fragment",
+            LinkVerdict::PassControl => "pass_control",
+            LinkVerdict::PassControlReply => "pass_control_reply",
+            LinkVerdict::DropNotLocal => "drop_not_local",
+            LinkVerdict::DropControlSource => "drop_control_not_peer",
+            LinkVerdict::DropControlReply => "drop_control_reply_no_socket",
         }
     }
 }

@@ -79,7 +79,8 @@ pub fn ha_data(ctx: XdpContext) -> u32 {
         DataVerdict::DropArpNotOwner
         | DataVerdict::DropIpv4NotOwner
         | DataVerdict::DropLeaseExpired
-        | DataVerdict::DropNoAccept => {
+        | DataVerdict::DropNoAccept
+        | DataVerdict::DropStackedVlan => {
             debug!(&ctx, "ha_data: drop, reason {}", verdict as u32);
             xdp_action::XDP_DROP
         }
@@ -114,11 +115,18 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
         return DataVerdict::Truncated;
     };
     // One 802.1Q/802.1ad tag is looked through, so a VLAN trunk is gated too.
+    // A second tag (QinQ) is dropped: looking through one tag only, the gate
+    // would pass what it carries (ARP and IPv4 for a VIP on a backup), and a
+    // firewall's data interface carries no QinQ.
     let (ether_type, l3) = if eth.ether_type == ETH_P_8021Q || eth.ether_type == ETH_P_8021AD {
         let Ok(inner) = read::<[u8; 2]>(ctx, EthHdr::LEN + 2) else {
             return DataVerdict::Truncated;
         };
-        (u16::from_ne_bytes(inner), EthHdr::LEN + VLAN_HLEN)
+        let inner = u16::from_ne_bytes(inner);
+        if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
+            return DataVerdict::DropStackedVlan;
+        }
+        (inner, EthHdr::LEN + VLAN_HLEN)
     } else {
         (eth.ether_type, EthHdr::LEN)
     };

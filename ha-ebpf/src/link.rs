@@ -1,8 +1,12 @@
 //! `ha_link`: the HA-interface filter. See `ha_common::link`.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, bpf_sock, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as SockTupleV4, xdp_action,
+    },
     btf_maps::{Array, HashMap, PerCpuArray},
+    helpers::generated::{bpf_sk_lookup_tcp, bpf_sk_release},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -17,7 +21,7 @@ use network_types::{
 };
 
 use crate::{
-    hdr::{IcmpEcho, UdpPorts, VrrpHdr, is_fragment},
+    hdr::{IcmpEcho, TcpPorts, UdpPorts, VrrpHdr, is_fragment},
     now_ns, read,
 };
 
@@ -64,6 +68,46 @@ fn mgmt_allowed(proto: u8, port: u16) -> bool {
     HA_LINK_MGMT.get_ptr(key).is_some()
 }
 
+/// 224.0.0.18, the VRRP multicast group, in map encoding.
+const VRRP_GROUP: u32 = u32::from_ne_bytes([224, 0, 0, 18]);
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether this node has a connected (not listening) TCP socket for exactly
+/// the 4-tuple of the segment (`src`:`sport` -> `dst`:`dport`, ports in
+/// network order), in the namespace of the receiving interface. This is what
+/// makes a reply a reply: a connection we opened, not a guess at a port.
+#[inline(always)]
+fn connected_socket(ctx: &XdpContext, src: u32, dst: u32, sport: [u8; 2], dport: [u8; 2]) -> bool {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4 = SockTupleV4 {
+        saddr: src,
+        daddr: dst,
+        sport: u16::from_ne_bytes(sport),
+        dport: u16::from_ne_bytes(dport),
+    };
+    // SAFETY: the helper reads `size_of::<SockTupleV4>()` bytes of the
+    // initialised tuple on our stack; the reference it returns is released
+    // below on the only path that got one.
+    let sk: *mut bpf_sock = unsafe {
+        bpf_sk_lookup_tcp(
+            ctx.ctx.cast(),
+            &mut tuple,
+            core::mem::size_of::<SockTupleV4>() as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null socket from the lookup, read once, then released.
+    let state = unsafe { (*sk).state };
+    unsafe { bpf_sk_release(sk.cast()) };
+    state != BPF_TCP_LISTEN
+}
+
 fn classify(ctx: &XdpContext) -> LinkVerdict {
     let Ok(eth) = read::<EthHdr>(ctx, 0) else {
         return LinkVerdict::DropTruncated;
@@ -85,8 +129,42 @@ fn classify(ctx: &XdpContext) -> LinkVerdict {
     if is_fragment(ip.frags) {
         return LinkVerdict::DropFragment;
     }
-    let l4 = EthHdr::LEN + ihl;
+    let (sync_port, control_port, join_port, local) =
+        HA_LINK_CONFIG.get(0).map_or((0, 0, 0, 0), |c| {
+            (c.sync_port, c.control_port, c.join_port, c.local_addr)
+        });
+    // Only traffic for this node itself: an address of 0 (not configured)
+    // matches nothing, so an unconfigured filter passes no service.
+    let to_me = local != 0 && u32::from_ne_bytes(ip.dst_addr) == local;
+    let cfg = Ports {
+        sync: sync_port,
+        control: control_port,
+        join: join_port,
+    };
+    let verdict = service(ctx, &ip, EthHdr::LEN + ihl, &cfg, to_me);
+    // What would pass must be for this node: not a VIP, not another host,
+    // not traffic routed through. (A drop keeps its own reason.)
+    if verdict.passes() && !to_me && !matches!(verdict, LinkVerdict::PassVrrp) {
+        return LinkVerdict::DropNotLocal;
+    }
+    verdict
+}
+
+/// The ports `ha_link` knows (host order; 0 = none).
+struct Ports {
+    sync: u16,
+    control: u16,
+    join: u16,
+}
+
+/// The verdict by protocol and port, before the destination check of
+/// [`classify`] (which VRRP, checked here, is exempt from).
+#[inline(always)]
+fn service(ctx: &XdpContext, ip: &Ipv4Hdr, l4: usize, cfg: &Ports, to_me: bool) -> LinkVerdict {
     let src = u32::from_ne_bytes(ip.src_addr);
+    let dst = u32::from_ne_bytes(ip.dst_addr);
+    let sync_port = cfg.sync;
+    let (control_port, join_port) = (cfg.control, cfg.join);
     match ip.proto {
         IPPROTO_VRRP => {
             if ip.ttl != VRRP_TTL {
@@ -94,6 +172,9 @@ fn classify(ctx: &XdpContext) -> LinkVerdict {
             }
             if !is_peer(src) {
                 return LinkVerdict::DropVrrpSource;
+            }
+            if dst != VRRP_GROUP && !to_me {
+                return LinkVerdict::DropNotLocal;
             }
             let Ok(vrrp) = read::<VrrpHdr>(ctx, l4) else {
                 return LinkVerdict::DropVrrpTruncated;
@@ -120,29 +201,54 @@ fn classify(ctx: &XdpContext) -> LinkVerdict {
             let Ok(udp) = read::<UdpPorts>(ctx, l4) else {
                 return LinkVerdict::DropTruncated;
             };
-            let dst = u16::from_be_bytes(udp.dst);
-            let sync_port = HA_LINK_CONFIG.get(0).map_or(0, |c| c.sync_port);
-            if sync_port != 0 && dst == sync_port {
+            let dport = u16::from_be_bytes(udp.dst);
+            if sync_port != 0 && dport == sync_port {
                 return if is_peer(src) {
                     LinkVerdict::PassSync
                 } else {
                     LinkVerdict::DropSyncSource
                 };
             }
-            if mgmt_allowed(17, dst) {
+            if mgmt_allowed(17, dport) {
                 LinkVerdict::PassMgmt
             } else {
                 LinkVerdict::DropNotAllowed
             }
         }
         6 => {
-            // Destination port: bytes 2..4 of the TCP header.
-            let Ok(ports) = read::<UdpPorts>(ctx, l4) else {
+            let Ok(tcp) = read::<TcpPorts>(ctx, l4) else {
                 return LinkVerdict::DropTruncated;
             };
-            let dst = u16::from_be_bytes(ports.dst);
-            if mgmt_allowed(6, dst) {
+            let dport = u16::from_be_bytes(tcp.dst);
+            let sport = u16::from_be_bytes(tcp.src);
+            let control = |p: u16| p != 0 && (p == control_port || p == join_port);
+            if control(dport) {
+                return if is_peer(src) {
+                    LinkVerdict::PassControl
+                } else {
+                    LinkVerdict::DropControlSource
+                };
+            }
+            let from_control = control(sport) && is_peer(src);
+            if from_control && to_me {
+                // A reply to a connection we opened: never a bare SYN (nothing
+                // we opened answers with one), and only to a socket connected
+                // with exactly this 4-tuple, so a spoofed peer with source
+                // port 7789 reaches no listener and no other port (beyond the
+                // management allow-list, open to any source anyway).
+                let bare_syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                if !bare_syn && connected_socket(ctx, src, dst, tcp.src, tcp.dst) {
+                    return LinkVerdict::PassControlReply;
+                }
+            }
+            if mgmt_allowed(6, dport) {
                 LinkVerdict::PassMgmt
+            } else if from_control {
+                if to_me {
+                    LinkVerdict::DropControlReply
+                } else {
+                    LinkVerdict::DropNotLocal
+                }
             } else {
                 LinkVerdict::DropNotAllowed
             }

@@ -41,10 +41,12 @@ fn main() {
     let mut results = serde_json::Map::new();
     let mut p = PinnedDataplane::new("bench");
     p.dp.set_link_settings(&LinkSettings {
+        address: ME,
         peers: vec![PEER],
         vrids: vec![51],
         sync_port: 7788,
         mgmt: vec![(6, 22)],
+        ..LinkSettings::default()
     })
     .unwrap();
 

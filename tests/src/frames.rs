@@ -181,3 +181,15 @@ pub fn fragment(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, payload: &[u8]
     // Fix the IPv4 header checksum is not needed: XDP does not verify it.
     f
 }
+
+/// The same frame with two VLAN tags (QinQ): an outer tag with TPID `outer`
+/// (0x88a8 for 802.1ad, or 0x8100) and VLAN `outer_vid`, then an 802.1Q tag
+/// with VLAN `inner_vid`.
+pub fn qinq(frame: &[u8], outer: u16, outer_vid: u16, inner_vid: u16) -> Vec<u8> {
+    let inner = vlan(frame, inner_vid);
+    let mut out = inner[..12].to_vec();
+    out.extend_from_slice(&outer.to_be_bytes());
+    out.extend_from_slice(&(outer_vid & 0x0fff).to_be_bytes());
+    out.extend_from_slice(&inner[12..]);
+    out
+}

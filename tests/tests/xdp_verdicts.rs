@@ -22,12 +22,18 @@ const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 
+/// The cluster control (and join) port.
+const CONTROL: u16 = 7789;
+
 fn link_settings() -> LinkSettings {
     LinkSettings {
+        address: ME,
         peers: vec![PEER],
         vrids: vec![51],
         sync_port: 7788,
         mgmt: vec![(6, 22), (17, 161)],
+        control_port: CONTROL,
+        join_port: CONTROL,
     }
 }
 
@@ -271,6 +277,389 @@ fn accept_mode_off_drops_traffic_to_the_vip_on_the_owner() {
             .iter()
             .any(|v| v.vip == VIP && !v.accept && v.owner)
     );
+}
+
+/// Sync, management, control and ICMP over the HA link pass only when
+/// addressed to this node's HA address: not to a VIP, another host, or
+/// traffic routed through (item: `ha_link` checks the destination).
+#[test]
+fn ha_link_passes_services_only_to_this_node() {
+    require_root();
+    let mut p = PinnedDataplane::new("linkdst");
+    p.dp.set_link_settings(&link_settings()).unwrap();
+    let run = |p: &PinnedDataplane, f: &[u8]| p.dp.test_run("ha_link", f, 1).unwrap().0;
+    let foreign = Ipv4Addr::new(10, 255, 0, 50);
+    let cases: &[(&str, Vec<u8>, u32, &str)] = &[
+        (
+            "ICMP echo to me",
+            frames::ping(STRANGER, ME, 1, 1),
+            PASS,
+            "pass_icmp_echo",
+        ),
+        (
+            "ICMP echo to a VIP",
+            frames::ping(STRANGER, VIP, 1, 1),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "ICMP echo to another host",
+            frames::ping(PEER, foreign, 1, 1),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "ssh to a VIP",
+            frames::tcp(STRANGER, VIP, 40000, 22, SYN, b""),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "ssh routed through",
+            frames::tcp(STRANGER, SERVER, 40000, 22, SYN, b""),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "snmp to another host",
+            frames::udp(STRANGER, foreign, 40000, 161, b"get"),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "sync from the peer to a VIP",
+            frames::udp(PEER, VIP, 7788, 7788, b"sync"),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "sync from the peer to another host",
+            frames::udp(PEER, foreign, 7788, 7788, b"sync"),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "control from the peer to a VIP",
+            frames::tcp(PEER, VIP, 40000, CONTROL, SYN, b""),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "VRRP from the peer to another host (unicast)",
+            frames::ipv4(PEER, foreign, 112, 255, &[0x31, 51, 100, 1, 0, 1, 0, 0]),
+            DROP,
+            "drop_not_local",
+        ),
+        (
+            "VRRP from the peer to me (unicast)",
+            frames::ipv4(PEER, ME, 112, 255, &[0x31, 51, 100, 1, 0, 1, 0, 0]),
+            PASS,
+            "pass_vrrp",
+        ),
+        (
+            "control from the peer to me",
+            frames::tcp(PEER, ME, 40000, CONTROL, SYN, b""),
+            PASS,
+            "pass_control",
+        ),
+        (
+            "control from a stranger",
+            frames::tcp(STRANGER, ME, 40000, CONTROL, SYN, b""),
+            DROP,
+            "drop_control_not_peer",
+        ),
+    ];
+    for (what, frame, want, _) in cases {
+        assert_eq!(run(&p, frame), *want, "{what}");
+    }
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    for (what, _, _, reason) in cases {
+        let expected = cases.iter().filter(|c| c.3 == *reason).count() as u64;
+        assert_eq!(
+            counter(&snap.link_verdicts, reason),
+            expected,
+            "{what}: counter {reason}"
+        );
+    }
+
+    // An unconfigured address (0.0.0.0) is addressed by nothing: fail closed.
+    p.dp.set_link_settings(&LinkSettings {
+        address: Ipv4Addr::UNSPECIFIED,
+        ..link_settings()
+    })
+    .unwrap();
+    assert_eq!(run(&p, &frames::ping(STRANGER, ME, 1, 1)), DROP);
+    assert_eq!(run(&p, &frames::udp(PEER, ME, 7788, 7788, b"s")), DROP);
+    assert_eq!(run(&p, &frames::vrrp(PEER, 255, 51, 100, 1, VIP)), PASS);
+}
+
+/// The control channel over a dedicated HA link: the SYN-ACK (and every
+/// later segment) of a connection this node opened to the peer's control
+/// port passes; the same to a VIP or another host does not; a spoofed peer
+/// with source port 7789 reaches no other local port, listening or not.
+///
+/// The program looks up the socket in the namespace it runs in, so the test
+/// runs in a namespace of its own where the peer's address is local too: a
+/// real connection ME -> PEER:7789 gives the 4-tuple a reply must match.
+#[test]
+fn ha_link_control_replies_need_a_connected_socket() {
+    require_root();
+    let mut lab = ha_lab::Lab::new();
+    lab.add_netns("fw").unwrap();
+    lab.add_addr(("fw", "lo"), &format!("{ME}/32")).unwrap();
+    lab.add_addr(("fw", "lo"), &format!("{PEER}/32")).unwrap();
+    let mut p = PinnedDataplane::new("reply");
+    p.dp.set_link_settings(&link_settings()).unwrap();
+    let dp = &p.dp;
+    lab.run_in("fw", || {
+        use std::net::{SocketAddr, TcpListener, TcpStream};
+        let run = |f: &[u8]| dp.test_run("ha_link", f, 1).unwrap().0;
+        let control = TcpListener::bind(SocketAddr::from((PEER, CONTROL))).unwrap();
+        // A listener on this node in the ephemeral range: a spoofed "reply"
+        // must not reach it either.
+        let service = TcpListener::bind(SocketAddr::from((ME, 0))).unwrap();
+        let service_port = service.local_addr().unwrap().port();
+        // Bound to our HA address, as the agent's connections leave from it.
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from((ME, 0)).into()).unwrap();
+        sock.connect_timeout(
+            &SocketAddr::from((PEER, CONTROL)).into(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let conn: TcpStream = sock.into();
+        let local = conn.local_addr().unwrap();
+        assert_eq!(
+            local.ip(),
+            std::net::IpAddr::V4(ME),
+            "bound to the HA address"
+        );
+        let eph = local.port();
+        let foreign = Ipv4Addr::new(10, 255, 0, 50);
+        let cases: &[(&str, Vec<u8>, u32, &str)] = &[
+            (
+                "SYN-ACK from the peer's control port to our connection",
+                frames::tcp(PEER, ME, CONTROL, eph, SYNACK, b""),
+                PASS,
+                "pass_control_reply",
+            ),
+            (
+                "data from the peer's control port to our connection",
+                frames::tcp(PEER, ME, CONTROL, eph, ACK, b"answer"),
+                PASS,
+                "pass_control_reply",
+            ),
+            (
+                "the same SYN-ACK to a VIP",
+                frames::tcp(PEER, VIP, CONTROL, eph, SYNACK, b""),
+                DROP,
+                "drop_not_local",
+            ),
+            (
+                "the same SYN-ACK to another host",
+                frames::tcp(PEER, foreign, CONTROL, eph, SYNACK, b""),
+                DROP,
+                "drop_not_local",
+            ),
+            (
+                "a bare SYN from the peer's control port to our connection's port",
+                frames::tcp(PEER, ME, CONTROL, eph, SYN, b""),
+                DROP,
+                "drop_control_reply_no_socket",
+            ),
+            (
+                "a spoofed SYN from the peer's control port to a listening port",
+                frames::tcp(PEER, ME, CONTROL, service_port, SYN, b""),
+                DROP,
+                "drop_control_reply_no_socket",
+            ),
+            (
+                "a spoofed ACK from the peer's control port to a listening port",
+                frames::tcp(PEER, ME, CONTROL, service_port, ACK, b"x"),
+                DROP,
+                "drop_control_reply_no_socket",
+            ),
+            (
+                "a spoofed SYN-ACK from the peer's control port to a closed port",
+                frames::tcp(PEER, ME, CONTROL, 45678, SYNACK, b""),
+                DROP,
+                "drop_control_reply_no_socket",
+            ),
+            (
+                "a reply from a stranger's port 7789",
+                frames::tcp(STRANGER, ME, CONTROL, eph, SYNACK, b""),
+                DROP,
+                "drop_not_allowed",
+            ),
+            (
+                "management still open from the peer's port 7789",
+                frames::tcp(PEER, ME, CONTROL, 22, SYN, b""),
+                PASS,
+                "pass_mgmt",
+            ),
+        ];
+        for (what, frame, want, _) in cases {
+            assert_eq!(run(frame), *want, "{what}");
+        }
+        let snap = Snapshot::read(&p.instance, 0).unwrap();
+        for (what, _, _, reason) in cases {
+            let expected = cases.iter().filter(|c| c.3 == *reason).count() as u64;
+            assert_eq!(
+                counter(&snap.link_verdicts, reason),
+                expected,
+                "{what}: counter {reason}"
+            );
+        }
+        // Once the connection is gone, its replies are not let in.
+        drop(conn);
+        drop(control);
+        drop(service);
+        wait_for_drop(|| run(&frames::tcp(PEER, ME, CONTROL, eph, ACK, b"late")));
+    })
+    .unwrap();
+    // Without a control port configured, nothing comes back from it.
+    p.dp.set_link_settings(&LinkSettings {
+        control_port: 0,
+        join_port: 0,
+        ..link_settings()
+    })
+    .unwrap();
+    assert_eq!(
+        p.dp.test_run(
+            "ha_link",
+            &frames::tcp(PEER, ME, 40000, CONTROL, SYN, b""),
+            1
+        )
+        .unwrap()
+        .0,
+        DROP
+    );
+}
+
+/// Polls `verdict` until it drops (a closed socket lingers in FIN_WAIT
+/// states until the peer's side closes too).
+fn wait_for_drop(mut verdict: impl FnMut() -> u32) {
+    ha_tests::wait_for("the reply dropped", Duration::from_secs(5), || {
+        verdict() == DROP
+    });
+}
+
+/// Frames with stacked VLAN tags (QinQ) never pass the gate ungated: a backup
+/// drops ARP and IPv4 for a VIP behind two tags, and every stacked frame is
+/// dropped and counted (a data interface carries no QinQ).
+#[test]
+fn ha_data_drops_stacked_vlan_tags() {
+    require_root();
+    let mut p = PinnedDataplane::new("qinq");
+    p.dp.set_vips(&[(VIP, 0)]).unwrap();
+    let run = |p: &PinnedDataplane, f: &[u8]| p.dp.test_run("ha_data", f, 1).unwrap().0;
+    let arp_vip = frames::arp(1, CLIENT, VIP);
+    let to_vip = frames::ping(CLIENT, VIP, 1, 1);
+    let forwarded = frames::udp(CLIENT, SERVER, 5000, 53, b"q");
+    let stacked = [
+        frames::qinq(&arp_vip, 0x88a8, 100, 10),
+        frames::qinq(&to_vip, 0x88a8, 100, 10),
+        frames::qinq(&arp_vip, 0x8100, 100, 10),
+        frames::qinq(&to_vip, 0x8100, 100, 10),
+        frames::qinq(&forwarded, 0x88a8, 100, 10),
+    ];
+    // A backup (owns nothing).
+    for (i, f) in stacked.iter().enumerate() {
+        assert_eq!(run(&p, f), DROP, "stacked frame {i} on the backup");
+    }
+    // One tag is still looked through and gated.
+    assert_eq!(run(&p, &frames::vlan(&to_vip, 10)), DROP);
+    assert_eq!(run(&p, &frames::vlan(&forwarded, 10)), PASS);
+    // The owner drops stacked frames too: they are never looked into.
+    p.dp.set_ownership(1, None).unwrap();
+    assert_eq!(run(&p, &stacked[1]), DROP);
+    assert_eq!(run(&p, &frames::vlan(&to_vip, 10)), PASS);
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    assert_eq!(counter(&snap.data_verdicts, "drop_stacked_vlan"), 6);
+}
+
+/// Seeded random frames and mutated valid ones (every kind both programs
+/// parse, tagged and not) through `ha_link` and `ha_data`: never
+/// XDP_ABORTED, always PASS or DROP, and the ownership word is unchanged.
+#[test]
+fn random_and_mutated_frames_never_abort() {
+    require_root();
+    let mut p = PinnedDataplane::new("fuzz");
+    p.dp.set_link_settings(&link_settings()).unwrap();
+    p.dp.set_vips(&[(VIP, 0), (Ipv4Addr::new(192, 0, 2, 2), 1)])
+        .unwrap();
+    p.dp.set_ownership(0b1, Some(Duration::from_secs(3600)))
+        .unwrap();
+    let before = p.dp.ownership().unwrap();
+
+    let mut corpus = vec![
+        frames::vrrp(PEER, 255, 51, 100, 1, VIP),
+        frames::arp(1, CLIENT, VIP),
+        frames::arp(2, PEER, ME),
+        frames::tcp(CLIENT, VIP, 1, 80, SYN, b"x"),
+        frames::tcp(PEER, ME, CONTROL, 40000, SYNACK, b""),
+        frames::tcp(PEER, ME, 40000, CONTROL, SYN, b""),
+        frames::tcp(SERVER, CLIENT, 80, 40000, FINACK, b"bye"),
+        frames::udp(PEER, ME, 7788, 7788, b"sync"),
+        frames::udp(STRANGER, ME, 1, 161, b"get"),
+        frames::ping(CLIENT, VIP, 1, 1),
+        frames::fragment(PEER, ME, 6, 64, &[0; 20]),
+        frames::ipv6_stub(),
+    ];
+    let tagged: Vec<Vec<u8>> = corpus
+        .iter()
+        .flat_map(|f| [frames::vlan(f, 10), frames::qinq(f, 0x88a8, 1, 2)])
+        .collect();
+    corpus.extend(tagged);
+
+    // xorshift64*: deterministic, no dependency.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut runs = 0u32;
+    let mut seen = [0u32; 3];
+    for i in 0..3000u32 {
+        let frame: Vec<u8> = if i % 4 == 0 {
+            // Random bytes of a random length (at least an Ethernet header).
+            let len = 14 + (next() % 200) as usize;
+            (0..len).map(|_| next() as u8).collect()
+        } else {
+            // A valid frame with 1..8 mutations: a flipped bit, a random or
+            // boundary byte, or a cut.
+            let mut f = corpus[(next() % corpus.len() as u64) as usize].clone();
+            for _ in 0..1 + next() % 8 {
+                let at = (next() % f.len() as u64) as usize;
+                match next() % 4 {
+                    0 => f[at] ^= 1 << (next() % 8),
+                    1 => f[at] = next() as u8,
+                    2 => f[at] = [0x00, 0xff, 0x45, 0x4f, 0x81, 0x88][(next() % 6) as usize],
+                    _ => f.truncate(at.max(14)),
+                }
+            }
+            f
+        };
+        for program in ["ha_link", "ha_data"] {
+            let (verdict, _) =
+                p.dp.test_run(program, &frame, 1)
+                    .unwrap_or_else(|e| panic!("{program} on {frame:02x?}: {e:?}"));
+            assert_ne!(verdict, ABORTED, "{program} aborted on {frame:02x?}");
+            assert!(
+                verdict == PASS || verdict == DROP,
+                "{program}: verdict {verdict} on {frame:02x?}"
+            );
+            seen[verdict as usize] += 1;
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 6000);
+    // Both verdicts were reached: the mutations got past the first checks.
+    assert!(seen[1] > 100 && seen[2] > 100, "{seen:?}");
+    assert_eq!(p.dp.ownership().unwrap(), before);
 }
 
 /// Frames of every length from 0 to 128 bytes, random and truncated valid ones,

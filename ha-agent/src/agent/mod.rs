@@ -138,11 +138,22 @@ impl Agent {
             .flat_map(|g| &g.instances)
             .map(|i| i.vrid)
             .collect();
+        // The cluster control channel (and the join a primary makes) runs
+        // over the HA link: peers reach our control port, and replies reach
+        // connections we opened to theirs.
+        let control_port = config.cluster.as_ref().map_or(0, |c| c.control_port);
         dp.set_link_settings(&LinkSettings {
+            address: config.ha.address,
             peers: config.ha.peers.clone(),
             vrids,
             sync_port: config.ha.sync_port,
             mgmt,
+            control_port,
+            join_port: if control_port == 0 {
+                0
+            } else {
+                crate::dataplane::DEFAULT_JOIN_PORT
+            },
         })?;
         setup::install_vips(&config, &mut dp)?;
         if config.data_interfaces().contains(&config.ha.interface) {

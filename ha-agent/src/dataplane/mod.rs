@@ -265,9 +265,16 @@ impl Default for FlowSettings {
     }
 }
 
+/// The port `ha-agent cluster` verbs join a waiting node on (and the default
+/// control port): replies from it pass `ha_link` to connections we opened.
+pub const DEFAULT_JOIN_PORT: u16 = 7789;
+
 /// HA-link filter settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkSettings {
+    /// This node's address on the HA link. Everything but VRRP and ARP must be
+    /// addressed to it; `0.0.0.0` passes nothing else (fail closed).
+    pub address: Ipv4Addr,
     /// Peers allowed to send VRRP and sync frames.
     pub peers: Vec<Ipv4Addr>,
     /// VRIDs this node runs.
@@ -276,6 +283,25 @@ pub struct LinkSettings {
     pub sync_port: u16,
     /// Management services reachable over the HA link: (IP protocol, port).
     pub mgmt: Vec<(u8, u16)>,
+    /// TCP port of the cluster control channel (0: none): peers may connect
+    /// to it, and replies from a peer's port reach connections we opened.
+    pub control_port: u16,
+    /// TCP port of the join listener, handled as the control port (0: none).
+    pub join_port: u16,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        LinkSettings {
+            address: Ipv4Addr::UNSPECIFIED,
+            peers: Vec::new(),
+            vrids: Vec::new(),
+            sync_port: 0,
+            mgmt: Vec::new(),
+            control_port: 0,
+            join_port: 0,
+        }
+    }
 }
 
 /// One VIP of the table.
@@ -666,7 +692,11 @@ impl Dataplane {
                 0,
                 LinkConfig {
                     sync_port: s.sync_port,
-                    _pad: [0; 6],
+                    control_port: s.control_port,
+                    join_port: s.join_port,
+                    _pad: 0,
+                    local_addr: addr_from_octets(s.address.octets()),
+                    _pad2: 0,
                 },
                 0,
             )
