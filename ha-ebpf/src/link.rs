@@ -104,6 +104,7 @@ fn connected_socket(ctx: &XdpContext, src: u32, dst: u32, sport: [u8; 2], dport:
     }
     // SAFETY: a non-null socket from the lookup, read once, then released.
     let state = unsafe { (*sk).state };
+    // SAFETY: releases the reference the lookup took, exactly once.
     unsafe { bpf_sk_release(sk.cast()) };
     state != BPF_TCP_LISTEN
 }
