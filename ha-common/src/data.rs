@@ -174,3 +174,18 @@ impl DataVerdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` lists every counter at its own index, with a distinct name.
+    #[test]
+    fn verdict_table_is_consistent() {
+        for (i, v) in DataVerdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i, "{v:?}");
+            let same = DataVerdict::ALL.iter().filter(|w| w.name() == v.name());
+            assert_eq!(same.count(), 1, "{v:?}");
+        }
+    }
+}

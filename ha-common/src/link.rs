@@ -189,3 +189,29 @@ impl LinkVerdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counter table is indexed by discriminant: `ALL` must list every
+    /// verdict at its own index, with a distinct name, and exactly the
+    /// `pass_*` ones pass (new verdicts are appended, so "passes" is no
+    /// longer a range of indices).
+    #[test]
+    fn verdict_table_is_consistent() {
+        for (i, v) in LinkVerdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i, "{v:?}");
+            assert_eq!(v.passes(), v.name().starts_with("pass_"), "{v:?}");
+            let same = LinkVerdict::ALL.iter().filter(|w| w.name() == v.name());
+            assert_eq!(same.count(), 1, "{v:?}");
+        }
+    }
+
+    /// The layout the XDP program reads: 16 bytes, the address at offset 8.
+    #[test]
+    fn config_layout() {
+        assert_eq!(core::mem::size_of::<LinkConfig>(), 16);
+        assert_eq!(core::mem::offset_of!(LinkConfig, local_addr), 8);
+    }
+}
