@@ -14,7 +14,7 @@ use std::{
 use ha_agent::dataplane::{FlowSettings, LinkSettings, events::FlowEvents, inspect::Snapshot};
 use ha_tests::{
     PinnedDataplane,
-    frames::{self, SYN},
+    frames::{self, ACK, SYN},
     require_root,
 };
 
@@ -46,7 +46,8 @@ fn main() {
         vrids: vec![51],
         sync_port: 7788,
         mgmt: vec![(6, 22)],
-        ..LinkSettings::default()
+        control_port: 7789,
+        join_port: 7789,
     })
     .unwrap();
 
@@ -82,6 +83,20 @@ fn main() {
             "ha_link",
             frames::udp(PEER, ME, 1, 7788, b"sync"),
             2,
+            None,
+        ),
+        (
+            "ha_link drop sync not to this node",
+            "ha_link",
+            frames::udp(PEER, VIP, 1, 7788, b"sync"),
+            1,
+            None,
+        ),
+        (
+            "ha_link drop control reply (sk lookup)",
+            "ha_link",
+            frames::tcp(PEER, ME, 7789, 45678, ACK, b""),
+            1,
             None,
         ),
         (
