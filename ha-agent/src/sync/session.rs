@@ -1068,6 +1068,55 @@ mod tests {
         assert_eq!(b2.counters.records_received, 198);
     }
 
+    /// Everything `a` ever sent to `b`'s previous life (its Hello, its Open,
+    /// data, acks, the end of a bulk), replayed into the restarted `b`:
+    /// nothing is delivered, no window is set, no peer epoch is taken; at
+    /// most a Hello is owed (the answer to the replayed Hello).
+    #[test]
+    fn the_whole_previous_exchange_replayed_after_a_restart_does_nothing() {
+        let (mut a, mut b) = pair();
+        let mut recorded = Vec::new();
+        for step in 0..60 {
+            let now = ms(step);
+            if step == 30 {
+                for i in 0..100 {
+                    a.push(now, rec(i));
+                }
+            }
+            for d in a.poll(now) {
+                recorded.push(d.clone());
+                if let Ok(r) = b.on_datagram(&d)
+                    && r.resync_requested
+                {
+                    b.queue_bulk(now, []);
+                }
+            }
+            for d in b.poll(now) {
+                if let Ok(r) = a.on_datagram(&d)
+                    && r.resync_requested
+                {
+                    a.queue_bulk(now, [rec(500)]);
+                }
+            }
+        }
+        assert_eq!(b.counters.records_received, 101);
+        let mut b2 = Session::new(&KEY, B, 201, A, Settings::default());
+        for d in &recorded {
+            if let Ok(r) = b2.on_datagram(d) {
+                assert!(r.records.is_empty() && !r.resync_requested && !r.in_sync);
+            }
+        }
+        assert_eq!(b2.counters.records_received, 0);
+        assert_eq!(b2.peer_epoch, None);
+        assert_eq!(b2.next_expected, None);
+        let out = b2.poll(ms(100));
+        assert!(out.len() <= 1, "at most one Hello");
+        assert!(
+            out.iter()
+                .all(|d| peek_header(d).unwrap().kind == Kind::Hello)
+        );
+    }
+
     /// A frame of the sender's previous life is refused by a receiver that
     /// saw its new one.
     #[test]
