@@ -51,7 +51,11 @@ pub async fn run(
     // connections keeps it busy, and it must never delay an advert.
     let sync_thread = match key {
         Some(key) => {
-            let handle = SyncHandle::open(&config, sync::key::derive(&key, Purpose::StateSync))?;
+            let handle = SyncHandle::open(
+                &config,
+                sync::key::derive(&key, Purpose::StateSync),
+                &crate::paths::StateFile::SyncEpoch.path(&config_path),
+            )?;
             agent.set_sync(handle.clone());
             let config = config.clone();
             let mut stopped = stopped.clone();

@@ -43,6 +43,8 @@ pub enum StateFile {
     JoinToken,
     /// The cluster key (state sync, the control channel).
     ClusterKey,
+    /// The state-sync epoch counter (grows at every start).
+    SyncEpoch,
 }
 
 impl StateFile {
@@ -53,6 +55,7 @@ impl StateFile {
             StateFile::SyncedShared => "synced.toml",
             StateFile::JoinToken => "join.token",
             StateFile::ClusterKey => "sync.key",
+            StateFile::SyncEpoch => "sync.epoch",
         }
     }
 

@@ -116,7 +116,7 @@ fn hostile_sync_frames_are_rejected_counted_and_change_nothing() {
     let key_bytes = [9u8; 32];
     let key = SyncKey::new("hostile", key_bytes);
     let ha_extra = key.ha_extra();
-    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
+    let (a1, mut a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
         ha_extra: ha_extra.clone(),
         ..spec
     });
@@ -239,5 +239,72 @@ fn hostile_sync_frames_are_rejected_counted_and_change_nothing() {
             .exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "8081"])
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("src=10.0.0.10")
+    });
+
+    // Replay across a restart of the receiver (issue 12): fw2's agent
+    // restarts, and the frame recorded in its previous life is replayed at
+    // once (and again until the new agent counts it). It is refused, as
+    // addressed to fw2's previous epoch; it sets no window, and sync comes
+    // back and replicates.
+    // Killed first, and restarted once its sync port is free (the killed
+    // process's last threads may still hold it after its main thread is a
+    // zombie).
+    a2.signal(libc::SIGKILL);
+    wait_for("fw2's sync port free", Duration::from_secs(5), || {
+        lab.run_in("fw2", || UdpSocket::bind("10.255.0.2:7788").is_ok())
+            .unwrap()
+    });
+    a2.restart(&mut lab);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rejected(&a2).get("NotAddressed").copied().unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted agent did not count the replay as NotAddressed: {:?}\n{}",
+            a2.status().and_then(|s| s.sync),
+            a2.log_text()
+        );
+        lab.run_in("fw1", || {
+            let sock = UdpSocket::bind("10.255.0.1:0").unwrap();
+            sock.send_to(&genuine, "10.255.0.2:7788").unwrap();
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for("in sync after the restart", Duration::from_secs(10), || {
+        a2.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync)
+    });
+    let lab_ref = &lab;
+    std::thread::scope(|s| {
+        let server = s.spawn(|| {
+            lab_ref
+                .run_in("server", || {
+                    let listener = TcpListener::bind("10.1.0.10:8082").unwrap();
+                    let _ = listener.accept().unwrap();
+                })
+                .unwrap()
+        });
+        let _conn = lab_ref
+            .run_in("client", || {
+                (0..50)
+                    .find_map(|_| {
+                        TcpStream::connect("10.1.0.10:8082").ok().or_else(|| {
+                            std::thread::sleep(Duration::from_millis(20));
+                            None
+                        })
+                    })
+                    .expect("connect through the VIP gateway")
+            })
+            .unwrap();
+        server.join().unwrap();
+        wait_for(
+            "a new connection on the restarted fw2",
+            Duration::from_secs(5),
+            || {
+                let out = lab_ref
+                    .exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "8082"])
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("src=10.0.0.10")
+            },
+        );
     });
 }

@@ -121,6 +121,12 @@ pub fn render(st: &Status) -> String {
         );
         gauge(
             &mut r,
+            "sync_peer_down",
+            "1 while the peer does not acknowledge (sync only probes it)",
+            i64::from(s.peer_down),
+        );
+        gauge(
+            &mut r,
             "sync_queue_depth",
             "Sync frames not yet acknowledged",
             s.queue_depth as i64,

@@ -56,6 +56,10 @@ pub struct SyncStatus {
     pub port: u16,
     /// The peer's bulk resync reached us, and nothing was lost since.
     pub in_sync: bool,
+    /// The peer stopped acknowledging (sync resends only a probe a second;
+    /// a resync follows when it answers).
+    #[serde(default)]
+    pub peer_down: bool,
     /// Unix ms of the last authenticated frame from the peer.
     pub last_rx_unix_ms: Option<u128>,
     /// Frames sent and not yet acknowledged.

@@ -12,6 +12,14 @@
 //! there are; applying everything at takeover (conntrackd's external cache)
 //! costs time proportional to the table, at the worst moment.
 //!
+//! Receiving is bounded per wakeup ([`RX_PER_WAKEUP`] datagrams, then back
+//! to the runtime so sends and timers run): a flood from a spoofed peer
+//! address costs each wakeup a bounded amount of work (most of it refused on
+//! the clear header, before the AEAD), never the whole thread.
+//!
+//! Each start has a new epoch ([`next_epoch`]): a counter persisted next to
+//! the configuration, so it grows across restarts whatever the clock does.
+//!
 //! The sync thread never blocks a takeover. What it shares with the loop
 //! ([`Core`]: the session, the socket, the applier) it holds only for one
 //! bounded step: [`RX_BATCH`] datagrams received and applied, or a flush.
@@ -23,7 +31,10 @@
 
 use std::{
     collections::VecDeque,
+    io::Write as _,
     net::{SocketAddrV4, UdpSocket},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, TryLockError,
         atomic::{AtomicBool, Ordering},
@@ -58,6 +69,10 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Datagrams received and applied per hold of the shared state by the sync
 /// thread (at most 44 records each).
 pub const RX_BATCH: usize = 8;
+/// Datagrams read per wakeup of the sync thread at most (in steps of
+/// [`RX_BATCH`]); if more wait, the socket stays ready and the thread comes
+/// back to it after its sends and timers.
+pub const RX_PER_WAKEUP: usize = 64;
 /// Longest the commit before a takeover keeps draining the socket; what is
 /// left is applied by the sync thread right after.
 pub const COMMIT_BUDGET: Duration = Duration::from_millis(1);
@@ -104,13 +119,17 @@ impl Core {
 
     /// Receives up to `max` datagrams, applies their records, then sends
     /// what the session owes (ACKs: an ACK means "in my conntrack").
-    /// Returns the records applied and whether datagrams may still wait.
-    fn receive(&mut self, max: usize) -> std::io::Result<(usize, bool)> {
+    /// The records collected are bounded: `max` frames' worth, plus what a
+    /// frame that fills a gap releases from the reorder buffer (bounded by
+    /// the session's window).
+    fn receive(&mut self, max: usize) -> std::io::Result<Batch> {
         let mut records = Vec::new();
         let mut more = true;
+        let mut datagrams = 0;
         for _ in 0..max {
             match self.udp.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
+                    datagrams += 1;
                     if from.ip() != std::net::IpAddr::V4(*self.peer.ip()) {
                         continue;
                     }
@@ -141,7 +160,11 @@ impl Core {
         let now = self.now();
         self.applier.apply(&records, now);
         self.flush();
-        Ok((records.len(), more))
+        Ok(Batch {
+            datagrams,
+            records: records.len(),
+            more,
+        })
     }
 
     /// Sends whatever the session has due.
@@ -155,6 +178,15 @@ impl Core {
             self.last_tx = now;
         }
     }
+}
+
+/// What one [`Core::receive`] did.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    datagrams: usize,
+    records: usize,
+    /// Datagrams may still wait (the socket did not say "empty").
+    more: bool,
 }
 
 /// Shared between the replication thread and the VRRP loop.
@@ -179,8 +211,9 @@ impl std::fmt::Debug for SyncHandle {
 }
 
 impl SyncHandle {
-    /// Opens the sync socket on the HA interface and ctnetlink.
-    pub fn open(config: &Config, key: [u8; 32]) -> anyhow::Result<Arc<Self>> {
+    /// Opens the sync socket on the HA interface and ctnetlink; this start's
+    /// epoch comes from `epoch_file` ([`next_epoch`]).
+    pub fn open(config: &Config, key: [u8; 32], epoch_file: &Path) -> anyhow::Result<Arc<Self>> {
         let port = config.ha.sync_port;
         let me = config.ha.address;
         let peer = *config.ha.peers.first().context("state sync needs a peer")?;
@@ -193,17 +226,18 @@ impl SyncHandle {
         let _ = sock.set_recv_buffer_size(8 << 20);
         sock.set_nonblocking(true)?;
         let udp: UdpSocket = sock.into();
-        let epoch = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64;
-        let mut session = Session::new(
+        let now_secs = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let epoch = next_epoch(epoch_file, now_secs)?;
+        info!(epoch = format!("{:#x}", epoch), "state sync epoch");
+        let session = Session::new(
             &key,
             u32::from(me),
             epoch,
             u32::from(peer),
             Settings::default(),
         );
-        session.request_resync();
         let core = Core::new(
             session,
             udp,
@@ -255,6 +289,22 @@ impl SyncHandle {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// One wakeup's receiving: at most [`RX_PER_WAKEUP`] datagrams, the lock
+    /// taken for [`RX_BATCH`] at a time. Returns the datagrams read and
+    /// whether the socket was found empty (only then may its readiness be
+    /// cleared).
+    fn receive_wakeup(&self) -> anyhow::Result<(usize, bool)> {
+        let mut read = 0;
+        while read < RX_PER_WAKEUP {
+            let b = self.lock()?.receive(RX_BATCH.min(RX_PER_WAKEUP - read))?;
+            read += b.datagrams;
+            if !b.more {
+                return Ok((read, true));
+            }
+        }
+        Ok((read, false))
+    }
+
     /// The commit before a takeover: applies the records already received,
     /// for at most [`COMMIT_BUDGET`], and never waits for the sync thread
     /// (see the module docs). Returns the records applied and how long it
@@ -266,8 +316,8 @@ impl SyncHandle {
                 let mut applied = 0;
                 loop {
                     match core.receive(4) {
-                        Ok((n, true)) if t.elapsed() < COMMIT_BUDGET => applied += n,
-                        Ok((n, more)) => break (applied + n, more),
+                        Ok(b) if b.more && t.elapsed() < COMMIT_BUDGET => applied += b.records,
+                        Ok(b) => break (applied + b.records, b.more),
                         Err(_) => break (applied, false),
                     }
                 }
@@ -299,6 +349,7 @@ impl SyncHandle {
             return;
         };
         s.in_sync = in_sync;
+        s.peer_down = core.session.peer_down();
         s.last_rx_unix_ms = core.last_rx.map(unix_ms);
         s.queue_depth = core.session.queue_depth();
         s.pending_records = core.session.pending();
@@ -320,6 +371,98 @@ impl SyncHandle {
             .collect();
         s.bulks_sent = bulks;
     }
+}
+
+/// Why this start's epoch could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochError {
+    #[error("sync epoch file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "sync epoch file {}: {content:?} is not a counter (a decimal number); remove the file and restart",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, content: String },
+    #[error("sync epoch file {}: the counter is exhausted", path.display())]
+    Exhausted { path: PathBuf },
+    #[error("no randomness for the sync epoch: {0}")]
+    Random(getrandom::Error),
+}
+
+/// This start's epoch: a counter kept in `path` (next to the
+/// configuration), incremented and made durable (fsync of the file and its
+/// directory) before it is used, in the high 32 bits; 32 random bits below.
+///
+/// Why a counter: the epoch was the wall clock, and peers refuse epochs
+/// older than one they saw, so a node that restarted with its clock behind
+/// (no RTC, an NTP step) was shut out. The counter only grows, whatever the
+/// clock does. It is also raised to the clock (seconds since 1970) if that
+/// is ahead, so a node whose file was lost (a reinstall) still comes back
+/// with a higher epoch when its clock is right. If both are lost, the epoch
+/// may be lower than one the peer saw: the peer then accepts it only after a
+/// fresh Hello round trip (see `session`), so it is never shut out, and a
+/// recording of the old epoch cannot take its place.
+///
+/// Why the random bits: the frame nonce is sender, epoch and sequence; if
+/// the counter ever repeats (file and clock both lost), the random half
+/// keeps the nonces of the two lives apart (a repeat needs the same 32
+/// random bits too).
+pub fn next_epoch(path: &Path, now_unix_secs: u64) -> Result<u64, EpochError> {
+    let io = |source| EpochError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let previous = match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            text.trim()
+                .parse::<u32>()
+                .map_err(|_| EpochError::Corrupt {
+                    path: path.to_owned(),
+                    content: text.chars().take(40).collect(),
+                })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(e)),
+    };
+    let counter = previous
+        .checked_add(1)
+        .ok_or_else(|| EpochError::Exhausted {
+            path: path.to_owned(),
+        })?
+        .max(u32::try_from(now_unix_secs).unwrap_or(u32::MAX - 1));
+    write_durably(path, format!("{counter}\n").as_bytes()).map_err(io)?;
+    let mut random = [0u8; 4];
+    getrandom::getrandom(&mut random).map_err(EpochError::Random)?;
+    Ok((u64::from(counter) << 32) | u64::from(u32::from_be_bytes(random)))
+}
+
+/// Replaces `path` with `bytes` so that after a crash it holds either the
+/// old or the new content: a new temporary file (never through a symlink),
+/// fsync, rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Runs replication until `shutdown` (on the sync thread).
@@ -417,14 +560,14 @@ pub async fn run(
                 }
             }
             guard = readable.readable() => {
-                // Cleared first: a datagram that arrives while we drain
-                // wakes us again.
-                guard?.clear_ready();
-                loop {
-                    let (_, more) = handle.lock()?.receive(RX_BATCH)?;
-                    if !more {
-                        break;
-                    }
+                let mut guard = guard?;
+                // Bounded: if datagrams still wait, the readiness is kept and
+                // the next turn of the loop (sends, timers first) comes back.
+                // Cleared only once the socket said "empty": tokio clears it
+                // only if no new datagram was signalled since.
+                let (_, drained) = handle.receive_wakeup()?;
+                if drained {
+                    guard.clear_ready();
                 }
             }
             () = tokio::time::sleep_until((start + wake).into()) => {}
@@ -482,6 +625,107 @@ mod tests {
         // Free, the commit drains the (empty) socket and says it is complete.
         assert_eq!(h.commit().0, 0);
         assert!(!h.status().last_commit_partial);
+    }
+
+    /// A flood: 150 datagrams (what a default socket buffer holds) from the peer's address wait; one wakeup reads
+    /// at most `RX_PER_WAKEUP` and says the socket is not drained (so the
+    /// thread sends and runs its timers before coming back).
+    #[test]
+    fn a_wakeup_reads_a_bounded_number_of_datagrams() {
+        let h = handle();
+        let to = h.core.lock().unwrap().udp.local_addr().unwrap();
+        let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..150u32 {
+            let mut d = vec![0u8; 200];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            flood.send_to(&d, to).unwrap();
+        }
+        let (read, drained) = h.receive_wakeup().unwrap();
+        assert_eq!(read, RX_PER_WAKEUP);
+        assert!(!drained);
+        let rejected: u64 = h
+            .core
+            .lock()
+            .unwrap()
+            .session
+            .counters
+            .rejected
+            .values()
+            .sum();
+        assert_eq!(rejected, RX_PER_WAKEUP as u64, "each counted");
+        // Later wakeups take the rest, and the last one says "drained".
+        let mut total = read;
+        loop {
+            let (n, drained) = h.receive_wakeup().unwrap();
+            assert!(n <= RX_PER_WAKEUP);
+            total += n;
+            if drained {
+                break;
+            }
+        }
+        assert_eq!(total, 150);
+    }
+
+    fn epoch_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ha-agent-epoch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The epoch grows at every start, whatever the clock does (here: it
+    /// goes back a day), and is raised to the clock when that is ahead.
+    #[test]
+    fn the_epoch_grows_across_starts_whatever_the_clock_does() {
+        let dir = epoch_dir("grows");
+        let f = dir.join("sync.epoch");
+        let now = 1_800_000_000;
+        let e1 = next_epoch(&f, now).unwrap();
+        assert_eq!(e1 >> 32, now);
+        let e2 = next_epoch(&f, now - 86_400).unwrap();
+        let e3 = next_epoch(&f, 0).unwrap();
+        assert!(e1 < e2 && e2 < e3, "{e1:#x} {e2:#x} {e3:#x}");
+        assert_eq!(e3 >> 32, now + 2);
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap().trim(),
+            (now + 2).to_string()
+        );
+        // The clock ahead of the counter raises it.
+        assert_eq!(next_epoch(&f, now + 100).unwrap() >> 32, now + 100);
+        // A lost file with a sane clock still gives a higher epoch.
+        std::fs::remove_file(&f).unwrap();
+        assert!(next_epoch(&f, now + 200).unwrap() > e3);
+        assert!(!dir.join("sync.epoch.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn epoch_file_errors_are_clear() {
+        let dir = epoch_dir("errors");
+        let f = dir.join("sync.epoch");
+        std::fs::write(&f, "garbage").unwrap();
+        let e = next_epoch(&f, 5).unwrap_err().to_string();
+        assert!(
+            e.contains("sync.epoch") && e.contains("\"garbage\" is not a counter"),
+            "{e}"
+        );
+        std::fs::write(&f, u32::MAX.to_string()).unwrap();
+        assert!(
+            next_epoch(&f, 5)
+                .unwrap_err()
+                .to_string()
+                .contains("exhausted")
+        );
+        // Not readable (a directory), not writable (no such directory).
+        std::fs::remove_file(&f).unwrap();
+        std::fs::create_dir(&f).unwrap();
+        assert!(matches!(next_epoch(&f, 5), Err(EpochError::Io { .. })));
+        let e = next_epoch(&dir.join("missing/sync.epoch"), 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing/sync.epoch"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An operator's resync is a flag for the sync thread: it never waits.

@@ -5,11 +5,18 @@
 //!
 //! ```text
 //!  0 magic "HA"  2 version  3 kind | 4 sender id (its HA address)
-//!  8 epoch (u64, sender start, ns)  | 16 seq (u64)  | 24 ack (u64)
-//! 32 ciphertext of the records ... | 16-byte tag
+//!  8 epoch (u64, the sender's start) | 16 seq (u64) | 24 ack (u64)
+//! 32 to_epoch (u64, the receiver's start as the sender knows it, 0 = unknown)
+//! 40 ciphertext of the records ... | 16-byte tag
 //! ```
-//! The 24-byte nonce is sender id, epoch and seq: unique for every frame any
-//! node ever sends under the key, so no nonce is reused across restarts.
+//! The 24-byte nonce is sender id, epoch and seq: unique for every frame a
+//! node sends under the key, since the epoch is new at every start (see
+//! `driver::next_epoch`: a persisted counter plus 32 random bits).
+//!
+//! `to_epoch` is authenticated: a frame says which start of the receiver it
+//! was made for, so a frame recorded during one life of the receiver is
+//! refused by every later one (see `session` for the handshake that lets a
+//! peer learn the new epoch).
 
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
@@ -19,8 +26,9 @@ use chacha20poly1305::{
 use super::record::{RECORD_LEN, Record};
 
 pub const MAGIC: [u8; 2] = *b"HA";
-pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 32;
+/// 2: the header carries `to_epoch`, and `Open` exists.
+pub const VERSION: u8 = 2;
+pub const HEADER_LEN: usize = 40;
 pub const TAG_LEN: usize = 16;
 /// Largest datagram: an Ethernet MTU minus IPv4 and UDP headers.
 pub const MAX_FRAME: usize = 1500 - 20 - 8;
@@ -34,12 +42,19 @@ pub enum Kind {
     Data = 1,
     /// Only a cumulative acknowledgement.
     Ack = 2,
-    /// "I (re)joined: send me everything" (bulk resync request).
+    /// First contact, not sequenced, no records: "this is my epoch; I know
+    /// yours as `to_epoch`". It is the only frame accepted when not addressed
+    /// to the receiver's current epoch, and it changes nothing but whom the
+    /// receiver answers (see `session`). Its `ack` echoes the last Hello
+    /// received from the peer (proof of freshness for a lower epoch).
     Hello = 3,
     /// The bulk resync that answered a Hello is complete.
     ResyncDone = 4,
     /// "Send me everything again" (an operator's `resync`): always answered.
     Resync = 5,
+    /// The first sequenced frame to a given epoch of the peer: opens the
+    /// receiver's window at its sequence, and asks for a bulk resync.
+    Open = 6,
 }
 
 impl Kind {
@@ -50,6 +65,7 @@ impl Kind {
             3 => Kind::Hello,
             4 => Kind::ResyncDone,
             5 => Kind::Resync,
+            6 => Kind::Open,
             _ => return None,
         })
     }
@@ -61,12 +77,16 @@ pub struct Header {
     pub kind: Kind,
     /// The sender's HA address as a number: its identity.
     pub sender: u32,
-    /// The sender's start time (ns since the Unix epoch): grows across restarts.
+    /// The sender's start: grows across restarts (a persisted counter).
     pub epoch: u64,
-    /// Per-epoch sequence number, from 1.
+    /// Per-epoch sequence number, from 1 (Ack and Hello: a counter with the
+    /// top bit set, for the nonce only).
     pub seq: u64,
-    /// Highest sequence received in order from the peer's current epoch.
+    /// Highest sequence received in order from the peer's current epoch
+    /// (Hello: the echo of the peer's last Hello).
     pub ack: u64,
+    /// The receiver's epoch this frame is for (0: not known yet).
+    pub to_epoch: u64,
 }
 
 /// Why a datagram was rejected (each is counted; none changes state).
@@ -90,6 +110,12 @@ pub enum FrameError {
     OutOfWindow,
     #[error("from an older epoch")]
     OldEpoch,
+    #[error("addressed to another epoch of this node (a replay from before its restart?)")]
+    NotAddressed,
+    #[error("acknowledges a sequence never sent")]
+    BadAck,
+    #[error("sequenced frame before the peer opened the session")]
+    NotOpen,
 }
 
 /// Seals and opens frames under one key.
@@ -120,6 +146,7 @@ fn emit_header(h: &Header, out: &mut [u8]) {
     out[8..16].copy_from_slice(&h.epoch.to_be_bytes());
     out[16..24].copy_from_slice(&h.seq.to_be_bytes());
     out[24..32].copy_from_slice(&h.ack.to_be_bytes());
+    out[32..40].copy_from_slice(&h.to_epoch.to_be_bytes());
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -144,6 +171,7 @@ pub fn peek_header(b: &[u8]) -> Result<Header, FrameError> {
         epoch: u64_at(b, 8),
         seq: u64_at(b, 16),
         ack: u64_at(b, 24),
+        to_epoch: u64_at(b, 32),
     })
 }
 
@@ -230,6 +258,7 @@ mod tests {
             epoch: 7,
             seq,
             ack: 3,
+            to_epoch: 9,
         }
     }
 
