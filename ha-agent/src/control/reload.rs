@@ -43,6 +43,12 @@ pub async fn reload(
     }
     let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
     let (old_ifaces, new_ifaces) = (current.data_interfaces(), next.data_interfaces());
+    let added: Vec<String> = new_ifaces
+        .iter()
+        .filter(|i| !old_ifaces.contains(i))
+        .cloned()
+        .collect();
+    setup::arp_sysctls(&added);
     for iface in new_ifaces.iter().filter(|i| !old_ifaces.contains(i)) {
         if *iface == next.ha.interface {
             let _ = dp.detach_iface("ha_link", iface);
