@@ -266,6 +266,11 @@ pub(crate) fn write_synced_files(
     if plans.is_empty() {
         return Ok(false);
     }
+    // The root comes from this node's own configuration: made if missing.
+    std::fs::create_dir_all(root).map_err(|source| PushError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
