@@ -491,21 +491,24 @@ async fn apply_checked(
 }
 
 /// Runs this node's own reload hook (`sh -c`, from its own configuration,
-/// never from the wire), killed after 30 s.
+/// never from the wire) in a process group of its own, killed whole after
+/// 30 s.
 async fn run_hook(hook: &str) -> Result<(), PushError> {
     let failed = |problem: String| PushError::Hook {
         hook: hook.to_owned(),
         problem,
     };
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new("sh")
-            .args(["-c", hook])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await;
-    match out {
+    let child = tokio::process::Command::new("sh")
+        .args(["-c", hook])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed(format!("did not start: {e}")))?;
+    let pgid = child.id();
+    match tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await {
         Ok(Ok(o)) if o.status.success() => {
             info!(%hook, "reload hook ran");
             Ok(())
@@ -515,8 +518,16 @@ async fn run_hook(hook: &str) -> Result<(), PushError> {
             o.status,
             String::from_utf8_lossy(&o.stderr).trim()
         ))),
-        Ok(Err(e)) => Err(failed(format!("did not start: {e}"))),
-        Err(_) => Err(failed("timed out (30 s)".into())),
+        Ok(Err(e)) => Err(failed(format!("{e}"))),
+        Err(_) => {
+            if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: signals the hook's own process group only.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+            Err(failed(
+                "timed out (30 s): its process group was killed".into(),
+            ))
+        }
     }
 }
 
