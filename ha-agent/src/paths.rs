@@ -5,9 +5,13 @@
 //! file ([`StateFile`]).
 
 use std::{
+    ffi::OsStr,
     io,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
+
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
 
 /// Directory of run files.
 pub const RUN_DIR: &str = "/run/ha-agent";
@@ -45,6 +49,10 @@ pub enum StateFile {
     ClusterKey,
     /// The state-sync epoch counter (grows at every start).
     SyncEpoch,
+    /// On a secondary: the hash of the last push applied in full (files,
+    /// configuration, reload and hook all succeeded). A push whose hook
+    /// failed is not recorded, so its retry runs the hook again.
+    SyncApplied,
 }
 
 impl StateFile {
@@ -56,6 +64,7 @@ impl StateFile {
             StateFile::JoinToken => "join.token",
             StateFile::ClusterKey => "sync.key",
             StateFile::SyncEpoch => "sync.epoch",
+            StateFile::SyncApplied => "synced.applied",
         }
     }
 
@@ -75,17 +84,76 @@ fn temp_twin(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes `bytes` to `path` atomically (a temporary file in the same
-/// directory, then a rename) with `mode`; creates the directory if needed.
+/// Writes `bytes` to `path` atomically with `mode`; creates the directory
+/// if needed. Used for secrets (the cluster key, the join token) and the
+/// configuration, so: the temporary file is created with its final mode
+/// (never 0666-minus-umask first), `O_EXCL|O_NOFOLLOW` after a stale one is
+/// removed (a symlink planted there is not followed, and nobody who opened
+/// a stale temporary file sees the new bytes), fsynced, renamed over `path`
+/// (a symlink at `path` is replaced, not followed), and the directory is
+/// fsynced so the rename survives a crash.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: no file name", path.display()),
+        )
+    })?;
+    let dirfd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let tmp = temp_twin(path);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path)
+    let tmp = tmp.file_name().unwrap_or(name);
+    write_in_dir(dirfd.as_fd(), name, tmp, bytes, mode, None)
+}
+
+/// The atomic write itself, in the open directory `dir`: `name` is replaced
+/// by a new file made as `tmp` with `bytes`, exactly `mode` and, when given,
+/// `owner` (uid, gid). Neither name is resolved through a symlink.
+pub fn write_in_dir(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    tmp: &OsStr,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    use std::io::Write as _;
+    match rustix::fs::unlinkat(dir, tmp, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode & 0o777),
+    )?;
+    let written = (|| -> io::Result<()> {
+        // The umask may have taken bits off: set exactly `mode`, before the
+        // owner changes (after it, only CAP_FOWNER could).
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes)?;
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+        }
+        file.sync_all()?;
+        rustix::fs::renameat(dir, tmp, dir, name)?;
+        rustix::fs::fsync(dir)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+    }
+    written
 }
 
 #[cfg(test)]
@@ -121,6 +189,74 @@ mod tests {
         write_atomically(&f, b"two", 0o640).unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"two");
         assert!(!temp_twin(&f).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ha-agent-paths-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// A symlink planted at the temporary path is not followed (the old
+    /// code wrote the secret through it), and one at the final path is
+    /// replaced, not written through.
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        let dir = temp_dir("symlink");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        let key = dir.join("sync.key");
+        std::os::unix::fs::symlink(&victim, temp_twin(&key)).unwrap();
+        write_atomically(&key, b"secret", 0o600).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+        assert!(!std::fs::symlink_metadata(&key).unwrap().is_symlink());
+
+        let token = dir.join("join.token");
+        std::os::unix::fs::symlink(&victim, &token).unwrap();
+        write_atomically(&token, b"token", 0o600).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(!std::fs::symlink_metadata(&token).unwrap().is_symlink());
+        assert_eq!(mode_of(&token), 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A stale temporary file someone holds open never receives the new
+    /// bytes: the old code truncated and wrote that very file (0644 here),
+    /// so its reader got the secret.
+    #[test]
+    fn a_stale_temporary_file_is_replaced_not_reused() {
+        use std::io::Read as _;
+        let dir = temp_dir("stale");
+        let key = dir.join("sync.key");
+        std::fs::write(temp_twin(&key), b"").unwrap();
+        let mut spy = std::fs::File::open(temp_twin(&key)).unwrap();
+        write_atomically(&key, b"secret", 0o600).unwrap();
+        let mut seen = Vec::new();
+        spy.read_to_end(&mut seen).unwrap();
+        assert!(seen.is_empty(), "the secret leaked through a stale file");
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+        assert_eq!(mode_of(&key), 0o600);
+        assert!(!temp_twin(&key).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The file gets exactly its mode, whatever the umask would have left.
+    #[test]
+    fn files_get_exactly_their_mode() {
+        let dir = temp_dir("mode");
+        let f = dir.join("status.json");
+        write_atomically(&f, b"{}", 0o644).unwrap();
+        assert_eq!(mode_of(&f), 0o644);
+        write_atomically(&f, b"{}", 0o600).unwrap();
+        assert_eq!(mode_of(&f), 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

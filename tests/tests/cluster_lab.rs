@@ -297,19 +297,35 @@ fn seed_example_end_to_end() {
     );
     let rules = d1.join("rules.nft");
     std::fs::write(&rules, "# ruleset v1\n").unwrap();
-    let mut cfg: toml::Table = std::fs::read_to_string(&c1).unwrap().parse().unwrap();
-    let cluster = cfg["cluster"].as_table_mut().unwrap();
-    cluster.insert(
-        "sync_files".into(),
-        toml::Value::Array(vec![rules.display().to_string().into()]),
-    );
+    // A secondary writes only the files its own configuration lists and
+    // runs only its own reload hook: list the file and set the hook there
+    // first (once the pushes above are in, so none rewrites it meanwhile),
+    // then on the primary, whose hook is not sent.
+    wait_for("the pushes applied", Duration::from_secs(15), || {
+        let c = std::fs::read_to_string(&c2).unwrap_or_default();
+        c.contains("10.0.0.100/24")
+            && c.contains("10.1.0.1/24")
+            && status(&lab, "fw2", &pins2.0).contains("config sync: Up to Date")
+    });
     let hook_out = d2.join("hook-ran");
-    cluster.insert(
-        "reload_hook".into(),
-        format!("touch {}", hook_out.display()).into(),
-    );
-    std::fs::write(&c1, toml::to_string(&cfg).unwrap()).unwrap();
-    ok(&lab, "fw1", &["reload", "--instance", &pins1.0], None);
+    let primary_hook_out = d2.join("primary-hook-ran");
+    for (c, node, pins, hook) in [
+        (&c2, "fw2", &pins2, &hook_out),
+        (&c1, "fw1", &pins1, &primary_hook_out),
+    ] {
+        let mut cfg: toml::Table = std::fs::read_to_string(c).unwrap().parse().unwrap();
+        let cluster = cfg["cluster"].as_table_mut().unwrap();
+        cluster.insert(
+            "sync_files".into(),
+            toml::Value::Array(vec![rules.display().to_string().into()]),
+        );
+        cluster.insert(
+            "reload_hook".into(),
+            format!("touch {}", hook.display()).into(),
+        );
+        std::fs::write(c, toml::to_string(&cfg).unwrap()).unwrap();
+        ok(&lab, node, &["reload", "--instance", &pins.0], None);
+    }
     let synced = root2.join(rules.strip_prefix("/").unwrap());
     wait_for("config on the secondary", Duration::from_secs(15), || {
         let c = std::fs::read_to_string(&c2).unwrap_or_default();
@@ -329,6 +345,10 @@ fn seed_example_end_to_end() {
             status(&lab, "fw1", &pins1.0).contains("config sync: Up to Date")
                 && status(&lab, "fw2", &pins2.0).contains("config sync: Up to Date")
         },
+    );
+    assert!(
+        !primary_hook_out.exists(),
+        "the primary's reload hook never runs on the secondary"
     );
     let s1 = status(&lab, "fw1", &pins1.0);
     let s2 = status(&lab, "fw2", &pins2.0);

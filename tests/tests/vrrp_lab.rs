@@ -31,6 +31,24 @@ fn agents_elect_and_the_backup_takes_over_a_hard_crash() {
         (Some(1), Some(0)),
         "one ownership bit, on the master"
     );
+    // The agents set the ARP sysctls of their data interfaces themselves
+    // (the lab leaves them at the kernel's 0), not of the HA link.
+    for fw in ["fw1", "fw2"] {
+        let get = |iface: &str, name: &str| {
+            let key = format!("net.ipv4.conf.{iface}.{name}");
+            let out = lab.exec(fw, &["sysctl", "-n", &key]).unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        for iface in ["lan0", "wan0"] {
+            assert_eq!(get(iface, "arp_ignore"), "1", "{fw} {iface}");
+            assert_eq!(get(iface, "arp_announce"), "2", "{fw} {iface}");
+        }
+        assert_eq!(
+            get("ha0", "arp_ignore"),
+            "0",
+            "{fw} ha0 is not a data interface"
+        );
+    }
     let mac1 = lab.mac(("fw1", "lan0")).unwrap().to_ascii_lowercase();
     let mac2 = lab.mac(("fw2", "lan0")).unwrap().to_ascii_lowercase();
     assert_eq!(arp_answers(&lab), BTreeSet::from([mac1]));

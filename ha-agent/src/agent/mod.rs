@@ -156,6 +156,7 @@ impl Agent {
             },
         })?;
         setup::install_vips(&config, &mut dp)?;
+        setup::arp_sysctls(&config.data_interfaces());
         if config.data_interfaces().contains(&config.ha.interface) {
             // One XDP program per interface: the data gate it is (VRRP and
             // sync to our own address pass it), without the HA-link filter.

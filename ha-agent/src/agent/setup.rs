@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, process::Command};
 
 use anyhow::Context as _;
+use tracing::{info, warn};
 
 use super::net::GarpSender;
 use crate::{
@@ -63,6 +64,44 @@ pub fn vip_specs(config: &Config) -> Vec<VipSpec> {
         }
     }
     vips
+}
+
+/// The ARP sysctls a data interface needs, as (name, minimum): the VIPs
+/// sit on every node's interfaces and only the master may speak for them.
+/// `arp_ignore=1`: answer ARP only for addresses of the interface asked on;
+/// `arp_announce=2`: never name a VIP (or any address not of that
+/// interface's subnet) as the source of the kernel's own ARP requests, which
+/// would point LAN hosts at a backup. The kernel uses the larger of `all` and
+/// the interface's value, so a stricter setting made by the operator stays.
+pub const ARP_SYSCTLS: [(&str, u32); 2] = [("arp_ignore", 1), ("arp_announce", 2)];
+
+/// Sets [`ARP_SYSCTLS`] on each data interface (in the agent's network
+/// namespace), raising a lower value, keeping a higher one. A failure is a
+/// warning naming the interface and the sysctl, not a reason to stop: the
+/// data plane still works, the kernel may then ARP for a VIP it does not own.
+pub fn arp_sysctls(ifaces: &[String]) {
+    for iface in ifaces {
+        if iface.is_empty() || iface.contains('/') || iface == "." || iface == ".." {
+            warn!(%iface, "not an interface name: ARP sysctls not set");
+            continue;
+        }
+        for (name, want) in ARP_SYSCTLS {
+            let path = format!("/proc/sys/net/ipv4/conf/{iface}/{name}");
+            let now = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            if now.is_some_and(|v| v >= want) {
+                continue;
+            }
+            match std::fs::write(&path, format!("{want}\n")) {
+                Ok(()) => info!(%iface, sysctl = name, value = want, was = ?now, "ARP sysctl set"),
+                Err(e) => warn!(
+                    %iface, sysctl = name, value = want, cause = %e,
+                    "could not set the ARP sysctl (set net.ipv4.conf.<iface>.{name}={want} by hand): the kernel may answer or announce a VIP this node does not own"
+                ),
+            }
+        }
+    }
 }
 
 /// `ip addr replace|del <vip> dev <iface>`.

@@ -5,13 +5,13 @@
 
 use tracing::{info, warn};
 
-use super::{Shared, lock};
+use super::{Shared, config_sync::without_commands, lock};
 use crate::{
     agent::{
         request::{self, ToLoop},
         setup,
     },
-    config::{ClusterRole, Config},
+    config::{ClusterRole, Config, SharedConfig},
     dataplane::Dataplane,
     paths::StateFile,
 };
@@ -31,14 +31,8 @@ pub async fn reload(
         && c.role == ClusterRole::Secondary
         && !from_primary
     {
-        let synced =
-            std::fs::read_to_string(StateFile::SyncedShared.path(path)).unwrap_or_default();
-        if next.shared_text() != synced {
-            return Err(format!(
-                "not applied: this node is the secondary, and its groups, VIPs and data interfaces are synchronized from the primary ({}): make the change there",
-                c.primary
-            ));
-        }
+        let synced = std::fs::read_to_string(StateFile::SyncedShared.path(path)).ok();
+        secondary_may_apply(&next, synced.as_deref(), c.primary)?;
     }
     if structure(&next) != structure(&current) {
         return Err("not applied: only VIPs, data interfaces and synced files change live; other changes need a restart of the agent".into());
@@ -49,6 +43,12 @@ pub async fn reload(
     }
     let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
     let (old_ifaces, new_ifaces) = (current.data_interfaces(), next.data_interfaces());
+    let added: Vec<String> = new_ifaces
+        .iter()
+        .filter(|i| !old_ifaces.contains(i))
+        .cloned()
+        .collect();
+    setup::arp_sysctls(&added);
     for iface in new_ifaces.iter().filter(|i| !old_ifaces.contains(i)) {
         if *iface == next.ha.interface {
             let _ = dp.detach_iface("ha_link", iface);
@@ -72,6 +72,26 @@ pub async fn reload(
     *lock(&shared.config) = next;
     shared.changed.notify_one();
     Ok(applied)
+}
+
+/// On a secondary, a hand edit may change anything but the synchronized
+/// sections (`synced`: as last received): the groups' commands (notify,
+/// services, their timeout) and the `[cluster]` section (sync files, reload
+/// hook) are this node's own.
+fn secondary_may_apply(
+    next: &Config,
+    synced: Option<&str>,
+    primary: std::net::Ipv4Addr,
+) -> Result<(), String> {
+    let synced = synced
+        .and_then(|t| toml::from_str::<SharedConfig>(t).ok())
+        .map(without_commands);
+    if synced != Some(without_commands(next.shared())) {
+        return Err(format!(
+            "not applied: this node is the secondary, and its groups, VIPs and data interfaces are synchronized from the primary ({primary}): make the change there"
+        ));
+    }
+    Ok(())
 }
 
 /// The configuration without what a reload can change live (VIPs, data
@@ -117,5 +137,23 @@ mod tests {
         let interval =
             parse(&BASE.replace("priority = 200", "priority = 200\nadvert_interval_ms = 10"));
         assert_ne!(structure(&base), structure(&interval));
+    }
+
+    #[test]
+    fn a_secondary_owns_its_commands_and_sync_files_not_the_shared_sections() {
+        let synced = parse(BASE).shared_text();
+        let primary = std::net::Ipv4Addr::new(10, 255, 0, 2);
+        let own = parse(&BASE.replace(
+            "name = \"fw\"",
+            "name = \"fw\"\nnotify = \"/usr/local/bin/n\"\nservices = [{ name = \"vpn\" }]",
+        ));
+        assert_eq!(secondary_may_apply(&own, Some(&synced), primary), Ok(()));
+        let vip = parse(&BASE.replace("10.0.0.1/24", "10.0.0.9/24"));
+        let e = secondary_may_apply(&vip, Some(&synced), primary).unwrap_err();
+        assert!(
+            e.contains("synchronized from the primary (10.255.0.2)"),
+            "{e}"
+        );
+        assert!(secondary_may_apply(&own, None, primary).is_err());
     }
 }

@@ -106,6 +106,10 @@ pub struct ConfigSyncStatus {
     pub hash: Option<String>,
     /// Unix ms of the last successful sync.
     pub synced_unix_ms: Option<u128>,
+    /// Pushes this secondary refused (bad path, not a listed file, symlink,
+    /// invalid configuration, failed reload or hook), each with its reason.
+    #[serde(default)]
+    pub refused_total: u64,
 }
 
 /// The agent's status.
