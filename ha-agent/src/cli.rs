@@ -38,7 +38,9 @@ pub enum Command {
         /// Instance name this node runs under once joined.
         #[arg(long, default_value = "ha")]
         instance: String,
-        /// Where to wait for the join (no configuration yet).
+        /// Where to wait for the join (no configuration yet): give this
+        /// node's HA address, e.g. `10.255.0.2:7789`; the default listens on
+        /// every address (and says so in the log).
         #[arg(long, default_value = "0.0.0.0:7789")]
         join_listen: std::net::SocketAddr,
     },
@@ -124,14 +126,27 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterVerb {
-    /// On the backup node, before the join: make a one-time join token.
-    JoinToken,
+    /// On the backup node, before the join: make a one-time join token
+    /// (written to `join.token` next to the configuration).
+    JoinToken {
+        /// How long the token is accepted, e.g. `30m`, `2h`.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
     /// Check this node can be the primary: the LAN interface exists, is up
     /// and has a static address.
     CheckPrimaryNode { lan_if: String },
-    /// Check the backup over the network (join token on stdin): reachable,
-    /// same version, same interface names, static address on the LAN.
-    CheckBackupNode { backup_ip: Ipv4Addr, lan_if: String },
+    /// Check the backup over the network: reachable, same version, same
+    /// interface names, static address on the LAN. The join token is asked
+    /// for at a prompt (no echo), or read from `--token-file`, or from
+    /// stdin when it is not a terminal.
+    CheckBackupNode {
+        backup_ip: Ipv4Addr,
+        lan_if: String,
+        /// File holding the join token (the backup's `join.token` will do).
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+    },
     /// Make this node the primary: HA between the two addresses, the VIP on
     /// the LAN interface, state sync, the cluster key.
     InitPrimaryNode {
@@ -146,10 +161,13 @@ pub enum ClusterVerb {
         #[arg(long, default_value_t = 10)]
         advert_ms: u64,
     },
-    /// Configure the backup from here (join token on stdin); the cluster key
-    /// goes to it encrypted, once.
+    /// Configure the backup from here (the join token as for
+    /// `check-backup-node`); the cluster key goes to it encrypted, once.
     InitBackupNode {
         lan_if: String,
+        /// File holding the join token (the backup's `join.token` will do).
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
         /// Root under which the backup writes synced files (labs whose nodes
         /// share a filesystem).
         #[arg(long)]
@@ -234,6 +252,10 @@ pub struct AttachArgs {
     /// first load).
     #[arg(long)]
     xdp_debug: bool,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30m, 2h)"))
 }
 
 fn parse_mgmt(s: &str) -> Result<(u8, u16), String> {
@@ -322,11 +344,15 @@ async fn local(instance: &str, req: LocalRequest) -> anyhow::Result<()> {
 async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()> {
     use crate::cluster as c;
     match verb {
-        ClusterVerb::JoinToken => c::join_token(path),
+        ClusterVerb::JoinToken { ttl } => c::join_token(path, ttl),
         ClusterVerb::CheckPrimaryNode { lan_if } => c::check_primary_node(&lan_if),
-        ClusterVerb::CheckBackupNode { backup_ip, lan_if } => {
-            c::check_backup_node(backup_ip, &lan_if).await.map(drop)
-        }
+        ClusterVerb::CheckBackupNode {
+            backup_ip,
+            lan_if,
+            token_file,
+        } => c::check_backup_node(backup_ip, &lan_if, token_file.as_deref())
+            .await
+            .map(drop),
         ClusterVerb::InitPrimaryNode {
             primary_ip,
             backup_ip,
@@ -340,9 +366,11 @@ async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()
             )
             .await
         }
-        ClusterVerb::InitBackupNode { lan_if, files_root } => {
-            c::init_backup_node(path, &lan_if, files_root).await
-        }
+        ClusterVerb::InitBackupNode {
+            lan_if,
+            files_root,
+            token_file,
+        } => c::init_backup_node(path, &lan_if, files_root, token_file.as_deref()).await,
         ClusterVerb::AddLanInterface {
             primary_ip,
             backup_ip,
