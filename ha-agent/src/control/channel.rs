@@ -428,6 +428,18 @@ impl Reason {
         }
     }
 
+    /// What an operator reading the log should know about a refusal at
+    /// admission.
+    const fn hint(self) -> &'static str {
+        match self {
+            Reason::NotPeer => "not a peer (ha.peers): closed before reading",
+            Reason::NoToken => {
+                "no valid join token on this node (run `ha-agent cluster join-token`): closed before reading"
+            }
+            _ => "closed before reading",
+        }
+    }
+
     fn of(e: &ChannelError) -> Self {
         match e {
             ChannelError::Auth | ChannelError::WeakKey => Reason::AuthFailed,
@@ -595,7 +607,7 @@ pub async fn serve_loop<A, H, Fut>(
             Ok(k) => k,
             Err(r) => {
                 drop(stream);
-                server.reject(r, Some(from), &"refused before reading");
+                server.reject(r, Some(from), &r.hint());
                 continue;
             }
         };
