@@ -30,7 +30,8 @@
 //!
 //! Servers ([`serve_loop`]) admit a source (a peer, or anyone holding a join
 //! token) before reading anything, bound the connections waiting to
-//! authenticate (the oldest is evicted when full), bound the authenticated
+//! authenticate, per source and in all (the oldest is evicted when full, a
+//! flooding source's own first), bound the authenticated
 //! exchanges, give a connection [`Limits::auth_timeout`] to authenticate,
 //! back off on accept errors, and count every rejection by reason.
 
@@ -498,6 +499,9 @@ pub struct Limits {
     /// Connections waiting to authenticate; a new one beyond this evicts
     /// the oldest (so idle connections cannot keep a peer out).
     pub pending: usize,
+    /// Of those, from one source address; a new one beyond this evicts
+    /// that source's oldest (so one flooding host only evicts itself).
+    pub pending_per_source: usize,
     /// Authenticated exchanges in progress; beyond, closed at once.
     pub active: usize,
     /// From accept to an authenticated head.
@@ -510,6 +514,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             pending: 16,
+            pending_per_source: 4,
             active: 16,
             auth_timeout: Duration::from_secs(2),
             exchange_timeout: TIMEOUT,
@@ -528,7 +533,29 @@ pub fn accept_backoff(n: u32) -> Duration {
 #[derive(Default)]
 struct Pending {
     next: u64,
-    waiting: VecDeque<(u64, oneshot::Sender<()>)>,
+    waiting: VecDeque<(u64, IpAddr, oneshot::Sender<()>)>,
+}
+
+impl Pending {
+    /// Makes room for a connection from `from` (evicting that source's
+    /// oldest if it has its share, else the oldest of all if full) and
+    /// registers it.
+    fn admit(&mut self, from: IpAddr, limits: &Limits) -> (u64, oneshot::Receiver<()>) {
+        let mine = self.waiting.iter().filter(|(_, ip, _)| *ip == from).count();
+        if mine >= limits.pending_per_source.max(1) {
+            if let Some(i) = self.waiting.iter().position(|(_, ip, _)| *ip == from) {
+                // Dropping the sender wakes that connection, which closes
+                // and counts itself.
+                self.waiting.remove(i);
+            }
+        } else if self.waiting.len() >= limits.pending.max(1) {
+            self.waiting.pop_front();
+        }
+        let (tx, rx) = oneshot::channel();
+        self.next += 1;
+        self.waiting.push_back((self.next, from, tx));
+        (self.next, rx)
+    }
 }
 
 /// State shared by a server's accept loop and its connections.
@@ -560,7 +587,9 @@ struct PendingGuard<'a>(&'a Mutex<Pending>, u64);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        super::lock(self.0).waiting.retain(|(id, _)| *id != self.1);
+        super::lock(self.0)
+            .waiting
+            .retain(|(id, _, _)| *id != self.1);
     }
 }
 
@@ -611,19 +640,7 @@ pub async fn serve_loop<A, H, Fut>(
                 continue;
             }
         };
-        let (id, evict) = {
-            let mut p = super::lock(&server.pending);
-            if p.waiting.len() >= limits.pending.max(1) {
-                // Dropping the sender wakes the oldest connection, which
-                // closes and counts itself.
-                p.waiting.pop_front();
-            }
-            let (tx, rx) = oneshot::channel();
-            p.next += 1;
-            let id = p.next;
-            p.waiting.push_back((id, tx));
-            (id, rx)
-        };
+        let (id, evict) = super::lock(&server.pending).admit(from.ip(), &limits);
         let server = server.clone();
         tokio::spawn(async move {
             if let Err((r, e)) = connection(&server, stream, from, psk, id, evict).await {

@@ -337,3 +337,46 @@ async fn an_idle_connection_is_closed_after_the_auth_timeout() {
     assert!(t0.elapsed() < limits.auth_timeout + Duration::from_secs(1));
     wait_count(&counters, Reason::Timeout, 1).await;
 }
+
+/// A connection from `source` (an address of the loopback) to `server`.
+async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    sock.connect(server).await.unwrap()
+}
+
+/// One host flooding the port evicts only its own waiting connections: a
+/// peer half-way through its handshake, from another address, is answered
+/// although the flood goes on while it authenticates.
+#[tokio::test]
+async fn a_flooding_host_evicts_only_itself() {
+    let limits = Limits::default();
+    let (server, counters, handled) = start(any_source, limits).await;
+    let mut flood = Vec::new();
+    for _ in 0..limits.pending {
+        flood.push(connect_from("127.0.0.1", server).await);
+    }
+    let mut peer = connect_from("127.0.0.2", server).await;
+    let mut hello = [0u8; HELLO];
+    peer.read_exact(&mut hello).await.unwrap();
+    for _ in 0..(limits.pending * 4) {
+        flood.push(connect_from("127.0.0.1", server).await);
+    }
+    let (session, mine) = client_start(&PSK, &hello).unwrap();
+    let mut out = mine.to_vec();
+    out.extend(session.seal(Dir::Request, &serde_json::to_vec(&Request::Info).unwrap()));
+    peer.write_all(&out).await.unwrap();
+    let mut head = [0u8; HEAD];
+    peer.read_exact(&mut head)
+        .await
+        .expect("the peer was answered, not evicted");
+    let len = session.open_head(Dir::Response, &head).unwrap();
+    let body = read_body(&mut peer, len).await.unwrap();
+    let r: Response =
+        serde_json::from_slice(&session.open_body(Dir::Response, &body).unwrap()).unwrap();
+    assert!(matches!(r, Response::Done { .. }), "{r:?}");
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    wait_count(&counters, Reason::Evicted, (limits.pending * 4) as u64).await;
+    drop(flood);
+}
