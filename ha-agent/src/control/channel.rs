@@ -593,11 +593,22 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// What the accept loop needs of a listener (tests inject failures).
+pub trait Acceptor {
+    fn accept(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    fn accept(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send {
+        TcpListener::accept(self)
+    }
+}
+
 /// Serves the channel on `listener` until dropped. `admit` decides for a
 /// source address, before anything is read, under which pre-shared key it
 /// is served (or why not); `handle` answers an authenticated request.
 pub async fn serve_loop<A, H, Fut>(
-    listener: TcpListener,
+    listener: impl Acceptor,
     name: &'static str,
     limits: Limits,
     counters: Arc<Counters>,

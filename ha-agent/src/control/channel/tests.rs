@@ -380,3 +380,46 @@ async fn a_flooding_host_evicts_only_itself() {
     wait_count(&counters, Reason::Evicted, (limits.pending * 4) as u64).await;
     drop(flood);
 }
+
+/// A listener whose every accept fails as at the file-descriptor limit.
+struct OutOfFds(Arc<AtomicUsize>);
+
+impl Acceptor for OutOfFds {
+    fn accept(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        async {
+            // As a real accept does, so that a loop that does not back off
+            // spins (and is counted) rather than starving the test.
+            tokio::task::consume_budget().await;
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        }
+    }
+}
+
+/// At the file-descriptor limit the accept loop sleeps between attempts
+/// (5 ms doubling to 1 s) instead of spinning (paused clock: exact).
+#[tokio::test(start_paused = true)]
+async fn accept_errors_back_off_instead_of_spinning() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counters = Arc::new(Counters::default());
+    let task = tokio::spawn(serve_loop(
+        OutOfFds(calls.clone()),
+        "test",
+        Limits::default(),
+        counters.clone(),
+        any_source,
+        |_, _| async { Response::Refused("never".into()) },
+    ));
+    // Ten seconds, a millisecond at a time (a spinning loop never lets a
+    // paused clock move on its own).
+    for _ in 0..10_000 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let n = calls.load(Ordering::SeqCst);
+        assert!(n <= 20, "{n} accepts: the loop spins");
+    }
+    let n = calls.load(Ordering::SeqCst);
+    // 5+10+...+640 ms, then one a second: 17 or so in ten seconds.
+    assert!((10..=20).contains(&n), "{n} accepts in ten seconds");
+    assert_eq!(counters.get(Reason::AcceptError) as usize, n);
+    task.abort();
+}
