@@ -423,3 +423,53 @@ async fn accept_errors_back_off_instead_of_spinning() {
     assert_eq!(counters.get(Reason::AcceptError) as usize, n);
     task.abort();
 }
+
+/// Authenticated exchanges beyond the limit are closed at once and counted
+/// (the handler of the one in progress is not disturbed).
+#[tokio::test]
+async fn exchanges_beyond_the_limit_are_closed_at_once() {
+    let limits = Limits {
+        active: 1,
+        ..Limits::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let counters = Arc::new(Counters::default());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let entered = Arc::new(AtomicUsize::new(0));
+    let (r, e) = (release.clone(), entered.clone());
+    tokio::spawn(serve_loop(
+        listener,
+        "test",
+        limits,
+        counters.clone(),
+        any_source,
+        move |_, _| {
+            e.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            async move {
+                r.notified().await;
+                Response::Done {
+                    hash: "slow".into(),
+                }
+            }
+        },
+    ));
+    let first = tokio::spawn(async move { try_call(server, &PSK, &Request::Info).await });
+    while entered.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = try_call(server, &PSK, &Request::Info).await;
+    assert!(
+        matches!(second, Err(ChannelError::Unanswered(_))),
+        "{second:?}"
+    );
+    wait_count(&counters, Reason::Busy, 1).await;
+    assert_eq!(entered.load(Ordering::SeqCst), 1);
+    release.notify_one();
+    let first = first.await.unwrap();
+    assert!(
+        matches!(first, Ok(Response::Done { ref hash }) if hash == "slow"),
+        "{first:?}"
+    );
+}
