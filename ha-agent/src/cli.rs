@@ -503,6 +503,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_join_token_flags_parse() {
+        let cli =
+            Cli::try_parse_from(["ha-agent", "cluster", "join-token", "--ttl", "30m"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { verb: ClusterVerb::JoinToken { ttl }, .. } if ttl == Duration::from_secs(1800)
+        ));
+        let cli = Cli::try_parse_from(["ha-agent", "cluster", "join-token"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { verb: ClusterVerb::JoinToken { ttl }, .. } if ttl == Duration::from_secs(3600)
+        ));
+        assert!(parse_ttl("soon").unwrap_err().contains("e.g. 30m"));
+        let cli = Cli::try_parse_from([
+            "ha-agent",
+            "cluster",
+            "init-backup-node",
+            "lan0",
+            "--token-file",
+            "/tmp/t",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { verb: ClusterVerb::InitBackupNode { token_file: Some(ref f), .. }, .. }
+                if f == std::path::Path::new("/tmp/t")
+        ));
+    }
+
+    #[test]
     fn mgmt_and_vip_arguments_parse_or_say_why() {
         assert_eq!(parse_mgmt("tcp/22"), Ok((6, 22)));
         assert_eq!(parse_mgmt("udp/161"), Ok((17, 161)));

@@ -536,3 +536,33 @@ pub fn show_config(config_path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--token-file` takes the backup's own token file (token, then its
+    /// expiry) or a file holding just the token; anything else is named.
+    #[test]
+    fn the_token_file_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ha-agent-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = join::JoinToken::generate(join::DEFAULT_TTL, SystemTime::now()).unwrap();
+        let file = dir.join("join.token");
+        std::fs::write(&file, t.file_text()).unwrap();
+        assert_eq!(read_token(Some(&file)).unwrap(), t.secret);
+        std::fs::write(&file, format!("\n  {}  \n", t.secret)).unwrap();
+        assert_eq!(read_token(Some(&file)).unwrap(), t.secret);
+        std::fs::write(&file, "not a token\n").unwrap();
+        let e = read_token(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("expected 32 hex digits"), "{e}");
+        std::fs::write(&file, "").unwrap();
+        let e = read_token(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("no join token given"), "{e}");
+        let e = read_token(Some(&dir.join("missing")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reading the join token from"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
