@@ -38,7 +38,9 @@ pub enum Command {
         /// Instance name this node runs under once joined.
         #[arg(long, default_value = "ha")]
         instance: String,
-        /// Where to wait for the join (no configuration yet).
+        /// Where to wait for the join (no configuration yet): give this
+        /// node's HA address, e.g. `10.255.0.2:7789`; the default listens on
+        /// every address (and says so in the log).
         #[arg(long, default_value = "0.0.0.0:7789")]
         join_listen: std::net::SocketAddr,
     },
@@ -124,14 +126,27 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterVerb {
-    /// On the backup node, before the join: make a one-time join token.
-    JoinToken,
+    /// On the backup node, before the join: make a one-time join token
+    /// (written to `join.token` next to the configuration).
+    JoinToken {
+        /// How long the token is accepted, e.g. `30m`, `2h`.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
     /// Check this node can be the primary: the LAN interface exists, is up
     /// and has a static address.
     CheckPrimaryNode { lan_if: String },
-    /// Check the backup over the network (join token on stdin): reachable,
-    /// same version, same interface names, static address on the LAN.
-    CheckBackupNode { backup_ip: Ipv4Addr, lan_if: String },
+    /// Check the backup over the network: reachable, same version, same
+    /// interface names, static address on the LAN. The join token is asked
+    /// for at a prompt (no echo), or read from `--token-file`, or from
+    /// stdin when it is not a terminal.
+    CheckBackupNode {
+        backup_ip: Ipv4Addr,
+        lan_if: String,
+        /// File holding the join token (the backup's `join.token` will do).
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+    },
     /// Make this node the primary: HA between the two addresses, the VIP on
     /// the LAN interface, state sync, the cluster key.
     InitPrimaryNode {
@@ -146,10 +161,13 @@ pub enum ClusterVerb {
         #[arg(long, default_value_t = 10)]
         advert_ms: u64,
     },
-    /// Configure the backup from here (join token on stdin); the cluster key
-    /// goes to it encrypted, once.
+    /// Configure the backup from here (the join token as for
+    /// `check-backup-node`); the cluster key goes to it encrypted, once.
     InitBackupNode {
         lan_if: String,
+        /// File holding the join token (the backup's `join.token` will do).
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
         /// Root under which the backup writes synced files (labs whose nodes
         /// share a filesystem).
         #[arg(long)]
@@ -244,6 +262,10 @@ pub struct AttachArgs {
     xdp_debug: bool,
 }
 
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30m, 2h)"))
+}
+
 fn parse_mgmt(s: &str) -> Result<(u8, u16), String> {
     crate::config::parse_mgmt(s).map_err(|problem| format!("{s:?}: {problem}"))
 }
@@ -330,11 +352,15 @@ async fn local(instance: &str, req: LocalRequest) -> anyhow::Result<()> {
 async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()> {
     use crate::cluster as c;
     match verb {
-        ClusterVerb::JoinToken => c::join_token(path),
+        ClusterVerb::JoinToken { ttl } => c::join_token(path, ttl),
         ClusterVerb::CheckPrimaryNode { lan_if } => c::check_primary_node(&lan_if),
-        ClusterVerb::CheckBackupNode { backup_ip, lan_if } => {
-            c::check_backup_node(backup_ip, &lan_if).await.map(drop)
-        }
+        ClusterVerb::CheckBackupNode {
+            backup_ip,
+            lan_if,
+            token_file,
+        } => c::check_backup_node(backup_ip, &lan_if, token_file.as_deref())
+            .await
+            .map(drop),
         ClusterVerb::InitPrimaryNode {
             primary_ip,
             backup_ip,
@@ -348,9 +374,11 @@ async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()
             )
             .await
         }
-        ClusterVerb::InitBackupNode { lan_if, files_root } => {
-            c::init_backup_node(path, &lan_if, files_root).await
-        }
+        ClusterVerb::InitBackupNode {
+            lan_if,
+            files_root,
+            token_file,
+        } => c::init_backup_node(path, &lan_if, files_root, token_file.as_deref()).await,
         ClusterVerb::AddLanInterface {
             primary_ip,
             backup_ip,
@@ -501,6 +529,36 @@ async fn probe(iface: &str, duration: Duration) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_join_token_flags_parse() {
+        let cli =
+            Cli::try_parse_from(["ha-agent", "cluster", "join-token", "--ttl", "30m"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { verb: ClusterVerb::JoinToken { ttl }, .. } if ttl == Duration::from_secs(1800)
+        ));
+        let cli = Cli::try_parse_from(["ha-agent", "cluster", "join-token"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { verb: ClusterVerb::JoinToken { ttl }, .. } if ttl == Duration::from_secs(3600)
+        ));
+        assert!(parse_ttl("soon").unwrap_err().contains("e.g. 30m"));
+        let cli = Cli::try_parse_from([
+            "ha-agent",
+            "cluster",
+            "init-backup-node",
+            "lan0",
+            "--token-file",
+            "/tmp/t",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { verb: ClusterVerb::InitBackupNode { token_file: Some(ref f), .. }, .. }
+                if f == std::path::Path::new("/tmp/t")
+        ));
+    }
 
     #[test]
     fn mgmt_and_vip_arguments_parse_or_say_why() {

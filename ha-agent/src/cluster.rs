@@ -4,24 +4,27 @@
 //!
 //! ```text
 //! check-primary-node <lan_if>
-//! check-backup-node <backup_ip> <lan_if>          (join token on stdin)
+//! check-backup-node <backup_ip> <lan_if>          (join token: prompt or --token-file)
 //! init-primary-node <primary_ip> <backup_ip> <vip_cidr> <lan_if>
-//! init-backup-node <lan_if>                        (join token on stdin)
+//! init-backup-node <lan_if>                        (join token: prompt or --token-file)
 //! add-lan-interface <primary_ip> <backup_ip> <vip_cidr>
 //! add-vip <if> <vip_cidr> / remove-vip <if> <vip_cidr> / remove-interface <if>
 //! show-config / status
 //! ```
 //!
 //! Where the seed pipes the backup's root password into an SSH session, we
-//! pipe a one-time join token: the secondary prints it (`join-token`) while
-//! its agent waits to be joined; the primary derives a key from it, and the
-//! cluster's sync key travels encrypted under that key, once. After the join
-//! the token is gone and everything uses the sync key.
+//! use a one-time join token: the secondary prints it (`join-token`, valid
+//! for an hour by default) while its agent waits to be joined; the primary
+//! and the secondary run the control channel's handshake (ephemeral X25519
+//! bound to a key derived from the token), and the cluster key travels
+//! encrypted under that session, once. After the join the token is gone and
+//! everything uses keys derived from the cluster key.
 
 use std::{
     io::Read as _,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -31,6 +34,7 @@ use crate::{
     control::{
         channel::{self, Request, Response},
         host::{self, NodeInfo},
+        join,
         local::{self, LocalRequest},
     },
     paths::{self, StateFile},
@@ -43,34 +47,59 @@ pub const SYNC_PORT: u16 = 7788;
 /// VRID of the cluster's VRRP instance.
 pub const VRID: u8 = 51;
 
-/// Reads the join token from stdin (as the seed reads the root password).
-fn token_from_stdin() -> anyhow::Result<String> {
-    let mut t = String::new();
-    std::io::stdin()
-        .read_to_string(&mut t)
-        .context("reading the join token from stdin")?;
-    let t = t.trim().to_owned();
-    if t.is_empty() {
+/// Reads the join token: from `file` if given (the backup's `join.token`
+/// itself will do), else at a prompt without echo when stdin is a
+/// terminal, else from stdin (scripts: `< file`). Never from the command
+/// line, which would leave it in the shell history and in `ps`.
+fn read_token(file: Option<&Path>) -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the join token from {}", f.display()))?,
+        None if std::io::stdin().is_terminal() => rpassword::prompt_password(
+            "join token (printed by `ha-agent cluster join-token` on the backup): ",
+        )
+        .context("reading the join token at the prompt")?,
+        None => {
+            let mut t = String::new();
+            std::io::stdin()
+                .read_to_string(&mut t)
+                .context("reading the join token from stdin")?;
+            t
+        }
+    };
+    let token = text.lines().map(str::trim).find(|l| !l.is_empty());
+    let Some(token) = token else {
         bail!(
-            "no join token on stdin: on the backup node run `ha-agent cluster join-token`, then \
-             `echo <token> | ha-agent cluster ...` here"
+            "no join token given: on the backup node run `ha-agent cluster join-token`, then give it \
+             here at the prompt or with --token-file FILE"
         );
-    }
-    Ok(t)
+    };
+    join::check_secret(token)?;
+    Ok(token.to_owned())
 }
 
-/// Makes a one-time join token for this node and prints it.
-pub fn join_token(config_path: &Path) -> anyhow::Result<()> {
-    let mut raw = [0u8; 16];
-    getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+/// Makes a one-time join token for this node, valid for `ttl`, and prints
+/// it.
+pub fn join_token(config_path: &Path, ttl: Duration) -> anyhow::Result<()> {
+    if ttl.is_zero() || ttl > join::MAX_TTL {
+        bail!(
+            "--ttl {}: give a validity between 1 s and {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(join::MAX_TTL)
+        );
+    }
+    let token = join::JoinToken::generate(ttl, SystemTime::now())?;
     let path = StateFile::JoinToken.path(config_path);
-    paths::write_atomically(&path, format!("{token}\n").as_bytes(), 0o600)
+    paths::write_atomically(&path, token.file_text().as_bytes(), 0o600)
         .with_context(|| format!("writing {}", path.display()))?;
-    println!("{token}");
+    println!("{}", token.secret);
     eprintln!(
-        "join token written to {} (used once). On the primary:\n  echo {token} | ha-agent cluster check-backup-node <backup_ip> <lan_if>\n  echo {token} | ha-agent cluster init-backup-node <lan_if>",
-        path.display()
+        "join token written to {} (used once, valid for {}). On the primary, give it at the prompt of\n  \
+         ha-agent cluster check-backup-node <backup_ip> <lan_if>\n  ha-agent cluster init-backup-node <lan_if>\n\
+         or copy that file there and add --token-file FILE.",
+        path.display(),
+        humantime::format_duration(ttl),
     );
     Ok(())
 }
@@ -161,9 +190,13 @@ pub fn check_primary_node(lan_if: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `check-backup-node <backup_ip> <lan_if>`, join token on stdin.
-pub async fn check_backup_node(backup_ip: Ipv4Addr, lan_if: &str) -> anyhow::Result<NodeInfo> {
-    let token = token_from_stdin()?;
+/// `check-backup-node <backup_ip> <lan_if>`, with the join token.
+pub async fn check_backup_node(
+    backup_ip: Ipv4Addr,
+    lan_if: &str,
+    token_file: Option<&Path>,
+) -> anyhow::Result<NodeInfo> {
+    let token = read_token(token_file)?;
     let backup = peer_info(backup_ip, CONTROL_PORT, &channel::join_key(&token))
         .await
         .with_context(|| format!("backup node {backup_ip} is not reachable for the join (is its agent waiting, with a join token?)"))?;
@@ -270,15 +303,16 @@ vips = [{{ iface = "{lan_if}", address = "{vip}" }}]
     Ok(())
 }
 
-/// `init-backup-node <lan_if>`, join token on stdin: configures the backup
+/// `init-backup-node <lan_if>`, with the join token: configures the backup
 /// from here.
 pub async fn init_backup_node(
     config_path: &Path,
     lan_if: &str,
     files_root: Option<PathBuf>,
+    token_file: Option<&Path>,
 ) -> anyhow::Result<()> {
     let primary = primary_config(config_path)?;
-    let token = token_from_stdin()?;
+    let token = read_token(token_file)?;
     let backup_ip = *primary.ha.peers.first().context("no peer in ha.peers")?;
     let join = channel::join_key(&token);
     let backup = peer_info(backup_ip, CONTROL_PORT, &join)
@@ -501,4 +535,34 @@ pub fn show_config(config_path: &Path) -> anyhow::Result<()> {
         println!("reload hook: {h}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--token-file` takes the backup's own token file (token, then its
+    /// expiry) or a file holding just the token; anything else is named.
+    #[test]
+    fn the_token_file_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ha-agent-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = join::JoinToken::generate(join::DEFAULT_TTL, SystemTime::now()).unwrap();
+        let file = dir.join("join.token");
+        std::fs::write(&file, t.file_text()).unwrap();
+        assert_eq!(read_token(Some(&file)).unwrap(), t.secret);
+        std::fs::write(&file, format!("\n  {}  \n", t.secret)).unwrap();
+        assert_eq!(read_token(Some(&file)).unwrap(), t.secret);
+        std::fs::write(&file, "not a token\n").unwrap();
+        let e = read_token(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("expected 32 hex digits"), "{e}");
+        std::fs::write(&file, "").unwrap();
+        let e = read_token(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("no join token given"), "{e}");
+        let e = read_token(Some(&dir.join("missing")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reading the join token from"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

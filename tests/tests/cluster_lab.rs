@@ -1,8 +1,9 @@
 //! The seed's `ns-ha-config` configuration example, end to end with our CLI
 //! (`ha-agent cluster ...`) in the failover lab, all run "on the primary"
 //! (fw1) except the join token and the agent waiting on the backup (fw2):
-//! check-primary-node, check-backup-node, init-primary-node,
-//! init-backup-node, add-vip, add-lan-interface; then status on both nodes,
+//! check-primary-node, check-backup-node (with idle connections from a LAN
+//! host on the join port), init-primary-node, init-backup-node (token from
+//! the backup's token file), add-vip, add-lan-interface; then status on both nodes,
 //! a change on the primary appearing on the secondary (a VIP and a synced
 //! file), a refused edit on the secondary, and a planned demote/promote that
 //! loses no ping through the VIP gateway.
@@ -197,9 +198,23 @@ fn seed_example_end_to_end() {
             "10.0.0.3",
             "lan0",
         ],
-        Some("0000000000000000000000000000000\n"),
+        Some("00000000000000000000000000000000\n"),
     );
     assert!(!wrong.status.success(), "a wrong token must fail");
+    assert!(
+        text(&wrong).contains("wrong key or join token"),
+        "{}",
+        text(&wrong)
+    );
+    // Idle connections from a LAN host without the token do not hold the
+    // join port (it served one connection at a time: three were enough).
+    let idle: Vec<std::net::TcpStream> = lab
+        .run_in("client", || {
+            (0..100)
+                .map(|_| std::net::TcpStream::connect("10.0.0.3:7789").unwrap())
+                .collect()
+        })
+        .unwrap();
     let t = ok(
         &lab,
         "fw1",
@@ -214,6 +229,7 @@ fn seed_example_end_to_end() {
         Some(&format!("{token}\n")),
     );
     assert!(t.contains("OK"), "{t}");
+    drop(idle);
     let t = ok(
         &lab,
         "fw1",
@@ -255,8 +271,11 @@ fn seed_example_end_to_end() {
             "lan0",
             "--files-root",
             root2.to_str().unwrap(),
+            // The backup's token file itself (stdin is not read then).
+            "--token-file",
+            d2.join("join.token").to_str().unwrap(),
         ],
-        Some(&format!("{token}\n")),
+        None,
     );
     assert!(t.contains("initialized"), "{t}");
     wait_for("fw2 backup, in sync", Duration::from_secs(15), || {
@@ -265,6 +284,21 @@ fn seed_example_end_to_end() {
     });
     // The token is spent.
     assert!(!d2.join("join.token").exists());
+    // The control channel closes a LAN host (not a peer) at once, before
+    // anything is read or sent: it reads end of file, not a hello.
+    let first = lab
+        .run_in("client", || {
+            use std::io::Read as _;
+            let mut s = std::net::TcpStream::connect("10.0.0.2:7789").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            s.read(&mut buf).map_err(|e| e.kind())
+        })
+        .unwrap();
+    assert!(
+        matches!(first, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "a non-peer got {first:?}"
+    );
 
     // Changes on the primary reach the secondary: a VIP, a LAN interface,
     // and a synced file with its reload hook.

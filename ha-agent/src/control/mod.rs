@@ -23,7 +23,7 @@ pub mod local;
 pub mod reload;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -81,32 +81,63 @@ pub fn spawn(
     })
 }
 
+/// What the cluster channel's server counted since start (rejections by
+/// reason, requests answered): for the status.
+pub fn channel_rejections() -> channel::Rejections {
+    PEER_COUNTERS.snapshot()
+}
+
+/// What the join listener counted since start.
+pub fn join_rejections() -> channel::Rejections {
+    join::COUNTERS.snapshot()
+}
+
+static PEER_COUNTERS: std::sync::LazyLock<Arc<channel::Counters>> =
+    std::sync::LazyLock::new(Arc::default);
+
+/// Where the cluster channel listens: the HA address only (never every
+/// address, so a LAN host cannot even reach the port through another
+/// interface), on the cluster's control port.
+fn listen_addr(config: &Config) -> Option<SocketAddr> {
+    let cluster = config.cluster.as_ref()?;
+    Some(SocketAddr::from((config.ha.address, cluster.control_port)))
+}
+
 /// The cluster channel on the HA link: Info for checks, Push on a secondary.
+/// Only the configured peers (`ha.peers`, as the configuration in force
+/// now says) are served; any other source is closed before anything is
+/// read. `key` is the control key derived from the cluster key.
 async fn peer_server(shared: Arc<Shared>, key: Option<[u8; 32]>, to_loop: ToLoop) {
-    let (addr, port) = {
-        let c = lock(&shared.config);
-        let Some(cluster) = &c.cluster else { return };
-        (c.ha.address, cluster.control_port)
+    let Some(addr) = listen_addr(&lock(&shared.config)) else {
+        return;
     };
     let Some(key) = key else {
         warn!("cluster control channel off: it needs ha.sync_key_file");
         return;
     };
-    let listener = match TcpListener::bind(SocketAddr::from((addr, port))).await {
+    let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
-            warn!(cause = %e, %addr, port, "cluster control channel unavailable");
+            warn!(cause = %e, %addr, "cluster control channel unavailable");
             return;
         }
     };
-    loop {
-        let Ok((stream, from)) = listener.accept().await else {
-            continue;
-        };
+    let admit = {
+        let shared = shared.clone();
+        move |ip: IpAddr| {
+            let c = lock(&shared.config);
+            if c.ha.peers.iter().any(|p| IpAddr::V4(*p) == ip) {
+                Ok(key)
+            } else {
+                Err(channel::Reason::NotPeer)
+            }
+        }
+    };
+    let handle = move |_from, req| {
         let shared = shared.clone();
         let to_loop = to_loop.clone();
-        tokio::spawn(async move {
-            let r = channel::serve(stream, &[key], async |_, req| match req {
+        async move {
+            match req {
                 Request::Info => match host::info(true) {
                     Ok(i) => Response::Info(i),
                     Err(e) => Response::Refused(e.to_string()),
@@ -115,11 +146,49 @@ async fn peer_server(shared: Arc<Shared>, key: Option<[u8; 32]>, to_loop: ToLoop
                     Response::Refused("this node is already part of a cluster".into())
                 }
                 Request::Push(bundle) => config_sync::apply_push(&shared, bundle, &to_loop).await,
-            })
-            .await;
-            if let Err(e) = r {
-                warn!(%from, cause = %e, "cluster control request rejected");
             }
-        });
+        }
+    };
+    channel::serve_loop(
+        listener,
+        "cluster control",
+        channel::Limits::default(),
+        PEER_COUNTERS.clone(),
+        admit,
+        handle,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_channel_listens_on_the_ha_address_only() {
+        let text = r#"
+instance = "t"
+[ha]
+interface = "ha0"
+address = "10.255.0.1"
+peers = ["10.255.0.2"]
+[cluster]
+role = "primary"
+primary = "10.255.0.1"
+control_port = 7790
+[[group]]
+name = "g"
+[[group.vrrp]]
+name = "lan0"
+vrid = 1
+priority = 100
+vips = [{ iface = "lan0", address = "10.0.0.1/24" }]
+"#;
+        let config = Config::parse(text, std::path::Path::new("/nonexistent/config.toml"))
+            .expect("a valid configuration");
+        assert_eq!(
+            listen_addr(&config),
+            Some("10.255.0.1:7790".parse().unwrap())
+        );
     }
 }
