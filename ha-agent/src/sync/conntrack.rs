@@ -461,42 +461,7 @@ impl Conntrack {
                         break;
                     }
                 };
-                let mut off = 0;
-                while off < len {
-                    let Ok(nb) = NetlinkBuffer::new_checked(&self.rx[off..len]) else {
-                        break;
-                    };
-                    let msg_len = (nb.length() as usize).max(16).next_multiple_of(4);
-                    let seq = nb.sequence_number();
-                    let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(
-                        &self.rx[off..len.min(off + msg_len)],
-                    );
-                    off += msg_len;
-                    let i = seq.wrapping_sub(first_seq) as usize;
-                    if i >= n || got[i].is_some() {
-                        continue;
-                    }
-                    let answer = match parsed {
-                        Err(e) => Answer::Err(io::Error::other(format!("ctnetlink reply: {e}"))),
-                        Ok(m) => match m.payload {
-                            NetlinkPayload::Error(e) => match e.code {
-                                None => Answer::Ok,
-                                Some(code) => {
-                                    Answer::Err(io::Error::from_raw_os_error(-code.get()))
-                                }
-                            },
-                            NetlinkPayload::InnerMessage(inner) => match inner.inner {
-                                netlink_packet_netfilter::NetfilterMessageInner::Conntrack(c) => {
-                                    Answer::Entry(Box::new(c))
-                                }
-                                _ => Answer::Ok,
-                            },
-                            _ => Answer::Ok,
-                        },
-                    };
-                    got[i] = Some(answer);
-                    left -= 1;
-                }
+                left -= read_answers(&self.rx[..len], first_seq, &mut got);
             }
             answers.extend(
                 got.into_iter()
@@ -505,6 +470,59 @@ impl Conntrack {
         }
         answers
     }
+}
+
+/// Reads one received buffer of netlink messages (the kernel's bytes: checked,
+/// never trusted) into `got`, the answer to request `i` being the message of
+/// sequence `first_seq + i`; returns how many answers it filled. Messages of
+/// other sequences, repeats and undecodable bytes are skipped or become
+/// [`Answer::Err`]; nothing here panics (fuzz target `ctnetlink`).
+fn read_answers(rx: &[u8], first_seq: u32, got: &mut [Option<Answer>]) -> usize {
+    let (len, n) = (rx.len(), got.len());
+    let mut filled = 0;
+    let mut off = 0;
+    while off < len {
+        let Ok(nb) = NetlinkBuffer::new_checked(&rx[off..len]) else {
+            break;
+        };
+        let msg_len = (nb.length() as usize).max(16).next_multiple_of(4);
+        let seq = nb.sequence_number();
+        let parsed =
+            NetlinkMessage::<NetfilterMessage>::deserialize(&rx[off..len.min(off + msg_len)]);
+        off += msg_len;
+        let i = seq.wrapping_sub(first_seq) as usize;
+        if i >= n || got[i].is_some() {
+            continue;
+        }
+        let answer = match parsed {
+            Err(e) => Answer::Err(io::Error::other(format!("ctnetlink reply: {e}"))),
+            Ok(m) => match m.payload {
+                NetlinkPayload::Error(e) => match e.code {
+                    None => Answer::Ok,
+                    Some(code) => Answer::Err(io::Error::from_raw_os_error(-code.get())),
+                },
+                NetlinkPayload::InnerMessage(inner) => match inner.inner {
+                    netlink_packet_netfilter::NetfilterMessageInner::Conntrack(c) => {
+                        Answer::Entry(Box::new(c))
+                    }
+                    _ => Answer::Ok,
+                },
+                _ => Answer::Ok,
+            },
+        };
+        got[i] = Some(answer);
+        filled += 1;
+    }
+    filled
+}
+
+/// The entries a buffer of ctnetlink replies to `n` lookups (sequences from
+/// `first_seq`) carries, as [`Conntrack::lookup`] reads them: the I/O-free
+/// part of a lookup, public for the fuzz target `ctnetlink`.
+pub fn entries_of_reply(rx: &[u8], first_seq: u32, n: usize) -> Vec<Option<CtEntry>> {
+    let mut got: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
+    read_answers(rx, first_seq, &mut got);
+    got.iter().map(|a| a.as_ref().and_then(entry_of)).collect()
 }
 
 fn entry_of(a: &Answer) -> Option<CtEntry> {
