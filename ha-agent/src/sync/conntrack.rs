@@ -576,3 +576,50 @@ fn entry_of(a: &Answer) -> Option<CtEntry> {
         tcp_state,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ctnetlink reply buffer (after the fuzz target's count byte): the
+    /// entry answering request 1 (a NATed TCP flow, ESTABLISHED), then
+    /// ENOENT for request 2. Also the seed of the fuzz target `ctnetlink`.
+    const REPLY: &[u8] = include_bytes!("../../../fuzz/corpus/ctnetlink/seed-entry-and-enoent");
+
+    fn t(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> CtTuple {
+        CtTuple {
+            proto: 6,
+            src: src.into(),
+            dst: dst.into(),
+            sport,
+            dport,
+        }
+    }
+
+    #[test]
+    fn a_reply_buffer_is_read_into_entries_by_sequence() {
+        let got = entries_of_reply(&REPLY[1..], 1, 2);
+        assert_eq!(
+            got,
+            vec![
+                Some(CtEntry {
+                    orig: t([10, 0, 0, 10], 40000, [10, 1, 0, 10], 80),
+                    reply: t([10, 1, 0, 10], 80, [10, 1, 0, 1], 40000),
+                    tcp_state: 3,
+                }),
+                None,
+            ]
+        );
+        // Sequences outside the batch are ignored.
+        assert_eq!(entries_of_reply(&REPLY[1..], 100, 2), vec![None, None]);
+    }
+
+    #[test]
+    fn truncated_or_garbage_replies_yield_nothing_and_never_panic() {
+        for len in 0..REPLY.len() {
+            let got = entries_of_reply(&REPLY[1..len.max(1)], 1, 2);
+            assert_eq!(got.len(), 2);
+        }
+        assert_eq!(entries_of_reply(&[0xff; 64], 1, 3), vec![None, None, None]);
+    }
+}
