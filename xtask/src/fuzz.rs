@@ -163,12 +163,17 @@ fn run_target(target: &str, seconds: u64) -> anyhow::Result<Stats> {
     let stderr = child.stderr.take().context("cargo fuzz stderr")?;
     let mut stats = Stats::default();
     let mut tail: Vec<String> = Vec::new();
+    // The panic message (its first lines), then the end of the output:
+    // libFuzzer prints a status line per new input, a backtrace, the input.
+    let mut panic: Vec<String> = Vec::new();
     for line in BufReader::new(stderr).lines() {
         let line = line.context("reading cargo fuzz output")?;
         stats.add_line(&line);
-        // libFuzzer prints a status line per new input: keep only the end.
+        if (line.contains("panicked at") && panic.is_empty()) || (1..6).contains(&panic.len()) {
+            panic.push(line.clone());
+        }
         tail.push(line);
-        if tail.len() > 60 {
+        if tail.len() > 30 {
             tail.remove(0);
         }
     }
@@ -180,7 +185,7 @@ fn run_target(target: &str, seconds: u64) -> anyhow::Result<Stats> {
         );
         return Ok(stats);
     }
-    for line in &tail {
+    for line in panic.iter().chain(&[String::from("...")]).chain(&tail) {
         eprintln!("{line}");
     }
     let crashes = new_files(&artifacts, began);
