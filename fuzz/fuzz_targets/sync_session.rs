@@ -33,15 +33,22 @@ enum Op {
         records: Vec<(bool, u8, u16)>,
     },
     /// Deliver A's next datagram to B (or B's to A).
-    Deliver { to_b: bool },
+    Deliver {
+        to_b: bool,
+    },
     /// Deliver again a datagram seen earlier (replay).
-    Replay { to_b: bool, index: u8 },
+    Replay {
+        to_b: bool,
+        index: u8,
+    },
     /// Time passes; both poll.
     Tick(u16),
     /// A queues records.
     Push(u8),
     /// A restarts with a later (or earlier) epoch.
-    RestartA { later: bool },
+    RestartA {
+        later: bool,
+    },
     ResyncB,
 }
 
@@ -69,7 +76,11 @@ fn deliver(s: &mut Session, d: &[u8]) {
     let before: u64 = s.counters.rejected.values().sum();
     let r = s.on_datagram(d);
     let after: u64 = s.counters.rejected.values().sum();
-    assert_eq!(after - before, u64::from(r.is_err()), "rejection counted once");
+    assert_eq!(
+        after - before,
+        u64::from(r.is_err()),
+        "rejection counted once"
+    );
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -104,7 +115,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     .into_iter()
                     .take(44)
                     .map(|(del, proto, i)| Record {
-                        kind: if del { RecordKind::Delete } else { RecordKind::Upsert },
+                        kind: if del {
+                            RecordKind::Delete
+                        } else {
+                            RecordKind::Upsert
+                        },
                         proto,
                         ..rec(i)
                     })
@@ -169,7 +184,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::RestartA { later } => {
-                epoch_a = if later { epoch_a + 1 } else { epoch_a.saturating_sub(1) };
+                epoch_a = if later {
+                    epoch_a + 1
+                } else {
+                    epoch_a.saturating_sub(1)
+                };
                 a = Session::new(&KEY, A, epoch_a, B, settings());
                 a.request_resync();
                 to_b.clear();
