@@ -4,11 +4,26 @@
 //! whenever `ha-ebpf` or `ha-common` change (`ha-ebpf` is a build-dependency, and
 //! aya-build adds `rerun-if-changed` on its directory), so it never embeds a
 //! stale or missing object: it builds it, or fails saying what to run.
+//!
+//! `HA_AGENT_SKIP_EBPF=1` embeds an empty object instead (the data plane then
+//! refuses to load with `DataplaneError::NotBuilt`): only for builds that
+//! never load XDP, the fuzz targets in `fuzz/`, which would otherwise rebuild
+//! the BPF object (nightly, build-std) in their own target directory.
 use std::process::Command;
 
 use anyhow::{Context as _, anyhow, bail};
 
 fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=HA_AGENT_SKIP_EBPF");
+    if std::env::var_os("HA_AGENT_SKIP_EBPF").is_some_and(|v| !v.is_empty() && v != "0") {
+        let out = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
+        std::fs::write(std::path::Path::new(&out).join("ha-ebpf"), b"")
+            .context("writing the empty XDP object")?;
+        println!(
+            "cargo:warning=HA_AGENT_SKIP_EBPF is set: this ha-agent embeds no XDP programs and cannot load a data plane"
+        );
+        return Ok(());
+    }
     check_prerequisites()?;
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()

@@ -7,8 +7,10 @@
 //! - `lab`: the failover lab; `lab down` removes leftovers of any lab.
 //! - `bench`: data-plane benchmarks (figures in docs/benchmarks.md).
 //! - `sim`: the deterministic simulation of the cluster (docs/simulation.md).
+//! - `fuzz`: the cargo-fuzz targets, a time budget each (docs/fuzzing.md).
 
 mod build;
+mod fuzz;
 mod lab;
 mod setup;
 mod test;
@@ -48,6 +50,12 @@ enum Command {
     ///
     /// Example: `cargo xtask sim --seeds 100000`, `cargo xtask sim --seed 42 --trace`
     Sim(SimArgs),
+    /// Run every fuzz target (fuzz/, docs/fuzzing.md) for a time budget each;
+    /// fails on a crash, printing the input, minimized into
+    /// fuzz/regressions/<target>/ (replayed by every later run).
+    ///
+    /// Example: `cargo xtask fuzz --seconds 600 --target sync_session`
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +82,7 @@ fn main() -> std::process::ExitCode {
         Command::Lab(args) => lab::run(&args),
         Command::Bench => bench(),
         Command::Sim(args) => sim(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

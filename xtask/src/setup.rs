@@ -50,6 +50,7 @@ pub fn run() -> anyhow::Result<()> {
     stable_components()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -118,6 +119,24 @@ fn services_off() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// cargo-fuzz, which `cargo xtask fuzz` (and so `cargo xtask test`) runs with
+/// the nightly. Skipped when `cargo +nightly fuzz` already runs.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let runs = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs {
+        eprintln!("xtask: cargo-fuzz: installed");
+        return Ok(());
+    }
+    run_step(
+        "cargo install cargo-fuzz (the fuzz targets in fuzz/; takes a minute or two)",
+        crate::cargo().args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]),
+    )
 }
 
 /// rustfmt and clippy on the default toolchain (`cargo xtask test` runs both).

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
-//! failure: setup, build-ebpf, fmt, clippy, unit tests, privileged integration
-//! tests; then a one-line summary of every test run.
+//! failure: setup, build-ebpf, fmt, clippy, unit tests, the fuzz targets for a
+//! short budget each, privileged integration tests; then a one-line summary of
+//! every test run.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -18,6 +19,10 @@ pub struct TestArgs {
     /// failing when not root.
     #[arg(long)]
     unprivileged: bool,
+    /// Seconds of fuzzing per fuzz target after the unit tests (0: none).
+    /// The budget keeps `cargo xtask test` short; `cargo xtask fuzz` runs longer.
+    #[arg(long, default_value_t = 10)]
+    fuzz_seconds: u64,
 }
 
 /// Counts from cargo test's `test result:` lines.
@@ -102,6 +107,12 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "2000",
         ]),
     )?;
+    if args.fuzz_seconds > 0 {
+        crate::fuzz::run(&crate::fuzz::FuzzArgs {
+            seconds: args.fuzz_seconds,
+            targets: Vec::new(),
+        })?;
+    }
     if args.unprivileged {
         eprintln!("xtask: skipping the privileged integration tests (--unprivileged)");
     } else {

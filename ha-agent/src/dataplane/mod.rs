@@ -40,12 +40,27 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
+/// The embedded object, or [`DataplaneError::NotBuilt`] for a build made with
+/// `HA_AGENT_SKIP_EBPF` (the fuzz targets), which embeds none.
+pub(crate) fn embedded() -> Result<&'static [u8], DataplaneError> {
+    if OBJECT.is_empty() {
+        return Err(DataplaneError::NotBuilt);
+    }
+    Ok(OBJECT)
+}
+
 /// Where bpffs is (or gets) mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Errors of the data plane, each naming what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// This binary was built with `HA_AGENT_SKIP_EBPF` (for fuzzing): it
+    /// embeds no XDP object.
+    #[error(
+        "this ha-agent was built without the XDP programs (HA_AGENT_SKIP_EBPF); rebuild without it"
+    )]
+    NotBuilt,
     /// The kernel refused the object (verifier, missing privileges, BTF, ...).
     #[error("loading the XDP object failed (are you root?)")]
     Load(#[source] EbpfError),
@@ -388,7 +403,7 @@ impl Dataplane {
         let level: u8 = if opts.xdp_debug { 4 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &level, true)
-            .load(OBJECT)
+            .load(embedded()?)
             .map_err(DataplaneError::Load)?;
         // Configure before anything is pinned, then pin maps, then programs,
         // `ha_data` last: its pin marks a complete load.

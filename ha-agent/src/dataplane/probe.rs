@@ -6,7 +6,7 @@ use std::fmt;
 use aya::{Ebpf, maps::PerCpuArray, programs::Xdp};
 use ha_common::probe::{self, ProbeCounter};
 
-use super::{AttachMode, DataplaneError, OBJECT, attach_xdp};
+use super::{AttachMode, DataplaneError, attach_xdp, embedded};
 
 /// The loaded object with the probe program. Nothing is pinned: dropping it
 /// detaches the probe.
@@ -25,7 +25,7 @@ impl Probe {
     /// Loads the embedded object into the kernel (maps created, programs not yet
     /// verified or attached).
     pub fn load() -> Result<Self, DataplaneError> {
-        let ebpf = Ebpf::load(OBJECT).map_err(DataplaneError::Load)?;
+        let ebpf = Ebpf::load(embedded()?).map_err(DataplaneError::Load)?;
         Ok(Self { ebpf })
     }
 

@@ -55,6 +55,10 @@ const CTA_NAT_PROTO: u16 = 3;
 const CTA_PROTONAT_PORT_MIN: u16 = 1;
 const CTA_PROTONAT_PORT_MAX: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
+/// Netlink's error/acknowledgement message type, and ctnetlink's subsystem
+/// (the high byte of a netfilter message type): the only answers we decode.
+const NLMSG_ERROR: u16 = 2;
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 /// Requests per `send`; their answers fit the default receive buffer.
 const BATCH: usize = 256;
 
@@ -461,42 +465,7 @@ impl Conntrack {
                         break;
                     }
                 };
-                let mut off = 0;
-                while off < len {
-                    let Ok(nb) = NetlinkBuffer::new_checked(&self.rx[off..len]) else {
-                        break;
-                    };
-                    let msg_len = (nb.length() as usize).max(16).next_multiple_of(4);
-                    let seq = nb.sequence_number();
-                    let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(
-                        &self.rx[off..len.min(off + msg_len)],
-                    );
-                    off += msg_len;
-                    let i = seq.wrapping_sub(first_seq) as usize;
-                    if i >= n || got[i].is_some() {
-                        continue;
-                    }
-                    let answer = match parsed {
-                        Err(e) => Answer::Err(io::Error::other(format!("ctnetlink reply: {e}"))),
-                        Ok(m) => match m.payload {
-                            NetlinkPayload::Error(e) => match e.code {
-                                None => Answer::Ok,
-                                Some(code) => {
-                                    Answer::Err(io::Error::from_raw_os_error(-code.get()))
-                                }
-                            },
-                            NetlinkPayload::InnerMessage(inner) => match inner.inner {
-                                netlink_packet_netfilter::NetfilterMessageInner::Conntrack(c) => {
-                                    Answer::Entry(Box::new(c))
-                                }
-                                _ => Answer::Ok,
-                            },
-                            _ => Answer::Ok,
-                        },
-                    };
-                    got[i] = Some(answer);
-                    left -= 1;
-                }
+                left -= read_answers(&self.rx[..len], first_seq, &mut got);
             }
             answers.extend(
                 got.into_iter()
@@ -505,6 +474,74 @@ impl Conntrack {
         }
         answers
     }
+}
+
+/// Reads one received buffer of netlink messages (the kernel's bytes: checked,
+/// never trusted) into `got`, the answer to request `i` being the message of
+/// sequence `first_seq + i`; returns how many answers it filled. Messages of
+/// other sequences, repeats and undecodable bytes are skipped or become
+/// [`Answer::Err`]; nothing here panics (fuzz target `ctnetlink`).
+fn read_answers(rx: &[u8], first_seq: u32, got: &mut [Option<Answer>]) -> usize {
+    let (len, n) = (rx.len(), got.len());
+    let mut filled = 0;
+    let mut off = 0;
+    while off < len {
+        let Ok(nb) = NetlinkBuffer::new_checked(&rx[off..len]) else {
+            break;
+        };
+        let msg_len = (nb.length() as usize).max(16).next_multiple_of(4);
+        let seq = nb.sequence_number();
+        let kind = nb.message_type();
+        let bytes = &rx[off..len.min(off + msg_len)];
+        off += msg_len;
+        let i = seq.wrapping_sub(first_seq) as usize;
+        if i >= n || got[i].is_some() {
+            continue;
+        }
+        // Only ctnetlink answers and errors are decoded: netlink-packet-
+        // netfilter 0.4 panics on some malformed messages of its other
+        // subsystems (an attribute shorter than its header in an nftables
+        // set: fuzz/regressions/ctnetlink/), which our socket never asks for.
+        if kind != NLMSG_ERROR && kind >> 8 != NFNL_SUBSYS_CTNETLINK {
+            got[i] = Some(Answer::Err(io::Error::other(format!(
+                "ctnetlink reply: unexpected message type {kind:#06x}"
+            ))));
+            filled += 1;
+            continue;
+        }
+        let answer = match NetlinkMessage::<NetfilterMessage>::deserialize(bytes) {
+            Err(e) => Answer::Err(io::Error::other(format!("ctnetlink reply: {e}"))),
+            Ok(m) => match m.payload {
+                NetlinkPayload::Error(e) => match e.code {
+                    None => Answer::Ok,
+                    // A negated errno; the kernel never sends i32::MIN, but a
+                    // corrupt buffer may (fuzz/regressions/ctnetlink/).
+                    Some(code) => {
+                        Answer::Err(io::Error::from_raw_os_error(code.get().saturating_neg()))
+                    }
+                },
+                NetlinkPayload::InnerMessage(inner) => match inner.inner {
+                    netlink_packet_netfilter::NetfilterMessageInner::Conntrack(c) => {
+                        Answer::Entry(Box::new(c))
+                    }
+                    _ => Answer::Ok,
+                },
+                _ => Answer::Ok,
+            },
+        };
+        got[i] = Some(answer);
+        filled += 1;
+    }
+    filled
+}
+
+/// The entries a buffer of ctnetlink replies to `n` lookups (sequences from
+/// `first_seq`) carries, as [`Conntrack::lookup`] reads them: the I/O-free
+/// part of a lookup, public for the fuzz target `ctnetlink`.
+pub fn entries_of_reply(rx: &[u8], first_seq: u32, n: usize) -> Vec<Option<CtEntry>> {
+    let mut got: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
+    read_answers(rx, first_seq, &mut got);
+    got.iter().map(|a| a.as_ref().and_then(entry_of)).collect()
 }
 
 fn entry_of(a: &Answer) -> Option<CtEntry> {
@@ -557,4 +594,76 @@ fn entry_of(a: &Answer) -> Option<CtEntry> {
         reply: reply?,
         tcp_state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ctnetlink reply buffer (after the fuzz target's count byte): the
+    /// entry answering request 1 (a NATed TCP flow, ESTABLISHED), then
+    /// ENOENT for request 2. Also the seed of the fuzz target `ctnetlink`.
+    const REPLY: &[u8] = include_bytes!("../../../fuzz/corpus/ctnetlink/seed-entry-and-enoent");
+
+    fn t(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> CtTuple {
+        CtTuple {
+            proto: 6,
+            src: src.into(),
+            dst: dst.into(),
+            sport,
+            dport,
+        }
+    }
+
+    #[test]
+    fn a_reply_buffer_is_read_into_entries_by_sequence() {
+        let got = entries_of_reply(&REPLY[1..], 1, 2);
+        assert_eq!(
+            got,
+            vec![
+                Some(CtEntry {
+                    orig: t([10, 0, 0, 10], 40000, [10, 1, 0, 10], 80),
+                    reply: t([10, 1, 0, 10], 80, [10, 1, 0, 1], 40000),
+                    tcp_state: 3,
+                }),
+                None,
+            ]
+        );
+        // Sequences outside the batch are ignored.
+        assert_eq!(entries_of_reply(&REPLY[1..], 100, 2), vec![None, None]);
+    }
+
+    #[test]
+    fn truncated_or_garbage_replies_yield_nothing_and_never_panic() {
+        for len in 0..REPLY.len() {
+            let got = entries_of_reply(&REPLY[1..len.max(1)], 1, 2);
+            assert_eq!(got.len(), 2);
+        }
+        assert_eq!(entries_of_reply(&[0xff; 64], 1, 3), vec![None, None, None]);
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// Replays fuzz/regressions/ctnetlink/ as the fuzz target does (first
+    /// byte: the batch size): a message of another netfilter subsystem that
+    /// made netlink-packet-netfilter panic, and an error code of `i32::MIN`
+    /// whose negation overflowed. Both panicked before the fix.
+    #[test]
+    fn fuzz_findings_are_rejected_without_panicking() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/ctnetlink");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let Some((&n, rx)) = data.split_first() else {
+                continue;
+            };
+            let n = usize::from(n % 8) + 1;
+            assert_eq!(entries_of_reply(rx, 1, n).len(), n);
+            replayed += 1;
+        }
+        assert!(replayed >= 2, "the fixtures are missing from {dir}");
+    }
 }

@@ -6,4 +6,6 @@
 pub mod group;
 pub mod machine;
 pub mod packet;
+#[cfg(test)]
+mod proptests;
 pub mod wire;

@@ -1,0 +1,18 @@
+//! ctnetlink replies (`sync::conntrack::entries_of_reply`, the I/O-free part
+//! of `Conntrack::lookup`): a buffer of netlink messages as `recv` returns
+//! it, decoded by netlink-packet-netfilter and read into flows. Never panics.
+#![no_main]
+
+use ha_agent::sync::conntrack::entries_of_reply;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // First byte: how many requests the batch had; the sequence numbers of a
+    // batch start at 1 here (as on a fresh socket).
+    let Some((&n, rx)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n % 8) + 1;
+    let entries = entries_of_reply(rx, 1, n);
+    assert_eq!(entries.len(), n);
+});

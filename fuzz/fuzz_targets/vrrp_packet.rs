@@ -1,0 +1,48 @@
+//! Adverts as the raw socket delivers them (`ha_core::vrrp::packet::parse`:
+//! IPv4 header, TTL, peer, VRRP, VRID): never panics, rejects with a reason,
+//! and an accepted advert framed again by `ip_packet` is accepted the same.
+#![no_main]
+
+use std::net::Ipv4Addr;
+
+use ha_core::vrrp::{packet, wire};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // Byte 0 picks which sources are peers and which VRIDs are known, so the
+    // fuzzer reaches both sides of those checks.
+    let Some((&sel, bytes)) = data.split_first() else {
+        return;
+    };
+    let is_peer = |a: Ipv4Addr| sel & 1 == 0 || a.octets()[3] & 1 == 0;
+    let known_vrid = |v: u8| sel & 2 == 0 || v & 1 == 0;
+    check(bytes, is_peer, known_vrid);
+    // Fix the VRRP checksum (after the IPv4 header) to get past it.
+    if bytes.len() >= 20 {
+        let ihl = usize::from(bytes[0] & 0x0f) * 4;
+        if ihl >= 20 && bytes.len() >= ihl + wire::HEADER_LEN {
+            let mut fixed = bytes.to_vec();
+            let src = Ipv4Addr::new(fixed[12], fixed[13], fixed[14], fixed[15]);
+            let dst = Ipv4Addr::new(fixed[16], fixed[17], fixed[18], fixed[19]);
+            if wire::Packet::new_checked(&fixed[ihl..]).is_ok() {
+                wire::Packet::new_unchecked(&mut fixed[ihl..]).fill_checksum(src, dst);
+                check(&fixed, is_peer, known_vrid);
+            }
+        }
+    }
+});
+
+fn check(bytes: &[u8], is_peer: impl Fn(Ipv4Addr) -> bool, known_vrid: impl Fn(u8) -> bool) {
+    match packet::parse(bytes, &is_peer, &known_vrid) {
+        Ok(got) => {
+            assert!(is_peer(got.src) && known_vrid(got.advert.vrid));
+            let dst = Ipv4Addr::new(bytes[16], bytes[17], bytes[18], bytes[19]);
+            let framed = packet::ip_packet(got.src, dst, &got.advert.to_bytes(got.src, dst));
+            assert_eq!(packet::parse(&framed, &is_peer, &known_vrid), Ok(got));
+        }
+        Err((reason, src)) => {
+            // Past the IPv4 header checks, the source is always named.
+            assert_eq!(src.is_none(), reason == packet::Rejected::TruncatedIp);
+        }
+    }
+}
