@@ -1351,8 +1351,12 @@ fn hostile_sync(
         System::Agent => "conntrack",
         System::Keepalived => "conntrackd external cache",
     };
+    let reported = match system {
+        System::Agent => format!("backup reports in sync: {in_sync}"),
+        System::Keepalived => "conntrackd reports no sync state".into(),
+    };
     run.notes.push(format!(
-        "after: backup reports in sync: {in_sync}; {reached}/{opened} new connections reached the backup's {place}"
+        "after: {reported}; {reached}/{opened} new connections reached the backup's {place}"
     ));
     match n2 {
         Node::Agent(a) => {
@@ -1486,6 +1490,8 @@ fn control_flood(
             })
             .collect();
         std::thread::sleep(Duration::from_millis(2500));
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", a2.pid)).map_or(0, Iterator::count);
+        let limit = ha_lab::hostile::nofile(a2.pid).map_or(0, |l| l.0);
         let during = ask();
         stop.store(true, Ordering::Relaxed);
         let floods: Vec<String> = handles
@@ -1498,8 +1504,9 @@ fn control_flood(
                 _ => "flood thread failed".into(),
             })
             .collect();
-        (during, floods)
+        (during, (floods, fds, limit))
     });
+    let (floods, fds, limit) = floods;
     let cpu = cpu0
         .zip(cpu_seconds(a2.pid))
         .map(|(a, b)| {
@@ -1509,7 +1516,10 @@ fn control_flood(
             )
         })
         .unwrap_or_default();
-    run.notes.push(format!("flood: {}{cpu}", floods.join(", ")));
+    run.notes.push(format!(
+        "flood: {}{cpu}; fw2's agent held {fds} open files (soft limit {limit})",
+        floods.join(", ")
+    ));
     run.notes.push(format!("during: {}", show(&during)));
     // After: each surface gets 5 s to answer again.
     let t = std::time::Instant::now();
@@ -1711,6 +1721,9 @@ fn report(
             "scenario", "ha-agent", "keepalived", "ratio (p50)", "dual own (ha / ka)"
         );
         for &scenario in scenarios {
+            if scenario == Scenario::ControlFlood {
+                continue;
+            }
             let get = |system: System| {
                 let runs = results
                     .iter()
