@@ -406,8 +406,8 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
     // fault must cause.
     let base = [n1.transitions(), n2.transitions()];
     // fw2's sync daemon restarted by `hostile-sync`: its transitions before
-    // the restart, and its new process's count once back to BACKUP.
-    let mut restarted: Option<(u64, Option<u64>)> = None;
+    // the restart.
+    let mut restarted: Option<u64> = None;
     let stop = AtomicBool::new(false);
     let limit = Duration::from_secs(60);
     let lab_ref = &lab;
@@ -568,12 +568,11 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             Scenario::HostileSync => {
                 let h = hostile_sync(lab_ref, system, &n2, &dir, &mut run);
                 returned = h.children;
-                restarted = Some((
+                restarted = Some(
                     h.before_restart
                         .zip(base[1])
                         .map_or(0, |(b, a)| b.saturating_sub(a)),
-                    h.rebase,
-                ));
+                );
                 std::thread::sleep(Duration::from_millis(500));
             }
             Scenario::ControlFlood => {
@@ -674,11 +673,20 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 continue;
             }
             let now = node.transitions();
-            let delta = match (i, restarted) {
-                // fw2 restarted: before the restart, plus since its new
-                // process settled as BACKUP.
-                (1, Some((carried, rebase))) => {
-                    now.zip(rebase).map(|(n, r)| carried + n.saturating_sub(r))
+            let delta = match (i, restarted, node) {
+                // fw2's agent restarted: its transitions before the restart,
+                // plus its new process's, less the start itself.
+                (1, Some(carried), Node::Agent(a)) => {
+                    live_status(&a.pins.0, Duration::from_secs(2))
+                        .or_else(|| a.status())
+                        .map(|s| {
+                            let startups = s
+                                .transitions
+                                .iter()
+                                .filter(|t| t.reason == "Startup")
+                                .count();
+                            carried + s.transitions_total.saturating_sub(startups as u64)
+                        })
                 }
                 _ => now.zip(base[i]).map(|(n, b)| n.saturating_sub(b)),
             };
@@ -996,8 +1004,6 @@ struct HostileOutcome {
     children: Vec<std::process::Child>,
     /// fw2's transitions just before its sync daemon restarted.
     before_restart: Option<u64>,
-    /// Its new process's count once back to BACKUP.
-    rebase: Option<u64>,
 }
 
 /// Copies of genuine frames, `header` bytes kept (sender, epoch), the
@@ -1072,7 +1078,6 @@ fn hostile_sync(
     let mut out = HostileOutcome {
         children: Vec::new(),
         before_restart: None,
-        rebase: None,
     };
     let port = match system {
         System::Agent => 7788,
@@ -1286,7 +1291,6 @@ fn hostile_sync(
             "6 s had passed (it did not come back as BACKUP)"
         }
     ));
-    out.rebase = n2.transitions();
     // The flood, from the spoofed peer address: recorded frames and forged
     // ones, 200,000 datagrams paced over 2 s (at most 3 s).
     let mix: Vec<Vec<u8>> = frames.iter().chain(wrong.iter()).cloned().collect();
