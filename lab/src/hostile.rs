@@ -193,7 +193,9 @@ pub fn send_all(sock: &UdpSocket, to: SocketAddrV4, datagrams: &[Vec<u8>], gap: 
 }
 
 /// Sends `count` datagrams to `to`, cycling through `datagrams`, paced to
-/// `count` over `over` and never longer than `limit`.
+/// `count` over `over` and never longer than `limit`. Batches of up to 64
+/// per `sendmmsg` (one syscall per datagram would cap the rate well below
+/// what a host on the segment can send).
 pub fn flood(
     sock: &UdpSocket,
     to: SocketAddrV4,
@@ -202,27 +204,69 @@ pub fn flood(
     over: Duration,
     limit: Duration,
 ) -> Sent {
+    const BATCH: usize = 64;
     let started = Instant::now();
     let mut s = Sent::default();
     if datagrams.is_empty() {
         return s;
     }
     let per_ns = count as f64 / over.as_nanos().max(1) as f64;
+    // SAFETY: zeroed sockaddr_in is valid; fields set below.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as u16;
+    addr.sin_port = to.port().to_be();
+    addr.sin_addr.s_addr = u32::from(*to.ip()).to_be();
     let mut i = 0usize;
     while s.datagrams + s.refused < count && started.elapsed() < limit {
-        // Pacing: never ahead of the schedule.
-        // Sleeps when ahead (the attacker shares the lab's CPUs with its
-        // victims: spinning would starve them, an attack of another kind).
-        let due = (started.elapsed().as_nanos() as f64 * per_ns) as u64;
-        if s.datagrams + s.refused >= due {
+        // Never ahead of the schedule; sleeps when ahead (the attacker
+        // shares the lab's CPUs with its victims: spinning would starve
+        // them, an attack of another kind).
+        let due = ((started.elapsed().as_nanos() as f64 * per_ns) as u64).min(count);
+        let done = s.datagrams + s.refused;
+        if done >= due {
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        match sock.send_to(&datagrams[i % datagrams.len()], to) {
-            Ok(_) => s.datagrams += 1,
-            Err(_) => s.refused += 1,
+        let n = ((due - done) as usize).min(BATCH);
+        let mut iov: Vec<libc::iovec> = (0..n)
+            .map(|k| {
+                let d = &datagrams[(i + k) % datagrams.len()];
+                libc::iovec {
+                    iov_base: d.as_ptr() as *mut libc::c_void,
+                    iov_len: d.len(),
+                }
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: zeroed mmsghdr is valid; fields set below.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_name = (&raw mut addr).cast();
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_iov = v;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        // SAFETY: valid fd; every header points at live buffers above.
+        let sent = unsafe {
+            libc::sendmmsg(
+                std::os::fd::AsRawFd::as_raw_fd(sock),
+                msgs.as_mut_ptr(),
+                n as u32,
+                0,
+            )
+        };
+        if sent > 0 {
+            s.datagrams += sent as u64;
+            i += sent as usize;
+        } else {
+            // The first of the batch was refused (a full queue): count it
+            // and move on.
+            s.refused += 1;
+            i += 1;
         }
-        i += 1;
     }
     s.seconds = started.elapsed().as_secs_f64();
     s

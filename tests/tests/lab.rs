@@ -235,6 +235,27 @@ fn hostile_capture_spoof_and_slowloris() {
     let (n, from) = target.recv_from(&mut buf).expect("the replay arrived");
     assert_eq!(&buf[..n], b"genuine");
     assert_eq!(from, std::net::SocketAddr::V4(captured[0].src));
+    // A bounded flood: exactly the count asked, within the time cap.
+    let f = ha_lab::hostile::flood(
+        &sock,
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 7788),
+        &[b"x".to_vec(), b"yy".to_vec()],
+        2000,
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+    );
+    assert_eq!(f.datagrams + f.refused, 2000, "{f:?}");
+    assert!(f.seconds < 2.5, "{f:?}");
+    let mut got = 0;
+    while target.recv_from(&mut buf).is_ok() {
+        got += 1;
+        if got == 1 {
+            target
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+        }
+    }
+    assert!(got > 0, "the flood arrived");
     // Slowloris: connections held open against a listener.
     let listener = lab
         .run_in("target", || std::net::TcpListener::bind("192.0.2.2:7789"))
