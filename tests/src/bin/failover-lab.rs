@@ -100,7 +100,8 @@ impl System {
 /// The failover lab: scenarios, measured as clients see them.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Scenarios to run (repeatable); all by default.
+    /// Scenarios to run (repeatable); by default the six failovers
+    /// (hostile-sync and control-flood run only when named).
     #[arg(long, value_enum)]
     scenario: Vec<Scenario>,
     /// Runs per scenario and system.
