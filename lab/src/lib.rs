@@ -43,6 +43,7 @@ fn fail(step: impl Into<String>, detail: impl ToString) -> LabError {
     }
 }
 
+pub mod hostile;
 pub mod traffic;
 
 /// One end of a link: an interface name inside a namespace (logical name).

@@ -229,6 +229,8 @@ pub struct AgentSpec {
     /// Accept_Mode: the master takes traffic addressed to the VIPs (a
     /// service on the firewall itself, NAT to the VIP); the agent's default.
     pub accept: bool,
+    /// TOML appended after the groups (e.g. a `[cluster]` section).
+    pub tail: String,
 }
 
 impl AgentSpec {
@@ -244,6 +246,7 @@ impl AgentSpec {
             mgmt: vec!["tcp/22".to_owned()],
             metrics: None,
             accept: true,
+            tail: String::new(),
         }
     }
 
@@ -276,7 +279,9 @@ advert_interval_ms = {adv}
 preempt = {preempt}
 accept = {accept}
 vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", address = "10.1.0.1/24" }}]
+{tail}
 "#,
+            tail = self.tail,
             unicast = self.unicast,
             extra = self.group_extra,
             ha_extra = self.ha_extra,

@@ -151,3 +151,127 @@ fn down_removes_leftovers() {
     assert_eq!(removed.len(), 2);
     assert_eq!(list_netns(&prefix).unwrap(), Vec::<String>::new());
 }
+
+/// The attacker's tools of `hostile-sync` and `control-flood`: a capture at
+/// a switch port sees a genuine datagram; a spoofed sender reaches a target
+/// with the victim's source address; a slowloris holds its connections.
+#[test]
+fn hostile_capture_spoof_and_slowloris() {
+    use ha_lab::hostile::{Slowloris, capture_udp, send_all, spoofed_socket};
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    use std::time::Duration;
+    require_root();
+    let mut lab = Lab::new();
+    for ns in ["peer", "target", "rogue"] {
+        lab.add_netns(ns).unwrap();
+    }
+    lab.add_bridge("sw").unwrap();
+    for (ns, ip) in [("peer", 1), ("target", 2), ("rogue", 9)] {
+        lab.add_bridge_port("sw", (ns, "eth0")).unwrap();
+        lab.add_addr((ns, "eth0"), &format!("192.0.2.{ip}/24"))
+            .unwrap();
+    }
+    let target = lab
+        .run_in("target", || UdpSocket::bind("192.0.2.2:7788"))
+        .unwrap()
+        .unwrap();
+    target
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    // A genuine datagram peer -> target, recorded at the peer's switch port.
+    let captured = std::thread::scope(|s| {
+        let cap = s.spawn(|| {
+            lab.run_in("sw", || {
+                capture_udp(
+                    "peer-eth0",
+                    Ipv4Addr::new(192, 0, 2, 1),
+                    7788,
+                    1,
+                    Duration::from_secs(3),
+                )
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        lab.run_in("peer", || {
+            let u = UdpSocket::bind("192.0.2.1:7788").unwrap();
+            u.send_to(b"genuine", "192.0.2.2:7788").unwrap();
+        })
+        .unwrap();
+        cap.join().unwrap().unwrap().unwrap()
+    });
+    assert_eq!(captured.len(), 1, "the capture saw the datagram");
+    assert_eq!(captured[0].payload, b"genuine");
+    let mut buf = [0u8; 64];
+    let _ = target.recv_from(&mut buf);
+    // Replayed from the rogue with the peer's address.
+    let mac = lab.mac(("target", "eth0")).unwrap();
+    lab.ip(
+        "rogue",
+        "pin neighbour",
+        &[
+            "neigh",
+            "replace",
+            "192.0.2.2",
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
+    let sock = lab
+        .run_in("rogue", || spoofed_socket(captured[0].src))
+        .unwrap()
+        .unwrap();
+    let sent = send_all(
+        &sock,
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 7788),
+        &[captured[0].payload.clone()],
+        Duration::ZERO,
+    );
+    assert_eq!(sent.datagrams, 1);
+    let (n, from) = target.recv_from(&mut buf).expect("the replay arrived");
+    assert_eq!(&buf[..n], b"genuine");
+    assert_eq!(from, std::net::SocketAddr::V4(captured[0].src));
+    // A bounded flood: exactly the count asked, within the time cap.
+    let f = ha_lab::hostile::flood(
+        &sock,
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 7788),
+        &[b"x".to_vec(), b"yy".to_vec()],
+        2000,
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+    );
+    assert_eq!(f.datagrams + f.refused, 2000, "{f:?}");
+    assert!(f.seconds < 2.5, "{f:?}");
+    let mut got = 0;
+    while target.recv_from(&mut buf).is_ok() {
+        got += 1;
+        if got == 1 {
+            target
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+        }
+    }
+    assert!(got > 0, "the flood arrived");
+    // Slowloris: connections held open against a listener.
+    let listener = lab
+        .run_in("target", || std::net::TcpListener::bind("192.0.2.2:7789"))
+        .unwrap()
+        .unwrap();
+    let l = lab
+        .run_in("rogue", || {
+            Slowloris::open(
+                "192.0.2.2:7789".parse().unwrap(),
+                20,
+                Duration::from_secs(2),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.established, 20);
+    l.trickle();
+    drop(listener);
+}

@@ -1,5 +1,7 @@
 //! `cargo xtask lab`'s runner, end to end on a short run: the hard crash and
-//! the planned switchover against ha-agent, with the report's JSON keys.
+//! the planned switchover against ha-agent, with the report's JSON keys
+//! (issue 12's `unexpected_transitions`, `in_sync_after`, `control_ok`
+//! among them).
 
 use ha_tests::require_root;
 
@@ -49,5 +51,17 @@ fn the_lab_reports_hard_crash_and_switchover() {
         for key in ["outage_ms_p50", "outage_ms_max", "dual_owner_ms"] {
             assert!(s[key].is_number(), "{name} {key}:\n{stdout}");
         }
+        // Issue 12's keys: no transition beyond the one the fault causes,
+        // the survivors' operator sockets answer, and (both nodes still
+        // running after a switchover) the pair is in sync again.
+        assert_eq!(s["unexpected_transitions"], 0, "{name}:\n{stdout}");
+        assert_eq!(s["control_ok"], true, "{name}:\n{stdout}");
+        let in_sync = if name == "switchover" {
+            serde_json::Value::Bool(true)
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(s["in_sync_after"], in_sync, "{name}:\n{stdout}");
+        assert!(s["notes"].is_array(), "{name}:\n{stdout}");
     }
 }

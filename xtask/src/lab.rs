@@ -11,7 +11,8 @@ pub struct LabArgs {
     #[command(subcommand)]
     action: Option<LabAction>,
     /// Scenario to run (repeatable): hard-crash, agent-crash, partition,
-    /// switchover, graceful, return. All by default.
+    /// switchover, graceful, return (the default list), and the attacks
+    /// hostile-sync and control-flood (only when named).
     #[arg(long)]
     scenario: Vec<String>,
     /// Runs per scenario and system.

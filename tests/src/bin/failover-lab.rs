@@ -32,9 +32,13 @@ enum Scenario {
     Switchover,
     Graceful,
     Return,
+    HostileSync,
+    ControlFlood,
 }
 
 impl Scenario {
+    /// The default list: the failovers. `hostile-sync` and `control-flood`
+    /// (about 30 s a run each) are asked for by name.
     const ALL: [Scenario; 6] = [
         Scenario::HardCrash,
         Scenario::AgentCrash,
@@ -52,7 +56,29 @@ impl Scenario {
             Scenario::Switchover => "switchover",
             Scenario::Graceful => "graceful",
             Scenario::Return => "return",
+            Scenario::HostileSync => "hostile-sync",
+            Scenario::ControlFlood => "control-flood",
         }
+    }
+
+    /// Role transitions the fault itself must cause, over both nodes (a
+    /// node that is replaced by a new process is not counted: see
+    /// [`Transitions`]).
+    fn expected_transitions(self) -> u64 {
+        match self {
+            // The backup takes over.
+            Scenario::HardCrash | Scenario::AgentCrash => 1,
+            // The backup takes over, and hands back when the link returns.
+            Scenario::Partition | Scenario::Return => 2,
+            // The master steps down (or stops), the backup takes over.
+            Scenario::Switchover | Scenario::Graceful => 2,
+            // Attacks must move nothing.
+            Scenario::HostileSync | Scenario::ControlFlood => 0,
+        }
+    }
+
+    fn hostile(self) -> bool {
+        matches!(self, Scenario::HostileSync | Scenario::ControlFlood)
     }
 }
 
@@ -74,7 +100,8 @@ impl System {
 /// The failover lab: scenarios, measured as clients see them.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Scenarios to run (repeatable); all by default.
+    /// Scenarios to run (repeatable); by default the six failovers
+    /// (hostile-sync and control-flood run only when named).
     #[arg(long, value_enum)]
     scenario: Vec<Scenario>,
     /// Runs per scenario and system.
@@ -115,7 +142,18 @@ struct Run {
     flows_replicated: usize,
     /// Answers through the gateway, ms relative to the fault (timeline).
     answers_ms: Vec<f64>,
-    note: Option<String>,
+    /// Role transitions beyond the ones the fault must cause
+    /// ([`Scenario::expected_transitions`]); `None`: not measurable.
+    unexpected_transitions: Option<u64>,
+    /// The backup's state sync works after the scenario (see
+    /// [`one_run`]); `None`: not applicable (no peer left) or not exposed.
+    in_sync_after: Option<bool>,
+    /// The control surfaces answered during and after the scenario;
+    /// `None`: the system has none.
+    control_ok: Option<bool>,
+    /// The scenario does not apply to the system (no row figures).
+    na: bool,
+    notes: Vec<String>,
 }
 
 fn longest_gap(answers: &[Instant], from: Instant, to: Instant) -> f64 {
@@ -153,6 +191,7 @@ fn conntrackd_conf(dir: &std::path::Path, me: u8) -> PathBuf {
 fn start(
     lab: &mut Lab,
     system: System,
+    scenario: Scenario,
     node: u8,
     adv_ms: u64,
     key: &SyncKey,
@@ -161,14 +200,28 @@ fn start(
     let fw = format!("fw{node}");
     let prio = if node == 1 { 200 } else { 100 };
     match system {
-        System::Agent => Node::Agent(RunningAgent::start(
-            lab,
-            &fw,
-            &AgentSpec {
+        System::Agent => {
+            let mut spec = AgentSpec {
                 ha_extra: key.ha_extra(),
                 ..AgentSpec::new(node, prio, adv_ms)
-            },
-        )),
+            };
+            if scenario.hostile() {
+                // The cluster control channel: fw2 is the secondary of a
+                // cluster whose primary is fw1 (fw1 has no [cluster]
+                // section, so it pushes nothing that could reload fw2
+                // mid-run); the HA link lets the control port through, as
+                // an operator must configure it today.
+                spec.mgmt.push(format!("tcp/{CONTROL_PORT}"));
+                if node == 2 {
+                    spec.tail = format!(
+                        "[cluster]\nrole = \"secondary\"\nprimary = \"10.255.0.1\"\npriority = {prio}\ncontrol_port = {CONTROL_PORT}\n"
+                    );
+                }
+            }
+            let agent = RunningAgent::start(lab, &fw, &spec);
+            service_limits(agent.pid);
+            Node::Agent(agent)
+        }
         System::Keepalived => {
             let conf = conntrackd_conf(dir, node);
             let c = conf.display();
@@ -202,6 +255,18 @@ impl Node {
         match self {
             Node::Agent(a) => a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync),
             Node::Keepalived(..) => true,
+        }
+    }
+
+    /// Role transitions so far: the agent's `transitions_total` (asked live
+    /// over its operator socket, else its status file), or the "Entering
+    /// ... STATE" lines in keepalived's log.
+    fn transitions(&self) -> Option<u64> {
+        match self {
+            Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
+                .or_else(|| a.status())
+                .map(|s| s.transitions_total),
+            Node::Keepalived(k, _) => Some(k.log_text().matches("Entering ").count() as u64),
         }
     }
 
@@ -239,8 +304,11 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), 
 }
 
 /// The lab for one run: the failover lab, a fresh-client namespace, the
-/// stateful ruleset, services on the VIP and on the server.
-fn build_lab() -> Lab {
+/// stateful ruleset, services on the VIP and on the server. The hostile
+/// scenarios add an attacker on the HA segment (`rogue`, 10.255.0.9) and,
+/// for `control-flood`, a fresh node waiting to be joined (`joiner`,
+/// 10.0.0.30 on the LAN and 10.255.0.30 on the HA segment).
+fn build_lab(scenario: Scenario) -> Lab {
     let mut lab = failover_lab();
     lab.add_netns("probe").expect("probe namespace");
     lab.add_bridge_port("lan", ("probe", "eth0"))
@@ -256,18 +324,69 @@ fn build_lab() -> Lab {
     for ns in ["client", "server"] {
         count_resets(&lab, ns).expect("reset counter");
     }
+    if scenario.hostile() {
+        lab.add_netns("rogue").expect("rogue namespace");
+        lab.add_bridge_port("hasw", ("rogue", "eth0"))
+            .expect("rogue port");
+        lab.add_addr(("rogue", "eth0"), "10.255.0.9/24")
+            .expect("rogue address");
+        // The attacker sends from the peers' addresses: pinned neighbours,
+        // so its kernel never asks ARP with a spoofed sender address (that
+        // would poison the firewalls' neighbour entries, a different
+        // attack than the one measured here).
+        for (fw, ip) in [("fw1", "10.255.0.1"), ("fw2", "10.255.0.2")] {
+            let mac = lab.mac((fw, "ha0")).expect("HA MAC");
+            lab.ip(
+                "rogue",
+                "pin a neighbour in rogue",
+                &[
+                    "neigh",
+                    "replace",
+                    ip,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ],
+            )
+            .expect("pin neighbour");
+        }
+    }
+    if scenario == Scenario::ControlFlood {
+        lab.add_netns("joiner").expect("joiner namespace");
+        lab.add_bridge_port("lan", ("joiner", "eth0"))
+            .expect("joiner LAN port");
+        lab.add_addr(("joiner", "eth0"), "10.0.0.30/24")
+            .expect("joiner LAN address");
+        lab.add_bridge_port("hasw", ("joiner", "eth1"))
+            .expect("joiner HA port");
+        lab.add_addr(("joiner", "eth1"), "10.255.0.30/24")
+            .expect("joiner HA address");
+        // A LAN host tries the firewalls' HA addresses too (through fw2).
+        lab.add_route("probe", "10.255.0.0/24", "10.0.0.3")
+            .expect("probe route to the HA segment");
+    }
     lab
 }
 
 fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
-    let mut lab = build_lab();
+    if system == System::Keepalived && scenario == Scenario::ControlFlood {
+        return Run {
+            na: true,
+            notes: vec!["n/a: keepalived has no control or join port".into()],
+            ..Run::default()
+        };
+    }
+    let mut lab = build_lab(scenario);
     let dir = std::env::temp_dir().join(format!("hatest-lab-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let key = SyncKey::new("lab", [11u8; 32]);
     let adv = a.adv_ms;
     let mdi = Duration::from_millis(3 * adv + adv);
-    let n1 = start(&mut lab, system, 1, adv, &key, &dir);
-    let n2 = start(&mut lab, system, 2, adv, &key, &dir);
+    let n1 = start(&mut lab, system, scenario, 1, adv, &key, &dir);
+    let n2 = start(&mut lab, system, scenario, 2, adv, &key, &dir);
     let mut run = Run::default();
     let setup = wait("fw1 MASTER, fw2 BACKUP", Duration::from_secs(20), || {
         n1.role().as_deref() == Some("MASTER") && n2.role().as_deref() == Some("BACKUP")
@@ -278,9 +397,18 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         })
     });
     if let Err(e) = setup {
-        run.note = Some(e);
+        run.notes.push(e);
         return run;
     }
+    let joiner = (scenario == Scenario::ControlFlood)
+        .then(|| Joiner::start(&mut lab, &dir))
+        .and_then(|j| j.map_err(|e| run.notes.push(e)).ok());
+    // Transitions so far: what the scenario adds is compared with what its
+    // fault must cause.
+    let base = [n1.transitions(), n2.transitions()];
+    // fw2's sync daemon restarted by `hostile-sync`: its transitions before
+    // the restart.
+    let mut restarted: Option<u64> = None;
     let stop = AtomicBool::new(false);
     let limit = Duration::from_secs(60);
     let lab_ref = &lab;
@@ -416,14 +544,15 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                         )
                         .output();
                     if !out.is_ok_and(|o| o.status.success()) {
-                        run.note = Some("demote failed".into());
+                        run.notes.push("demote failed".into());
                     }
                     std::thread::sleep(settle);
                 }
                 System::Keepalived => {
                     // keepalived has no planned switchover: its nearest is a
                     // graceful stop.
-                    run.note = Some("no switchover command: graceful stop instead".into());
+                    run.notes
+                        .push("no switchover command: graceful stop instead".into());
                     n1.stop();
                     std::thread::sleep(settle);
                 }
@@ -437,6 +566,39 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 returned = respawn(lab_ref, &n1, &dir);
                 std::thread::sleep(settle + Duration::from_secs(2));
             }
+            Scenario::HostileSync => {
+                let h = hostile_sync(lab_ref, system, &n2, &dir, &mut run);
+                returned = h.children;
+                restarted = Some(
+                    h.before_restart
+                        .zip(base[1])
+                        .map_or(0, |(b, a)| b.saturating_sub(a)),
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Scenario::ControlFlood => {
+                control_flood(lab_ref, &n1, &n2, joiner.as_ref(), &key, &mut run);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        match (system, scenario) {
+            (_, Scenario::HostileSync | Scenario::ControlFlood) => {}
+            (System::Agent, Scenario::Switchover | Scenario::Partition | Scenario::Return) => {
+                // Both nodes run: the pair is back in sync.
+                run.in_sync_after = Some(
+                    wait("in sync", Duration::from_secs(5), || {
+                        n1.in_sync() && n2.in_sync()
+                    })
+                    .is_ok(),
+                );
+                run.control_ok = Some(operator_socket_ok(&n1) && operator_socket_ok(&n2));
+            }
+            (System::Agent, _) => {
+                // No sync peer left (crashed or stopped master): in_sync
+                // does not apply; the survivor's operator socket answers.
+                run.control_ok = Some(operator_socket_ok(&n2));
+            }
+            (System::Keepalived, _) => {}
         }
         // A fresh client must resolve the VIP by ARP now.
         run.arp_ok = lab_ref
@@ -497,15 +659,81 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             let master = log.find("MASTER: VIPs owned");
             match (synced, master) {
                 (Some(s), Some(m)) if s < m => {}
-                (_, None) => run.note = Some("the returning node did not take over".into()),
-                _ => run.note = Some("the returning node took over before its resync".into()),
+                (_, None) => run
+                    .notes
+                    .push("the returning node did not take over".into()),
+                _ => run
+                    .notes
+                    .push("the returning node took over before its resync".into()),
             }
+        }
+        let replaced = [scenario == Scenario::Return, false];
+        let mut observed = Some(0u64);
+        for (i, node) in [&n1, &n2].into_iter().enumerate() {
+            if replaced[i] {
+                continue;
+            }
+            let now = node.transitions();
+            let delta = match (i, restarted, node) {
+                // fw2's agent restarted: its transitions before the restart,
+                // plus its new process's, less the start itself.
+                (1, Some(carried), Node::Agent(a)) => {
+                    live_status(&a.pins.0, Duration::from_secs(2))
+                        .or_else(|| a.status())
+                        .map(|s| {
+                            let startups = s
+                                .transitions
+                                .iter()
+                                .filter(|t| t.reason == "Startup")
+                                .count();
+                            carried + s.transitions_total.saturating_sub(startups as u64)
+                        })
+                }
+                _ => now.zip(base[i]).map(|(n, b)| n.saturating_sub(b)),
+            };
+            observed = observed.zip(delta).map(|(o, d)| o + d);
+            if scenario.hostile() && delta.is_some_and(|d| d > 0) {
+                let why = match node {
+                    Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
+                        .map(|s| {
+                            s.transitions
+                                .iter()
+                                .rev()
+                                .take(delta.unwrap_or(0) as usize)
+                                .rev()
+                                .map(|t| format!("{}({})", t.role, t.reason))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default(),
+                    Node::Keepalived(..) => String::new(),
+                };
+                run.notes.push(format!(
+                    "fw{} transitions during the run: {} {why}",
+                    i + 1,
+                    delta.unwrap_or(0),
+                ));
+            }
+        }
+        if std::env::var_os("HATEST_DEBUG").is_some()
+            && let (Node::Agent(a1), Node::Agent(a2)) = (&n1, &n2)
+        {
+            let _ = std::fs::create_dir_all("target/lab");
+            let _ = std::fs::copy(&a1.log, format!("target/lab/{}-fw1.log", scenario.name()));
+            let _ = std::fs::copy(&a2.log, format!("target/lab/{}-fw2.log", scenario.name()));
+        }
+        run.unexpected_transitions =
+            observed.map(|o| o.saturating_sub(scenario.expected_transitions()));
+        if observed.is_none() {
+            run.notes
+                .push("transitions not readable (status or log missing)".into());
         }
         for mut c in returned {
             let _ = c.kill();
             let _ = c.wait();
         }
     });
+    drop(joiner);
     drop(n2);
     drop(n1);
     let _ = std::fs::remove_dir_all(&dir);
@@ -579,9 +807,751 @@ fn respawn(lab: &Lab, n1: &Node, dir: &std::path::Path) -> Vec<std::process::Chi
     out
 }
 
+/// The control port of the cluster channel (and of the join).
+const CONTROL_PORT: u16 = ha_agent::cluster::CONTROL_PORT;
+/// The server's long-lived TCP service (the fleets' target).
+const SERVER_TCP: ([u8; 4], u16) = ([10, 1, 0, 10], 9001);
+
+/// Gives an agent the open-file limit it has as a service: `LimitNOFILE`
+/// of packaging/ha-agent.service, or systemd's default soft limit (1024)
+/// when the unit sets none. The lab itself runs with a much higher limit
+/// (it holds the attackers' sockets), which agents would otherwise inherit
+/// and hide exhaustion behind.
+fn service_limits(pid: u32) {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ha-agent.service"),
+    )
+    .unwrap_or_default();
+    let soft = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .filter_map(|v| v.split(':').next()?.trim().parse::<u64>().ok())
+        .next_back()
+        .unwrap_or(1024);
+    if let Err(e) = ha_lab::hostile::set_nofile(pid, soft) {
+        eprintln!("setting the open-file limit of {pid}: {e}");
+    }
+}
+
+/// The agent's status taken live over its operator socket, `None` when it
+/// does not answer within `limit` (the status file does not count: it is
+/// what `ha-agent status` falls back to when the socket is dead).
+fn live_status(instance: &str, limit: Duration) -> Option<ha_agent::status::Status> {
+    use ha_agent::control::local::{LocalRequest, request};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        tokio::time::timeout(limit, request(instance, LocalRequest::Status))
+            .await
+            .ok()?
+            .ok()?
+            .status
+            .map(|s| *s)
+    })
+}
+
+/// The node's operator socket answers a status request (agents only).
+fn operator_socket_ok(node: &Node) -> bool {
+    match node {
+        Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2)).is_some(),
+        Node::Keepalived(..) => false,
+    }
+}
+
+/// A cluster verb's question over the control channel: `Info` from
+/// namespace `from` to `to`, under the control key derived from the
+/// cluster key, as `add-lan-interface` asks it of the backup.
+fn control_info(
+    lab: &Lab,
+    from: &str,
+    to: SocketAddr,
+    cluster_key: &[u8; 32],
+    limit: Duration,
+) -> Result<(), String> {
+    use ha_agent::{
+        control::channel::{Request, Response, call},
+        sync::key::{Purpose, derive},
+    };
+    let key = derive(cluster_key, Purpose::Control);
+    lab.run_in(from, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            match tokio::time::timeout(limit, call(to, &key, &Request::Info)).await {
+                Ok(Ok(Response::Info(_))) => Ok(()),
+                Ok(Ok(other)) => Err(format!("answered {other:?}")),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            }
+        })
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// A fresh node waiting to be joined (`ha-agent run` without a
+/// configuration, `--join-listen 0.0.0.0:7789`, the default), with its
+/// one-time token: the join port under attack in `control-flood`.
+struct Joiner {
+    name: ha_tests::PinGuard,
+    token: String,
+    pid: u32,
+}
+
+impl Joiner {
+    fn start(lab: &mut Lab, dir: &std::path::Path) -> Result<Joiner, String> {
+        let name = ha_tests::PinGuard::new("joiner");
+        let config = dir.join("joiner").join("config.toml");
+        let _ = std::fs::create_dir_all(dir.join("joiner"));
+        let bin = agent_bin();
+        let (bin, conf) = (
+            bin.to_str().unwrap_or_default(),
+            config.to_str().unwrap_or_default(),
+        );
+        let out = lab
+            .exec("joiner", &[bin, "cluster", "--config", conf, "join-token"])
+            .map_err(|e| format!("joiner: {e}"))?;
+        let token = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let log = std::fs::File::create(dir.join("joiner").join("agent.log"))
+            .map_err(|e| format!("joiner log: {e}"))?;
+        let mut cmd = lab.command(
+            "joiner",
+            &[
+                bin,
+                "run",
+                "--config",
+                conf,
+                "--instance",
+                &name.0,
+                "--join-listen",
+                &format!("0.0.0.0:{CONTROL_PORT}"),
+            ],
+        );
+        cmd.env("HA_AGENT_LOG", "info")
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        let pid = lab.spawn("joiner", cmd).map_err(|e| e.to_string())?;
+        service_limits(pid);
+        wait("the joiner listening", Duration::from_secs(10), || {
+            lab.exec("joiner", &["ss", "-Hltn", "sport = :7789"])
+                .is_ok_and(|o| !o.stdout.is_empty())
+        })?;
+        Ok(Joiner { name, token, pid })
+    }
+
+    /// `check-backup-node` from the LAN host `probe` (its only interface,
+    /// eth0, exists on the joiner), the token on stdin: the join's `Info`.
+    fn check(&self, lab: &Lab, limit: Duration) -> Result<(), String> {
+        use std::io::Write as _;
+        let bin = agent_bin();
+        let secs = limit.as_secs().max(1).to_string();
+        let mut child = lab
+            .command(
+                "probe",
+                &[
+                    "timeout",
+                    &secs,
+                    bin.to_str().unwrap_or_default(),
+                    "cluster",
+                    "--config",
+                    "/nonexistent/ha-agent.toml",
+                    "check-backup-node",
+                    "10.0.0.30",
+                    "eth0",
+                ],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        if let Some(mut i) = child.stdin.take() {
+            let _ = writeln!(i, "{}", self.token);
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(match out.status.code() {
+                Some(124) => format!("no answer within {limit:?}"),
+                _ => err.lines().last().unwrap_or("failed").trim().to_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of a process we started (the lab reaps it).
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        for f in ha_agent::paths::run_files(&self.name.0) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// What `hostile-sync` leaves for the transition count and the cleanup.
+struct HostileOutcome {
+    /// Processes started outside the lab's list (killed by the caller).
+    children: Vec<std::process::Child>,
+    /// fw2's transitions just before its sync daemon restarted.
+    before_restart: Option<u64>,
+}
+
+/// Copies of genuine frames, `header` bytes kept (sender, epoch), the
+/// sequence number at `seq_at` moved ahead by 1.. and the rest random: what
+/// a sender with another key (or none) makes of a recorded frame. Every
+/// other one also claims a newer epoch when `epoch_at` is given.
+fn forged_like(
+    frames: &[Vec<u8>],
+    header: usize,
+    seq_at: usize,
+    seq_len: usize,
+    epoch_at: Option<usize>,
+    g: &mut ha_lab::hostile::Garbage,
+    n: usize,
+) -> Vec<Vec<u8>> {
+    let frames: Vec<&Vec<u8>> = frames.iter().filter(|f| f.len() > header).collect();
+    (0..n)
+        .filter_map(|i| {
+            let f = frames.get(i % frames.len().max(1))?;
+            let mut out = f[..header].to_vec();
+            let bump = |b: &mut [u8], by: u64| {
+                let mut v = 0u64;
+                for x in b.iter() {
+                    v = (v << 8) | u64::from(*x);
+                }
+                let v = v.wrapping_add(by).to_be_bytes();
+                b.copy_from_slice(&v[8 - b.len()..]);
+            };
+            bump(&mut out[seq_at..seq_at + seq_len], 1 + i as u64);
+            if let Some(e) = epoch_at
+                && i % 2 == 1
+            {
+                bump(&mut out[e..e + 8], 1_000_000_000);
+            }
+            out.extend(g.bytes(f.len() - header));
+            Some(out)
+        })
+        .collect()
+}
+
+/// conntrackd's external cache on fw2: entries toward the server's port.
+fn conntrackd_cached(lab: &Lab, dir: &std::path::Path) -> usize {
+    let conf = dir.join("conntrackd2.conf");
+    lab.exec(
+        "fw2",
+        &["conntrackd", "-C", conf.to_str().unwrap_or_default(), "-e"],
+    )
+    .map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("dport=9001"))
+            .count()
+    })
+    .unwrap_or(0)
+}
+
+/// `hostile-sync`: from `rogue` on the HA segment, toward the backup's
+/// sync port with the master's address as source (10.255.0.1, spoofed):
+/// random bytes, frames with a wrong key, truncated and replayed genuine
+/// frames (captured at the switch port of fw1 first), the captured frames
+/// again right after the backup's sync daemon restarted, and a flood of
+/// 200,000 datagrams in about 2 s. Then: does sync still work (a
+/// connection opened afterwards reaches the backup)?
+fn hostile_sync(
+    lab: &Lab,
+    system: System,
+    n2: &Node,
+    dir: &std::path::Path,
+    run: &mut Run,
+) -> HostileOutcome {
+    use ha_lab::hostile::{Garbage, capture_udp, flood, send_all, spoofed_socket};
+    let mut out = HostileOutcome {
+        children: Vec::new(),
+        before_restart: None,
+    };
+    let port = match system {
+        System::Agent => 7788,
+        System::Keepalived => 3780,
+    };
+    let master = Ipv4Addr::new(10, 255, 0, 1);
+    let target = std::net::SocketAddrV4::new(Ipv4Addr::new(10, 255, 0, 2), port);
+    let server = SocketAddr::from(SERVER_TCP);
+    // Genuine frames, as a host on the segment records them: new
+    // connections through the gateway make records to replicate.
+    let (captured, _fleet) = std::thread::scope(|s| {
+        let cap = s.spawn(|| {
+            lab.run_in("hasw", || {
+                capture_udp("fw1-ha0", master, port, 400, Duration::from_secs(2))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let fleet = lab.run_in("client", || {
+            let mut f = Fleet::default();
+            let _ = f.open(server, 50, Duration::from_secs(2));
+            f
+        });
+        let cap = match cap.join() {
+            Ok(Ok(Ok(c))) => c,
+            Ok(Ok(Err(e))) => {
+                run.notes.push(format!("capture: {e}"));
+                Vec::new()
+            }
+            Ok(Err(e)) => {
+                run.notes.push(format!("capture: {e}"));
+                Vec::new()
+            }
+            Err(_) => {
+                run.notes
+                    .push("capture: the capture thread panicked".into());
+                Vec::new()
+            }
+        };
+        (cap, fleet)
+    });
+    let frames: Vec<Vec<u8>> = captured.iter().map(|c| c.payload.clone()).collect();
+    let src = captured
+        .first()
+        .map_or(std::net::SocketAddrV4::new(master, port), |c| c.src);
+    let sock = match lab.run_in("rogue", || spoofed_socket(src)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            run.notes.push(format!("spoofed socket: {e}"));
+            return out;
+        }
+        Err(e) => {
+            run.notes.push(format!("spoofed socket: {e}"));
+            return out;
+        }
+    };
+    let mut g = Garbage::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    );
+    let gap = Duration::from_micros(20);
+    let random: Vec<Vec<u8>> = (0..2000)
+        .map(|_| {
+            let n = (g.next_u64() % 1473) as usize;
+            g.bytes(n)
+        })
+        .collect();
+    // Header layouts: ours is 32 bytes (seq u64 at 16, epoch u64 at 8);
+    // conntrackd's nethdr is 8 (seq u32 at 4) and has no key at all.
+    let wrong = match system {
+        System::Agent => forged_like(&frames, 32, 16, 8, Some(8), &mut g, 2000),
+        System::Keepalived => forged_like(&frames, 8, 4, 4, None, &mut g, 2000),
+    };
+    let truncated: Vec<Vec<u8>> = frames
+        .iter()
+        .flat_map(|f| {
+            let l = f.len();
+            [0, 1, 2, 4, 8, 16, 31, 32, 33, 47, 48, l.saturating_sub(17)]
+                .into_iter()
+                .chain([l.saturating_sub(16), l.saturating_sub(1)])
+                .filter(move |n| *n < l)
+                .map(|n| f[..n].to_vec())
+        })
+        .collect();
+    let mut sent = 0;
+    sent += send_all(&sock, target, &random, gap).datagrams;
+    sent += send_all(&sock, target, &wrong, gap).datagrams;
+    sent += send_all(&sock, target, &truncated, gap).datagrams;
+    for _ in 0..2 {
+        sent += send_all(&sock, target, &frames, gap).datagrams;
+    }
+    run.notes.push(format!(
+        "captured {} genuine frames; sent {sent} forged/truncated/replayed",
+        frames.len()
+    ));
+    // More connections: the master's sequence moves past the recorded
+    // frames, which are now stale (a replay of the newest frame would be
+    // harmless: the next genuine frame follows it).
+    let _later = lab.run_in("client", || {
+        let mut f = Fleet::default();
+        let _ = f.open(server, 50, Duration::from_secs(2));
+        f
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // The peer restarts; the recorded frames (the master's current epoch)
+    // are replayed at it from the moment it comes back.
+    out.before_restart = n2.transitions();
+    if let Node::Agent(a) = n2
+        && let Some(sy) = live_status(&a.pins.0, Duration::from_secs(2)).and_then(|s| s.sync)
+    {
+        run.notes.push(format!(
+            "before the restart, the backup's sync rejected: {:?}",
+            sy.rejected
+        ));
+    }
+    let restart = std::time::Instant::now();
+    match n2 {
+        Node::Agent(a) => {
+            a.signal(libc::SIGKILL);
+            let stat = format!("/proc/{}/stat", a.pid);
+            let _ = wait("fw2's agent gone", Duration::from_secs(5), || {
+                std::fs::read_to_string(&stat).map_or(true, |s| s.contains(") Z"))
+            });
+            let config = std::env::temp_dir().join(&a.pins.0).join("config.toml");
+            let log = std::fs::OpenOptions::new().append(true).open(&a.log);
+            let bin = agent_bin();
+            let child = log.and_then(|log| {
+                lab.command(
+                    "fw2",
+                    &[
+                        bin.to_str().unwrap_or_default(),
+                        "run",
+                        "--config",
+                        config.to_str().unwrap_or_default(),
+                    ],
+                )
+                .env("HA_AGENT_LOG", "info")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+            });
+            match child {
+                Ok(c) => {
+                    service_limits(c.id());
+                    out.children.push(c);
+                }
+                Err(e) => run.notes.push(format!("restarting fw2's agent: {e}")),
+            }
+        }
+        Node::Keepalived(_, ctd) => {
+            // SAFETY: plain kill(2) of a process we started.
+            unsafe { libc::kill(*ctd as i32, libc::SIGTERM) };
+            let stat = format!("/proc/{ctd}/stat");
+            let _ = wait("fw2's conntrackd gone", Duration::from_secs(5), || {
+                std::fs::read_to_string(&stat).map_or(true, |s| s.contains(") Z"))
+            });
+            let _ = std::fs::remove_file(dir.join("conntrackd.lock.2"));
+            let conf = dir.join("conntrackd2.conf");
+            match lab
+                .command(
+                    "fw2",
+                    &["conntrackd", "-C", conf.to_str().unwrap_or_default()],
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+            {
+                Ok(c) => out.children.push(c),
+                Err(e) => run.notes.push(format!("restarting fw2's conntrackd: {e}")),
+            }
+        }
+    }
+    let new_pid = out.children.first().map(std::process::Child::id);
+    let mut back = None;
+    let mut replayed = 0u64;
+    let mut polled = std::time::Instant::now();
+    // A recorded frame every 50 us (20,000/s): the new process must meet
+    // one between binding its socket and the master's first answer.
+    while restart.elapsed() < Duration::from_secs(6) && !frames.is_empty() {
+        if sock
+            .send_to(&frames[replayed as usize % frames.len()], target)
+            .is_ok()
+        {
+            replayed += 1;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+        if polled.elapsed() < Duration::from_millis(10) {
+            continue;
+        }
+        polled = std::time::Instant::now();
+        if back.is_none() {
+            let up = match n2 {
+                Node::Agent(a) => a.status().is_some_and(|s| {
+                    Some(s.pid) == new_pid && s.roles.get("fw").is_some_and(|r| r == "BACKUP")
+                }),
+                Node::Keepalived(..) => restart.elapsed() > Duration::from_millis(500),
+            };
+            if up {
+                back = Some(std::time::Instant::now());
+            }
+        }
+        if back.is_some_and(|b| b.elapsed() > Duration::from_millis(500)) {
+            break;
+        }
+    }
+    run.notes.push(format!(
+        "fw2's sync daemon restarted: {replayed} recorded frames replayed at it until {}",
+        if back.is_some() {
+            "0.5 s after it was back"
+        } else {
+            "6 s had passed (it did not come back as BACKUP)"
+        }
+    ));
+    // The flood, from the spoofed peer address: recorded frames and forged
+    // ones, 200,000 datagrams paced over 2 s (at most 3 s).
+    let mix: Vec<Vec<u8>> = frames.iter().chain(wrong.iter()).cloned().collect();
+    let cpu0 = match n2 {
+        Node::Agent(_) => new_pid.and_then(ha_lab::hostile::cpu_seconds),
+        Node::Keepalived(..) => None,
+    };
+    let (f, during) = std::thread::scope(|s| {
+        let during = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            operator_socket_ok(n2)
+        });
+        let f = flood(
+            &sock,
+            target,
+            &mix,
+            200_000,
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+        );
+        (f, during.join().unwrap_or(false))
+    });
+    let cpu = cpu0
+        .zip(new_pid.and_then(ha_lab::hostile::cpu_seconds))
+        .map(|(a, b)| {
+            format!(
+                ", fw2's agent used {:.0}% of a CPU",
+                (b - a) / f.seconds.max(0.1) * 100.0
+            )
+        })
+        .unwrap_or_default();
+    run.notes.push(format!(
+        "flood: {} datagrams in {:.1} s ({} not queued by the sender){cpu}",
+        f.datagrams, f.seconds, f.refused
+    ));
+    // Afterwards: sync works if new connections reach the backup.
+    std::thread::sleep(Duration::from_secs(1));
+    let count = |lab: &Lab| match system {
+        System::Agent => conntrack_count(lab, "fw2", 9001),
+        System::Keepalived => conntrackd_cached(lab, dir),
+    };
+    let in_sync = match system {
+        System::Agent => wait("fw2 in sync", Duration::from_secs(10), || n2.in_sync()).is_ok(),
+        System::Keepalived => true,
+    };
+    let before = count(lab);
+    let fresh = lab
+        .run_in("client", || {
+            let mut f = Fleet::default();
+            let _ = f.open(server, 20, Duration::from_secs(2));
+            f
+        })
+        .ok();
+    let opened = fresh.as_ref().map_or(0, Fleet::len);
+    let mut reached = 0;
+    let _ = wait("new connections on fw2", Duration::from_secs(5), || {
+        reached = count(lab).saturating_sub(before);
+        reached >= opened && opened > 0
+    });
+    run.in_sync_after = Some(in_sync && opened > 0 && reached >= opened);
+    let place = match system {
+        System::Agent => "conntrack",
+        System::Keepalived => "conntrackd external cache",
+    };
+    let reported = match system {
+        System::Agent => format!("backup reports in sync: {in_sync}"),
+        System::Keepalived => "conntrackd reports no sync state".into(),
+    };
+    run.notes.push(format!(
+        "after: {reported}; {reached}/{opened} new connections reached the backup's {place}"
+    ));
+    match n2 {
+        Node::Agent(a) => {
+            let after = operator_socket_ok(n2);
+            run.control_ok = Some(during && after);
+            if let Some(sy) = a.status().and_then(|s| s.sync) {
+                run.notes.push(format!(
+                    "after the restart, the backup's sync rejected: {:?}",
+                    sy.rejected
+                ));
+            }
+        }
+        Node::Keepalived(..) => {
+            let conf = dir.join("conntrackd2.conf");
+            if let Ok(o) = lab.exec(
+                "fw2",
+                &["conntrackd", "-C", conf.to_str().unwrap_or_default(), "-s"],
+            ) {
+                let stats: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| {
+                        ["malformed", "lost", "error", "recv"]
+                            .iter()
+                            .any(|w| l.contains(w))
+                    })
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect();
+                run.notes
+                    .push(format!("fw2 conntrackd -s: {}", stats.join("; ")));
+            }
+        }
+    }
+    drop(fresh);
+    out
+}
+
+/// `control-flood`: a thousand idle and slow connections to fw2's control
+/// port from the HA segment, 500 more from a LAN host (to fw2's LAN and HA
+/// addresses, through fw2), and a thousand to a joining node's join port
+/// (half from the LAN, half from the HA segment), held about 8 s; the
+/// cluster verbs are asked before, during and after.
+fn control_flood(
+    lab: &Lab,
+    n1: &Node,
+    n2: &Node,
+    joiner: Option<&Joiner>,
+    key: &SyncKey,
+    run: &mut Run,
+) {
+    use ha_lab::hostile::{Slowloris, cpu_seconds};
+    let cluster_key: [u8; 32] = std::fs::read(&key.0)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .unwrap_or([11u8; 32]);
+    let Node::Agent(a2) = n2 else { return };
+    let _ = n1;
+    let control = SocketAddr::from(([10, 255, 0, 2], CONTROL_PORT));
+    // Every surface asked at once, each bounded: (control channel, join,
+    // operator socket).
+    let ask = || {
+        std::thread::scope(|s| {
+            let c =
+                s.spawn(|| control_info(lab, "fw1", control, &cluster_key, Duration::from_secs(3)));
+            let j = s.spawn(|| {
+                joiner.map_or(Err("no joiner".into()), |j| {
+                    j.check(lab, Duration::from_secs(5))
+                })
+            });
+            let o = operator_socket_ok(n2);
+            (
+                c.join().unwrap_or(Err("panicked".into())),
+                j.join().unwrap_or(Err("panicked".into())),
+                o,
+            )
+        })
+    };
+    let show = |(c, j, o): &(Result<(), String>, Result<(), String>, bool)| {
+        let r = |x: &Result<(), String>| match x {
+            Ok(()) => "answered".to_owned(),
+            Err(e) => format!("FAILED ({e})"),
+        };
+        format!(
+            "control channel fw1->fw2 {}; join check {}; fw2 operator socket {}",
+            r(c),
+            r(j),
+            if *o { "answered" } else { "FAILED" }
+        )
+    };
+    let before = ask();
+    run.notes.push(format!("before: {}", show(&before)));
+    let cpu0 = cpu_seconds(a2.pid);
+    let started = std::time::Instant::now();
+    let stop = AtomicBool::new(false);
+    let hold = Duration::from_secs(8);
+    let (during, floods) = std::thread::scope(|s| {
+        let targets: [(&str, SocketAddr, usize); 5] = [
+            ("rogue", control, 1000),
+            (
+                "probe",
+                SocketAddr::from(([10, 0, 0, 3], CONTROL_PORT)),
+                250,
+            ),
+            ("probe", control, 250),
+            (
+                "probe",
+                SocketAddr::from(([10, 0, 0, 30], CONTROL_PORT)),
+                500,
+            ),
+            (
+                "rogue",
+                SocketAddr::from(([10, 255, 0, 30], CONTROL_PORT)),
+                500,
+            ),
+        ];
+        let stop = &stop;
+        let handles: Vec<_> = targets
+            .into_iter()
+            .map(|(ns, to, n)| {
+                s.spawn(move || {
+                    lab.run_in(ns, || {
+                        let l = Slowloris::open(to, n, Duration::from_secs(2))?;
+                        let opened = (l.len(), l.established);
+                        let t = std::time::Instant::now();
+                        while !stop.load(Ordering::Relaxed) && t.elapsed() < hold {
+                            l.trickle();
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        Ok::<_, std::io::Error>((ns, to, opened.0, opened.1, l.closed_by_peer()))
+                    })
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2500));
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", a2.pid)).map_or(0, Iterator::count);
+        let limit = ha_lab::hostile::nofile(a2.pid).map_or(0, |l| l.0);
+        let during = ask();
+        stop.store(true, Ordering::Relaxed);
+        let floods: Vec<String> = handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(Ok(Ok((ns, to, n, est, closed)))) => {
+                    format!("{ns}->{to}: {est}/{n} established, {closed} closed by the server")
+                }
+                Ok(Ok(Err(e))) => format!("flood: {e}"),
+                _ => "flood thread failed".into(),
+            })
+            .collect();
+        (during, (floods, fds, limit))
+    });
+    let (floods, fds, limit) = floods;
+    let cpu = cpu0
+        .zip(cpu_seconds(a2.pid))
+        .map(|(a, b)| {
+            format!(
+                "; fw2's agent used {:.0}% of a CPU meanwhile",
+                (b - a) / started.elapsed().as_secs_f64() * 100.0
+            )
+        })
+        .unwrap_or_default();
+    run.notes.push(format!(
+        "flood: {}{cpu}; fw2's agent held {fds} open files (soft limit {limit})",
+        floods.join(", ")
+    ));
+    run.notes.push(format!("during: {}", show(&during)));
+    // After: each surface gets 5 s to answer again.
+    let t = std::time::Instant::now();
+    let mut after = ask();
+    while !(after.0.is_ok() && after.1.is_ok() && after.2) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(500));
+        after = ask();
+    }
+    run.notes.push(format!("after: {}", show(&after)));
+    let ok = |x: &(Result<(), String>, Result<(), String>, bool)| x.0.is_ok() && x.1.is_ok() && x.2;
+    run.control_ok = Some(ok(&during) && ok(&after));
+    run.in_sync_after = Some(
+        wait("in sync", Duration::from_secs(5), || {
+            n1.in_sync() && n2.in_sync()
+        })
+        .is_ok(),
+    );
+}
+
 fn main() {
     let a = Args::parse();
     ha_tests::require_root();
+    // The attackers' sockets live in this process (agents get their own
+    // limit: `service_limits`).
+    if let Err(e) = ha_lab::hostile::raise_own_nofile() {
+        eprintln!("raising the open-file limit: {e}");
+    }
     let _ = agent_bin();
     if a.up {
         return up(&a);
@@ -632,7 +1602,7 @@ fn report(
         a.adv_ms, a.runs, a.tcp
     );
     println!(
-        "{:<12} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6}",
+        "{:<13} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}",
         "scenario",
         "system",
         "recovered",
@@ -643,7 +1613,10 @@ fn report(
         "RSTs",
         "dual own",
         "ARP ok",
-        "flows"
+        "flows",
+        "unexp",
+        "in sync",
+        "control"
     );
     let mut json_systems = Vec::new();
     for &system in systems {
@@ -672,8 +1645,39 @@ fn report(
             let dual = runs.iter().map(|r| r.dual_owner_ms).fold(0.0, f64::max);
             let arp = runs.iter().filter(|r| r.arp_ok).count();
             let flows = runs.iter().map(|r| r.flows_replicated).max().unwrap_or(0);
+            // Summed over the runs; null when no run could count them.
+            let unexpected: Option<u64> = runs
+                .iter()
+                .filter_map(|r| r.unexpected_transitions)
+                .reduce(|a, b| a + b);
+            // True only if every run that measured it says so.
+            let all = |f: fn(&Run) -> Option<bool>| {
+                let v: Vec<bool> = runs.iter().filter_map(f).collect();
+                (!v.is_empty()).then(|| v.iter().all(|b| *b))
+            };
+            let in_sync_after = all(|r| r.in_sync_after);
+            let control_ok = all(|r| r.control_ok);
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            let notes: std::collections::BTreeSet<&String> =
+                runs.iter().flat_map(|r| &r.notes).collect();
+            if runs.iter().all(|r| r.na) {
+                println!("{:<13} {:<11} {:>9}", scenario.name(), system.name(), "n/a");
+                for note in &notes {
+                    println!("{:<13} {:<11}   note: {note}", "", "");
+                }
+                js.push(serde_json::json!({
+                    "name": scenario.name(),
+                    "applicable": false,
+                    "runs": 0,
+                    "unexpected_transitions": null,
+                    "in_sync_after": null,
+                    "control_ok": null,
+                    "notes": notes,
+                }));
+                continue;
+            }
             println!(
-                "{:<12} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6}",
+                "{:<13} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6} {:>6} {:>8} {:>8}",
                 scenario.name(),
                 system.name(),
                 format!("{recovered}/{}", runs.len()),
@@ -684,14 +1688,13 @@ fn report(
                 rsts,
                 dual,
                 format!("{arp}/{}", runs.len()),
-                flows
+                flows,
+                opt(unexpected.map(|u| u.to_string())),
+                opt(in_sync_after.map(|b| b.to_string())),
+                opt(control_ok.map(|b| b.to_string())),
             );
-            for note in runs
-                .iter()
-                .filter_map(|r| r.note.as_ref())
-                .collect::<std::collections::BTreeSet<_>>()
-            {
-                println!("{:<12} {:<11}   note: {note}", "", "");
+            for note in &notes {
+                println!("{:<13} {:<11}   note: {note}", "", "");
             }
             js.push(serde_json::json!({
                 "name": scenario.name(),
@@ -706,6 +1709,10 @@ fn report(
                 "dual_owner_ms": dual,
                 "arp_resolved": arp,
                 "flows_replicated": flows,
+                "unexpected_transitions": unexpected,
+                "in_sync_after": in_sync_after,
+                "control_ok": control_ok,
+                "notes": notes,
             }));
         }
         json_systems.push(
@@ -719,6 +1726,9 @@ fn report(
             "scenario", "ha-agent", "keepalived", "ratio (p50)", "dual own (ha / ka)"
         );
         for &scenario in scenarios {
+            if scenario == Scenario::ControlFlood {
+                continue;
+            }
             let get = |system: System| {
                 let runs = results
                     .iter()
@@ -826,11 +1836,27 @@ fn timeline_svg(a: &Args, systems: &[System], results: &[(System, Scenario, Vec<
 
 /// `--up`: the lab with both agents, left running.
 fn up(a: &Args) {
-    let mut lab = build_lab();
+    let mut lab = build_lab(Scenario::HardCrash);
     let key = SyncKey::new("lab-up", [11u8; 32]);
     let dir = std::env::temp_dir();
-    let n1 = start(&mut lab, System::Agent, 1, a.adv_ms, &key, &dir);
-    let n2 = start(&mut lab, System::Agent, 2, a.adv_ms, &key, &dir);
+    let n1 = start(
+        &mut lab,
+        System::Agent,
+        Scenario::HardCrash,
+        1,
+        a.adv_ms,
+        &key,
+        &dir,
+    );
+    let n2 = start(
+        &mut lab,
+        System::Agent,
+        Scenario::HardCrash,
+        2,
+        a.adv_ms,
+        &key,
+        &dir,
+    );
     let _ = wait("roles", Duration::from_secs(20), || {
         n1.role().as_deref() == Some("MASTER")
     });
