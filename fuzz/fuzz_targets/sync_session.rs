@@ -30,6 +30,8 @@ enum Op {
         epoch: u64,
         seq: u64,
         ack: u64,
+        /// Addressed to B's epoch (else to "not known yet").
+        addressed: bool,
         records: Vec<(bool, u8, u16)>,
     },
     /// Deliver A's next datagram to B (or B's to A).
@@ -102,13 +104,15 @@ fuzz_target!(|ops: Vec<Op>| {
                 epoch,
                 seq,
                 ack,
+                addressed,
                 records,
             } => {
-                let kind = match kind % 5 {
+                let kind = match kind % 6 {
                     0 => Kind::Data,
                     1 => Kind::Ack,
                     2 => Kind::Hello,
                     3 => Kind::ResyncDone,
+                    4 => Kind::Open,
                     _ => Kind::Resync,
                 };
                 let records: Vec<Record> = records
@@ -128,14 +132,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     kind,
                     sender: if sender_is_a { A } else { B },
                     epoch,
-                    // KNOWN BUG, kept out until fixed: a sequence number
-                    // within WINDOW of u64::MAX overflows `next_expected +
-                    // WINDOW` in the session (a panic with overflow checks).
-                    // Fixture: fuzz/known-bugs/sync_session/; test:
-                    // ha-agent/tests/fuzz_regressions.rs (ignored). Remove
-                    // this clamp with the fix.
-                    seq: seq.min(u64::MAX / 2),
+                    // Any sequence number: one near u64::MAX once overflowed
+                    // the window check (fuzz/regressions/sync_session/).
+                    seq,
                     ack,
+                    to_epoch: if addressed { 2_000 } else { 0 },
                 };
                 deliver(&mut b, &crypto.seal(&h, &records));
             }
