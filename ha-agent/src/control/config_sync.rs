@@ -414,6 +414,8 @@ async fn apply_with(
                 hash: Some(hash.clone()),
                 synced_unix_ms: Some(unix_ms(SystemTime::now())),
                 refused_total: s.refused_total,
+                control_served: s.control_served,
+                control_refused: std::mem::take(&mut s.control_refused),
             };
             Response::Done { hash }
         }
@@ -582,6 +584,8 @@ where
                                 hash: Some(hash),
                                 synced_unix_ms: Some(unix_ms(SystemTime::now())),
                                 refused_total: s.refused_total,
+                                control_served: s.control_served,
+                                control_refused: std::mem::take(&mut s.control_refused),
                             };
                         }
                         Ok(Response::Refused(r)) => set_sync(

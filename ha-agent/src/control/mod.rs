@@ -67,6 +67,7 @@ pub fn spawn(
                 local::serve(shared.clone(), to_loop.clone()),
                 peer_server(shared.clone(), key, to_loop.clone()),
                 config_sync::pusher(shared.clone(), key),
+                publish_counters(shared.clone()),
                 async {
                     if let Some(addr) = metrics {
                         http::serve(addr, shared.instance.clone()).await;
@@ -85,6 +86,25 @@ pub fn spawn(
 /// reason, requests answered): for the status.
 pub fn channel_rejections() -> channel::Rejections {
     PEER_COUNTERS.snapshot()
+}
+
+/// Copies the control channel's counters into the config-sync status once
+/// a second, where the loop's status snapshot and the metrics find them
+/// (the loop never calls in here).
+async fn publish_counters(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let c = channel_rejections();
+        let mut s = lock(&shared.config_sync);
+        s.control_served = c.served;
+        s.control_refused = c
+            .rejected
+            .iter()
+            .map(|(r, n)| ((*r).to_owned(), *n))
+            .collect();
+    }
 }
 
 /// What the join listener counted since start.

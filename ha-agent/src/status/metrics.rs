@@ -178,6 +178,32 @@ pub fn render(st: &Status) -> String {
                 .set(i64::from(c.state == s));
         }
         r.register("config_sync", "1 for the config-sync state", states);
+        let refused = Counter::<u64>::default();
+        refused.inc_by(c.refused_total);
+        r.register(
+            "config_sync_refused",
+            "Config pushes this secondary refused",
+            refused,
+        );
+        let served = Counter::<u64>::default();
+        served.inc_by(c.control_served);
+        r.register(
+            "control_served",
+            "Cluster control channel requests answered",
+            served,
+        );
+        let ctl = Family::<ReasonLabel, Counter>::default();
+        for (reason, n) in &c.control_refused {
+            ctl.get_or_create(&ReasonLabel {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+        }
+        r.register(
+            "control_refused",
+            "Cluster control channel connections closed unanswered, by reason",
+            ctl,
+        );
     }
     let mut out = String::new();
     let _ = encode(&mut out, &r);

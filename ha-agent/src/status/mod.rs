@@ -110,6 +110,13 @@ pub struct ConfigSyncStatus {
     /// invalid configuration, failed reload or hook), each with its reason.
     #[serde(default)]
     pub refused_total: u64,
+    /// Cluster control channel: requests answered since start.
+    #[serde(default)]
+    pub control_served: u64,
+    /// Cluster control channel: connections closed unanswered, by reason
+    /// (`not_peer`, `evicted`, `busy`, `timeout`, `auth_failed`, ...).
+    #[serde(default)]
+    pub control_refused: BTreeMap<String, u64>,
 }
 
 /// The agent's status.

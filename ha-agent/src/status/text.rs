@@ -118,6 +118,24 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
             let _ = write!(o, ": {r}");
         }
         let _ = writeln!(o);
+        if c.refused_total > 0 {
+            let _ = writeln!(o, "  pushes refused: {}", c.refused_total);
+        }
+        let refused: u64 = c.control_refused.values().sum();
+        let _ = write!(
+            o,
+            "  control channel: {} served, {refused} refused",
+            c.control_served
+        );
+        if refused > 0 {
+            let reasons: Vec<String> = c
+                .control_refused
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            let _ = write!(o, " ({})", reasons.join(", "));
+        }
+        let _ = writeln!(o);
         if st.cluster_role.as_deref() == Some("SECONDARY")
             && let Some(p) = st.primary
         {
