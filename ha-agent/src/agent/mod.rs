@@ -140,8 +140,13 @@ impl Agent {
             .collect();
         // The cluster control channel (and the join a primary makes) runs
         // over the HA link: peers reach our control port, and replies reach
-        // connections we opened to theirs.
-        let control_port = config.cluster.as_ref().map_or(0, |c| c.control_port);
+        // connections we opened to theirs. Also without a [cluster] section:
+        // the checks of a node about to become the primary
+        // (`check-backup-node`) run before `init-primary-node` writes one.
+        let control_port = config
+            .cluster
+            .as_ref()
+            .map_or(crate::dataplane::DEFAULT_JOIN_PORT, |c| c.control_port);
         dp.set_link_settings(&LinkSettings {
             address: config.ha.address,
             peers: config.ha.peers.clone(),
@@ -149,11 +154,7 @@ impl Agent {
             sync_port: config.ha.sync_port,
             mgmt,
             control_port,
-            join_port: if control_port == 0 {
-                0
-            } else {
-                crate::dataplane::DEFAULT_JOIN_PORT
-            },
+            join_port: crate::dataplane::DEFAULT_JOIN_PORT,
         })?;
         setup::install_vips(&config, &mut dp)?;
         setup::arp_sysctls(&config.data_interfaces());

@@ -73,6 +73,10 @@ pub const RX_BATCH: usize = 8;
 /// [`RX_BATCH`]); if more wait, the socket stays ready and the thread comes
 /// back to it after its sends and timers.
 pub const RX_PER_WAKEUP: usize = 64;
+/// How long the sync thread pauses reading after a wakeup that looked like a
+/// flood (see `SyncHandle::flooded`): at most [`RX_PER_WAKEUP`] refused
+/// datagrams per pause, about 13,000 a second.
+pub const FLOOD_PAUSE: Duration = Duration::from_millis(5);
 /// Longest the commit before a takeover keeps draining the socket; what is
 /// left is applied by the sync thread right after.
 pub const COMMIT_BUDGET: Duration = Duration::from_millis(1);
@@ -126,11 +130,13 @@ impl Core {
         let mut records = Vec::new();
         let mut more = true;
         let mut datagrams = 0;
+        let mut rejected = 0;
         for _ in 0..max {
             match self.udp.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
                     datagrams += 1;
                     if from.ip() != std::net::IpAddr::V4(*self.peer.ip()) {
+                        rejected += 1;
                         continue;
                     }
                     match self.session.on_datagram(&self.buf[..n]) {
@@ -143,6 +149,7 @@ impl Core {
                             }
                         }
                         Err(e) => {
+                            rejected += 1;
                             // Counted by the session; logged at most once a second.
                             if self.reject_log.allow(self.now()) {
                                 warn!(cause = %e, total = ?self.session.counters.rejected, "sync frame rejected");
@@ -162,6 +169,7 @@ impl Core {
         self.flush();
         Ok(Batch {
             datagrams,
+            rejected,
             records: records.len(),
             more,
         })
@@ -184,6 +192,8 @@ impl Core {
 #[derive(Debug, Clone, Copy)]
 struct Batch {
     datagrams: usize,
+    /// Datagrams refused (not from the peer, or rejected by the session).
+    rejected: usize,
     records: usize,
     /// Datagrams may still wait (the socket did not say "empty").
     more: bool,
@@ -192,6 +202,12 @@ struct Batch {
 /// Shared between the replication thread and the VRRP loop.
 pub struct SyncHandle {
     core: Mutex<Core>,
+    /// The last wakeup found a full socket of mostly refused datagrams (a
+    /// flood, e.g. from a spoofed peer address): the thread pauses
+    /// [`FLOOD_PAUSE`] before reading on, so refusing costs a bounded share
+    /// of a CPU; the kernel drops what overflows the socket buffer, and the
+    /// peer resends what was genuine.
+    flooded: AtomicBool,
     /// Whether the peer's bulk resync completed (read by the loop).
     in_sync: AtomicBool,
     /// The operator asked for a resync; the sync thread sends the request.
@@ -254,6 +270,7 @@ impl SyncHandle {
         let peer = core.peer;
         Arc::new(SyncHandle {
             core: Mutex::new(core),
+            flooded: AtomicBool::new(false),
             in_sync: AtomicBool::new(false),
             resync: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -293,15 +310,21 @@ impl SyncHandle {
     /// taken for [`RX_BATCH`] at a time. Returns the datagrams read and
     /// whether the socket was found empty (only then may its readiness be
     /// cleared).
+    /// Also tells whether this looks like a flood: the wakeup did not empty
+    /// the socket and most of what it read was refused.
     fn receive_wakeup(&self) -> anyhow::Result<(usize, bool)> {
         let mut read = 0;
+        let mut rejected = 0;
         while read < RX_PER_WAKEUP {
             let b = self.lock()?.receive(RX_BATCH.min(RX_PER_WAKEUP - read))?;
             read += b.datagrams;
+            rejected += b.rejected;
             if !b.more {
                 return Ok((read, true));
             }
         }
+        self.flooded
+            .store(rejected * 2 > read, std::sync::atomic::Ordering::Relaxed);
         Ok((read, false))
     }
 
@@ -485,6 +508,7 @@ pub async fn run(
     let mut lags: VecDeque<f64> = VecDeque::with_capacity(LAG_SAMPLES);
     let mut bulks = 0u64;
     let mut batch = Vec::new();
+    let mut flood_log = Every::new();
     let mut status_at = Duration::ZERO;
     info!(peer = %config.ha.peers[0], port = config.ha.sync_port, "state sync running");
     tokio::pin!(shutdown);
@@ -568,6 +592,12 @@ pub async fn run(
                 let (_, drained) = handle.receive_wakeup()?;
                 if drained {
                     guard.clear_ready();
+                } else if handle.flooded.load(Ordering::Relaxed) {
+                    if flood_log.allow(handle.lock()?.now()) {
+                        warn!("state sync: a flood of refused datagrams; reading paused {FLOOD_PAUSE:?} after every {RX_PER_WAKEUP} (the kernel drops the overflow)");
+                    }
+                    drop(guard);
+                    tokio::time::sleep(FLOOD_PAUSE).await;
                 }
             }
             () = tokio::time::sleep_until((start + wake).into()) => {}

@@ -947,45 +947,29 @@ impl Joiner {
         Ok(Joiner { name, token, pid })
     }
 
-    /// `check-backup-node` from the LAN host `probe` (its only interface,
-    /// eth0, exists on the joiner), the token on stdin: the join's `Info`.
+    /// The join's `Info` (what `check-backup-node` asks first) from the
+    /// would-be primary fw1 over the LAN, under the key of the joiner's
+    /// token: the legitimate caller is a host of its own, not one of the
+    /// flooding hosts (the probe host and `rogue`).
     fn check(&self, lab: &Lab, limit: Duration) -> Result<(), String> {
-        use std::io::Write as _;
-        let bin = agent_bin();
-        let secs = limit.as_secs().max(1).to_string();
-        let mut child = lab
-            .command(
-                "probe",
-                &[
-                    "timeout",
-                    &secs,
-                    bin.to_str().unwrap_or_default(),
-                    "cluster",
-                    "--config",
-                    "/nonexistent/ha-agent.toml",
-                    "check-backup-node",
-                    "10.0.0.30",
-                    "eth0",
-                ],
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        if let Some(mut i) = child.stdin.take() {
-            let _ = writeln!(i, "{}", self.token);
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            let err = String::from_utf8_lossy(&out.stderr);
-            Err(match out.status.code() {
-                Some(124) => format!("no answer within {limit:?}"),
-                _ => err.lines().last().unwrap_or("failed").trim().to_owned(),
+        use ha_agent::control::channel::{Request, Response, call, join_key};
+        let key = join_key(&self.token);
+        let to = SocketAddr::from(([10, 0, 0, 30], 7789));
+        lab.run_in("fw1", || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                match tokio::time::timeout(limit, call(to, &key, &Request::Info)).await {
+                    Ok(Ok(Response::Info(_))) => Ok(()),
+                    Ok(Ok(other)) => Err(format!("answered {other:?}")),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(_) => Err(format!("no answer within {limit:?}")),
+                }
             })
-        }
+        })
+        .map_err(|e| e.to_string())?
     }
 }
 
