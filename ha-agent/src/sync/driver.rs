@@ -73,10 +73,13 @@ pub const RX_BATCH: usize = 8;
 /// [`RX_BATCH`]); if more wait, the socket stays ready and the thread comes
 /// back to it after its sends and timers.
 pub const RX_PER_WAKEUP: usize = 64;
-/// How long the sync thread pauses reading after a wakeup that looked like a
-/// flood (see `SyncHandle::flooded`): at most [`RX_PER_WAKEUP`] refused
-/// datagrams per pause, about 13,000 a second.
-pub const FLOOD_PAUSE: Duration = Duration::from_millis(5);
+/// Refused datagrams the sync thread reads per [`FLOOD_WINDOW`] at most (about
+/// 10,000 a second); beyond, it stops reading until the window ends (see
+/// `SyncHandle::refused`). Genuine frames do not count: a bulk resync is
+/// never slowed by this.
+pub const FLOOD_BUDGET: usize = 200;
+/// See [`FLOOD_BUDGET`]; also the longest a flood delays the thread's sends.
+pub const FLOOD_WINDOW: Duration = Duration::from_millis(20);
 /// Longest the commit before a takeover keeps draining the socket; what is
 /// left is applied by the sync thread right after.
 pub const COMMIT_BUDGET: Duration = Duration::from_millis(1);
@@ -202,12 +205,13 @@ struct Batch {
 /// Shared between the replication thread and the VRRP loop.
 pub struct SyncHandle {
     core: Mutex<Core>,
-    /// The last wakeup found a full socket of mostly refused datagrams (a
-    /// flood, e.g. from a spoofed peer address): the thread pauses
-    /// [`FLOOD_PAUSE`] before reading on, so refusing costs a bounded share
-    /// of a CPU; the kernel drops what overflows the socket buffer, and the
-    /// peer resends what was genuine.
-    flooded: AtomicBool,
+    /// Datagrams refused since the sync thread last looked (not from the
+    /// peer, or rejected by the session): past [`FLOOD_BUDGET`] in a
+    /// [`FLOOD_WINDOW`] (a flood, e.g. from a spoofed peer address) the
+    /// thread stops reading until the window ends, so refusing costs a
+    /// bounded share of a CPU; the kernel drops what overflows the socket
+    /// buffer, and the peer resends what was genuine.
+    refused: std::sync::atomic::AtomicUsize,
     /// Whether the peer's bulk resync completed (read by the loop).
     in_sync: AtomicBool,
     /// The operator asked for a resync; the sync thread sends the request.
@@ -270,7 +274,7 @@ impl SyncHandle {
         let peer = core.peer;
         Arc::new(SyncHandle {
             core: Mutex::new(core),
-            flooded: AtomicBool::new(false),
+            refused: std::sync::atomic::AtomicUsize::new(0),
             in_sync: AtomicBool::new(false),
             resync: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -310,8 +314,7 @@ impl SyncHandle {
     /// taken for [`RX_BATCH`] at a time. Returns the datagrams read and
     /// whether the socket was found empty (only then may its readiness be
     /// cleared).
-    /// Also tells whether this looks like a flood: the wakeup did not empty
-    /// the socket and most of what it read was refused.
+    /// Refused datagrams are added to `refused` (the flood budget).
     fn receive_wakeup(&self) -> anyhow::Result<(usize, bool)> {
         let mut read = 0;
         let mut rejected = 0;
@@ -320,11 +323,11 @@ impl SyncHandle {
             read += b.datagrams;
             rejected += b.rejected;
             if !b.more {
+                self.refused.fetch_add(rejected, Ordering::Relaxed);
                 return Ok((read, true));
             }
         }
-        self.flooded
-            .store(rejected * 2 > read, std::sync::atomic::Ordering::Relaxed);
+        self.refused.fetch_add(rejected, Ordering::Relaxed);
         Ok((read, false))
     }
 
@@ -509,6 +512,8 @@ pub async fn run(
     let mut bulks = 0u64;
     let mut batch = Vec::new();
     let mut flood_log = Every::new();
+    let mut flood_window_end = Instant::now();
+    let mut flood_refused = 0usize;
     let mut status_at = Duration::ZERO;
     info!(peer = %config.ha.peers[0], port = config.ha.sync_port, "state sync running");
     tokio::pin!(shutdown);
@@ -592,12 +597,19 @@ pub async fn run(
                 let (_, drained) = handle.receive_wakeup()?;
                 if drained {
                     guard.clear_ready();
-                } else if handle.flooded.load(Ordering::Relaxed) {
+                }
+                let t = Instant::now();
+                if t >= flood_window_end {
+                    flood_window_end = t + FLOOD_WINDOW;
+                    flood_refused = 0;
+                }
+                flood_refused += handle.refused.swap(0, Ordering::Relaxed);
+                if flood_refused > FLOOD_BUDGET {
                     if flood_log.allow(handle.lock()?.now()) {
-                        warn!("state sync: a flood of refused datagrams; reading paused {FLOOD_PAUSE:?} after every {RX_PER_WAKEUP} (the kernel drops the overflow)");
+                        warn!("state sync: a flood of refused datagrams; reading at most {FLOOD_BUDGET} refusals per {FLOOD_WINDOW:?} (the kernel drops the overflow)");
                     }
                     drop(guard);
-                    tokio::time::sleep(FLOOD_PAUSE).await;
+                    tokio::time::sleep_until(flood_window_end.into()).await;
                 }
             }
             () = tokio::time::sleep_until((start + wake).into()) => {}
