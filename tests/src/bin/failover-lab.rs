@@ -870,18 +870,27 @@ fn control_info(
     cluster_key: &[u8; 32],
     limit: Duration,
 ) -> Result<(), String> {
-    use ha_agent::{
-        control::channel::{Request, Response, call},
-        sync::key::{Purpose, derive},
-    };
-    let key = derive(cluster_key, Purpose::Control);
+    use ha_agent::sync::key::{Purpose, derive};
+    info_call(lab, from, to, &derive(cluster_key, Purpose::Control), limit)
+}
+
+/// `Info` from namespace `from` to `to` under the channel key `key` (the
+/// control key, or a join token's key), answered within `limit`.
+fn info_call(
+    lab: &Lab,
+    from: &str,
+    to: SocketAddr,
+    key: &[u8; 32],
+    limit: Duration,
+) -> Result<(), String> {
+    use ha_agent::control::channel::{Request, Response, call};
     lab.run_in(from, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            match tokio::time::timeout(limit, call(to, &key, &Request::Info)).await {
+            match tokio::time::timeout(limit, call(to, key, &Request::Info)).await {
                 Ok(Ok(Response::Info(_))) => Ok(()),
                 Ok(Ok(other)) => Err(format!("answered {other:?}")),
                 Ok(Err(e)) => Err(format!("{e:#}")),
@@ -952,24 +961,14 @@ impl Joiner {
     /// token: the legitimate caller is a host of its own, not one of the
     /// flooding hosts (the probe host and `rogue`).
     fn check(&self, lab: &Lab, limit: Duration) -> Result<(), String> {
-        use ha_agent::control::channel::{Request, Response, call, join_key};
-        let key = join_key(&self.token);
-        let to = SocketAddr::from(([10, 0, 0, 30], 7789));
-        lab.run_in("fw1", || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                match tokio::time::timeout(limit, call(to, &key, &Request::Info)).await {
-                    Ok(Ok(Response::Info(_))) => Ok(()),
-                    Ok(Ok(other)) => Err(format!("answered {other:?}")),
-                    Ok(Err(e)) => Err(format!("{e:#}")),
-                    Err(_) => Err(format!("no answer within {limit:?}")),
-                }
-            })
-        })
-        .map_err(|e| e.to_string())?
+        let key = ha_agent::control::channel::join_key(&self.token);
+        info_call(
+            lab,
+            "fw1",
+            SocketAddr::from(([10, 0, 0, 30], 7789)),
+            &key,
+            limit,
+        )
     }
 }
 
