@@ -37,8 +37,15 @@ fn check(bytes: &[u8], is_peer: impl Fn(Ipv4Addr) -> bool, known_vrid: impl Fn(u
         Ok(got) => {
             assert!(is_peer(got.src) && known_vrid(got.advert.vrid));
             let dst = Ipv4Addr::new(bytes[16], bytes[17], bytes[18], bytes[19]);
-            let framed = packet::ip_packet(got.src, dst, &got.advert.to_bytes(got.src, dst));
-            assert_eq!(packet::parse(&framed, &is_peer, &known_vrid), Ok(got));
+            let mut framed = packet::ip_packet(got.src, dst, &got.advert.to_bytes(got.src, dst));
+            if let Some(t) = got.trailer {
+                framed.extend_from_slice(&t);
+                let total = framed.len() as u16;
+                framed[2..4].copy_from_slice(&total.to_be_bytes());
+            }
+            let again = packet::parse(&framed, &is_peer, &known_vrid).expect("what we frame parses");
+            assert_eq!((again.src, again.advert, again.trailer), (got.src, got.advert, got.trailer));
+            assert_eq!(&framed[again.pdu], &bytes[got.pdu]);
         }
         Err((reason, src)) => {
             // Past the IPv4 header checks, the source is always named.

@@ -230,6 +230,8 @@ impl Scenario {
                         lease,
                         state_sync,
                         groups,
+                        auth: Default::default(),
+                        paths: Vec::new(),
                     },
                     drift_ppm: rng.gen_range(-500..=500),
                 }

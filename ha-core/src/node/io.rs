@@ -19,13 +19,21 @@ pub enum Event<'a> {
         maintenance: bool,
         links: &'a [(String, bool)],
     },
-    /// A packet from the VRRP socket: IPv4 header and VRRP message, as
-    /// received. Anything is possible here; it is validated by the core.
-    Packet(&'a [u8]),
+    /// A packet from a VRRP socket: IPv4 header, VRRP message and any
+    /// trailer, as received over heartbeat path `path` (0: the HA link) at
+    /// wall-clock time `wall` (since the Unix epoch; for `time`
+    /// anti-replay). Anything is possible here; it is validated by the core.
+    Packet {
+        path: usize,
+        bytes: &'a [u8],
+        wall: Duration,
+    },
     /// The time reached [`super::Node::poll_at`] (or later).
     Timer,
-    /// A tracked link went up or down.
+    /// A tracked link or a heartbeat path's interface went up or down.
     Link { iface: &'a str, up: bool },
+    /// New advert authentication settings (a reload: key rotation, mode).
+    SetAuth(crate::vrrp::auth::Settings),
     /// State sync reached (or lost) the peer's whole table.
     SyncState { in_sync: bool },
     /// The data plane refused to renew the lease: it had lapsed already.
@@ -67,6 +75,12 @@ pub enum Hook {
     },
     /// Start (MASTER) or stop (any other role) the role-dependent services.
     Services { role: Role },
+    /// A heartbeat path failed or recovered: the notify script gets
+    /// `PATH <interface> UP|DOWN|NO-CARRIER|QUIET 0`.
+    Path {
+        name: String,
+        state: super::paths::PathState,
+    },
 }
 
 /// Whose role a notify reports.

@@ -29,6 +29,7 @@
 
 mod effects;
 mod io;
+pub mod paths;
 mod report;
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
@@ -37,11 +38,13 @@ use tracing::{info, warn};
 
 pub use self::{
     io::{Command, Effect, Event, Hook, NotifyKind},
+    paths::{PathReport, PathSettings, PathState},
     report::{Counters, GroupReport, HISTORY, LastAdvert, Report, TransitionRecord},
 };
 use crate::{
     limit::{Every, EveryBy},
     vrrp::{
+        auth::{self, Verifier},
         group::{DEMOTED_PRIORITY, Group, PROMOTED_PRIORITY, Track},
         machine::{self, Instance, Reason, Role},
         packet::{self, Rejected},
@@ -66,6 +69,12 @@ pub struct Settings {
     /// the peer's whole table.
     pub state_sync: bool,
     pub groups: Vec<GroupSettings>,
+    /// How adverts are authenticated.
+    pub auth: auth::Settings,
+    /// Heartbeat paths: the HA link first, then data interfaces (these only
+    /// with one peer, and only authenticated adverts count over them).
+    /// Empty: the HA link alone, unnamed.
+    pub paths: Vec<PathSettings>,
 }
 
 /// One group: one ownership bit, one set of hooks.
@@ -89,6 +98,12 @@ pub enum NodeError {
     EmptyGroup(String),
     #[error("VRID {0} is used twice")]
     DuplicateVrid(u8),
+    #[error("advert authentication: {0}")]
+    Auth(#[from] auth::AuthError),
+    #[error(
+        "heartbeats over data interfaces need exactly one peer (there are {0}) and signed adverts (auth mode permissive or enforce)"
+    )]
+    DataPaths(usize),
 }
 
 /// A group and what the node keeps beside its state machines.
@@ -148,6 +163,10 @@ pub struct Node {
     maintenance: bool,
     started: bool,
     counters: Counters,
+    /// Advert authentication (the settings and what each sender sent last).
+    verifier: Verifier,
+    /// The heartbeat paths.
+    paths: paths::Paths,
     /// Log limits (once a second each).
     log_rejected: EveryBy<Rejected>,
     log_interval: Every,
@@ -156,6 +175,18 @@ pub struct Node {
 impl Node {
     /// A node that has not started yet (see [`Event::Start`]).
     pub fn new(settings: Settings) -> Result<Node, NodeError> {
+        settings.auth.validate()?;
+        if settings.paths.len() > 1 && (settings.peers.len() != 1 || !settings.auth.mode.signs()) {
+            return Err(NodeError::DataPaths(settings.peers.len()));
+        }
+        let path_settings = if settings.paths.is_empty() {
+            vec![PathSettings {
+                name: "ha".into(),
+                local: Ipv4Addr::UNSPECIFIED,
+            }]
+        } else {
+            settings.paths
+        };
         if settings.groups.len() > MAX_GROUPS {
             return Err(NodeError::TooManyGroups(settings.groups.len()));
         }
@@ -201,6 +232,8 @@ impl Node {
             maintenance: false,
             started: false,
             counters: Counters::default(),
+            verifier: Verifier::new(settings.auth),
+            paths: paths::Paths::new(path_settings),
             log_rejected: EveryBy::default(),
             log_interval: Every::new(),
         };
@@ -221,9 +254,28 @@ impl Node {
                 maintenance,
                 links,
             } => self.start(now, resumed, maintenance, links, &mut out),
-            Event::Packet(bytes) => self.on_packet(now, bytes, &mut out),
+            Event::Packet { path, bytes, wall } => self.on_packet(now, path, bytes, wall, &mut out),
             Event::Timer => self.on_timer(now, &mut out),
-            Event::Link { iface, up } => self.on_link(now, iface, up, &mut out),
+            Event::Link { iface, up } => {
+                if !self.paths.carrier(iface, up) || self.tracks(iface) {
+                    self.on_link(now, iface, up, &mut out);
+                }
+            }
+            Event::SetAuth(settings) => match settings.validate() {
+                Ok(()) => {
+                    info!(
+                        mode = settings.mode.as_str(),
+                        active_key = settings.active,
+                        keys = settings.keys.len(),
+                        "advert authentication changed"
+                    );
+                    self.verifier.set_settings(settings);
+                    out.push(Effect::WriteStatus);
+                }
+                Err(e) => {
+                    warn!(cause = %e, "advert authentication settings refused; keeping the old ones")
+                }
+            },
             Event::SyncState { in_sync } => {
                 if self.state_sync && in_sync != self.preempt_allowed {
                     if in_sync {
@@ -247,26 +299,105 @@ impl Node {
         if let Some(cause) = self.lapsed.take() {
             self.step_down_lapsed(now, cause, &mut out);
         }
+        if self.started {
+            self.evaluate_paths(now, &mut out);
+        }
         out
+    }
+
+    /// Whether `iface` is a tracked link of some group.
+    fn tracks(&self, iface: &str) -> bool {
+        self.groups
+            .iter()
+            .any(|g| g.group.tracks().iter().any(|t| t.iface == iface))
+    }
+
+    /// How long a path may be silent before it counts as down: the longest
+    /// Master_Down_Interval of our members (what the election waits).
+    fn path_timeout(&self) -> Duration {
+        self.groups
+            .iter()
+            .flat_map(|g| g.group.members().iter().map(|m| m.master_down_interval()))
+            .max()
+            .unwrap_or(Duration::from_secs(3))
+    }
+
+    fn evaluate_paths(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let timeout = self.path_timeout();
+        let changes = self.paths.evaluate(now, timeout);
+        for c in &changes {
+            if c.state.faulty() {
+                warn!(path = %c.name, state = c.state.as_str(), "{}", c.describe());
+            } else {
+                info!(path = %c.name, state = c.state.as_str(), "{}", c.describe());
+            }
+            self.counters.path_changes += 1;
+            for gi in 0..self.groups.len() {
+                out.push(Effect::Hook {
+                    group: gi,
+                    hook: Hook::Path {
+                        name: c.name.clone(),
+                        state: c.state,
+                    },
+                });
+            }
+        }
+        if !changes.is_empty() {
+            out.push(Effect::WriteStatus);
+        }
+    }
+
+    /// The advert authentication's replay marks, for the I/O layer to
+    /// persist (see [`auth::Verifier::marks`]).
+    pub fn auth_marks(&self) -> Vec<(u8, Ipv4Addr, u64)> {
+        self.verifier.marks()
+    }
+
+    /// Marks read back after a restart (before [`Event::Start`]).
+    pub fn restore_auth_marks(&mut self, marks: &[(u8, Ipv4Addr, u64)]) {
+        self.verifier.restore_marks(marks);
+    }
+
+    /// The advert authentication settings in force.
+    pub fn auth(&self) -> &auth::Settings {
+        self.verifier.settings()
+    }
+
+    /// The heartbeat paths' interfaces.
+    pub fn path_names(&self) -> Vec<String> {
+        self.paths.names().map(str::to_owned).collect()
     }
 
     /// When [`Event::Timer`] is due next, if any timer is armed.
     pub fn poll_at(&self) -> Option<Instant> {
+        let paths = if self.started && self.paths.len() > 1 {
+            self.paths.next_change(self.path_timeout())
+        } else {
+            None
+        };
         self.groups
             .iter()
             .flat_map(|g| {
                 let garp = (g.garp_pending > 0).then_some(g.garp_at);
                 g.group.poll_at().into_iter().chain(garp)
             })
+            .chain(paths)
             .min()
     }
 
-    /// Interfaces whose link state the I/O layer must report.
+    /// Interfaces whose link state the I/O layer must report: tracked links
+    /// and the heartbeat paths (when there are several).
     pub fn tracked_links(&self) -> Vec<String> {
+        let paths: Vec<String> = if self.paths.len() > 1 {
+            self.path_names()
+        } else {
+            Vec::new()
+        };
         let mut v: Vec<String> = self
             .groups
             .iter()
             .flat_map(|g| g.group.tracks().iter().map(|t| t.iface.clone()))
+            .chain(paths)
             .collect();
         v.sort();
         v.dedup();
@@ -352,6 +483,9 @@ impl Node {
             maintenance: self.maintenance,
             preempt_allowed: self.preempt_allowed,
             counters: self.counters.clone(),
+            auth_mode: self.verifier.settings().mode,
+            auth_active_key: self.verifier.settings().active,
+            paths: self.paths.report(),
         }
     }
 
@@ -418,49 +552,100 @@ impl Node {
         out.push(Effect::WriteStatus);
     }
 
-    fn on_packet(&mut self, now: Instant, bytes: &[u8], out: &mut Vec<Effect>) {
+    fn reject(&mut self, now: Instant, path: usize, reason: Rejected, src: Option<Ipv4Addr>) {
+        let total = {
+            let n = self.counters.rejected.entry(reason).or_default();
+            *n += 1;
+            *n
+        };
+        if self.log_rejected.allow(reason, now) {
+            warn!(
+                reason = reason.name(),
+                ?src,
+                path,
+                total,
+                "VRRP packet rejected"
+            );
+        }
+    }
+
+    fn on_packet(
+        &mut self,
+        now: Instant,
+        path: usize,
+        bytes: &[u8],
+        wall: Duration,
+        out: &mut Vec<Effect>,
+    ) {
+        if path >= self.paths.len() {
+            return;
+        }
+        // On the HA link only the configured peers; over a data path any
+        // address but ours, since only an authenticated advert counts there
+        // and it is the one peer's.
         let peers = &self.peers;
+        let own = &self.paths;
         let by_vrid = &self.by_vrid;
-        let rx = match packet::parse(bytes, |a| peers.contains(&a), |v| by_vrid.contains_key(&v)) {
+        let is_peer = |a: Ipv4Addr| {
+            if path == 0 {
+                peers.contains(&a)
+            } else {
+                !own.is_local(a)
+            }
+        };
+        let rx = match packet::parse(bytes, is_peer, |v| by_vrid.contains_key(&v)) {
             Ok(rx) => rx,
             Err((reason, src)) => {
-                let total = {
-                    let n = self.counters.rejected.entry(reason).or_default();
-                    *n += 1;
-                    *n
+                let reason = match src {
+                    Some(a) if reason == Rejected::NotPeer && self.paths.is_local(a) => {
+                        Rejected::Own
+                    }
+                    _ => reason,
                 };
-                if self.log_rejected.allow(reason, now) {
-                    warn!(?reason, ?src, total, "VRRP packet rejected");
-                }
+                self.reject(now, path, reason, src);
                 return;
             }
         };
+        if let Err(f) = self.verifier.check(
+            wall,
+            rx.src,
+            &bytes[rx.pdu.clone()],
+            rx.trailer.as_ref(),
+            path != 0,
+        ) {
+            self.reject(now, path, f.into(), Some(rx.src));
+            return;
+        }
         if !self.started {
             return;
         }
         self.counters.adverts_received += 1;
+        self.paths.heard(path, now);
         let Some(&(gi, mi)) = self.by_vrid.get(&rx.advert.vrid) else {
             return;
         };
+        // Over a data path the sender is the one peer (checked at
+        // construction): the election knows it by its HA address.
+        let src = if path == 0 { rx.src } else { self.peers[0] };
         let ours = self.groups[gi].group.members()[mi]
             .config()
             .advert_interval_cs;
         if rx.advert.interval_cs != ours {
             self.counters.interval_mismatches += 1;
             if self.log_interval.allow(now) {
-                warn!(src = %rx.src, vrid = rx.advert.vrid, theirs_cs = rx.advert.interval_cs, ours_cs = ours,
+                warn!(%src, vrid = rx.advert.vrid, theirs_cs = rx.advert.interval_cs, ours_cs = ours,
                     total = self.counters.interval_mismatches, "advert interval differs from ours (learnt, per RFC 9568)");
             }
         }
         self.counters.last_advert = Some(LastAdvert {
-            src: rx.src,
+            src,
             priority: rx.advert.priority,
             at: now,
         });
         let actions = self.groups[gi].group.on_advert(
             mi,
             now,
-            rx.src,
+            src,
             rx.advert.priority,
             rx.advert.interval_cs,
         );

@@ -64,6 +64,8 @@ pub struct Counters {
     pub lease_lapses: u64,
     /// Ownership writes the data plane refused (each a step-down).
     pub write_failures: u64,
+    /// Heartbeat path faults and recoveries reported.
+    pub path_changes: u64,
 }
 
 impl Counters {
@@ -101,4 +103,9 @@ pub struct Report {
     /// Whether a returning node may preempt (state sync complete, or none).
     pub preempt_allowed: bool,
     pub counters: Counters,
+    /// Advert authentication mode, and the key id we sign with.
+    pub auth_mode: crate::vrrp::auth::Mode,
+    pub auth_active_key: u8,
+    /// The heartbeat paths, HA link first.
+    pub paths: Vec<super::paths::PathReport>,
 }

@@ -2,6 +2,7 @@
 //! preemption gate, hostile input, operator commands.
 
 use super::*;
+use crate::vrrp::auth;
 use crate::vrrp::{
     machine::Reason,
     wire::{self, MULTICAST},
@@ -41,6 +42,8 @@ fn settings(priority: u8, state_sync: bool) -> Settings {
             garp_count: 3,
             garp_interval: ms(10),
         }],
+        auth: Default::default(),
+        paths: Vec::new(),
     }
 }
 
@@ -88,6 +91,15 @@ fn until_master(n: &mut Node) -> (Instant, Vec<Effect>) {
         if n.roles().all(|r| r == Role::Master) {
             return (t, out);
         }
+    }
+}
+
+/// A packet over the HA link.
+fn pkt(bytes: &[u8]) -> Event<'_> {
+    Event::Packet {
+        path: 0,
+        bytes,
+        wall: Duration::ZERO,
     }
 }
 
@@ -164,7 +176,7 @@ fn takeover_commits_then_owns_then_announces_then_advertises() {
 fn a_higher_master_takes_over_and_we_write_ownership_before_anything_else() {
     let (mut n, _) = started(100, false);
     let (t, _) = until_master(&mut n);
-    let out = n.handle(t + ms(1), Event::Packet(&advert_from(PEER, 200)));
+    let out = n.handle(t + ms(1), pkt(&advert_from(PEER, 200)));
     assert_eq!(
         out[0],
         Effect::WriteOwnership {
@@ -252,7 +264,7 @@ fn hostile_packets_change_nothing_but_counters() {
         advert_from(PEER, 255)[..27].to_vec(),
     ];
     for (i, bytes) in inputs.iter().enumerate() {
-        let out = n.handle(t + ms(1), Event::Packet(bytes));
+        let out = n.handle(t + ms(1), pkt(bytes));
         assert!(out.is_empty(), "input {i}: {out:#?}");
         assert_eq!(n.election_state(), before, "input {i}");
     }
@@ -267,7 +279,7 @@ fn preemption_waits_for_state_sync() {
     // A lower-priority master advertises every 10 ms for 200 ms.
     for i in 0..20 {
         let t = ms(i * 10);
-        n.handle(t, Event::Packet(&advert_from(PEER, 100)));
+        n.handle(t, pkt(&advert_from(PEER, 100)));
         n.handle(t + ms(5), Event::Timer);
         assert_eq!(
             n.roles().collect::<Vec<_>>(),
@@ -360,7 +372,7 @@ fn maintenance_at_start_stays_backup_against_a_lower_master() {
         },
     );
     for i in 0..50 {
-        n.handle(ms(i * 10), Event::Packet(&advert_from(PEER, 100)));
+        n.handle(ms(i * 10), pkt(&advert_from(PEER, 100)));
         n.handle(ms(i * 10 + 5), Event::Timer);
     }
     assert_eq!(n.roles().collect::<Vec<_>>(), vec![Role::Backup]);
@@ -374,7 +386,7 @@ fn transitions_are_counted_past_the_history() {
     for _ in 0..15 {
         let (at, _) = until_master(&mut n);
         t = at + ms(1);
-        n.handle(t, Event::Packet(&advert_from(PEER, 200)));
+        n.handle(t, pkt(&advert_from(PEER, 200)));
     }
     let c = n.counters();
     assert_eq!(c.transitions.len(), HISTORY);
@@ -455,7 +467,7 @@ fn a_step_down_after_a_stall_revives_no_other_group() {
     let (t, _) = until_master(&mut n);
     assert_eq!(n.owned(), 0b11);
     // Stalled for 60 ms; the first thing handled is a better advert for g1.
-    let out = n.handle(t + ms(60), Event::Packet(&advert_for(PEER, 52, 254)));
+    let out = n.handle(t + ms(60), pkt(&advert_for(PEER, 52, 254)));
     for e in &out {
         if let Effect::WriteOwnership { groups, lease } = e {
             assert!(
@@ -477,7 +489,7 @@ fn a_takeover_after_a_stall_carries_no_lapsed_group() {
     let (mut n, _) = start(two_groups(200));
     let (t, _) = until_master(&mut n);
     // g1 steps down to a better peer; g0 stays master.
-    n.handle(t + ms(1), Event::Packet(&advert_for(PEER, 52, 254)));
+    n.handle(t + ms(1), pkt(&advert_for(PEER, 52, 254)));
     assert_eq!(n.owned(), 0b01);
     // Stall: g0's advert and g1's master-down timer are both long due.
     let out = n.handle(t + ms(200), Event::Timer);
@@ -532,7 +544,7 @@ fn a_failed_write_is_a_step_down_of_its_own_kind() {
 fn a_renewal_names_only_what_the_node_owns() {
     let (mut n, _) = start(two_groups(200));
     let (t, _) = until_master(&mut n);
-    n.handle(t + ms(1), Event::Packet(&advert_for(PEER, 52, 254)));
+    n.handle(t + ms(1), pkt(&advert_for(PEER, 52, 254)));
     let out = n.handle(t + ms(10), Event::Timer);
     let renewals: Vec<u64> = out
         .iter()
@@ -542,4 +554,211 @@ fn a_renewal_names_only_what_the_node_owns() {
         })
         .collect();
     assert_eq!(renewals, vec![0b01], "{out:#?}");
+}
+
+// ----- authenticated adverts and heartbeat paths -----
+
+const LAN_ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const LAN_PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const WALL: Duration = Duration::from_secs(1_800_000_000);
+
+fn advert_key() -> auth::Key {
+    auth::Key::new(1, &[0x42; 32]).unwrap()
+}
+
+/// `settings` with enforced authentication and heartbeats over ha0 and lan0.
+fn authenticated(priority: u8) -> Settings {
+    let mut s = settings(priority, false);
+    s.auth = auth::Settings {
+        mode: auth::Mode::Enforce,
+        anti_replay: auth::AntiReplay::Monotonic,
+        keys: vec![advert_key()],
+        active: 1,
+    };
+    s.paths = vec![
+        PathSettings {
+            name: "ha0".into(),
+            local: ME,
+        },
+        PathSettings {
+            name: "lan0".into(),
+            local: LAN_ME,
+        },
+    ];
+    s
+}
+
+/// An advert from `src`, signed with sequence `seq` (or unsigned).
+fn signed_from(src: Ipv4Addr, priority: u8, seq: Option<u64>) -> Vec<u8> {
+    let mut p = advert_from(src, priority);
+    if let Some(seq) = seq {
+        let t = auth::seal(&advert_key(), seq, src, &p[20..]);
+        p.extend_from_slice(&t);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+    }
+    p
+}
+
+fn over(path: usize, bytes: &[u8]) -> Event<'_> {
+    Event::Packet {
+        path,
+        bytes,
+        wall: WALL,
+    }
+}
+
+#[test]
+fn forged_unsigned_and_replayed_adverts_move_nothing() {
+    let (mut n, _) = start(authenticated(100));
+    let (t, _) = until_master(&mut n);
+    let before = n.election_state();
+    let seq = auth::clock_seq(WALL);
+    // The peer's genuine advert at a lower priority: accepted, we stay.
+    let genuine = signed_from(PEER, 50, Some(seq));
+    n.handle(t + ms(1), over(0, &genuine));
+    assert_eq!(n.counters().adverts_received, 1);
+    let hostile = [
+        (signed_from(PEER, 255, None), Rejected::AuthMissing),
+        (genuine.clone(), Rejected::AuthReplay),
+        // A priority-255 copy of a genuine advert with a newer sequence.
+        (
+            {
+                let mut f = signed_from(PEER, 50, Some(seq + 1));
+                f[22] = 255;
+                wire::Packet::new_unchecked(&mut f[20..32]).fill_checksum(PEER, MULTICAST);
+                f
+            },
+            Rejected::AuthBadTag,
+        ),
+        (
+            signed_from(Ipv4Addr::new(10, 255, 0, 9), 255, Some(seq + 2)),
+            Rejected::NotPeer,
+        ),
+        (signed_from(LAN_ME, 255, Some(seq + 2)), Rejected::Own),
+    ];
+    for (i, (bytes, reason)) in hostile.iter().enumerate() {
+        let path = if i == hostile.len() - 1 { 1 } else { 0 };
+        let out = n.handle(t + ms(2), over(path, bytes));
+        assert!(out.is_empty(), "{reason:?}: {out:#?}");
+        assert_eq!(n.counters().rejected.get(reason), Some(&1), "{reason:?}");
+    }
+    let after = n.election_state();
+    assert_eq!(before.owned, after.owned);
+    assert_eq!(n.roles().collect::<Vec<_>>(), vec![Role::Master]);
+}
+
+#[test]
+fn a_data_path_keeps_a_backup_when_the_ha_link_is_silent_and_says_so() {
+    let (mut n, _) = start(authenticated(100));
+    let started = n.counters().transitions_total;
+    let mut seq = auth::clock_seq(WALL);
+    let mut t = ms(0);
+    let mut hooks = Vec::new();
+    // The peer is master at 200: its adverts over both paths, then over
+    // lan0 only (the HA link cut), for many master-down intervals.
+    for i in 0..200u64 {
+        t = ms(i * 10);
+        for path in if i < 20 { vec![0, 1] } else { vec![1] } {
+            seq += 1;
+            let src = if path == 0 { PEER } else { LAN_PEER };
+            let bytes = signed_from(src, 200, Some(seq));
+            let out = n.handle(t, over(path, &bytes));
+            hooks.extend(out.into_iter().filter(|e| matches!(e, Effect::Hook { .. })));
+        }
+        while let Some(due) = n.poll_at().filter(|d| *d <= t) {
+            let out = n.handle(due, Event::Timer);
+            hooks.extend(out.into_iter().filter(|e| matches!(e, Effect::Hook { .. })));
+        }
+    }
+    assert_eq!(
+        n.roles().collect::<Vec<_>>(),
+        vec![Role::Backup],
+        "no takeover"
+    );
+    assert_eq!(
+        n.counters().transitions_total,
+        started,
+        "no transition at all"
+    );
+    let paths = n.report().paths;
+    assert_eq!(paths[0].state, PathState::Down, "{paths:?}");
+    assert_eq!(paths[1].state, PathState::Up, "{paths:?}");
+    assert_eq!(
+        hooks,
+        vec![Effect::Hook {
+            group: 0,
+            hook: Hook::Path {
+                name: "ha0".into(),
+                state: PathState::Down
+            }
+        }]
+    );
+    // Every path silent: the peer is down, we take over at the
+    // master-down interval.
+    let (took, _) = until_master(&mut n);
+    assert!(took <= t + machine::master_down_interval(100, 1) + ms(1));
+}
+
+#[test]
+fn unsigned_adverts_never_count_over_a_data_path() {
+    let mut s = authenticated(100);
+    s.auth.mode = auth::Mode::Permissive;
+    let (mut n, _) = start(s);
+    let plain = signed_from(LAN_PEER, 200, None);
+    n.handle(ms(1), over(1, &plain));
+    assert_eq!(n.counters().rejected.get(&Rejected::AuthMissing), Some(&1));
+    // The same over the HA link is accepted in permissive mode.
+    let plain = signed_from(PEER, 200, None);
+    n.handle(ms(2), over(0, &plain));
+    assert_eq!(n.counters().adverts_received, 1);
+}
+
+#[test]
+fn data_paths_need_one_peer_and_signed_adverts() {
+    let mut s = authenticated(100);
+    s.auth.mode = auth::Mode::ReceiveOnly;
+    assert!(matches!(Node::new(s), Err(NodeError::DataPaths(1))));
+    let mut s = authenticated(100);
+    s.peers.push(Ipv4Addr::new(10, 255, 0, 3));
+    assert!(matches!(Node::new(s), Err(NodeError::DataPaths(2))));
+}
+
+#[test]
+fn a_path_without_carrier_is_reported_and_moves_no_role() {
+    let (mut n, _) = start(authenticated(100));
+    let (t, _) = until_master(&mut n);
+    let out = n.handle(
+        t + ms(1),
+        Event::Link {
+            iface: "ha0",
+            up: false,
+        },
+    );
+    assert!(out.contains(&Effect::Hook {
+        group: 0,
+        hook: Hook::Path {
+            name: "ha0".into(),
+            state: PathState::NoCarrier
+        }
+    }));
+    assert_eq!(n.report().paths[0].state, PathState::NoCarrier);
+    assert_eq!(n.roles().collect::<Vec<_>>(), vec![Role::Master]);
+    let out = n.handle(
+        t + ms(2),
+        Event::Link {
+            iface: "ha0",
+            up: true,
+        },
+    );
+    assert!(out.iter().any(|e| matches!(
+        e,
+        Effect::Hook {
+            hook: Hook::Path {
+                state: PathState::Quiet,
+                ..
+            },
+            ..
+        }
+    )));
 }

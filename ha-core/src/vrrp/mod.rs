@@ -3,6 +3,7 @@
 //! machine of one virtual router ([`machine`]) and groups of routers that
 //! change role together ([`group`]).
 
+pub mod auth;
 pub mod group;
 pub mod machine;
 pub mod packet;

@@ -6,7 +6,10 @@
 
 use std::net::Ipv4Addr;
 
-use super::wire::{self, PROTOCOL, TTL};
+use super::{
+    auth::TRAILER_LEN,
+    wire::{self, PROTOCOL, TTL},
+};
 
 /// Why a received packet was not an advert we act on (counted and logged).
 #[derive(
@@ -25,18 +28,86 @@ pub enum Rejected {
     UnknownVrid,
     /// An advert interval of 0.
     ZeroInterval,
+    /// From one of our own addresses (a reflection or a replay of ours).
+    Own,
+    /// Authentication (see [`super::auth`]): no trailer where one is
+    /// required (enforce mode, or a data path).
+    AuthMissing,
+    /// A trailer of another scheme, or one where none is expected.
+    AuthMalformed,
+    /// A key id we do not hold.
+    AuthUnknownKey,
+    /// The tag does not verify: forged, altered, or another key.
+    AuthBadTag,
+    /// The sender's clock is outside the `time` window.
+    AuthStale,
+    /// Not newer than what that sender already sent (a replay).
+    AuthReplay,
 }
 
 impl Rejected {
     /// Every reason, in a fixed order (status, metrics).
-    pub const ALL: [Rejected; 6] = [
+    pub const ALL: [Rejected; 13] = [
         Rejected::TruncatedIp,
         Rejected::Ttl,
         Rejected::Malformed,
         Rejected::NotPeer,
         Rejected::UnknownVrid,
         Rejected::ZeroInterval,
+        Rejected::Own,
+        Rejected::AuthMissing,
+        Rejected::AuthMalformed,
+        Rejected::AuthUnknownKey,
+        Rejected::AuthBadTag,
+        Rejected::AuthStale,
+        Rejected::AuthReplay,
     ];
+
+    /// The metric label / status name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Rejected::TruncatedIp => "truncated_ip",
+            Rejected::Ttl => "ttl",
+            Rejected::Malformed => "malformed",
+            Rejected::NotPeer => "not_peer",
+            Rejected::UnknownVrid => "unknown_vrid",
+            Rejected::ZeroInterval => "zero_interval",
+            Rejected::Own => "own_address",
+            Rejected::AuthMissing => "auth_missing",
+            Rejected::AuthMalformed => "auth_malformed",
+            Rejected::AuthUnknownKey => "auth_unknown_key",
+            Rejected::AuthBadTag => "auth_bad_tag",
+            Rejected::AuthStale => "auth_stale",
+            Rejected::AuthReplay => "auth_replay",
+        }
+    }
+
+    /// Whether authentication refused it.
+    pub const fn is_auth(self) -> bool {
+        matches!(
+            self,
+            Rejected::AuthMissing
+                | Rejected::AuthMalformed
+                | Rejected::AuthUnknownKey
+                | Rejected::AuthBadTag
+                | Rejected::AuthStale
+                | Rejected::AuthReplay
+        )
+    }
+}
+
+impl From<super::auth::Failure> for Rejected {
+    fn from(f: super::auth::Failure) -> Rejected {
+        use super::auth::Failure;
+        match f {
+            Failure::Missing => Rejected::AuthMissing,
+            Failure::Malformed => Rejected::AuthMalformed,
+            Failure::UnknownKey => Rejected::AuthUnknownKey,
+            Failure::BadTag => Rejected::AuthBadTag,
+            Failure::Stale => Rejected::AuthStale,
+            Failure::Replay => Rejected::AuthReplay,
+        }
+    }
 }
 
 /// A received, validated advert.
@@ -44,6 +115,12 @@ impl Rejected {
 pub struct Received {
     pub src: Ipv4Addr,
     pub advert: wire::Repr,
+    /// Where the VRRP PDU (header and addresses) is in the packet.
+    pub pdu: std::ops::Range<usize>,
+    /// The `auth_hmac` trailer: the packet had exactly
+    /// [`TRAILER_LEN`] bytes after the PDU (checked by the core's
+    /// [`super::auth::Verifier`]).
+    pub trailer: Option<[u8; TRAILER_LEN]>,
 }
 
 /// An IPv4 header (TTL 255, protocol 112, DSCP CS6 like keepalived)
@@ -75,6 +152,13 @@ pub fn parse(
     if ihl < 20 || bytes.len() < ihl {
         return Err((Rejected::TruncatedIp, None));
     }
+    // What the IPv4 header says is the packet (a link layer may pad it).
+    let total = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+    let bytes = if (ihl..bytes.len()).contains(&total) {
+        &bytes[..total]
+    } else {
+        bytes
+    };
     let src = Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]);
     let dst = Ipv4Addr::new(bytes[16], bytes[17], bytes[18], bytes[19]);
     if bytes[8] != TTL {
@@ -98,7 +182,16 @@ pub fn parse(
     if !known_vrid(advert.vrid) {
         return Err((Rejected::UnknownVrid, Some(src)));
     }
-    Ok(Received { src, advert })
+    let end = ihl + packet.message().len();
+    let trailer = bytes
+        .get(end..)
+        .and_then(|rest| <[u8; TRAILER_LEN]>::try_from(rest).ok());
+    Ok(Received {
+        src,
+        advert,
+        pdu: ihl..end,
+        trailer,
+    })
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ proptest! {
         // And framed in IPv4 as we send it, through the raw-socket checks.
         let framed = packet::ip_packet(src, dst, &bytes);
         let got = packet::parse(&framed, |a| a == src, |v| v == r.vrid);
-        prop_assert_eq!(got, Ok(packet::Received { src, advert: r }));
+        prop_assert_eq!(got, Ok(packet::Received { src, advert: r, pdu: 20..framed.len(), trailer: None }));
     }
 
     #[test]

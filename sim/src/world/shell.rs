@@ -77,7 +77,15 @@ impl World<'_> {
                 if from.is_none() {
                     self.stats.hostile += 1;
                 }
-                let effects = self.handle(i, t, Event::Packet(&bytes));
+                let effects = self.handle(
+                    i,
+                    t,
+                    Event::Packet {
+                        path: 0,
+                        bytes: &bytes,
+                        wall: std::time::Duration::ZERO,
+                    },
+                );
                 self.check
                     .after_packet(&self.nodes, i, from, &bytes, effects, t);
             }
@@ -281,7 +289,8 @@ impl World<'_> {
 
 fn describe_event(e: &Event<'_>) -> String {
     match e {
-        Event::Packet(b) => match ha_core::vrrp::packet::parse(b, |_| true, |_| true) {
+        Event::Packet { bytes: b, .. } => match ha_core::vrrp::packet::parse(b, |_| true, |_| true)
+        {
             Ok(rx) => format!(
                 "advert from {} vrid {} prio {} int {}cs",
                 rx.src, rx.advert.vrid, rx.advert.priority, rx.advert.interval_cs
