@@ -107,6 +107,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the advert key derived from the cluster key, as keepalived's
+    /// `auth_hmac` block takes it (`key 1 hex:...`): for a mixed cluster
+    /// migrating from keepalived >= 2.4.2 node by node. Keep it secret.
+    ///
+    /// Example: `ha-agent advert-key --config /etc/ha-agent/config.toml`
+    AdvertKey {
+        #[arg(long, default_value = crate::config::DEFAULT_PATH)]
+        config: std::path::PathBuf,
+    },
     /// Load, attach and pin the XDP data plane, or remove it.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -313,6 +322,21 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
             top,
             json,
         } => maps(&instance, top, json),
+        Command::AdvertKey { config } => {
+            let c = crate::config::Config::load(&config)?;
+            let Some(file) = c.ha.sync_key_file.as_ref().filter(|_| c.ha.sync_port != 0) else {
+                bail!(
+                    "{}: no cluster key (ha.sync_key_file with ha.sync_port): adverts use the keys listed in [[ha.auth.key]]",
+                    config.display()
+                );
+            };
+            let key = crate::sync::key::derive(
+                &crate::sync::key::read_key(file)?,
+                crate::sync::key::Purpose::Adverts,
+            );
+            println!("{}", crate::agent::adverts::keepalived_line(&key));
+            Ok(())
+        }
         Command::Dataplane(DataplaneCommand::Attach(args)) => attach(&args),
         Command::Dataplane(DataplaneCommand::Detach { instance }) => {
             if Dataplane::detach_all(&instance)? {

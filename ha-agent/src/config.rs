@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use ha_core::{
     node,
-    vrrp::{group::Track, machine},
+    vrrp::{auth, group::Track, machine},
 };
 
 /// What the lease keeps below three advert intervals: one kernel tick (the
@@ -172,6 +172,60 @@ pub struct HaLink {
     /// three intervals after our last advert) ends, even with the XDP clock's
     /// tick of lateness (see docs/architecture.md).
     pub lease_ms: Option<u64>,
+    /// Heartbeat paths besides the HA link: data interfaces the adverts
+    /// also travel over (signed, to one peer). Default: every interface
+    /// carrying a VIP, when adverts are signed and there is one peer;
+    /// `[]`: the HA link alone.
+    pub heartbeat: Option<Vec<String>>,
+    /// Advert authentication (keepalived's `auth_hmac`).
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[ha.auth]`: how adverts are authenticated (docs/security.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `enforce` (default with a cluster key or listed keys), `permissive`,
+    /// `receive-only` or `none` (plain VRRPv3, for keepalived 2.2 and
+    /// other routers).
+    pub mode: Option<auth::Mode>,
+    /// `monotonic` (default: a growing sequence per sender, remembered
+    /// across restarts; no clock agreement needed) or `time` (keepalived's
+    /// default: also the sender's clock within `time_window_s`).
+    #[serde(default)]
+    pub anti_replay: AntiReplayConfig,
+    /// The `time` window in seconds (1-300; default: three advert
+    /// intervals, at least 5).
+    pub time_window_s: Option<u32>,
+    /// The key id adverts are signed with.
+    #[serde(default = "default_active_key")]
+    pub active_key: u8,
+    /// Keys by id (keepalived's `key N file:`): a file holding
+    /// `hex:<64-128 hex digits>` or 32-64 raw bytes. None listed: key 1 is
+    /// derived from the cluster key (`sync_key_file`).
+    #[serde(default, rename = "key")]
+    pub keys: Vec<AuthKeyConfig>,
+}
+
+fn default_active_key() -> u8 {
+    1
+}
+
+/// `anti_replay` in `[ha.auth]`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AntiReplayConfig {
+    #[default]
+    Monotonic,
+    Time,
+}
+
+/// One `[[ha.auth.key]]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKeyConfig {
+    pub id: u8,
+    pub file: PathBuf,
 }
 
 /// A group: one ownership bit, one set of hooks.
@@ -324,6 +378,60 @@ impl Config {
         if self.groups.is_empty() {
             return Err(bad("group".into(), "at least one group is needed".into()));
         }
+        let mode = self.auth_mode();
+        if mode != auth::Mode::None && !self.has_advert_keys() {
+            return Err(bad(
+                "ha.auth".into(),
+                format!(
+                    "mode {} needs a key: list [[ha.auth.key]] or set the cluster key (ha.sync_key_file)",
+                    mode.as_str()
+                ),
+            ));
+        }
+        if let Some(a) = &self.ha.auth {
+            if let Some(w) = a.time_window_s
+                && !(auth::WINDOW_MIN_S..=auth::WINDOW_MAX_S).contains(&w)
+            {
+                return Err(bad(
+                    "ha.auth.time_window_s".into(),
+                    format!("{w}: must be 1-300"),
+                ));
+            }
+            for (i, k) in a.keys.iter().enumerate() {
+                if a.keys[..i].iter().any(|o| o.id == k.id) {
+                    return Err(bad(
+                        format!("ha.auth.key {}", k.id),
+                        "key id defined twice".into(),
+                    ));
+                }
+            }
+            if !a.keys.is_empty() && !a.keys.iter().any(|k| k.id == a.active_key) {
+                return Err(bad(
+                    "ha.auth.active_key".into(),
+                    format!("key {} is not defined", a.active_key),
+                ));
+            }
+            if a.keys.is_empty() && a.active_key != 1 {
+                return Err(bad(
+                    "ha.auth.active_key".into(),
+                    "the key derived from the cluster key is key 1".into(),
+                ));
+            }
+        }
+        if let Some(paths) = &self.ha.heartbeat {
+            if !paths.is_empty() && (!mode.signs() || self.ha.peers.len() != 1) {
+                return Err(bad(
+                    "ha.heartbeat".into(),
+                    "heartbeats over data interfaces need signed adverts (auth mode permissive or enforce) and exactly one peer".into(),
+                ));
+            }
+            if paths.contains(&self.ha.interface) {
+                return Err(bad(
+                    "ha.heartbeat".into(),
+                    format!("{} is the HA link (always a path)", self.ha.interface),
+                ));
+            }
+        }
         if let Some(c) = &self.cluster {
             if c.priority.is_some_and(|p| p == 0 || p == 255) {
                 return Err(bad("cluster.priority".into(), "must be 1-254".into()));
@@ -419,6 +527,54 @@ impl Config {
         out
     }
 
+    /// The advert authentication mode in force: as configured, else
+    /// `enforce` when there is a key (listed, or the cluster key).
+    pub fn auth_mode(&self) -> auth::Mode {
+        match self.ha.auth.as_ref().and_then(|a| a.mode) {
+            Some(m) => m,
+            None if self.has_advert_keys() => auth::Mode::Enforce,
+            None => auth::Mode::None,
+        }
+    }
+
+    fn has_advert_keys(&self) -> bool {
+        self.ha.auth.as_ref().is_some_and(|a| !a.keys.is_empty())
+            || (self.ha.sync_key_file.is_some() && self.ha.sync_port != 0)
+    }
+
+    /// The anti-replay rule in force.
+    pub fn anti_replay(&self) -> auth::AntiReplay {
+        match self.ha.auth.as_ref() {
+            Some(a) if a.anti_replay == AntiReplayConfig::Time => auth::AntiReplay::Time {
+                window_s: a.time_window_s.unwrap_or_else(|| {
+                    (3 * self.shortest_advert_ms()).div_ceil(1000).clamp(5, 300) as u32
+                }),
+            },
+            _ => auth::AntiReplay::Monotonic,
+        }
+    }
+
+    /// The data interfaces adverts also travel over (see `ha.heartbeat`).
+    pub fn heartbeat_paths(&self) -> Vec<String> {
+        match &self.ha.heartbeat {
+            Some(p) => p.clone(),
+            None if self.auth_mode().signs() && self.ha.peers.len() == 1 => {
+                let mut v: Vec<String> = Vec::new();
+                for g in &self.groups {
+                    for i in &g.instances {
+                        for vip in &i.vips {
+                            if vip.iface != self.ha.interface && !v.contains(&vip.iface) {
+                                v.push(vip.iface.clone());
+                            }
+                        }
+                    }
+                }
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
     fn shortest_advert_ms(&self) -> u64 {
         self.groups
             .iter()
@@ -471,6 +627,10 @@ impl Config {
                     garp_interval: Duration::from_millis(g.garp_interval_ms),
                 })
                 .collect(),
+            // Filled in by the agent: the keys are read from files, the
+            // paths' addresses from the interfaces.
+            auth: auth::Settings::none(),
+            paths: Vec::new(),
         }
     }
 

@@ -43,7 +43,13 @@ pub async fn run(
         _ => None,
     };
     let config_sync = Arc::new(Mutex::new(ConfigSyncStatus::default()));
-    let mut agent = Agent::open(config.clone(), &config_path, config_sync.clone()).await?;
+    let mut agent = Agent::open(
+        config.clone(),
+        &config_path,
+        config_sync.clone(),
+        key.map(|k| sync::key::derive(&k, Purpose::Adverts)),
+    )
+    .await?;
     sched::realtime(config.ha.realtime_priority);
     let (stop, stopped) = watch::channel(false);
 

@@ -48,6 +48,40 @@ pub fn if_mac(iface: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// The interface's IPv4 addresses, primary first (getifaddrs, i.e. netlink
+/// in the calling thread's namespace).
+pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, valid until freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr.
+        if name.to_bytes() != iface.as_bytes()
+            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
+        {
+            continue;
+        }
+        // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+        out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
 /// Whether the interface is up with carrier (IFF_UP and IFF_RUNNING); a
 /// missing interface counts as down.
 pub fn link_up(iface: &str) -> bool {

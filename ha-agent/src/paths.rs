@@ -53,6 +53,9 @@ pub enum StateFile {
     /// configuration, reload and hook all succeeded). A push whose hook
     /// failed is not recorded, so its retry runs the hook again.
     SyncApplied,
+    /// Advert authentication: the sequence floor our next adverts start
+    /// above, and the highest sequence accepted from each sender.
+    AdvertAuth,
 }
 
 impl StateFile {
@@ -65,6 +68,7 @@ impl StateFile {
             StateFile::ClusterKey => "sync.key",
             StateFile::SyncEpoch => "sync.epoch",
             StateFile::SyncApplied => "synced.applied",
+            StateFile::AdvertAuth => "adverts.seq",
         }
     }
 

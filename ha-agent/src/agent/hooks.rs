@@ -77,6 +77,25 @@ impl Hooks {
                 priority,
             } => self.notify(*kind, name, *role, *priority),
             Hook::Services { role } => self.services(*role),
+            Hook::Path { name, state } => self.path(name, *state),
+        }
+    }
+
+    /// `<script> PATH <interface> UP|DOWN|NO-CARRIER|QUIET 0`: a heartbeat
+    /// path failed or recovered (no role changed).
+    fn path(&self, name: &str, state: ha_core::node::PathState) {
+        if let Some(script) = &self.notify {
+            let state = state.as_str().to_ascii_uppercase();
+            self.queue(
+                format!("notify PATH {name} {state}"),
+                vec![
+                    script.display().to_string(),
+                    "PATH".into(),
+                    name.to_owned(),
+                    state,
+                    "0".into(),
+                ],
+            );
         }
     }
 

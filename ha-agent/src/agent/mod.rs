@@ -11,6 +11,7 @@
 //! addresses, attaching XDP) happens at start-up ([`Agent::open`]) or on the
 //! control thread, never on the takeover path.
 
+pub mod adverts;
 pub mod hooks;
 pub mod net;
 pub mod request;
@@ -32,8 +33,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use self::{
+    adverts::Signer,
     hooks::Hooks,
-    net::{GarpSender, VrrpSocket},
+    net::{GarpSender, PathSocket, Seal, VrrpSocket},
     request::{LoopRequest, Outcome},
 };
 use crate::{
@@ -51,6 +53,10 @@ const LINK_POLL: Duration = Duration::from_millis(50);
 const COARSE_TIMER: Duration = Duration::from_millis(2);
 /// Interval at which the status file is refreshed (besides every change).
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// Packets read from one socket per wake: past it the loop sees to its
+/// timers (adverts, the lease) before reading on, so a flood of packets
+/// can delay neither; the kernel drops what overflows the socket.
+const RX_PER_WAKE: usize = 64;
 
 /// A takeover being carried out: when its steps happened (for the status).
 #[derive(Debug, Clone)]
@@ -74,6 +80,15 @@ pub struct Agent {
     dp: Dataplane,
     /// VRRP on the HA link.
     sock: VrrpSocket,
+    /// Heartbeat paths over data interfaces (core paths 1..).
+    paths: Vec<PathSocket>,
+    /// Advert sequences and what of them is persisted.
+    signer: Signer,
+    /// The cluster key's advert key (a reload keeps it).
+    derived_key: Option<[u8; 32]>,
+    /// A socket was left with packets waiting (the per-wake budget): read
+    /// on after the timers.
+    backlog: bool,
     /// GARP senders of each group (one per interface carrying its VIPs).
     garp: Vec<Vec<GarpSender>>,
     /// Hook runners of each group.
@@ -123,8 +138,23 @@ impl Agent {
         config: Config,
         config_path: &std::path::Path,
         config_sync: Arc<Mutex<ConfigSyncStatus>>,
+        derived_key: Option<[u8; 32]>,
     ) -> anyhow::Result<Self> {
-        let node = Node::new(config.node_settings()).context("the VRRP groups")?;
+        let mut settings = config.node_settings();
+        settings.auth = adverts::settings(&config, derived_key)?;
+        let (path_settings, paths) = adverts::open_paths(&config)?;
+        settings.paths = path_settings;
+        let mut node = Node::new(settings).context("the VRRP groups")?;
+        let auth_file = StateFile::AdvertAuth.path(config_path);
+        let persisted = adverts::Persisted::load(&auth_file);
+        node.restore_auth_marks(&persisted.marks);
+        let signer = Signer::new(auth_file, &persisted);
+        info!(
+            auth = node.auth().mode.as_str(),
+            active_key = node.auth().active,
+            paths = ?node.path_names(),
+            "adverts: authentication and heartbeat paths"
+        );
         let mut dp = Dataplane::create_or_open(&config.instance, LoadOptions::default())?;
         let mgmt = config
             .ha
@@ -189,6 +219,10 @@ impl Agent {
             node,
             dp,
             sock,
+            paths,
+            signer,
+            derived_key,
+            backlog: false,
             garp,
             hooks,
             start: std::time::Instant::now(),
@@ -262,8 +296,16 @@ impl Agent {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let result = loop {
-            let deadline = self.next_deadline();
-            let now = self.now();
+            let mut deadline = self.next_deadline();
+            let mut now = self.now();
+            // Timers first, whatever else is waiting: a stream of packets
+            // (a flood) must never keep the loop from its adverts and lease
+            // renewals (it did: each packet re-armed the timer).
+            if deadline <= now {
+                self.on_timers();
+                deadline = self.next_deadline();
+                now = self.now();
+            }
             // tokio's timer wheel has millisecond granularity: sleep to within
             // a millisecond of the deadline there, then the rest precisely.
             let sleep =
@@ -271,13 +313,14 @@ impl Agent {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break Ok(()),
-                r = self.sock.readable() => {
+                r = std::future::poll_fn(|cx| self.poll_readable(cx)) => {
                     if let Err(e) = r {
-                        break Err(anyhow::Error::from(e).context("waiting on the VRRP socket"));
+                        break Err(anyhow::Error::from(e).context("waiting on the VRRP sockets"));
                     }
                     self.on_readable();
                 }
                 Some(req) = requests.recv() => self.on_request(req),
+                () = std::future::ready(()), if self.backlog => self.on_readable(),
                 () = sleep => {
                     // At most COARSE_TIMER left: a precise nanosleep, so the
                     // master-down timer fires on time, not up to 1 ms late.
@@ -326,13 +369,53 @@ impl Agent {
         }
     }
 
+    /// Ready when any VRRP socket has packets (readiness cleared: the
+    /// caller reads until empty or the per-wake budget).
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let mut ready = false;
+        for r in std::iter::once(self.sock.poll_readable(cx))
+            .chain(self.paths.iter().map(|p| p.poll_readable(cx)))
+        {
+            match r {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => ready = true,
+                Poll::Pending => {}
+            }
+        }
+        if ready { Poll::Ready(Ok(())) } else { Poll::Pending }
+    }
+
+    /// Reads at most [`RX_PER_WAKE`] packets from each socket.
     fn on_readable(&mut self) {
         self.report_sync();
+        self.backlog = false;
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
-        while let Some(packet) = self.sock.recv(&mut buf) {
-            let now = self.start.elapsed();
-            let effects = self.node.handle(now, Event::Packet(packet));
-            self.execute(effects);
+        for path in 0..=self.paths.len() {
+            let mut n = 0;
+            loop {
+                if n == RX_PER_WAKE {
+                    self.backlog = true;
+                    break;
+                }
+                let packet = if path == 0 {
+                    self.sock.recv(&mut buf)
+                } else {
+                    self.paths[path - 1].recv(&mut buf)
+                };
+                let Some(bytes) = packet else {
+                    break;
+                };
+                n += 1;
+                let now = self.start.elapsed();
+                let event = Event::Packet {
+                    path,
+                    bytes,
+                    wall: adverts::wall(),
+                };
+                let effects = self.node.handle(now, event);
+                self.execute(effects);
+            }
         }
     }
 
@@ -420,6 +503,14 @@ impl Agent {
             .node
             .handle(self.now(), Event::SetVips(setup::member_vips(&next)));
         self.execute(effects);
+        if next.ha.auth != self.config.ha.auth {
+            // Key rotation and mode changes take effect at once, with no
+            // restart (so no failover): marks and sequences carry on.
+            let auth = adverts::settings(&next, self.derived_key)
+                .map_err(|e| format!("advert authentication: {e:#}"))?;
+            let effects = self.node.handle(self.now(), Event::SetAuth(auth));
+            self.execute(effects);
+        }
         let added = new_vips.iter().filter(|v| !old_vips.contains(v)).count();
         let removed = old_vips.iter().filter(|v| !new_vips.contains(v)).count();
         self.config = next;
@@ -499,14 +590,7 @@ impl Agent {
                     }
                 }
                 Effect::SendAdvert(_) | Effect::SendGarp { .. } if muted => {}
-                Effect::SendAdvert(advert) => {
-                    if let Err(e) = self.sock.send(&advert) {
-                        self.send_errors += 1;
-                        if self.send_error_log.allow(self.now()) {
-                            warn!(cause = %e, vrid = advert.vrid, total = self.send_errors, "sending advert failed");
-                        }
-                    }
-                }
+                Effect::SendAdvert(advert) => self.send_advert(&advert),
                 Effect::SendGarp { group } => {
                     let sent: usize = self.garp[group].iter().map(GarpSender::send_all).sum();
                     self.garp_sent(group, sent);
@@ -534,6 +618,34 @@ impl Agent {
             None => {}
         }
         reply
+    }
+
+    /// Sends an advert over every heartbeat path, signed (one sequence for
+    /// all: each path has its own source) when the mode signs.
+    fn send_advert(&mut self, advert: &ha_core::vrrp::wire::Repr) {
+        let auth = self.node.auth();
+        let key = auth.signing_key();
+        let seal = key.map(|key| Seal {
+            key,
+            seq: self.signer.seq.next(adverts::wall(), auth.anti_replay),
+        });
+        let mut failed = Vec::new();
+        if let Err(e) = self.sock.send(advert, seal) {
+            failed.push((self.config.ha.interface.as_str(), e));
+        }
+        for p in &self.paths {
+            if let Err(e) = p.send(advert, seal) {
+                failed.push((p.iface.as_str(), e));
+            }
+        }
+        if !failed.is_empty() {
+            self.send_errors += failed.len() as u64;
+            if self.send_error_log.allow(self.start.elapsed()) {
+                for (iface, e) in &failed {
+                    warn!(cause = %e, %iface, vrid = advert.vrid, total = self.send_errors, "sending advert failed");
+                }
+            }
+        }
     }
 
     /// The first GARP round of a takeover completes its timing.
@@ -584,6 +696,9 @@ impl Agent {
         self.status_at = self.now() + STATUS_EVERY;
         let status = self.snapshot();
         self.writer.write(status);
+        if let Some((file, bytes)) = self.signer.to_save(self.node.auth_marks()) {
+            self.writer.save(file, bytes);
+        }
     }
 }
 

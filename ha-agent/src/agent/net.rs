@@ -13,6 +13,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use ha_core::vrrp::{
+    auth,
     packet::ip_packet,
     wire::{self, MULTICAST, PROTOCOL},
 };
@@ -57,8 +58,9 @@ impl VrrpSocket {
     }
 
     /// Sends an advert to 224.0.0.18, or to every unicast peer (all of them
-    /// even if one fails; the first error is returned).
-    pub fn send(&self, advert: &wire::Repr) -> io::Result<()> {
+    /// even if one fails; the first error is returned), signed when `seal`
+    /// says so.
+    pub fn send(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> io::Result<()> {
         let single = [MULTICAST];
         let dsts: &[Ipv4Addr] = if self.unicast.is_empty() {
             &single
@@ -67,7 +69,7 @@ impl VrrpSocket {
         };
         let mut result = Ok(());
         for dst in dsts {
-            let packet = ip_packet(self.local, *dst, &advert.to_bytes(self.local, *dst));
+            let packet = ip_packet(self.local, *dst, &sealed(advert, self.local, *dst, seal));
             if let Err(e) = self
                 .fd
                 .get_ref()
@@ -79,11 +81,9 @@ impl VrrpSocket {
         result
     }
 
-    /// Waits until packets are readable.
-    pub async fn readable(&self) -> io::Result<()> {
-        let mut guard = self.fd.readable().await?;
-        guard.clear_ready();
-        Ok(())
+    /// Polls for readability (readiness cleared: the caller drains).
+    pub fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready())
     }
 
     /// Reads one waiting packet (IPv4 header included) into `buf`; `None`
@@ -95,6 +95,191 @@ impl VrrpSocket {
             Err(_) => None,
         }
     }
+}
+
+/// What signs an advert: the key and the sequence (one per advert, the same
+/// on every path and to every peer: each path has its own source address,
+/// which the tag binds, and receivers order each source apart).
+#[derive(Debug, Clone, Copy)]
+pub struct Seal<'a> {
+    pub key: &'a auth::Key,
+    pub seq: u64,
+}
+
+/// The VRRP message from `src` to `dst`, with its `auth_hmac` trailer when
+/// sealed.
+fn sealed(advert: &wire::Repr, src: Ipv4Addr, dst: Ipv4Addr, seal: Option<Seal<'_>>) -> Vec<u8> {
+    let mut pdu = advert.to_bytes(src, dst);
+    if let Some(s) = seal {
+        let trailer = auth::seal(s.key, s.seq, src, &pdu);
+        pdu.extend_from_slice(&trailer);
+    }
+    pdu
+}
+
+/// A heartbeat path over a data interface: an AF_PACKET socket (datagram
+/// level: IPv4 packets without the Ethernet header) that sends adverts to
+/// 224.0.0.18 from our address on that interface and receives those of
+/// the peer. A packet socket sees frames before the firewall's input rules,
+/// so the operator's ruleset need not open VRRP on a data interface; a
+/// classic BPF filter keeps everything but VRRP to 224.0.0.18 out of it
+/// (and our own outgoing frames). Only signed adverts count over it (the
+/// core checks).
+#[derive(Debug)]
+pub struct PathSocket {
+    fd: AsyncFd<OwnedFd>,
+    ifindex: i32,
+    local: Ipv4Addr,
+    pub iface: String,
+}
+
+/// `ldb pkttype; jeq OUTGOING drop; ldb [9]; jeq 112; ld [16]; jeq
+/// 224.0.0.18; ret all | ret 0` (offsets from the IPv4 header: a datagram
+/// packet socket filters after the link header).
+const VRRP_FILTER: [libc::sock_filter; 8] = [
+    bpf(0x30, 0, 0, 0xffff_f000 + 4),
+    bpf(0x15, 5, 0, libc::PACKET_OUTGOING as u32),
+    bpf(0x30, 0, 0, 9),
+    bpf(0x15, 0, 3, PROTOCOL as u32),
+    bpf(0x20, 0, 0, 16),
+    bpf(0x15, 0, 1, 0xe000_0012),
+    bpf(0x06, 0, 0, 0xffff),
+    bpf(0x06, 0, 0, 0),
+];
+
+const fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+impl PathSocket {
+    pub fn open(iface: &str, local: Ipv4Addr) -> io::Result<Self> {
+        let ifindex = if_index(iface)?;
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: plain socket(2); the fd is owned right after.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let prog = libc::sock_fprog {
+            len: VRRP_FILTER.len() as u16,
+            filter: VRRP_FILTER.as_ptr().cast_mut(),
+        };
+        // SAFETY: valid fd and a filter program that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&raw const prog).cast(),
+                size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifindex;
+        // SAFETY: valid fd and address of the right size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("bind to {iface}: {e}")));
+        }
+        // SAFETY: the fd is owned by the AsyncFd and dropped with it.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(PathSocket {
+            fd,
+            ifindex,
+            local,
+            iface: iface.to_owned(),
+        })
+    }
+
+    /// Our address on this path.
+    pub fn local(&self) -> Ipv4Addr {
+        self.local
+    }
+
+    /// Sends an advert to 224.0.0.18 on this interface.
+    pub fn send(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> io::Result<()> {
+        let mut packet = ip_packet(self.local, MULTICAST, &sealed(advert, self.local, MULTICAST, seal));
+        // No IP layer below us: the header checksum is ours to fill.
+        let c = ipv4_header_checksum(&packet[..20]);
+        packet[10..12].copy_from_slice(&c.to_be_bytes());
+        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
+        // SAFETY: valid fd, buffer and address of the right size.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.get_ref().as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Polls for readability (readiness cleared: the caller drains).
+    pub fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready())
+    }
+
+    /// Reads one waiting packet (IPv4 header included) into `buf`; `None`
+    /// when nothing is waiting.
+    pub fn recv<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> Option<&'b [u8]> {
+        // SAFETY: valid fd; recv writes at most buf.len() bytes.
+        let n = unsafe {
+            libc::recv(
+                self.fd.get_ref().as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        // SAFETY: recv initialised the first n bytes.
+        (n > 0).then(|| unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n as usize) })
+    }
+}
+
+/// The IPv4 header checksum of `header` (its checksum field zero).
+fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// Gratuitous ARP for the VIPs of one interface: frames built at startup, sent
@@ -177,6 +362,14 @@ pub fn garp_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; 42] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ip_header_checksum_verifies() {
+        let mut p = ip_packet(Ipv4Addr::new(10, 0, 0, 2), MULTICAST, &[0; 12]);
+        let c = ipv4_header_checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(ipv4_header_checksum(&p[..20]), 0);
+    }
 
     #[test]
     fn garp_frame_announces_the_vip() {

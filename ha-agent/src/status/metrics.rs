@@ -21,6 +21,17 @@ struct RoleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -106,6 +117,32 @@ pub fn render(st: &Status) -> String {
             .inc_by(*n);
     }
     r.register("vrrp_rejected", "VRRP packets dropped, by reason", rejected);
+    let mode = Family::<ModeLabel, Gauge>::default();
+    mode.get_or_create(&ModeLabel {
+        mode: st.auth_mode.clone(),
+    })
+    .set(1);
+    r.register(
+        "vrrp_auth_mode",
+        "Advert authentication mode in force (the label; value 1)",
+        mode,
+    );
+    let paths = Family::<PathLabel, Gauge>::default();
+    for p in &st.paths {
+        for state in ["up", "down", "no-carrier", "quiet"] {
+            paths
+                .get_or_create(&PathLabel {
+                    path: p.interface.clone(),
+                    state: state.into(),
+                })
+                .set(i64::from(p.state == state));
+        }
+    }
+    r.register(
+        "heartbeat_path",
+        "Heartbeat paths by state (1 for the state each is in)",
+        paths,
+    );
     gauge(
         &mut r,
         "ownership",

@@ -181,6 +181,28 @@ pub struct Status {
     /// Config sync, in a cluster.
     #[serde(default)]
     pub config_sync: Option<ConfigSyncStatus>,
+    /// Advert authentication: mode (`none`, `receive-only`, `permissive`,
+    /// `enforce`) and the key id we sign with; rejections are in
+    /// `rejected_by_reason` (`Auth*`).
+    #[serde(default)]
+    pub auth_mode: String,
+    #[serde(default)]
+    pub auth_active_key: u8,
+    /// Heartbeat paths, HA link first.
+    #[serde(default)]
+    pub paths: Vec<PathStatus>,
+}
+
+/// One heartbeat path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PathStatus {
+    pub interface: String,
+    /// `up`, `down` (silent while the peer is heard over another path),
+    /// `no-carrier`, `quiet` (no path hears a peer).
+    pub state: String,
+    /// Age of the last advert from a peer over it, as of this snapshot.
+    pub last_heard_age_ms: Option<u64>,
+    pub adverts: u64,
 }
 
 /// What the loop adds to the node core's report.
@@ -263,6 +285,20 @@ impl Status {
             priority_override: report.priority_override,
             maintenance: report.maintenance,
             config_sync: extras.config_sync,
+            auth_mode: report.auth_mode.as_str().to_owned(),
+            auth_active_key: report.auth_active_key,
+            paths: report
+                .paths
+                .iter()
+                .map(|p| PathStatus {
+                    interface: p.name.clone(),
+                    state: p.state.as_str().to_owned(),
+                    last_heard_age_ms: p
+                        .last_heard
+                        .map(|t| now.saturating_sub(t).as_millis() as u64),
+                    adverts: p.adverts,
+                })
+                .collect(),
         }
     }
 
@@ -296,6 +332,9 @@ mod tests {
             priority_override: None,
             maintenance: false,
             preempt_allowed: true,
+            auth_mode: Default::default(),
+            auth_active_key: 1,
+            paths: Vec::new(),
             counters: Counters {
                 last_advert: Some(LastAdvert {
                     src: Ipv4Addr::new(10, 255, 0, 1),

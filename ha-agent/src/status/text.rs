@@ -156,6 +156,27 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
     for (reason, n) in &st.rejected_by_reason {
         let _ = writeln!(o, "  rejected {reason}: {n}");
     }
+    if !st.auth_mode.is_empty() {
+        let key = if st.auth_mode == "none" {
+            String::new()
+        } else {
+            format!(", signing with key {}", st.auth_active_key)
+        };
+        let _ = writeln!(o, "advert authentication: {}{key}", st.auth_mode);
+    }
+    if !st.paths.is_empty() {
+        let paths: Vec<String> = st
+            .paths
+            .iter()
+            .map(|p| match p.last_heard_age_ms {
+                Some(a) if p.state != "quiet" => {
+                    format!("{} {} (heard {a} ms ago)", p.interface, p.state)
+                }
+                _ => format!("{} {}", p.interface, p.state),
+            })
+            .collect();
+        let _ = writeln!(o, "heartbeat paths: {}", paths.join(", "));
+    }
     if st.transitions_total > 0 {
         let by: Vec<String> = st
             .transitions_by_reason
