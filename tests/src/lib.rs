@@ -222,6 +222,9 @@ pub struct AgentSpec {
     pub group_extra: String,
     /// Extra TOML appended to the [ha] section (sync settings).
     pub ha_extra: String,
+    /// Sub-tables of the [ha] section (`[ha.auth]`, `[[ha.auth.key]]`),
+    /// rendered after `ha_extra`'s plain keys, where TOML allows them.
+    pub auth_extra: String,
     /// What the HA link lets through besides VRRP and our sync (`tcp/22`).
     pub mgmt: Vec<String>,
     /// `metrics_listen`, if any.
@@ -243,6 +246,7 @@ impl AgentSpec {
             unicast: false,
             group_extra: String::new(),
             ha_extra: String::new(),
+            auth_extra: String::new(),
             mgmt: vec!["tcp/22".to_owned()],
             metrics: None,
             accept: true,
@@ -264,6 +268,7 @@ peers = ["10.255.0.{peer}"]
 unicast = {unicast}
 mgmt = {mgmt:?}
 {ha_extra}
+{auth_extra}
 
 [[group]]
 name = "fw"
@@ -285,6 +290,7 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
             unicast = self.unicast,
             extra = self.group_extra,
             ha_extra = self.ha_extra,
+            auth_extra = self.auth_extra,
             mgmt = self.mgmt,
             metrics = self
                 .metrics
@@ -466,6 +472,38 @@ impl Keepalived {
         unicast: bool,
         on_state: &str,
     ) -> Self {
+        Self::start_with(
+            lab,
+            ns,
+            node,
+            priority,
+            advert_ms,
+            &KeepalivedOptions {
+                unicast,
+                on_state: on_state.to_owned(),
+                ..KeepalivedOptions::default()
+            },
+        )
+    }
+
+    /// Like [`Keepalived::start`], with a keepalived binary of choice and
+    /// extra configuration inside the `vrrp_instance` block (an `auth_hmac`
+    /// block, say).
+    pub fn start_with(
+        lab: &mut ha_lab::Lab,
+        ns: &str,
+        node: u8,
+        priority: u8,
+        advert_ms: u64,
+        opts: &KeepalivedOptions,
+    ) -> Self {
+        let KeepalivedOptions {
+            unicast,
+            on_state,
+            binary,
+            instance_extra,
+        } = opts;
+        let unicast = *unicast;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "hatest-keepalived-{}-{}",
@@ -502,7 +540,7 @@ vrrp_instance VI_1 {{
   priority {priority}
   advert_int {adv}
   {unicast}
-  virtual_ipaddress {{
+  {instance_extra}virtual_ipaddress {{
     10.0.0.1/24 dev lan0
     10.1.0.1/24 dev wan0
   }}
@@ -511,29 +549,39 @@ vrrp_instance VI_1 {{
 "#,
             adv = advert_ms as f64 / 1000.0,
             notify = notify.display(),
+            instance_extra = if instance_extra.is_empty() {
+                String::new()
+            } else {
+                format!("{instance_extra}\n  ")
+            },
         );
         let conf_path = dir.join("keepalived.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let log = std::fs::File::create(dir.join("keepalived.log")).unwrap();
         let p = |f: &str| dir.join(f).display().to_string();
-        let mut cmd = lab.command(
-            ns,
-            &[
-                "keepalived",
-                "--dont-fork",
-                "--log-console",
-                "--log-detail",
-                "--vrrp",
-                "--use-file",
-                &p("keepalived.conf"),
-                "--pid",
-                &p("k.pid"),
-                "--vrrp_pid",
-                &p("v.pid"),
-                "--checkers_pid",
-                &p("c.pid"),
-            ],
-        );
+        let program = binary
+            .as_ref()
+            .map_or_else(|| "keepalived".to_owned(), |b| b.display().to_string());
+        let (conf, kpid, vpid, cpid) = (p("keepalived.conf"), p("k.pid"), p("v.pid"), p("c.pid"));
+        let mut argv = vec![
+            program.as_str(),
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+        ];
+        // A keepalived built without LVS (`--disable-lvs`) knows neither
+        // `--vrrp` nor `--checkers_pid`, and getopt takes `--vrrp` for an
+        // abbreviation of `--vrrp_pid`, eating the next argument. Without
+        // virtual servers in the config it starts no checker process anyway.
+        let lvs = binary.as_ref().is_none_or(|b| keepalived_has_lvs(b));
+        if lvs {
+            argv.push("--vrrp");
+        }
+        argv.extend(["--use-file", &conf, "--pid", &kpid, "--vrrp_pid", &vpid]);
+        if lvs {
+            argv.extend(["--checkers_pid", &cpid]);
+        }
+        let mut cmd = lab.command(ns, &argv);
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
         let pid = lab.spawn(ns, cmd).unwrap();
         Keepalived { pid, dir }
@@ -571,6 +619,34 @@ impl Drop for Keepalived {
         self.signal(libc::SIGKILL);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Options of [`Keepalived::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct KeepalivedOptions {
+    /// Unicast adverts to the other firewall instead of multicast.
+    pub unicast: bool,
+    /// Shell the notify script runs with the new state in `$3`.
+    pub on_state: String,
+    /// The keepalived binary; `keepalived` from `PATH` (Debian's) if `None`.
+    pub binary: Option<std::path::PathBuf>,
+    /// Configuration inserted in the `vrrp_instance` block, before
+    /// `virtual_ipaddress` (e.g. an `auth_hmac { ... }` block).
+    pub instance_extra: String,
+}
+
+/// Whether the keepalived at `binary` was built with LVS (its `--version`
+/// lists `LVS` among its config options).
+fn keepalived_has_lvs(binary: &std::path::Path) -> bool {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} --version: {e}", binary.display()));
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.starts_with("Config options:"))
+        .any(|l| l.split_whitespace().any(|w| w == "LVS"))
 }
 
 /// The value at fraction `p` (0..=1) of `values` (NaN when empty).
