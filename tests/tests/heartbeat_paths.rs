@@ -82,11 +82,7 @@ fn a_cut_path_moves_no_role_and_is_reported() {
         format!("#!/bin/sh\necho \"$@\" >> {}\n", notify_log.display()),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &script,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (a1, a2) = start_pair(&mut lab, 20, |spec| AgentSpec {
         ha_extra: key.ha_extra(),
         group_extra: format!("notify = \"{}\"", script.display()),
@@ -95,11 +91,15 @@ fn a_cut_path_moves_no_role_and_is_reported() {
     wait_for("roles", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
     });
-    wait_for("every path up on the backup", Duration::from_secs(5), || {
-        ["ha0", "lan0", "wan0"]
-            .iter()
-            .all(|p| path_state(&a2, p).as_deref() == Some("up"))
-    });
+    wait_for(
+        "every path up on the backup",
+        Duration::from_secs(5),
+        || {
+            ["ha0", "lan0", "wan0"]
+                .iter()
+                .all(|p| path_state(&a2, p).as_deref() == Some("up"))
+        },
+    );
     let st = a2.status().unwrap();
     assert_eq!(st.auth_mode, "enforce");
     assert_eq!(st.auth_active_key, 1);
@@ -123,12 +123,17 @@ fn a_cut_path_moves_no_role_and_is_reported() {
     wait_for("ha0 up again", Duration::from_secs(3), || {
         path_state(&a2, "ha0").as_deref() == Some("up")
     });
-    assert_eq!((transitions(&a1), transitions(&a2)), (t1, t2), "no role moved");
+    assert_eq!(
+        (transitions(&a1), transitions(&a2)),
+        (t1, t2),
+        "no role moved"
+    );
     let log = std::fs::read_to_string(&notify_log).unwrap_or_default();
     assert!(log.contains("PATH ha0 DOWN 0"), "notify: {log}");
     assert!(log.contains("PATH ha0 UP 0"), "notify: {log}");
     assert!(
-        a2.log_text().contains("HA link (ha0) down: peer alive over lan0, wan0"),
+        a2.log_text()
+            .contains("HA link (ha0) down: peer alive over lan0, wan0"),
         "the log line"
     );
 
@@ -142,15 +147,16 @@ fn a_cut_path_moves_no_role_and_is_reported() {
     wait_for("ha0 back", Duration::from_secs(3), || {
         path_state(&a2, "ha0").as_deref() == Some("up")
     });
-    assert_eq!((transitions(&a1), transitions(&a2)), (t1, t2), "no role moved");
+    assert_eq!(
+        (transitions(&a1), transitions(&a2)),
+        (t1, t2),
+        "no role moved"
+    );
 
     // 4. Every path cut: a true partition; both may own. After healing,
     // one master remains.
     {
-        let _cut = Cut::new(
-            &lab,
-            &[("hasw", "ha0"), ("lan", "lan0"), ("wan", "wan0")],
-        );
+        let _cut = Cut::new(&lab, &[("hasw", "ha0"), ("lan", "lan0"), ("wan", "wan0")]);
         wait_for("the backup takes over", Duration::from_secs(3), || {
             a2.role().as_deref() == Some("MASTER")
         });

@@ -108,10 +108,7 @@ pub fn open_paths(config: &Config) -> anyhow::Result<(Vec<PathSettings>, Vec<Pat
             })?;
         let sock = PathSocket::open(&iface, local)
             .with_context(|| format!("heartbeat path {iface}: packet socket"))?;
-        settings.push(PathSettings {
-            name: iface,
-            local,
-        });
+        settings.push(PathSettings { name: iface, local });
         sockets.push(sock);
     }
     Ok((settings, sockets))
@@ -160,7 +157,10 @@ impl Persisted {
     }
 
     pub fn render(&self) -> String {
-        let mut s = format!("# ha-agent advert authentication state\nfloor {}\n", self.floor);
+        let mut s = format!(
+            "# ha-agent advert authentication state\nfloor {}\n",
+            self.floor
+        );
         for (v, a, q) in &self.marks {
             s.push_str(&format!("mark {v} {a} {q}\n"));
         }
@@ -246,7 +246,10 @@ mod tests {
         std::fs::write(&short, "hex:0a0b").unwrap();
         let k = read_key(1, &hex).unwrap();
         assert_eq!(k, Key::new(1, &[0x0a; 32]).unwrap());
-        assert_eq!(read_key(2, &raw).unwrap(), Key::new(2, &[b'p'; 40]).unwrap());
+        assert_eq!(
+            read_key(2, &raw).unwrap(),
+            Key::new(2, &[b'p'; 40]).unwrap()
+        );
         let e = format!("{:#}", read_key(3, &short).unwrap_err());
         assert!(e.contains("2 bytes"), "{e}");
         assert_eq!(
@@ -265,7 +268,9 @@ mod tests {
         let p = Persisted::parse(std::str::from_utf8(&bytes).unwrap());
         assert!(p.floor >= sent + RESERVE);
         assert!(s.to_save(Vec::new()).is_none(), "nothing new");
-        let restarted = Signer::new(PathBuf::new(), &p).seq.next(wall(), auth::AntiReplay::Monotonic);
+        let restarted = Signer::new(PathBuf::new(), &p)
+            .seq
+            .next(wall(), auth::AntiReplay::Monotonic);
         assert!(restarted > sent);
     }
 }

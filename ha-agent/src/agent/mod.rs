@@ -371,7 +371,10 @@ impl Agent {
 
     /// Ready when any VRRP socket has packets (readiness cleared: the
     /// caller reads until empty or the per-wake budget).
-    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let mut ready = false;
         for r in std::iter::once(self.sock.poll_readable(cx))
@@ -383,7 +386,11 @@ impl Agent {
                 Poll::Pending => {}
             }
         }
-        if ready { Poll::Ready(Ok(())) } else { Poll::Pending }
+        if ready {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Reads at most [`RX_PER_WAKE`] packets from each socket.

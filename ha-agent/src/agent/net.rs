@@ -82,7 +82,10 @@ impl VrrpSocket {
     }
 
     /// Polls for readability (readiness cleared: the caller drains).
-    pub fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    pub fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         self.fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready())
     }
 
@@ -220,7 +223,11 @@ impl PathSocket {
 
     /// Sends an advert to 224.0.0.18 on this interface.
     pub fn send(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> io::Result<()> {
-        let mut packet = ip_packet(self.local, MULTICAST, &sealed(advert, self.local, MULTICAST, seal));
+        let mut packet = ip_packet(
+            self.local,
+            MULTICAST,
+            &sealed(advert, self.local, MULTICAST, seal),
+        );
         // No IP layer below us: the header checksum is ours to fill.
         let c = ipv4_header_checksum(&packet[..20]);
         packet[10..12].copy_from_slice(&c.to_be_bytes());
@@ -249,7 +256,10 @@ impl PathSocket {
     }
 
     /// Polls for readability (readiness cleared: the caller drains).
-    pub fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    pub fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         self.fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready())
     }
 
