@@ -316,7 +316,7 @@ fn hmac_agent_rejects_keepalived_with_another_key() {
         || {
             agent.role().as_deref() == Some("MASTER")
                 && ka.state().as_deref() == Some("MASTER")
-                && hmac_rejections(&agent) > 10
+                && hmac_rejections(&agent) > 5
         },
     );
     let st = agent.status().unwrap();

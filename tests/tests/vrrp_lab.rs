@@ -380,7 +380,12 @@ fn bad_adverts_are_counted_and_change_nothing() {
         st.rejected_by_reason
     );
     assert_eq!(st.adverts_received, 0, "nothing was accepted");
-    assert_eq!(st.transitions_total, transitions, "no state change");
+    assert_eq!(
+        st.transitions_total, transitions,
+        "no state change: {:?}\n{}",
+        st.transitions,
+        a1.log_text()
+    );
     assert_eq!(a1.role().as_deref(), Some("MASTER"));
     // TTL, unknown VRID and truncation never reach the agent: XDP drops them.
     let snap = ha_agent::dataplane::inspect::Snapshot::read(&a1.pins.0, 0).unwrap();
