@@ -789,7 +789,8 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 let dual = dual_slots(&arp, *at, until).len() as f64 * 5.0;
                 worst = worst.max(dual);
                 run.notes.push(format!(
-                    "stall {ms} ms of fw{node}: dual ownership {dual:.0} ms"
+                    "stall {} ({ms} ms of fw{node}): dual ownership {dual:.0} ms",
+                    i + 1
                 ));
             }
             run.dual_owner_ms = worst;
@@ -900,11 +901,14 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         run.unexpected_transitions = observed
             .zip(scenario.expected_transitions(system))
             .map(|(o, e)| o.saturating_sub(e));
-        if scenario.expected_transitions(system).is_none()
-            && let Some(o) = observed
-        {
-            run.notes
-                .push(format!("transitions (informational): {o} over both nodes"));
+        match (observed, scenario.expected_transitions(system)) {
+            (Some(o), None) => run
+                .notes
+                .push(format!("transitions (informational): {o} over both nodes")),
+            (Some(o), Some(e)) if o != e => run
+                .notes
+                .push(format!("transitions: {o} over both nodes, {e} expected")),
+            _ => {}
         }
         if observed.is_none() {
             run.notes
@@ -2057,8 +2061,8 @@ fn up(a: &Args) {
 /// `paths` ((bridge, interface): the ports are `fw1-<interface>` and
 /// `fw2-<interface>`), both directions, for `hold`: an nftables `bridge`
 /// table in each bridge's namespace (the carriers stay up; the rule goes
-/// with the namespace if the run dies). Returns when the last path was
-/// restored; the drop counters go to the notes.
+/// with the namespace if the run dies). Returns when the restoring began
+/// (the heal); the drop counters go to the notes.
 fn cut_for(lab: &Lab, paths: &[(&str, &str)], hold: Duration, run: &mut Run) -> Instant {
     let ruleset = |ifname: &str| {
         let (a, b) = (format!("fw1-{ifname}"), format!("fw2-{ifname}"));
@@ -2066,37 +2070,58 @@ fn cut_for(lab: &Lab, paths: &[(&str, &str)], hold: Duration, run: &mut Run) -> 
             "table bridge halab_cut {{\n chain forward {{\n  type filter hook forward priority -200; policy accept;\n  iifname \"{a}\" oifname \"{b}\" counter drop\n  iifname \"{b}\" oifname \"{a}\" counter drop\n }}\n}}\n"
         )
     };
-    for (bridge, ifname) in paths {
-        if let Err(e) = lab.nft(bridge, &ruleset(ifname)) {
-            run.notes.push(format!("cutting {bridge}: {e}"));
-        }
-    }
+    // Every path at once (one nft per bridge namespace, in parallel).
+    let each = |what: &(dyn Fn(&str, &str) -> Result<(), String> + Sync)| -> Vec<String> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = paths
+                .iter()
+                .map(|(bridge, ifname)| s.spawn(move || what(bridge, ifname)))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap_or(Err("panicked".into())).err())
+                .collect()
+        })
+    };
+    let errors = each(&|bridge, ifname| {
+        lab.nft(bridge, &ruleset(ifname))
+            .map_err(|e| format!("cutting {bridge}: {e}"))
+    });
+    run.notes.extend(errors);
     std::thread::sleep(hold);
-    let mut dropped = Vec::new();
-    for (bridge, _) in paths {
-        let n: u64 = lab
-            .exec(bridge, &["nft", "list", "table", "bridge", "halab_cut"])
-            .map(|o| {
-                let text = String::from_utf8_lossy(&o.stdout).into_owned();
-                let words: Vec<&str> = text.split_whitespace().collect();
-                words
-                    .windows(2)
-                    .filter(|w| w[0] == "packets")
-                    .filter_map(|w| w[1].parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
-        if let Err(e) = lab.nft(bridge, "delete table bridge halab_cut\n") {
-            run.notes.push(format!("restoring {bridge}: {e}"));
-        }
-        dropped.push(format!("{bridge} {n}"));
-    }
+    // The drop counters (read just before the heal).
+    let dropped: Vec<String> = paths
+        .iter()
+        .map(|(bridge, _)| {
+            let n: u64 = lab
+                .exec(bridge, &["nft", "list", "table", "bridge", "halab_cut"])
+                .map(|o| {
+                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                    let words: Vec<&str> = text.split_whitespace().collect();
+                    words
+                        .windows(2)
+                        .filter(|w| w[0] == "packets")
+                        .filter_map(|w| w[1].parse::<u64>().ok())
+                        .sum()
+                })
+                .unwrap_or(0);
+            format!("{bridge} {n}")
+        })
+        .collect();
+    // The heal: from the moment the first path may carry frames again.
+    let heal = Instant::now();
+    let errors = each(&|bridge, _| {
+        lab.nft(bridge, "delete table bridge halab_cut\n")
+            .map_err(|e| format!("restoring {bridge}: {e}"))
+    });
+    run.notes.extend(errors);
     run.notes.push(format!(
-        "cut {} ms; frames dropped between fw1 and fw2: {}",
+        "cut {} ms; frames dropped between fw1 and fw2: {}; paths restored in {:.0} ms",
         hold.as_millis(),
-        dropped.join(", ")
+        dropped.join(", "),
+        heal.elapsed().as_secs_f64() * 1e3
     ));
-    Instant::now()
+    heal
 }
 
 /// After a partition healed: the client's neighbour entry for 10.0.0.1 and
@@ -2187,7 +2212,7 @@ fn settle_pair(n1: &Node, n2: &Node, hold: Duration, limit: Duration) -> bool {
 /// node, when stopped) of each stall.
 fn stall(n1: &Node, n2: &Node, run: &mut Run) -> Vec<(u64, u8, Instant)> {
     let mut out = Vec::new();
-    for ms in [50u64, 200, 1000] {
+    for (i, ms) in [50u64, 200, 1000].into_iter().enumerate() {
         let (node, victim) = if n2.role().as_deref() == Some("MASTER") {
             (2u8, n2)
         } else {
@@ -2195,7 +2220,7 @@ fn stall(n1: &Node, n2: &Node, run: &mut Run) -> Vec<(u64, u8, Instant)> {
         };
         let Some(pid) = victim.election_pid() else {
             run.notes
-                .push(format!("stall {ms} ms: no pid for fw{node}"));
+                .push(format!("stall {}: {ms} ms: no pid for fw{node}", i + 1));
             continue;
         };
         let before = [n1.transitions(), n2.transitions()];
@@ -2218,7 +2243,8 @@ fn stall(n1: &Node, n2: &Node, run: &mut Run) -> Vec<(u64, u8, Instant)> {
             .collect();
         let roles = [n1.role(), n2.role()].map(|r| r.unwrap_or_else(|| "?".into()));
         run.notes.push(format!(
-            "stall {ms} ms of fw{node}: transitions fw1 +{} fw2 +{}; then fw1 {} fw2 {}{}",
+            "stall {} ({ms} ms of fw{node}): transitions fw1 +{} fw2 +{}; then fw1 {} fw2 {}{}",
+            i + 1,
             moved[0],
             moved[1],
             roles[0],
@@ -2267,9 +2293,9 @@ enum Forged {
 /// MAC; the IPv4 destination is the VRRP group (on the LAN, every other
 /// frame goes to the target's LAN address instead) and the source is the
 /// spoofed node's HA address (on the LAN, every other frame its LAN
-/// address). Each kind is a burst per segment of at most 20,000 frames or
-/// 1 s, back to back, then a pause of 1 s (and up to 5 s more for a single
-/// master): malformed, forged priority 255, priority 0, garbage trailer,
+/// address). Each kind is a burst per segment (the HA segment's, then the
+/// LAN's) of at most 20,000 frames or 1 s, back to back, then a pause of
+/// 1 s (and up to 5 s more for a single master): malformed, forged priority 255, priority 0, garbage trailer,
 /// and replays of the master's genuine adverts captured for 1 s at its
 /// switch ports at the start.
 fn hostile_vrrp(lab: &Lab, adv_ms: u64, n1: &Node, n2: &Node, run: &mut Run) {
@@ -2470,11 +2496,23 @@ fn hostile_vrrp(lab: &Lab, adv_ms: u64, n1: &Node, n2: &Node, run: &mut Run) {
             None => (replay_ha.clone(), replay_lan.clone()),
         };
         let before = [n1.transitions(), n2.transitions()];
-        let (sh, sl) = std::thread::scope(|s| {
-            let h = s.spawn(|| ha.burst(&on_ha, BURST, Duration::from_secs(1)));
-            let l = lan.burst(&on_lan, BURST, Duration::from_secs(1));
-            (h.join().unwrap_or_default(), l)
-        });
+        let pids = [n1.election_pid(), n2.election_pid()];
+        let cpu = |i: usize| pids[i].and_then(|p| ha_lab::hostile::cpu_seconds(p as u32));
+        let cpu0 = [cpu(0), cpu(1)];
+        let t0 = Instant::now();
+        // One segment after the other: the attacker spins one of the
+        // machine's CPUs, not all of them (it shares them with its victims;
+        // starving them would be an attack of another kind).
+        let sh = ha.burst(&on_ha, BURST, Duration::from_secs(1));
+        let sl = lan.burst(&on_lan, BURST, Duration::from_secs(1));
+        let spent = t0.elapsed().as_secs_f64().max(0.01);
+        let load: Vec<String> = (0..2)
+            .map(|i| {
+                cpu0[i].zip(cpu(i)).map_or("?".into(), |(a, b)| {
+                    format!("{:.0}%", (b - a) / spent * 100.0)
+                })
+            })
+            .collect();
         std::thread::sleep(Duration::from_secs(1));
         let settled = wait("a single master", Duration::from_secs(5), || {
             single_master(n1, n2)
@@ -2491,9 +2529,11 @@ fn hostile_vrrp(lab: &Lab, adv_ms: u64, n1: &Node, n2: &Node, run: &mut Run) {
         let roles = [n1.role(), n2.role()].map(|r| r.unwrap_or_else(|| "?".into()));
         let rate = |x: &ha_lab::hostile::Sent| format!("{} in {:.2} s", x.datagrams, x.seconds);
         run.notes.push(format!(
-            "{label}: HA {}, LAN {}; transitions fw1 +{} fw2 +{}; then fw1 {} fw2 {}{}",
+            "{label}: HA {}, LAN {} (CPU of the election process meanwhile: fw1 {} fw2 {}); transitions fw1 +{} fw2 +{}; then fw1 {} fw2 {}{}",
             rate(&sh),
             rate(&sl),
+            load[0],
+            load[1],
             moved[0],
             moved[1],
             roles[0],
