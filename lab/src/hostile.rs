@@ -63,45 +63,7 @@ pub fn capture_udp(
     max: usize,
     limit: Duration,
 ) -> io::Result<Vec<Captured>> {
-    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // ETH_P_ALL: a bridge port hands its frames to the bridge before
-    // protocol-specific taps run, so only an all-protocol tap sees them
-    // (as tcpdump does).
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2); owned right after.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-            i32::from(proto),
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh valid fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = ifindex;
-    // SAFETY: valid fd and address.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = packet_socket(iface, true)?.0;
     let started = Instant::now();
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -125,6 +87,178 @@ pub fn capture_udp(
         }
     }
     Ok(out)
+}
+
+/// An `AF_PACKET` raw socket of all protocols bound to `iface` (of the
+/// calling thread's namespace), non-blocking if asked; with the ifindex.
+fn packet_socket(iface: &str, nonblocking: bool) -> io::Result<(OwnedFd, i32)> {
+    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // ETH_P_ALL: a bridge port hands its frames to the bridge before
+    // protocol-specific taps run, so only an all-protocol tap sees them
+    // (as tcpdump does).
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: plain socket(2); owned right after.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | flags, i32::from(proto)) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh valid fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: valid fd and address.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((fd, ifindex))
+}
+
+/// Captures the IPv4 packets of protocol `proto` from any of `srcs` seen on
+/// `iface` (a bridge port, like a mirror port: see [`capture_udp`]), whole
+/// from the IPv4 header on, until `max` were seen or `limit` passed.
+pub fn capture_ip(
+    iface: &str,
+    proto: u8,
+    srcs: &[Ipv4Addr],
+    max: usize,
+    limit: Duration,
+) -> io::Result<Vec<Vec<u8>>> {
+    let fd = packet_socket(iface, true)?.0;
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while out.len() < max && started.elapsed() < limit {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let frame = &buf[..n as usize];
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let p = &frame[14..];
+        let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+        if p[0] >> 4 == 4 && p[9] == proto && srcs.contains(&src) {
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
+            out.push(p[..total].to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 packet (no options, TTL 255, DSCP CS6, header checksum filled
+/// in: no kernel does it for a packet socket) carrying `payload` of
+/// protocol `proto`.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, id: u16, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut p = Vec::with_capacity(usize::from(total));
+    p.extend_from_slice(&[0x45, 0xc0]);
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 255, proto, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let c = inet_checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An Ethernet frame (IPv4) around `ip`.
+pub fn ether_frame(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + ip.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(ip);
+    f
+}
+
+/// A MAC address from its `aa:bb:..` text.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// A packet socket sending whole Ethernet frames out of one interface: an
+/// attacker's host on a segment, which chooses every header byte.
+#[derive(Debug)]
+pub struct FrameSender {
+    fd: OwnedFd,
+    /// The interface's own MAC (the source of the frames an attacker sends
+    /// without also spoofing the switch's tables).
+    pub mac: [u8; 6],
+}
+
+impl FrameSender {
+    /// Opens the sender on `iface` of the calling thread's namespace (the
+    /// socket stays usable from any thread).
+    pub fn open(iface: &str) -> io::Result<Self> {
+        let (fd, _) = packet_socket(iface, false)?;
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
+        let mac = parse_mac(&mac).ok_or_else(|| io::Error::other("bad MAC address"))?;
+        let _ = socket2::SockRef::from(&fd).set_send_buffer_size(4 << 20);
+        Ok(FrameSender { fd, mac })
+    }
+
+    /// Sends `count` frames cycling through `frames`, back to back (as fast
+    /// as the socket takes them), for at most `limit`.
+    pub fn burst(&self, frames: &[Vec<u8>], count: u64, limit: Duration) -> Sent {
+        let started = Instant::now();
+        let mut s = Sent::default();
+        if frames.is_empty() {
+            return s;
+        }
+        let mut i = 0usize;
+        while s.datagrams + s.refused < count && started.elapsed() < limit {
+            let f = &frames[i % frames.len()];
+            i += 1;
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::send(self.fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            if n > 0 {
+                s.datagrams += 1;
+            } else {
+                s.refused += 1;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        s.seconds = started.elapsed().as_secs_f64();
+        s
+    }
 }
 
 /// An IPv4 UDP packet's addresses and payload (`None` for anything else).

@@ -11,8 +11,10 @@ pub struct LabArgs {
     #[command(subcommand)]
     action: Option<LabAction>,
     /// Scenario to run (repeatable): hard-crash, agent-crash, partition,
-    /// switchover, graceful, return (the default list), and the attacks
-    /// hostile-sync and control-flood (only when named).
+    /// switchover, graceful, return (the default list), and, only when
+    /// named, the attacks hostile-sync and control-flood and the path and
+    /// election scenarios partition-silent, lan-cut, all-paths-cut, stall
+    /// and hostile-vrrp.
     #[arg(long)]
     scenario: Vec<String>,
     /// Runs per scenario and system.

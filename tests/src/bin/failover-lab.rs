@@ -34,11 +34,18 @@ enum Scenario {
     Return,
     HostileSync,
     ControlFlood,
+    PartitionSilent,
+    LanCut,
+    AllPathsCut,
+    Stall,
+    HostileVrrp,
 }
 
 impl Scenario {
-    /// The default list: the failovers. `hostile-sync` and `control-flood`
-    /// (about 30 s a run each) are asked for by name.
+    /// The default list: the failovers. `hostile-sync`, `control-flood`
+    /// (about 30 s a run each) and the path and election scenarios
+    /// (`partition-silent`, `lan-cut`, `all-paths-cut`, `stall`,
+    /// `hostile-vrrp`) are asked for by name.
     const ALL: [Scenario; 6] = [
         Scenario::HardCrash,
         Scenario::AgentCrash,
@@ -58,27 +65,76 @@ impl Scenario {
             Scenario::Return => "return",
             Scenario::HostileSync => "hostile-sync",
             Scenario::ControlFlood => "control-flood",
+            Scenario::PartitionSilent => "partition-silent",
+            Scenario::LanCut => "lan-cut",
+            Scenario::AllPathsCut => "all-paths-cut",
+            Scenario::Stall => "stall",
+            Scenario::HostileVrrp => "hostile-vrrp",
         }
     }
 
     /// Role transitions the fault itself must cause, over both nodes (a
     /// node that is replaced by a new process is not counted: see
-    /// [`Transitions`]).
-    fn expected_transitions(self) -> u64 {
-        match self {
+    /// [`Transitions`]); `None`: informational only (`stall`: the roles
+    /// may move back and forth, the measure is dual ownership).
+    fn expected_transitions(self, system: System) -> Option<u64> {
+        Some(match (self, system) {
             // The backup takes over.
-            Scenario::HardCrash | Scenario::AgentCrash => 1,
-            // The backup takes over, and hands back when the link returns.
-            Scenario::Partition | Scenario::Return => 2,
+            (Scenario::HardCrash | Scenario::AgentCrash, _) => 1,
+            // The master crashed long ago: the node that returns preempts
+            // (once in sync), the survivor steps down.
+            (Scenario::Return, _) => 2,
+            // ha-agent: the peer is still heard on the LAN and WAN, losing
+            // one path (the HA link, with or without carrier; or the LAN)
+            // changes no role.
+            (Scenario::Partition | Scenario::PartitionSilent | Scenario::LanCut, System::Agent) => {
+                0
+            }
+            // keepalived hears its peer on the HA link only. Carrier lost
+            // on fw1's ha0: fw1 enters FAULT, fw2 MASTER; carrier back: fw1
+            // BACKUP then MASTER (preempts), fw2 BACKUP (counted in a run:
+            // "Entering ..." lines in both logs).
+            (Scenario::Partition, System::Keepalived) => 5,
+            // Silent HA link: fw2 takes over, and steps down when it hears
+            // fw1 again (keepalived has no other path).
+            (Scenario::PartitionSilent, System::Keepalived) => 2,
+            // keepalived sends no adverts on the LAN: nothing moves.
+            (Scenario::LanCut, System::Keepalived) => 0,
+            // A true partition: the backup takes over, one steps down after
+            // the heal.
+            (Scenario::AllPathsCut, _) => 2,
             // The master steps down (or stops), the backup takes over.
-            Scenario::Switchover | Scenario::Graceful => 2,
+            (Scenario::Switchover | Scenario::Graceful, _) => 2,
             // Attacks must move nothing.
-            Scenario::HostileSync | Scenario::ControlFlood => 0,
-        }
+            (Scenario::HostileSync | Scenario::ControlFlood | Scenario::HostileVrrp, _) => 0,
+            (Scenario::Stall, _) => return None,
+        })
     }
 
+    /// The attacks on the sync and control channels (their agents get the
+    /// control port and a cluster section).
     fn hostile(self) -> bool {
         matches!(self, Scenario::HostileSync | Scenario::ControlFlood)
+    }
+
+    /// Scenarios whose transitions are attributed in the notes.
+    fn attack(self) -> bool {
+        self.hostile() || self == Scenario::HostileVrrp
+    }
+
+    /// Both nodes run to the end of the scenario (in sync afterwards).
+    fn both_run(self) -> bool {
+        matches!(
+            self,
+            Scenario::Switchover
+                | Scenario::Partition
+                | Scenario::Return
+                | Scenario::PartitionSilent
+                | Scenario::LanCut
+                | Scenario::AllPathsCut
+                | Scenario::Stall
+                | Scenario::HostileVrrp
+        )
     }
 }
 
@@ -101,7 +157,8 @@ impl System {
 #[derive(Debug, Parser)]
 struct Args {
     /// Scenarios to run (repeatable); by default the six failovers
-    /// (hostile-sync and control-flood run only when named).
+    /// (the attacks and the path and election scenarios run only when
+    /// named).
     #[arg(long, value_enum)]
     scenario: Vec<Scenario>,
     /// Runs per scenario and system.
@@ -151,6 +208,12 @@ struct Run {
     /// The control surfaces answered during and after the scenario;
     /// `None`: the system has none.
     control_ok: Option<bool>,
+    /// `all-paths-cut`: from the heal until a single owner remained (roles
+    /// and ARP answers for the VIP), ms; `None`: not measured, or never.
+    converged_ms: Option<f64>,
+    /// `all-paths-cut`: after the heal, the client's and the server's
+    /// neighbour entries for the VIPs point to the final master's MACs.
+    vips_reannounced: Option<bool>,
     /// The scenario does not apply to the system (no row figures).
     na: bool,
     notes: Vec<String>,
@@ -290,6 +353,44 @@ impl Node {
             Node::Keepalived(k, _) => k.signal(libc::SIGTERM),
         }
     }
+
+    /// The process that runs the election: the agent (all its threads), or
+    /// keepalived's VRRP child (its `--vrrp_pid` file; the parent only
+    /// watches it).
+    fn election_pid(&self) -> Option<i32> {
+        match self {
+            Node::Agent(a) => Some(a.pid as i32),
+            Node::Keepalived(k, _) => std::fs::read_to_string(k.dir.join("v.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+        }
+    }
+}
+
+/// 5 ms slots in `[from, to)` in which two MACs answered ARP for the VIP:
+/// the start of each.
+fn dual_slots(arp: &[(Instant, [u8; 6])], from: Instant, to: Instant) -> Vec<Instant> {
+    let slot = Duration::from_millis(5);
+    let mut slots = std::collections::BTreeMap::<u64, std::collections::BTreeSet<[u8; 6]>>::new();
+    for (t, mac) in arp.iter().filter(|(t, _)| *t >= from && *t < to) {
+        slots
+            .entry((t.duration_since(from).as_nanos() / slot.as_nanos()) as u64)
+            .or_default()
+            .insert(*mac);
+    }
+    slots
+        .into_iter()
+        .filter(|(_, m)| m.len() > 1)
+        .map(|(i, _)| from + slot * i as u32)
+        .collect()
+}
+
+/// Exactly one node MASTER, the other BACKUP.
+fn single_master(n1: &Node, n2: &Node) -> bool {
+    let roles = [n1.role(), n2.role()];
+    let is = |r: &Option<String>, w: &str| r.as_deref() == Some(w);
+    (is(&roles[0], "MASTER") && is(&roles[1], "BACKUP"))
+        || (is(&roles[0], "BACKUP") && is(&roles[1], "MASTER"))
 }
 
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), String> {
@@ -324,7 +425,7 @@ fn build_lab(scenario: Scenario) -> Lab {
     for ns in ["client", "server"] {
         count_resets(&lab, ns).expect("reset counter");
     }
-    if scenario.hostile() {
+    if scenario.attack() {
         lab.add_netns("rogue").expect("rogue namespace");
         lab.add_bridge_port("hasw", ("rogue", "eth0"))
             .expect("rogue port");
@@ -353,6 +454,13 @@ fn build_lab(scenario: Scenario) -> Lab {
             )
             .expect("pin neighbour");
         }
+    }
+    if scenario == Scenario::HostileVrrp {
+        // An attacker on the LAN too (it sends whole frames from a packet
+        // socket: no address needed).
+        lab.add_netns("roguelan").expect("roguelan namespace");
+        lab.add_bridge_port("lan", ("roguelan", "eth0"))
+            .expect("roguelan port");
     }
     if scenario == Scenario::ControlFlood {
         lab.add_netns("joiner").expect("joiner namespace");
@@ -409,6 +517,10 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
     // fw2's sync daemon restarted by `hostile-sync`: its transitions before
     // the restart.
     let mut restarted: Option<u64> = None;
+    // `stall`: (duration ms, stalled node, when it was stopped).
+    let mut stalls: Vec<(u64, u8, Instant)> = Vec::new();
+    // `all-paths-cut`: the heal, and when the roles showed a single master.
+    let mut healed: Option<(Instant, Option<Instant>)> = None;
     let stop = AtomicBool::new(false);
     let limit = Duration::from_secs(60);
     let lab_ref = &lab;
@@ -580,10 +692,36 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 control_flood(lab_ref, &n1, &n2, joiner.as_ref(), &key, &mut run);
                 std::thread::sleep(Duration::from_millis(500));
             }
+            Scenario::PartitionSilent | Scenario::LanCut => {
+                let bridge = if scenario == Scenario::LanCut {
+                    ("lan", "lan0")
+                } else {
+                    ("hasw", "ha0")
+                };
+                cut_for(lab_ref, &[bridge], Duration::from_secs(1), &mut run);
+                std::thread::sleep(settle);
+            }
+            Scenario::AllPathsCut => {
+                let paths = [("hasw", "ha0"), ("lan", "lan0"), ("wan", "wan0")];
+                let heal = cut_for(lab_ref, &paths, Duration::from_secs(1), &mut run);
+                let single = wait("a single master", settle, || single_master(&n1, &n2))
+                    .ok()
+                    .map(|()| Instant::now());
+                healed = Some((heal, single));
+                std::thread::sleep(settle.saturating_sub(heal.elapsed()));
+                run.vips_reannounced = vips_reannounced(lab_ref, &n1, &n2, &mut run.notes);
+            }
+            Scenario::Stall => {
+                stalls = stall(&n1, &n2, &mut run);
+            }
+            Scenario::HostileVrrp => {
+                hostile_vrrp(lab_ref, a.adv_ms, &n1, &n2, &mut run);
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         match (system, scenario) {
             (_, Scenario::HostileSync | Scenario::ControlFlood) => {}
-            (System::Agent, Scenario::Switchover | Scenario::Partition | Scenario::Return) => {
+            (System::Agent, s) if s.both_run() => {
                 // Both nodes run: the pair is back in sync.
                 run.in_sync_after = Some(
                     wait("in sync", Duration::from_secs(5), || {
@@ -642,16 +780,44 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             .collect();
         // Dual ownership: 5 ms slots after the fault in which two MACs
         // answered ARP for the VIP.
-        let slot = Duration::from_millis(5);
-        let mut slots =
-            std::collections::BTreeMap::<u64, std::collections::BTreeSet<[u8; 6]>>::new();
-        for (t, mac) in arp.iter().filter(|(t, _)| *t >= fault) {
-            slots
-                .entry((t.duration_since(fault).as_nanos() / slot.as_nanos()) as u64)
-                .or_default()
-                .insert(*mac);
+        run.dual_owner_ms = dual_slots(&arp, fault, end).len() as f64 * 5.0;
+        if scenario == Scenario::Stall {
+            // Per stall: from its SIGSTOP to the next one (or the end).
+            let mut worst = 0.0f64;
+            for (i, (ms, node, at)) in stalls.iter().enumerate() {
+                let until = stalls.get(i + 1).map_or(end, |n| n.2);
+                let dual = dual_slots(&arp, *at, until).len() as f64 * 5.0;
+                worst = worst.max(dual);
+                run.notes.push(format!(
+                    "stall {} ({ms} ms of fw{node}): dual ownership {dual:.0} ms",
+                    i + 1
+                ));
+            }
+            run.dual_owner_ms = worst;
         }
-        run.dual_owner_ms = slots.values().filter(|m| m.len() > 1).count() as f64 * 5.0;
+        if let Some((heal, single)) = healed {
+            // The last 5 ms slot after the heal in which both answered ARP.
+            let arp_done = dual_slots(&arp, heal, end)
+                .last()
+                .map_or(Duration::ZERO, |t| {
+                    (*t + Duration::from_millis(5)).saturating_duration_since(heal)
+                });
+            run.converged_ms = single.map(|s| {
+                s.saturating_duration_since(heal)
+                    .max(arp_done)
+                    .as_secs_f64()
+                    * 1e3
+            });
+            run.notes.push(match run.converged_ms {
+                Some(ms) => format!(
+                    "single owner {ms:.0} ms after the heal (roles {:.0} ms, ARP {:.0} ms)",
+                    single.map_or(0.0, |s| s.saturating_duration_since(heal).as_secs_f64()
+                        * 1e3),
+                    arp_done.as_secs_f64() * 1e3
+                ),
+                None => "no single master after the heal".into(),
+            });
+        }
         if scenario == Scenario::Return && system == System::Agent {
             // Preempted only after its resync completed?
             let log = std::fs::read_to_string(dir.join("fw1-return.log")).unwrap_or_default();
@@ -692,7 +858,7 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 _ => now.zip(base[i]).map(|(n, b)| n.saturating_sub(b)),
             };
             observed = observed.zip(delta).map(|(o, d)| o + d);
-            if scenario.hostile() && delta.is_some_and(|d| d > 0) {
+            if (scenario.attack() || scenario == Scenario::Stall) && delta.is_some_and(|d| d > 0) {
                 let why = match node {
                     Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
                         .map(|s| {
@@ -706,7 +872,17 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                                 .join(", ")
                         })
                         .unwrap_or_default(),
-                    Node::Keepalived(..) => String::new(),
+                    Node::Keepalived(k, _) => {
+                        let entered: Vec<String> = k
+                            .log_text()
+                            .lines()
+                            .filter_map(|l| {
+                                Some(l.split("Entering ").nth(1)?.split(' ').next()?.to_owned())
+                            })
+                            .collect();
+                        let d = (delta.unwrap_or(0) as usize).min(entered.len());
+                        entered[entered.len() - d..].join(", ")
+                    }
                 };
                 run.notes.push(format!(
                     "fw{} transitions during the run: {} {why}",
@@ -722,8 +898,18 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             let _ = std::fs::copy(&a1.log, format!("target/lab/{}-fw1.log", scenario.name()));
             let _ = std::fs::copy(&a2.log, format!("target/lab/{}-fw2.log", scenario.name()));
         }
-        run.unexpected_transitions =
-            observed.map(|o| o.saturating_sub(scenario.expected_transitions()));
+        run.unexpected_transitions = observed
+            .zip(scenario.expected_transitions(system))
+            .map(|(o, e)| o.saturating_sub(e));
+        match (observed, scenario.expected_transitions(system)) {
+            (Some(o), None) => run
+                .notes
+                .push(format!("transitions (informational): {o} over both nodes")),
+            (Some(o), Some(e)) if o != e => run
+                .notes
+                .push(format!("transitions: {o} over both nodes, {e} expected")),
+            _ => {}
+        }
         if observed.is_none() {
             run.notes
                 .push("transitions not readable (status or log missing)".into());
@@ -1585,7 +1771,7 @@ fn report(
         a.adv_ms, a.runs, a.tcp
     );
     println!(
-        "{:<13} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}",
+        "{:<16} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}",
         "scenario",
         "system",
         "recovered",
@@ -1639,14 +1825,18 @@ fn report(
                 (!v.is_empty()).then(|| v.iter().all(|b| *b))
             };
             let in_sync_after = all(|r| r.in_sync_after);
+            let vips_reannounced = all(|r| r.vips_reannounced);
+            let converged: Vec<f64> = runs.iter().filter_map(|r| r.converged_ms).collect();
+            let converged_ms =
+                (!converged.is_empty()).then(|| converged.iter().copied().fold(0.0, f64::max));
             let control_ok = all(|r| r.control_ok);
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let notes: std::collections::BTreeSet<&String> =
                 runs.iter().flat_map(|r| &r.notes).collect();
             if runs.iter().all(|r| r.na) {
-                println!("{:<13} {:<11} {:>9}", scenario.name(), system.name(), "n/a");
+                println!("{:<16} {:<11} {:>9}", scenario.name(), system.name(), "n/a");
                 for note in &notes {
-                    println!("{:<13} {:<11}   note: {note}", "", "");
+                    println!("{:<16} {:<11}   note: {note}", "", "");
                 }
                 js.push(serde_json::json!({
                     "name": scenario.name(),
@@ -1660,7 +1850,7 @@ fn report(
                 continue;
             }
             println!(
-                "{:<13} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6} {:>6} {:>8} {:>8}",
+                "{:<16} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6} {:>6} {:>8} {:>8}",
                 scenario.name(),
                 system.name(),
                 format!("{recovered}/{}", runs.len()),
@@ -1677,7 +1867,7 @@ fn report(
                 opt(control_ok.map(|b| b.to_string())),
             );
             for note in &notes {
-                println!("{:<13} {:<11}   note: {note}", "", "");
+                println!("{:<16} {:<11}   note: {note}", "", "");
             }
             js.push(serde_json::json!({
                 "name": scenario.name(),
@@ -1695,6 +1885,8 @@ fn report(
                 "unexpected_transitions": unexpected,
                 "in_sync_after": in_sync_after,
                 "control_ok": control_ok,
+                "converged_ms": converged_ms,
+                "vips_reannounced": vips_reannounced,
                 "notes": notes,
             }));
         }
@@ -1705,7 +1897,7 @@ fn report(
     if systems.len() == 2 {
         println!("\nside by side (outage p50 / max in ms, dual ownership in ms):");
         println!(
-            "{:<12} {:>19} {:>19} {:>14} {:>20}",
+            "{:<16} {:>19} {:>19} {:>14} {:>20}",
             "scenario", "ha-agent", "keepalived", "ratio (p50)", "dual own (ha / ka)"
         );
         for &scenario in scenarios {
@@ -1729,7 +1921,7 @@ fn report(
             let (a50, amax, adual) = get(System::Agent);
             let (k50, kmax, kdual) = get(System::Keepalived);
             println!(
-                "{:<12} {:>19} {:>19} {:>13.1}x {:>20}",
+                "{:<16} {:>19} {:>19} {:>13.1}x {:>20}",
                 scenario.name(),
                 format!("{a50:.1} / {amax:.1}"),
                 format!("{k50:.1} / {kmax:.1}"),
@@ -1863,4 +2055,515 @@ fn up(a: &Args) {
     println!("  {} demote --instance {}", bin.display(), a1.pins.0);
     std::mem::forget(n1);
     std::mem::forget(n2);
+}
+
+/// Drops every frame between fw1's and fw2's ports on the bridges of
+/// `paths` ((bridge, interface): the ports are `fw1-<interface>` and
+/// `fw2-<interface>`), both directions, for `hold`: an nftables `bridge`
+/// table in each bridge's namespace (the carriers stay up; the rule goes
+/// with the namespace if the run dies). Returns when the restoring began
+/// (the heal); the drop counters go to the notes.
+fn cut_for(lab: &Lab, paths: &[(&str, &str)], hold: Duration, run: &mut Run) -> Instant {
+    let ruleset = |ifname: &str| {
+        let (a, b) = (format!("fw1-{ifname}"), format!("fw2-{ifname}"));
+        format!(
+            "table bridge halab_cut {{\n chain forward {{\n  type filter hook forward priority -200; policy accept;\n  iifname \"{a}\" oifname \"{b}\" counter drop\n  iifname \"{b}\" oifname \"{a}\" counter drop\n }}\n}}\n"
+        )
+    };
+    // Every path at once (one nft per bridge namespace, in parallel).
+    let each = |what: &(dyn Fn(&str, &str) -> Result<(), String> + Sync)| -> Vec<String> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = paths
+                .iter()
+                .map(|(bridge, ifname)| s.spawn(move || what(bridge, ifname)))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap_or(Err("panicked".into())).err())
+                .collect()
+        })
+    };
+    let errors = each(&|bridge, ifname| {
+        lab.nft(bridge, &ruleset(ifname))
+            .map_err(|e| format!("cutting {bridge}: {e}"))
+    });
+    run.notes.extend(errors);
+    std::thread::sleep(hold);
+    // The drop counters (read just before the heal).
+    let dropped: Vec<String> = paths
+        .iter()
+        .map(|(bridge, _)| {
+            let n: u64 = lab
+                .exec(bridge, &["nft", "list", "table", "bridge", "halab_cut"])
+                .map(|o| {
+                    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                    let words: Vec<&str> = text.split_whitespace().collect();
+                    words
+                        .windows(2)
+                        .filter(|w| w[0] == "packets")
+                        .filter_map(|w| w[1].parse::<u64>().ok())
+                        .sum()
+                })
+                .unwrap_or(0);
+            format!("{bridge} {n}")
+        })
+        .collect();
+    // The heal: from the moment the first path may carry frames again.
+    let heal = Instant::now();
+    let errors = each(&|bridge, _| {
+        lab.nft(bridge, "delete table bridge halab_cut\n")
+            .map_err(|e| format!("restoring {bridge}: {e}"))
+    });
+    run.notes.extend(errors);
+    run.notes.push(format!(
+        "cut {} ms; frames dropped between fw1 and fw2: {}; paths restored in {:.0} ms",
+        hold.as_millis(),
+        dropped.join(", "),
+        heal.elapsed().as_secs_f64() * 1e3
+    ));
+    heal
+}
+
+/// After a partition healed: the client's neighbour entry for 10.0.0.1 and
+/// the server's for 10.1.0.1 (as their kernels hold them now) point to the
+/// final master's lan0 and wan0 MACs. `None`: no single master.
+fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) -> Option<bool> {
+    let neigh = |ns: &str, ip: &str| -> String {
+        lab.exec(ns, &["ip", "-4", "neigh", "show", ip, "dev", "eth0"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let macs: Vec<[String; 2]> = ["fw1", "fw2"]
+        .iter()
+        .map(|fw| {
+            [
+                lab.mac((fw, "lan0")).unwrap_or_default(),
+                lab.mac((fw, "wan0")).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let master = if !single_master(n1, n2) {
+        None
+    } else if n1.role().as_deref() == Some("MASTER") {
+        Some(0)
+    } else {
+        Some(1)
+    };
+    let (client, server) = (neigh("client", "10.0.0.1"), neigh("server", "10.1.0.1"));
+    let who = |entry: &str, i: usize| {
+        let mac = entry
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .unwrap_or("none");
+        let name = macs
+            .iter()
+            .position(|m| m[i].eq_ignore_ascii_case(mac))
+            .map_or("?".to_owned(), |n| format!("fw{}", n + 1));
+        let state = entry.split_whitespace().last().unwrap_or("-");
+        (name, format!("{mac} ({state})"))
+    };
+    let (c, s) = (who(&client, 0), who(&server, 1));
+    notes.push(format!(
+        "after the heal: master {}; client's 10.0.0.1 -> {} {}, server's 10.1.0.1 -> {} {}",
+        master.map_or("none".to_owned(), |m| format!("fw{}", m + 1)),
+        c.0,
+        c.1,
+        s.0,
+        s.1
+    ));
+    let m = master?;
+    let want = format!("fw{}", m + 1);
+    Some(c.0 == want && s.0 == want)
+}
+
+/// Sends SIGCONT on drop: a stalled daemon resumes even if the lab fails
+/// mid-stall.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of a process we started.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Until the pair has been stable for `hold` (one MASTER, one BACKUP, both
+/// in sync), at most `limit`.
+fn settle_pair(n1: &Node, n2: &Node, hold: Duration, limit: Duration) -> bool {
+    let t = Instant::now();
+    let mut since: Option<Instant> = None;
+    while t.elapsed() < limit {
+        if single_master(n1, n2) && n1.in_sync() && n2.in_sync() {
+            if since.get_or_insert_with(Instant::now).elapsed() >= hold {
+                return true;
+            }
+        } else {
+            since = None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// `stall`: the current master's election process frozen (SIGSTOP) for 50,
+/// 200 and 1000 ms in turn, then resumed (SIGCONT); between stalls the pair
+/// settles (stable and in sync for 3 s, at most 15 s). Returns (duration,
+/// node, when stopped) of each stall.
+fn stall(n1: &Node, n2: &Node, run: &mut Run) -> Vec<(u64, u8, Instant)> {
+    let mut out = Vec::new();
+    for (i, ms) in [50u64, 200, 1000].into_iter().enumerate() {
+        let (node, victim) = if n2.role().as_deref() == Some("MASTER") {
+            (2u8, n2)
+        } else {
+            (1, n1)
+        };
+        let Some(pid) = victim.election_pid() else {
+            run.notes
+                .push(format!("stall {}: {ms} ms: no pid for fw{node}", i + 1));
+            continue;
+        };
+        let before = [n1.transitions(), n2.transitions()];
+        let at = Instant::now();
+        {
+            let _resume = Resume(pid);
+            // SAFETY: plain kill(2) of a process we started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        out.push((ms, node, at));
+        let settled = settle_pair(n1, n2, Duration::from_secs(3), Duration::from_secs(15));
+        let after = [n1.transitions(), n2.transitions()];
+        let moved: Vec<String> = (0..2)
+            .map(|i| {
+                after[i]
+                    .zip(before[i])
+                    .map_or("?".into(), |(a, b)| a.saturating_sub(b).to_string())
+            })
+            .collect();
+        let roles = [n1.role(), n2.role()].map(|r| r.unwrap_or_else(|| "?".into()));
+        run.notes.push(format!(
+            "stall {} ({ms} ms of fw{node}): transitions fw1 +{} fw2 +{}; then fw1 {} fw2 {}{}",
+            i + 1,
+            moved[0],
+            moved[1],
+            roles[0],
+            roles[1],
+            if settled {
+                ""
+            } else {
+                " (not stable and in sync within 15 s)"
+            }
+        ));
+    }
+    out
+}
+
+/// An advert of the lab's VRID 51 (both VIPs) from `src` to `dst`: the VRRP
+/// message, checksum filled in for these addresses.
+fn vrrp_advert(src: Ipv4Addr, dst: Ipv4Addr, priority: u8, adv_ms: u64) -> Vec<u8> {
+    ha_core::vrrp::wire::Repr {
+        vrid: 51,
+        priority,
+        interval_cs: (adv_ms / 10).max(1) as u16,
+        addrs: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 1, 0, 1)],
+    }
+    .to_bytes(src, dst)
+}
+
+/// The kinds of hostile adverts of `hostile-vrrp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forged {
+    /// Bad checksum; and VRRPv2 (priority 255 both).
+    Malformed,
+    /// Unauthenticated priority 255, spoofing the backup toward the master
+    /// and the master toward the backup.
+    Priority255,
+    /// Priority 0 spoofing the master, toward the backup.
+    Priority0,
+    /// Priority 255 (toward both) and 0 (toward the backup), each with a
+    /// 28-byte garbage authentication trailer (type 1, key id 1, random
+    /// sequence and MAC).
+    Trailer,
+}
+
+/// `hostile-vrrp`: hostile adverts from `rogue` on the HA segment and from
+/// `roguelan` on the LAN, sent as whole Ethernet frames from packet sockets
+/// (their own source MAC: the switch's tables stay right), to the target's
+/// MAC; the IPv4 destination is the VRRP group (on the LAN, every other
+/// frame goes to the target's LAN address instead) and the source is the
+/// spoofed node's HA address (on the LAN, every other frame its LAN
+/// address). Each kind is a burst per segment (the HA segment's, then the
+/// LAN's) of at most 20,000 frames or 1 s, back to back, then a pause of
+/// 1 s (and up to 5 s more for a single master): malformed, forged priority 255, priority 0, garbage trailer,
+/// and replays of the master's genuine adverts captured for 1 s at its
+/// switch ports at the start.
+fn hostile_vrrp(lab: &Lab, adv_ms: u64, n1: &Node, n2: &Node, run: &mut Run) {
+    use ha_core::vrrp::wire::MULTICAST;
+    use ha_lab::hostile::{
+        FrameSender, Garbage, capture_ip, ether_frame, inet_checksum, ipv4_packet, parse_mac,
+    };
+    const BURST: u64 = 20_000;
+    let ha_ip = |n: u8| Ipv4Addr::new(10, 255, 0, n);
+    let lan_ip = |n: u8| Ipv4Addr::new(10, 0, 0, n + 1);
+    let mac = |n: u8, ifname: &str| {
+        lab.mac((&format!("fw{n}"), ifname))
+            .ok()
+            .and_then(|m| parse_mac(&m))
+            .unwrap_or([0; 6])
+    };
+    let master_backup = || {
+        if n2.role().as_deref() == Some("MASTER") {
+            (2u8, 1u8)
+        } else {
+            (1, 2)
+        }
+    };
+    let (m0, _) = master_backup();
+    // The master's genuine adverts, as a host on each segment records them.
+    let (cap_ha, cap_lan) = std::thread::scope(|s| {
+        let ha = s.spawn(|| {
+            lab.run_in("hasw", || {
+                capture_ip(
+                    &format!("fw{m0}-ha0"),
+                    112,
+                    &[ha_ip(m0)],
+                    5000,
+                    Duration::from_secs(1),
+                )
+            })
+        });
+        let lan = s.spawn(|| {
+            lab.run_in("lan", || {
+                capture_ip(
+                    &format!("fw{m0}-lan0"),
+                    112,
+                    &[ha_ip(m0), lan_ip(m0)],
+                    5000,
+                    Duration::from_secs(1),
+                )
+            })
+        });
+        let get = |h: std::thread::ScopedJoinHandle<
+            '_,
+            ha_lab::Result<std::io::Result<Vec<Vec<u8>>>>,
+        >| {
+            match h.join() {
+                Ok(Ok(Ok(c))) => Ok(c),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the capture thread panicked".into()),
+            }
+        };
+        (get(ha), get(lan))
+    });
+    let cap_ha = cap_ha.unwrap_or_else(|e| {
+        run.notes.push(format!("capture on hasw: {e}"));
+        Vec::new()
+    });
+    let cap_lan = cap_lan.unwrap_or_else(|e| {
+        run.notes.push(format!("capture on lan: {e}"));
+        Vec::new()
+    });
+    run.notes.push(format!(
+        "captured fw{m0}'s adverts for 1 s: {} on the HA segment, {} on the LAN",
+        cap_ha.len(),
+        cap_lan.len()
+    ));
+    let open = |ns: &str| match lab.run_in(ns, || FrameSender::open("eth0")) {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("{ns}: {e}")),
+        Err(e) => Err(format!("{ns}: {e}")),
+    };
+    let (ha, lan) = match (open("rogue"), open("roguelan")) {
+        (Ok(h), Ok(l)) => (h, l),
+        (Err(e), _) | (_, Err(e)) => {
+            run.notes.push(format!("packet socket: {e}"));
+            return;
+        }
+    };
+    let mut g = Garbage::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    );
+    let rejected = |n: &Node| match n {
+        Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
+            .map(|s| s.rejected_by_reason)
+            .unwrap_or_default(),
+        Node::Keepalived(..) => Default::default(),
+    };
+    let rejected_before = [rejected(n1), rejected(n2)];
+    // The VRRP messages of one kind from `src` to `dst` (IPv4).
+    let mut payloads = |kind: Forged, src: Ipv4Addr, dst: Ipv4Addr, toward_master: bool| {
+        let mut out = Vec::new();
+        match kind {
+            Forged::Malformed => {
+                let mut bad = vrrp_advert(src, dst, 255, adv_ms);
+                bad[6] ^= 0x5a;
+                out.push(bad);
+                // VRRPv2: no authentication, interval 1 s, 8 bytes of
+                // authentication data (zero); its checksum covers the
+                // message only.
+                let mut v2 = vec![0x21, 51, 255, 2, 0, 1, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1];
+                v2.extend_from_slice(&[0; 8]);
+                let c = inet_checksum(&v2);
+                v2[6..8].copy_from_slice(&c.to_be_bytes());
+                out.push(v2);
+            }
+            Forged::Priority255 => out.push(vrrp_advert(src, dst, 255, adv_ms)),
+            Forged::Priority0 => {
+                if !toward_master {
+                    out.push(vrrp_advert(src, dst, 0, adv_ms));
+                }
+            }
+            Forged::Trailer => {
+                for _ in 0..32 {
+                    let mut prios = vec![255];
+                    if !toward_master {
+                        prios.push(0);
+                    }
+                    for p in prios {
+                        let mut a = vrrp_advert(src, dst, p, adv_ms);
+                        a.extend_from_slice(&[1, 28, 0, 1]);
+                        a.extend(g.bytes(24));
+                        out.push(a);
+                    }
+                }
+            }
+        }
+        out
+    };
+    // Frames of one kind on one segment: toward the master spoofing the
+    // backup, toward the backup spoofing the master, interleaved.
+    let mut frames = |kind: Forged, on_lan: bool, sender_mac: [u8; 6]| {
+        let (m, b) = master_backup();
+        let mut out = Vec::new();
+        let mut id = 0u16;
+        for (target, spoofed, toward_master) in [(m, b, true), (b, m, false)] {
+            let dst_mac = mac(target, if on_lan { "lan0" } else { "ha0" });
+            let variants: Vec<(Ipv4Addr, Ipv4Addr)> = if on_lan {
+                vec![
+                    (ha_ip(spoofed), MULTICAST),
+                    (lan_ip(spoofed), MULTICAST),
+                    (ha_ip(spoofed), lan_ip(target)),
+                    (lan_ip(spoofed), lan_ip(target)),
+                ]
+            } else {
+                vec![(ha_ip(spoofed), MULTICAST)]
+            };
+            for (src, dst) in variants {
+                for p in payloads(kind, src, dst, toward_master) {
+                    id = id.wrapping_add(1);
+                    out.push(ether_frame(
+                        dst_mac,
+                        sender_mac,
+                        &ipv4_packet(src, dst, 112, id, &p),
+                    ));
+                }
+            }
+        }
+        out
+    };
+    let group_mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12];
+    let replay_ha: Vec<Vec<u8>> = cap_ha
+        .iter()
+        .map(|p| ether_frame(group_mac, ha.mac, p))
+        .collect();
+    let replay_lan: Vec<Vec<u8>> = cap_lan
+        .iter()
+        .map(|p| ether_frame(group_mac, lan.mac, p))
+        .collect();
+    let kinds: [(&str, Option<Forged>); 5] = [
+        (
+            "(a) malformed: bad checksum, VRRPv2",
+            Some(Forged::Malformed),
+        ),
+        ("(b) forged priority 255", Some(Forged::Priority255)),
+        (
+            "(c) forged priority 0 as the master",
+            Some(Forged::Priority0),
+        ),
+        (
+            "(d) forged with a garbage 28-byte trailer",
+            Some(Forged::Trailer),
+        ),
+        ("(e) replayed genuine adverts", None),
+    ];
+    for (label, kind) in kinds {
+        let (on_ha, on_lan) = match kind {
+            Some(k) => (frames(k, false, ha.mac), frames(k, true, lan.mac)),
+            None => (replay_ha.clone(), replay_lan.clone()),
+        };
+        let before = [n1.transitions(), n2.transitions()];
+        let pids = [n1.election_pid(), n2.election_pid()];
+        let cpu = |i: usize| pids[i].and_then(|p| ha_lab::hostile::cpu_seconds(p as u32));
+        let cpu0 = [cpu(0), cpu(1)];
+        let t0 = Instant::now();
+        // One segment after the other: the attacker spins one of the
+        // machine's CPUs, not all of them (it shares them with its victims;
+        // starving them would be an attack of another kind).
+        let sh = ha.burst(&on_ha, BURST, Duration::from_secs(1));
+        let sl = lan.burst(&on_lan, BURST, Duration::from_secs(1));
+        let spent = t0.elapsed().as_secs_f64().max(0.01);
+        let load: Vec<String> = (0..2)
+            .map(|i| {
+                cpu0[i].zip(cpu(i)).map_or("?".into(), |(a, b)| {
+                    format!("{:.0}%", (b - a) / spent * 100.0)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let settled = wait("a single master", Duration::from_secs(5), || {
+            single_master(n1, n2)
+        })
+        .is_ok();
+        let after = [n1.transitions(), n2.transitions()];
+        let moved: Vec<String> = (0..2)
+            .map(|i| {
+                after[i]
+                    .zip(before[i])
+                    .map_or("?".into(), |(a, b)| a.saturating_sub(b).to_string())
+            })
+            .collect();
+        let roles = [n1.role(), n2.role()].map(|r| r.unwrap_or_else(|| "?".into()));
+        let rate = |x: &ha_lab::hostile::Sent| format!("{} in {:.2} s", x.datagrams, x.seconds);
+        run.notes.push(format!(
+            "{label}: HA {}, LAN {} (CPU of the election process meanwhile: fw1 {} fw2 {}); transitions fw1 +{} fw2 +{}; then fw1 {} fw2 {}{}",
+            rate(&sh),
+            rate(&sl),
+            load[0],
+            load[1],
+            moved[0],
+            moved[1],
+            roles[0],
+            roles[1],
+            if settled {
+                ""
+            } else {
+                " (no single master 6 s later)"
+            }
+        ));
+    }
+    for (i, n) in [n1, n2].into_iter().enumerate() {
+        if let Node::Agent(_) = n {
+            let now = rejected(n);
+            let delta: Vec<String> = now
+                .iter()
+                .filter_map(|(k, v)| {
+                    let d = v.saturating_sub(*rejected_before[i].get(k).unwrap_or(&0));
+                    (d > 0).then(|| format!("{k} {d}"))
+                })
+                .collect();
+            run.notes.push(format!(
+                "fw{}'s agent rejected meanwhile: {}",
+                i + 1,
+                if delta.is_empty() {
+                    "nothing".into()
+                } else {
+                    delta.join(", ")
+                }
+            ));
+        }
+    }
 }
