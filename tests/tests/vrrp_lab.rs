@@ -381,7 +381,8 @@ fn bad_adverts_are_counted_and_change_nothing() {
     );
     assert_eq!(st.adverts_received, 0, "nothing was accepted");
     assert_eq!(
-        st.transitions_total, transitions,
+        st.transitions_total,
+        transitions,
         "no state change: {:?}\n{}",
         st.transitions,
         a1.log_text()

@@ -52,6 +52,7 @@ impl Node {
                 lease: None,
             });
         }
+        let mut released = false;
         for gi in 0..self.groups.len() {
             let g = &self.groups[gi];
             if g.group.role() == Role::Master && self.owned & g.bit == 0 {
@@ -64,7 +65,16 @@ impl Node {
                 self.apply(gi, actions, now, None, out);
                 let actions = self.groups[gi].group.startup(now);
                 self.apply(gi, actions, now, None, out);
+                released = true;
             }
+        }
+        if released && cause == Reason::LeaseLapsed && self.state_sync {
+            // A stalled node missed what the peer replicated meanwhile (and
+            // the peer took over): it preempts back only once a full resync
+            // has arrived, as a returning node does, never straight away.
+            info!("holding preemption until a full state resync after the stall");
+            out.push(Effect::ForceResync);
+            self.set_preempt_allowed(false);
         }
     }
 

@@ -224,6 +224,30 @@ fn a_stall_past_the_lease_steps_down_without_an_advert_at_our_priority() {
     let c = n.counters();
     assert_eq!(c.lease_lapses, 1);
     assert_eq!(c.transitions_by_reason.get("LeaseLapsed"), Some(&1));
+    assert!(!out.contains(&Effect::ForceResync), "no state sync here");
+}
+
+#[test]
+fn after_a_stall_a_node_with_state_sync_preempts_only_after_a_resync() {
+    let (mut n, _) = started(200, true);
+    n.handle(ms(0), Event::SyncState { in_sync: true });
+    let (t, _) = until_master(&mut n);
+    let out = n.handle(t + ms(40), Event::Timer);
+    assert!(out.contains(&Effect::ForceResync), "{out:#?}");
+    assert!(!n.report().preempt_allowed);
+    // The peer (priority 100) took over; our master-down timer runs out,
+    // and we stay backup until the resync is complete.
+    let mut now = t + ms(41);
+    for _ in 0..50 {
+        now += ms(10);
+        n.handle(now, pkt(&advert_from(PEER, 100)));
+        while let Some(due) = n.poll_at().filter(|d| *d <= now) {
+            n.handle(due, Event::Timer);
+        }
+    }
+    assert_eq!(n.roles().collect::<Vec<_>>(), vec![Role::Backup]);
+    n.handle(now, Event::SyncState { in_sync: true });
+    let (_, _) = until_master(&mut n);
 }
 
 #[test]
