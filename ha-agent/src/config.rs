@@ -848,4 +848,74 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             "{err}"
         );
     }
+
+    /// `GOOD` with `extra` added to its [ha] section.
+    fn with_ha(extra: &str) -> String {
+        GOOD.replace(
+            "mgmt = [\"tcp/22\"]",
+            &format!("mgmt = [\"tcp/22\"]\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn adverts_are_signed_and_sent_over_the_vip_interfaces_with_a_cluster_key() {
+        let plain = parse(GOOD).unwrap();
+        assert_eq!(plain.auth_mode(), auth::Mode::None, "no key: plain VRRPv3");
+        assert!(plain.heartbeat_paths().is_empty());
+        let keyed = parse(&with_ha(
+            "sync_port = 7788\nsync_key_file = \"/etc/ha-agent/sync.key\"",
+        ))
+        .unwrap();
+        assert_eq!(keyed.auth_mode(), auth::Mode::Enforce);
+        assert_eq!(keyed.anti_replay(), auth::AntiReplay::Monotonic);
+        assert_eq!(keyed.heartbeat_paths(), vec!["lan0", "wan0"]);
+        let only_ha = parse(&with_ha(
+            "sync_port = 7788\nsync_key_file = \"/k\"\nheartbeat = []",
+        ))
+        .unwrap();
+        assert!(only_ha.heartbeat_paths().is_empty());
+        let time = parse(&with_ha(
+            "sync_port = 7788\nsync_key_file = \"/k\"\n[ha.auth]\nanti_replay = \"time\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            time.anti_replay(),
+            auth::AntiReplay::Time { window_s: 5 },
+            "3 x 10 ms, at least 5 s"
+        );
+    }
+
+    #[test]
+    fn auth_settings_that_cannot_work_are_refused() {
+        for (extra, field) in [
+            ("[ha.auth]\nmode = \"enforce\"", "ha.auth"),
+            ("heartbeat = [\"lan0\"]", "ha.heartbeat"),
+            (
+                "sync_port = 7788\nsync_key_file = \"/k\"\nheartbeat = [\"ha0\"]",
+                "ha.heartbeat",
+            ),
+            (
+                "[ha.auth]\nactive_key = 2\n[[ha.auth.key]]\nid = 1\nfile = \"/k\"",
+                "ha.auth.active_key",
+            ),
+            (
+                "[ha.auth]\n[[ha.auth.key]]\nid = 1\nfile = \"/a\"\n[[ha.auth.key]]\nid = 1\nfile = \"/b\"",
+                "ha.auth.key 1",
+            ),
+            (
+                "[ha.auth]\nanti_replay = \"time\"\ntime_window_s = 0\n[[ha.auth.key]]\nid = 1\nfile = \"/k\"",
+                "ha.auth.time_window_s",
+            ),
+        ] {
+            match parse(&with_ha(extra)) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        let keys = parse(&with_ha(
+            "[ha.auth]\nmode = \"permissive\"\n[[ha.auth.key]]\nid = 1\nfile = \"/k\"",
+        ))
+        .unwrap();
+        assert_eq!(keys.auth_mode(), auth::Mode::Permissive);
+    }
 }
