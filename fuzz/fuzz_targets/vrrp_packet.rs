@@ -1,11 +1,14 @@
 //! Adverts as the raw socket delivers them (`ha_core::vrrp::packet::parse`:
 //! IPv4 header, TTL, peer, VRRP, VRID): never panics, rejects with a reason,
 //! and an accepted advert framed again by `ip_packet` is accepted the same.
+//! Its `auth_hmac` trailer, if any, goes through the verifier
+//! (`ha_core::vrrp::auth`): never panics, and a trailer that verifies once
+//! is a replay the second time.
 #![no_main]
 
 use std::net::Ipv4Addr;
 
-use ha_core::vrrp::{packet, wire};
+use ha_core::vrrp::{auth, packet, wire};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -43,9 +46,23 @@ fn check(bytes: &[u8], is_peer: impl Fn(Ipv4Addr) -> bool, known_vrid: impl Fn(u
                 let total = framed.len() as u16;
                 framed[2..4].copy_from_slice(&total.to_be_bytes());
             }
+            let settings = auth::Settings {
+                mode: auth::Mode::Enforce,
+                anti_replay: auth::AntiReplay::Time { window_s: 5 },
+                keys: vec![auth::Key::new(1, &[7; 32]).expect("a valid key")],
+                active: 1,
+            };
+            let mut v = auth::Verifier::new(settings);
+            let wall = std::time::Duration::from_secs(u64::from(bytes[0]) << 24);
+            let pdu = &bytes[got.pdu.clone()];
+            if v.check(wall, got.src, pdu, got.trailer.as_ref(), false) == Ok(true) {
+                assert_eq!(
+                    v.check(wall, got.src, pdu, got.trailer.as_ref(), false),
+                    Err(auth::Failure::Replay)
+                );
+            }
             let again = packet::parse(&framed, &is_peer, &known_vrid).expect("what we frame parses");
             assert_eq!((again.src, again.advert, again.trailer), (got.src, got.advert, got.trailer));
-            assert_eq!(&framed[again.pdu], &bytes[got.pdu]);
         }
         Err((reason, src)) => {
             // Past the IPv4 header checks, the source is always named.

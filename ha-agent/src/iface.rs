@@ -68,9 +68,8 @@ pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
         // SAFETY: a NUL-terminated name owned by the list.
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
         // SAFETY: ifa_addr is non-null and points to a sockaddr.
-        if name.to_bytes() != iface.as_bytes()
-            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
-        {
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
             continue;
         }
         // SAFETY: an AF_INET sockaddr is a sockaddr_in.

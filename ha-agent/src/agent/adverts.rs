@@ -63,7 +63,7 @@ pub fn read_key(id: u8, path: &Path) -> anyhow::Result<Key> {
     let key = match bytes.strip_prefix(b"hex:") {
         Some(hex) => {
             let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-            if hex.len() % 2 != 0 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            if !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
                 bail!("key {id}: {}: not hex digits after `hex:`", path.display());
             }
             (0..hex.len() / 2)
