@@ -83,7 +83,7 @@ pub fn run_seed(seed: u64, trace: bool) -> Outcome {
 /// A line about a scenario.
 pub fn describe(sc: &Scenario) -> String {
     format!(
-        "{} nodes, {} groups, adverts {:?}, tick {:?}, lease {:?}, {}, sync {}, loss {}, dup {}, delay {:?}+{:?}, {} faults until {:?}",
+        "{} nodes, {} groups, adverts {:?}, tick {:?}, lease {:?}, {}, sync {}, auth {} {:?}, {} paths, loss {:?}, dup {:?}, delay {:?}+{:?}, {} faults until {:?}",
         sc.nodes.len(),
         sc.nodes[0].settings.groups.len(),
         sc.max_advert(),
@@ -91,10 +91,13 @@ pub fn describe(sc: &Scenario) -> String {
         sc.nodes[0].settings.lease,
         if sc.unicast { "unicast" } else { "multicast" },
         sc.nodes[0].settings.state_sync,
-        sc.net.loss,
-        sc.net.dup,
-        sc.net.delay,
-        sc.net.jitter,
+        sc.auth.mode.as_str(),
+        sc.auth.anti_replay,
+        sc.paths(),
+        sc.nets.iter().map(|n| n.loss).collect::<Vec<_>>(),
+        sc.nets.iter().map(|n| n.dup).collect::<Vec<_>>(),
+        sc.nets.iter().map(|n| n.delay).collect::<Vec<_>>(),
+        sc.nets.iter().map(|n| n.jitter).collect::<Vec<_>>(),
         sc.faults.len(),
         sc.faults_until,
     )
