@@ -9,9 +9,12 @@
 //! C = A + D + P (the convergence bound): A the longest advert interval, D
 //! the longest one-way delay (jitter and spikes included), P = 5 ms of
 //! processing. A pair of nodes is *impaired* at t when a packet between
-//! them is dropped (loss, partition, a full or dead receiver) or either
-//! node is disturbed (crash, agent down, stall, pause, hostile burst, link
-//! fault, operator command).
+//! them is dropped (loss, partition, a full or dead receiver; not the cut
+//! of one path while another is not cut) or either node is disturbed
+//! (crash, agent down, stall, pause, hostile burst, link fault, operator
+//! command; not a wall-clock step). W = 4A·1.001 + D + P (the silence
+//! window). A pair is *path-clean* over [s, e] when neither node is
+//! disturbed in it and some path between them dropped nothing in it.
 //!
 //! - SPLIT: every interval [s, e) in which two nodes own g satisfies
 //!   e − max(s, f) ≤ max(L, C), f the last impairment of the pair before e.
@@ -24,9 +27,18 @@
 //!   master; Skew_Time instead of MDI when that advert was priority 0;
 //!   1.001 covers 500 ppm of clock drift).
 //! - HOSTILE: a hostile packet (malformed, from a stranger, wrong TTL or
-//!   VRID) produces no effect, leaves the node's election state (roles,
+//!   VRID, unsigned where a trailer is required, a forged trailer, a replay
+//!   of a genuine advert older than one the node was handed from that
+//!   source) produces no effect, leaves the node's election state (roles,
 //!   timers, priorities, learnt intervals, ownership, lease) unchanged, and
 //!   is counted as exactly one rejection.
+//! - PATHS: (a) a takeover by silence of g by B at t (not a preemption: the
+//!   last advert B accepted for g was not of a lower priority than B's)
+//!   needs some other node j with (B, j) not path-clean over [t − W, t]: a
+//!   single path's cut or a wall-clock step moves no role. (b) With two
+//!   nodes and several paths, a node hearing a master reports a path cut
+//!   for long enough `down` (`no-carrier`) and the others `up` at the end
+//!   of the cut, and the path `up` again A + D + P + 10 ms after it.
 //! - GATE: a node with state sync never preempts (Reason::Preempt) before
 //!   it was told its resync is complete.
 //! - ORDER: in one batch of effects, ownership of g is gained only after a

@@ -9,7 +9,9 @@
 //! (within the lease or not), graceful stops, a loop frozen while its data
 //! plane's lease runs, VM pauses (the clock jumps), clock drift, hostile and
 //! malformed packets, operator commands, tracked-link faults, failed map
-//! writes. [`world`] runs it; [`check`] holds the invariants, checked on
+//! writes; heartbeat paths (the HA link and data paths) cut one at a time
+//! or all together, authenticated adverts (forged, replayed), wall-clock
+//! steps. [`world`] runs it; [`check`] holds the invariants, checked on
 //! every step. Like smoltcp's netsim, FoundationDB's simulation and
 //! TigerBeetle's VOPR: one seeded RNG per concern, one event queue, no wall
 //! clock, so a failing seed replays exactly with its trace.
