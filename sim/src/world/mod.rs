@@ -807,7 +807,11 @@ impl<'a> World<'a> {
             } => Some((*f, *path)),
             _ => None,
         };
-        if !n.up || t < n.paused_until || n.core.is_none() || n.inbox.len() >= INBOX {
+        // A paused machine loses packets; a link change or a command waits
+        // for it (the kernel keeps the link state, a control socket its
+        // client). While the agent is down, it reads the links at start.
+        let packet = matches!(item, Item::Packet { .. });
+        if !n.up || n.core.is_none() || (packet && (t < n.paused_until || n.inbox.len() >= INBOX)) {
             if let Some((f, p)) = from {
                 self.stats.drops += 1;
                 self.check.dropped(f, to, p, t, false);
