@@ -9,9 +9,12 @@
 //! C = A + D + P (the convergence bound): A the longest advert interval, D
 //! the longest one-way delay (jitter and spikes included), P = 5 ms of
 //! processing. A pair of nodes is *impaired* at t when a packet between
-//! them is dropped (loss, partition, a full or dead receiver) or either
-//! node is disturbed (crash, agent down, stall, pause, hostile burst, link
-//! fault, operator command).
+//! them is dropped (loss, partition, a full or dead receiver; not the cut
+//! of one path while another is not cut) or either node is disturbed
+//! (crash, agent down, stall, pause, hostile burst, link fault, operator
+//! command; not a wall-clock step). W = 4A·1.001 + D + P (the silence
+//! window). A pair is *path-clean* over [s, e] when neither node is
+//! disturbed in it and some path between them dropped nothing in it.
 //!
 //! - SPLIT: every interval [s, e) in which two nodes own g satisfies
 //!   e − max(s, f) ≤ max(L, C), f the last impairment of the pair before e.
@@ -24,9 +27,18 @@
 //!   master; Skew_Time instead of MDI when that advert was priority 0;
 //!   1.001 covers 500 ppm of clock drift).
 //! - HOSTILE: a hostile packet (malformed, from a stranger, wrong TTL or
-//!   VRID) produces no effect, leaves the node's election state (roles,
+//!   VRID, unsigned where a trailer is required, a forged trailer, a replay
+//!   of a genuine advert older than one the node was handed from that
+//!   source) produces no effect, leaves the node's election state (roles,
 //!   timers, priorities, learnt intervals, ownership, lease) unchanged, and
 //!   is counted as exactly one rejection.
+//! - PATHS: (a) a takeover by silence of g by B at t (not a preemption: the
+//!   last advert B accepted for g was not of a lower priority than B's)
+//!   needs some other node j with (B, j) not path-clean over [t − W, t]: a
+//!   single path's cut or a wall-clock step moves no role. (b) With two
+//!   nodes and several paths, a node hearing a master reports a path cut
+//!   for long enough `down` (`no-carrier`) and the others `up` at the end
+//!   of the cut, and the path `up` again A + D + P + 10 ms after it.
 //! - GATE: a node with state sync never preempts (Reason::Preempt) before
 //!   it was told its resync is complete.
 //! - ORDER: in one batch of effects, ownership of g is gained only after a
@@ -41,13 +53,16 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use ha_core::{
-    node::ElectionState,
-    vrrp::{machine::Role, packet},
+    node::{ElectionState, PathState},
+    vrrp::{
+        machine::{Reason, Role},
+        packet,
+    },
 };
 
 use crate::{
-    node::SimNode,
-    scenario::{Scenario, T, ms},
+    node::{Origin, SimNode},
+    scenario::{Fault, Scenario, T, ms},
 };
 
 /// Processing allowance in the bounds.
@@ -72,16 +87,24 @@ pub struct Checker {
     /// Ownership intervals by (group, node), and the open one.
     intervals: BTreeMap<(usize, usize), Vec<(T, T)>>,
     open: BTreeMap<(usize, usize), T>,
-    /// Drop times by unordered pair.
+    /// Drop times by unordered pair (those that impair it: not a single
+    /// path's cut while another path is whole), and every drop by pair and
+    /// path.
     drops: BTreeMap<(usize, usize), Vec<T>>,
+    path_drops: BTreeMap<((usize, usize), usize), Vec<T>>,
+    nodes: usize,
+    paths: usize,
+    /// The longest advert interval and one-way delay.
+    advert: Duration,
+    delay: Duration,
     /// Disturbance windows by node.
     disturbed: BTreeMap<usize, Vec<(T, T)>>,
     /// The last advert each node processed for each group, from whom, at
     /// what priority: (node, group) -> (from, t, priority).
     last_rx: BTreeMap<(usize, usize), (usize, T, u8)>,
     deaths: Vec<Death>,
-    /// Before a packet: (election state, rejections) of the node.
-    before: Option<(ElectionState, u64)>,
+    /// Before a packet: (election state if hostile, rejections) of the node.
+    before: Option<(Option<ElectionState>, u64)>,
     pub violations: Vec<(T, String)>,
     /// Figures: failovers checked and their worst margin past MDI, the
     /// longest two-owner interval with and without impairment.
@@ -95,14 +118,13 @@ pub struct Checker {
 impl Checker {
     pub fn new(sc: &Scenario, groups: usize) -> Self {
         let lease = sc.nodes[0].settings.lease;
-        let d = sc.net.delay
-            + sc.net.jitter
-            + if sc.net.spike > 0.0 {
-                sc.net.spike_max
-            } else {
-                T::ZERO
-            };
+        let d = sc.max_delay();
         Checker {
+            path_drops: BTreeMap::new(),
+            nodes: sc.nodes.len(),
+            paths: sc.paths(),
+            advert: sc.max_advert(),
+            delay: d,
             groups,
             tick: sc.tick,
             lease_bound: lease + sc.tick,
@@ -135,8 +157,198 @@ impl Checker {
         self.violations.push((t, what));
     }
 
-    pub fn dropped(&mut self, from: usize, to: usize, t: T) {
-        self.drops.entry(pair(from, to)).or_default().push(t);
+    /// A packet from `from` to `to` over `path` was dropped; `excused`: by
+    /// a single path's cut while another path is not cut (no impairment).
+    pub fn dropped(&mut self, from: usize, to: usize, path: usize, t: T, excused: bool) {
+        if !excused {
+            self.drops.entry(pair(from, to)).or_default().push(t);
+        }
+        self.path_drops
+            .entry((pair(from, to), path))
+            .or_default()
+            .push(t);
+    }
+
+    /// Whether path `p` between `a` and `b` dropped a packet in [from, to].
+    fn path_dropped(&self, a: usize, b: usize, p: usize, from: T, to: T) -> bool {
+        self.path_drops.get(&(pair(a, b), p)).is_some_and(|v| {
+            let k = v.partition_point(|&t| t < from);
+            v.get(k).is_some_and(|&t| t <= to)
+        })
+    }
+
+    /// Whether the pair was clean over [from, to] but for path faults:
+    /// neither node disturbed, and some path dropped nothing.
+    fn path_clean(&self, a: usize, b: usize, from: T, to: T) -> bool {
+        !self.disturbed_in(a, from, to)
+            && !self.disturbed_in(b, from, to)
+            && (0..self.paths).any(|p| !self.path_dropped(a, b, p, from, to))
+    }
+
+    /// The silence a takeover needs, at most: 4 advert intervals (3 and
+    /// Skew_Time) with drift, the delay, processing.
+    fn silence_window(&self) -> Duration {
+        self.advert * 4 + self.advert * 4 / 1000 + self.delay + P
+    }
+
+    // ----- PATHS -----
+
+    /// Node `b` took group `group` over by silence (MasterDown, MasterLeft)
+    /// at `t`. Unless it was preempting (the last advert it accepted for the
+    /// group was of a lower priority than its own: RFC 9568 discards it and
+    /// lets the timer fire), every other node must have been disturbed, or
+    /// every path to it must have dropped a packet, within the silence
+    /// window before.
+    pub fn silent_takeover(
+        &mut self,
+        nodes: &[SimNode],
+        b: usize,
+        group: &str,
+        reason: Reason,
+        t: T,
+    ) {
+        let Some(g) = group
+            .strip_prefix('g')
+            .and_then(|g| g.parse::<usize>().ok())
+        else {
+            return;
+        };
+        let Some(core) = &nodes[b].core else {
+            return;
+        };
+        let ours = core.report().groups.get(g).map_or(0, |r| r.priority);
+        let from = t.saturating_sub(self.silence_window());
+        if let Some(&(_, _, prio)) = self.last_rx.get(&(b, g))
+            && prio < ours
+        {
+            return;
+        }
+        let clean = (0..self.nodes)
+            .filter(|&j| j != b)
+            .all(|j| self.path_clean(b, j, from, t));
+        if clean {
+            self.violations.push((
+                t,
+                format!(
+                    "PATHS: node {b} took group {g} over ({reason:?}) at {t:?} though since {from:?} no node was disturbed and a path to each dropped nothing"
+                ),
+            ));
+        }
+    }
+
+    /// How long after a path heals it must be up again: an advert interval,
+    /// the delay, processing and the carrier's notice (10 ms).
+    pub fn path_up_after(&self) -> Duration {
+        self.advert + self.delay + P + ms(10)
+    }
+
+    /// Whether node `n` hears node `m` as a master over [from, to]: both
+    /// run, undisturbed, without a role change since `from`, and `m` is
+    /// master of some group.
+    fn hears_master(&self, nodes: &[SimNode], n: usize, m: usize, from: T, to: T) -> bool {
+        let (Some(_), Some(cm)) = (&nodes[n].core, &nodes[m].core) else {
+            return false;
+        };
+        !self.disturbed_in(n, from, to)
+            && !self.disturbed_in(m, from, to)
+            && nodes[n].last_transition < from
+            && nodes[m].last_transition < from
+            && cm.roles().any(|r| r == Role::Master)
+    }
+
+    /// Fault `k` cut a path from `cut` to `healed` (and nothing else cut a
+    /// path around that): on a node hearing a master over the others all along,
+    /// it must be reported `down` (`no-carrier`) by the end of the cut, and
+    /// the others `up`. Returns the checks made.
+    pub fn path_down(&mut self, nodes: &[SimNode], sc: &Scenario, k: usize, healed: T) -> u64 {
+        let Some((at, Fault::PathCut { path, carrier, .. })) = sc.faults.get(k).cloned() else {
+            return 0;
+        };
+        let cut = at;
+        let pre = self.silence_window();
+        let from = cut.saturating_sub(pre);
+        if self.nodes != 2
+            || self.paths < 2
+            || other_cut(sc, path, from, healed, Some(k))
+            || (0..self.paths).any(|q| q != path && other_cut(sc, q, from, healed, None))
+        {
+            return 0;
+        }
+        // Silent for the timeout (≤ 4 intervals), then noticed at the next
+        // advert over another path.
+        if healed < cut + pre + self.advert + ms(10) {
+            return 0;
+        }
+        let mut checks = 0;
+        for (n, m) in [(0, 1), (1, 0)] {
+            if !self.hears_master(nodes, n, m, from, healed)
+                || (0..self.paths)
+                    .filter(|&q| q != path)
+                    .any(|q| self.path_dropped(n, m, q, from, healed))
+            {
+                continue;
+            }
+            let Some(core) = &nodes[n].core else { continue };
+            checks += 1;
+            let report = core.report().paths;
+            let want = if carrier {
+                PathState::NoCarrier
+            } else {
+                PathState::Down
+            };
+            let ok = report
+                .iter()
+                .enumerate()
+                .all(|(q, r)| r.state == if q == path { want } else { PathState::Up });
+            if !ok {
+                let states: Vec<&str> = report.iter().map(|r| r.state.as_str()).collect();
+                self.violations.push((
+                    healed,
+                    format!(
+                        "PATHS: node {n} reports paths {states:?} at the end of a cut of path {path} ({cut:?}..{healed:?}, carrier {carrier}); want path {path} {} and the others up",
+                        want.as_str()
+                    ),
+                ));
+            }
+        }
+        checks
+    }
+
+    /// Path `path` healed at `healed`: by now it must be up again on a node
+    /// hearing a master, if it dropped nothing since. Returns the checks.
+    pub fn path_up(
+        &mut self,
+        nodes: &[SimNode],
+        sc: &Scenario,
+        path: usize,
+        healed: T,
+        now: T,
+    ) -> u64 {
+        if self.nodes != 2 || self.paths < 2 || other_cut(sc, path, healed, now, None) {
+            return 0;
+        }
+        let from = healed.saturating_sub(self.silence_window());
+        let mut checks = 0;
+        for (n, m) in [(0, 1), (1, 0)] {
+            if !self.hears_master(nodes, n, m, from, now)
+                || self.path_dropped(n, m, path, healed, now)
+            {
+                continue;
+            }
+            let Some(core) = &nodes[n].core else { continue };
+            checks += 1;
+            let report = core.report().paths;
+            if report.get(path).map(|r| r.state) != Some(PathState::Up) {
+                let states: Vec<&str> = report.iter().map(|r| r.state.as_str()).collect();
+                self.violations.push((
+                    now,
+                    format!(
+                        "PATHS: node {n} reports paths {states:?} at {now:?}, path {path} healed at {healed:?}; want it up"
+                    ),
+                ));
+            }
+        }
+        checks
     }
 
     pub fn disturb(&mut self, node: usize, from: T, to: T) {
@@ -299,49 +511,50 @@ impl Checker {
 
     // ----- HOSTILE, and adverts seen -----
 
-    pub fn before_packet(
-        &mut self,
-        nodes: &[SimNode],
-        i: usize,
-        from: Option<usize>,
-        _bytes: &[u8],
-    ) {
-        self.before = match (from, &nodes[i].core) {
-            (None, Some(core)) => Some((
-                core.election_state(),
+    pub fn before_packet(&mut self, nodes: &[SimNode], i: usize, origin: Origin) {
+        self.before = nodes[i].core.as_ref().map(|core| {
+            (
+                origin.node().is_none().then(|| core.election_state()),
                 core.counters().rejected.values().sum(),
-            )),
-            _ => None,
-        };
+            )
+        });
     }
 
+    /// After a packet: the HOSTILE check, or the advert seen. Whether the
+    /// core accepted it (no rejection counted).
     pub fn after_packet(
         &mut self,
         nodes: &[SimNode],
         i: usize,
-        from: Option<usize>,
+        origin: Origin,
         bytes: &[u8],
         effects: usize,
         t: T,
-    ) {
+    ) -> bool {
         let Some(core) = &nodes[i].core else {
-            return;
+            return false;
         };
-        if let Some((state, rejected)) = self.before.take() {
-            let now_rejected: u64 = core.counters().rejected.values().sum();
+        let Some((state, rejected)) = self.before.take() else {
+            return false;
+        };
+        let now_rejected: u64 = core.counters().rejected.values().sum();
+        if let Some(state) = state {
             if effects != 0 || core.election_state() != state || now_rejected != rejected + 1 {
                 self.violations.push((
                     t,
                     format!(
-                        "HOSTILE: node {i} changed on a hostile packet ({} bytes: {:02x?}): {effects} effects, rejections {rejected} -> {now_rejected}",
+                        "HOSTILE: node {i} changed on a hostile packet ({origin:?}, {} bytes: {:02x?}): {effects} effects, rejections {rejected} -> {now_rejected}",
                         bytes.len(),
                         &bytes[..bytes.len().min(32)]
                     ),
                 ));
             }
-            return;
+            return false;
         }
-        if let Some(from) = from
+        if now_rejected != rejected {
+            return false;
+        }
+        if let Some(from) = origin.node()
             && let Ok(rx) = packet::parse(bytes, |_| true, |_| true)
         {
             for g in 0..self.groups {
@@ -350,6 +563,7 @@ impl Checker {
                 }
             }
         }
+        true
     }
 
     // ----- ORDER -----
@@ -587,4 +801,13 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
 /// Whether `vrid` belongs to group `g` of this core.
 fn group_of(core: &ha_core::node::Node, g: usize, vrid: u8) -> bool {
     core.vrids(g).contains(&vrid)
+}
+
+/// Whether a cut of `path` other than fault `except` overlaps (from, to).
+fn other_cut(sc: &Scenario, path: usize, from: T, to: T, except: Option<usize>) -> bool {
+    sc.faults.iter().enumerate().any(|(k, (at, f))| {
+        Some(k) != except
+            && matches!(f, Fault::PathCut { path: p, dur, .. }
+                if *p == path && *at < to && *at + *dur > from)
+    })
 }

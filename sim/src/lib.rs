@@ -9,7 +9,9 @@
 //! (within the lease or not), graceful stops, a loop frozen while its data
 //! plane's lease runs, VM pauses (the clock jumps), clock drift, hostile and
 //! malformed packets, operator commands, tracked-link faults, failed map
-//! writes. [`world`] runs it; [`check`] holds the invariants, checked on
+//! writes; heartbeat paths (the HA link and data paths) cut one at a time
+//! or all together, authenticated adverts (forged, replayed), wall-clock
+//! steps. [`world`] runs it; [`check`] holds the invariants, checked on
 //! every step. Like smoltcp's netsim, FoundationDB's simulation and
 //! TigerBeetle's VOPR: one seeded RNG per concern, one event queue, no wall
 //! clock, so a failing seed replays exactly with its trace.
@@ -83,7 +85,7 @@ pub fn run_seed(seed: u64, trace: bool) -> Outcome {
 /// A line about a scenario.
 pub fn describe(sc: &Scenario) -> String {
     format!(
-        "{} nodes, {} groups, adverts {:?}, tick {:?}, lease {:?}, {}, sync {}, loss {}, dup {}, delay {:?}+{:?}, {} faults until {:?}",
+        "{} nodes, {} groups, adverts {:?}, tick {:?}, lease {:?}, {}, sync {}, auth {} {:?}, {} paths, loss {:?}, dup {:?}, delay {:?}+{:?}, {} faults until {:?}",
         sc.nodes.len(),
         sc.nodes[0].settings.groups.len(),
         sc.max_advert(),
@@ -91,10 +93,13 @@ pub fn describe(sc: &Scenario) -> String {
         sc.nodes[0].settings.lease,
         if sc.unicast { "unicast" } else { "multicast" },
         sc.nodes[0].settings.state_sync,
-        sc.net.loss,
-        sc.net.dup,
-        sc.net.delay,
-        sc.net.jitter,
+        sc.auth.mode.as_str(),
+        sc.auth.anti_replay,
+        sc.paths(),
+        sc.nets.iter().map(|n| n.loss).collect::<Vec<_>>(),
+        sc.nets.iter().map(|n| n.dup).collect::<Vec<_>>(),
+        sc.nets.iter().map(|n| n.delay).collect::<Vec<_>>(),
+        sc.nets.iter().map(|n| n.jitter).collect::<Vec<_>>(),
         sc.faults.len(),
         sc.faults_until,
     )

@@ -79,6 +79,17 @@ fn main() -> std::process::ExitCode {
     if failed.is_empty() {
         std::process::ExitCode::SUCCESS
     } else {
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for o in &failed {
+            let name = o.violations[0]
+                .1
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            *by.entry(name).or_default() += 1;
+        }
+        eprintln!("failing seeds by their first violation: {by:?}");
         eprintln!(
             "failing seeds: {}",
             failed
@@ -137,6 +148,13 @@ fn summary(results: &[Outcome], took: Duration) {
         clean_at.map_or(0, |o| o.seed),
         impaired.as_secs_f64() * 1e3,
         took.as_secs_f64()
+    );
+    let replays: u64 = results.iter().map(|o| o.stats.replays).sum();
+    let cuts: u64 = results.iter().map(|o| o.stats.path_cuts).sum();
+    let steps: u64 = results.iter().map(|o| o.stats.wall_steps).sum();
+    let checks: u64 = results.iter().map(|o| o.stats.path_checks).sum();
+    println!(
+        "  {replays} of the hostile packets replays of genuine adverts, {cuts} path cuts, {checks} path reports checked, {steps} wall-clock steps"
     );
     println!(
         "sim: {} seeds, {failovers} failovers, {violations} invariant violations",

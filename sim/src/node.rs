@@ -3,9 +3,16 @@
 //! it) and its monotonic clock (drift, VM pauses), with what the shell model
 //! keeps about it.
 
-use std::{collections::VecDeque, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::Ipv4Addr,
+    time::Duration,
+};
 
-use ha_core::node::{Command, Node};
+use ha_core::{
+    node::{Command, Node},
+    vrrp::auth::Sequencer,
+};
 
 use crate::scenario::T;
 
@@ -42,6 +49,19 @@ impl Dataplane {
     }
 }
 
+/// Highest sequence per (VRID, source).
+pub type Marks = BTreeMap<(u8, Ipv4Addr), u64>;
+
+/// What the shell persists about advert authentication (about once a
+/// second): the sequencer's floor and the verifier's marks; with the
+/// simulation's own record of what the node had been handed (`seen`).
+#[derive(Debug, Clone, Default)]
+pub struct Persisted {
+    pub floor: u64,
+    pub marks: Vec<(u8, Ipv4Addr, u64)>,
+    pub seen: Marks,
+}
+
 /// One simulated node.
 pub struct SimNode {
     pub addr: Ipv4Addr,
@@ -71,6 +91,20 @@ pub struct SimNode {
     pub(crate) failure: Option<ha_core::node::Event<'static>>,
     /// Reloads so far (odd: an extra VIP in each group's first instance).
     pub(crate) reloads: u32,
+    /// The wall clock at simulated time 0 plus its steps (ns since the
+    /// epoch); it runs at the monotonic clock's rate.
+    pub(crate) wall0: i128,
+    /// The shell's advert sequencer (while the agent runs).
+    pub(crate) sequencer: Option<Sequencer>,
+    /// What the shell last persisted.
+    pub(crate) persisted: Persisted,
+    /// The highest sequence of a genuine signed advert handed to the core,
+    /// per (VRID, source): what a replay must not be newer than.
+    pub(crate) seen: Marks,
+    /// Carrier of each path's interface here.
+    pub(crate) carrier: Vec<bool>,
+    /// When its core last changed role (simulated time).
+    pub(crate) last_transition: T,
 }
 
 impl SimNode {
@@ -91,6 +125,13 @@ impl SimNode {
             t += Duration::from_nanos(1);
         }
         t
+    }
+
+    /// The wall clock at `t` (since the Unix epoch).
+    pub fn wall(&self, t: T) -> Duration {
+        let d = t.as_nanos() as i128;
+        let ns = self.wall0 + d + d * i128::from(self.ppm) / 1_000_000;
+        Duration::from_nanos(ns.max(0) as u64)
     }
 
     /// The core's time at `t`.
@@ -125,12 +166,40 @@ impl SimNode {
 /// What waits in a node's socket or control queue.
 #[derive(Debug, Clone)]
 pub enum Item {
-    /// A VRRP packet; `from` is the sending node (`None`: the attacker).
-    Packet { bytes: Vec<u8>, from: Option<usize> },
-    /// The shell saw the tracked link change.
-    Link(bool),
+    /// A VRRP packet over heartbeat path `path`.
+    Packet {
+        bytes: Vec<u8>,
+        path: usize,
+        origin: Origin,
+        /// A genuine signed advert's (VRID, source, sequence).
+        signed: Option<(u8, Ipv4Addr, u64)>,
+    },
+    /// The shell saw the tracked link (`None`) or a path's interface change.
+    Link(Option<usize>, bool),
     /// An operator command.
     Command(Command),
     /// A reload of the configuration (its VIPs).
     Reload,
+}
+
+/// Who sent a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A node of the cluster.
+    Node(usize),
+    /// The attacker: malformed, forged, from a stranger.
+    Hostile,
+    /// The attacker replays a genuine signed advert (its VRID, source and
+    /// sequence): hostile only if the target was handed a genuine advert at
+    /// least as new from that source (otherwise it is not sent).
+    Replay { vrid: u8, src: Ipv4Addr, seq: u64 },
+}
+
+impl Origin {
+    pub fn node(self) -> Option<usize> {
+        match self {
+            Origin::Node(i) => Some(i),
+            _ => None,
+        }
+    }
 }

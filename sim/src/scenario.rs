@@ -7,8 +7,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use ha_core::{
-    node::{GroupSettings, Settings},
-    vrrp::{group::Track, machine},
+    node::{GroupSettings, PathSettings, Settings},
+    vrrp::{auth, group::Track, machine},
 };
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
@@ -23,11 +23,31 @@ pub fn ms(v: u64) -> T {
 /// The interface every node tracks (link faults take it down).
 pub const TRACKED: &str = "wan0";
 
+/// Path names: the HA link, then data interfaces.
+pub const PATH_NAMES: [&str; 3] = ["ha0", "lan0", "lan1"];
+
+/// Node `i`'s address on path `p`: 10.255.0.<i+1> on the HA link,
+/// 10.<p>.255.<i+1> on data path p.
+pub fn path_addr(p: usize, i: usize) -> Ipv4Addr {
+    if p == 0 {
+        Ipv4Addr::new(10, 255, 0, i as u8 + 1)
+    } else {
+        Ipv4Addr::new(10, p as u8, 255, i as u8 + 1)
+    }
+}
+
+/// The Unix time (s) around which the nodes' wall clocks start.
+pub const WALL_START_S: u64 = 1_800_000_000;
+
 /// One node of the cluster.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     /// Its address on the HA link (10.255.0.<i+1>).
     pub addr: Ipv4Addr,
+    /// Its address on each heartbeat path (`addrs[0] == addr`).
+    pub addrs: Vec<Ipv4Addr>,
+    /// Its wall clock at simulated time 0 (since the Unix epoch, ns).
+    pub wall0: i128,
     /// What its node core runs.
     pub settings: Settings,
     /// Clock rate error of its monotonic clock, parts per million.
@@ -58,8 +78,21 @@ pub enum Fault {
         one_way: bool,
         dur: T,
     },
-    /// Extra loss on both directions between two nodes.
-    Loss { a: usize, b: usize, p: f64, dur: T },
+    /// Extra loss on both directions between two nodes (on one path, or
+    /// on every path).
+    Loss {
+        a: usize,
+        b: usize,
+        p: f64,
+        path: Option<usize>,
+        dur: T,
+    },
+    /// One heartbeat path is cut, both directions, for every node: as a
+    /// carrier loss (the nodes are told its link is down) or silently.
+    PathCut { path: usize, carrier: bool, dur: T },
+    /// `node`'s wall clock is stepped by `by_ms` (either way; its monotonic
+    /// clock does not move).
+    WallStep { node: usize, by_ms: i64 },
     /// The machine goes down (links down, processes and data plane gone),
     /// and boots again after `dur`.
     Crash { node: usize, dur: T },
@@ -103,8 +136,12 @@ impl Fault {
             | Fault::Stall { dur, .. }
             | Fault::Pause { dur, .. }
             | Fault::LinkDown { dur, .. }
+            | Fault::PathCut { dur, .. }
             | Fault::Hostile { span: dur, .. } => *dur = (*dur).min(left),
-            Fault::Command { .. } | Fault::WriteFail { .. } | Fault::Reload { .. } => {}
+            Fault::Command { .. }
+            | Fault::WriteFail { .. }
+            | Fault::Reload { .. }
+            | Fault::WallStep { .. } => {}
         }
         self
     }
@@ -119,7 +156,10 @@ pub struct Scenario {
     pub unicast: bool,
     /// The data plane's clock resolution (CLOCK_MONOTONIC_COARSE).
     pub tick: T,
-    pub net: NetSpec,
+    /// The network of each heartbeat path (index 0: the HA link).
+    pub nets: Vec<NetSpec>,
+    /// Advert authentication (every node alike).
+    pub auth: auth::Settings,
     /// Time the core takes per event, min and max.
     pub cost: (T, T),
     /// Faults by start time.
@@ -140,6 +180,20 @@ impl Scenario {
             .map(|(_, m)| Duration::from_millis(10 * u64::from(m.advert_interval_cs)))
             .max()
             .unwrap_or(ms(1000))
+    }
+
+    /// The longest one-way delay of any path (jitter and spikes included).
+    pub fn max_delay(&self) -> T {
+        self.nets
+            .iter()
+            .map(|n| n.delay + n.jitter + if n.spike > 0.0 { n.spike_max } else { T::ZERO })
+            .max()
+            .unwrap_or(T::ZERO)
+    }
+
+    /// The heartbeat paths.
+    pub fn paths(&self) -> usize {
+        self.nets.len()
     }
 
     /// The end of the run.
@@ -186,9 +240,52 @@ impl Scenario {
         // (active/active: one node master of one group, backup of the other).
         let active_active = n_groups == 2 && rng.gen_bool(0.5);
         let track_weight = if rng.gen_bool(0.5) { 0 } else { 60 };
-        let addrs: Vec<Ipv4Addr> = (0..n_nodes)
-            .map(|i| Ipv4Addr::new(10, 255, 0, i as u8 + 1))
-            .collect();
+        // Heartbeat paths (data paths need exactly one peer and signing).
+        let n_paths = if n_nodes == 2 {
+            *[1usize, 1, 2, 2, 3].choose(&mut rng).unwrap_or(&1)
+        } else {
+            1
+        };
+        let mode = if n_paths > 1 {
+            if rng.gen_bool(0.8) {
+                auth::Mode::Enforce
+            } else {
+                auth::Mode::Permissive
+            }
+        } else {
+            match rng.gen_range(0..20) {
+                0..=10 => auth::Mode::Enforce,
+                11..=13 => auth::Mode::Permissive,
+                14..=15 => auth::Mode::ReceiveOnly,
+                _ => auth::Mode::None,
+            }
+        };
+        let anti_replay = if mode != auth::Mode::None && rng.gen_bool(0.25) {
+            auth::AntiReplay::Time {
+                window_s: *[10u32, 30, 120].choose(&mut rng).unwrap_or(&30),
+            }
+        } else {
+            auth::AntiReplay::Monotonic
+        };
+        let key_len = rng.gen_range(auth::KEY_MIN..=auth::KEY_MAX);
+        let key_bytes: Vec<u8> = (0..key_len).map(|_| rng.r#gen()).collect();
+        let auth = auth::Settings {
+            mode,
+            anti_replay,
+            keys: if mode == auth::Mode::None {
+                Vec::new()
+            } else {
+                auth::Key::new(1, &key_bytes).into_iter().collect()
+            },
+            active: 1,
+        };
+        // Named paths always with data paths; with the HA link alone, half
+        // the seeds leave them unnamed (the default).
+        let named = n_paths > 1 || rng.gen_bool(0.5);
+        // The wall clocks: around WALL_START_S, a few seconds apart.
+        let wall_base = i128::from(WALL_START_S) * 1_000_000_000
+            + i128::from(rng.gen_range(0..86_400_000u64)) * 1_000_000;
+        let addrs: Vec<Ipv4Addr> = (0..n_nodes).map(|i| path_addr(0, i)).collect();
         let nodes = (0..n_nodes)
             .map(|i| {
                 let groups = (0..n_groups)
@@ -223,30 +320,46 @@ impl Scenario {
                         garp_interval: ms(10),
                     })
                     .collect();
+                let node_addrs: Vec<Ipv4Addr> = (0..n_paths).map(|p| path_addr(p, i)).collect();
                 NodeSpec {
                     addr: addrs[i],
+                    addrs: node_addrs.clone(),
+                    wall0: wall_base + i128::from(rng.gen_range(-3_000_000i64..=3_000_000)) * 1_000,
                     settings: Settings {
                         peers: addrs.iter().copied().filter(|a| *a != addrs[i]).collect(),
                         lease,
                         state_sync,
                         groups,
-                        auth: Default::default(),
-                        paths: Vec::new(),
+                        auth: auth.clone(),
+                        paths: if named {
+                            node_addrs
+                                .iter()
+                                .enumerate()
+                                .map(|(p, a)| PathSettings {
+                                    name: PATH_NAMES[p].into(),
+                                    local: *a,
+                                })
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
                     },
                     drift_ppm: rng.gen_range(-500..=500),
                 }
             })
             .collect();
-        let net = NetSpec {
-            delay: Duration::from_micros(rng.gen_range(10..=1000)),
-            jitter: Duration::from_micros(rng.gen_range(0..=2000)),
-            loss: *[0.0, 0.0, 0.001, 0.01, 0.05, 0.2]
-                .choose(&mut rng)
-                .unwrap_or(&0.0),
-            dup: *[0.0, 0.0, 0.01, 0.1].choose(&mut rng).unwrap_or(&0.0),
-            spike: *[0.0, 0.001, 0.01].choose(&mut rng).unwrap_or(&0.0),
-            spike_max: ms(rng.gen_range(1..=30)),
-        };
+        let nets = (0..n_paths)
+            .map(|_| NetSpec {
+                delay: Duration::from_micros(rng.gen_range(10..=1000)),
+                jitter: Duration::from_micros(rng.gen_range(0..=2000)),
+                loss: *[0.0, 0.0, 0.001, 0.01, 0.05, 0.2]
+                    .choose(&mut rng)
+                    .unwrap_or(&0.0),
+                dup: *[0.0, 0.0, 0.01, 0.1].choose(&mut rng).unwrap_or(&0.0),
+                spike: *[0.0, 0.001, 0.01].choose(&mut rng).unwrap_or(&0.0),
+                spike_max: ms(rng.gen_range(1..=30)),
+            })
+            .collect();
         let cost = (
             Duration::from_micros(rng.gen_range(1..=5)),
             Duration::from_micros(rng.gen_range(5..=40)),
@@ -255,13 +368,24 @@ impl Scenario {
         let faults_until = ms((40 * adv_ms).clamp(4_000, 60_000));
         let n_faults = rng.gen_range(0..=12);
         let mut faults = Vec::new();
+        // Time anti-replay: a node's wall clock stays within a margin of
+        // the others' (the steps of each node add up to at most this), or
+        // its adverts would be refused as stale (by design: see
+        // docs/simulation.md).
+        let mut step_budget_ms: Vec<i64> = vec![
+            match anti_replay {
+                auth::AntiReplay::Time { window_s } => (i64::from(window_s) / 2 - 4) * 1000,
+                auth::AntiReplay::Monotonic => i64::MAX,
+            };
+            n_nodes
+        ];
         for _ in 0..n_faults {
             let at = ms(rng.gen_range(200..faults_until.as_millis() as u64));
             let node = rng.gen_range(0..n_nodes);
             let other = (node + rng.gen_range(1..n_nodes)) % n_nodes;
             let short = ms(rng.gen_range(1..=(8 * adv_ms).max(50)));
             let long = ms(rng.gen_range(1..=(40 * adv_ms).max(500)));
-            let fault = match rng.gen_range(0..100) {
+            let fault = match rng.gen_range(0..125) {
                 0..=14 => Fault::Partition {
                     from: node,
                     to: other,
@@ -272,6 +396,7 @@ impl Scenario {
                     a: node,
                     b: other,
                     p: rng.gen_range(0.1..0.9),
+                    path: None,
                     dur: long,
                 },
                 23..=34 => Fault::Crash { node, dur: long },
@@ -304,9 +429,35 @@ impl Scenario {
                 },
                 92..=96 => Fault::LinkDown { node, dur: long },
                 97 => Fault::Reload { node },
-                _ => Fault::WriteFail {
+                98..=99 => Fault::WriteFail {
                     node,
                     count: rng.gen_range(1..=3),
+                },
+                100..=111 => Fault::PathCut {
+                    path: rng.gen_range(0..n_paths),
+                    carrier: rng.gen_bool(0.5),
+                    dur: long,
+                },
+                112..=119 => {
+                    // Seconds, minutes or hours, either way.
+                    let mag: i64 = match rng.gen_range(0..3) {
+                        0 => rng.gen_range(1..=10_000),
+                        1 => rng.gen_range(10_000..=600_000),
+                        _ => rng.gen_range(600_000..=10_800_000),
+                    };
+                    let mag = mag.min(step_budget_ms[node]);
+                    step_budget_ms[node] -= mag;
+                    Fault::WallStep {
+                        node,
+                        by_ms: if rng.gen_bool(0.5) { mag } else { -mag },
+                    }
+                }
+                _ => Fault::Loss {
+                    a: node,
+                    b: other,
+                    p: rng.gen_range(0.1..0.9),
+                    path: Some(rng.gen_range(0..n_paths)),
+                    dur: long,
                 },
             };
             faults.push((at, fault.clamped(faults_until - at)));
@@ -318,7 +469,8 @@ impl Scenario {
             nodes,
             unicast,
             tick,
-            net,
+            nets,
+            auth,
             cost,
             faults,
             faults_until,

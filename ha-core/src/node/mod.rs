@@ -248,13 +248,21 @@ impl Node {
     /// carried out.
     pub fn handle(&mut self, now: Instant, event: Event<'_>) -> Vec<Effect> {
         let mut out = Vec::new();
+        // Paths are re-evaluated after every event but a refused packet:
+        // hostile input changes nothing but counters (a change due by then
+        // is reported by the timer, see `poll_at`).
+        let mut evaluate = true;
         match event {
             Event::Start {
                 resumed,
                 maintenance,
                 links,
             } => self.start(now, resumed, maintenance, links, &mut out),
-            Event::Packet { path, bytes, wall } => self.on_packet(now, path, bytes, wall, &mut out),
+            Event::Packet { path, bytes, wall } => {
+                let refused = self.rejected_total();
+                self.on_packet(now, path, bytes, wall, &mut out);
+                evaluate = self.rejected_total() == refused;
+            }
             Event::Timer => self.on_timer(now, &mut out),
             Event::Link { iface, up } => {
                 if !self.paths.carrier(iface, up) || self.tracks(iface) {
@@ -299,10 +307,14 @@ impl Node {
         if let Some(cause) = self.lapsed.take() {
             self.step_down_lapsed(now, cause, &mut out);
         }
-        if self.started {
+        if self.started && evaluate {
             self.evaluate_paths(now, &mut out);
         }
         out
+    }
+
+    fn rejected_total(&self) -> u64 {
+        self.counters.rejected.values().sum()
     }
 
     /// Whether `iface` is a tracked link of some group.
@@ -539,7 +551,10 @@ impl Node {
             self.lease_until = Some(now + self.lease);
         }
         for (iface, up) in links {
-            self.on_link(now, iface, *up, out);
+            // A heartbeat path's carrier, as Event::Link.
+            if !self.paths.carrier(iface, *up) || self.tracks(iface) {
+                self.on_link(now, iface, *up, out);
+            }
         }
         for gi in 0..self.groups.len() {
             let actions = if resumed & self.groups[gi].bit != 0 {

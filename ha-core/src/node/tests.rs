@@ -786,3 +786,75 @@ fn a_path_without_carrier_is_reported_and_moves_no_role() {
         }
     )));
 }
+
+#[test]
+fn a_rejected_packet_reports_no_path_change() {
+    // Found by the simulation: a hostile packet handled first after a
+    // stall reported the HA link down (a path change due by then, which the
+    // timer reports): hostile input must produce no effect at all.
+    let (mut n, _) = start(authenticated(100));
+    let mut seq = auth::clock_seq(WALL);
+    for i in 0..=13u64 {
+        let t = ms(i * 10);
+        let paths: &[usize] = if i <= 10 { &[0, 1] } else { &[1] };
+        for &path in paths {
+            seq += 1;
+            let src = if path == 0 { PEER } else { LAN_PEER };
+            n.handle(t, over(path, &signed_from(src, 200, Some(seq))));
+        }
+    }
+    // The HA link silent for its timeout; lan0 heard 7 ms ago.
+    let at = ms(100) + machine::master_down_interval(100, 1) + ms(1);
+    assert_eq!(n.report().paths[0].state, PathState::Up);
+    let out = n.handle(at, over(0, &[0x45; 12]));
+    assert!(out.is_empty(), "{out:#?}");
+    let out = n.handle(at, Event::Timer);
+    assert!(
+        out.contains(&Effect::Hook {
+            group: 0,
+            hook: Hook::Path {
+                name: "ha0".into(),
+                state: PathState::Down
+            }
+        }),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn a_path_without_carrier_at_start_is_reported() {
+    // The I/O layer passes every link of `tracked_links()` (the paths'
+    // too) in Event::Start: a path without carrier then is no-carrier.
+    let mut n = Node::new(authenticated(100)).unwrap();
+    let links = [
+        ("wan0".to_owned(), true),
+        ("ha0".to_owned(), true),
+        ("lan0".to_owned(), false),
+    ];
+    n.handle(
+        ms(0),
+        Event::Start {
+            resumed: 0,
+            maintenance: false,
+            links: &links,
+        },
+    );
+    assert_eq!(n.report().paths[1].state, PathState::NoCarrier);
+    let out = n.handle(
+        ms(1),
+        Event::Link {
+            iface: "lan0",
+            up: true,
+        },
+    );
+    assert!(
+        out.iter().any(|e| matches!(
+            e,
+            Effect::Hook {
+                hook: Hook::Path { .. },
+                ..
+            }
+        )),
+        "{out:#?}"
+    );
+}

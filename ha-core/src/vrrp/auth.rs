@@ -246,6 +246,22 @@ impl Sequencer {
         self.last
     }
 
+    /// After a restart, from a floor persisted up to `stale` before the
+    /// last sequence handed out (the I/O layer persists it periodically):
+    /// starts `stale` of the clock's units above it. With the clock stepped
+    /// back before the crash, the sequence had been counting one a packet
+    /// above the clock, and `new(floor)` would hand out again sequences the
+    /// peers have already seen: they would refuse them as replays until the
+    /// count caught up (the peer takes over meanwhile). `stale` also covers
+    /// a sequence that followed the clock. Jumping ahead is harmless: with
+    /// `time` anti-replay a sequence stranded beyond the window restarts
+    /// from the clock.
+    pub fn resume(floor: u64, stale: Duration) -> Sequencer {
+        Sequencer {
+            last: floor.wrapping_add(clock_seq(stale)).wrapping_add(1),
+        }
+    }
+
     /// The last sequence handed out.
     pub fn last(&self) -> u64 {
         self.last
@@ -700,5 +716,32 @@ mod tests {
             format!("{:?}", key(1)).contains("32 bytes"),
             "no key bytes in logs"
         );
+    }
+
+    #[test]
+    fn a_restart_from_a_stale_floor_resumes_above_what_was_sent() {
+        // Found by the simulation: the clock stepped back, the sequence
+        // counts one a packet above it; the floor persisted a moment before
+        // the crash is behind what went out since. `new` hands those
+        // sequences out again (the peer refuses them as replays and takes
+        // over); `resume` starts above them.
+        let wall = Duration::from_secs(1_800_000_000);
+        let mut sq = Sequencer::new(0);
+        let mut sent = sq.next(wall, AntiReplay::Monotonic);
+        let back = wall - Duration::from_secs(3600);
+        let floor = sq.next(back, AntiReplay::Monotonic);
+        for i in 0..300 {
+            sent = sq.next(back + Duration::from_millis(i), AntiReplay::Monotonic);
+        }
+        let later = back + Duration::from_secs(1);
+        let mut again = Sequencer::new(floor);
+        assert!(!after(again.next(later, AntiReplay::Monotonic), sent));
+        let mut resumed = Sequencer::resume(floor, Duration::from_secs(2));
+        assert!(after(resumed.next(later, AntiReplay::Monotonic), sent));
+        // Within the stale time, the clock too: a floor persisted 1 s ago.
+        let floor = clock_seq(wall);
+        let sent = Sequencer::new(0).next(wall + Duration::from_millis(999), AntiReplay::Monotonic);
+        let mut resumed = Sequencer::resume(floor, Duration::from_secs(2));
+        assert!(after(resumed.next(back, AntiReplay::Monotonic), sent));
     }
 }

@@ -15,13 +15,13 @@ mod shell;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::Ipv4Addr,
     time::Duration,
 };
 
 use ha_core::{
     node::{Event, Node},
     vrrp::{
+        auth::{self, Sequencer},
         packet::ip_packet,
         wire::{self, MULTICAST},
     },
@@ -29,12 +29,27 @@ use ha_core::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub use crate::node::{Dataplane, Item, SimNode};
+pub use crate::node::{Dataplane, Item, Origin, Persisted, SimNode};
 use crate::{
     check::Checker,
-    scenario::{Fault, Scenario, T, TRACKED, ms},
+    hostile::Capture,
+    scenario::{Fault, PATH_NAMES, Scenario, T, TRACKED, ms},
     trace::Trace,
 };
+
+/// Genuine signed adverts the attacker keeps: the latest, and a sample of
+/// older ones.
+const CAPTURES: usize = 64;
+/// How often the shell persists the sequencer's floor and the marks.
+const PERSIST: Duration = Duration::from_secs(1);
+/// The sequencer's floor is written ahead: no sequence goes out above the
+/// persisted floor plus this (the shell persists a new floor first), and a
+/// restarted agent resumes this far above it (`Sequencer::resume`). With
+/// `WRITE_AHEAD` off, the shell persists the floor with the marks once a
+/// second and restarts with `Sequencer::new(floor)`: after a wall-clock
+/// step back it reuses sequences its peers have seen (docs/simulation.md).
+const STALE_FLOOR: Duration = Duration::from_secs(2);
+const WRITE_AHEAD: bool = true;
 
 /// Packets a node's socket holds (about a 1 MB receive buffer).
 const INBOX: usize = 2000;
@@ -63,6 +78,15 @@ enum Ev {
         node: usize,
         generation: u64,
     },
+    /// The shell persists the sequencer's floor and the replay marks.
+    Persist(usize),
+    /// A path cut (the fault of that index) ends.
+    PathHeal(usize),
+    /// A healed path must be up again on the nodes hearing a master.
+    PathUpCheck {
+        path: usize,
+        healed: T,
+    },
     /// The run ends.
     End,
 }
@@ -78,6 +102,14 @@ pub struct Stats {
     pub hostile: u64,
     pub packets: u64,
     pub drops: u64,
+    /// Replays of genuine adverts handled (hostile), and those not sent
+    /// (the target had not been handed a newer one: not a replay to it).
+    pub replays: u64,
+    pub replays_skipped: u64,
+    /// Path cuts, wall-clock steps; path reports checked.
+    pub path_cuts: u64,
+    pub wall_steps: u64,
+    pub path_checks: u64,
 }
 
 /// The running simulation.
@@ -92,8 +124,15 @@ pub struct World<'a> {
     hostile_rng: ChaCha8Rng,
     /// Active partitions: (from, to, until).
     partitions: Vec<(usize, usize, T)>,
-    /// Active extra loss: (a, b, p, until).
-    losses: Vec<(usize, usize, f64, T)>,
+    /// Active extra loss: (a, b, p, path, until).
+    losses: Vec<(usize, usize, f64, Option<usize>, T)>,
+    /// Active path cuts: (path, carrier, until).
+    path_cuts: Vec<(usize, bool, T)>,
+    /// When each node's last carrier change is noticed (they keep order).
+    carrier_notice: Vec<T>,
+    /// What the attacker captured: the latest, and a sample of older ones.
+    captures: VecDeque<Capture>,
+    old_captures: Vec<Capture>,
     pub check: Checker,
     pub stats: Stats,
     trace: Option<&'a mut Trace>,
@@ -124,6 +163,12 @@ impl<'a> World<'a> {
                 link_up: true,
                 failure: None,
                 reloads: 0,
+                wall0: n.wall0,
+                sequencer: None,
+                persisted: Persisted::default(),
+                seen: Default::default(),
+                carrier: vec![true; sc.paths()],
+                last_transition: T::ZERO,
             })
             .collect();
         let groups = sc.nodes[0].settings.groups.len();
@@ -138,6 +183,10 @@ impl<'a> World<'a> {
             hostile_rng: ChaCha8Rng::seed_from_u64(sc.seed ^ 0x686f_7374_696c_6500),
             partitions: Vec::new(),
             losses: Vec::new(),
+            path_cuts: Vec::new(),
+            carrier_notice: vec![T::ZERO; sc.nodes.len()],
+            captures: VecDeque::new(),
+            old_captures: Vec::new(),
             check: Checker::new(sc, groups),
             stats: Stats::default(),
             trace,
@@ -145,6 +194,8 @@ impl<'a> World<'a> {
         for i in 0..sc.nodes.len() {
             let at = Duration::from_micros(w.cost_rng.gen_range(0..50_000));
             w.at(at, Ev::Boot(i));
+            let at = Duration::from_micros(w.cost_rng.gen_range(0..1_000_000));
+            w.at(at, Ev::Persist(i));
         }
         for (i, (t, _)) in sc.faults.iter().enumerate() {
             w.at(*t, Ev::FaultStart(i));
@@ -192,11 +243,14 @@ impl<'a> World<'a> {
                         t + delay,
                         Ev::Arrive {
                             to: i,
-                            item: Item::Link(true),
+                            item: Item::Link(None, true),
                         },
                     );
                 }
                 Ev::SyncReady { node, generation } => self.sync_ready(node, generation),
+                Ev::Persist(i) => self.persist(i),
+                Ev::PathHeal(k) => self.path_heal(k),
+                Ev::PathUpCheck { path, healed } => self.path_up_check(path, healed),
             }
             if self.check.failed() {
                 return;
@@ -240,7 +294,21 @@ impl<'a> World<'a> {
                 }
                 // A cut that ends lets the election settle; nothing to do.
             }
-            Fault::Loss { a, b, p, dur } => self.losses.push((a, b, p, t + dur)),
+            Fault::Loss { a, b, p, path, dur } => self.losses.push((a, b, p, path, t + dur)),
+            Fault::PathCut { path, carrier, dur } => {
+                self.stats.path_cuts += 1;
+                self.path_cuts.push((path, carrier, t + dur));
+                if carrier {
+                    for i in 0..self.nodes.len() {
+                        self.set_carrier(i, path, false);
+                    }
+                }
+                self.at(t + dur, Ev::PathHeal(k));
+            }
+            Fault::WallStep { node, by_ms } => {
+                self.stats.wall_steps += 1;
+                self.nodes[node].wall0 += i128::from(by_ms) * 1_000_000;
+            }
             Fault::Crash { node, dur } => {
                 if self.nodes[node].up {
                     self.check.death(&self.nodes, node, t);
@@ -295,16 +363,34 @@ impl<'a> World<'a> {
             }
             Fault::Hostile { node, count, span } => {
                 self.check.disturb(node, t, t + span + ms(5));
+                let captures: Vec<Capture> = self
+                    .old_captures
+                    .iter()
+                    .chain(&self.captures)
+                    .cloned()
+                    .collect();
                 for _ in 0..count {
                     let at = t + Duration::from_nanos(
                         self.hostile_rng.gen_range(0..=span.as_nanos() as u64),
                     );
-                    let bytes = crate::hostile::packet(&mut self.hostile_rng, self.sc, node);
+                    let path = self.hostile_rng.gen_range(0..self.sc.paths());
+                    let (bytes, origin) = crate::hostile::packet(
+                        &mut self.hostile_rng,
+                        self.sc,
+                        node,
+                        path,
+                        &captures,
+                    );
                     self.at(
                         at,
                         Ev::Arrive {
                             to: node,
-                            item: Item::Packet { bytes, from: None },
+                            item: Item::Packet {
+                                bytes,
+                                path,
+                                origin,
+                                signed: None,
+                            },
                         },
                     );
                 }
@@ -327,7 +413,7 @@ impl<'a> World<'a> {
                     t + delay,
                     Ev::Arrive {
                         to: node,
-                        item: Item::Link(false),
+                        item: Item::Link(None, false),
                     },
                 );
                 self.at(t + dur, Ev::LinkUp(node));
@@ -375,7 +461,7 @@ impl<'a> World<'a> {
         }
         let settings = self.sc.nodes[i].settings.clone();
         let lease = settings.lease;
-        let core = match Node::new(settings) {
+        let mut core = match Node::new(settings) {
             Ok(c) => c,
             Err(e) => {
                 self.check
@@ -383,7 +469,16 @@ impl<'a> World<'a> {
                 return;
             }
         };
+        // What the shell persisted (up to a second stale): the replay marks
+        // into the core, the floor into the sequencer.
         let n = &mut self.nodes[i];
+        core.restore_auth_marks(&n.persisted.marks);
+        n.seen = n.persisted.seen.clone();
+        n.sequencer = Some(if WRITE_AHEAD {
+            Sequencer::resume(n.persisted.floor, STALE_FLOOR)
+        } else {
+            Sequencer::new(n.persisted.floor)
+        });
         // The lease read back, as the agent does: renew it if it still runs.
         let mono = n.mono(t);
         let resumed = match n.dp.expires {
@@ -400,9 +495,17 @@ impl<'a> World<'a> {
         n.told_sync = None;
         n.failure = None;
         self.check.disturb(i, t, t + ms(1));
-        let links = [(TRACKED.to_owned(), self.nodes[i].link_up)];
+        // The tracked link, and each heartbeat path's carrier when there
+        // are several (what `Node::tracked_links` asks for).
+        let mut links = vec![(TRACKED.to_owned(), self.nodes[i].link_up)];
+        if self.sc.paths() > 1 {
+            links.extend(
+                (0..self.sc.paths()).map(|p| (self.path_name(p), self.nodes[i].carrier[p])),
+            );
+        }
         let maintenance = self.nodes[i].maintenance;
-        self.log(|| format!("node {i}: agent starts (resumed {resumed:#x})"));
+        let floor = self.nodes[i].persisted.floor;
+        self.log(|| format!("node {i}: agent starts (resumed {resumed:#x}, floor {floor:#x})"));
         self.handle(
             i,
             t,
@@ -468,71 +571,168 @@ impl<'a> World<'a> {
             .any(|&(f, t, until)| f == from && t == to && self.now < until)
     }
 
-    fn send(&mut self, from: usize, advert: &wire::Repr) {
-        let src = self.nodes[from].addr;
-        let dsts: Vec<(usize, Ipv4Addr)> = if self.sc.unicast {
-            self.sc.nodes[from]
-                .settings
-                .peers
-                .iter()
-                .filter_map(|p| {
-                    self.nodes
-                        .iter()
-                        .position(|n| n.addr == *p)
-                        .map(|j| (j, *p))
-                })
-                .collect()
+    /// Whether path `p` is cut (a path fault: silently or without carrier).
+    fn path_cut(&self, p: usize) -> bool {
+        self.path_cuts
+            .iter()
+            .any(|&(q, _, until)| q == p && self.now < until)
+    }
+
+    /// The interface of path `p` as the core knows it.
+    fn path_name(&self, p: usize) -> String {
+        if self.sc.nodes[0].settings.paths.is_empty() {
+            "ha".into()
         } else {
-            (0..self.nodes.len())
-                .filter(|j| *j != from)
-                .map(|j| (j, MULTICAST))
-                .collect()
-        };
-        for (to, dst) in dsts {
-            let bytes = ip_packet(src, dst, &advert.to_bytes(src, dst));
-            self.stats.packets += 1;
-            let extra = self
-                .losses
-                .iter()
-                .filter(|&&(a, b, _, until)| {
-                    self.now < until && ((a, b) == (from, to) || (a, b) == (to, from))
-                })
-                .map(|l| l.2)
-                .fold(0.0, f64::max);
-            // The quiet tail is loss-free: convergence is checked at its end.
-            let loss = if self.now < self.sc.faults_until {
-                self.sc.net.loss.max(extra)
-            } else {
-                0.0
-            };
-            if self.cut(from, to) || self.net_rng.gen_bool(loss) {
-                self.stats.drops += 1;
-                self.check.dropped(from, to, self.now);
-                continue;
-            }
-            let copies = if self.net_rng.gen_bool(self.sc.net.dup) {
-                2
-            } else {
-                1
-            };
-            for _ in 0..copies {
-                let delay = self.delay();
-                self.at(
-                    self.now + delay,
-                    Ev::Arrive {
-                        to,
-                        item: Item::Packet {
-                            bytes: bytes.clone(),
-                            from: Some(from),
-                        },
-                    },
-                );
+            PATH_NAMES[p].into()
+        }
+    }
+
+    fn set_carrier(&mut self, i: usize, p: usize, up: bool) {
+        self.nodes[i].carrier[p] = up;
+        // Noticed within 10 ms, in order.
+        let delay = ms(self.cost_rng.gen_range(0..10));
+        let at = (self.now + delay).max(self.carrier_notice[i]);
+        self.carrier_notice[i] = at;
+        self.at(
+            at,
+            Ev::Arrive {
+                to: i,
+                item: Item::Link(Some(p), up),
+            },
+        );
+    }
+
+    /// Sends an advert as the daemon does: on every path, from that path's
+    /// address, each copy signed with its own sequence when the mode signs.
+    fn send(&mut self, from: usize, advert: &wire::Repr) {
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|j| *j != from).collect();
+        let key = self.sc.auth.signing_key().cloned();
+        for p in 0..self.sc.paths() {
+            let src = self.sc.nodes[from].addrs[p];
+            let mut multicast: Option<(Vec<u8>, Option<u64>)> = None;
+            for &to in &others {
+                let dst = if self.sc.unicast {
+                    self.sc.nodes[to].addrs[p]
+                } else {
+                    MULTICAST
+                };
+                let (bytes, seq) = match &multicast {
+                    Some(m) => m.clone(),
+                    None => {
+                        let mut pdu = advert.to_bytes(src, dst);
+                        let mut seq = None;
+                        if let Some(key) = &key {
+                            let wall = self.nodes[from].wall(self.now);
+                            let anti_replay = self.sc.auth.anti_replay;
+                            let n = &mut self.nodes[from];
+                            let s = match &mut n.sequencer {
+                                Some(sq) => sq.next(wall, anti_replay),
+                                None => 0,
+                            };
+                            // Written ahead: a new floor before a sequence
+                            // beyond the reach of the persisted one.
+                            if WRITE_AHEAD
+                                && s.wrapping_sub(n.persisted.floor) > auth::clock_seq(STALE_FLOOR)
+                            {
+                                n.persisted.floor = s;
+                            }
+                            let trailer = auth::seal(key, s, src, &pdu);
+                            pdu.extend_from_slice(&trailer);
+                            seq = Some(s);
+                        }
+                        let bytes = ip_packet(src, dst, &pdu);
+                        if let Some(s) = seq {
+                            self.capture(Capture {
+                                bytes: bytes.clone(),
+                                vrid: advert.vrid,
+                                src,
+                                seq: s,
+                            });
+                        }
+                        if !self.sc.unicast {
+                            multicast = Some((bytes.clone(), seq));
+                        }
+                        (bytes, seq)
+                    }
+                };
+                self.transmit(from, to, p, bytes, seq.map(|s| (advert.vrid, src, s)));
             }
         }
     }
 
-    fn delay(&mut self) -> Duration {
-        let net = &self.sc.net;
+    fn capture(&mut self, c: Capture) {
+        if self.captures.len() >= CAPTURES
+            && let Some(old) = self.captures.pop_front()
+            && self.net_rng.gen_bool(0.02)
+        {
+            if self.old_captures.len() >= CAPTURES {
+                let k = self.net_rng.gen_range(0..CAPTURES);
+                self.old_captures[k] = old;
+            } else {
+                self.old_captures.push(old);
+            }
+        }
+        self.captures.push_back(c);
+    }
+
+    /// One copy of a packet from `from` to `to` over path `p`.
+    fn transmit(
+        &mut self,
+        from: usize,
+        to: usize,
+        p: usize,
+        bytes: Vec<u8>,
+        signed: Option<(u8, std::net::Ipv4Addr, u64)>,
+    ) {
+        self.stats.packets += 1;
+        let extra = self
+            .losses
+            .iter()
+            .filter(|&&(a, b, _, path, until)| {
+                self.now < until
+                    && path.is_none_or(|q| q == p)
+                    && ((a, b) == (from, to) || (a, b) == (to, from))
+            })
+            .map(|l| l.2)
+            .fold(0.0, f64::max);
+        let net = &self.sc.nets[p];
+        // The quiet tail is loss-free: convergence is checked at its end.
+        let loss = if self.now < self.sc.faults_until {
+            net.loss.max(extra)
+        } else {
+            0.0
+        };
+        let path_cut = self.path_cut(p);
+        let lost = path_cut || self.cut(from, to) || self.net_rng.gen_bool(loss);
+        if lost {
+            // A path fault alone is no impairment while another path is
+            // not cut.
+            let excused =
+                path_cut && !self.cut(from, to) && (0..self.sc.paths()).any(|q| !self.path_cut(q));
+            self.stats.drops += 1;
+            self.check.dropped(from, to, p, self.now, excused);
+            return;
+        }
+        let copies = if self.net_rng.gen_bool(net.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = self.delay(p);
+            self.at(
+                self.now + delay,
+                Ev::Arrive {
+                    to,
+                    item: Item::Packet {
+                        bytes: bytes.clone(),
+                        path: p,
+                        origin: Origin::Node(from),
+                        signed,
+                    },
+                },
+            );
+        }
+    }
+
+    fn delay(&mut self, p: usize) -> Duration {
+        let net = &self.sc.nets[p];
         let mut d = net.delay
             + Duration::from_nanos(self.net_rng.gen_range(0..=net.jitter.as_nanos() as u64));
         if self.net_rng.gen_bool(net.spike) {
@@ -541,17 +741,80 @@ impl<'a> World<'a> {
         d
     }
 
+    // ----- persistence, paths -----
+
+    /// The shell persists the sequencer's floor and the replay marks (about
+    /// once a second: a crash loses up to that much).
+    fn persist(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if let (Some(core), Some(sq)) = (&n.core, &n.sequencer) {
+            n.persisted = Persisted {
+                floor: if WRITE_AHEAD {
+                    n.persisted.floor
+                } else {
+                    sq.last()
+                },
+                marks: core.auth_marks(),
+                seen: n.seen.clone(),
+            };
+            let floor = n.persisted.floor;
+            self.log(|| format!("node {i}: persists floor {floor:#x}"));
+        }
+        let next = PERSIST + Duration::from_millis(self.cost_rng.gen_range(0..50));
+        self.at(self.now + next, Ev::Persist(i));
+    }
+
+    /// A path cut ends: the carrier comes back; the path reports are
+    /// checked (down during the cut, up again soon after).
+    fn path_heal(&mut self, k: usize) {
+        let Fault::PathCut { path, carrier, .. } = self.sc.faults[k].1.clone() else {
+            return;
+        };
+        let t = self.now;
+        self.stats.path_checks += self.check.path_down(&self.nodes, self.sc, k, t);
+        if carrier {
+            let still = self
+                .path_cuts
+                .iter()
+                .any(|&(q, c, until)| q == path && c && t < until);
+            if !still {
+                for i in 0..self.nodes.len() {
+                    self.set_carrier(i, path, true);
+                }
+            }
+        }
+        if !self.path_cut(path) {
+            let after = self.check.path_up_after();
+            self.at(t + after, Ev::PathUpCheck { path, healed: t });
+        }
+    }
+
+    fn path_up_check(&mut self, path: usize, healed: T) {
+        let n = self
+            .check
+            .path_up(&self.nodes, self.sc, path, healed, self.now);
+        self.stats.path_checks += n;
+    }
+
     fn arrive(&mut self, to: usize, item: Item) {
         let t = self.now;
         let n = &self.nodes[to];
         let from = match &item {
-            Item::Packet { from, .. } => *from,
+            Item::Packet {
+                origin: Origin::Node(f),
+                path,
+                ..
+            } => Some((*f, *path)),
             _ => None,
         };
-        if !n.up || t < n.paused_until || n.core.is_none() || n.inbox.len() >= INBOX {
-            if let Some(f) = from {
+        // A paused machine loses packets; a link change or a command waits
+        // for it (the kernel keeps the link state, a control socket its
+        // client). While the agent is down, it reads the links at start.
+        let packet = matches!(item, Item::Packet { .. });
+        if !n.up || n.core.is_none() || (packet && (t < n.paused_until || n.inbox.len() >= INBOX)) {
+            if let Some((f, p)) = from {
                 self.stats.drops += 1;
-                self.check.dropped(f, to, t);
+                self.check.dropped(f, to, p, t, false);
             }
             return;
         }

@@ -6,10 +6,13 @@
 
 use ha_core::{
     node::{Effect, Event, Hook},
-    vrrp::machine::{Reason, Role},
+    vrrp::{
+        auth::AntiReplay,
+        machine::{Reason, Role},
+    },
 };
 
-use super::{Item, T, TRACKED, World};
+use super::{Item, Origin, T, TRACKED, World};
 use crate::scenario::ms;
 
 impl World<'_> {
@@ -72,25 +75,47 @@ impl World<'_> {
 
     pub(super) fn item(&mut self, i: usize, t: T, item: Item) {
         match item {
-            Item::Packet { bytes, from } => {
-                self.check.before_packet(&self.nodes, i, from, &bytes);
-                if from.is_none() {
+            Item::Packet {
+                bytes,
+                path,
+                origin,
+                signed,
+            } => {
+                let wall = self.nodes[i].wall(t);
+                if let Origin::Replay { vrid, src, seq } = origin {
+                    if !self.replay_is_hostile(i, vrid, src, seq, wall) {
+                        self.stats.replays_skipped += 1;
+                        return;
+                    }
+                    self.stats.replays += 1;
+                }
+                self.check.before_packet(&self.nodes, i, origin);
+                if origin.node().is_none() {
                     self.stats.hostile += 1;
                 }
                 let effects = self.handle(
                     i,
                     t,
                     Event::Packet {
-                        path: 0,
+                        path,
                         bytes: &bytes,
-                        wall: std::time::Duration::ZERO,
+                        wall,
                     },
                 );
-                self.check
-                    .after_packet(&self.nodes, i, from, &bytes, effects, t);
+                let accepted = self
+                    .check
+                    .after_packet(&self.nodes, i, origin, &bytes, effects, t);
+                if accepted && let Some((vrid, src, seq)) = signed {
+                    let m = self.nodes[i].seen.entry((vrid, src)).or_insert(seq);
+                    *m = (*m).max(seq);
+                }
             }
-            Item::Link(up) => {
+            Item::Link(None, up) => {
                 self.handle(i, t, Event::Link { iface: TRACKED, up });
+            }
+            Item::Link(Some(p), up) => {
+                let iface = self.path_name(p);
+                self.handle(i, t, Event::Link { iface: &iface, up });
             }
             Item::Command(c) => {
                 self.handle(i, t, Event::Command(c));
@@ -122,22 +147,57 @@ impl World<'_> {
         }
     }
 
+    /// Whether a replay of (VRID, source, sequence) is hostile to node `i`:
+    /// it was handed a genuine advert at least as new from that source
+    /// (with `time` anti-replay, one still within the window of its wall
+    /// clock, or the replay itself is outside it). Otherwise it would be
+    /// the genuine advert, not yet seen: the attacker does not send it.
+    fn replay_is_hostile(
+        &self,
+        i: usize,
+        vrid: u8,
+        src: std::net::Ipv4Addr,
+        seq: u64,
+        wall: std::time::Duration,
+    ) -> bool {
+        let mark = self.nodes[i].seen.get(&(vrid, src)).copied();
+        match self.sc.auth.anti_replay {
+            AntiReplay::Monotonic => mark.is_some_and(|m| seq <= m),
+            AntiReplay::Time { window_s } => {
+                let within = |s: u64| {
+                    let d = (wall.as_secs() as u32).wrapping_sub((s >> 32) as u32) as i32;
+                    d.unsigned_abs() <= window_s
+                };
+                !within(seq) || mark.is_some_and(|m| seq <= m && within(m))
+            }
+        }
+    }
+
     /// Hands `event` to node `i`'s core at `t` and carries out the effects;
     /// returns how many there were.
     pub(super) fn handle(&mut self, i: usize, t: T, event: Event<'_>) -> usize {
-        let Some(core) = &mut self.nodes[i].core else {
+        let local = self.nodes[i].local(t);
+        let Some(core) = &self.nodes[i].core else {
             return 0;
         };
         let before = core.counters().transitions_total;
-        let local = self.nodes[i].local(t);
         let label = self.trace.is_some().then(|| describe_event(&event));
+        let rejected_before = label.as_ref().map(|_| core.counters().rejected.clone());
         let effects = match &mut self.nodes[i].core {
             Some(core) => core.handle(local, event),
             None => return 0,
         };
-        if let Some(label) = label {
+        if let (Some(label), Some(before), Some(core)) =
+            (label, rejected_before, &self.nodes[i].core)
+        {
             let effects = effects.clone();
-            self.log(|| format!("node {i} @{local:?}: {label} -> {effects:?}"));
+            let rejected = core
+                .counters()
+                .rejected
+                .iter()
+                .find(|(r, n)| before.get(r) != Some(n))
+                .map_or(String::new(), |(r, _)| format!(" (rejected: {})", r.name()));
+            self.log(|| format!("node {i} @{local:?}: {label} -> {effects:?}{rejected}"));
         }
         let n = effects.len();
         self.execute(i, t, effects, 0);
@@ -258,19 +318,26 @@ impl World<'_> {
         };
         let c = core.counters();
         let new = (c.transitions_total - before) as usize;
-        let recent: Vec<(Role, Reason)> = c
+        let recent: Vec<(Role, Reason, String)> = c
             .transitions
             .iter()
             .rev()
             .take(new)
-            .map(|r| (r.role, r.reason))
+            .map(|r| (r.role, r.reason, r.group.clone()))
             .collect();
-        for (role, reason) in recent {
+        if new > 0 {
+            self.nodes[i].last_transition = t;
+        }
+        for (role, reason, group) in recent {
             if role != Role::Master {
                 continue;
             }
             match reason {
-                Reason::MasterDown | Reason::MasterLeft => self.stats.failovers += 1,
+                Reason::MasterDown | Reason::MasterLeft => {
+                    self.stats.failovers += 1;
+                    self.check
+                        .silent_takeover(&self.nodes, i, &group, reason, t);
+                }
                 Reason::Preempt
                     if self.sc.nodes[i].settings.state_sync
                         && !(self.nodes[i].in_sync && self.nodes[i].told_sync == Some(true)) =>
@@ -289,14 +356,22 @@ impl World<'_> {
 
 fn describe_event(e: &Event<'_>) -> String {
     match e {
-        Event::Packet { bytes: b, .. } => match ha_core::vrrp::packet::parse(b, |_| true, |_| true)
-        {
-            Ok(rx) => format!(
-                "advert from {} vrid {} prio {} int {}cs",
-                rx.src, rx.advert.vrid, rx.advert.priority, rx.advert.interval_cs
-            ),
-            Err((r, src)) => format!("bad packet ({r:?}, from {src:?}, {} bytes)", b.len()),
-        },
+        Event::Packet { bytes: b, path, .. } => {
+            match ha_core::vrrp::packet::parse(b, |_| true, |_| true) {
+                Ok(rx) => format!(
+                    "advert from {} vrid {} prio {} int {}cs over path {path}{}",
+                    rx.src,
+                    rx.advert.vrid,
+                    rx.advert.priority,
+                    rx.advert.interval_cs,
+                    rx.trailer.map_or(String::new(), |t| format!(
+                        " seq {:#x}",
+                        ha_core::vrrp::auth::trailer_seq(&t)
+                    ))
+                ),
+                Err((r, src)) => format!("bad packet ({r:?}, from {src:?}, {} bytes)", b.len()),
+            }
+        }
         other => format!("{other:?}"),
     }
 }
