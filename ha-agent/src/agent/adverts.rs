@@ -7,6 +7,10 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -17,13 +21,19 @@ use ha_core::{
 };
 
 use super::net::PathSocket;
-use crate::config::Config;
+use crate::{config::Config, status::writer::Ack};
 
-/// How far ahead of what was sent the persisted floor is kept: a restart
-/// (even after the wall clock was stepped back) starts above every
-/// sequence sent, and a receiver with `time` anti-replay (window >= 5 s)
-/// still accepts the first adverts after it.
-pub const RESERVE: u64 = 2 << 32;
+/// The write-ahead rule of the sequence (found by the simulation): no
+/// advert goes out with a sequence more than this above the floor on disk,
+/// and a restart resumes this far above it ([`Sequencer::resume`]). After
+/// the wall clock was stepped back the sequence counts one per advert
+/// above the clock; a restart from a floor taken a moment earlier would
+/// hand out sequences the peer has seen, refused as replays (it would
+/// take over).
+pub const STALE_FLOOR: Duration = Duration::from_secs(2);
+/// A new floor is asked of the writer once the sequence is this far above
+/// the last one asked for, so it is on disk well before [`STALE_FLOOR`].
+const WRITE_EARLY: Duration = Duration::from_millis(500);
 
 /// The advert authentication of `config`: the listed keys, or key 1
 /// derived from the cluster key.
@@ -168,15 +178,20 @@ impl Persisted {
     }
 }
 
-/// The send side: the sequence, and what was last persisted.
+/// The send side: the sequence, and what of it is on disk.
 #[derive(Debug)]
 pub struct Signer {
     pub seq: Sequencer,
     file: PathBuf,
     /// The floor last handed to the writer.
-    reserved: u64,
+    asked: u64,
+    /// The floor on disk (the writer stores it once written).
+    on_disk: Arc<AtomicU64>,
     /// The marks last handed to the writer.
     marks: Vec<(u8, Ipv4Addr, u64)>,
+    /// Adverts sent beyond the write-ahead limit (a writer that fell more
+    /// than a second behind), for the log.
+    pub beyond_floor: u64,
 }
 
 /// Now on the wall clock (since the Unix epoch).
@@ -187,34 +202,87 @@ pub fn wall() -> Duration {
 }
 
 impl Signer {
-    /// From what was persisted at `file`.
+    /// From what was persisted at `file`: resumes [`STALE_FLOOR`] above
+    /// its floor.
     pub fn new(file: PathBuf, persisted: &Persisted) -> Signer {
+        // Above anything sent before (resume), and at least the clock: that
+        // is the floor from now on (written by `open`), so the first adverts
+        // are within reach of it.
+        let floor = Sequencer::resume(persisted.floor, STALE_FLOOR)
+            .last()
+            .max(auth::clock_seq(wall()));
+        let seq = Sequencer::new(floor);
         Signer {
-            seq: Sequencer::new(persisted.floor),
+            seq,
             file,
-            reserved: persisted.floor,
+            asked: floor,
+            on_disk: Arc::new(AtomicU64::new(floor)),
             marks: persisted.marks.clone(),
+            beyond_floor: 0,
         }
     }
 
-    /// What to persist now, if anything changed enough: a new floor once
-    /// the sequence comes within half the reserve of the last one, new
-    /// marks.
-    pub fn to_save(&mut self, marks: Vec<(u8, Ipv4Addr, u64)>) -> Option<(PathBuf, Vec<u8>)> {
-        let last = self.seq.last().max(auth::clock_seq(wall()));
-        let floor_due = last.saturating_add(RESERVE / 2) > self.reserved;
-        if !floor_due && marks == self.marks {
+    /// [`Signer::new`], with the new floor written before any advert goes
+    /// out (at start-up, where slow work belongs): a crash straight after
+    /// the restart resumes above it.
+    pub fn open(file: PathBuf, persisted: &Persisted) -> anyhow::Result<Signer> {
+        let s = Signer::new(file, persisted);
+        let (path, bytes, _) = s.render();
+        crate::paths::write_atomically(&path, &bytes, 0o600)
+            .with_context(|| format!("advert sequence state {}", path.display()))?;
+        Ok(s)
+    }
+
+    /// The sequence for the next advert at `wall`, and the floor to write
+    /// first when it is due (off the loop: the writer thread stores it in
+    /// the ack once on disk, long before the sequence can pass it by
+    /// [`STALE_FLOOR`]).
+    pub fn next(
+        &mut self,
+        wall: Duration,
+        anti_replay: auth::AntiReplay,
+        marks: impl FnOnce() -> Vec<(u8, Ipv4Addr, u64)>,
+    ) -> (u64, Option<(PathBuf, Vec<u8>, Ack)>) {
+        let seq = self.seq.next(wall, anti_replay);
+        if seq.wrapping_sub(self.on_disk.load(Ordering::Acquire)) as i64
+            > auth::clock_seq(STALE_FLOOR) as i64
+        {
+            self.beyond_floor += 1;
+        }
+        let save = (seq.wrapping_sub(self.asked) as i64 > auth::clock_seq(WRITE_EARLY) as i64)
+            .then(|| {
+                self.asked = seq;
+                self.marks = marks();
+                self.render()
+            });
+        (seq, save)
+    }
+
+    /// The marks to persist, if they changed (the floor goes with them).
+    pub fn marks_to_save(
+        &mut self,
+        marks: Vec<(u8, Ipv4Addr, u64)>,
+    ) -> Option<(PathBuf, Vec<u8>, Ack)> {
+        if marks == self.marks {
             return None;
         }
-        if floor_due {
-            self.reserved = last.saturating_add(RESERVE);
-        }
         self.marks = marks;
+        Some(self.render())
+    }
+
+    fn render(&self) -> (PathBuf, Vec<u8>, Ack) {
         let p = Persisted {
-            floor: self.reserved,
+            floor: self.asked,
             marks: self.marks.clone(),
         };
-        Some((self.file.clone(), p.render().into_bytes()))
+        (
+            self.file.clone(),
+            p.render().into_bytes(),
+            Ack {
+                to: self.on_disk.clone(),
+                value: self.asked,
+            },
+        )
     }
 }
 
@@ -261,16 +329,37 @@ mod tests {
     }
 
     #[test]
-    fn the_floor_is_persisted_ahead_of_what_is_sent() {
+    fn no_sequence_goes_out_beyond_the_floor_a_restart_resumes_above() {
+        let t0 = wall();
         let mut s = Signer::new(PathBuf::from("/nonexistent"), &Persisted::default());
-        let sent = s.seq.next(wall(), auth::AntiReplay::Monotonic);
-        let (_, bytes) = s.to_save(Vec::new()).expect("first save");
-        let p = Persisted::parse(std::str::from_utf8(&bytes).unwrap());
-        assert!(p.floor >= sent + RESERVE);
-        assert!(s.to_save(Vec::new()).is_none(), "nothing new");
-        let restarted = Signer::new(PathBuf::new(), &p)
-            .seq
-            .next(wall(), auth::AntiReplay::Monotonic);
-        assert!(restarted > sent);
+        let mono = auth::AntiReplay::Monotonic;
+        // What `open` writes: at least the clock.
+        let (_, bytes, _) = s.render();
+        let on_disk = Persisted::parse(std::str::from_utf8(&bytes).unwrap());
+        assert!(on_disk.floor >= auth::clock_seq(t0));
+        let (first, _) = s.next(t0, mono, Vec::new);
+        // The clock stepped back an hour: one step per advert from here,
+        // 3,000 adverts (30 s at 10 ms); floors written as they come due.
+        let back = t0 - Duration::from_secs(3600);
+        let mut sent = first;
+        let mut floor = on_disk.floor;
+        for i in 0..3000u64 {
+            let (q, save) = s.next(back + Duration::from_millis(i * 10), mono, Vec::new);
+            sent = q;
+            if let Some((_, b, a)) = save {
+                floor = Persisted::parse(std::str::from_utf8(&b).unwrap()).floor;
+                a.to.store(a.value, Ordering::Release);
+            }
+        }
+        assert_eq!(s.beyond_floor, 0);
+        let mut restarted = Signer::new(
+            PathBuf::new(),
+            &Persisted {
+                floor,
+                marks: Vec::new(),
+            },
+        );
+        let (again, _) = restarted.next(back, mono, Vec::new);
+        assert!(again > sent, "a restart never reuses a sequence");
     }
 }

@@ -148,7 +148,7 @@ impl Agent {
         let auth_file = StateFile::AdvertAuth.path(config_path);
         let persisted = adverts::Persisted::load(&auth_file);
         node.restore_auth_marks(&persisted.marks);
-        let signer = Signer::new(auth_file, &persisted);
+        let signer = Signer::open(auth_file, &persisted)?;
         info!(
             auth = node.auth().mode.as_str(),
             active_key = node.auth().active,
@@ -632,10 +632,18 @@ impl Agent {
     fn send_advert(&mut self, advert: &ha_core::vrrp::wire::Repr) {
         let auth = self.node.auth();
         let key = auth.signing_key();
-        let seal = key.map(|key| Seal {
-            key,
-            seq: self.signer.seq.next(adverts::wall(), auth.anti_replay),
+        let mut save = None;
+        let seal = key.map(|key| {
+            let node = &self.node;
+            let (seq, s) = self
+                .signer
+                .next(adverts::wall(), auth.anti_replay, || node.auth_marks());
+            save = s;
+            Seal { key, seq }
         });
+        if let Some((file, bytes, ack)) = save {
+            self.writer.save(file, bytes, Some(ack));
+        }
         let mut failed = Vec::new();
         if let Err(e) = self.sock.send(advert, seal) {
             failed.push((self.config.ha.interface.as_str(), e));
@@ -703,8 +711,14 @@ impl Agent {
         self.status_at = self.now() + STATUS_EVERY;
         let status = self.snapshot();
         self.writer.write(status);
-        if let Some((file, bytes)) = self.signer.to_save(self.node.auth_marks()) {
-            self.writer.save(file, bytes);
+        if let Some((file, bytes, ack)) = self.signer.marks_to_save(self.node.auth_marks()) {
+            self.writer.save(file, bytes, Some(ack));
+        }
+        if self.signer.beyond_floor > 0 && self.send_error_log.allow(self.now()) {
+            warn!(
+                adverts = self.signer.beyond_floor,
+                "advert sequences went out beyond the floor on disk (the status writer is more than a second behind): a crash now could reuse them"
+            );
         }
     }
 }

@@ -4,7 +4,16 @@
 //! The same thread persists the loop's other small state (the advert
 //! authentication's sequence floor and replay marks).
 
-use std::{io, path::PathBuf, sync::mpsc, thread::JoinHandle};
+use std::{
+    io,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+};
 
 use super::Status;
 use crate::{paths, sched};
@@ -13,14 +22,31 @@ use crate::{paths, sched};
 #[derive(Debug)]
 enum Job {
     Status(Box<Status>),
-    File(PathBuf, Vec<u8>),
+    File(PathBuf, Vec<u8>, Option<Ack>),
 }
 
-fn write_file(file: &Option<(PathBuf, Vec<u8>)>) {
-    if let Some((path, bytes)) = file
-        && let Err(e) = paths::write_atomically(path, bytes, 0o600)
-    {
-        tracing::warn!(cause = %e, file = %path.display(), "writing a state file failed");
+/// Told once a file is on disk: `value` stored into `to`.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub to: Arc<AtomicU64>,
+    pub value: u64,
+}
+
+type FileJob = (PathBuf, Vec<u8>, Option<Ack>);
+
+fn write_file(file: &Option<FileJob>) {
+    let Some((path, bytes, ack)) = file else {
+        return;
+    };
+    match paths::write_atomically(path, bytes, 0o600) {
+        Ok(()) => {
+            if let Some(a) = ack {
+                a.to.fetch_max(a.value, Ordering::Release);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, file = %path.display(), "writing a state file failed");
+        }
     }
 }
 
@@ -43,15 +69,15 @@ impl StatusWriter {
                 for job in std::iter::once(first).chain(rx.try_iter()) {
                     match job {
                         Job::Status(s) => status = Some(s),
-                        Job::File(p, b) => {
+                        Job::File(p, b, ack) => {
                             // Files are few and small: each kept; a newer
                             // copy of the same one replaces it.
-                            if let Some((q, _)) = &file
+                            if let Some((q, _, _)) = &file
                                 && *q != p
                             {
                                 write_file(&file.take());
                             }
-                            file = Some((p, b));
+                            file = Some((p, b, ack));
                         }
                     }
                 }
@@ -72,9 +98,10 @@ impl StatusWriter {
         let _ = self.tx.send(Job::Status(Box::new(status)));
     }
 
-    /// Queues a small state file to write (0600, atomically, synced).
-    pub fn save(&self, path: PathBuf, bytes: Vec<u8>) {
-        let _ = self.tx.send(Job::File(path, bytes));
+    /// Queues a small state file to write (0600, atomically, synced); `ack`
+    /// is stored once it is on disk.
+    pub fn save(&self, path: PathBuf, bytes: Vec<u8>, ack: Option<Ack>) {
+        let _ = self.tx.send(Job::File(path, bytes, ack));
     }
 
     /// Writes what is queued and ends the thread.
