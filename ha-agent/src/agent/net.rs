@@ -86,17 +86,13 @@ impl VrrpSocket {
         &self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        self.fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready())
+        poll_readable(&self.fd, cx)
     }
 
     /// Reads one waiting packet (IPv4 header included) into `buf`; `None`
     /// when nothing is waiting.
     pub fn recv<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> Option<&'b [u8]> {
-        match self.fd.get_ref().recv(buf) {
-            // SAFETY: recv initialised the first n bytes.
-            Ok(n) => Some(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) }),
-            Err(_) => None,
-        }
+        recv(&self.fd, buf)
     }
 }
 
@@ -130,7 +126,7 @@ fn sealed(advert: &wire::Repr, src: Ipv4Addr, dst: Ipv4Addr, seal: Option<Seal<'
 /// core checks).
 #[derive(Debug)]
 pub struct PathSocket {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<Socket>,
     ifindex: i32,
     local: Ipv4Addr,
     pub iface: String,
@@ -206,8 +202,10 @@ impl PathSocket {
             return Err(io::Error::new(e.kind(), format!("bind to {iface}: {e}")));
         }
         // SAFETY: the fd is owned by the AsyncFd and dropped with it.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(io::Error::from)?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(Socket::from(fd), tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
         Ok(PathSocket {
             fd,
             ifindex,
@@ -260,23 +258,30 @@ impl PathSocket {
         &self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        self.fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready())
+        poll_readable(&self.fd, cx)
     }
 
     /// Reads one waiting packet (IPv4 header included) into `buf`; `None`
     /// when nothing is waiting.
     pub fn recv<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> Option<&'b [u8]> {
-        // SAFETY: valid fd; recv writes at most buf.len() bytes.
-        let n = unsafe {
-            libc::recv(
-                self.fd.get_ref().as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-            )
-        };
+        recv(&self.fd, buf)
+    }
+}
+
+/// Polls `fd` for readability (readiness cleared: the caller drains).
+fn poll_readable(
+    fd: &AsyncFd<Socket>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<()>> {
+    fd.poll_read_ready(cx).map_ok(|mut g| g.clear_ready())
+}
+
+/// Reads one waiting packet from `fd` into `buf`; `None` when nothing waits.
+fn recv<'b>(fd: &AsyncFd<Socket>, buf: &'b mut [MaybeUninit<u8>]) -> Option<&'b [u8]> {
+    match fd.get_ref().recv(buf) {
         // SAFETY: recv initialised the first n bytes.
-        (n > 0).then(|| unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n as usize) })
+        Ok(n) => Some(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), n) }),
+        Err(_) => None,
     }
 }
 
