@@ -106,22 +106,39 @@ pub fn open_paths(config: &Config) -> anyhow::Result<(Vec<PathSettings>, Vec<Pat
         .map(|v| v.addr)
         .collect();
     let mut sockets = Vec::new();
+    let explicit = config.ha.heartbeat.is_some();
     for iface in config.heartbeat_paths() {
-        // Our own address there: the first that is not a VIP (the peer
-        // holds the VIPs' addresses too).
-        let local = crate::iface::ipv4_addrs(&iface)
-            .with_context(|| format!("heartbeat path {iface}"))?
-            .into_iter()
-            .find(|a| !vips.contains(a))
-            .with_context(|| {
-                format!("heartbeat path {iface}: no IPv4 address of our own (only VIPs, or none); give it one or leave it out of ha.heartbeat")
-            })?;
-        let sock = PathSocket::open(&iface, local)
-            .with_context(|| format!("heartbeat path {iface}: packet socket"))?;
-        settings.push(PathSettings { name: iface, local });
-        sockets.push(sock);
+        match open_path(&iface, &vips) {
+            Ok((local, sock)) => {
+                settings.push(PathSettings { name: iface, local });
+                sockets.push(sock);
+            }
+            // Listed by the operator: a configuration that cannot work.
+            Err(e) if explicit => return Err(e),
+            // A default path (a VIP interface): without an address of our
+            // own there it carries no heartbeat; the HA link and the other
+            // paths still do.
+            Err(e) => {
+                tracing::warn!(cause = %format!("{e:#}"), "heartbeat path left out");
+            }
+        }
     }
     Ok((settings, sockets))
+}
+
+/// Our address on `iface` (the first that is not a VIP: the peer holds the
+/// VIPs' addresses too) and its socket.
+fn open_path(iface: &str, vips: &[Ipv4Addr]) -> anyhow::Result<(Ipv4Addr, PathSocket)> {
+    let local = crate::iface::ipv4_addrs(iface)
+        .with_context(|| format!("heartbeat path {iface}"))?
+        .into_iter()
+        .find(|a| !vips.contains(a))
+        .with_context(|| {
+            format!("heartbeat path {iface}: no IPv4 address of our own (only VIPs, or none); give it one or leave it out of ha.heartbeat")
+        })?;
+    let sock = PathSocket::open(iface, local)
+        .with_context(|| format!("heartbeat path {iface}: packet socket"))?;
+    Ok((local, sock))
 }
 
 /// What `adverts.seq` holds.
