@@ -515,13 +515,25 @@ impl Config {
     /// Every data interface: those carrying VIPs and the listed ones.
     pub fn data_interfaces(&self) -> Vec<String> {
         let mut out: Vec<String> = self.data_interfaces.clone();
-        for g in &self.groups {
-            for i in &g.instances {
-                for v in &i.vips {
-                    if !out.contains(&v.iface) {
-                        out.push(v.iface.clone());
-                    }
-                }
+        for iface in self.vip_interfaces() {
+            if !out.contains(&iface) {
+                out.push(iface);
+            }
+        }
+        out
+    }
+
+    /// The interfaces carrying VIPs, each once, in order of appearance.
+    pub fn vip_interfaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for v in self
+            .groups
+            .iter()
+            .flat_map(|g| &g.instances)
+            .flat_map(|i| &i.vips)
+        {
+            if !out.contains(&v.iface) {
+                out.push(v.iface.clone());
             }
         }
         out
@@ -559,16 +571,8 @@ impl Config {
         match &self.ha.heartbeat {
             Some(p) => p.clone(),
             None if self.auth_mode().signs() && self.ha.peers.len() == 1 => {
-                let mut v: Vec<String> = Vec::new();
-                for g in &self.groups {
-                    for i in &g.instances {
-                        for vip in &i.vips {
-                            if vip.iface != self.ha.interface && !v.contains(&vip.iface) {
-                                v.push(vip.iface.clone());
-                            }
-                        }
-                    }
-                }
+                let mut v = self.vip_interfaces();
+                v.retain(|i| *i != self.ha.interface);
                 v
             }
             None => Vec::new(),

@@ -63,6 +63,19 @@ pub fn capture_udp(
     max: usize,
     limit: Duration,
 ) -> io::Result<Vec<Captured>> {
+    capture_ipv4(iface, max, limit, |ip| {
+        parse_udp(ip).filter(|c| *c.src.ip() == src && c.dst.port() == dport)
+    })
+}
+
+/// What `keep` makes of each IPv4 packet (from its header on) seen on
+/// `iface`, until it kept `max` or `limit` passed.
+fn capture_ipv4<T>(
+    iface: &str,
+    max: usize,
+    limit: Duration,
+    mut keep: impl FnMut(&[u8]) -> Option<T>,
+) -> io::Result<Vec<T>> {
     let fd = packet_socket(iface, true)?.0;
     let started = Instant::now();
     let mut out = Vec::new();
@@ -79,12 +92,7 @@ pub fn capture_udp(
         if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
             continue;
         }
-        if let Some(c) = parse_udp(&frame[14..])
-            && *c.src.ip() == src
-            && c.dst.port() == dport
-        {
-            out.push(c);
-        }
+        out.extend(keep(&frame[14..]));
     }
     Ok(out)
 }
@@ -139,29 +147,16 @@ pub fn capture_ip(
     max: usize,
     limit: Duration,
 ) -> io::Result<Vec<Vec<u8>>> {
-    let fd = packet_socket(iface, true)?.0;
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    while out.len() < max && started.elapsed() < limit {
-        // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n <= 0 {
-            std::thread::sleep(Duration::from_micros(200));
-            continue;
+    capture_ipv4(iface, max, limit, |p| {
+        if p.len() < 20 {
+            return None;
         }
-        let frame = &buf[..n as usize];
-        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
-            continue;
-        }
-        let p = &frame[14..];
         let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-        if p[0] >> 4 == 4 && p[9] == proto && srcs.contains(&src) {
+        (p[0] >> 4 == 4 && p[9] == proto && srcs.contains(&src)).then(|| {
             let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
-            out.push(p[..total].to_vec());
-        }
-    }
-    Ok(out)
+            p[..total].to_vec()
+        })
+    })
 }
 
 /// The Internet checksum (RFC 1071) of `data`.

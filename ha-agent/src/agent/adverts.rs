@@ -71,15 +71,12 @@ pub fn settings(config: &Config, derived: Option<[u8; 32]>) -> anyhow::Result<au
 pub fn read_key(id: u8, path: &Path) -> anyhow::Result<Key> {
     let bytes = std::fs::read(path).with_context(|| format!("key {id}: {}", path.display()))?;
     let key = match bytes.strip_prefix(b"hex:") {
-        Some(hex) => {
-            let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-            if !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                bail!("key {id}: {}: not hex digits after `hex:`", path.display());
-            }
-            (0..hex.len() / 2)
-                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()?
-        }
+        Some(hex) => std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| crate::sync::key::from_hex(h.trim()))
+            .with_context(|| {
+                format!("key {id}: {}: not hex digits after `hex:`", path.display())
+            })?,
         None => bytes.strip_suffix(b"\n").unwrap_or(&bytes).to_vec(),
     };
     Key::new(id, &key).with_context(|| format!("key file {}", path.display()))
@@ -98,11 +95,8 @@ pub fn open_paths(config: &Config) -> anyhow::Result<(Vec<PathSettings>, Vec<Pat
         name: config.ha.interface.clone(),
         local: config.ha.address,
     }];
-    let vips: Vec<Ipv4Addr> = config
-        .groups
-        .iter()
-        .flat_map(|g| &g.instances)
-        .flat_map(|i| i.parsed_vips())
+    let vips: Vec<Ipv4Addr> = super::setup::all_vips(config)
+        .into_iter()
         .map(|v| v.addr)
         .collect();
     let mut sockets = Vec::new();

@@ -398,6 +398,9 @@ impl Agent {
         self.report_sync();
         self.backlog = false;
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+        // One wall-clock reading per wake (`time` anti-replay has seconds
+        // of window).
+        let wall = adverts::wall();
         for path in 0..=self.paths.len() {
             let mut n = 0;
             loop {
@@ -415,11 +418,7 @@ impl Agent {
                 };
                 n += 1;
                 let now = self.start.elapsed();
-                let event = Event::Packet {
-                    path,
-                    bytes,
-                    wall: adverts::wall(),
-                };
+                let event = Event::Packet { path, bytes, wall };
                 let effects = self.node.handle(now, event);
                 self.execute(effects);
             }

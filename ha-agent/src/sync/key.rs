@@ -42,16 +42,24 @@ pub fn derive(cluster_key: &[u8; 32], purpose: Purpose) -> [u8; 32] {
     key
 }
 
+/// The bytes an even number of hex digits spell; `None` for anything else.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
 /// Reads the 32-byte pre-shared key: 32 raw bytes or 64 hex digits.
 pub fn read_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     let bytes = std::fs::read(path).with_context(|| format!("sync key file {}", path.display()))?;
     let text = String::from_utf8_lossy(&bytes);
     let hex = text.trim();
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        let mut key = [0u8; 32];
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
-        }
+    if hex.len() == 64
+        && let Some(key) = from_hex(hex).and_then(|k| <[u8; 32]>::try_from(k).ok())
+    {
         return Ok(key);
     }
     bytes.try_into().map_err(|b: Vec<u8>| {

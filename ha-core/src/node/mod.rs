@@ -259,9 +259,7 @@ impl Node {
                 links,
             } => self.start(now, resumed, maintenance, links, &mut out),
             Event::Packet { path, bytes, wall } => {
-                let refused = self.rejected_total();
-                self.on_packet(now, path, bytes, wall, &mut out);
-                evaluate = self.rejected_total() == refused;
+                evaluate = self.on_packet(now, path, bytes, wall, &mut out);
             }
             Event::Timer => self.on_timer(now, &mut out),
             Event::Link { iface, up } => {
@@ -311,10 +309,6 @@ impl Node {
             self.evaluate_paths(now, &mut out);
         }
         out
-    }
-
-    fn rejected_total(&self) -> u64 {
-        self.counters.rejected.values().sum()
     }
 
     /// Whether `iface` is a tracked link of some group.
@@ -584,6 +578,7 @@ impl Node {
         }
     }
 
+    /// Handles a packet; `false` when it was refused (counted, nothing else).
     fn on_packet(
         &mut self,
         now: Instant,
@@ -591,9 +586,9 @@ impl Node {
         bytes: &[u8],
         wall: Duration,
         out: &mut Vec<Effect>,
-    ) {
+    ) -> bool {
         if path >= self.paths.len() {
-            return;
+            return true;
         }
         // On the HA link only the configured peers; over a data path any
         // address but ours, since only an authenticated advert counts there
@@ -618,7 +613,7 @@ impl Node {
                     _ => reason,
                 };
                 self.reject(now, path, reason, src);
-                return;
+                return false;
             }
         };
         if let Err(f) = self.verifier.check(
@@ -629,15 +624,15 @@ impl Node {
             path != 0,
         ) {
             self.reject(now, path, f.into(), Some(rx.src));
-            return;
+            return false;
         }
         if !self.started {
-            return;
+            return true;
         }
         self.counters.adverts_received += 1;
         self.paths.heard(path, now);
         let Some(&(gi, mi)) = self.by_vrid.get(&rx.advert.vrid) else {
-            return;
+            return true;
         };
         // Over a data path the sender is the one peer (checked at
         // construction): the election knows it by its HA address.
@@ -665,6 +660,7 @@ impl Node {
             rx.advert.interval_cs,
         );
         self.apply(gi, actions, now, None, out);
+        true
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Vec<Effect>) {
