@@ -14,10 +14,12 @@
 //! - [`link`]: `ha_link`, the HA-interface filter (VRRP, sync, ARP, ICMP, mgmt).
 //! - [`data`]: `ha_data`, the VIP ownership gate on the data interfaces.
 //! - [`flow`]: flow tracking on the owner and the events it emits.
+//! - [`heartbeat`]: the fast heartbeat's probes, answered by XDP.
 #![no_std]
 
 pub mod data;
 pub mod flow;
+pub mod heartbeat;
 pub mod link;
 pub mod probe;
 
