@@ -635,6 +635,7 @@ impl Config {
             // paths' addresses from the interfaces.
             auth: auth::Settings::none(),
             paths: Vec::new(),
+            heartbeat: None,
         }
     }
 

@@ -7,8 +7,11 @@
 //! Module map (each floor uses only those below it):
 //! - [`node`]: the node's decisions: events and time in, ordered effects out.
 //! - [`vrrp`]: VRRPv3 (RFC 9568) wire format, framing, state machine, groups.
+//! - [`heartbeat`]: the fast heartbeat's prober (probes answered by the
+//!   peer's XDP; verdicts that hasten a takeover).
 //! - [`limit`]: log rate limits (once a second per problem).
 
+pub mod heartbeat;
 pub mod limit;
 pub mod node;
 pub mod vrrp;

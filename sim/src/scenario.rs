@@ -330,6 +330,7 @@ impl Scenario {
                         lease,
                         state_sync,
                         groups,
+                        heartbeat: None,
                         auth: auth.clone(),
                         paths: if named {
                             node_addrs

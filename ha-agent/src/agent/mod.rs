@@ -595,6 +595,8 @@ impl Agent {
                         }
                     }
                 }
+                // Carried out once the shell has its probe sockets.
+                Effect::SendProbe(_) | Effect::WriteProbeTerm { .. } => {}
                 Effect::SendAdvert(_) | Effect::SendGarp { .. } if muted => {}
                 Effect::SendAdvert(advert) => self.send_advert(&advert),
                 Effect::SendGarp { group } => {

@@ -335,6 +335,8 @@ mod tests {
             auth_mode: Default::default(),
             auth_active_key: 1,
             paths: Vec::new(),
+            heartbeat: None,
+            term: 0,
             counters: Counters {
                 last_advert: Some(LastAdvert {
                     src: Ipv4Addr::new(10, 255, 0, 1),

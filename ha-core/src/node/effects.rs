@@ -198,12 +198,22 @@ impl Node {
                 // What else the word holds lapsed: it is not carried over.
                 self.lapse(Reason::LeaseLapsed);
             }
+            let new_term = self.owned == 0;
             self.owned |= bit;
             self.lease_until = Some(now + self.lease);
             out.push(Effect::WriteOwnership {
                 groups: self.owned,
                 lease: Some(self.lease),
             });
+            if new_term && let Some(p) = &self.prober {
+                // Owning nothing before: a new term, after the word.
+                self.term += 1;
+                let s = p.settings();
+                out.push(Effect::WriteProbeTerm {
+                    term: self.term,
+                    proof: crate::heartbeat::term_proof(&s.key, s.local, self.term),
+                });
+            }
             let g = &mut self.groups[gi];
             out.push(Effect::SendGarp { group: gi });
             g.garp_pending = g.garp_count.saturating_sub(1);

@@ -28,6 +28,14 @@ pub enum Event<'a> {
         bytes: &'a [u8],
         wall: Duration,
     },
+    /// A frame of the fast heartbeat's ethertype received over heartbeat
+    /// path `path` from Ethernet source `src`: the probe header onwards.
+    /// Anything is possible here; it is validated by the core.
+    Probe {
+        path: usize,
+        src: [u8; 6],
+        bytes: &'a [u8],
+    },
     /// The time reached [`super::Node::poll_at`] (or later).
     Timer,
     /// A tracked link or a heartbeat path's interface went up or down.
@@ -120,6 +128,13 @@ pub enum Effect {
     RenewLease { groups: u64, lease: Duration },
     /// Send this advert from our address (to 224.0.0.18 or each unicast peer).
     SendAdvert(wire::Repr),
+    /// Send a fast-heartbeat probe over its path.
+    SendProbe(crate::heartbeat::Probe),
+    /// A new ownership term began (a takeover from owning nothing): write
+    /// it and its proof into the reflector's term map, after the ownership
+    /// word (the XDP reads them in the other order, so the proof is never
+    /// shown for a term whose lease runs).
+    WriteProbeTerm { term: u64, proof: [u8; 16] },
     /// One round of gratuitous ARP for every VIP of `group`.
     SendGarp { group: usize },
     /// Queue a hook of `group` (never waited for).

@@ -42,6 +42,7 @@ pub use self::{
     report::{Counters, GroupReport, HISTORY, LastAdvert, Report, TransitionRecord},
 };
 use crate::{
+    heartbeat::{self, Prober, Verdict},
     limit::{Every, EveryBy},
     vrrp::{
         auth::{self, Verifier},
@@ -75,6 +76,9 @@ pub struct Settings {
     /// with one peer, and only authenticated adverts count over them).
     /// Empty: the HA link alone, unnamed.
     pub paths: Vec<PathSettings>,
+    /// The fast heartbeat (probes answered by the peer's XDP), with one
+    /// peer only; `None`: off.
+    pub heartbeat: Option<heartbeat::Settings>,
 }
 
 /// One group: one ownership bit, one set of hooks.
@@ -104,6 +108,10 @@ pub enum NodeError {
         "heartbeats over data interfaces need exactly one peer (there are {0}) and signed adverts (auth mode permissive or enforce)"
     )]
     DataPaths(usize),
+    #[error("the fast heartbeat needs exactly one peer (there are {0})")]
+    HeartbeatPeers(usize),
+    #[error("fast heartbeat: {0}")]
+    Heartbeat(#[from] heartbeat::HeartbeatError),
 }
 
 /// A group and what the node keeps beside its state machines.
@@ -167,8 +175,13 @@ pub struct Node {
     verifier: Verifier,
     /// The heartbeat paths.
     paths: paths::Paths,
+    /// The fast heartbeat, when on.
+    prober: Option<Prober>,
+    /// Our ownership term: raised by a takeover from owning nothing.
+    term: u64,
     /// Log limits (once a second each).
     log_rejected: EveryBy<Rejected>,
+    log_probe: EveryBy<heartbeat::Rejected>,
     log_interval: Every,
 }
 
@@ -176,6 +189,12 @@ impl Node {
     /// A node that has not started yet (see [`Event::Start`]).
     pub fn new(settings: Settings) -> Result<Node, NodeError> {
         settings.auth.validate()?;
+        if let Some(h) = &settings.heartbeat {
+            h.validate()?;
+            if settings.peers.len() != 1 || settings.peers[0] != h.peer {
+                return Err(NodeError::HeartbeatPeers(settings.peers.len()));
+            }
+        }
         if settings.paths.len() > 1 && (settings.peers.len() != 1 || !settings.auth.mode.signs()) {
             return Err(NodeError::DataPaths(settings.peers.len()));
         }
@@ -218,7 +237,13 @@ impl Node {
                 name: g.name,
             });
         }
+        let prober = settings
+            .heartbeat
+            .map(|h| Prober::new(h, path_settings.len()));
         let mut node = Node {
+            prober,
+            term: 0,
+            log_probe: EveryBy::default(),
             peers: settings.peers,
             lease: settings.lease,
             state_sync: settings.state_sync,
@@ -260,6 +285,9 @@ impl Node {
             } => self.start(now, resumed, maintenance, links, &mut out),
             Event::Packet { path, bytes, wall } => {
                 evaluate = self.on_packet(now, path, bytes, wall, &mut out);
+            }
+            Event::Probe { path, src, bytes } => {
+                evaluate = self.on_probe(now, path, src, bytes, &mut out);
             }
             Event::Timer => self.on_timer(now, &mut out),
             Event::Link { iface, up } => {
@@ -308,7 +336,79 @@ impl Node {
         if self.started && evaluate {
             self.evaluate_paths(now, &mut out);
         }
+        self.set_probe_rate(now);
         out
+    }
+
+    /// Probes at the fast rate while some group is backup (it may have to
+    /// take over); otherwise only for the paths' state, at a quarter of
+    /// their timeout.
+    fn set_probe_rate(&mut self, now: Instant) {
+        let fast = self.started && self.groups.iter().any(|g| g.group.role() == Role::Backup);
+        let idle = self.path_timeout() / 4;
+        if let Some(p) = &mut self.prober {
+            p.set_rate(fast, idle, now);
+        }
+    }
+
+    /// A frame of the fast heartbeat; `false` when it was refused (counted,
+    /// nothing else).
+    fn on_probe(
+        &mut self,
+        now: Instant,
+        path: usize,
+        src: [u8; 6],
+        bytes: &[u8],
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(p) = &mut self.prober else {
+            return false;
+        };
+        if !self.started || path >= self.paths.len() {
+            return false;
+        }
+        match p.on_frame(path, src, bytes, now) {
+            Ok(verdict) => {
+                self.paths.heard_reply(path, now);
+                if let Some(v) = verdict {
+                    self.peer_gone(now, v, out);
+                }
+                true
+            }
+            Err(reason) => {
+                if self.log_probe.allow(reason, now) {
+                    let total = p.report().rejected.get(&reason).copied().unwrap_or(0);
+                    warn!(
+                        reason = reason.name(),
+                        path, total, "fast-heartbeat reply rejected"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// The fast heartbeat found the peer gone: every backup group takes
+    /// over now, as its Master_Down_Timer would a little later.
+    fn peer_gone(&mut self, now: Instant, verdict: Verdict, out: &mut Vec<Effect>) {
+        let (reason, why) = match verdict {
+            Verdict::Silent => (
+                Reason::PeerSilent,
+                "fast heartbeat: the peer answered no probe on any path",
+            ),
+            Verdict::Lapsed => (
+                Reason::PeerLapsed,
+                "fast heartbeat: the peer's data plane let its ownership lapse",
+            ),
+        };
+        let misses = self.prober.as_ref().map_or(0, Prober::misses);
+        info!(misses, "{why}: taking over");
+        for gi in 0..self.groups.len() {
+            if self.groups[gi].group.role() == Role::Backup {
+                let actions = self.groups[gi].group.take_over(now, reason);
+                self.apply(gi, actions, now, Some(now), out);
+            }
+        }
     }
 
     /// Whether `iface` is a tracked link of some group.
@@ -364,6 +464,12 @@ impl Node {
         self.verifier.restore_marks(marks);
     }
 
+    /// Our ownership term as the reflector holds it (read back after a
+    /// restart, before [`Event::Start`]): a takeover writes a newer one.
+    pub fn set_term_floor(&mut self, term: u64) {
+        self.term = self.term.max(term);
+    }
+
     /// The advert authentication settings in force.
     pub fn auth(&self) -> &auth::Settings {
         self.verifier.settings()
@@ -388,6 +494,12 @@ impl Node {
                 g.group.poll_at().into_iter().chain(garp)
             })
             .chain(paths)
+            .chain(
+                self.prober
+                    .as_ref()
+                    .filter(|_| self.started)
+                    .and_then(Prober::poll_at),
+            )
             .min()
     }
 
@@ -492,6 +604,8 @@ impl Node {
             auth_mode: self.verifier.settings().mode,
             auth_active_key: self.verifier.settings().active,
             paths: self.paths.report(),
+            heartbeat: self.prober.as_ref().map(Prober::report),
+            term: self.term,
         }
     }
 
@@ -519,6 +633,9 @@ impl Node {
             return;
         }
         self.started = true;
+        if let Some(p) = &mut self.prober {
+            p.start(now);
+        }
         if maintenance {
             info!("maintenance mode is on: staying backup (`ha-agent maintenance off` ends it)");
             self.maintenance = true;
@@ -631,6 +748,9 @@ impl Node {
         }
         self.counters.adverts_received += 1;
         self.paths.heard(path, now);
+        if let Some(p) = &mut self.prober {
+            p.heard_peer();
+        }
         let Some(&(gi, mi)) = self.by_vrid.get(&rx.advert.vrid) else {
             return true;
         };
@@ -666,6 +786,15 @@ impl Node {
     fn on_timer(&mut self, now: Instant, out: &mut Vec<Effect>) {
         if !self.started {
             return;
+        }
+        if let Some(p) = &mut self.prober {
+            // The verdict first (the takeover), then this round's probes.
+            let mut probes = Vec::new();
+            let verdict = p.tick(now, &mut probes);
+            if let Some(v) = verdict {
+                self.peer_gone(now, v, out);
+            }
+            out.extend(probes.into_iter().map(Effect::SendProbe));
         }
         for gi in 0..self.groups.len() {
             if let Some(due) = self.groups[gi].group.poll_at().filter(|t| *t <= now) {

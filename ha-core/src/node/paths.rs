@@ -5,7 +5,8 @@
 //! peer is heard over another ("HA link down: peer alive over lan0"), or
 //! has no carrier here.
 //!
-//! A path is `up` while a peer's advert came over it within the timeout (the
+//! A path is `up` while a peer's advert (or a fast-heartbeat reply) came
+//! over it within the timeout (the
 //! longest Master_Down_Interval of our groups), `down` when it has been
 //! silent that long while another path still hears the peer, `no-carrier`
 //! when its interface has no link here, and `quiet` when no path hears a
@@ -59,6 +60,8 @@ pub struct PathReport {
     pub last_heard: Option<Instant>,
     /// Adverts accepted over it.
     pub adverts: u64,
+    /// Fast-heartbeat replies accepted over it.
+    pub replies: u64,
 }
 
 /// A path's state changed.
@@ -100,6 +103,7 @@ struct Path {
     carrier: bool,
     last_heard: Option<Instant>,
     adverts: u64,
+    replies: u64,
     state: PathState,
 }
 
@@ -124,6 +128,7 @@ impl Paths {
                     carrier: true,
                     last_heard: None,
                     adverts: 0,
+                    replies: 0,
                     state: PathState::Quiet,
                 })
                 .collect(),
@@ -149,6 +154,15 @@ impl Paths {
         if let Some(p) = self.paths.get_mut(i) {
             p.last_heard = Some(now);
             p.adverts += 1;
+        }
+    }
+
+    /// A fast-heartbeat reply came over path `i`: the peer's box answers
+    /// there (even a master hears its backup this way).
+    pub(super) fn heard_reply(&mut self, i: usize, now: Instant) {
+        if let Some(p) = self.paths.get_mut(i) {
+            p.last_heard = Some(now);
+            p.replies += 1;
         }
     }
 
@@ -235,6 +249,7 @@ impl Paths {
                 state: p.state,
                 last_heard: p.last_heard,
                 adverts: p.adverts,
+                replies: p.replies,
             })
             .collect()
     }

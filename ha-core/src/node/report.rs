@@ -108,4 +108,8 @@ pub struct Report {
     pub auth_active_key: u8,
     /// The heartbeat paths, HA link first.
     pub paths: Vec<super::paths::PathReport>,
+    /// The fast heartbeat, when on.
+    pub heartbeat: Option<crate::heartbeat::Report>,
+    /// Our ownership term (the reflector's), 0 before the first takeover.
+    pub term: u64,
 }

@@ -44,6 +44,7 @@ fn settings(priority: u8, state_sync: bool) -> Settings {
         }],
         auth: Default::default(),
         paths: Vec::new(),
+        heartbeat: None,
     }
 }
 
@@ -857,4 +858,208 @@ fn a_path_without_carrier_at_start_is_reported() {
         )),
         "{out:#?}"
     );
+}
+
+mod fast_heartbeat {
+    use ha_common::{
+        data::Ownership,
+        heartbeat::{ProbeConfig, ProbeTerm},
+    };
+
+    use super::*;
+    use crate::heartbeat::{self, reflect, term_proof};
+
+    const KEY: [u8; 32] = [5; 32];
+
+    fn with_heartbeat(priority: u8) -> Settings {
+        Settings {
+            heartbeat: Some(heartbeat::Settings {
+                interval: ms(1),
+                misses_min: 3,
+                misses_max: 30,
+                key: KEY,
+                session: [2; 16],
+                local: ME,
+                peer: PEER,
+            }),
+            ..settings(priority, false)
+        }
+    }
+
+    /// The peer's reflector.
+    struct Peer {
+        term: ProbeTerm,
+        own: Ownership,
+    }
+
+    impl Peer {
+        fn master(term: u64, lease_until: Instant) -> Peer {
+            Peer {
+                term: ProbeTerm {
+                    term,
+                    proof: term_proof(&KEY, PEER, term),
+                },
+                own: Ownership {
+                    groups: 1,
+                    lease_expires_ns: lease_until.as_nanos() as u64,
+                },
+            }
+        }
+    }
+
+    /// Runs timers up to `until`, the peer (if any) answering every probe
+    /// at once; the effects of every step.
+    fn run(n: &mut Node, from: Instant, until: Instant, peer: Option<&Peer>) -> Vec<Effect> {
+        let cfg = ProbeConfig {
+            enabled: 1,
+            local_addr: u32::from_ne_bytes(PEER.octets()),
+            peer_addr: u32::from_ne_bytes(ME.octets()),
+            _pad: 0,
+        };
+        let mut all = Vec::new();
+        let mut now = from;
+        while let Some(t) = n.poll_at().filter(|t| *t <= until) {
+            now = now.max(t);
+            let out = n.handle(now, Event::Timer);
+            for e in &out {
+                if let (Effect::SendProbe(p), Some(peer)) = (e, peer) {
+                    let ns = now.as_nanos() as u64;
+                    if let Some(reply) = reflect(&p.frame, &cfg, &peer.term, &peer.own, ns) {
+                        let more = n.handle(
+                            now,
+                            Event::Probe {
+                                path: p.path,
+                                src: [2, 0, 0, 0, 0, 2],
+                                bytes: &reply,
+                            },
+                        );
+                        all.extend(more);
+                    }
+                }
+            }
+            all.extend(out);
+        }
+        all
+    }
+
+    fn takeover_reason(out: &[Effect]) -> Option<Role> {
+        out.iter().find_map(|e| match e {
+            Effect::Hook {
+                hook: Hook::Services { role },
+                ..
+            } => Some(*role),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_silent_peer_is_taken_over_after_k_rounds_in_order() {
+        let (mut n, _) = start(with_heartbeat(100));
+        let peer = Peer::master(9, ms(1_000));
+        // A backup probes at the fast rate; the peer answers, owning.
+        let out = run(&mut n, ms(0), ms(20), Some(&peer));
+        assert!(
+            out.iter()
+                .filter(|e| matches!(e, Effect::SendProbe(_)))
+                .count()
+                >= 20
+        );
+        assert_eq!(n.roles().next(), Some(Role::Backup));
+        // Its box dies at 20 ms: three rounds later (not 36 ms) we own.
+        let out = run(&mut n, ms(20), ms(30), None);
+        assert_eq!(takeover_reason(&out), Some(Role::Master), "{out:#?}");
+        let r = n.report();
+        let t = r.counters.transitions.back().unwrap();
+        assert_eq!(t.reason, Reason::PeerSilent);
+        assert!(t.at <= ms(24), "took over at {:?}", t.at);
+        let commit = position(&out, |e| matches!(e, Effect::Commit { .. }));
+        let own = position(&out, |e| {
+            matches!(e, Effect::WriteOwnership { groups: 1, .. })
+        });
+        let term = position(&out, |e| {
+            matches!(e, Effect::WriteProbeTerm { term: 1, .. })
+        });
+        let garp = position(&out, |e| matches!(e, Effect::SendGarp { .. }));
+        assert!(commit < own && own < term && term < garp, "{out:#?}");
+        assert_eq!(r.term, 1);
+    }
+
+    #[test]
+    fn a_lapsed_peer_is_taken_over_at_its_proof() {
+        let (mut n, _) = start(with_heartbeat(100));
+        let peer = Peer::master(3, ms(15));
+        let out = run(&mut n, ms(0), ms(14), Some(&peer));
+        assert_eq!(takeover_reason(&out), None);
+        // Its lease lapses at 15 ms (its agent died): the next reply says so.
+        let out = run(&mut n, ms(14), ms(16), Some(&peer));
+        assert_eq!(takeover_reason(&out), Some(Role::Master), "{out:#?}");
+        assert_eq!(
+            n.report().counters.transitions.back().unwrap().reason,
+            Reason::PeerLapsed
+        );
+        // Replies with a forged "term ended" are no replies: no PeerLapsed
+        // verdict, only the silence they amount to.
+        let (mut n, _) = start(with_heartbeat(100));
+        let alive = Peer::master(3, ms(1_000));
+        let forged = Peer {
+            term: ProbeTerm {
+                term: 3,
+                proof: [1; 16],
+            },
+            own: Ownership::default(),
+        };
+        let out = run(&mut n, ms(0), ms(3), Some(&alive));
+        assert_eq!(takeover_reason(&out), None);
+        let out = run(&mut n, ms(3), ms(30), Some(&forged));
+        assert_eq!(takeover_reason(&out), Some(Role::Master));
+        assert_eq!(
+            n.report().counters.transitions.back().unwrap().reason,
+            Reason::PeerSilent,
+            "a bad proof is no reply: only silence (no live reply) takes over"
+        );
+        assert!(n.report().heartbeat.unwrap().rejected[&heartbeat::Rejected::BadProof] > 0);
+    }
+
+    #[test]
+    fn a_master_probes_slowly_and_never_takes_over_on_probes() {
+        let (mut n, _) = start(with_heartbeat(100));
+        let (_, _) = until_master(&mut n);
+        let from = n.poll_at().unwrap();
+        let out = run(&mut n, from, from + ms(100), None);
+        let probes = out
+            .iter()
+            .filter(|e| matches!(e, Effect::SendProbe(_)))
+            .count();
+        assert!(probes <= 12, "{probes} probes in 100 ms as master");
+        assert_eq!(n.roles().next(), Some(Role::Master));
+    }
+
+    #[test]
+    fn hostile_probe_frames_change_nothing() {
+        let (mut n, _) = start(with_heartbeat(100));
+        let peer = Peer::master(9, ms(1_000));
+        run(&mut n, ms(0), ms(5), Some(&peer));
+        let before = n.election_state();
+        for bytes in [&[0u8; 3][..], &[0xff; 80][..], &[0; 200][..]] {
+            let out = n.handle(
+                ms(5),
+                Event::Probe {
+                    path: 0,
+                    src: [0; 6],
+                    bytes,
+                },
+            );
+            assert!(out.is_empty(), "{out:?}");
+        }
+        assert_eq!(n.election_state(), before);
+        let rejected: u64 = n.report().heartbeat.unwrap().rejected.values().sum();
+        assert_eq!(rejected, 3);
+    }
+
+    #[test]
+    fn the_heartbeat_needs_exactly_its_one_peer() {
+        let mut s = with_heartbeat(100);
+        s.peers.push(Ipv4Addr::new(10, 255, 0, 3));
+        assert_eq!(Node::new(s).unwrap_err(), NodeError::HeartbeatPeers(2));
+    }
 }

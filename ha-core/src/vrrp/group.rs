@@ -142,6 +142,14 @@ impl Group {
         self.settle(now, out)
     }
 
+    /// Every backup member takes over now (see [`Instance::take_over`]).
+    pub fn take_over(&mut self, now: Instant, reason: Reason) -> Vec<GroupAction> {
+        let out = (0..self.members.len())
+            .map(|i| (i, self.members[i].take_over(now, reason)))
+            .collect();
+        self.settle(now, out)
+    }
+
     /// Holds back or allows preemption in every member.
     pub fn set_preempt_allowed(&mut self, allowed: bool) {
         for m in &mut self.members {

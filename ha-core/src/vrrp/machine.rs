@@ -96,6 +96,12 @@ pub enum Reason {
     /// The data plane refused an ownership write: what it holds is not
     /// known to be ours, so we step down and let the election decide.
     WriteFailed,
+    /// The fast heartbeat: the master's box answered no probe on any path
+    /// for `k` rounds (and sent no advert meanwhile).
+    PeerSilent,
+    /// The fast heartbeat: the master's data plane proved its ownership
+    /// term over (its lease lapsed: its daemon died or stalled).
+    PeerLapsed,
 }
 
 impl Reason {
@@ -114,6 +120,8 @@ impl Reason {
             Reason::Resumed => "Resumed",
             Reason::LeaseLapsed => "LeaseLapsed",
             Reason::WriteFailed => "WriteFailed",
+            Reason::PeerSilent => "PeerSilent",
+            Reason::PeerLapsed => "PeerLapsed",
         }
     }
 }
@@ -476,6 +484,17 @@ impl Instance {
         let mut out = Vec::new();
         if self.state == State::Initialize {
             self.become_master(now, Reason::Resumed, &mut out);
+        }
+        out
+    }
+
+    /// Backup -> Master now, for `reason`: the fast heartbeat found the
+    /// master gone before the Master_Down_Timer did (which would fire
+    /// anyway: this only hastens it).
+    pub fn take_over(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
+        let mut out = Vec::new();
+        if matches!(self.state, State::Backup { .. }) {
+            self.become_master(now, reason, &mut out);
         }
         out
     }

@@ -213,6 +213,7 @@ impl World<'_> {
         for e in effects {
             match e {
                 Effect::Commit { group, .. } => batch.commit(group),
+                Effect::SendProbe(_) | Effect::WriteProbeTerm { .. } => {}
                 Effect::WriteOwnership { groups, lease } => {
                     if self.nodes[i].dp.fail() {
                         self.log(|| format!("node {i}: ownership write fails"));

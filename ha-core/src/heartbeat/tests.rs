@@ -1,0 +1,356 @@
+use std::{net::Ipv4Addr, time::Duration};
+
+use ha_common::{
+    data::Ownership,
+    heartbeat::{ProbeConfig, ProbeTerm},
+};
+
+use super::*;
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const KEY: [u8; 32] = [7; 32];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn settings() -> Settings {
+    Settings {
+        interval: ms(1),
+        misses_min: 3,
+        misses_max: 30,
+        key: KEY,
+        session: [1; 16],
+        local: A,
+        peer: B,
+    }
+}
+
+/// The peer B's reflector: its term and ownership word.
+struct Peer {
+    term: ProbeTerm,
+    own: Ownership,
+}
+
+impl Peer {
+    fn master(term: u64, lease_until_ns: u64) -> Peer {
+        Peer {
+            term: ProbeTerm {
+                term,
+                proof: term_proof(&KEY, B, term),
+            },
+            own: Ownership {
+                groups: 1,
+                lease_expires_ns: lease_until_ns,
+            },
+        }
+    }
+
+    fn answer(&self, p: &Probe, now: Duration) -> Option<[u8; WIRE_LEN]> {
+        let cfg = ProbeConfig {
+            enabled: 1,
+            local_addr: u32::from_ne_bytes(B.octets()),
+            peer_addr: u32::from_ne_bytes(A.octets()),
+            _pad: 0,
+        };
+        reflect(&p.frame, &cfg, &self.term, &self.own, now.as_nanos() as u64)
+    }
+}
+
+/// One round at `now`: tick, and the peer's answers (if `peer`) delivered
+/// at once. Returns the verdict of the tick or of a reply.
+fn round(p: &mut Prober, now: Duration, peer: Option<&Peer>) -> Option<Verdict> {
+    let mut out = Vec::new();
+    let v = p.tick(now, &mut out);
+    if v.is_some() {
+        return v;
+    }
+    let mut verdict = None;
+    if let Some(peer) = peer {
+        for probe in &out {
+            if let Some(reply) = peer.answer(probe, now)
+                && let Ok(Some(v)) = p.on_frame(probe.path, MAC_B, &reply, now)
+            {
+                verdict = Some(v);
+            }
+        }
+    }
+    verdict
+}
+
+fn backup_prober(paths: usize) -> Prober {
+    let mut p = Prober::new(settings(), paths);
+    p.start(Duration::ZERO);
+    p.set_rate(true, ms(10), Duration::ZERO);
+    p
+}
+
+#[test]
+fn probes_are_well_formed_and_answered() {
+    let mut p = backup_prober(2);
+    let peer = Peer::master(5, 1_000_000_000);
+    let mut out = Vec::new();
+    assert_eq!(p.tick(Duration::ZERO, &mut out), None);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].dst, None, "broadcast until the peer's MAC is learnt");
+    for probe in &out {
+        let reply = peer.answer(probe, Duration::ZERO).expect("answered");
+        assert_eq!(p.on_frame(probe.path, MAC_B, &reply, ms(0)), Ok(None));
+    }
+    let r = p.report();
+    assert_eq!((r.probes_sent, r.replies), (2, 2));
+    let view = r.peer.unwrap();
+    assert_eq!((view.groups, view.term), (1, 5));
+    out.clear();
+    p.tick(ms(1), &mut out);
+    assert_eq!(out[1].dst, Some(MAC_B), "learnt from the reply");
+}
+
+#[test]
+fn silent_after_k_rounds_on_every_path() {
+    let mut p = backup_prober(2);
+    let peer = Peer::master(1, u64::MAX);
+    for t in 0..100 {
+        assert_eq!(round(&mut p, ms(t), Some(&peer)), None);
+    }
+    assert_eq!(p.misses(), 3);
+    // The peer dies: rounds 101, 102, 103 go unanswered; the tick of 104
+    // finds three rounds unanswered.
+    assert_eq!(round(&mut p, ms(100), None), None);
+    assert_eq!(round(&mut p, ms(101), None), None);
+    assert_eq!(round(&mut p, ms(102), None), None);
+    assert_eq!(round(&mut p, ms(103), None), Some(Verdict::Silent));
+    // Once: not again until a reply shows the peer owning VIPs.
+    assert_eq!(round(&mut p, ms(104), None), None);
+    assert_eq!(p.report().verdicts_silent, 1);
+}
+
+#[test]
+fn one_path_answering_is_enough() {
+    let mut p = backup_prober(2);
+    let peer = Peer::master(1, u64::MAX);
+    round(&mut p, ms(0), Some(&peer));
+    for t in 1..50 {
+        let mut out = Vec::new();
+        assert_eq!(p.tick(ms(t), &mut out), None);
+        // Only path 1 answers.
+        let reply = peer.answer(&out[1], ms(t)).unwrap();
+        assert_eq!(p.on_frame(1, MAC_B, &reply, ms(t)), Ok(None));
+    }
+}
+
+#[test]
+fn a_stall_of_the_prober_is_not_the_peer_s_silence() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    for t in 0..10 {
+        round(&mut p, ms(t), Some(&peer));
+    }
+    // The prober stalls for 500 ms: no rounds are sent, so none is missed.
+    let mut out = Vec::new();
+    assert_eq!(p.tick(ms(510), &mut out), None);
+    assert_eq!(out.len(), 1, "one round, no burst to catch up");
+    assert_eq!(p.poll_at(), Some(ms(511)));
+}
+
+#[test]
+fn without_an_owning_reply_there_is_no_verdict() {
+    // Never answered: the election (VRRP) decides.
+    let mut p = backup_prober(1);
+    for t in 0..100 {
+        assert_eq!(round(&mut p, ms(t), None), None);
+    }
+    // Answered by a peer that owns nothing (a backup): nothing to take over.
+    let mut p = backup_prober(1);
+    let backup = Peer {
+        term: ProbeTerm::default(),
+        own: Ownership::default(),
+    };
+    round(&mut p, ms(0), Some(&backup));
+    for t in 1..100 {
+        assert_eq!(round(&mut p, ms(t), None), None);
+    }
+}
+
+#[test]
+fn an_idle_prober_makes_no_verdict() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    round(&mut p, ms(0), Some(&peer));
+    p.set_rate(false, ms(10), ms(1));
+    for t in 1..100 {
+        assert_eq!(round(&mut p, ms(t * 10), None), None);
+    }
+}
+
+#[test]
+fn an_advert_counts_as_hearing_the_peer() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    round(&mut p, ms(0), Some(&peer));
+    round(&mut p, ms(1), None);
+    round(&mut p, ms(2), None);
+    p.heard_peer();
+    assert_eq!(round(&mut p, ms(3), None), None);
+    assert_eq!(round(&mut p, ms(4), None), None);
+    assert_eq!(round(&mut p, ms(5), None), None);
+    assert_eq!(round(&mut p, ms(6), None), Some(Verdict::Silent));
+}
+
+#[test]
+fn lapsed_lease_is_a_verdict_with_a_valid_proof_only() {
+    let mut p = backup_prober(1);
+    // Alive under term 4 until 10 ms.
+    let mut peer = Peer::master(4, 10_000_000);
+    for t in 0..10 {
+        assert_eq!(round(&mut p, ms(t), Some(&peer)), None);
+    }
+    // A forged proof: refused.
+    peer.term.proof = [9; 16];
+    assert_eq!(round(&mut p, ms(10), Some(&peer)), None);
+    assert_eq!(p.report().rejected.get(&Rejected::BadProof), Some(&1));
+    peer.term.proof = term_proof(&KEY, B, 4);
+    assert_eq!(round(&mut p, ms(11), Some(&peer)), Some(Verdict::Lapsed));
+    assert_eq!(p.report().verdicts_lapsed, 1);
+}
+
+#[test]
+fn an_old_term_s_proof_proves_nothing() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(7, 1_000_000_000);
+    round(&mut p, ms(0), Some(&peer));
+    // A genuine proof of term 6 (revealed earlier), replayed in a reply
+    // with the right tag (by a host that sees the probes).
+    let old = Peer {
+        term: ProbeTerm {
+            term: 6,
+            proof: term_proof(&KEY, B, 6),
+        },
+        own: Ownership::default(),
+    };
+    assert_eq!(round(&mut p, ms(1), Some(&old)), None);
+}
+
+#[test]
+fn a_proof_before_any_owning_reply_proves_nothing() {
+    let mut p = backup_prober(1);
+    let ended = Peer {
+        term: ProbeTerm {
+            term: 3,
+            proof: term_proof(&KEY, B, 3),
+        },
+        own: Ownership::default(),
+    };
+    for t in 0..10 {
+        assert_eq!(round(&mut p, ms(t), Some(&ended)), None);
+    }
+}
+
+#[test]
+fn forged_replies_change_nothing() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    round(&mut p, ms(0), Some(&peer));
+    let mut out = Vec::new();
+    p.tick(ms(1), &mut out);
+    let good = peer.answer(&out[0], ms(1)).unwrap();
+    let before = p.report();
+    let mut bad_tag = good;
+    bad_tag[30] ^= 1;
+    assert_eq!(p.on_frame(0, MAC_B, &bad_tag, ms(1)), Err(Rejected::BadTag));
+    let mut future = good;
+    future[16..24].copy_from_slice(&99u64.to_be_bytes());
+    assert_eq!(
+        p.on_frame(0, MAC_B, &future, ms(1)),
+        Err(Rejected::UnknownSeq)
+    );
+    let mut other = good;
+    other[12] = 9;
+    assert_eq!(p.on_frame(0, MAC_B, &other, ms(1)), Err(Rejected::NotOurs));
+    assert_eq!(
+        p.on_frame(0, MAC_B, &good[..40], ms(1)),
+        Err(Rejected::Malformed)
+    );
+    assert_eq!(
+        p.on_frame(0, MAC_B, &out[0].frame, ms(1)),
+        Err(Rejected::Malformed)
+    );
+    let after = p.report();
+    assert_eq!(after.replies, before.replies);
+    assert_eq!(after.peer, before.peer);
+    assert_eq!(after.rejected.values().sum::<u64>(), 5);
+}
+
+#[test]
+fn k_adapts_to_the_gaps_seen() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    for t in 0..10 {
+        round(&mut p, ms(t), Some(&peer));
+    }
+    assert_eq!(p.misses(), 3);
+    // Two rounds lost, the third answered: a gap of 3.
+    for t in 10..12 {
+        round(&mut p, ms(t), None);
+    }
+    round(&mut p, ms(12), Some(&peer));
+    assert_eq!(p.report().gap_max_recent, 3);
+    assert_eq!(p.misses(), 5);
+    // Four rounds unanswered are now tolerated, not five.
+    for t in 13..18 {
+        assert_eq!(round(&mut p, ms(t), None), None, "at {t} ms");
+    }
+    assert_eq!(round(&mut p, ms(18), None), Some(Verdict::Silent));
+    assert_eq!(p.report().gaps[3], 1);
+}
+
+#[test]
+fn a_false_verdict_doubles_k() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    round(&mut p, ms(0), Some(&peer));
+    for t in 1..4 {
+        round(&mut p, ms(t), None);
+    }
+    assert_eq!(round(&mut p, ms(4), None), Some(Verdict::Silent));
+    // The peer answers after all, still owning.
+    round(&mut p, ms(5), Some(&peer));
+    let r = p.report();
+    assert_eq!(r.false_verdicts, 1);
+    assert!(r.misses >= 10, "k raised: {}", r.misses);
+}
+
+#[test]
+fn the_mac_is_forgotten_after_a_long_silence() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    round(&mut p, ms(0), Some(&peer));
+    let mut out = Vec::new();
+    for t in 1..=(FORGET_MAC + 2) {
+        out.clear();
+        p.tick(ms(t), &mut out);
+    }
+    assert_eq!(out[0].dst, None);
+}
+
+#[test]
+fn settings_are_checked() {
+    assert!(settings().validate().is_ok());
+    let s = Settings {
+        interval: Duration::from_micros(10),
+        ..settings()
+    };
+    assert!(s.validate().is_err());
+    let s = Settings {
+        misses_min: 1,
+        ..settings()
+    };
+    assert!(s.validate().is_err());
+    let s = Settings {
+        peer: A,
+        ..settings()
+    };
+    assert!(s.validate().is_err());
+}
