@@ -132,10 +132,15 @@ pub enum DataVerdict {
     /// a firewall's data interface carries no QinQ, so passing it would pass
     /// ARP and IPv4 for a VIP ungated.
     DropStackedVlan = 12,
+    /// An untagged frame of the fast heartbeat's ethertype
+    /// (`heartbeat::ETHERTYPE`), handed to the reflector: answered
+    /// (`XDP_TX`), a reply to our own probe or another cluster's frame
+    /// passed, a malformed one dropped; `heartbeat::ProbeCounter` says which.
+    Heartbeat = 13,
 }
 
 /// Number of [`DataVerdict`]s.
-pub const DATA_VERDICTS: u32 = 13;
+pub const DATA_VERDICTS: u32 = 14;
 
 impl DataVerdict {
     /// Every counter in index order.
@@ -153,6 +158,7 @@ impl DataVerdict {
         DataVerdict::Truncated,
         DataVerdict::DropNoAccept,
         DataVerdict::DropStackedVlan,
+        DataVerdict::Heartbeat,
     ];
 
     /// A short name for operators.
@@ -171,6 +177,7 @@ impl DataVerdict {
             DataVerdict::Truncated => "truncated",
             DataVerdict::DropNoAccept => "drop_no_accept",
             DataVerdict::DropStackedVlan => "drop_stacked_vlan",
+            DataVerdict::Heartbeat => "heartbeat",
         }
     }
 }

@@ -49,8 +49,10 @@ pub const TERM_MAP: &str = "HA_PROBE_TERM";
 /// `HashMap<u32 ifindex, [u8; 8]>`: each attached interface's MAC (6 bytes
 /// and 2 of padding), the source of replies.
 pub const MACS_MAP: &str = "HA_PROBE_MACS";
-/// `PerCpuArray<u64, PROBE_COUNTERS>`: by [`ProbeCounter`].
-pub const COUNTERS_MAP: &str = "HA_PROBE_COUNTERS";
+/// `PerCpuArray<u64, PROBE_COUNTERS>`: by [`ProbeCounter`]. (Not
+/// `HA_PROBE_COUNTERS`: that is the `ha_probe` program's map, in the same
+/// object.)
+pub const COUNTERS_MAP: &str = "HA_PROBE_VERDICTS";
 /// Most interfaces in [`MACS_MAP`].
 pub const MAX_IFACES: u32 = 64;
 
@@ -115,9 +117,11 @@ impl_pod!(ProbeConfig, ProbeTerm);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeCounter {
-    /// A probe answered while the lease runs.
+    /// A probe answered without a proof: the lease runs, or there is no
+    /// term (0) to prove ended.
     Answered = 0,
-    /// A probe answered with the term's proof (lapsed or nothing owned).
+    /// A probe answered with the term's proof (a term, and the lease lapsed
+    /// or nothing owned).
     AnsweredEnded = 1,
     /// A reply passed up to the prober's socket.
     ReplyPassed = 2,

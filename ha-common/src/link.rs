@@ -123,10 +123,15 @@ pub enum LinkVerdict {
     /// TCP from a peer's control or join port that is a bare SYN or matches
     /// no connected local socket.
     DropControlReply = 17,
+    /// An untagged frame of the fast heartbeat's ethertype
+    /// (`heartbeat::ETHERTYPE`), handed to the reflector: answered
+    /// (`XDP_TX`), a reply to our own probe passed, or dropped (not ours,
+    /// malformed); `heartbeat::ProbeCounter` says which.
+    Heartbeat = 18,
 }
 
 /// Number of [`LinkVerdict`]s.
-pub const LINK_VERDICTS: u32 = 18;
+pub const LINK_VERDICTS: u32 = 19;
 
 impl LinkVerdict {
     /// Every verdict in index order.
@@ -149,9 +154,11 @@ impl LinkVerdict {
         LinkVerdict::DropNotLocal,
         LinkVerdict::DropControlSource,
         LinkVerdict::DropControlReply,
+        LinkVerdict::Heartbeat,
     ];
 
-    /// Whether the frame goes on to the stack.
+    /// Whether the frame goes on to the stack ([`LinkVerdict::Heartbeat`]:
+    /// the reflector decides, not this).
     pub const fn passes(self) -> bool {
         matches!(
             self,
@@ -186,6 +193,7 @@ impl LinkVerdict {
             LinkVerdict::DropNotLocal => "drop_not_local",
             LinkVerdict::DropControlSource => "drop_control_not_peer",
             LinkVerdict::DropControlReply => "drop_control_reply_no_socket",
+            LinkVerdict::Heartbeat => "heartbeat",
         }
     }
 }
@@ -196,7 +204,7 @@ mod tests {
 
     /// The counter table is indexed by discriminant: `ALL` must list every
     /// verdict at its own index, with a distinct name, and exactly the
-    /// `pass_*` ones pass (new verdicts are appended, so "passes" is no
+    /// `pass_*` ones pass (`heartbeat`: the reflector's own verdict) (new verdicts are appended, so "passes" is no
     /// longer a range of indices).
     #[test]
     fn verdict_table_is_consistent() {

@@ -26,7 +26,7 @@ use network_types::{
 
 use crate::{
     hdr::{ArpIpv4, IcmpEcho, TcpPorts, UdpPorts, is_fragment},
-    now_ns, read,
+    heartbeat, now_ns, read,
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -40,8 +40,9 @@ const VLAN_HLEN: usize = 4;
 
 #[btf_map]
 static HA_DATA_VIPS: HashMap<u32, VipEntry, { MAX_VIPS as usize }> = HashMap::new();
+/// Also read by the heartbeat reflector (`crate::heartbeat`).
 #[btf_map]
-static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
+pub(crate) static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
 #[btf_map]
 static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
 #[btf_map]
@@ -73,6 +74,10 @@ fn ownership() -> Ownership {
 
 #[xdp]
 pub fn ha_data(ctx: XdpContext) -> u32 {
+    if heartbeat::is_heartbeat(&ctx) {
+        count(DataVerdict::Heartbeat);
+        return heartbeat::handle(&ctx, heartbeat::Side::Data);
+    }
     let verdict = gate(&ctx);
     count(verdict);
     match verdict {

@@ -22,7 +22,7 @@ use network_types::{
 
 use crate::{
     hdr::{IcmpEcho, TcpPorts, UdpPorts, VrrpHdr, is_fragment},
-    now_ns, read,
+    heartbeat, now_ns, read,
 };
 
 #[btf_map]
@@ -40,16 +40,25 @@ static HA_LINK_VERDICTS: PerCpuArray<u64, { LINK_VERDICTS as usize }> = PerCpuAr
 
 #[xdp]
 pub fn ha_link(ctx: XdpContext) -> u32 {
-    let verdict = classify(&ctx);
-    if let Some(slot) = HA_LINK_VERDICTS.get_ptr_mut(verdict as u32) {
-        // SAFETY: this CPU's slot; per-CPU maps are not shared between CPUs.
-        unsafe { *slot += 1 };
+    if heartbeat::is_heartbeat(&ctx) {
+        count(LinkVerdict::Heartbeat);
+        return heartbeat::handle(&ctx, heartbeat::Side::Link);
     }
+    let verdict = classify(&ctx);
+    count(verdict);
     if verdict.passes() {
         xdp_action::XDP_PASS
     } else {
         debug!(&ctx, "ha_link: drop, reason {}", verdict as u32);
         xdp_action::XDP_DROP
+    }
+}
+
+#[inline(always)]
+fn count(verdict: LinkVerdict) {
+    if let Some(slot) = HA_LINK_VERDICTS.get_ptr_mut(verdict as u32) {
+        // SAFETY: this CPU's slot; per-CPU maps are not shared between CPUs.
+        unsafe { *slot += 1 };
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod data;
 mod hdr;
+mod heartbeat;
 mod link;
 mod probe;
 

@@ -193,3 +193,54 @@ pub fn qinq(frame: &[u8], outer: u16, outer_vid: u16, inner_vid: u16) -> Vec<u8>
     out.extend_from_slice(&inner[12..]);
     out
 }
+
+/// The 80 bytes of a heartbeat probe or reply, field by field.
+pub fn wire_bytes(w: &ha_common::heartbeat::ProbeWire) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ha_common::heartbeat::WIRE_LEN);
+    out.extend_from_slice(&w.magic);
+    out.extend_from_slice(&[w.version, w.kind, w.path, w._reserved]);
+    for part in [&w.from[..], &w.to, &w.seq, &w.tag, &w.groups] {
+        out.extend_from_slice(part);
+    }
+    for part in [&w.lease_left_ns[..], &w.term, &w.proof] {
+        out.extend_from_slice(part);
+    }
+    assert_eq!(out.len(), ha_common::heartbeat::WIRE_LEN);
+    out
+}
+
+/// A heartbeat probe or reply parsed back from its 80 bytes.
+pub fn wire_parse(b: &[u8]) -> ha_common::heartbeat::ProbeWire {
+    assert!(
+        b.len() >= ha_common::heartbeat::WIRE_LEN,
+        "{} bytes",
+        b.len()
+    );
+    let mut at = 0;
+    let mut take = |n: usize| {
+        at += n;
+        &b[at - n..at]
+    };
+    let mut w = ha_common::heartbeat::ProbeWire::default();
+    w.magic.copy_from_slice(take(4));
+    let head = take(4);
+    (w.version, w.kind, w.path, w._reserved) = (head[0], head[1], head[2], head[3]);
+    w.from.copy_from_slice(take(4));
+    w.to.copy_from_slice(take(4));
+    w.seq.copy_from_slice(take(8));
+    w.tag.copy_from_slice(take(16));
+    w.groups.copy_from_slice(take(8));
+    w.lease_left_ns.copy_from_slice(take(8));
+    w.term.copy_from_slice(take(8));
+    w.proof.copy_from_slice(take(16));
+    w
+}
+
+/// An untagged heartbeat frame (ethertype 0x88b5) carrying `w`.
+pub fn heartbeat(dst: [u8; 6], src: [u8; 6], w: &ha_common::heartbeat::ProbeWire) -> Vec<u8> {
+    let mut out = dst.to_vec();
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&ha_common::heartbeat::ETHERTYPE.to_be_bytes());
+    out.extend_from_slice(&wire_bytes(w));
+    out
+}

@@ -8,6 +8,7 @@ use ha_common::{
     addr_octets,
     data::{self, DataVerdict, Ownership, VipEntry},
     flow::{self, FlowKey, FlowState, TcpState},
+    heartbeat::{self, ProbeCounter},
     link::{self, AdvertStamp, LinkVerdict},
 };
 use serde::Serialize;
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub link_verdicts: Vec<(String, u64)>,
     /// `ha_data` verdicts and flow counters by reason.
     pub data_verdicts: Vec<(String, u64)>,
+    /// The heartbeat reflector's counters (both programs) by what it did.
+    pub probe_counters: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -146,6 +149,11 @@ impl Snapshot {
                 data::VERDICTS_MAP,
                 DataVerdict::ALL.iter().map(|v| (*v as u32, v.name())),
             )?,
+            probe_counters: counters(
+                dir,
+                heartbeat::COUNTERS_MAP,
+                ProbeCounter::ALL.iter().map(|c| (*c as u32, c.name())),
+            )?,
         })
     }
 }
@@ -238,6 +246,7 @@ impl fmt::Display for Snapshot {
         for (title, list) in [
             ("ha_link verdicts", &self.link_verdicts),
             ("ha_data verdicts", &self.data_verdicts),
+            ("heartbeat reflector", &self.probe_counters),
         ] {
             writeln!(f, "{title}:")?;
             for (name, n) in list.iter().filter(|(_, n)| *n > 0) {

@@ -20,13 +20,14 @@ use std::{
 
 use aya::{
     EbpfError, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
 };
 use ha_common::{
     addr_from_octets,
     data::{self, DATA_FLAG_TRACK_FLOWS, DataConfig, MAX_GROUPS, Ownership, VipEntry},
     flow,
+    heartbeat::{self, PROBE_COUNTERS, ProbeConfig, ProbeTerm},
     link::{self, LinkConfig, MgmtPort},
 };
 use tracing::{info, warn};
@@ -241,6 +242,10 @@ const PINNED_MAPS: &[&str] = &[
     data::VERDICTS_MAP,
     flow::FLOWS_MAP,
     flow::EVENTS_MAP,
+    heartbeat::CONFIG_MAP,
+    heartbeat::TERM_MAP,
+    heartbeat::MACS_MAP,
+    heartbeat::COUNTERS_MAP,
 ];
 
 /// Load-time options (they cannot change without reloading the programs).
@@ -347,6 +352,10 @@ pub struct Dataplane {
     vrids: Array<MapData, u32>,
     /// Management allow-list of `ha_link`.
     mgmt: HashMap<MapData, MgmtPort, u32>,
+    /// Whether and for whom the heartbeat reflector answers.
+    probe_config: Array<MapData, ProbeConfig>,
+    /// The ownership term the reflector reports, and its proof.
+    probe_term: Array<MapData, ProbeTerm>,
 }
 
 impl fmt::Debug for Dataplane {
@@ -392,6 +401,8 @@ impl Dataplane {
             peers: open_map(&dir, link::PEERS_MAP)?,
             vrids: open_map(&dir, link::VRIDS_MAP)?,
             mgmt: open_map(&dir, link::MGMT_MAP)?,
+            probe_config: open_map(&dir, heartbeat::CONFIG_MAP)?,
+            probe_term: open_map(&dir, heartbeat::TERM_MAP)?,
             dir,
         })
     }
@@ -461,13 +472,118 @@ impl Dataplane {
     }
 
     /// Attaches `ha_link` to the HA interface (no-op if already attached).
+    /// Either way, records the interface's MAC for the heartbeat reflector.
     pub fn attach_link(&self, iface: &str) -> Result<Option<AttachMode>, DataplaneError> {
         self.attach(link::PROGRAM, iface)
     }
 
     /// Attaches `ha_data` to a data interface (no-op if already attached).
+    /// Either way, records the interface's MAC for the heartbeat reflector.
     pub fn attach_data(&self, iface: &str) -> Result<Option<AttachMode>, DataplaneError> {
         self.attach(data::PROGRAM, iface)
+    }
+
+    /// Records `iface`'s MAC under its index in the reflector's MAC map (the
+    /// source of its replies on that interface).
+    fn set_probe_mac(
+        &self,
+        program: &'static str,
+        iface: &str,
+        ifindex: u32,
+    ) -> Result<(), DataplaneError> {
+        let mac = crate::iface::if_mac(iface).map_err(|e| DataplaneError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source: ProgramError::IOError(e),
+        })?;
+        let map = heartbeat::MACS_MAP;
+        let mut macs: HashMap<MapData, u32, [u8; 8]> = open_map(&self.dir, map)?;
+        let mut value = [0u8; 8];
+        value[..6].copy_from_slice(&mac);
+        macs.insert(ifindex, value, 0)
+            .map_err(|source| DataplaneError::Map { map, source })
+    }
+
+    /// The MAC the reflector answers from on interface `ifindex`, if any.
+    pub fn probe_mac(&self, ifindex: u32) -> Result<Option<[u8; 6]>, DataplaneError> {
+        let map = heartbeat::MACS_MAP;
+        let macs: HashMap<MapData, u32, [u8; 8]> = open_map(&self.dir, map)?;
+        match macs.get(&ifindex, 0) {
+            Ok(v) => Ok(Some([v[0], v[1], v[2], v[3], v[4], v[5]])),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map { map, source }),
+        }
+    }
+
+    /// Sets whether the heartbeat reflector answers probes, and for whom:
+    /// probes `from` `peer` `to` `local` (this node's HA address; 0.0.0.0
+    /// answers nothing), and replies `from` `local` `to` `peer` pass up to
+    /// the prober's socket.
+    pub fn set_probe_config(
+        &mut self,
+        local: Ipv4Addr,
+        peer: Ipv4Addr,
+        enabled: bool,
+    ) -> Result<(), DataplaneError> {
+        let cfg = ProbeConfig {
+            enabled: u32::from(enabled),
+            local_addr: addr_from_octets(local.octets()),
+            peer_addr: addr_from_octets(peer.octets()),
+            _pad: 0,
+        };
+        self.probe_config
+            .set(0, cfg, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: heartbeat::CONFIG_MAP,
+                source,
+            })
+    }
+
+    /// The reflector's configuration as the XDP programs see it.
+    pub fn probe_config(&self) -> Result<ProbeConfig, DataplaneError> {
+        self.probe_config
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: heartbeat::CONFIG_MAP,
+                source,
+            })
+    }
+
+    /// Sets the ownership term the reflector reports and the proof it
+    /// reveals once the term has ended in the data plane. Write it after
+    /// the ownership word (the reflector reads it before).
+    pub fn set_probe_term(&mut self, term: u64, proof: [u8; 16]) -> Result<(), DataplaneError> {
+        self.probe_term
+            .set(0, ProbeTerm { term, proof }, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: heartbeat::TERM_MAP,
+                source,
+            })
+    }
+
+    /// The term the reflector reports (pinned: it survives an agent restart).
+    pub fn probe_term(&self) -> Result<ProbeTerm, DataplaneError> {
+        self.probe_term
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: heartbeat::TERM_MAP,
+                source,
+            })
+    }
+
+    /// The reflector's counters (`ProbeCounter` order), summed over CPUs.
+    pub fn probe_counters(&self) -> Result<[u64; PROBE_COUNTERS as usize], DataplaneError> {
+        let map = heartbeat::COUNTERS_MAP;
+        let arr: PerCpuArray<MapData, u64> = open_map(&self.dir, map)?;
+        let mut out = [0u64; PROBE_COUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = arr
+                .get(&(i as u32), 0)
+                .map_err(|source| DataplaneError::Map { map, source })?
+                .iter()
+                .sum();
+        }
+        Ok(out)
     }
 
     /// Attaches the pinned `program` to `iface` and pins the link, so it stays
@@ -488,6 +604,8 @@ impl Dataplane {
             .dir
             .join("links")
             .join(format!("{program}@{iface}@{ifindex}"));
+        // Also when already attached: a restarted agent re-records it.
+        self.set_probe_mac(program, iface, ifindex as u32)?;
         if link_path.exists() {
             return Ok(None);
         }
@@ -543,6 +661,33 @@ impl Dataplane {
             })
             .map_err(|source| DataplaneError::LoadProgram { program, source })?;
         Ok((result.return_value, result.duration))
+    }
+
+    /// Runs the pinned `program` once on `frame` with `BPF_PROG_TEST_RUN` and
+    /// returns the XDP verdict and the frame as the program left it (what an
+    /// `XDP_TX` would send). For tests; the ingress interface is the
+    /// caller's namespace's loopback.
+    pub fn test_run_frame(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), DataplaneError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let prog = Xdp::from_pin(
+            self.dir.join("progs").join(program),
+            aya_obj::programs::XdpAttachType::Interface,
+        )
+        .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| DataplaneError::LoadProgram { program, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Detaches `program` from `iface` by removing its pinned link.
