@@ -179,6 +179,45 @@ pub struct HaLink {
     pub heartbeat: Option<Vec<String>>,
     /// Advert authentication (keepalived's `auth_hmac`).
     pub auth: Option<AuthConfig>,
+    /// The fast heartbeat: probes answered by the peer's XDP.
+    pub fast_heartbeat: Option<FastHeartbeatConfig>,
+}
+
+/// `[ha.fast_heartbeat]`: probes the peer's XDP programs answer, so a dead
+/// box is seen in a few probe intervals and a dead daemon as soon as its
+/// lease lapses (docs/architecture.md). VRRP stays the election and the
+/// backstop.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FastHeartbeatConfig {
+    /// Default: on between ha-agent nodes (a cluster key, one peer, signed
+    /// adverts); off otherwise (a keepalived peer answers no probe).
+    pub enabled: Option<bool>,
+    /// Between rounds of probes while backup (µs, 100-100000).
+    #[serde(default = "default_probe_interval_us")]
+    pub interval_us: u64,
+    /// Fewest rounds unanswered on every path that make the peer silent
+    /// (2 or more); the agent raises it with the gaps it measures.
+    #[serde(default = "default_misses_min")]
+    pub misses_min: u32,
+    /// Most (default: what VRRP's own Master_Down_Interval takes, in rounds).
+    pub misses_max: Option<u32>,
+}
+
+fn default_probe_interval_us() -> u64 {
+    1000
+}
+
+fn default_misses_min() -> u32 {
+    3
+}
+
+/// The fast heartbeat as configured and in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastHeartbeat {
+    pub interval: Duration,
+    pub misses_min: u32,
+    pub misses_max: u32,
 }
 
 /// `[ha.auth]`: how adverts are authenticated (docs/security.md).
@@ -432,6 +471,40 @@ impl Config {
                 ));
             }
         }
+        if let Some(f) = &self.ha.fast_heartbeat {
+            let field = |k: &str| format!("ha.fast_heartbeat.{k}");
+            if f.enabled == Some(true) {
+                if !self.cluster_key() {
+                    return Err(bad(
+                        field("enabled"),
+                        "the fast heartbeat needs the cluster key (ha.sync_key_file): its probes and proofs are keyed by it".into(),
+                    ));
+                }
+                if self.ha.peers.len() != 1 {
+                    return Err(bad(
+                        field("enabled"),
+                        format!(
+                            "the fast heartbeat needs exactly one peer (there are {})",
+                            self.ha.peers.len()
+                        ),
+                    ));
+                }
+            }
+            if !(100..=100_000).contains(&f.interval_us) {
+                return Err(bad(
+                    field("interval_us"),
+                    format!("{}: must be 100-100000", f.interval_us),
+                ));
+            }
+            if !(2..=1000).contains(&f.misses_min)
+                || f.misses_max.is_some_and(|m| m < f.misses_min || m > 1000)
+            {
+                return Err(bad(
+                    field("misses_min / misses_max"),
+                    "need 2 <= misses_min <= misses_max <= 1000".into(),
+                ));
+            }
+        }
         if let Some(c) = &self.cluster {
             if c.priority.is_some_and(|p| p == 0 || p == 255) {
                 return Err(bad("cluster.priority".into(), "must be 1-254".into()));
@@ -547,6 +620,44 @@ impl Config {
             None if self.has_advert_keys() => auth::Mode::Enforce,
             None => auth::Mode::None,
         }
+    }
+
+    /// The cluster key is configured (state sync's key file).
+    fn cluster_key(&self) -> bool {
+        self.ha.sync_key_file.is_some() && self.ha.sync_port != 0
+    }
+
+    /// The fast heartbeat, if on: as configured, else on between ha-agent
+    /// nodes (the cluster key, one peer, signed adverts).
+    pub fn fast_heartbeat(&self) -> Option<FastHeartbeat> {
+        let f = self
+            .ha
+            .fast_heartbeat
+            .clone()
+            .unwrap_or(FastHeartbeatConfig {
+                enabled: None,
+                interval_us: default_probe_interval_us(),
+                misses_min: default_misses_min(),
+                misses_max: None,
+            });
+        let on = f.enabled.unwrap_or_else(|| {
+            self.cluster_key() && self.ha.peers.len() == 1 && self.auth_mode().signs()
+        });
+        if !on {
+            return None;
+        }
+        // VRRP's own bound in rounds: three intervals (plus skew) of the
+        // shortest advert interval.
+        let bound = (3 * self.shortest_advert_ms() * 1000 / f.interval_us).saturating_sub(1);
+        let misses_max = f
+            .misses_max
+            .unwrap_or(bound as u32)
+            .clamp(f.misses_min, 1000);
+        Some(FastHeartbeat {
+            interval: Duration::from_micros(f.interval_us),
+            misses_min: f.misses_min,
+            misses_max,
+        })
     }
 
     fn has_advert_keys(&self) -> bool {
@@ -888,6 +999,49 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             auth::AntiReplay::Time { window_s: 5 },
             "3 x 10 ms, at least 5 s"
         );
+    }
+
+    #[test]
+    fn the_fast_heartbeat_is_on_between_ha_agent_nodes_only() {
+        assert_eq!(
+            parse(GOOD).unwrap().fast_heartbeat(),
+            None,
+            "no cluster key"
+        );
+        let keyed = parse(&with_ha("sync_port = 7788\nsync_key_file = \"/k\"")).unwrap();
+        assert_eq!(
+            keyed.fast_heartbeat(),
+            Some(FastHeartbeat {
+                interval: Duration::from_millis(1),
+                misses_min: 3,
+                misses_max: 29,
+            }),
+            "10 ms adverts: VRRP's bound is 30 rounds of 1 ms"
+        );
+        let off = parse(&with_ha(
+            "sync_port = 7788\nsync_key_file = \"/k\"\n[ha.fast_heartbeat]\nenabled = false",
+        ))
+        .unwrap();
+        assert_eq!(off.fast_heartbeat(), None);
+        for (extra, field) in [
+            (
+                "[ha.fast_heartbeat]\nenabled = true",
+                "ha.fast_heartbeat.enabled",
+            ),
+            (
+                "sync_port = 7788\nsync_key_file = \"/k\"\n[ha.fast_heartbeat]\ninterval_us = 50",
+                "ha.fast_heartbeat.interval_us",
+            ),
+            (
+                "sync_port = 7788\nsync_key_file = \"/k\"\n[ha.fast_heartbeat]\nmisses_min = 1",
+                "ha.fast_heartbeat.misses_min / misses_max",
+            ),
+        ] {
+            match parse(&with_ha(extra)) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub async fn run(
         &config_path,
         config_sync.clone(),
         key.map(|k| sync::key::derive(&k, Purpose::Adverts)),
+        key.map(|k| sync::key::derive(&k, Purpose::Probes)),
     )
     .await?;
     sched::realtime(config.ha.realtime_priority);

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use self::{
     adverts::Signer,
     hooks::Hooks,
-    net::{GarpSender, PathSocket, Seal, VrrpSocket},
+    net::{GarpSender, PathSocket, ProbeSocket, Seal, VrrpSocket},
     request::{LoopRequest, Outcome},
 };
 use crate::{
@@ -82,6 +82,10 @@ pub struct Agent {
     sock: VrrpSocket,
     /// Heartbeat paths over data interfaces (core paths 1..).
     paths: Vec<PathSocket>,
+    /// The fast heartbeat's socket on every path (core path order), when on.
+    probes: Vec<ProbeSocket>,
+    probe_send_errors: u64,
+    probe_error_log: Every,
     /// Advert sequences and what of them is persisted.
     signer: Signer,
     /// The cluster key's advert key (a reload keeps it).
@@ -139,11 +143,41 @@ impl Agent {
         config_path: &std::path::Path,
         config_sync: Arc<Mutex<ConfigSyncStatus>>,
         derived_key: Option<[u8; 32]>,
+        probe_key: Option<[u8; 32]>,
     ) -> anyhow::Result<Self> {
         let mut settings = config.node_settings();
         settings.auth = adverts::settings(&config, derived_key)?;
         let (path_settings, paths) = adverts::open_paths(&config)?;
+        // The fast heartbeat probes over every path: the HA link first.
+        let probe_ifaces: Vec<String> = if path_settings.is_empty() {
+            vec![config.ha.interface.clone()]
+        } else {
+            path_settings.iter().map(|p| p.name.clone()).collect()
+        };
         settings.paths = path_settings;
+        let fast = config.fast_heartbeat();
+        if let (Some(f), Some(key)) = (fast, probe_key) {
+            let mut session = [0u8; 16];
+            getrandom::getrandom(&mut session)
+                .map_err(|e| anyhow::anyhow!("a random probe session: {e}"))?;
+            settings.heartbeat = Some(ha_core::heartbeat::Settings {
+                interval: f.interval,
+                misses_min: f.misses_min,
+                misses_max: f.misses_max,
+                key,
+                session,
+                local: config.ha.address,
+                peer: config.ha.peers[0],
+            });
+        }
+        let probes = if settings.heartbeat.is_some() {
+            probe_ifaces
+                .iter()
+                .map(|i| ProbeSocket::open(i))
+                .collect::<std::io::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let mut node = Node::new(settings).context("the VRRP groups")?;
         let auth_file = StateFile::AdvertAuth.path(config_path);
         let persisted = adverts::Persisted::load(&auth_file);
@@ -186,6 +220,23 @@ impl Agent {
             control_port,
             join_port: crate::dataplane::DEFAULT_JOIN_PORT,
         })?;
+        // The reflector answers the peer's probes whenever the heartbeat is
+        // on here (the configuration is the same on both nodes).
+        dp.set_probe_config(config.ha.address, config.ha.peers[0], !probes.is_empty())?;
+        if !probes.is_empty() {
+            info!(interval_us = fast.map_or(0, |f| f.interval.as_micros() as u64),
+                misses_min = fast.map_or(0, |f| f.misses_min), paths = ?probe_ifaces,
+                "fast heartbeat on: probes answered by the peer's XDP");
+        }
+        // A new term must be newer than any the peer saw from this node:
+        // the pinned map's (an agent restart), else the clock's ms (a
+        // reboot lost the map).
+        let term = dp.probe_term()?.term;
+        node.set_term_floor(if term != 0 {
+            term
+        } else {
+            crate::status::unix_ms(SystemTime::now()) as u64
+        });
         setup::install_vips(&config, &mut dp)?;
         setup::arp_sysctls(&config.data_interfaces());
         if config.data_interfaces().contains(&config.ha.interface) {
@@ -220,6 +271,9 @@ impl Agent {
             dp,
             sock,
             paths,
+            probes,
+            probe_send_errors: 0,
+            probe_error_log: Every::new(),
             signer,
             derived_key,
             backlog: false,
@@ -377,14 +431,27 @@ impl Agent {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let mut ready = false;
-        for r in std::iter::once(self.sock.poll_readable(cx))
-            .chain(self.paths.iter().map(|p| p.poll_readable(cx)))
-        {
-            match r {
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => ready = true,
-                Poll::Pending => {}
+        let mut note = |r: Poll<std::io::Result<()>>| match r {
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(())) => {
+                ready = true;
+                Ok(())
             }
+            Poll::Pending => Ok(()),
+        };
+        let polled = note(self.sock.poll_readable(cx))
+            .and_then(|()| {
+                self.paths
+                    .iter()
+                    .try_for_each(|p| note(p.poll_readable(cx)))
+            })
+            .and_then(|()| {
+                self.probes
+                    .iter()
+                    .try_for_each(|p| note(p.poll_readable(cx)))
+            });
+        if let Err(e) = polled {
+            return Poll::Ready(Err(e));
         }
         if ready {
             Poll::Ready(Ok(()))
@@ -393,10 +460,32 @@ impl Agent {
         }
     }
 
+    /// Reads at most [`RX_PER_WAKE`] replies from each probe socket;
+    /// whether one was left with more.
+    fn read_probes(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        let mut backlog = false;
+        for path in 0..self.probes.len() {
+            for n in 0..=RX_PER_WAKE {
+                if n == RX_PER_WAKE {
+                    backlog = true;
+                    break;
+                }
+                let Some((bytes, src)) = self.probes[path].recv(&mut buf) else {
+                    break;
+                };
+                let event = Event::Probe { path, src, bytes };
+                let effects = self.node.handle(self.start.elapsed(), event);
+                self.execute(effects);
+            }
+        }
+        backlog
+    }
+
     /// Reads at most [`RX_PER_WAKE`] packets from each socket.
     fn on_readable(&mut self) {
         self.report_sync();
-        self.backlog = false;
+        self.backlog = self.read_probes();
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         // One wall-clock reading per wake (`time` anti-replay has seconds
         // of window).
@@ -427,6 +516,11 @@ impl Agent {
 
     fn on_timers(&mut self) {
         self.report_sync();
+        // Replies already here count before a round is judged unanswered
+        // (after a stall of this loop they are waiting in the sockets).
+        if self.read_probes() {
+            self.backlog = true;
+        }
         let now = self.now();
         if self.node.poll_at().is_some_and(|t| t <= now) {
             let effects = self.node.handle(now, Event::Timer);
@@ -595,8 +689,23 @@ impl Agent {
                         }
                     }
                 }
-                // Carried out once the shell has its probe sockets.
-                Effect::SendProbe(_) | Effect::WriteProbeTerm { .. } => {}
+                Effect::SendProbe(p) => {
+                    if let Some(sock) = self.probes.get(p.path)
+                        && let Err(e) = sock.send(p.dst, &p.frame)
+                    {
+                        self.probe_send_errors += 1;
+                        if self.probe_error_log.allow(self.start.elapsed()) {
+                            warn!(cause = %e, iface = %sock.iface, total = self.probe_send_errors, "sending a heartbeat probe failed");
+                        }
+                    }
+                }
+                Effect::WriteProbeTerm { term, proof } => {
+                    // Without it the peer cannot prove our lease lapsed
+                    // and waits for VRRP's timer: slower, never unsafe.
+                    if let Err(e) = self.dp.set_probe_term(term, proof) {
+                        warn!(cause = %e, term, "writing the heartbeat term failed (the peer takes over on VRRP's timer if our lease lapses)");
+                    }
+                }
                 Effect::SendAdvert(_) | Effect::SendGarp { .. } if muted => {}
                 Effect::SendAdvert(advert) => self.send_advert(&advert),
                 Effect::SendGarp { group } => {
@@ -704,6 +813,12 @@ impl Agent {
                 cluster_role: cluster.map(|c| c.role.as_str().to_owned()),
                 primary: cluster.map(|c| c.primary),
                 config_sync: cluster.map(|_| self.config_sync_seen.clone()),
+                reflector: if self.probes.is_empty() {
+                    None
+                } else {
+                    self.dp.probe_counters().ok()
+                },
+                probe_send_errors: self.probe_send_errors,
             },
         )
     }

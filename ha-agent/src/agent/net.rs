@@ -12,6 +12,7 @@ use std::{
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
+use ha_common::heartbeat;
 use ha_core::vrrp::{
     auth,
     packet::ip_packet,
@@ -153,54 +154,8 @@ const fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 impl PathSocket {
     pub fn open(iface: &str, local: Ipv4Addr) -> io::Result<Self> {
         let ifindex = if_index(iface)?;
-        let proto = (libc::ETH_P_IP as u16).to_be();
-        // SAFETY: plain socket(2); the fd is owned right after.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh, valid fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let prog = libc::sock_fprog {
-            len: VRRP_FILTER.len() as u16,
-            filter: VRRP_FILTER.as_ptr().cast_mut(),
-        };
-        // SAFETY: valid fd and a filter program that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&raw const prog).cast(),
-                size_of::<libc::sock_fprog>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = ifindex;
-        // SAFETY: valid fd and address of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("bind to {iface}: {e}")));
-        }
+        let fd = packet_socket(ifindex, libc::ETH_P_IP as u16, &VRRP_FILTER)
+            .map_err(|e| io::Error::new(e.kind(), format!("VRRP packet socket on {iface}: {e}")))?;
         // SAFETY: the fd is owned by the AsyncFd and dropped with it.
         let fd = unsafe {
             AsyncFd::register_with_interest(Socket::from(fd), tokio::io::Interest::READABLE)
@@ -266,6 +221,173 @@ impl PathSocket {
     pub fn recv<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> Option<&'b [u8]> {
         recv(&self.fd, buf)
     }
+}
+
+/// The fast heartbeat on one path: an AF_PACKET datagram socket of the
+/// probe ethertype (`ha_common::heartbeat`), bound to the interface. It
+/// sends our probes to the peer's MAC (broadcast until the core learnt it)
+/// past the qdisc, and receives the replies the peer's XDP sent back (ours
+/// passed them: see `ha_link`/`ha_data`); a classic BPF filter keeps out
+/// our own outgoing frames and anything but a reply.
+#[derive(Debug)]
+pub struct ProbeSocket {
+    fd: AsyncFd<Socket>,
+    ifindex: i32,
+    pub iface: String,
+}
+
+/// `ldb pkttype; jeq OUTGOING drop; ldb [5]; jeq KIND_REPLY; ret all | ret 0`.
+const PROBE_FILTER: [libc::sock_filter; 6] = [
+    bpf(0x30, 0, 0, 0xffff_f000 + 4),
+    bpf(0x15, 3, 0, libc::PACKET_OUTGOING as u32),
+    bpf(0x30, 0, 0, 5),
+    bpf(0x15, 0, 1, heartbeat::KIND_REPLY as u32),
+    bpf(0x06, 0, 0, 0xffff),
+    bpf(0x06, 0, 0, 0),
+];
+
+impl ProbeSocket {
+    pub fn open(iface: &str) -> io::Result<Self> {
+        let ifindex = if_index(iface)?;
+        let fd = packet_socket(ifindex, heartbeat::ETHERTYPE, &PROBE_FILTER)
+            .map_err(|e| io::Error::new(e.kind(), format!("probe socket on {iface}: {e}")))?;
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd and an int option. Best effort: without it the
+        // probes go through the qdisc (a little later under load).
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        // SAFETY: the fd is owned by the AsyncFd and dropped with it.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(Socket::from(fd), tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
+        Ok(ProbeSocket {
+            fd,
+            ifindex,
+            iface: iface.to_owned(),
+        })
+    }
+
+    /// Sends one probe to `dst` (`None`: broadcast).
+    pub fn send(&self, dst: Option<[u8; 6]>, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = heartbeat::ETHERTYPE.to_be();
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&dst.unwrap_or([0xff; 6]));
+        // SAFETY: valid fd, buffer and address of the right size.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.get_ref().as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Polls for readability (readiness cleared: the caller drains).
+    pub fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        poll_readable(&self.fd, cx)
+    }
+
+    /// Reads one waiting reply into `buf`, with its Ethernet source; `None`
+    /// when nothing is waiting.
+    pub fn recv<'b>(&self, buf: &'b mut [u8]) -> Option<(&'b [u8], [u8; 6])> {
+        // SAFETY: zeroed sockaddr_ll is valid; recvfrom fills it.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: valid fd, buffer and address storage of the sizes given.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.get_ref().as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw mut addr).cast(),
+                &raw mut len,
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        let mut src = [0; 6];
+        src.copy_from_slice(&addr.sll_addr[..6]);
+        Some((&buf[..n.min(buf.len())], src))
+    }
+}
+
+/// A non-blocking AF_PACKET datagram socket of `ethertype`, with `filter`,
+/// bound to `ifindex`.
+fn packet_socket(
+    ifindex: i32,
+    ethertype: u16,
+    filter: &[libc::sock_filter],
+) -> io::Result<OwnedFd> {
+    let proto = ethertype.to_be();
+    // SAFETY: plain socket(2); the fd is owned right after.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh, valid fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: valid fd and a filter program that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: valid fd and address of the right size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// Polls `fd` for readability (readiness cleared: the caller drains).

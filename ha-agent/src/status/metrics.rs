@@ -59,6 +59,101 @@ fn gauge_f(registry: &mut Registry, name: &str, help: &str, v: f64) {
     registry.register(name, help, g);
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeLabel {
+    le: String,
+}
+
+/// The fast heartbeat's metrics (`ha_agent_fast_heartbeat_*`).
+fn fast_heartbeat(r: &mut Registry, h: &super::FastHeartbeatStatus) {
+    counter(
+        r,
+        "fast_heartbeat_probes_sent",
+        "Fast-heartbeat probes sent (every path)",
+        h.probes_sent,
+    );
+    counter(
+        r,
+        "fast_heartbeat_replies",
+        "Fast-heartbeat replies accepted",
+        h.replies,
+    );
+    let rejected = Family::<ReasonLabel, Counter>::default();
+    for (reason, n) in &h.rejected {
+        rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+    r.register(
+        "fast_heartbeat_rejected",
+        "Fast-heartbeat replies refused, by reason",
+        rejected,
+    );
+    let verdicts = Family::<VerdictLabel, Counter>::default();
+    for (v, n) in &h.verdicts {
+        verdicts
+            .get_or_create(&VerdictLabel { verdict: v.clone() })
+            .inc_by(*n);
+    }
+    r.register(
+        "fast_heartbeat_verdicts",
+        "Takeovers the fast heartbeat made (silent, lapsed), and silent verdicts proved false",
+        verdicts,
+    );
+    gauge(
+        r,
+        "fast_heartbeat_misses",
+        "Rounds unanswered on every path that make the peer silent (k)",
+        i64::from(h.misses),
+    );
+    gauge(
+        r,
+        "fast_heartbeat_gap_max_recent",
+        "Longest recent reply gap, in rounds",
+        h.gap_max_recent as i64,
+    );
+    let gaps = Family::<LeLabel, Counter>::default();
+    for [gap, n] in &h.gap_hist {
+        gaps.get_or_create(&LeLabel {
+            le: gap.to_string(),
+        })
+        .inc_by(*n);
+    }
+    r.register(
+        "fast_heartbeat_gaps",
+        "Reply gaps at the fast rate, by length in rounds (1: none missed)",
+        gaps,
+    );
+    if let Some(p99) = h.rtt_us.p99 {
+        gauge_f(
+            r,
+            "fast_heartbeat_rtt_p99_seconds",
+            "Probe round-trip time, 99th percentile (histogram bound)",
+            p99 / 1e6,
+        );
+    }
+    let reflector = Family::<ReasonLabel, Counter>::default();
+    for (what, n) in &h.reflector {
+        reflector
+            .get_or_create(&ReasonLabel {
+                reason: what.clone(),
+            })
+            .inc_by(*n);
+    }
+    r.register(
+        "fast_heartbeat_reflected",
+        "The peer's probes our XDP handled, by outcome",
+        reflector,
+    );
+}
+
 /// The text exposition of `st`.
 pub fn render(st: &Status) -> String {
     let mut r = Registry::with_prefix("ha_agent");
@@ -143,6 +238,9 @@ pub fn render(st: &Status) -> String {
         "Heartbeat paths by state (1 for the state each is in)",
         paths,
     );
+    if let Some(h) = &st.fast_heartbeat {
+        fast_heartbeat(&mut r, h);
+    }
     gauge(
         &mut r,
         "ownership",

@@ -191,6 +191,114 @@ pub struct Status {
     /// Heartbeat paths, HA link first.
     #[serde(default)]
     pub paths: Vec<PathStatus>,
+    /// The fast heartbeat, when on.
+    #[serde(default)]
+    pub fast_heartbeat: Option<FastHeartbeatStatus>,
+}
+
+/// The fast heartbeat: our prober, and our reflector (what our XDP
+/// answered to the peer's probes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FastHeartbeatStatus {
+    pub enabled: bool,
+    pub interval_us: u64,
+    /// `fast` (a backup: it may have to take over) or `idle`.
+    pub rate: String,
+    /// Rounds unanswered on every path that make the peer silent now (`k`),
+    /// and its bounds.
+    pub misses: u32,
+    pub misses_min: u32,
+    pub misses_max: u32,
+    pub probes_sent: u64,
+    pub replies: u64,
+    /// Replies refused, by reason (`bad_tag`, `bad_proof`, ...).
+    pub rejected: BTreeMap<String, u64>,
+    /// Takeovers it made: `silent`, `lapsed`; `false`: silent verdicts the
+    /// peer then proved wrong (it answered, owning VIPs).
+    pub verdicts: BTreeMap<String, u64>,
+    /// Reply gaps at the fast rate, in rounds: `[gap, count]` for each gap
+    /// seen (1: nothing missed; the last bucket counts that many or more).
+    pub gap_hist: Vec<[u64; 2]>,
+    pub gap_max_recent: u64,
+    /// Round-trip times (µs; quantiles are histogram upper bounds).
+    pub rtt_us: RttStatus,
+    /// The peer as its last reply showed it.
+    pub peer_groups: Option<u64>,
+    pub peer_lease_left_us: Option<u64>,
+    pub peer_term: Option<u64>,
+    pub peer_reply_age_ms: Option<u64>,
+    /// Our ownership term.
+    pub term: u64,
+    /// Our reflector's counters (by `ProbeCounter` name).
+    pub reflector: BTreeMap<String, u64>,
+    /// Probes the socket refused to send.
+    pub send_errors: u64,
+}
+
+/// Round-trip time quantiles, µs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RttStatus {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl FastHeartbeatStatus {
+    fn of(
+        h: &ha_core::heartbeat::Report,
+        term: u64,
+        now: Instant,
+        extras: &Extras,
+    ) -> FastHeartbeatStatus {
+        let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+        FastHeartbeatStatus {
+            enabled: true,
+            interval_us: h.interval.as_micros() as u64,
+            rate: if h.fast { "fast" } else { "idle" }.to_owned(),
+            misses: h.misses,
+            misses_min: h.misses_min,
+            misses_max: h.misses_max,
+            probes_sent: h.probes_sent,
+            replies: h.replies,
+            rejected: h
+                .rejected
+                .iter()
+                .map(|(r, n)| (r.name().to_owned(), *n))
+                .collect(),
+            verdicts: [
+                ("silent", h.verdicts_silent),
+                ("lapsed", h.verdicts_lapsed),
+                ("false", h.false_verdicts),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            gap_hist: h
+                .gaps
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(g, n)| [g as u64, *n])
+                .collect(),
+            gap_max_recent: h.gap_max_recent,
+            rtt_us: RttStatus {
+                p50: h.rtt_quantile(0.5).map(us),
+                p99: h.rtt_quantile(0.99).map(us),
+                max: (h.replies > 0).then(|| us(h.rtt_max)),
+            },
+            peer_groups: h.peer.map(|p| p.groups),
+            peer_lease_left_us: h.peer.map(|p| p.lease_left.as_micros() as u64),
+            peer_term: h.peer.map(|p| p.term),
+            peer_reply_age_ms: h.peer.map(|p| now.saturating_sub(p.at).as_millis() as u64),
+            term,
+            reflector: ha_common::heartbeat::ProbeCounter::ALL
+                .iter()
+                .zip(extras.reflector.unwrap_or_default())
+                .map(|(c, n)| (c.name().to_owned(), n))
+                .collect(),
+            send_errors: extras.probe_send_errors,
+        }
+    }
 }
 
 /// One heartbeat path.
@@ -203,6 +311,9 @@ pub struct PathStatus {
     /// Age of the last advert from a peer over it, as of this snapshot.
     pub last_heard_age_ms: Option<u64>,
     pub adverts: u64,
+    /// Fast-heartbeat replies accepted over it.
+    #[serde(default)]
+    pub replies: u64,
 }
 
 /// What the loop adds to the node core's report.
@@ -214,6 +325,9 @@ pub struct Extras {
     pub cluster_role: Option<String>,
     pub primary: Option<Ipv4Addr>,
     pub config_sync: Option<ConfigSyncStatus>,
+    /// Our reflector's counters (`ProbeCounter` order), when read.
+    pub reflector: Option<[u64; ha_common::heartbeat::PROBE_COUNTERS as usize]>,
+    pub probe_send_errors: u64,
 }
 
 impl Status {
@@ -230,7 +344,12 @@ impl Status {
         // Node time -> Unix ms, as of this snapshot.
         let at_ms = |t: Instant| wall_ms.saturating_sub(now.saturating_sub(t).as_millis());
         let c = &report.counters;
+        let fast_heartbeat = report
+            .heartbeat
+            .as_ref()
+            .map(|h| FastHeartbeatStatus::of(h, report.term, now, &extras));
         Status {
+            fast_heartbeat,
             instance: instance.to_owned(),
             pid: std::process::id(),
             written_unix_ms: wall_ms,
@@ -297,6 +416,7 @@ impl Status {
                         .last_heard
                         .map(|t| now.saturating_sub(t).as_millis() as u64),
                     adverts: p.adverts,
+                    replies: p.replies,
                 })
                 .collect(),
         }

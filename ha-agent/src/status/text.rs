@@ -177,6 +177,42 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
             .collect();
         let _ = writeln!(o, "heartbeat paths: {}", paths.join(", "));
     }
+    if let Some(h) = &st.fast_heartbeat {
+        let rtt = match (h.rtt_us.p50, h.rtt_us.p99) {
+            (Some(a), Some(b)) => format!(", rtt p50 <{a:.0} us p99 <{b:.0} us"),
+            _ => String::new(),
+        };
+        let verdicts: Vec<String> = h
+            .verdicts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(v, n)| format!("{v} {n}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "fast heartbeat: {} us, {} rate, k {} ({}..{}), replies {}/{} probes{rtt}{}",
+            h.interval_us,
+            h.rate,
+            h.misses,
+            h.misses_min,
+            h.misses_max,
+            h.replies,
+            h.probes_sent,
+            if verdicts.is_empty() {
+                String::new()
+            } else {
+                format!(", verdicts: {}", verdicts.join(", "))
+            },
+        );
+        if let (Some(g), Some(l)) = (h.peer_groups, h.peer_lease_left_us) {
+            let _ = writeln!(
+                o,
+                "  peer: owns groups {g:#x}, lease left {} ms, term {}",
+                l / 1000,
+                h.peer_term.unwrap_or(0)
+            );
+        }
+    }
     if st.transitions_total > 0 {
         let by: Vec<String> = st
             .transitions_by_reason

@@ -21,6 +21,8 @@ pub enum Purpose {
     Control,
     /// VRRP advert authentication.
     Adverts,
+    /// The fast heartbeat's probe tags and term proofs.
+    Probes,
 }
 
 impl Purpose {
@@ -29,6 +31,7 @@ impl Purpose {
             Purpose::StateSync => b"state sync",
             Purpose::Control => b"control channel",
             Purpose::Adverts => b"vrrp adverts",
+            Purpose::Probes => b"heartbeat probes",
         }
     }
 }
@@ -82,6 +85,7 @@ mod tests {
             derive(&k, Purpose::StateSync),
             derive(&k, Purpose::Control),
             derive(&k, Purpose::Adverts),
+            derive(&k, Purpose::Probes),
         ];
         for (i, a) in keys.iter().enumerate() {
             assert_ne!(a, &k);
