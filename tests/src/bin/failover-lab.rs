@@ -216,6 +216,11 @@ struct Run {
     vips_reannounced: Option<bool>,
     /// The scenario does not apply to the system (no row figures).
     na: bool,
+    /// ha-agent, after a takeover: the reason of the new master's last
+    /// transition to MASTER during the run (`MasterDown`, `PeerSilent`,
+    /// `PeerLapsed`, ...): which detector fired. `None`: no takeover, or
+    /// keepalived.
+    detected_by: Option<String>,
     notes: Vec<String>,
 }
 
@@ -834,6 +839,9 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             }
         }
         let replaced = [scenario == Scenario::Return, false];
+        if system == System::Agent && !replaced[0] {
+            run.detected_by = detected_by([&n1, &n2], base);
+        }
         let mut observed = Some(0u64);
         for (i, node) in [&n1, &n2].into_iter().enumerate() {
             if replaced[i] {
@@ -1771,7 +1779,7 @@ fn report(
         a.adv_ms, a.runs, a.tcp
     );
     println!(
-        "{:<16} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}",
+        "{:<16} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}  detected by",
         "scenario",
         "system",
         "recovered",
@@ -1833,6 +1841,26 @@ fn report(
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let notes: std::collections::BTreeSet<&String> =
                 runs.iter().flat_map(|r| &r.notes).collect();
+            // ha-agent: which detector made each takeover (runs without one
+            // are not counted).
+            let detected: Option<std::collections::BTreeMap<&str, usize>> =
+                (system == System::Agent).then(|| {
+                    let mut m = std::collections::BTreeMap::new();
+                    for d in runs.iter().filter_map(|r| r.detected_by.as_deref()) {
+                        *m.entry(d).or_default() += 1;
+                    }
+                    m
+                });
+            let detected_text = detected
+                .as_ref()
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|| "-".into());
             if runs.iter().all(|r| r.na) {
                 println!("{:<16} {:<11} {:>9}", scenario.name(), system.name(), "n/a");
                 for note in &notes {
@@ -1850,7 +1878,7 @@ fn report(
                 continue;
             }
             println!(
-                "{:<16} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6} {:>6} {:>8} {:>8}",
+                "{:<16} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6} {:>6} {:>8} {:>8}  {}",
                 scenario.name(),
                 system.name(),
                 format!("{recovered}/{}", runs.len()),
@@ -1865,6 +1893,7 @@ fn report(
                 opt(unexpected.map(|u| u.to_string())),
                 opt(in_sync_after.map(|b| b.to_string())),
                 opt(control_ok.map(|b| b.to_string())),
+                detected_text,
             );
             for note in &notes {
                 println!("{:<16} {:<11}   note: {note}", "", "");
@@ -1887,6 +1916,7 @@ fn report(
                 "control_ok": control_ok,
                 "converged_ms": converged_ms,
                 "vips_reannounced": vips_reannounced,
+                "detected_by": detected,
                 "notes": notes,
             }));
         }
@@ -1948,50 +1978,88 @@ fn report(
     }
 }
 
-/// Probe answers through the gateway around the first hard crash of each
-/// system: one tick per answer, a gap is the outage.
+/// Probe answers through the gateway around the first recovered run of each
+/// crash scenario that ran (`hard-crash`, `agent-crash`), one row per
+/// system and scenario: one tick per answer, a gap is the outage (its
+/// length, and for ha-agent the detector that fired, beside it). A row
+/// without a recovered run says so.
 fn timeline_svg(a: &Args, systems: &[System], results: &[(System, Scenario, Vec<Run>)]) -> String {
-    let (w, row, left) = (900.0, 60.0, 110.0);
-    let span = (-50.0, (8 * a.adv_ms) as f64 + 100.0);
+    let crashes: Vec<Scenario> = [Scenario::HardCrash, Scenario::AgentCrash]
+        .into_iter()
+        .filter(|sc| results.iter().any(|(_, s, _)| s == sc))
+        .collect();
+    let rows: Vec<(System, Scenario, Option<&Run>)> = crashes
+        .iter()
+        .flat_map(|sc| {
+            systems.iter().map(move |sy| {
+                let run = results
+                    .iter()
+                    .find(|(s, c, _)| s == sy && c == sc)
+                    .and_then(|(_, _, runs)| runs.iter().find(|r| r.recovered));
+                (*sy, *sc, run)
+            })
+        })
+        .collect();
+    let (w, row, left) = (900.0, 60.0, 170.0);
+    // Wide enough for the longest outage drawn.
+    let longest = rows
+        .iter()
+        .filter_map(|(_, _, r)| r.map(|r| r.outage_ms))
+        .fold(0.0, f64::max);
+    let span = (-50.0, ((8 * a.adv_ms) as f64 + 100.0).max(longest + 60.0));
     let x = |ms: f64| left + (ms - span.0) / (span.1 - span.0) * (w - left - 20.0);
-    let h = 60.0 + row * systems.len() as f64;
+    let h = 60.0 + row * rows.len().max(1) as f64;
+    let names: Vec<&str> = crashes.iter().map(|c| c.name()).collect();
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\">1 kHz UDP probes through the VIP gateway around a hard crash of the master at 0 ms ({} ms adverts)</text>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\">1 kHz UDP probes through the VIP gateway around the master's crash at 0 ms ({}; {} ms adverts)</text>\n",
+        if names.is_empty() {
+            "no crash scenario ran".to_owned()
+        } else {
+            names.join(", ")
+        },
         a.adv_ms
     );
-    for (i, system) in systems.iter().enumerate() {
+    for (i, (system, scenario, run)) in rows.iter().enumerate() {
         let y = 40.0 + row * i as f64;
         s += &format!(
-            "<text x=\"10\" y=\"{}\">{}</text>\n",
-            y + 25.0,
-            system.name()
+            "<text x=\"10\" y=\"{}\">{}</text>\n<text x=\"10\" y=\"{}\" font-size=\"10\">{}</text>\n",
+            y + 20.0,
+            system.name(),
+            y + 34.0,
+            scenario.name()
         );
-        let run = results
-            .iter()
-            .find(|(sy, sc, _)| sy == system && *sc == Scenario::HardCrash)
-            .and_then(|(_, _, runs)| runs.iter().find(|r| r.recovered));
-        if let Some(run) = run {
-            for ms in run
-                .answers_ms
-                .iter()
-                .filter(|m| **m >= span.0 && **m <= span.1)
-            {
-                s += &format!(
-                    "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1}\" y2=\"{2}\" stroke=\"#2a7\" stroke-width=\"1\"/>\n",
-                    x(*ms),
-                    y + 5.0,
-                    y + 40.0
-                );
-            }
+        let Some(run) = run else {
             s += &format!(
-                "<text x=\"{}\" y=\"{}\" fill=\"#c00\">outage {:.1} ms</text>\n",
-                x(span.1) - 110.0,
-                y + 55.0,
-                run.outage_ms
+                "<text x=\"{}\" y=\"{}\" fill=\"#c00\">no recovered run</text>\n",
+                left,
+                y + 25.0
+            );
+            continue;
+        };
+        for ms in run
+            .answers_ms
+            .iter()
+            .filter(|m| **m >= span.0 && **m <= span.1)
+        {
+            s += &format!(
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1}\" y2=\"{2}\" stroke=\"#2a7\" stroke-width=\"1\"/>\n",
+                x(*ms),
+                y + 5.0,
+                y + 40.0
             );
         }
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"#c00\">outage {:.1} ms{}</text>\n",
+            x(span.1) - 200.0,
+            y + 55.0,
+            run.outage_ms,
+            run.detected_by
+                .as_ref()
+                .map(|d| format!(" (detected by {d})"))
+                .unwrap_or_default()
+        );
     }
-    let y0 = 40.0 + row * systems.len() as f64;
+    let y0 = 40.0 + row * rows.len() as f64;
     s += &format!(
         "<line x1=\"{0}\" x2=\"{0}\" y1=\"30\" y2=\"{1}\" stroke=\"#c00\" stroke-dasharray=\"4\"/>\n",
         x(0.0),
@@ -2577,4 +2645,34 @@ fn hostile_vrrp(lab: &Lab, adv_ms: u64, n1: &Node, n2: &Node, run: &mut Run) {
             ));
         }
     }
+}
+
+/// The reason of the new master's last transition to MASTER since `base`
+/// (the nodes' `transitions_total` before the fault): which detector made
+/// the takeover (`MasterDown`, `PeerSilent`, `PeerLapsed`, ...). `None`
+/// when no agent that is MASTER now (and was started by the lab: a
+/// restarted one has another count) became MASTER during the run.
+fn detected_by(nodes: [&Node; 2], base: [Option<u64>; 2]) -> Option<String> {
+    for (node, base) in nodes.into_iter().zip(base) {
+        let Node::Agent(a) = node else {
+            return None;
+        };
+        let Some(s) = live_status(&a.pins.0, Duration::from_secs(2)) else {
+            continue;
+        };
+        if s.pid != a.pid || s.roles.get("fw").map(String::as_str) != Some("MASTER") {
+            continue;
+        }
+        let since = s.transitions_total.saturating_sub(base?) as usize;
+        if let Some(t) = s
+            .transitions
+            .iter()
+            .rev()
+            .take(since)
+            .find(|t| t.role == "MASTER")
+        {
+            return Some(t.reason.clone());
+        }
+    }
+    None
 }
