@@ -3461,3 +3461,88 @@ fn host_busy_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
     let ((b0, t0), (b1, t1)) = a.zip(b)?;
     (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `fast_heartbeat` object as the agent with the fast heartbeat
+    /// reports it.
+    fn fb(sent: u64, hist: &[[u64; 2]]) -> serde_json::Value {
+        serde_json::json!({
+            "enabled": true, "interval_us": 1000, "rate": "fast",
+            "misses": 3, "misses_min": 3, "misses_max": 30,
+            "probes_sent": sent, "replies": sent - 1,
+            "rejected": {"bad_mac": 2},
+            "verdicts": {"silent": 0, "lapsed": 1, "false": 2},
+            "gap_hist": hist,
+            "gap_max_recent": 4,
+            "rtt_us": {"p50": 40.0, "p99": 90.0, "max": 300.0},
+        })
+    }
+
+    #[test]
+    fn gap_histograms_and_verdicts_sum_over_nodes() {
+        let a = fb(100, &[[1, 90], [2, 5]]);
+        let b = fb(200, &[[1, 180], [4, 1]]);
+        let h = merge_gap_hist([&a, &b, &serde_json::Value::Null]).unwrap();
+        assert_eq!(
+            h.into_iter().collect::<Vec<_>>(),
+            [(1, 270), (2, 5), (4, 1)]
+        );
+        let v = sum_verdicts([&a, &b]).unwrap();
+        assert_eq!(v["lapsed"], 2);
+        assert_eq!(v["false"], 4);
+        // Today's agent: no object, no figures.
+        assert!(merge_gap_hist([&serde_json::Value::Null]).is_none());
+        assert!(sum_verdicts([&serde_json::Value::Null]).is_none());
+    }
+
+    #[test]
+    fn soak_json_combines_runs() {
+        let run = |t: u64, out: f64, fw1: serde_json::Value| Run {
+            soak: Some(serde_json::json!({
+                "duration_s": 20.0,
+                "transitions": {"fw1": t, "fw2": 0, "total": t},
+                "outage_max_ms": out,
+                "forwarded_mbps": 900.0,
+                "forwarded_pps": 80000.0,
+                "cpu_pct": {"fw1": 5.0, "fw2": 4.0},
+                "misses": {"fw1": fw1["misses"], "fw2": null},
+                "fast_heartbeat": {"fw1": fw1, "fw2": null},
+            })),
+            ..Run::default()
+        };
+        let v = soak_json(&[
+            run(0, 12.0, fb(10, &[[1, 9]])),
+            run(1, 30.0, fb(10, &[[1, 8], [3, 1]])),
+        ])
+        .unwrap();
+        assert_eq!(v["transitions"]["total"], 1);
+        assert_eq!(v["outage_max_ms"], 30.0);
+        assert_eq!(v["gap_hist"], serde_json::json!([[1, 17], [3, 1]]));
+        assert_eq!(v["verdicts"]["false"], 4);
+        assert_eq!(v["misses"]["fw1"], 3);
+        // Without the fast heartbeat: nulls, not errors.
+        let v = soak_json(&[run(0, 12.0, serde_json::Value::Null)]).unwrap();
+        assert!(v["gap_hist"].is_null() && v["verdicts"].is_null());
+    }
+
+    #[test]
+    fn fast_heartbeat_off_is_written_only_when_asked() {
+        let key = SyncKey::new("unit", [1u8; 32]);
+        let on = AgentSpec {
+            ha_extra: key.ha_extra(),
+            ..AgentSpec::new(1, 200, 10)
+        };
+        assert!(!on.toml("x").contains("fast_heartbeat"));
+        let off = AgentSpec {
+            fast_heartbeat_off: true,
+            ..on
+        };
+        let text = off.toml("x");
+        let v: toml::Value = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(v["ha"]["fast_heartbeat"]["enabled"].as_bool(), Some(false));
+        assert_eq!(v["ha"]["interface"].as_str(), Some("ha0"));
+    }
+}
