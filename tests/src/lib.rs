@@ -234,6 +234,11 @@ pub struct AgentSpec {
     pub accept: bool,
     /// TOML appended after the groups (e.g. a `[cluster]` section).
     pub tail: String,
+    /// Writes `[ha.fast_heartbeat] enabled = false` (the fast heartbeat off).
+    /// Nothing is written when `false`: the agent's configuration denies
+    /// unknown keys, and an agent without the fast heartbeat must still
+    /// accept the lab's configuration.
+    pub fast_heartbeat_off: bool,
 }
 
 impl AgentSpec {
@@ -251,6 +256,7 @@ impl AgentSpec {
             metrics: None,
             accept: true,
             tail: String::new(),
+            fast_heartbeat_off: false,
         }
     }
 
@@ -269,6 +275,7 @@ unicast = {unicast}
 mgmt = {mgmt:?}
 {ha_extra}
 {auth_extra}
+{fast_heartbeat}
 
 [[group]]
 name = "fw"
@@ -291,6 +298,11 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
             extra = self.group_extra,
             ha_extra = self.ha_extra,
             auth_extra = self.auth_extra,
+            fast_heartbeat = if self.fast_heartbeat_off {
+                "[ha.fast_heartbeat]\nenabled = false"
+            } else {
+                ""
+            },
             mgmt = self.mgmt,
             metrics = self
                 .metrics

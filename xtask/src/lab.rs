@@ -14,7 +14,7 @@ pub struct LabArgs {
     /// switchover, graceful, return (the default list), and, only when
     /// named, the attacks hostile-sync and control-flood and the path and
     /// election scenarios partition-silent, lan-cut, all-paths-cut, stall
-    /// and hostile-vrrp.
+    /// and hostile-vrrp, and the load scenarios soak and probe-cost.
     #[arg(long)]
     scenario: Vec<String>,
     /// Runs per scenario and system.
@@ -32,6 +32,13 @@ pub struct LabArgs {
     /// JSON report path (the SVG timeline is written next to it).
     #[arg(long, default_value = "target/lab/report.json")]
     json: String,
+    /// `soak`: seconds of saturated CPUs and full-rate forwarding.
+    #[arg(long, default_value_t = 600)]
+    soak_s: u64,
+    /// `probe-cost`: seconds measured with the fast heartbeat on, and again
+    /// off.
+    #[arg(long, default_value_t = 30)]
+    probe_cost_s: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -87,6 +94,10 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                 &args.compare,
                 "--json",
                 &args.json,
+                "--soak-s",
+                &args.soak_s.to_string(),
+                "--probe-cost-s",
+                &args.probe_cost_s.to_string(),
             ]);
             for s in &args.scenario {
                 cmd.args(["--scenario", s]);

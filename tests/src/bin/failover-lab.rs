@@ -39,6 +39,8 @@ enum Scenario {
     AllPathsCut,
     Stall,
     HostileVrrp,
+    Soak,
+    ProbeCost,
 }
 
 impl Scenario {
@@ -70,6 +72,8 @@ impl Scenario {
             Scenario::AllPathsCut => "all-paths-cut",
             Scenario::Stall => "stall",
             Scenario::HostileVrrp => "hostile-vrrp",
+            Scenario::Soak => "soak",
+            Scenario::ProbeCost => "probe-cost",
         }
     }
 
@@ -105,8 +109,16 @@ impl Scenario {
             (Scenario::AllPathsCut, _) => 2,
             // The master steps down (or stops), the backup takes over.
             (Scenario::Switchover | Scenario::Graceful, _) => 2,
-            // Attacks must move nothing.
-            (Scenario::HostileSync | Scenario::ControlFlood | Scenario::HostileVrrp, _) => 0,
+            // Attacks must move nothing, nor must a saturated machine or idle
+            // agents.
+            (
+                Scenario::HostileSync
+                | Scenario::ControlFlood
+                | Scenario::HostileVrrp
+                | Scenario::Soak
+                | Scenario::ProbeCost,
+                _,
+            ) => 0,
             (Scenario::Stall, _) => return None,
         })
     }
@@ -134,6 +146,7 @@ impl Scenario {
                 | Scenario::AllPathsCut
                 | Scenario::Stall
                 | Scenario::HostileVrrp
+                | Scenario::Soak
         )
     }
 }
@@ -179,6 +192,13 @@ struct Args {
     /// Build the lab with both agents running and leave it up.
     #[arg(long)]
     up: bool,
+    /// `soak`: seconds of saturated CPUs and full-rate forwarding.
+    #[arg(long, default_value_t = 600)]
+    soak_s: u64,
+    /// `probe-cost`: seconds measured with the fast heartbeat on, and again
+    /// with it off.
+    #[arg(long, default_value_t = 30)]
+    probe_cost_s: u64,
 }
 
 /// One run's measurements.
@@ -216,6 +236,15 @@ struct Run {
     vips_reannounced: Option<bool>,
     /// The scenario does not apply to the system (no row figures).
     na: bool,
+    /// ha-agent, after a takeover: the reason of the new master's last
+    /// transition to MASTER during the run (`MasterDown`, `PeerSilent`,
+    /// `PeerLapsed`, ...): which detector fired. `None`: no takeover, or
+    /// keepalived.
+    detected_by: Option<String>,
+    /// `soak`: its measurements (the JSON report's `soak`).
+    soak: Option<serde_json::Value>,
+    /// `probe-cost`: its measurements (the JSON report's `probe_cost`).
+    probe_cost: Option<serde_json::Value>,
     notes: Vec<String>,
 }
 
@@ -480,6 +509,9 @@ fn build_lab(scenario: Scenario) -> Lab {
 }
 
 fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
+    if scenario == Scenario::ProbeCost {
+        return probe_cost(system, a);
+    }
     if system == System::Keepalived && scenario == Scenario::ControlFlood {
         return Run {
             na: true,
@@ -521,8 +553,15 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
     let mut stalls: Vec<(u64, u8, Instant)> = Vec::new();
     // `all-paths-cut`: the heal, and when the roles showed a single master.
     let mut healed: Option<(Instant, Option<Instant>)> = None;
+    // `soak`: its window (start, end), for the client outage during it.
+    let mut soak_window: Option<(Instant, Instant)> = None;
     let stop = AtomicBool::new(false);
-    let limit = Duration::from_secs(60);
+    let limit = Duration::from_secs(60)
+        + if scenario == Scenario::Soak {
+            Duration::from_secs(a.soak_s + 30)
+        } else {
+            Duration::ZERO
+        };
     let lab_ref = &lab;
     let server_tcp = SocketAddr::from((Ipv4Addr::new(10, 1, 0, 10), 9001));
     let listener = lab
@@ -718,6 +757,12 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 hostile_vrrp(lab_ref, a.adv_ms, &n1, &n2, &mut run);
                 std::thread::sleep(Duration::from_millis(500));
             }
+            Scenario::Soak => {
+                soak_window = Some(soak(lab_ref, &n1, &n2, a, &mut run));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            // Measured by `probe_cost` (returned above).
+            Scenario::ProbeCost => {}
         }
         match (system, scenario) {
             (_, Scenario::HostileSync | Scenario::ControlFlood) => {}
@@ -749,6 +794,15 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         run.rsts = fleet.resets as u64
             + resets_seen(lab_ref, "client").unwrap_or(0)
             + resets_seen(lab_ref, "server").unwrap_or(0);
+        if scenario == Scenario::Soak {
+            // iperf3's own resets (its connections torn down at the end)
+            // are not the fleet's.
+            let iperf = iperf_resets(lab_ref);
+            run.rsts = run.rsts.saturating_sub(iperf);
+            if let Some(v) = run.soak.as_mut() {
+                v["iperf3_rsts"] = serde_json::json!(iperf);
+            }
+        }
         let end = Instant::now();
         stop.store(true, Ordering::Relaxed);
         let gw = gw.join().unwrap_or_default();
@@ -765,6 +819,10 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         let from = fault - Duration::from_millis(50);
         run.outage_ms = longest_gap(&gw, from, end);
         run.outage_vip_ms = longest_gap(&vip, from, end);
+        if let (Some((s0, s1)), Some(v)) = (soak_window, run.soak.as_mut()) {
+            v["outage_max_ms"] = serde_json::json!(longest_gap(&gw, s0, s1));
+            v["outage_vip_max_ms"] = serde_json::json!(longest_gap(&vip, s0, s1));
+        }
         run.recovered = gw.iter().any(|t| *t > end - Duration::from_millis(500))
             && vip.iter().any(|t| *t > end - Duration::from_millis(500));
         run.answers_ms = gw
@@ -834,6 +892,9 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             }
         }
         let replaced = [scenario == Scenario::Return, false];
+        if system == System::Agent && !replaced[0] {
+            run.detected_by = detected_by([&n1, &n2], base);
+        }
         let mut observed = Some(0u64);
         for (i, node) in [&n1, &n2].into_iter().enumerate() {
             if replaced[i] {
@@ -1771,7 +1832,7 @@ fn report(
         a.adv_ms, a.runs, a.tcp
     );
     println!(
-        "{:<16} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}",
+        "{:<16} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}  detected by",
         "scenario",
         "system",
         "recovered",
@@ -1833,6 +1894,44 @@ fn report(
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let notes: std::collections::BTreeSet<&String> =
                 runs.iter().flat_map(|r| &r.notes).collect();
+            // ha-agent: which detector made each takeover (runs without one
+            // are not counted).
+            let detected: Option<std::collections::BTreeMap<&str, usize>> =
+                (system == System::Agent).then(|| {
+                    let mut m = std::collections::BTreeMap::new();
+                    for d in runs.iter().filter_map(|r| r.detected_by.as_deref()) {
+                        *m.entry(d).or_default() += 1;
+                    }
+                    m
+                });
+            let detected_text = detected
+                .as_ref()
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|| "-".into());
+            if scenario == Scenario::ProbeCost && !runs.iter().all(|r| r.na) {
+                println!(
+                    "{:<16} {:<11} {:>9}   (see \"probe cost\" below)",
+                    scenario.name(),
+                    system.name(),
+                    format!("{recovered}/{}", runs.len()),
+                );
+                for note in &notes {
+                    println!("{:<16} {:<11}   note: {note}", "", "");
+                }
+                js.push(serde_json::json!({
+                    "name": scenario.name(),
+                    "runs": runs.len(),
+                    "probe_cost": probe_cost_json(runs),
+                    "notes": notes,
+                }));
+                continue;
+            }
             if runs.iter().all(|r| r.na) {
                 println!("{:<16} {:<11} {:>9}", scenario.name(), system.name(), "n/a");
                 for note in &notes {
@@ -1850,7 +1949,7 @@ fn report(
                 continue;
             }
             println!(
-                "{:<16} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6} {:>6} {:>8} {:>8}",
+                "{:<16} {:<11} {:>9} {:>11.1} {:>11.1} {:>12.1} {:>11} {:>5} {:>10.0} {:>7} {:>6} {:>6} {:>8} {:>8}  {}",
                 scenario.name(),
                 system.name(),
                 format!("{recovered}/{}", runs.len()),
@@ -1865,6 +1964,7 @@ fn report(
                 opt(unexpected.map(|u| u.to_string())),
                 opt(in_sync_after.map(|b| b.to_string())),
                 opt(control_ok.map(|b| b.to_string())),
+                detected_text,
             );
             for note in &notes {
                 println!("{:<16} {:<11}   note: {note}", "", "");
@@ -1887,8 +1987,12 @@ fn report(
                 "control_ok": control_ok,
                 "converged_ms": converged_ms,
                 "vips_reannounced": vips_reannounced,
+                "detected_by": detected,
                 "notes": notes,
             }));
+            if let Some(v) = soak_json(runs) {
+                js.last_mut().expect("pushed")["soak"] = v;
+            }
         }
         json_systems.push(
             serde_json::json!({"system": system.name(), "adv_ms": a.adv_ms, "scenarios": js}),
@@ -1930,7 +2034,27 @@ fn report(
             );
         }
     }
-    let json = serde_json::json!({ "systems": json_systems });
+    print_soak(results);
+    print_probe_cost(results);
+    let mut json = serde_json::json!({ "systems": json_systems });
+    // The soak per system and the probe cost (ha-agent) at the top too.
+    let mut soaks = serde_json::Map::new();
+    for (system, scenario, runs) in results {
+        if *scenario == Scenario::Soak
+            && let Some(v) = soak_json(runs)
+        {
+            soaks.insert(system.name().into(), v);
+        }
+        if *scenario == Scenario::ProbeCost
+            && *system == System::Agent
+            && let Some(v) = probe_cost_json(runs)
+        {
+            json["probe_cost"] = v;
+        }
+    }
+    if !soaks.is_empty() {
+        json["soak"] = soaks.into();
+    }
     if let Some(dir) = a.json.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -1948,50 +2072,88 @@ fn report(
     }
 }
 
-/// Probe answers through the gateway around the first hard crash of each
-/// system: one tick per answer, a gap is the outage.
+/// Probe answers through the gateway around the first recovered run of each
+/// crash scenario that ran (`hard-crash`, `agent-crash`), one row per
+/// system and scenario: one tick per answer, a gap is the outage (its
+/// length, and for ha-agent the detector that fired, beside it). A row
+/// without a recovered run says so.
 fn timeline_svg(a: &Args, systems: &[System], results: &[(System, Scenario, Vec<Run>)]) -> String {
-    let (w, row, left) = (900.0, 60.0, 110.0);
-    let span = (-50.0, (8 * a.adv_ms) as f64 + 100.0);
+    let crashes: Vec<Scenario> = [Scenario::HardCrash, Scenario::AgentCrash]
+        .into_iter()
+        .filter(|sc| results.iter().any(|(_, s, _)| s == sc))
+        .collect();
+    let rows: Vec<(System, Scenario, Option<&Run>)> = crashes
+        .iter()
+        .flat_map(|sc| {
+            systems.iter().map(move |sy| {
+                let run = results
+                    .iter()
+                    .find(|(s, c, _)| s == sy && c == sc)
+                    .and_then(|(_, _, runs)| runs.iter().find(|r| r.recovered));
+                (*sy, *sc, run)
+            })
+        })
+        .collect();
+    let (w, row, left) = (900.0, 60.0, 170.0);
+    // Wide enough for the longest outage drawn.
+    let longest = rows
+        .iter()
+        .filter_map(|(_, _, r)| r.map(|r| r.outage_ms))
+        .fold(0.0, f64::max);
+    let span = (-50.0, ((8 * a.adv_ms) as f64 + 100.0).max(longest + 60.0));
     let x = |ms: f64| left + (ms - span.0) / (span.1 - span.0) * (w - left - 20.0);
-    let h = 60.0 + row * systems.len() as f64;
+    let h = 60.0 + row * rows.len().max(1) as f64;
+    let names: Vec<&str> = crashes.iter().map(|c| c.name()).collect();
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\">1 kHz UDP probes through the VIP gateway around a hard crash of the master at 0 ms ({} ms adverts)</text>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"18\">1 kHz UDP probes through the VIP gateway around the master's crash at 0 ms ({}; {} ms adverts)</text>\n",
+        if names.is_empty() {
+            "no crash scenario ran".to_owned()
+        } else {
+            names.join(", ")
+        },
         a.adv_ms
     );
-    for (i, system) in systems.iter().enumerate() {
+    for (i, (system, scenario, run)) in rows.iter().enumerate() {
         let y = 40.0 + row * i as f64;
         s += &format!(
-            "<text x=\"10\" y=\"{}\">{}</text>\n",
-            y + 25.0,
-            system.name()
+            "<text x=\"10\" y=\"{}\">{}</text>\n<text x=\"10\" y=\"{}\" font-size=\"10\">{}</text>\n",
+            y + 20.0,
+            system.name(),
+            y + 34.0,
+            scenario.name()
         );
-        let run = results
-            .iter()
-            .find(|(sy, sc, _)| sy == system && *sc == Scenario::HardCrash)
-            .and_then(|(_, _, runs)| runs.iter().find(|r| r.recovered));
-        if let Some(run) = run {
-            for ms in run
-                .answers_ms
-                .iter()
-                .filter(|m| **m >= span.0 && **m <= span.1)
-            {
-                s += &format!(
-                    "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1}\" y2=\"{2}\" stroke=\"#2a7\" stroke-width=\"1\"/>\n",
-                    x(*ms),
-                    y + 5.0,
-                    y + 40.0
-                );
-            }
+        let Some(run) = run else {
             s += &format!(
-                "<text x=\"{}\" y=\"{}\" fill=\"#c00\">outage {:.1} ms</text>\n",
-                x(span.1) - 110.0,
-                y + 55.0,
-                run.outage_ms
+                "<text x=\"{}\" y=\"{}\" fill=\"#c00\">no recovered run</text>\n",
+                left,
+                y + 25.0
+            );
+            continue;
+        };
+        for ms in run
+            .answers_ms
+            .iter()
+            .filter(|m| **m >= span.0 && **m <= span.1)
+        {
+            s += &format!(
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1}\" y2=\"{2}\" stroke=\"#2a7\" stroke-width=\"1\"/>\n",
+                x(*ms),
+                y + 5.0,
+                y + 40.0
             );
         }
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"#c00\">outage {:.1} ms{}</text>\n",
+            x(span.1) - 200.0,
+            y + 55.0,
+            run.outage_ms,
+            run.detected_by
+                .as_ref()
+                .map(|d| format!(" (detected by {d})"))
+                .unwrap_or_default()
+        );
     }
-    let y0 = 40.0 + row * systems.len() as f64;
+    let y0 = 40.0 + row * rows.len() as f64;
     s += &format!(
         "<line x1=\"{0}\" x2=\"{0}\" y1=\"30\" y2=\"{1}\" stroke=\"#c00\" stroke-dasharray=\"4\"/>\n",
         x(0.0),
@@ -2576,5 +2738,811 @@ fn hostile_vrrp(lab: &Lab, adv_ms: u64, n1: &Node, n2: &Node, run: &mut Run) {
                 }
             ));
         }
+    }
+}
+
+/// The agent's status as raw JSON, taken live over its operator socket
+/// (`ha-agent status --json`'s object, with fields the lab's `Status` type
+/// does not know, such as `fast_heartbeat`), else its status file; `None`
+/// when neither answers.
+fn status_json(instance: &str, limit: Duration) -> Option<serde_json::Value> {
+    use std::io::{BufRead as _, Write as _};
+    let live = (|| -> std::io::Result<serde_json::Value> {
+        let mut s = std::os::unix::net::UnixStream::connect(ha_agent::paths::socket(instance))?;
+        s.set_read_timeout(Some(limit))?;
+        s.set_write_timeout(Some(limit))?;
+        let mut line = serde_json::to_vec(&ha_agent::control::local::LocalRequest::Status)?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut reply = String::new();
+        std::io::BufReader::new(s).read_line(&mut reply)?;
+        let mut v: serde_json::Value = serde_json::from_str(&reply)?;
+        Ok(v["status"].take())
+    })();
+    match live {
+        Ok(v) if v.is_object() => Some(v),
+        _ => std::fs::read(ha_agent::paths::status_file(instance))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()),
+    }
+}
+
+impl Node {
+    /// The agent's `fast_heartbeat` status object; null when the agent
+    /// reports none (off, or an agent without it) and for keepalived.
+    fn fast_heartbeat(&self) -> serde_json::Value {
+        match self {
+            Node::Agent(a) => status_json(&a.pins.0, Duration::from_secs(2))
+                .and_then(|mut s| s.get_mut("fast_heartbeat").map(serde_json::Value::take))
+                .unwrap_or(serde_json::Value::Null),
+            Node::Keepalived(..) => serde_json::Value::Null,
+        }
+    }
+}
+
+/// The reason of the new master's last transition to MASTER since `base`
+/// (the nodes' `transitions_total` before the fault): which detector made
+/// the takeover (`MasterDown`, `PeerSilent`, `PeerLapsed`, ...). `None`
+/// when no agent that is MASTER now (and was started by the lab: a
+/// restarted one has another count) became MASTER during the run.
+fn detected_by(nodes: [&Node; 2], base: [Option<u64>; 2]) -> Option<String> {
+    for (node, base) in nodes.into_iter().zip(base) {
+        let Node::Agent(a) = node else {
+            return None;
+        };
+        let Some(s) = live_status(&a.pins.0, Duration::from_secs(2)) else {
+            continue;
+        };
+        if s.pid != a.pid || s.roles.get("fw").map(String::as_str) != Some("MASTER") {
+            continue;
+        }
+        let since = s.transitions_total.saturating_sub(base?) as usize;
+        if let Some(t) = s
+            .transitions
+            .iter()
+            .rev()
+            .take(since)
+            .find(|t| t.role == "MASTER")
+        {
+            return Some(t.reason.clone());
+        }
+    }
+    None
+}
+
+/// Processes the lab runner started outside [`Lab::spawn`] (it holds the
+/// lab only by shared reference then): killed and reaped on drop, panics
+/// included. Whatever survives dies with its namespace anyway.
+struct Reap(Vec<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The packets received and sent on `ifname` in namespace `ns` so far
+/// (the kernel's link counters, /sys/class/net/<if>/statistics/{rx,tx}_packets,
+/// read over netlink: the lab's /sys shows the host's namespace).
+fn link_packets(lab: &Lab, ns: &str, ifname: &str) -> Option<(u64, u64)> {
+    let out = lab
+        .exec(ns, &["ip", "-j", "-s", "link", "show", "dev", ifname])
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let st = &v[0]["stats64"];
+    Some((st["rx"]["packets"].as_u64()?, st["tx"]["packets"].as_u64()?))
+}
+
+/// Counter `key` of a `fast_heartbeat` object, if present.
+fn fb_u64(fb: &serde_json::Value, key: &str) -> Option<u64> {
+    fb.get(key)?.as_u64()
+}
+
+/// `gap_hist` (`[[gap in probes, count], ...]`) of every object in `fbs`
+/// summed per gap; `None` when none has one.
+fn merge_gap_hist<'a>(
+    fbs: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> Option<std::collections::BTreeMap<u64, u64>> {
+    let mut out: Option<std::collections::BTreeMap<u64, u64>> = None;
+    for fb in fbs {
+        let Some(h) = fb.get("gap_hist").and_then(|h| h.as_array()) else {
+            continue;
+        };
+        let m = out.get_or_insert_with(Default::default);
+        for e in h {
+            if let (Some(g), Some(n)) = (
+                e.get(0).and_then(|g| g.as_u64()),
+                e.get(1).and_then(|n| n.as_u64()),
+            ) {
+                *m.entry(g).or_default() += n;
+            }
+        }
+    }
+    out
+}
+
+fn gap_hist_json(h: &Option<std::collections::BTreeMap<u64, u64>>) -> serde_json::Value {
+    h.as_ref().map_or(serde_json::Value::Null, |h| {
+        serde_json::json!(h.iter().map(|(g, n)| [*g, *n]).collect::<Vec<_>>())
+    })
+}
+
+/// `verdicts` of every object in `fbs` summed per verdict; `None` when none
+/// has them.
+fn sum_verdicts<'a>(
+    fbs: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> Option<std::collections::BTreeMap<String, u64>> {
+    let mut out: Option<std::collections::BTreeMap<String, u64>> = None;
+    for fb in fbs {
+        let Some(v) = fb.get("verdicts").and_then(|v| v.as_object()) else {
+            continue;
+        };
+        let m = out.get_or_insert_with(Default::default);
+        for (k, n) in v {
+            *m.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// `soak`: for `--soak-s` seconds every CPU spun by a busy loop (one bash
+/// loop per CPU at normal priority, in the firewalls' namespaces, each
+/// ending by itself 5 s after the soak and killed at its end) while iperf3
+/// sends TCP (4 streams) from the client through the VIP gateway to the
+/// server as fast as the lab forwards it. Its figures go to `run.soak`;
+/// returns its window (start, end), for the client outage during it.
+fn soak(lab: &Lab, n1: &Node, n2: &Node, a: &Args, run: &mut Run) -> (Instant, Instant) {
+    use std::process::Stdio;
+    let secs = a.soak_s.max(1);
+    let nodes = [n1, n2];
+    let mut procs = Reap(Vec::new());
+    for ns in ["client", "server"] {
+        if let Err(e) = lab.nft(
+            ns,
+            "table inet halab_iperf {\n counter rst {}\n chain in {\n  type filter hook input priority -300;\n  tcp sport 5201 tcp flags & rst == rst counter name rst\n  tcp dport 5201 tcp flags & rst == rst counter name rst\n }\n}\n",
+        ) {
+            run.notes.push(format!("iperf3 reset counter in {ns}: {e}"));
+        }
+    }
+    match lab
+        .command(
+            "server",
+            &["iperf3", "-s", "-1", "-B", "10.1.0.10", "-p", "5201"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => procs.0.push(c),
+        Err(e) => run.notes.push(format!("iperf3 server: {e}")),
+    }
+    if let Err(e) = wait("iperf3 listening", Duration::from_secs(5), || {
+        lab.exec("server", &["ss", "-Hltn", "sport = :5201"])
+            .is_ok_and(|o| !o.stdout.is_empty())
+    }) {
+        run.notes.push(e);
+    }
+    let master = if n2.role().as_deref() == Some("MASTER") {
+        "fw2"
+    } else {
+        "fw1"
+    };
+    let pids = nodes.map(Node::election_pid);
+    let cpu = |i: usize| pids[i].and_then(|p| ha_lab::hostile::cpu_seconds(p as u32));
+    let before = nodes.map(Node::transitions);
+    let fb0 = nodes.map(Node::fast_heartbeat);
+    let fwd0 = link_packets(lab, master, "wan0");
+    let cpu0 = [cpu(0), cpu(1)];
+    let host0 = host_cpu();
+    let start = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spin = format!("while [ $SECONDS -lt {} ]; do :; done", secs + 5);
+    for i in 0..cpus {
+        let ns = if i % 2 == 0 { "fw1" } else { "fw2" };
+        match lab
+            .command(ns, &["bash", "-c", &spin])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => procs.0.push(c),
+            Err(e) => run.notes.push(format!("busy loop in {ns}: {e}")),
+        }
+    }
+    let client = lab
+        .command(
+            "client",
+            &[
+                "iperf3",
+                "-c",
+                "10.1.0.10",
+                "-p",
+                "5201",
+                "-t",
+                &secs.to_string(),
+                "-P",
+                "4",
+                "-J",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut report = None;
+    match client {
+        Ok(mut c) => {
+            let out = c.stdout.take();
+            report = Some(std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut o) = out {
+                    let _ = std::io::Read::read_to_string(&mut o, &mut text);
+                }
+                text
+            }));
+            procs.0.push(c);
+        }
+        Err(e) => run.notes.push(format!("iperf3 client: {e}")),
+    }
+    // Until the client is done (it stops after `secs`), at most 15 s more.
+    let deadline = Duration::from_secs(secs + 15);
+    let client_at = procs.0.len().saturating_sub(1);
+    while start.elapsed() < deadline {
+        if start.elapsed() >= Duration::from_secs(secs)
+            && (report.is_none() || procs.0[client_at].try_wait().is_ok_and(|s| s.is_some()))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let end = Instant::now();
+    let wall = end.duration_since(start).as_secs_f64().max(0.001);
+    let cpu1 = [cpu(0), cpu(1)];
+    let host1 = host_cpu();
+    let fwd1 = link_packets(lab, master, "wan0");
+    // The busy loops and iperf3 stop here.
+    drop(procs);
+    let after = nodes.map(Node::transitions);
+    let fb1 = nodes.map(Node::fast_heartbeat);
+    let iperf: serde_json::Value = report
+        .and_then(|r| r.join().ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if let Some(e) = iperf.get("error").and_then(|e| e.as_str()) {
+        run.notes.push(format!("iperf3: {e}"));
+    }
+    let bps = iperf["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .or_else(|| iperf["end"]["sum"]["bits_per_second"].as_f64());
+    let fwd_pps = fwd0
+        .zip(fwd1)
+        .map(|(a, b)| b.1.saturating_sub(a.1) as f64 / wall);
+    let per_node =
+        |f: &dyn Fn(usize) -> serde_json::Value| serde_json::json!({"fw1": f(0), "fw2": f(1)});
+    let moved: [Option<u64>; 2] =
+        [0, 1].map(|i| after[i].zip(before[i]).map(|(a, b)| a.saturating_sub(b)));
+    let cpu_pct: [Option<f64>; 2] =
+        [0, 1].map(|i| cpu0[i].zip(cpu1[i]).map(|(a, b)| (b - a) / wall * 100.0));
+    let gap_hist = merge_gap_hist(&fb1);
+    let verdicts = sum_verdicts(&fb1);
+    let fb_field =
+        |k: &'static str| per_node(&|i| fb1[i].get(k).cloned().unwrap_or(serde_json::Value::Null));
+    let delta = |k: &'static str| {
+        per_node(&|i| {
+            serde_json::json!(
+                fb_u64(&fb1[i], k)
+                    .zip(fb_u64(&fb0[i], k))
+                    .map(|(b, a)| b.saturating_sub(a))
+            )
+        })
+    };
+    run.soak = Some(serde_json::json!({
+        "duration_s": wall,
+        "busy_loops": cpus,
+        "transitions": {
+            "fw1": moved[0],
+            "fw2": moved[1],
+            "total": moved[0].zip(moved[1]).map(|(a, b)| a + b),
+        },
+        // Filled in by the caller from the probes' answers.
+        "outage_max_ms": null,
+        "outage_vip_max_ms": null,
+        "traffic": "iperf3 TCP, 4 streams, client -> server through the VIP gateway",
+        "forwarded_mbps": bps.map(|b| b / 1e6),
+        "forwarded_pps": fwd_pps,
+        "forwarded_by": master,
+        "cpu_pct": {"fw1": cpu_pct[0], "fw2": cpu_pct[1]},
+        "host_cpu_busy_pct": host_busy_pct(host0, host1),
+        "gap_hist": gap_hist_json(&gap_hist),
+        "misses": fb_field("misses"),
+        "verdicts": verdicts,
+        "probes_sent": delta("probes_sent"),
+        "replies": delta("replies"),
+        "fast_heartbeat": {"fw1": fb1[0], "fw2": fb1[1]},
+    }));
+    (start, end)
+}
+
+/// `probe-cost`: both agents idle (no traffic, no load), measured for
+/// `--probe-cost-s` with the fast heartbeat on (the default), then with
+/// `[ha.fast_heartbeat] enabled = false` (agents restarted in a fresh lab).
+/// keepalived: n/a.
+fn probe_cost(system: System, a: &Args) -> Run {
+    if system == System::Keepalived {
+        return Run {
+            na: true,
+            notes: vec!["n/a: keepalived has no fast heartbeat".into()],
+            ..Run::default()
+        };
+    }
+    let mut run = Run::default();
+    let key = SyncKey::new("probe-cost", [11u8; 32]);
+    let on = probe_cost_phase(a, &key, false, &mut run.notes);
+    // An agent without the fast heartbeat refuses the key (its
+    // configuration denies unknown fields): then "off" is the same
+    // configuration, and says so.
+    let spec = AgentSpec {
+        ha_extra: key.ha_extra(),
+        fast_heartbeat_off: true,
+        ..AgentSpec::new(1, 200, a.adv_ms)
+    };
+    let known = match ha_agent::config::Config::parse(
+        &spec.toml("probe-cost-check"),
+        std::path::Path::new("probe-cost.toml"),
+    ) {
+        Err(e) => !e.to_string().contains("fast_heartbeat"),
+        Ok(_) => true,
+    };
+    let off = if known {
+        probe_cost_phase(a, &key, true, &mut run.notes)
+    } else {
+        run.notes.push(
+            "this agent does not know [ha.fast_heartbeat]: the off phase ran the same configuration"
+                .into(),
+        );
+        let mut off = probe_cost_phase(a, &key, false, &mut run.notes);
+        off["config"] = serde_json::json!("unchanged (the agent has no fast heartbeat)");
+        off
+    };
+    run.recovered = on.get("error").is_none() && off.get("error").is_none();
+    run.probe_cost = Some(serde_json::json!({
+        "duration_s": a.probe_cost_s,
+        "on": on,
+        "off": off,
+    }));
+    run
+}
+
+/// One phase of `probe-cost`: a fresh lab, both agents (`off`: with the
+/// fast heartbeat off), settled, then measured for `--probe-cost-s`: each
+/// agent's CPU (% of one CPU), its probes sent and replies per second (from
+/// its status) and the packets per second on its ha0.
+fn probe_cost_phase(
+    a: &Args,
+    key: &SyncKey,
+    off: bool,
+    notes: &mut Vec<String>,
+) -> serde_json::Value {
+    let phase = if off { "off" } else { "on" };
+    let mut lab = build_lab(Scenario::ProbeCost);
+    let nodes: Vec<Node> = [(1u8, 200u8), (2, 100)]
+        .into_iter()
+        .map(|(node, prio)| {
+            let spec = AgentSpec {
+                ha_extra: key.ha_extra(),
+                fast_heartbeat_off: off,
+                ..AgentSpec::new(node, prio, a.adv_ms)
+            };
+            let agent = RunningAgent::start(&mut lab, &format!("fw{node}"), &spec);
+            service_limits(agent.pid);
+            Node::Agent(agent)
+        })
+        .collect();
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let setup = wait("fw1 MASTER, fw2 BACKUP", Duration::from_secs(20), || {
+        n1.role().as_deref() == Some("MASTER") && n2.role().as_deref() == Some("BACKUP")
+    })
+    .and_then(|()| {
+        wait("state sync", Duration::from_secs(10), || {
+            n1.in_sync() && n2.in_sync()
+        })
+    });
+    if let Err(e) = setup {
+        notes.push(format!("probe-cost {phase}: {e}"));
+        return serde_json::json!({ "error": e });
+    }
+    // Past the start-up (GARPs, the first full sync).
+    std::thread::sleep(Duration::from_secs(2));
+    let sample = || {
+        let fb = [n1.fast_heartbeat(), n2.fast_heartbeat()];
+        let cpu = [n1, n2].map(|n| {
+            n.election_pid()
+                .and_then(|p| ha_lab::hostile::cpu_seconds(p as u32))
+        });
+        let ha = ["fw1", "fw2"].map(|ns| link_packets(&lab, ns, "ha0"));
+        let tr = [n1.transitions(), n2.transitions()];
+        (Instant::now(), cpu, fb, ha, tr, host_cpu())
+    };
+    let (t0, cpu0, fb0, ha0, tr0, host0) = sample();
+    std::thread::sleep(Duration::from_secs(a.probe_cost_s.max(1)));
+    let (t1, cpu1, fb1, ha1, tr1, host1) = sample();
+    if std::env::var_os("HATEST_DEBUG").is_some() {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Node::Agent(a) = n {
+                let _ = std::fs::create_dir_all("target/lab");
+                let _ = std::fs::copy(
+                    &a.log,
+                    format!("target/lab/probe-cost-{phase}-fw{}.log", i + 1),
+                );
+            }
+        }
+    }
+    let secs = t1.duration_since(t0).as_secs_f64().max(0.001);
+    let node = |i: usize| {
+        let rate = |k: &str| {
+            fb_u64(&fb1[i], k)
+                .zip(fb_u64(&fb0[i], k))
+                .map(|(b, a)| b.saturating_sub(a) as f64 / secs)
+        };
+        serde_json::json!({
+            "cpu_pct": cpu0[i].zip(cpu1[i]).map(|(a, b)| (b - a) / secs * 100.0),
+            "probes_sent_per_s": rate("probes_sent"),
+            "replies_per_s": rate("replies"),
+            "ha0_rx_pps": ha0[i].zip(ha1[i]).map(|(a, b)| b.0.saturating_sub(a.0) as f64 / secs),
+            "ha0_tx_pps": ha0[i].zip(ha1[i]).map(|(a, b)| b.1.saturating_sub(a.1) as f64 / secs),
+            "transitions": tr0[i].zip(tr1[i]).map(|(a, b)| b.saturating_sub(a)),
+            "fast_heartbeat": fb1[i],
+        })
+    };
+    serde_json::json!({
+        "config": if off { "[ha.fast_heartbeat] enabled = false" } else { "default" },
+        "duration_s": secs,
+        // The whole machine's, the lab included: other work on the host
+        // shows here (and disturbs the agents).
+        "host_cpu_busy_pct": host_busy_pct(host0, host1),
+        "fw1": node(0),
+        "fw2": node(1),
+    })
+}
+
+/// The JSON report's `soak` of one system: its runs' figures combined
+/// (transitions summed, outage and CPU the worst, the forwarded rate the
+/// mean, gap histograms and verdicts summed over runs and nodes, misses of
+/// the last run) and each run's in `per_run`.
+fn soak_json(runs: &[Run]) -> Option<serde_json::Value> {
+    use serde_json::{Value, json};
+    let soaks: Vec<&Value> = runs.iter().filter_map(|r| r.soak.as_ref()).collect();
+    let last = *soaks.last()?;
+    let sum = |f: &dyn Fn(&Value) -> Option<u64>| {
+        soaks
+            .iter()
+            .map(|s| f(s))
+            .try_fold(0u64, |t, v| Some(t + v?))
+    };
+    let max = |f: &dyn Fn(&Value) -> Option<f64>| {
+        soaks
+            .iter()
+            .filter_map(|s| f(s))
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    };
+    let rates: Vec<f64> = soaks
+        .iter()
+        .filter_map(|s| s["forwarded_mbps"].as_f64())
+        .collect();
+    let pps: Vec<f64> = soaks
+        .iter()
+        .filter_map(|s| s["forwarded_pps"].as_f64())
+        .collect();
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let fbs: Vec<&Value> = soaks
+        .iter()
+        .flat_map(|s| [&s["fast_heartbeat"]["fw1"], &s["fast_heartbeat"]["fw2"]])
+        .collect();
+    Some(json!({
+        "runs": soaks.len(),
+        "duration_s": last["duration_s"],
+        "transitions": {
+            "fw1": sum(&|s| s["transitions"]["fw1"].as_u64()),
+            "fw2": sum(&|s| s["transitions"]["fw2"].as_u64()),
+            "total": sum(&|s| s["transitions"]["total"].as_u64()),
+        },
+        "outage_max_ms": max(&|s| s["outage_max_ms"].as_f64()),
+        "outage_vip_max_ms": max(&|s| s["outage_vip_max_ms"].as_f64()),
+        "forwarded_mbps": mean(&rates),
+        "forwarded_pps": mean(&pps),
+        "cpu_pct": {
+            "fw1": max(&|s| s["cpu_pct"]["fw1"].as_f64()),
+            "fw2": max(&|s| s["cpu_pct"]["fw2"].as_f64()),
+        },
+        "gap_hist": gap_hist_json(&merge_gap_hist(fbs.iter().copied())),
+        "misses": last["misses"],
+        "verdicts": sum_verdicts(fbs.iter().copied()),
+        "per_run": soaks,
+    }))
+}
+
+/// The JSON report's `probe_cost`: `on` and `off` of the first run (each
+/// run's in `per_run` when there are more).
+fn probe_cost_json(runs: &[Run]) -> Option<serde_json::Value> {
+    let all: Vec<&serde_json::Value> = runs.iter().filter_map(|r| r.probe_cost.as_ref()).collect();
+    let mut v = (*all.first()?).clone();
+    if all.len() > 1 {
+        v["per_run"] = serde_json::json!(all);
+    }
+    Some(v)
+}
+
+fn fmt_opt(v: &serde_json::Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The soak's section of the printed report: one line per system and run,
+/// then the fast heartbeat's figures at the end of each ha-agent run.
+fn print_soak(results: &[(System, Scenario, Vec<Run>)]) {
+    let soaks: Vec<(System, usize, &serde_json::Value)> = results
+        .iter()
+        .filter(|(_, sc, _)| *sc == Scenario::Soak)
+        .flat_map(|(sy, _, runs)| {
+            runs.iter()
+                .enumerate()
+                .filter_map(move |(i, r)| Some((*sy, i + 1, r.soak.as_ref()?)))
+        })
+        .collect();
+    if soaks.is_empty() {
+        return;
+    }
+    println!(
+        "\nsoak: every CPU spun by a busy loop, iperf3 TCP through the VIP gateway (CPU: the HA daemon, % of one CPU)"
+    );
+    println!(
+        "{:<11} {:>3} {:>8} {:>12} {:>11} {:>12} {:>10} {:>10} {:>8} {:>8} {:>9}",
+        "system",
+        "run",
+        "secs",
+        "transitions",
+        "outage max",
+        "VIP svc max",
+        "fwd Mbit/s",
+        "fwd pps",
+        "CPU fw1",
+        "CPU fw2",
+        "host CPU"
+    );
+    for (system, i, s) in &soaks {
+        let t = &s["transitions"];
+        println!(
+            "{:<11} {:>3} {:>8} {:>12} {:>11} {:>12} {:>10} {:>10} {:>8} {:>8} {:>9}",
+            system.name(),
+            i,
+            fmt_opt(&s["duration_s"], 0),
+            format!(
+                "{} ({}+{})",
+                t["total"].as_u64().map_or("?".into(), |n| n.to_string()),
+                t["fw1"].as_u64().map_or("?".into(), |n| n.to_string()),
+                t["fw2"].as_u64().map_or("?".into(), |n| n.to_string()),
+            ),
+            fmt_opt(&s["outage_max_ms"], 1),
+            fmt_opt(&s["outage_vip_max_ms"], 1),
+            fmt_opt(&s["forwarded_mbps"], 0),
+            fmt_opt(&s["forwarded_pps"], 0),
+            fmt_opt(&s["cpu_pct"]["fw1"], 1),
+            fmt_opt(&s["cpu_pct"]["fw2"], 1),
+            fmt_opt(&s["host_cpu_busy_pct"], 1),
+        );
+    }
+    for (system, i, s) in &soaks {
+        if *system != System::Agent {
+            continue;
+        }
+        for fw in ["fw1", "fw2"] {
+            let fb = &s["fast_heartbeat"][fw];
+            if fb.is_null() {
+                println!("ha-agent run {i} {fw}: fast_heartbeat null (not reported)");
+                continue;
+            }
+            let g = |k: &str| fb.get(k).map_or("-".into(), |v| v.to_string());
+            println!(
+                "ha-agent run {i} {fw}: fast heartbeat rate {} misses {} ({}..{}) probes sent {} replies {} during the soak ({} / {} in all), verdicts {}, gap max recent {}, rtt {}, rejected {}",
+                g("rate"),
+                g("misses"),
+                g("misses_min"),
+                g("misses_max"),
+                s["probes_sent"][fw],
+                s["replies"][fw],
+                g("probes_sent"),
+                g("replies"),
+                g("verdicts"),
+                g("gap_max_recent"),
+                g("rtt_us"),
+                g("rejected"),
+            );
+        }
+        if let Some(h) = s["gap_hist"].as_array() {
+            let text: Vec<String> = h.iter().map(|e| format!("{}: {}", e[0], e[1])).collect();
+            println!(
+                "ha-agent run {i}: gap histogram, both nodes (gap in probes: count): {}",
+                text.join(", ")
+            );
+        }
+    }
+}
+
+/// The probe cost's section of the printed report: the fast heartbeat on
+/// and off side by side, per node.
+fn print_probe_cost(results: &[(System, Scenario, Vec<Run>)]) {
+    let Some(v) = results
+        .iter()
+        .find(|(sy, sc, _)| *sy == System::Agent && *sc == Scenario::ProbeCost)
+        .and_then(|(_, _, runs)| probe_cost_json(runs))
+    else {
+        return;
+    };
+    println!(
+        "\nprobe cost: ha-agent idle, {} s each (CPU: % of one CPU)",
+        v["duration_s"]
+    );
+    for phase in ["on", "off"] {
+        println!("  {phase}: {}", v[phase]["config"]);
+        if let Some(e) = v[phase].get("error") {
+            println!("  {phase}: not measured: {e}");
+        }
+    }
+    println!("{:<22} {:>14} {:>14}", "", "fast hb on", "fast hb off");
+    println!(
+        "{:<22} {:>14} {:>14}",
+        "host CPU busy %",
+        fmt_opt(&v["on"]["host_cpu_busy_pct"], 1),
+        fmt_opt(&v["off"]["host_cpu_busy_pct"], 1),
+    );
+    for fw in ["fw1", "fw2"] {
+        for (label, key, digits) in [
+            ("CPU %", "cpu_pct", 2),
+            ("probes sent/s", "probes_sent_per_s", 0),
+            ("replies/s", "replies_per_s", 0),
+            ("ha0 rx packets/s", "ha0_rx_pps", 0),
+            ("ha0 tx packets/s", "ha0_tx_pps", 0),
+            ("transitions", "transitions", 0),
+        ] {
+            println!(
+                "{:<22} {:>14} {:>14}",
+                format!("{fw} {label}"),
+                fmt_opt(&v["on"][fw][key], digits),
+                fmt_opt(&v["off"][fw][key], digits),
+            );
+        }
+    }
+}
+
+/// TCP resets of iperf3's connections (port 5201) that arrived in the client
+/// and server namespaces (counted apart by `soak`).
+fn iperf_resets(lab: &Lab) -> u64 {
+    ["client", "server"]
+        .into_iter()
+        .filter_map(|ns| {
+            let out = lab
+                .exec(
+                    ns,
+                    &["nft", "list", "counter", "inet", "halab_iperf", "rst"],
+                )
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The machine's CPU time so far from /proc/stat: (busy, total) jiffies
+/// over every CPU.
+fn host_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+/// The machine's busy share between two [`host_cpu`] readings, % of all
+/// its CPUs.
+fn host_busy_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = a.zip(b)?;
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `fast_heartbeat` object as the agent with the fast heartbeat
+    /// reports it.
+    fn fb(sent: u64, hist: &[[u64; 2]]) -> serde_json::Value {
+        serde_json::json!({
+            "enabled": true, "interval_us": 1000, "rate": "fast",
+            "misses": 3, "misses_min": 3, "misses_max": 30,
+            "probes_sent": sent, "replies": sent - 1,
+            "rejected": {"bad_mac": 2},
+            "verdicts": {"silent": 0, "lapsed": 1, "false": 2},
+            "gap_hist": hist,
+            "gap_max_recent": 4,
+            "rtt_us": {"p50": 40.0, "p99": 90.0, "max": 300.0},
+        })
+    }
+
+    #[test]
+    fn gap_histograms_and_verdicts_sum_over_nodes() {
+        let a = fb(100, &[[1, 90], [2, 5]]);
+        let b = fb(200, &[[1, 180], [4, 1]]);
+        let h = merge_gap_hist([&a, &b, &serde_json::Value::Null]).unwrap();
+        assert_eq!(
+            h.into_iter().collect::<Vec<_>>(),
+            [(1, 270), (2, 5), (4, 1)]
+        );
+        let v = sum_verdicts([&a, &b]).unwrap();
+        assert_eq!(v["lapsed"], 2);
+        assert_eq!(v["false"], 4);
+        // Today's agent: no object, no figures.
+        assert!(merge_gap_hist([&serde_json::Value::Null]).is_none());
+        assert!(sum_verdicts([&serde_json::Value::Null]).is_none());
+    }
+
+    #[test]
+    fn soak_json_combines_runs() {
+        let run = |t: u64, out: f64, fw1: serde_json::Value| Run {
+            soak: Some(serde_json::json!({
+                "duration_s": 20.0,
+                "transitions": {"fw1": t, "fw2": 0, "total": t},
+                "outage_max_ms": out,
+                "forwarded_mbps": 900.0,
+                "forwarded_pps": 80000.0,
+                "cpu_pct": {"fw1": 5.0, "fw2": 4.0},
+                "misses": {"fw1": fw1["misses"], "fw2": null},
+                "fast_heartbeat": {"fw1": fw1, "fw2": null},
+            })),
+            ..Run::default()
+        };
+        let v = soak_json(&[
+            run(0, 12.0, fb(10, &[[1, 9]])),
+            run(1, 30.0, fb(10, &[[1, 8], [3, 1]])),
+        ])
+        .unwrap();
+        assert_eq!(v["transitions"]["total"], 1);
+        assert_eq!(v["outage_max_ms"], 30.0);
+        assert_eq!(v["gap_hist"], serde_json::json!([[1, 17], [3, 1]]));
+        assert_eq!(v["verdicts"]["false"], 4);
+        assert_eq!(v["misses"]["fw1"], 3);
+        // Without the fast heartbeat: nulls, not errors.
+        let v = soak_json(&[run(0, 12.0, serde_json::Value::Null)]).unwrap();
+        assert!(v["gap_hist"].is_null() && v["verdicts"].is_null());
+    }
+
+    #[test]
+    fn fast_heartbeat_off_is_written_only_when_asked() {
+        let key = SyncKey::new("unit", [1u8; 32]);
+        let on = AgentSpec {
+            ha_extra: key.ha_extra(),
+            ..AgentSpec::new(1, 200, 10)
+        };
+        assert!(!on.toml("x").contains("fast_heartbeat"));
+        let off = AgentSpec {
+            fast_heartbeat_off: true,
+            ..on
+        };
+        let text = off.toml("x");
+        let v: toml::Value = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(v["ha"]["fast_heartbeat"]["enabled"].as_bool(), Some(false));
+        assert_eq!(v["ha"]["interface"].as_str(), Some("ha0"));
     }
 }
