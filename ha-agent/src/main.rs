@@ -1,7 +1,12 @@
 //! `ha-agent` binary: parses the command line, sets up logging, runs the command.
 use clap::Parser as _;
 
-#[tokio::main]
+// One thread: the VRRP loop drives its own reactor, so a packet or a timer
+// wakes it directly (a multi-thread runtime woke a worker that then woke the
+// loop's thread: two switches per event, a fifth of a CPU at the fast
+// heartbeat's 1 kHz). Hooks run on a runtime of their own (`agent::hooks`);
+// side threads have theirs (`sched::spawn`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -19,7 +19,7 @@ pub enum Class {
 
 /// Names of the threads that must stay at normal priority when the process
 /// turns realtime (they may already run).
-const NORMAL_THREADS: &[&str] = &["status-writer", "control"];
+const NORMAL_THREADS: &[&str] = &["status-writer", "control", "hooks"];
 
 /// Puts every thread of the process under SCHED_FIFO at `priority` (0: leave
 /// the scheduling alone), except the normal-priority ones, and locks memory,

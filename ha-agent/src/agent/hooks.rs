@@ -36,11 +36,12 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// Starts the hook task of `group`.
-    pub fn spawn(group: &GroupConfig) -> Self {
+    /// Starts the hook task of `group` on `rt` (the agent's hook runtime:
+    /// never the VRRP loop's thread, which a fork must not hold up).
+    pub fn spawn(group: &GroupConfig, rt: &tokio::runtime::Handle) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let timeout = Duration::from_millis(group.hook_timeout_ms);
-        let task = tokio::spawn(async move {
+        let task = rt.spawn(async move {
             while let Some(job) = rx.recv().await {
                 run(&job, timeout).await;
             }
@@ -202,7 +203,7 @@ vrrp = []
 "#,
             pidfile.display()
         ));
-        let hooks = Hooks::spawn(&g);
+        let hooks = Hooks::spawn(&g, &tokio::runtime::Handle::current());
         let t = std::time::Instant::now();
         hooks.queue_hook(&Hook::Services { role: Role::Master });
         hooks.finish().await;
@@ -245,7 +246,7 @@ vrrp = []
             "name = \"fw\"\nnotify = \"{}\"\nvrrp = []\n",
             script.display()
         ));
-        let hooks = Hooks::spawn(&g);
+        let hooks = Hooks::spawn(&g, &tokio::runtime::Handle::current());
         for (role, prio) in [
             (Role::Master, 200),
             (Role::Initialize, 200),

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod net;
 pub mod request;
 pub mod setup;
+pub mod timer;
 
 use std::{
     mem::MaybeUninit,
@@ -48,9 +49,6 @@ use crate::{
 
 /// Interval at which tracked links are checked.
 const LINK_POLL: Duration = Duration::from_millis(50);
-/// How close to a deadline the tokio timer brings us; the rest is slept
-/// precisely.
-const COARSE_TIMER: Duration = Duration::from_millis(2);
 /// Interval at which the status file is refreshed (besides every change).
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 /// Packets read from one socket per wake: past it the loop sees to its
@@ -95,8 +93,11 @@ pub struct Agent {
     backlog: bool,
     /// GARP senders of each group (one per interface carrying its VIPs).
     garp: Vec<Vec<GarpSender>>,
-    /// Hook runners of each group.
+    /// Hook runners of each group, and the runtime (thread) they run on.
     hooks: Vec<Hooks>,
+    hook_rt: tokio::runtime::Runtime,
+    /// When the loop must wake for the core's next timer.
+    deadline: timer::Deadline,
     /// Agent start (origin of [`Instant`]).
     start: std::time::Instant,
     /// When tracked links are checked and the status written next.
@@ -263,7 +264,20 @@ impl Agent {
             .iter()
             .map(setup::garp_senders)
             .collect::<anyhow::Result<_>>()?;
-        let hooks = config.groups.iter().map(Hooks::spawn).collect();
+        // Hooks fork and wait: on a normal-priority thread of their own,
+        // never on the loop's.
+        let hook_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("hooks")
+            .enable_all()
+            .build()
+            .context("the hook runtime")?;
+        let hooks = config
+            .groups
+            .iter()
+            .map(|g| Hooks::spawn(g, hook_rt.handle()))
+            .collect();
+        let deadline = timer::Deadline::new().context("the loop's timerfd")?;
         let writer = StatusWriter::spawn(&config.instance).context("the status writer")?;
         Ok(Agent {
             maintenance_file: StateFile::Maintenance.path(config_path),
@@ -279,6 +293,8 @@ impl Agent {
             backlog: false,
             garp,
             hooks,
+            hook_rt,
+            deadline,
             start: std::time::Instant::now(),
             links_at: Duration::ZERO,
             status_at: STATUS_EVERY,
@@ -360,10 +376,9 @@ impl Agent {
                 deadline = self.next_deadline();
                 now = self.now();
             }
-            // tokio's timer wheel has millisecond granularity: sleep to within
-            // a millisecond of the deadline there, then the rest precisely.
-            let sleep =
-                tokio::time::sleep(deadline.saturating_sub(now).saturating_sub(COARSE_TIMER));
+            if let Err(e) = self.deadline.arm(deadline.saturating_sub(now)) {
+                break Err(anyhow::Error::from(e).context("arming the loop's timer"));
+            }
             tokio::select! {
                 biased;
                 () = &mut shutdown => break Ok(()),
@@ -375,12 +390,9 @@ impl Agent {
                 }
                 Some(req) = requests.recv() => self.on_request(req),
                 () = std::future::ready(()), if self.backlog => self.on_readable(),
-                () = sleep => {
-                    // At most COARSE_TIMER left: a precise nanosleep, so the
-                    // master-down timer fires on time, not up to 1 ms late.
-                    let left = deadline.saturating_sub(self.now());
-                    if !left.is_zero() {
-                        std::thread::sleep(left);
+                r = self.deadline.wait() => {
+                    if let Err(e) = r {
+                        break Err(anyhow::Error::from(e).context("waiting on the loop's timer"));
                     }
                     self.on_timers();
                 }
@@ -397,6 +409,9 @@ impl Agent {
         for h in self.hooks {
             h.finish().await;
         }
+        // Not dropped here: dropping a runtime blocks, which an async
+        // context may not do.
+        self.hook_rt.shutdown_background();
         self.writer.finish();
     }
 
