@@ -112,15 +112,19 @@ fn run_unchanged(p: &PinnedDataplane, program: &'static str, frame: &[u8]) -> u3
     verdict
 }
 
-fn set_loopback_mac(p: &PinnedDataplane, mac: [u8; 6]) {
+/// Writes `mac` for `ifindex` straight into the pinned MAC map.
+fn put_mac(p: &PinnedDataplane, ifindex: u32, mac: [u8; 6]) {
     let path = p.dp.dir().join("maps").join(heartbeat::MACS_MAP);
     let map = Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap();
     let mut macs: HashMap<MapData, u32, [u8; 8]> = HashMap::try_from(map).unwrap();
-    let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
     let mut v = [0u8; 8];
     v[..6].copy_from_slice(&mac);
-    macs.insert(lo, v, 0).unwrap();
-    assert_eq!(p.dp.probe_mac(lo).unwrap(), Some(mac));
+    macs.insert(ifindex, v, 0).unwrap();
+    assert_eq!(p.dp.probe_mac(ifindex).unwrap(), Some(mac));
+}
+
+fn set_loopback_mac(p: &PinnedDataplane, mac: [u8; 6]) {
+    put_mac(p, ha_agent::iface::if_index("lo").unwrap() as u32, mac);
 }
 
 fn answers(program: &'static str) {
@@ -424,6 +428,11 @@ fn probes_are_answered_across_veths_and_a_bridge() {
         .set_ownership(0b1, Some(Duration::from_secs(30)))
         .unwrap();
     pb.dp.set_probe_term(3, [7; 16]).unwrap();
+    // b's MAC map is full of interfaces long gone: the attach makes room.
+    let dead = 1_000_000..1_000_000 + heartbeat::MAX_IFACES;
+    for i in dead.clone() {
+        put_mac(&pb, i, MAP_MAC);
+    }
     lab.run_in("a", || {
         pa.dp.attach_data("eth0").unwrap();
         pa.dp.attach_link("ha0").unwrap();
@@ -474,6 +483,9 @@ fn probes_are_answered_across_veths_and_a_bridge() {
         let left = u64::from_be_bytes(r.lease_left_ns);
         assert!(left > 25_000_000_000, "{iface}: {left}");
         assert_eq!(r.proof, [0; 16], "{iface}");
+    }
+    for i in dead {
+        assert_eq!(pb.dp.probe_mac(i).unwrap(), None, "{i}");
     }
     let answered = pb.dp.probe_counters().unwrap()[ProbeCounter::Answered as usize];
     assert_eq!(answered, 2);
