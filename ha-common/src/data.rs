@@ -5,7 +5,8 @@
 //! ownership lapses by itself when the agent stops renewing it (fail-safe).
 //! Not owner: ARP whose target is a VIP, and IPv4 to a VIP, are dropped. The
 //! gate looks through one VLAN tag; frames with stacked tags (QinQ) are
-//! dropped, counted.
+//! dropped, counted. Untagged heartbeat frames (`heartbeat::ETHERTYPE`) go to
+//! the reflector first ([`DataVerdict::Heartbeat`]).
 
 use crate::impl_pod;
 

@@ -10,7 +10,8 @@
 //! from a peer; replies to connections this node opened to a peer's control or
 //! join port (see [`LinkVerdict::PassControlReply`]); ICMP echo and the
 //! management allow-list; drops the rest, fragments included. Every verdict is
-//! counted by reason.
+//! counted by reason. Untagged heartbeat frames (`heartbeat::ETHERTYPE`) go to
+//! the reflector first ([`LinkVerdict::Heartbeat`]).
 
 use crate::impl_pod;
 
@@ -204,8 +205,9 @@ mod tests {
 
     /// The counter table is indexed by discriminant: `ALL` must list every
     /// verdict at its own index, with a distinct name, and exactly the
-    /// `pass_*` ones pass (`heartbeat`: the reflector's own verdict) (new verdicts are appended, so "passes" is no
-    /// longer a range of indices).
+    /// `pass_*` ones pass (new verdicts are appended, so "passes" is no
+    /// longer a range of indices; `heartbeat` is none: the reflector picks
+    /// its own action).
     #[test]
     fn verdict_table_is_consistent() {
         for (i, v) in LinkVerdict::ALL.iter().enumerate() {

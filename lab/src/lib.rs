@@ -150,15 +150,42 @@ impl Lab {
     }
 
     /// Plugs `end` into `bridge`'s `br0` with a veth whose bridge-side port is
-    /// named after the end's namespace (`<ns>-<if>`, shortened to fit).
+    /// named after the end's namespace (`<ns>-<if>`, shortened to fit). The
+    /// port runs an `XDP_PASS` program ([`Lab::add_xdp_pass`]), so what a
+    /// node's XDP program sends back with `XDP_TX` crosses the bridge.
     pub fn add_bridge_port(&mut self, bridge: &str, end: End<'_>) -> Result<()> {
         let port: String = format!("{}-{}", end.0, end.1).chars().take(15).collect();
         self.add_veth(end, (bridge, &port))?;
+        self.add_xdp_pass((bridge, &port))?;
         self.ip(
             bridge,
             &format!("plug {} into bridge {bridge}", port),
             &["link", "set", &port, "master", "br0"],
         )
+    }
+
+    /// Attaches a program that passes every frame (`XDP_PASS`, multi-buffer
+    /// aware) to a veth end in native mode, through netlink, so it stays
+    /// attached for as long as the interface lives (a kept lab too).
+    ///
+    /// Why: a frame a veth's XDP program sends back with `XDP_TX` (the fast
+    /// heartbeat's reflector answers probes that way) is queued on the peer
+    /// veth's XDP ring, and the peer's NAPI is kicked to deliver it only when
+    /// an XDP program is attached to the peer (`veth_xdp_flush` in
+    /// drivers/net/veth.c). GRO alone (`ethtool -K <peer> gro on`, which
+    /// since Linux 5.13 also enables NAPI on a veth) is not enough for
+    /// `XDP_TX`: the frame is queued but sits there until other traffic
+    /// kicks the peer (seen on Linux 6.18; `XDP_REDIRECT`, which flushes on
+    /// its own, is fine with GRO). So every veth end that does not carry a
+    /// node's XDP program needs one: [`Lab::add_bridge_port`] does it for
+    /// the bridge side; for a direct pair, call this on an end that gets no
+    /// node program (a node attaching later would find the slot taken).
+    /// Being frags-aware, it leaves the peer its GSO and MTU.
+    pub fn add_xdp_pass(&self, end: End<'_>) -> Result<()> {
+        let step = format!("attach XDP_PASS to {}-{}", end.0, end.1);
+        let iface = end.1.to_owned();
+        self.run_in(end.0, move || attach_xdp_pass(&iface))?
+            .map_err(|e| fail(step, e))
     }
 
     /// Adds an address (`10.0.0.1/24`) to an interface.
@@ -403,6 +430,110 @@ fn delete_netns(real: &str) -> Result<()> {
 
 /// Runs `ip <args>`; on failure the error is `<step>: <ip's message>`, with
 /// iproute2's "RTNETLINK answers: " stripped so the cause reads plainly.
+/// Loads `r0 = XDP_PASS; exit` as a frags-aware XDP program and attaches it
+/// to `iface` (calling thread's namespace) in native mode with
+/// `RTM_SETLINK`/`IFLA_XDP`: a netlink attachment, which holds the program
+/// once our fd is closed. No libbpf, no ELF: two instructions.
+fn attach_xdp_pass(iface: &str) -> std::io::Result<()> {
+    use std::{io, os::fd::FromRawFd as _};
+    let last = io::Error::last_os_error;
+    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
+    // SAFETY: a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+    if ifindex == 0 {
+        return Err(last());
+    }
+    // BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, ..., prog_flags.
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+    // mov64 r0, 2 (XDP_PASS); exit
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[44..48].copy_from_slice(&BPF_F_XDP_HAS_FRAGS.to_ne_bytes());
+    attr[48..56].copy_from_slice(b"lab_pass");
+    // SAFETY: bpf(2) with an initialised attr of the size given; the
+    // pointers in it (insns, license) outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: a fresh fd from the kernel, owned (closed) here.
+    let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+
+    // RTM_SETLINK { ifinfomsg, IFLA_XDP { IFLA_XDP_FD, IFLA_XDP_FLAGS } }
+    const IFLA_XDP: u16 = 43;
+    const NLA_F_NESTED: u16 = 0x8000;
+    const IFLA_XDP_FD: u16 = 1;
+    const IFLA_XDP_FLAGS: u16 = 3;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    let mut msg = Vec::with_capacity(52);
+    msg.extend_from_slice(&52u32.to_ne_bytes());
+    msg.extend_from_slice(&libc::RTM_SETLINK.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    msg.extend_from_slice(&ifindex.to_ne_bytes());
+    msg.extend_from_slice(&[0; 8]); // flags, change
+    msg.extend_from_slice(&20u16.to_ne_bytes());
+    msg.extend_from_slice(&(IFLA_XDP | NLA_F_NESTED).to_ne_bytes());
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_XDP_FD.to_ne_bytes());
+    msg.extend_from_slice(&(fd as i32).to_ne_bytes());
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_XDP_FLAGS.to_ne_bytes());
+    msg.extend_from_slice(&XDP_FLAGS_DRV_MODE.to_ne_bytes());
+    debug_assert_eq!(msg.len(), 52);
+    // SAFETY: plain socket(2), owned right after.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if raw < 0 {
+        return Err(last());
+    }
+    // SAFETY: a fresh fd, owned here.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and buffer; the kernel is the default destination.
+    if unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
+        return Err(last());
+    }
+    let mut ack = [0u8; 512];
+    // SAFETY: a valid socket and buffer.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), ack.as_mut_ptr().cast(), ack.len(), 0) };
+    if n < 20 {
+        return Err(if n < 0 {
+            last()
+        } else {
+            io::Error::other("short netlink answer")
+        });
+    }
+    // nlmsghdr (16 bytes), then NLMSG_ERROR's error code (0: done).
+    let kind = u16::from_ne_bytes([ack[4], ack[5]]);
+    let code = i32::from_ne_bytes([ack[16], ack[17], ack[18], ack[19]]);
+    if kind != libc::NLMSG_ERROR as u16 {
+        return Err(io::Error::other(format!("netlink answered type {kind}")));
+    }
+    drop(prog);
+    if code != 0 {
+        return Err(io::Error::from_raw_os_error(-code));
+    }
+    Ok(())
+}
+
 fn run_ip(step: &str, args: &[&str]) -> Result<Output> {
     let out = Command::new("ip")
         .args(args)

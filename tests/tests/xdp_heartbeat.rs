@@ -112,15 +112,19 @@ fn run_unchanged(p: &PinnedDataplane, program: &'static str, frame: &[u8]) -> u3
     verdict
 }
 
-fn set_loopback_mac(p: &PinnedDataplane, mac: [u8; 6]) {
+/// Writes `mac` for `ifindex` straight into the pinned MAC map.
+fn put_mac(p: &PinnedDataplane, ifindex: u32, mac: [u8; 6]) {
     let path = p.dp.dir().join("maps").join(heartbeat::MACS_MAP);
     let map = Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap();
     let mut macs: HashMap<MapData, u32, [u8; 8]> = HashMap::try_from(map).unwrap();
-    let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
     let mut v = [0u8; 8];
     v[..6].copy_from_slice(&mac);
-    macs.insert(lo, v, 0).unwrap();
-    assert_eq!(p.dp.probe_mac(lo).unwrap(), Some(mac));
+    macs.insert(ifindex, v, 0).unwrap();
+    assert_eq!(p.dp.probe_mac(ifindex).unwrap(), Some(mac));
+}
+
+fn set_loopback_mac(p: &PinnedDataplane, mac: [u8; 6]) {
+    put_mac(p, ha_agent::iface::if_index("lo").unwrap() as u32, mac);
 }
 
 fn answers(program: &'static str) {
@@ -315,4 +319,176 @@ fn probe_maps_survive_a_reopen() {
     assert_eq!(again.probe_config().unwrap(), config(true, ME));
     let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
     assert_eq!(again.probe_mac(lo).unwrap(), Some(MAP_MAC));
+}
+
+/// An `AF_PACKET` socket for the heartbeat's ethertype bound to `iface` (of
+/// the calling thread's namespace), with a receive timeout; and its ifindex.
+fn heartbeat_socket(iface: &str) -> (std::os::fd::OwnedFd, i32) {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let ifindex = ha_agent::iface::if_index(iface).unwrap();
+    let proto = heartbeat::ETHERTYPE.to_be();
+    // SAFETY: plain socket(2); owned right after.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(raw >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: a fresh valid fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: a zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: valid fd and address.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: valid fd and option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    (fd, ifindex)
+}
+
+/// Sends `frame` on the socket's interface, then returns the first reply
+/// frame (kind [`KIND_REPLY`]) received within `limit`, whole.
+fn probe_and_wait(fd: &std::os::fd::OwnedFd, frame: &[u8], limit: Duration) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: valid fd and buffer (the socket is bound: send goes out on it).
+    let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    assert_eq!(
+        n,
+        frame.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < limit {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 14 + heartbeat::WIRE_LEN as isize {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        if f[14 + 5] == KIND_REPLY {
+            return Some(f.to_vec());
+        }
+    }
+    None
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(s.split(':')) {
+        *m = u8::from_str_radix(part, 16).unwrap();
+    }
+    mac
+}
+
+/// End to end on veths, as the lab wires nodes: node `a` sends a probe from
+/// an `AF_PACKET` socket, node `b`'s attached XDP answers it with `XDP_TX`,
+/// and `a` receives the reply: across a bridge (ha_data on the LAN) and on a
+/// direct pair (ha_link on the HA link). The attach recorded `b`'s MAC, the
+/// source of the replies, and `a`'s own reflector passed the replies up.
+/// The bridge's ports run the lab's `XDP_PASS` program
+/// (`ha_lab::Lab::add_xdp_pass`): without it, `XDP_TX` from `b` never
+/// reaches the bridge.
+#[test]
+fn probes_are_answered_across_veths_and_a_bridge() {
+    require_root();
+    const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    let mut lab = ha_lab::Lab::new();
+    lab.add_netns("a").unwrap();
+    lab.add_netns("b").unwrap();
+    lab.add_bridge("sw").unwrap();
+    lab.add_bridge_port("sw", ("a", "eth0")).unwrap();
+    lab.add_bridge_port("sw", ("b", "eth0")).unwrap();
+    lab.add_veth(("a", "ha0"), ("b", "ha0")).unwrap();
+    let mut pa = PinnedDataplane::new("hba");
+    let mut pb = PinnedDataplane::new("hbb");
+    pa.dp.set_probe_config(A, B, true).unwrap();
+    pb.dp.set_probe_config(B, A, true).unwrap();
+    pb.dp
+        .set_ownership(0b1, Some(Duration::from_secs(30)))
+        .unwrap();
+    pb.dp.set_probe_term(3, [7; 16]).unwrap();
+    // b's MAC map is full of interfaces long gone: the attach makes room.
+    let dead = 1_000_000..1_000_000 + heartbeat::MAX_IFACES;
+    for i in dead.clone() {
+        put_mac(&pb, i, MAP_MAC);
+    }
+    lab.run_in("a", || {
+        pa.dp.attach_data("eth0").unwrap();
+        pa.dp.attach_link("ha0").unwrap();
+    })
+    .unwrap();
+    lab.run_in("b", || {
+        pb.dp.attach_data("eth0").unwrap();
+        pb.dp.attach_link("ha0").unwrap();
+    })
+    .unwrap();
+
+    let mut seq = 0;
+    for iface in ["eth0", "ha0"] {
+        let a_mac = parse_mac(&lab.mac(("a", iface)).unwrap());
+        let b_mac = parse_mac(&lab.mac(("b", iface)).unwrap());
+        let b_index = lab
+            .run_in("b", || ha_agent::iface::if_index(iface).unwrap())
+            .unwrap();
+        assert_eq!(pb.dp.probe_mac(b_index as u32).unwrap(), Some(b_mac));
+        seq += 1;
+        let w = probe(A, B, seq);
+        // To the broadcast address: the reply's source must still be b's MAC.
+        let frame = frames::heartbeat([0xff; 6], a_mac, &w);
+        let reply = lab
+            .run_in("a", || {
+                let (fd, _) = heartbeat_socket(iface);
+                probe_and_wait(&fd, &frame, Duration::from_secs(2))
+            })
+            .unwrap();
+        let reply = reply.unwrap_or_else(|| {
+            panic!(
+                "{iface}: no reply; counters of b {:?}, of a {:?}",
+                pb.dp.probe_counters().unwrap(),
+                pa.dp.probe_counters().unwrap()
+            )
+        });
+        assert_eq!(reply[..6], a_mac, "{iface}");
+        assert_eq!(reply[6..12], b_mac, "{iface}");
+        let r = frames::wire_parse(&reply[14..]);
+        assert_eq!(
+            (r.kind, r.seq, r.tag),
+            (KIND_REPLY, w.seq, w.tag),
+            "{iface}"
+        );
+        assert_eq!((r.from, r.to), (A.octets(), B.octets()), "{iface}");
+        assert_eq!(u64::from_be_bytes(r.groups), 1, "{iface}");
+        assert_eq!(u64::from_be_bytes(r.term), 3, "{iface}");
+        let left = u64::from_be_bytes(r.lease_left_ns);
+        assert!(left > 25_000_000_000, "{iface}: {left}");
+        assert_eq!(r.proof, [0; 16], "{iface}");
+    }
+    for i in dead {
+        assert_eq!(pb.dp.probe_mac(i).unwrap(), None, "{i}");
+    }
+    let answered = pb.dp.probe_counters().unwrap()[ProbeCounter::Answered as usize];
+    assert_eq!(answered, 2);
+    let passed = pa.dp.probe_counters().unwrap()[ProbeCounter::ReplyPassed as usize];
+    assert_eq!(passed, 2);
 }

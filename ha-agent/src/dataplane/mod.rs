@@ -500,8 +500,21 @@ impl Dataplane {
         let mut macs: HashMap<MapData, u32, [u8; 8]> = open_map(&self.dir, map)?;
         let mut value = [0u8; 8];
         value[..6].copy_from_slice(&mac);
-        macs.insert(ifindex, value, 0)
-            .map_err(|source| DataplaneError::Map { map, source })
+        if macs.insert(ifindex, value, 0).is_err() {
+            // Full: interfaces deleted since (a re-created interface gets a
+            // new index) leave their entries; drop those and try again.
+            let gone: Vec<u32> = macs
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|&i| !iface_exists(i))
+                .collect();
+            for i in gone {
+                let _ = macs.remove(&i);
+            }
+            macs.insert(ifindex, value, 0)
+                .map_err(|source| DataplaneError::Map { map, source })?;
+        }
+        Ok(())
     }
 
     /// The MAC the reflector answers from on interface `ifindex`, if any.
@@ -962,6 +975,13 @@ fn data_config(s: &FlowSettings) -> DataConfig {
             },
         _pad: 0,
     }
+}
+
+/// Whether an interface with index `ifindex` exists in the current namespace.
+fn iface_exists(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: a buffer of IF_NAMESIZE bytes, as the call requires.
+    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
 }
 
 /// Makes `map`'s keys exactly `want`.
