@@ -538,6 +538,12 @@ impl Prober {
             return Ok(None);
         }
         self.peer_owned = false;
+        if !self.fast {
+            // Nothing of ours to take over (we are master): the peer just
+            // stepped down, or its lease lapsed while we own the VIPs.
+            self.armed = false;
+            return Ok(None);
+        }
         if ended && self.armed && self.alive_term != 0 && term >= self.alive_term {
             self.armed = false;
             self.verdicts_lapsed += 1;

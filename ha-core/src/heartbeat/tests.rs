@@ -354,3 +354,17 @@ fn settings_are_checked() {
     };
     assert!(s.validate().is_err());
 }
+
+#[test]
+fn a_master_seeing_the_peer_step_down_makes_no_verdict() {
+    let mut p = backup_prober(1);
+    let mut peer = Peer::master(2, 1_000_000_000);
+    round(&mut p, ms(0), Some(&peer));
+    // We preempted: the peer's replies now show its term over.
+    p.set_rate(false, ms(10), ms(1));
+    peer.own = Ownership::default();
+    for t in 1..30 {
+        assert_eq!(round(&mut p, ms(t * 10), Some(&peer)), None);
+    }
+    assert_eq!(p.report().verdicts_lapsed, 0);
+}

@@ -402,7 +402,12 @@ impl Node {
             ),
         };
         let misses = self.prober.as_ref().map_or(0, Prober::misses);
-        info!(misses, "{why}: taking over");
+        let backups = self
+            .groups
+            .iter()
+            .filter(|g| g.group.role() == Role::Backup)
+            .count();
+        info!(misses, groups = backups, "{why}: taking over");
         for gi in 0..self.groups.len() {
             if self.groups[gi].group.role() == Role::Backup {
                 let actions = self.groups[gi].group.take_over(now, reason);
