@@ -27,6 +27,14 @@ pub fn socket(instance: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{instance}.sock"))
 }
 
+/// Which build of the XDP object the instance's pinned data plane is (the
+/// SHA-256 of the embedded object, in hex): an agent of another build
+/// replaces the pins instead of re-opening them. In [`RUN_DIR`]: bpffs
+/// holds no plain files, and both are gone after a reboot.
+pub fn object_stamp(instance: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{instance}.object"))
+}
+
 /// Every run file an instance may leave in [`RUN_DIR`] (a killed agent does
 /// not remove its own): the status file, its temporary twin, the socket.
 pub fn run_files(instance: &str) -> [PathBuf; 3] {

@@ -321,6 +321,38 @@ fn probe_maps_survive_a_reopen() {
     assert_eq!(again.probe_mac(lo).unwrap(), Some(MAP_MAC));
 }
 
+/// An agent of the same build re-opens the pins with their contents; one of
+/// another build (an upgrade: maps may have been added or changed) replaces
+/// them, and says so, instead of failing on a map the old pins lack.
+#[test]
+fn another_build_s_pins_are_replaced() {
+    require_root();
+    use ha_agent::dataplane::{Dataplane, LoadOptions};
+    let mut p = PinnedDataplane::new("hbbuild");
+    p.dp.set_probe_term(7, [2; 16]).unwrap();
+    let same = Dataplane::create_or_open(&p.instance, LoadOptions::default()).unwrap();
+    assert_eq!(same.probe_term().unwrap().term, 7, "same build: re-opened");
+    let stamp = ha_agent::paths::object_stamp(&p.instance);
+    assert!(stamp.exists(), "the load recorded its build");
+    std::fs::write(&stamp, "an older build").unwrap();
+    let replaced = Dataplane::create_or_open(&p.instance, LoadOptions::default()).unwrap();
+    assert_eq!(
+        replaced.probe_term().unwrap().term,
+        0,
+        "another build: replaced"
+    );
+    // An old build's pins lacking a map this build needs: replaced too.
+    std::fs::write(&stamp, "an older build").unwrap();
+    let map = ha_agent::dataplane::pin_dir(&p.instance)
+        .join("maps")
+        .join(ha_common::heartbeat::TERM_MAP);
+    std::fs::remove_file(&map).unwrap();
+    Dataplane::create_or_open(&p.instance, LoadOptions::default()).unwrap();
+    assert!(map.exists());
+    Dataplane::detach_all(&p.instance).unwrap();
+    assert!(!stamp.exists(), "detach removes the record");
+}
+
 /// An `AF_PACKET` socket for the heartbeat's ethertype bound to `iface` (of
 /// the calling thread's namespace), with a receive timeout; and its ifindex.
 fn heartbeat_socket(iface: &str) -> (std::os::fd::OwnedFd, i32) {

@@ -50,6 +50,13 @@ pub(crate) fn embedded() -> Result<&'static [u8], DataplaneError> {
     Ok(OBJECT)
 }
 
+/// The build of the embedded object: its SHA-256 in hex.
+fn object_build() -> Result<String, DataplaneError> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(embedded()?);
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Where bpffs is (or gets) mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
@@ -375,14 +382,31 @@ impl Dataplane {
         let dir = pin_dir(instance);
         // `progs/ha_data` is pinned last: without it, a load was interrupted
         // and whatever it left is removed before loading again.
-        if dir.join("progs").join(data::PROGRAM).exists() {
+        let stamp_file = crate::paths::object_stamp(instance);
+        let build = object_build()?;
+        let pinned_build = std::fs::read_to_string(&stamp_file).ok();
+        if dir.join("progs").join(data::PROGRAM).exists()
+            && pinned_build.as_deref().map(str::trim) == Some(build.as_str())
+        {
             info!(dir = %dir.display(), "re-opening the pinned data plane");
         } else {
-            if dir.exists() {
+            if dir.join("progs").join(data::PROGRAM).exists() {
+                // Another build's programs and maps (an upgrade): their
+                // layout may differ, so they are replaced. What they owned
+                // is lost: a master hands over first (`maintenance on`).
+                warn!(dir = %dir.display(), "the pinned data plane is from another build of ha-agent: replacing it (ownership starts empty)");
+                Self::detach_all(instance)?;
+            } else if dir.exists() {
                 warn!(dir = %dir.display(), "removing an incomplete data plane left by an interrupted load");
                 Self::detach_all(instance)?;
             }
             Self::load_and_pin(&dir, opts)?;
+            if let Some(parent) = stamp_file.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            if let Err(e) = crate::paths::write_atomically(&stamp_file, build.as_bytes(), 0o644) {
+                warn!(cause = %e, file = %stamp_file.display(), "cannot record the data plane's build: the next start replaces it");
+            }
         }
         Self::open_dir(dir)
     }
@@ -901,9 +925,11 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Detaches every program and removes every pin of `instance`.
+    /// Detaches every program and removes every pin of `instance` (and the
+    /// record of its build).
     pub fn detach_all(instance: &str) -> Result<bool, DataplaneError> {
         let dir = pin_dir(instance);
+        let _ = std::fs::remove_file(crate::paths::object_stamp(instance));
         if !dir.exists() {
             return Ok(false);
         }
