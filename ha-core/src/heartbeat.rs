@@ -187,6 +187,9 @@ pub struct Report {
     pub rtt: [u64; RTT_BUCKETS],
     pub rtt_max: Duration,
     pub peer: Option<PeerView>,
+    /// The last verdict, and how long the peer had been silent then (since
+    /// its last reply on any path).
+    pub last_verdict: Option<(Verdict, Duration)>,
 }
 
 impl Report {
@@ -259,6 +262,7 @@ pub struct Prober {
     rtt: [u64; RTT_BUCKETS],
     rtt_max: Duration,
     peer: Option<PeerView>,
+    last_verdict: Option<(Verdict, Duration)>,
 }
 
 /// The proof that `node`'s ownership term `term` ended (its agent writes
@@ -339,6 +343,7 @@ impl Prober {
             rtt: [0; RTT_BUCKETS],
             rtt_max: Duration::ZERO,
             peer: None,
+            last_verdict: None,
             s,
         }
     }
@@ -401,6 +406,9 @@ impl Prober {
             return None;
         }
         let verdict = self.check_silent();
+        if let Some(v) = verdict {
+            self.note_verdict(v, now);
+        }
         self.seq += 1;
         let t = tag(&self.s.key, &self.s.session, self.seq);
         self.sent[(self.seq % WINDOW) as usize] = (t, now);
@@ -547,9 +555,22 @@ impl Prober {
         if ended && self.armed && self.alive_term != 0 && term >= self.alive_term {
             self.armed = false;
             self.verdicts_lapsed += 1;
+            self.note_verdict(Verdict::Lapsed, now);
             return Ok(Some(Verdict::Lapsed));
         }
         Ok(None)
+    }
+
+    fn note_verdict(&mut self, v: Verdict, now: Instant) {
+        let silence = self
+            .peer
+            .map_or(Duration::ZERO, |p| now.saturating_sub(p.at));
+        self.last_verdict = Some((v, silence));
+    }
+
+    /// The last verdict and the peer's silence then.
+    pub fn last_verdict(&self) -> Option<(Verdict, Duration)> {
+        self.last_verdict
     }
 
     pub fn report(&self) -> Report {
@@ -570,6 +591,7 @@ impl Prober {
             rtt: self.rtt,
             rtt_max: self.rtt_max,
             peer: self.peer,
+            last_verdict: self.last_verdict,
         }
     }
 }

@@ -227,6 +227,12 @@ pub struct FastHeartbeatStatus {
     pub peer_lease_left_us: Option<u64>,
     pub peer_term: Option<u64>,
     pub peer_reply_age_ms: Option<u64>,
+    /// The last verdict (`silent`, `lapsed`) and how long the peer had been
+    /// silent then (since its last reply), µs.
+    #[serde(default)]
+    pub last_verdict: Option<String>,
+    #[serde(default)]
+    pub last_verdict_silence_us: Option<u64>,
     /// Our ownership term.
     pub term: u64,
     /// Our reflector's counters (by `ProbeCounter` name).
@@ -290,6 +296,14 @@ impl FastHeartbeatStatus {
             peer_lease_left_us: h.peer.map(|p| p.lease_left.as_micros() as u64),
             peer_term: h.peer.map(|p| p.term),
             peer_reply_age_ms: h.peer.map(|p| now.saturating_sub(p.at).as_millis() as u64),
+            last_verdict: h.last_verdict.map(|(v, _)| {
+                match v {
+                    ha_core::heartbeat::Verdict::Silent => "silent",
+                    ha_core::heartbeat::Verdict::Lapsed => "lapsed",
+                }
+                .to_owned()
+            }),
+            last_verdict_silence_us: h.last_verdict.map(|(_, d)| d.as_micros() as u64),
             term,
             reflector: ha_common::heartbeat::ProbeCounter::ALL
                 .iter()

@@ -407,7 +407,12 @@ impl Node {
             .iter()
             .filter(|g| g.group.role() == Role::Backup)
             .count();
-        info!(misses, groups = backups, "{why}: taking over");
+        let silence_us = self
+            .prober
+            .as_ref()
+            .and_then(Prober::last_verdict)
+            .map_or(0, |(_, d)| d.as_micros() as u64);
+        info!(misses, silence_us, groups = backups, "{why}: taking over");
         for gi in 0..self.groups.len() {
             if self.groups[gi].group.role() == Role::Backup {
                 let actions = self.groups[gi].group.take_over(now, reason);

@@ -241,6 +241,9 @@ struct Run {
     /// `PeerLapsed`, ...): which detector fired. `None`: no takeover, or
     /// keepalived.
     detected_by: Option<String>,
+    /// ha-agent, after a fast-heartbeat takeover: how long the peer had
+    /// been silent (since its last probe reply) when the verdict came, ms.
+    detection_ms: Option<f64>,
     /// `soak`: its measurements (the JSON report's `soak`).
     soak: Option<serde_json::Value>,
     /// `probe-cost`: its measurements (the JSON report's `probe_cost`).
@@ -893,7 +896,10 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         }
         let replaced = [scenario == Scenario::Return, false];
         if system == System::Agent && !replaced[0] {
-            run.detected_by = detected_by([&n1, &n2], base);
+            (run.detected_by, run.detection_ms) = match detected_by([&n1, &n2], base) {
+                Some((d, ms)) => (Some(d), ms),
+                None => (None, None),
+            };
         }
         let mut observed = Some(0u64);
         for (i, node) in [&n1, &n2].into_iter().enumerate() {
@@ -1904,6 +1910,8 @@ fn report(
                     }
                     m
                 });
+            // How long the peer had been silent at each fast verdict.
+            let detection: Vec<f64> = runs.iter().filter_map(|r| r.detection_ms).collect();
             let detected_text = detected
                 .as_ref()
                 .filter(|m| !m.is_empty())
@@ -1912,6 +1920,13 @@ fn report(
                         .map(|(k, n)| format!("{k} {n}"))
                         .collect::<Vec<_>>()
                         .join(", ")
+                })
+                .map(|t| {
+                    if detection.is_empty() {
+                        t
+                    } else {
+                        format!("{t} (silent {:.1} ms p50)", percentile(&detection, 50.0))
+                    }
                 })
                 .unwrap_or_else(|| "-".into());
             if scenario == Scenario::ProbeCost && !runs.iter().all(|r| r.na) {
@@ -1988,6 +2003,8 @@ fn report(
                 "converged_ms": converged_ms,
                 "vips_reannounced": vips_reannounced,
                 "detected_by": detected,
+                "detection_ms_p50": percentile(&detection, 50.0),
+                "detection_ms_max": detection.iter().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
                 "notes": notes,
             }));
             if let Some(v) = soak_json(runs) {
@@ -2785,7 +2802,9 @@ impl Node {
 /// the takeover (`MasterDown`, `PeerSilent`, `PeerLapsed`, ...). `None`
 /// when no agent that is MASTER now (and was started by the lab: a
 /// restarted one has another count) became MASTER during the run.
-fn detected_by(nodes: [&Node; 2], base: [Option<u64>; 2]) -> Option<String> {
+/// With it, for a fast-heartbeat verdict, how long the peer had been silent
+/// then (ms).
+fn detected_by(nodes: [&Node; 2], base: [Option<u64>; 2]) -> Option<(String, Option<f64>)> {
     for (node, base) in nodes.into_iter().zip(base) {
         let Node::Agent(a) = node else {
             return None;
@@ -2804,7 +2823,13 @@ fn detected_by(nodes: [&Node; 2], base: [Option<u64>; 2]) -> Option<String> {
             .take(since)
             .find(|t| t.role == "MASTER")
         {
-            return Some(t.reason.clone());
+            let silence = s
+                .fast_heartbeat
+                .as_ref()
+                .filter(|_| t.reason.starts_with("Peer"))
+                .and_then(|h| h.last_verdict_silence_us)
+                .map(|us| us as f64 / 1e3);
+            return Some((t.reason.clone(), silence));
         }
     }
     None
