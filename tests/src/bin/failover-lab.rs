@@ -1925,7 +1925,7 @@ fn report(
                     if detection.is_empty() {
                         t
                     } else {
-                        format!("{t} (silent {:.1} ms p50)", percentile(&detection, 50.0))
+                        format!("{t} (silent {:.1} ms p50)", percentile(&detection, 0.5))
                     }
                 })
                 .unwrap_or_else(|| "-".into());
@@ -2003,7 +2003,7 @@ fn report(
                 "converged_ms": converged_ms,
                 "vips_reannounced": vips_reannounced,
                 "detected_by": detected,
-                "detection_ms_p50": percentile(&detection, 50.0),
+                "detection_ms_p50": percentile(&detection, 0.5),
                 "detection_ms_max": detection.iter().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
                 "notes": notes,
             }));
