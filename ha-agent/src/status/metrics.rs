@@ -65,8 +65,8 @@ struct VerdictLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LeLabel {
-    le: String,
+struct GapLabel {
+    rounds: String,
 }
 
 /// The fast heartbeat's metrics (`ha_agent_fast_heartbeat_*`).
@@ -119,10 +119,10 @@ fn fast_heartbeat(r: &mut Registry, h: &super::FastHeartbeatStatus) {
         "Longest recent reply gap, in rounds",
         h.gap_max_recent as i64,
     );
-    let gaps = Family::<LeLabel, Counter>::default();
+    let gaps = Family::<GapLabel, Counter>::default();
     for [gap, n] in &h.gap_hist {
-        gaps.get_or_create(&LeLabel {
-            le: gap.to_string(),
+        gaps.get_or_create(&GapLabel {
+            rounds: gap.to_string(),
         })
         .inc_by(*n);
     }

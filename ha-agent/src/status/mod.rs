@@ -495,4 +495,77 @@ mod tests {
         let back: Status = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
         assert_eq!(back, st);
     }
+
+    /// The fast heartbeat as the status, the text and the metrics show it.
+    #[test]
+    fn the_fast_heartbeat_is_reported() {
+        use ha_core::heartbeat::{Prober, Settings};
+        let mut p = Prober::new(
+            Settings {
+                interval: Duration::from_millis(1),
+                misses_min: 3,
+                misses_max: 29,
+                key: [1; 32],
+                session: [2; 16],
+                local: Ipv4Addr::new(10, 255, 0, 2),
+                peer: Ipv4Addr::new(10, 255, 0, 1),
+            },
+            2,
+        );
+        p.start(Duration::ZERO);
+        p.set_rate(true, Duration::from_millis(10), Duration::ZERO);
+        let mut out = Vec::new();
+        p.tick(Duration::ZERO, &mut out);
+        let report = Report {
+            groups: vec![GroupReport {
+                name: "fw".into(),
+                role: Role::Backup,
+                priority: 100,
+            }],
+            owned: 0,
+            priority_override: None,
+            maintenance: false,
+            preempt_allowed: true,
+            auth_mode: Default::default(),
+            auth_active_key: 1,
+            paths: Vec::new(),
+            heartbeat: Some(p.report()),
+            term: 4,
+            counters: Counters::default(),
+        };
+        let st = Status::snapshot(
+            "fw",
+            &report,
+            Duration::from_secs(1),
+            SystemTime::UNIX_EPOCH,
+            Extras {
+                reflector: Some([5, 0, 7, 0, 1]),
+                ..Extras::default()
+            },
+        );
+        let h = st.fast_heartbeat.as_ref().expect("reported");
+        assert_eq!(
+            (h.interval_us, h.misses, h.probes_sent, h.term),
+            (1000, 3, 2, 4)
+        );
+        assert_eq!(h.rate, "fast");
+        assert_eq!(h.reflector["answered"], 5);
+        assert_eq!(h.reflector["reply_passed"], 7);
+        let text = text::render(&st, None);
+        assert!(
+            text.contains("fast heartbeat: 1000 us, fast rate, k 3 (3..29)"),
+            "{text}"
+        );
+        let m = metrics::render(&st);
+        for name in [
+            "ha_agent_fast_heartbeat_probes_sent_total 2",
+            "ha_agent_fast_heartbeat_misses 3",
+            "ha_agent_fast_heartbeat_verdicts_total{verdict=\"silent\"} 0",
+            "ha_agent_fast_heartbeat_reflected_total{reason=\"answered\"} 5",
+        ] {
+            assert!(m.contains(name), "{name} in\n{m}");
+        }
+        let back: Status = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+    }
 }
