@@ -64,6 +64,10 @@ pub enum StateFile {
     /// Advert authentication: the sequence floor our next adverts start
     /// above, and the highest sequence accepted from each sender.
     AdvertAuth,
+    /// The fast heartbeat: a ceiling of the ownership terms this node has
+    /// used (reserved ahead), so a term is never reused after a reboot
+    /// (which empties the reflector's map).
+    HeartbeatTerm,
 }
 
 impl StateFile {
@@ -77,6 +81,7 @@ impl StateFile {
             StateFile::SyncEpoch => "sync.epoch",
             StateFile::SyncApplied => "synced.applied",
             StateFile::AdvertAuth => "adverts.seq",
+            StateFile::HeartbeatTerm => "heartbeat.term",
         }
     }
 

@@ -51,6 +51,11 @@ use crate::{
 const LINK_POLL: Duration = Duration::from_millis(50);
 /// Interval at which the status file is refreshed (besides every change).
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// Ownership terms reserved on disk ahead of the one in use (see
+/// [`StateFile::HeartbeatTerm`]); the reservation is renewed, off the loop,
+/// when half of it is used.
+const TERM_RESERVE: u64 = 1024;
+
 /// Packets read from one socket per wake: past it the loop sees to its
 /// timers (adverts, the lease) before reading on, so a flood of packets
 /// can delay neither; the kernel drops what overflows the socket.
@@ -84,6 +89,9 @@ pub struct Agent {
     probes: Vec<ProbeSocket>,
     probe_send_errors: u64,
     probe_error_log: Every,
+    /// Terms up to this one are covered by the file on disk.
+    term_file: PathBuf,
+    term_ceiling: u64,
     /// Advert sequences and what of them is persisted.
     signer: Signer,
     /// The cluster key's advert key (a reload keeps it).
@@ -229,15 +237,28 @@ impl Agent {
                 misses_min = fast.map_or(0, |f| f.misses_min), paths = ?probe_ifaces,
                 "fast heartbeat on: probes answered by the peer's XDP");
         }
-        // A new term must be newer than any the peer saw from this node:
-        // the pinned map's (an agent restart), else the clock's ms (a
-        // reboot lost the map).
-        let term = dp.probe_term()?.term;
-        node.set_term_floor(if term != 0 {
-            term
-        } else {
-            crate::status::unix_ms(SystemTime::now()) as u64
-        });
+        // A new term must be newer than any this node used: the pinned map
+        // holds the running one (an agent restart), the file next to the
+        // configuration a ceiling reserved ahead (the map is gone after a
+        // reboot, and a reused term's old, revealed proof would prove the
+        // new one over). The reservation is written before the loop runs.
+        let term_file = StateFile::HeartbeatTerm.path(config_path);
+        let mut term_ceiling = 0;
+        if !probes.is_empty() {
+            let on_disk = std::fs::read_to_string(&term_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let floor = dp.probe_term()?.term.max(on_disk);
+            node.set_term_floor(floor);
+            term_ceiling = floor + TERM_RESERVE;
+            crate::paths::write_atomically(
+                &term_file,
+                format!("{term_ceiling}\n").as_bytes(),
+                0o600,
+            )
+            .with_context(|| format!("reserving heartbeat terms in {}", term_file.display()))?;
+        }
         setup::install_vips(&config, &mut dp)?;
         setup::arp_sysctls(&config.data_interfaces());
         if config.data_interfaces().contains(&config.ha.interface) {
@@ -288,6 +309,8 @@ impl Agent {
             probes,
             probe_send_errors: 0,
             probe_error_log: Every::new(),
+            term_file,
+            term_ceiling,
             signer,
             derived_key,
             backlog: false,
@@ -715,6 +738,13 @@ impl Agent {
                     }
                 }
                 Effect::WriteProbeTerm { term, proof } => {
+                    // Covered on disk already (reserved ahead); renew the
+                    // reservation off the loop when half of it is used.
+                    if term + TERM_RESERVE / 2 > self.term_ceiling {
+                        self.term_ceiling = term + TERM_RESERVE;
+                        let bytes = format!("{}\n", self.term_ceiling).into_bytes();
+                        self.writer.save(self.term_file.clone(), bytes, None);
+                    }
                     // Without it the peer cannot prove our lease lapsed
                     // and waits for VRRP's timer: slower, never unsafe.
                     if let Err(e) = self.dp.set_probe_term(term, proof) {
