@@ -7,6 +7,12 @@ use std::{ffi::CString, io, os::fd::AsRawFd as _};
 use socket2::{Domain, Socket, Type};
 
 fn ioctl_ifreq(iface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    ioctl_ifreq_on(&sock, iface, request)
+}
+
+/// [`ioctl_ifreq`] on a socket the caller keeps.
+fn ioctl_ifreq_on(sock: &Socket, iface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
     let name = CString::new(iface)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
     if name.as_bytes().len() >= libc::IFNAMSIZ {
@@ -20,7 +26,6 @@ fn ioctl_ifreq(iface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
         *d = *s as libc::c_char;
     }
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
     // SAFETY: valid socket fd and ifreq pointer for a read-only interface query.
     if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) } < 0 {
         let e = io::Error::last_os_error();
@@ -84,7 +89,34 @@ pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
 /// Whether the interface is up with carrier (IFF_UP and IFF_RUNNING); a
 /// missing interface counts as down.
 pub fn link_up(iface: &str) -> bool {
-    match ioctl_ifreq(iface, libc::SIOCGIFFLAGS) {
+    flags_up(ioctl_ifreq(iface, libc::SIOCGIFFLAGS))
+}
+
+/// Link state queries on one socket kept open: closing a UDP socket
+/// re-enables bottom halves (`udp_destroy_sock`), which runs every softirq
+/// pending on the CPU in the caller's context; the loop polls its links 20
+/// times a second and must not take the box's packet processing on itself
+/// each time (see `agent::tx`).
+#[derive(Debug)]
+pub struct LinkState {
+    sock: Socket,
+}
+
+impl LinkState {
+    pub fn new() -> io::Result<Self> {
+        Ok(LinkState {
+            sock: Socket::new(Domain::IPV4, Type::DGRAM, None)?,
+        })
+    }
+
+    /// [`link_up`] on the kept socket.
+    pub fn up(&self, iface: &str) -> bool {
+        flags_up(ioctl_ifreq_on(&self.sock, iface, libc::SIOCGIFFLAGS))
+    }
+}
+
+fn flags_up(req: io::Result<libc::ifreq>) -> bool {
+    match req {
         Ok(req) => {
             // SAFETY: SIOCGIFFLAGS fills the flags member of the union.
             let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });

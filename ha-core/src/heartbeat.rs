@@ -169,6 +169,8 @@ pub struct Report {
     pub fast: bool,
     /// The current `k`, and its bounds.
     pub misses: u32,
+    /// No Silent verdict now: the `k` needed is beyond `misses_max`.
+    pub silent_held: bool,
     pub misses_min: u32,
     pub misses_max: u32,
     pub probes_sent: u64,
@@ -244,8 +246,8 @@ pub struct Prober {
     /// A Silent verdict stands: a reply showing the peer owning proves it
     /// false.
     suspect: bool,
-    /// Raised by false verdicts.
-    k_floor: u32,
+    /// Raised by false verdicts (not capped: see [`Prober::silent_held`]).
+    k_floor: u64,
     paths: Vec<PathProbe>,
     // Statistics.
     probes_sent: u64,
@@ -327,7 +329,7 @@ impl Prober {
             peer_owned: false,
             alive_term: 0,
             suspect: false,
-            k_floor: s.misses_min,
+            k_floor: u64::from(s.misses_min),
             paths: vec![PathProbe::default(); paths.max(1)],
             probes_sent: 0,
             replies: 0,
@@ -390,12 +392,27 @@ impl Prober {
     /// newest reply came after `g` rounds: `g - 1` missed), raised by false
     /// verdicts, at most `misses_max`.
     pub fn misses(&self) -> u32 {
+        u32::try_from(self.wanted().min(u64::from(self.s.misses_max))).unwrap_or(u32::MAX)
+    }
+
+    /// The `k` the recent gaps and false verdicts call for, uncapped.
+    fn wanted(&self) -> u64 {
         let g = self.recent_max();
-        let adaptive = u32::try_from(g + g / 2 + 1).unwrap_or(u32::MAX);
-        adaptive
-            .max(self.s.misses_min)
+        g.saturating_add(g / 2)
+            .saturating_add(1)
+            .max(u64::from(self.s.misses_min))
             .max(self.k_floor)
-            .min(self.s.misses_max)
+    }
+
+    /// No Silent verdict while the `k` the gaps (or false verdicts) call
+    /// for is beyond `misses_max`: capped there, the detector would declare
+    /// a peer whose replies merely come late (a soak with both CPUs
+    /// saturated measured reply gaps of 29 rounds and false verdicts at the
+    /// cap), and past the cap VRRP's own timer is as quick anyway. Lapsed
+    /// verdicts (proofs) go on; the hold ends when the recent gaps shrink
+    /// (false verdicts raise `k` for good).
+    pub fn silent_held(&self) -> bool {
+        self.wanted() > u64::from(self.s.misses_max)
     }
 
     /// Sends a round of probes when due (into `out`); first, whether the
@@ -451,7 +468,7 @@ impl Prober {
     }
 
     fn check_silent(&mut self) -> Option<Verdict> {
-        if !self.fast || !self.armed || !self.peer_owned {
+        if !self.fast || !self.armed || !self.peer_owned || self.silent_held() {
             return None;
         }
         let unanswered = self.seq - self.replied.max(self.heard);
@@ -539,7 +556,7 @@ impl Prober {
                 // We took over from a peer that was there: wait longer
                 // before the next verdict.
                 self.false_verdicts += 1;
-                self.k_floor = (self.misses() * 2).min(self.s.misses_max);
+                self.k_floor = self.wanted().saturating_mul(2);
             }
             self.peer_owned = true;
             self.armed = true;
@@ -578,6 +595,7 @@ impl Prober {
             interval: self.s.interval,
             fast: self.fast,
             misses: self.misses(),
+            silent_held: self.silent_held(),
             misses_min: self.s.misses_min,
             misses_max: self.s.misses_max,
             probes_sent: self.probes_sent,

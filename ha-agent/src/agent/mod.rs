@@ -17,6 +17,7 @@ pub mod net;
 pub mod request;
 pub mod setup;
 pub mod timer;
+pub mod tx;
 
 use std::{
     mem::MaybeUninit,
@@ -87,11 +88,13 @@ pub struct Agent {
     paths: Vec<PathSocket>,
     /// The fast heartbeat's socket on every path (core path order), when on.
     probes: Vec<ProbeSocket>,
-    probe_send_errors: u64,
-    probe_error_log: Every,
     /// Terms up to this one are covered by the file on disk.
     term_file: PathBuf,
     term_ceiling: u64,
+    /// Sends adverts and probes off the loop (see [`tx`]).
+    tx: tx::Tx,
+    /// Link state queries (one socket kept open).
+    links: crate::iface::LinkState,
     /// Advert sequences and what of them is persisted.
     signer: Signer,
     /// The cluster key's advert key (a reload keeps it).
@@ -127,8 +130,7 @@ pub struct Agent {
     failure: Option<Event<'static>>,
     /// Writes the status file off the loop.
     writer: StatusWriter,
-    /// Adverts the socket refused, and their log limit.
-    send_errors: u64,
+    /// The log limit of the advert sequences' warning.
     send_error_log: Every,
     /// The takeover in progress, and the last one's timing.
     takeover: Option<TakeoverClock>,
@@ -290,6 +292,9 @@ impl Agent {
         let hook_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("hooks")
+            // Its threads may start after the process turned realtime
+            // (spawn_blocking starts them on demand): never realtime.
+            .on_thread_start(|| crate::sched::set_current(crate::sched::Class::Normal))
             .enable_all()
             .build()
             .context("the hook runtime")?;
@@ -307,10 +312,10 @@ impl Agent {
             sock,
             paths,
             probes,
-            probe_send_errors: 0,
-            probe_error_log: Every::new(),
             term_file,
             term_ceiling,
+            tx: tx::Tx::new(),
+            links: crate::iface::LinkState::new().context("the link state socket")?,
             signer,
             derived_key,
             backlog: false,
@@ -328,7 +333,6 @@ impl Agent {
             persist: None,
             failure: None,
             writer,
-            send_errors: 0,
             send_error_log: Every::new(),
             takeover: None,
             last_takeover: None,
@@ -350,6 +354,8 @@ impl Agent {
     /// as master), the maintenance flag and the tracked links. Decided here,
     /// after the slow start-up work.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        // After the process turned realtime: one priority below the loop.
+        self.tx.start().context("the sending thread")?;
         let resumed = if self.dp.renew_lease(self.config.lease())? {
             self.dp.ownership()?.groups
         } else {
@@ -360,7 +366,7 @@ impl Agent {
             .tracked_links()
             .into_iter()
             .map(|i| {
-                let up = crate::iface::link_up(&i);
+                let up = self.links.up(&i);
                 (i, up)
             })
             .collect();
@@ -435,6 +441,8 @@ impl Agent {
         // Not dropped here: dropping a runtime blocks, which an async
         // context may not do.
         self.hook_rt.shutdown_background();
+        let mut tx = self.tx;
+        tx.finish();
         self.writer.finish();
     }
 
@@ -477,17 +485,13 @@ impl Agent {
             }
             Poll::Pending => Ok(()),
         };
-        let polled = note(self.sock.poll_readable(cx))
-            .and_then(|()| {
-                self.paths
-                    .iter()
-                    .try_for_each(|p| note(p.poll_readable(cx)))
-            })
-            .and_then(|()| {
-                self.probes
-                    .iter()
-                    .try_for_each(|p| note(p.poll_readable(cx)))
-            });
+        // Not the probe sockets: they are read at every wake (see
+        // `ProbeSocket`).
+        let polled = note(self.sock.poll_readable(cx)).and_then(|()| {
+            self.paths
+                .iter()
+                .try_for_each(|p| note(p.poll_readable(cx)))
+        });
         if let Err(e) = polled {
             return Poll::Ready(Err(e));
         }
@@ -523,7 +527,13 @@ impl Agent {
     /// Reads at most [`RX_PER_WAKE`] packets from each socket.
     fn on_readable(&mut self) {
         self.report_sync();
-        self.backlog = self.read_probes();
+        self.backlog = self.read_packets();
+    }
+
+    /// Reads at most [`RX_PER_WAKE`] packets from each socket, probe
+    /// replies first; whether one was left with more.
+    fn read_packets(&mut self) -> bool {
+        let mut backlog = self.read_probes();
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         // One wall-clock reading per wake (`time` anti-replay has seconds
         // of window).
@@ -532,7 +542,7 @@ impl Agent {
             let mut n = 0;
             loop {
                 if n == RX_PER_WAKE {
-                    self.backlog = true;
+                    backlog = true;
                     break;
                 }
                 let packet = if path == 0 {
@@ -550,13 +560,17 @@ impl Agent {
                 self.execute(effects);
             }
         }
+        backlog
     }
 
     fn on_timers(&mut self) {
         self.report_sync();
-        // Replies already here count before a round is judged unanswered
-        // (after a stall of this loop they are waiting in the sockets).
-        if self.read_probes() {
+        // Replies and adverts already here count before a round is judged
+        // unanswered or the master-down timer expires: after a stall of
+        // this loop they are waiting in the sockets, and came in time.
+        // Bounded like any read ([`RX_PER_WAKE`] per socket): a flood
+        // cannot keep the timers from running.
+        if self.read_packets() {
             self.backlog = true;
         }
         let now = self.now();
@@ -567,7 +581,7 @@ impl Agent {
         if self.links_at <= now {
             self.links_at = now + LINK_POLL;
             for iface in self.node.tracked_links() {
-                let up = crate::iface::link_up(&iface);
+                let up = self.links.up(&iface);
                 let effects = self.node.handle(now, Event::Link { iface: &iface, up });
                 self.execute(effects);
             }
@@ -728,13 +742,8 @@ impl Agent {
                     }
                 }
                 Effect::SendProbe(p) => {
-                    if let Some(sock) = self.probes.get(p.path)
-                        && let Err(e) = sock.send(p.dst, &p.frame)
-                    {
-                        self.probe_send_errors += 1;
-                        if self.probe_error_log.allow(self.start.elapsed()) {
-                            warn!(cause = %e, iface = %sock.iface, total = self.probe_send_errors, "sending a heartbeat probe failed");
-                        }
+                    if let Some(sock) = self.probes.get(p.path) {
+                        self.tx.send(sock.datagram(p.dst, &p.frame));
                     }
                 }
                 Effect::WriteProbeTerm { term, proof } => {
@@ -799,22 +808,14 @@ impl Agent {
         if let Some((file, bytes, ack)) = save {
             self.writer.save(file, bytes, Some(ack));
         }
-        let mut failed = Vec::new();
-        if let Err(e) = self.sock.send(advert, seal) {
-            failed.push((self.config.ha.interface.as_str(), e));
+        // Queued for the sending thread (errors counted and logged there):
+        // a send runs the CPU's pending softirqs, which must not delay
+        // this loop (see [`tx`]).
+        for d in self.sock.datagrams(advert, seal) {
+            self.tx.send(d);
         }
         for p in &self.paths {
-            if let Err(e) = p.send(advert, seal) {
-                failed.push((p.iface.as_str(), e));
-            }
-        }
-        if !failed.is_empty() {
-            self.send_errors += failed.len() as u64;
-            if self.send_error_log.allow(self.start.elapsed()) {
-                for (iface, e) in &failed {
-                    warn!(cause = %e, %iface, vrid = advert.vrid, total = self.send_errors, "sending advert failed");
-                }
-            }
+            self.tx.send(p.datagram(advert, seal));
         }
     }
 
@@ -846,13 +847,14 @@ impl Agent {
             self.config_sync_seen.clone_from(&s);
         }
         let cluster = self.config.cluster.as_ref();
+        let (advert_send_errors, probe_send_errors) = self.tx.errors();
         Status::snapshot(
             &self.config.instance,
             &self.node.report(),
             self.now(),
             SystemTime::now(),
             Extras {
-                advert_send_errors: self.send_errors,
+                advert_send_errors,
                 last_takeover: self.last_takeover.clone(),
                 sync: self.sync.as_ref().map(|s| s.status()),
                 cluster_role: cluster.map(|c| c.role.as_str().to_owned()),
@@ -863,7 +865,7 @@ impl Agent {
                 } else {
                     self.dp.probe_counters().ok()
                 },
-                probe_send_errors: self.probe_send_errors,
+                probe_send_errors,
             },
         )
     }

@@ -7,9 +7,10 @@ use std::{
     mem::MaybeUninit,
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::Arc,
 };
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use ha_common::heartbeat;
@@ -19,7 +20,14 @@ use ha_core::vrrp::{
     wire::{self, MULTICAST, PROTOCOL},
 };
 
+use super::tx::{Datagram, Dest, Kind};
 use crate::iface::{if_index, if_mac};
+
+/// A duplicate of `s`'s descriptor (the same socket), for the sending
+/// thread.
+fn tx_fd(s: &Socket) -> io::Result<Arc<OwnedFd>> {
+    Ok(Arc::new(OwnedFd::from(s.try_clone()?)))
+}
 
 /// The VRRP socket: raw IP protocol 112, bound to the HA interface, joined to
 /// 224.0.0.18. It writes its own IPv4 header (IP_HDRINCL): source = our
@@ -34,6 +42,9 @@ pub struct VrrpSocket {
     local: Ipv4Addr,
     /// Unicast peers; empty = multicast.
     unicast: Vec<Ipv4Addr>,
+    /// The socket again, for the sending thread, and the interface.
+    tx: Arc<OwnedFd>,
+    iface: Arc<str>,
 }
 
 impl VrrpSocket {
@@ -52,34 +63,37 @@ impl VrrpSocket {
             .map_err(|e| io::Error::new(e.kind(), format!("join 224.0.0.18 on {iface}: {e}")))?;
         s.set_nonblocking(true)?;
         s.set_recv_buffer_size(1 << 20)?;
+        let tx = tx_fd(&s)?;
         // SAFETY: the Socket owns its fd until dropped together with the AsyncFd.
         let fd = unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(VrrpSocket { fd, local, unicast })
+        Ok(VrrpSocket {
+            fd,
+            local,
+            unicast,
+            tx,
+            iface: iface.into(),
+        })
     }
 
-    /// Sends an advert to 224.0.0.18, or to every unicast peer (all of them
-    /// even if one fails; the first error is returned), signed when `seal`
-    /// says so.
-    pub fn send(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> io::Result<()> {
+    /// An advert to 224.0.0.18, or one to every unicast peer, signed when
+    /// `seal` says so: the datagrams to send.
+    pub fn datagrams(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> Vec<Datagram> {
         let single = [MULTICAST];
         let dsts: &[Ipv4Addr] = if self.unicast.is_empty() {
             &single
         } else {
             &self.unicast
         };
-        let mut result = Ok(());
-        for dst in dsts {
-            let packet = ip_packet(self.local, *dst, &sealed(advert, self.local, *dst, seal));
-            if let Err(e) = self
-                .fd
-                .get_ref()
-                .send_to(&packet, &SockAddr::from(SocketAddrV4::new(*dst, 0)))
-            {
-                result = result.and(Err(e));
-            }
-        }
-        result
+        dsts.iter()
+            .map(|dst| Datagram {
+                fd: self.tx.clone(),
+                iface: self.iface.clone(),
+                kind: Kind::Advert,
+                bytes: ip_packet(self.local, *dst, &sealed(advert, self.local, *dst, seal)),
+                dest: Dest::Ip(SocketAddrV4::new(*dst, 0)),
+            })
+            .collect()
     }
 
     /// Polls for readability (readiness cleared: the caller drains).
@@ -128,9 +142,10 @@ fn sealed(advert: &wire::Repr, src: Ipv4Addr, dst: Ipv4Addr, seal: Option<Seal<'
 #[derive(Debug)]
 pub struct PathSocket {
     fd: AsyncFd<Socket>,
+    tx: Arc<OwnedFd>,
     ifindex: i32,
     local: Ipv4Addr,
-    pub iface: String,
+    pub iface: Arc<str>,
 }
 
 /// `ldb pkttype; jeq OUTGOING drop; ldb [9]; jeq 112; ld [16]; jeq
@@ -156,16 +171,17 @@ impl PathSocket {
         let ifindex = if_index(iface)?;
         let fd = packet_socket(ifindex, libc::ETH_P_IP as u16, &VRRP_FILTER)
             .map_err(|e| io::Error::new(e.kind(), format!("VRRP packet socket on {iface}: {e}")))?;
+        let fd = Socket::from(fd);
+        let tx = tx_fd(&fd)?;
         // SAFETY: the fd is owned by the AsyncFd and dropped with it.
-        let fd = unsafe {
-            AsyncFd::register_with_interest(Socket::from(fd), tokio::io::Interest::READABLE)
-        }
-        .map_err(io::Error::from)?;
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
         Ok(PathSocket {
             fd,
+            tx,
             ifindex,
             local,
-            iface: iface.to_owned(),
+            iface: iface.into(),
         })
     }
 
@@ -174,8 +190,8 @@ impl PathSocket {
         self.local
     }
 
-    /// Sends an advert to 224.0.0.18 on this interface.
-    pub fn send(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> io::Result<()> {
+    /// An advert to 224.0.0.18 on this interface: the datagram to send.
+    pub fn datagram(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> Datagram {
         let mut packet = ip_packet(
             self.local,
             MULTICAST,
@@ -191,21 +207,13 @@ impl PathSocket {
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
-        // SAFETY: valid fd, buffer and address of the right size.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.get_ref().as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        Datagram {
+            fd: self.tx.clone(),
+            iface: self.iface.clone(),
+            kind: Kind::Advert,
+            bytes: packet,
+            dest: Dest::Link(addr),
         }
-        Ok(())
     }
 
     /// Polls for readability (readiness cleared: the caller drains).
@@ -231,9 +239,15 @@ impl PathSocket {
 /// our own outgoing frames and anything but a reply.
 #[derive(Debug)]
 pub struct ProbeSocket {
-    fd: AsyncFd<Socket>,
+    /// Not in the reactor: the loop reads it at every wake (a backup wakes
+    /// for every round). Readiness through epoll would cost a
+    /// `packet_poll` per reply, and `packet_poll` re-enables bottom halves,
+    /// which runs every softirq pending on the CPU in the loop's context
+    /// (see `agent::tx`).
+    fd: Socket,
+    tx: Arc<OwnedFd>,
     ifindex: i32,
-    pub iface: String,
+    pub iface: Arc<str>,
 }
 
 /// `ldb pkttype; jeq OUTGOING drop; ldb [5]; jeq KIND_REPLY; ret all | ret 0`.
@@ -263,20 +277,18 @@ impl ProbeSocket {
                 size_of::<libc::c_int>() as u32,
             )
         };
-        // SAFETY: the fd is owned by the AsyncFd and dropped with it.
-        let fd = unsafe {
-            AsyncFd::register_with_interest(Socket::from(fd), tokio::io::Interest::READABLE)
-        }
-        .map_err(io::Error::from)?;
+        let fd = Socket::from(fd);
+        let tx = tx_fd(&fd)?;
         Ok(ProbeSocket {
             fd,
+            tx,
             ifindex,
-            iface: iface.to_owned(),
+            iface: iface.into(),
         })
     }
 
-    /// Sends one probe to `dst` (`None`: broadcast).
-    pub fn send(&self, dst: Option<[u8; 6]>, frame: &[u8]) -> io::Result<()> {
+    /// One probe to `dst` (`None`: broadcast): the datagram to send.
+    pub fn datagram(&self, dst: Option<[u8; 6]>, frame: &[u8]) -> Datagram {
         // SAFETY: zeroed sockaddr_ll is valid; fields set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -284,29 +296,13 @@ impl ProbeSocket {
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&dst.unwrap_or([0xff; 6]));
-        // SAFETY: valid fd, buffer and address of the right size.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.get_ref().as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        Datagram {
+            fd: self.tx.clone(),
+            iface: self.iface.clone(),
+            kind: Kind::Probe,
+            bytes: frame.to_vec(),
+            dest: Dest::Link(addr),
         }
-        Ok(())
-    }
-
-    /// Polls for readability (readiness cleared: the caller drains).
-    pub fn poll_readable(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        poll_readable(&self.fd, cx)
     }
 
     /// Reads one waiting reply into `buf`, with its Ethernet source; `None`
@@ -318,7 +314,7 @@ impl ProbeSocket {
         // SAFETY: valid fd, buffer and address storage of the sizes given.
         let n = unsafe {
             libc::recvfrom(
-                self.fd.get_ref().as_raw_fd(),
+                self.fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 0,
@@ -436,9 +432,17 @@ impl GarpSender {
         let ifindex = if_index(iface)?;
         let mac = if_mac(iface)?;
         // Protocol 0: a send-only packet socket, so the kernel queues no
-        // received frames on it.
+        // received frames on it. Non-blocking: the loop sends from it, and
+        // a full send buffer must drop a GARP (counted: `send_all` returns
+        // what went out), never wait and stall the loop's adverts.
         // SAFETY: plain socket(2); the fd is owned right after.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }

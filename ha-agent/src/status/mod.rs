@@ -209,6 +209,11 @@ pub struct FastHeartbeatStatus {
     pub misses: u32,
     pub misses_min: u32,
     pub misses_max: u32,
+    /// No silent verdict now: the gaps (or false verdicts) call for more
+    /// rounds than `misses_max` (VRRP's timer decides; lapsed verdicts go
+    /// on).
+    #[serde(default)]
+    pub silent_held: bool,
     pub probes_sent: u64,
     pub replies: u64,
     /// Replies refused, by reason (`bad_tag`, `bad_proof`, ...).
@@ -264,6 +269,7 @@ impl FastHeartbeatStatus {
             misses: h.misses,
             misses_min: h.misses_min,
             misses_max: h.misses_max,
+            silent_held: h.silent_held,
             probes_sent: h.probes_sent,
             replies: h.replies,
             rejected: h

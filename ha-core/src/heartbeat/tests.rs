@@ -323,6 +323,71 @@ fn a_false_verdict_doubles_k() {
 }
 
 #[test]
+fn gaps_beyond_misses_max_hold_silent_verdicts() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    round(&mut p, ms(0), Some(&peer));
+    // Replies later and later (a loaded peer), each within the k of the
+    // moment: gaps 3, 5, 8, 13, 20; the last calls for k = 31 > 30.
+    let mut t = 0;
+    for g in [3, 5, 8, 13, 20] {
+        for _ in 1..g {
+            t += 1;
+            assert_eq!(round(&mut p, ms(t), None), None, "at {t} ms");
+        }
+        t += 1;
+        round(&mut p, ms(t), Some(&peer));
+    }
+    assert_eq!(p.report().gap_max_recent, 20);
+    let r = p.report();
+    assert_eq!(r.misses, 30);
+    assert!(r.silent_held);
+    // Long silence: no Silent verdict (VRRP's timer decides).
+    for _ in 0..200 {
+        t += 1;
+        assert_eq!(round(&mut p, ms(t), None), None, "at {t} ms");
+    }
+    // A proof still makes a Lapsed verdict.
+    let mut lapsed = Peer::master(1, 0);
+    lapsed.own.groups = 0;
+    assert_eq!(
+        round(&mut p, ms(t + 1), Some(&lapsed)),
+        Some(Verdict::Lapsed)
+    );
+}
+
+#[test]
+fn false_verdicts_past_misses_max_hold_silent_verdicts() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    let mut t = 0;
+    round(&mut p, ms(t), Some(&peer));
+    let mut falses = 0;
+    while !p.report().silent_held {
+        let k = u64::from(p.misses());
+        // k rounds unanswered, then the verdict, then the peer answers.
+        for _ in 0..k {
+            t += 1;
+            assert_eq!(round(&mut p, ms(t), None), None);
+        }
+        t += 1;
+        assert_eq!(round(&mut p, ms(t), None), Some(Verdict::Silent));
+        t += 1;
+        round(&mut p, ms(t), Some(&peer));
+        falses += 1;
+        assert!(falses < 10, "k never passed misses_max");
+    }
+    // k 3, then twice the 8 the verdict's own gap of 5 calls for: 16; then
+    // twice the 28 of a gap of 18: 56, past the cap. Two false verdicts.
+    assert_eq!(p.report().false_verdicts, 2);
+    assert_eq!(p.misses(), 30);
+    for _ in 0..100 {
+        t += 1;
+        assert_eq!(round(&mut p, ms(t), None), None);
+    }
+}
+
+#[test]
 fn the_mac_is_forgotten_after_a_long_silence() {
     let mut p = backup_prober(1);
     let peer = Peer::master(1, u64::MAX);
