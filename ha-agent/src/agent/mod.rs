@@ -91,7 +91,7 @@ pub struct Agent {
     /// Terms up to this one are covered by the file on disk.
     term_file: PathBuf,
     term_ceiling: u64,
-    /// Sends adverts and probes off the loop (see [`tx`]).
+    /// Sends adverts and probes, counting failures (see [`tx`]).
     tx: tx::Tx,
     /// Link state queries (one socket kept open).
     links: crate::iface::LinkState,
@@ -354,8 +354,6 @@ impl Agent {
     /// as master), the maintenance flag and the tracked links. Decided here,
     /// after the slow start-up work.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        // After the process turned realtime: one priority below the loop.
-        self.tx.start().context("the sending thread")?;
         let resumed = if self.dp.renew_lease(self.config.lease())? {
             self.dp.ownership()?.groups
         } else {
@@ -441,8 +439,6 @@ impl Agent {
         // Not dropped here: dropping a runtime blocks, which an async
         // context may not do.
         self.hook_rt.shutdown_background();
-        let mut tx = self.tx;
-        tx.finish();
         self.writer.finish();
     }
 
@@ -808,9 +804,8 @@ impl Agent {
         if let Some((file, bytes, ack)) = save {
             self.writer.save(file, bytes, Some(ack));
         }
-        // Queued for the sending thread (errors counted and logged there):
-        // a send runs the CPU's pending softirqs, which must not delay
-        // this loop (see [`tx`]).
+        // Sent now, with the lease just renewed (errors counted and logged
+        // by `tx`).
         for d in self.sock.datagrams(advert, seal) {
             self.tx.send(d);
         }

@@ -1,23 +1,16 @@
-//! The loop's sends (adverts and heartbeat probes), made on a thread of
-//! their own.
+//! The loop's sends (adverts and heartbeat probes): datagrams built on
+//! sockets the loop opened, sent at once, failures counted and logged by
+//! kind.
 //!
-//! A `sendto` on a veth or a bridge runs, when it re-enables bottom halves,
-//! every softirq pending on its CPU: the NET_RX work of all the traffic
-//! forwarded through the box, up to several milliseconds per call, and
-//! again on the next call. Made from the loop, that put the loop (the only
-//! thread still running on time when every CPU is saturated, being
-//! SCHED_FIFO) in charge of the whole box's packet processing: a soak
-//! measured 14 s of softirq in 15 s of the loop's run time, slices of up to
-//! 400 ms, and ownership leases lapsing every few hundred milliseconds.
-//!
-//! So the loop only builds the datagrams and queues them here; this thread
-//! (SCHED_FIFO one below the loop) sends them and takes that softirq work
-//! instead, while the loop keeps its deadlines: the lease is renewed before
-//! the advert is queued, so a late send only makes the peer's master-down
-//! timer start later, never the lease outlast it. The queue is bounded and
-//! never waits: a full one drops the datagram, counted as a send error of
-//! its kind, like a full socket buffer.
-
+//! They are sent on the loop itself, synchronously, although a `sendto`
+//! on a veth or a bridge runs, when it re-enables bottom halves, softirq
+//! work pending on its CPU. Sending from a thread of their own kept that
+//! work off the loop under the soak, but broke two guarantees: the lease
+//! is renewed with each advert, and an advert stuck behind a stalled
+//! sender lets the peer's master-down timer expire while our lease is
+//! still being renewed (two owners); and a probe round counts as sent
+//! when the core asks for it, so a stalled sender reads as the peer's
+//! silence. Both need the send to happen when the core decides it.
 use std::{
     io,
     net::SocketAddrV4,
@@ -25,19 +18,13 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
-        mpsc,
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
 use ha_core::limit::Every;
 use socket2::SockAddr;
 use tracing::warn;
-
-/// Datagrams waiting for the thread (a backup queues three probes a
-/// millisecond).
-const QUEUE: usize = 4096;
 
 /// What a datagram is (counted and logged apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,63 +130,28 @@ impl Shared {
     }
 }
 
-/// The sender: inline until [`Tx::start`] (nothing is sent before the node
-/// starts but in tests), then on its thread until [`Tx::finish`].
+/// The sender: sends at once, counts failures.
 #[derive(Debug)]
 pub struct Tx {
-    shared: Arc<Shared>,
-    queue: Option<mpsc::SyncSender<Datagram>>,
-    thread: Option<JoinHandle<()>>,
+    shared: Shared,
 }
 
 impl Tx {
     pub fn new() -> Tx {
         Tx {
-            shared: Arc::new(Shared {
+            shared: Shared {
                 advert_errors: AtomicU64::new(0),
                 probe_errors: AtomicU64::new(0),
                 log: Mutex::new((Every::new(), Every::new())),
                 start: std::time::Instant::now(),
-            }),
-            queue: None,
-            thread: None,
+            },
         }
     }
 
-    /// Starts the thread, SCHED_FIFO one below the calling thread when that
-    /// one is realtime (call it after the process turned realtime).
-    pub fn start(&mut self) -> io::Result<()> {
-        if self.queue.is_some() {
-            return Ok(());
-        }
-        let (queue, rx) = mpsc::sync_channel::<Datagram>(QUEUE);
-        let shared = self.shared.clone();
-        let thread =
-            crate::sched::spawn_blocking("tx", crate::sched::Class::BelowLoop, move || {
-                for d in rx {
-                    shared.send(&d);
-                }
-            })?;
-        self.queue = Some(queue);
-        self.thread = Some(thread);
-        Ok(())
-    }
-
-    /// Queues `d` (never waits: a full queue drops it, counted as a failed
-    /// send), or sends it now when the thread is not running.
+    /// Sends `d` now (the socket is non-blocking: a full buffer is a
+    /// failure, counted).
     pub fn send(&self, d: Datagram) {
-        let Some(queue) = &self.queue else {
-            self.shared.send(&d);
-            return;
-        };
-        match queue.try_send(d) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(d)) => self.shared.failed(
-                &d,
-                &io::Error::new(io::ErrorKind::WouldBlock, "the send queue is full"),
-            ),
-            Err(mpsc::TrySendError::Disconnected(d)) => self.shared.send(&d),
-        }
+        self.shared.send(&d);
     }
 
     /// Adverts and probes that could not be sent so far.
@@ -209,14 +161,6 @@ impl Tx {
             self.shared.probe_errors.load(Ordering::Relaxed),
         )
     }
-
-    /// Sends what is queued and ends the thread; later sends are inline.
-    pub fn finish(&mut self) {
-        self.queue = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Default for Tx {
@@ -225,20 +169,14 @@ impl Default for Tx {
     }
 }
 
-impl Drop for Tx {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Datagrams queued, sent by the thread in order, received; one the
-    /// socket refuses counts as an error of its kind; inline after finish.
+    /// Datagrams sent in order and received; one the socket refuses counts
+    /// as an error of its kind.
     #[test]
-    fn sends_on_its_thread_and_counts_failures() {
+    fn sends_and_counts_failures() {
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let std::net::SocketAddr::V4(to) = b.local_addr().unwrap() else {
@@ -255,12 +193,10 @@ mod tests {
         };
         // SAFETY: zeroed sockaddr_ll is valid (a UDP socket refuses it).
         let ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut tx = Tx::new();
-        tx.start().unwrap();
+        let tx = Tx::new();
         tx.send(d(Kind::Advert, b"one", Dest::Ip(to)));
         tx.send(d(Kind::Probe, b"bad", Dest::Link(ll)));
         tx.send(d(Kind::Probe, b"two", Dest::Ip(to)));
-        tx.finish();
         let mut buf = [0u8; 16];
         for want in [&b"one"[..], b"two"] {
             let n = b.recv(&mut buf).unwrap();
