@@ -347,6 +347,21 @@ impl Prober {
         &self.s
     }
 
+    /// The last round sent (0: none yet).
+    pub fn rounds_sent(&self) -> u64 {
+        self.seq
+    }
+
+    /// Replies accepted, and frames rejected, so far (cheaper than
+    /// [`Prober::report`]).
+    pub fn replies(&self) -> u64 {
+        self.replies
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
     /// Starts probing at `now`.
     pub fn start(&mut self, now: Instant) {
         self.next_at.get_or_insert(now);
@@ -507,8 +522,17 @@ impl Prober {
         let bucket = (64 - us.leading_zeros()) as usize;
         self.rtt[bucket.min(RTT_BUCKETS - 1)] += 1;
         if seq > self.replied {
-            if self.fast && self.replied > 0 {
-                let gap = self.seq - self.replied;
+            if self.fast {
+                // The first reply has no previous one: its gap is the
+                // rounds sent since its probe, its own included (its
+                // round trip). Without it `k` stays at `misses_min` until
+                // a second reply, and a round trip longer than that many
+                // rounds reads as silence right after arming.
+                let gap = if self.replied > 0 {
+                    self.seq - self.replied
+                } else {
+                    self.seq - seq + 1
+                };
                 self.gaps[usize::try_from(gap).unwrap_or(GAP_BUCKETS).min(GAP_BUCKETS)] += 1;
                 self.cur_max = self.cur_max.max(gap);
             }

@@ -609,6 +609,11 @@ impl Node {
         }
     }
 
+    /// The fast heartbeat's prober, when on.
+    pub fn prober(&self) -> Option<&Prober> {
+        self.prober.as_ref()
+    }
+
     /// The counters alone (cheaper than [`Node::report`]).
     pub fn counters(&self) -> &Counters {
         &self.counters
