@@ -259,6 +259,15 @@ impl Checker {
         }
     }
 
+    /// Whether `node`'s loop stalled (or was still answering a stall: the
+    /// delay twice) in [from, to].
+    pub fn stalled(&self, node: usize, from: T, to: T) -> bool {
+        self.stalls.get(&node).is_some_and(|w| {
+            w.iter()
+                .any(|&(s, e)| s <= to && e + 2 * self.delay >= from)
+        })
+    }
+
     /// Node `node`'s loop is frozen over [from, to].
     pub fn stall(&mut self, node: usize, from: T, to: T) {
         self.stalls.entry(node).or_default().push((from, to));
@@ -297,11 +306,11 @@ impl Checker {
         {
             return;
         }
-        let stalled = self.stalls.get(&b).is_some_and(|w| {
-            w.iter()
-                .any(|&(s, e)| s <= t && e + 2 * self.delay >= first)
-        });
-        let name = if stalled { "STALL" } else { "SILENT" };
+        let name = if self.stalled(b, first, t) {
+            "STALL"
+        } else {
+            "SILENT"
+        };
         self.violations.push((
             t,
             format!(

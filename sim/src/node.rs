@@ -130,6 +130,8 @@ pub struct HbSeen {
     pub alive_max: u64,
     /// Whether the last genuine reply showed the peer alive.
     pub last_alive: Option<bool>,
+    /// The newest round answered by a frame the prober took as a reply.
+    pub answered: u64,
     /// The rounds sent (sequence, simulated time), the latest last.
     pub rounds: VecDeque<(u64, T)>,
 }

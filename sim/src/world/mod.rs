@@ -149,6 +149,9 @@ pub struct Stats {
     /// PeerLapsed verdicts on a reply made before the peer began a newer
     /// term (the reply on its way meanwhile).
     pub lapsed_races: u64,
+    /// PeerLapsed verdicts on an old proof replayed (with a current tag)
+    /// while the peer owned under a newer term its prober had not seen.
+    pub lapsed_replays: u64,
 }
 
 /// The running simulation.

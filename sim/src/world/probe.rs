@@ -193,9 +193,14 @@ impl World<'_> {
             .filter(|(s, _)| self.sc.sniffer && *s == session)
             .map(|(_, p)| p);
         let recent = self.nodes[to].hb.rounds.back().map_or(1, |&(s, _)| s);
-        let mut kind = rng.gen_range(0..9);
-        if kind >= 6 && current.is_none() {
-            kind = rng.gen_range(0..6);
+        // The attacker that sees the probes uses what it sees half the time.
+        let mut kind = if current.is_some() && rng.gen_bool(0.5) {
+            rng.gen_range(6..9)
+        } else {
+            rng.gen_range(0..6)
+        };
+        if kind == 8 && !self.ended_captures.keys().any(|(n, _)| *n == peer) {
+            kind = 6;
         }
         let from = match kind {
             // Malformed: random bytes, or a reply with a broken header.
@@ -391,6 +396,20 @@ impl World<'_> {
                 // last - k .. last - 1 went unanswered.
                 let first = p.rounds_sent().saturating_sub(k).max(1);
                 let tau = self.nodes[b].hb.sent_at(first);
+                let answered = self.nodes[b].hb.answered;
+                if answered >= first {
+                    let name = if self.check.stalled(b, tau.unwrap_or(t), t) {
+                        "STALL"
+                    } else {
+                        "SILENT"
+                    };
+                    self.check.violation(
+                        t,
+                        format!(
+                            "{name}: node {b} took over (PeerSilent, k = {k}) at {t:?}, though its round {answered} (of the last {k}, from {first}) was answered before"
+                        ),
+                    );
+                }
                 self.log(|| format!("node {b}: PeerSilent verdict, k {k}, round {first} sent at {tau:?}; peer alive {peer_alive}"));
                 // The paths with a probe of those rounds, or its reply,
                 // still on the way (a round trip longer than k rounds).
@@ -419,26 +438,28 @@ impl World<'_> {
                 self.stats.verdicts_lapsed += 1;
                 let ctx = self.probe_ctx;
                 self.log(|| format!("node {b}: PeerLapsed verdict on {ctx:?}; peer alive {peer_alive}, its term {peer_term}"));
-                let (proven, made) = match ctx {
-                    Some((ProbeFrom::Node { term, made, .. }, _))
-                    | Some((ProbeFrom::Replayed { term, made }, _)) => (term, made),
-                    _ => (0, t),
+                let (proven, made, replayed) = match ctx {
+                    Some((ProbeFrom::Node { term, made, .. }, _)) => (term, made, false),
+                    Some((ProbeFrom::Replayed { term, made }, _)) => (term, made, true),
+                    _ => (0, t, true),
                 };
                 if !peer_alive {
                     return;
                 }
-                let began = self.nodes[peer]
-                    .term_began
-                    .get(&peer_term)
-                    .copied()
-                    .unwrap_or_default();
-                if peer_term <= proven || began < made {
+                // The newest term the prober was shown alive (before this
+                // frame: a proof shows no term alive).
+                let known = self.nodes[b].hb.alive_max;
+                if peer_term <= proven || known > proven {
                     self.check.violation(
                         t,
                         format!(
-                            "LAPSED: node {b} took over (PeerLapsed, on {ctx:?}: term {proven} ended, as made at {made:?}) while node {peer}'s data plane owns under its term {peer_term}, begun at {began:?}"
+                            "LAPSED: node {b} took over (PeerLapsed, on {ctx:?}: term {proven} ended, made at {made:?}) while node {peer}'s data plane owns under its term {peer_term}, and it had been shown term {known} alive"
                         ),
                     );
+                } else if replayed {
+                    // An old proof, replayed before the prober saw the
+                    // peer's newer term alive.
+                    self.stats.lapsed_replays += 1;
                 } else {
                     // The peer began a new term while the reply was on
                     // its way: VRRP settles the two masters (SPLIT).

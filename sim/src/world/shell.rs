@@ -204,6 +204,7 @@ impl World<'_> {
         let term = crate::world::probe::term_of(bytes);
         let hb = &mut self.nodes[i].hb;
         if accepted {
+            hb.answered = hb.answered.max(crate::world::probe::seq_of(bytes));
             if alive {
                 hb.alive_max = hb.alive_max.max(term);
             }
