@@ -466,6 +466,8 @@ impl Node {
 
     /// Our ownership term as the reflector holds it (read back after a
     /// restart, before [`Event::Start`]): a takeover writes a newer one.
+    /// After a reboot the map is empty: give the greater of the map's term
+    /// and the one kept on disk (see [`Effect::WriteProbeTerm`]).
     pub fn set_term_floor(&mut self, term: u64) {
         self.term = self.term.max(term);
     }
