@@ -172,6 +172,17 @@ fn summary(results: &[Outcome], took: Duration) {
         sum(|o| o.stats.lapsed_races),
         sum(|o| o.stats.lapsed_replays),
     );
+    let odd: Vec<String> = results
+        .iter()
+        .filter(|o| o.stats.lapsed_races + o.stats.lapsed_replays > 0)
+        .map(|o| o.seed.to_string())
+        .collect();
+    if !odd.is_empty() {
+        println!(
+            "  seeds with a PeerLapsed verdict while the peer owned under a newer term: {}",
+            odd.join(" ")
+        );
+    }
     let worst = |f: fn(&Outcome) -> Option<(Duration, Duration)>| {
         results
             .iter()

@@ -132,6 +132,9 @@ pub struct HbSeen {
     pub last_alive: Option<bool>,
     /// The newest round answered by a frame the prober took as a reply.
     pub answered: u64,
+    /// The deepest round trip of a genuine reply it took: rounds sent from
+    /// its probe's on, when it came.
+    pub depth_max: u64,
     /// The rounds sent (sequence, simulated time), the latest last.
     pub rounds: VecDeque<(u64, T)>,
 }

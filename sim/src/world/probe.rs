@@ -432,7 +432,8 @@ impl World<'_> {
                         _ => {}
                     }
                 }
-                self.check.silent_verdict(b, t, tau, k, peer_alive, &late);
+                let depth = self.nodes[b].hb.depth_max;
+                self.check.silent_verdict(b, t, tau, k, &late, depth);
             }
             Reason::PeerLapsed => {
                 self.stats.verdicts_lapsed += 1;

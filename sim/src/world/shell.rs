@@ -211,6 +211,9 @@ impl World<'_> {
             if let ProbeFrom::Node { alive, .. } = from {
                 self.stats.replies += 1;
                 hb.last_alive = Some(alive);
+                let seq = crate::world::probe::seq_of(bytes);
+                let sent = hb.rounds.back().map_or(seq, |&(s, _)| s);
+                hb.depth_max = hb.depth_max.max((sent + 1).saturating_sub(seq));
             }
         }
         if !hostile {
