@@ -354,6 +354,21 @@ impl Prober {
         &self.s
     }
 
+    /// The last round sent (0: none yet).
+    pub fn rounds_sent(&self) -> u64 {
+        self.seq
+    }
+
+    /// Replies accepted, and frames rejected, so far (cheaper than
+    /// [`Prober::report`]).
+    pub fn replies(&self) -> u64 {
+        self.replies
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
     /// Starts probing at `now`.
     pub fn start(&mut self, now: Instant) {
         self.next_at.get_or_insert(now);
@@ -531,6 +546,15 @@ impl Prober {
         let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
         let bucket = (64 - us.leading_zeros()) as usize;
         self.rtt[bucket.min(RTT_BUCKETS - 1)] += 1;
+        // Every reply's round trip, in rounds sent from its probe's on
+        // (at the idle rate too: a master that steps down keeps it),
+        // bounds `k` from below too, not only the gaps between the
+        // newest replies: the first reply has no previous one, and a
+        // late reply overtaken by a quicker one (jitter, another path)
+        // is no gap. Without it `k` stays at `misses_min` until gaps
+        // show the round trip, and a round trip longer than that many
+        // rounds reads as silence (found by the simulation).
+        self.cur_max = self.cur_max.max(self.seq - seq + 1);
         if seq > self.replied {
             if self.fast && self.replied > 0 {
                 let gap = self.seq - self.replied;

@@ -66,7 +66,7 @@ use crate::{
 };
 
 /// Processing allowance in the bounds.
-const P: Duration = Duration::from_millis(5);
+pub const P: Duration = Duration::from_millis(5);
 
 /// A master death whose takeover is awaited.
 #[derive(Debug, Clone)]
@@ -92,6 +92,13 @@ pub struct Checker {
     /// path.
     drops: BTreeMap<(usize, usize), Vec<T>>,
     path_drops: BTreeMap<((usize, usize), usize), Vec<T>>,
+    /// Frames of the fast heartbeat (probes, replies) lost, met by a
+    /// machine down or paused, or delayed by a spike, by pair and path.
+    probe_troubles: BTreeMap<((usize, usize), usize), Vec<T>>,
+    /// Probes met by the peer's machine down or paused, by pair and path.
+    probe_unanswered: BTreeMap<((usize, usize), usize), Vec<T>>,
+    /// Stalls of each node's loop.
+    stalls: BTreeMap<usize, Vec<(T, T)>>,
     nodes: usize,
     paths: usize,
     /// The longest advert interval and one-way delay.
@@ -113,6 +120,13 @@ pub struct Checker {
     pub dual_clean_max: Duration,
     pub dual_impaired_max: Duration,
     pub dual_total: Duration,
+    /// DETECT: takeovers checked after a machine crash and after a lapsed
+    /// lease, and the longest of each (counted from the crash, from the
+    /// lease's end), with their bounds.
+    pub detect_crash: u64,
+    pub detect_lapse: u64,
+    pub detect_crash_worst: Option<(Duration, Duration)>,
+    pub detect_lapse_worst: Option<(Duration, Duration)>,
 }
 
 impl Checker {
@@ -121,6 +135,9 @@ impl Checker {
         let d = sc.max_delay();
         Checker {
             path_drops: BTreeMap::new(),
+            probe_troubles: BTreeMap::new(),
+            probe_unanswered: BTreeMap::new(),
+            stalls: BTreeMap::new(),
             nodes: sc.nodes.len(),
             paths: sc.paths(),
             advert: sc.max_advert(),
@@ -142,6 +159,10 @@ impl Checker {
             dual_clean_max: T::ZERO,
             dual_impaired_max: T::ZERO,
             dual_total: T::ZERO,
+            detect_crash: 0,
+            detect_lapse: 0,
+            detect_crash_worst: None,
+            detect_lapse_worst: None,
         }
     }
 
@@ -167,6 +188,149 @@ impl Checker {
             .entry((pair(from, to), path))
             .or_default()
             .push(t);
+    }
+
+    /// A frame of the fast heartbeat between `a` and `b` over path `p` was
+    /// lost (the network, a full socket, a paused or dead receiver of a
+    /// reply), or delayed by a spike.
+    pub fn probe_trouble(&mut self, a: usize, b: usize, p: usize, t: T) {
+        self.probe_troubles
+            .entry((pair(a, b), p))
+            .or_default()
+            .push(t);
+    }
+
+    /// A probe between `a` and `b` over path `p` met its target's machine
+    /// down or paused (nothing answers).
+    pub fn probe_unanswered(&mut self, a: usize, b: usize, p: usize, t: T) {
+        self.probe_unanswered
+            .entry((pair(a, b), p))
+            .or_default()
+            .push(t);
+    }
+
+    fn probe_troubled(&self, a: usize, b: usize, p: usize, from: T, to: T) -> bool {
+        let within = |v: &Vec<T>| {
+            let k = v.partition_point(|&t| t < from);
+            v.get(k).is_some_and(|&t| t <= to)
+        };
+        self.probe_troubles
+            .get(&(pair(a, b), p))
+            .is_some_and(within)
+    }
+
+    fn probe_troubled_or_unanswered(&self, a: usize, b: usize, p: usize, from: T, to: T) -> bool {
+        let within = |v: &Vec<T>| {
+            let k = v.partition_point(|&t| t < from);
+            v.get(k).is_some_and(|&t| t <= to)
+        };
+        self.probe_troubled(a, b, p, from, to)
+            || self
+                .probe_unanswered
+                .get(&(pair(a, b), p))
+                .is_some_and(within)
+    }
+
+    /// Whether anything of the pair (an advert or a heartbeat frame, on
+    /// any path) was lost or delayed by a spike in [from, to].
+    pub fn pair_troubled(&self, a: usize, b: usize, from: T, to: T) -> bool {
+        (0..self.paths)
+            .any(|p| self.probe_troubled(a, b, p, from, to) || self.path_dropped(a, b, p, from, to))
+    }
+
+    /// Whether `node` was disturbed in [from, to].
+    pub fn disturbed_since(&self, node: usize, from: T, to: T) -> bool {
+        self.disturbed_in(node, from, to)
+    }
+
+    /// A DETECT takeover came `took` after its start, its bound `bound`.
+    pub fn detected(&mut self, kind: crate::world::DetectKind, took: Duration, bound: Duration) {
+        let (n, worst) = match kind {
+            crate::world::DetectKind::Crash => {
+                (&mut self.detect_crash, &mut self.detect_crash_worst)
+            }
+            crate::world::DetectKind::Lapse => {
+                (&mut self.detect_lapse, &mut self.detect_lapse_worst)
+            }
+        };
+        *n += 1;
+        if worst.is_none_or(|(w, _)| took > w) {
+            *worst = Some((took, bound));
+        }
+    }
+
+    /// Whether `node`'s loop stalled (or was still answering a stall: the
+    /// delay twice) in [from, to].
+    pub fn stalled(&self, node: usize, from: T, to: T) -> bool {
+        self.stalls.get(&node).is_some_and(|w| {
+            w.iter()
+                .any(|&(s, e)| s <= to && e + 2 * self.delay >= from)
+        })
+    }
+
+    /// Node `node`'s loop is frozen over [from, to].
+    pub fn stall(&mut self, node: usize, from: T, to: T) {
+        self.stalls.entry(node).or_default().push((from, to));
+    }
+
+    // ----- SILENT, STALL -----
+
+    /// Node `b` took over by a PeerSilent verdict at `t`, its `k` last
+    /// rounds unanswered, the first of them sent at `first`. Unless every
+    /// path to `peer` lost or delayed a frame of the heartbeat since
+    /// `first` (a probe or a reply: loss, a cut, a partition, the peer's
+    /// machine down or paused, a full socket, a spike), or has a probe of
+    /// those rounds or its reply still on the way (`late`: a round trip
+    /// longer than the k rounds), the detector was wrong; STALL when the
+    /// prober's own loop stalled meanwhile.
+    pub fn silent_verdict(
+        &mut self,
+        b: usize,
+        t: T,
+        first: Option<T>,
+        k: u64,
+        late: &[bool],
+        depth: u64,
+    ) {
+        // The fast heartbeat runs with two nodes: the one peer.
+        let peer = 1 - b.min(1);
+        let Some(first) = first else {
+            self.violations.push((
+                t,
+                format!("SILENT: node {b} took over (PeerSilent) with {k} rounds unanswered, but it had not sent that many"),
+            ));
+            return;
+        };
+        let troubled = |p: usize| self.probe_troubled_or_unanswered(b, peer, p, first, t);
+        if (0..self.paths).all(troubled) {
+            return;
+        }
+        // A round trip still on its way excuses only a k above every
+        // round trip the prober had seen come back (`depth`, in rounds):
+        // waiting fewer rounds than it measured is the detector's fault.
+        if (0..self.paths).all(|p| late[p] || troubled(p)) {
+            if k > depth {
+                return;
+            }
+            self.violations.push((
+                t,
+                format!(
+                    "SILENT: node {b} took over (PeerSilent, k = {k}) at {t:?} with replies on their way, though it had seen a reply come back {depth} rounds after its probe"
+                ),
+            ));
+            return;
+        }
+        let name = if self.stalled(b, first, t) {
+            "STALL"
+        } else {
+            "SILENT"
+        };
+        self.violations.push((
+            t,
+            format!(
+                "{name}: node {b} took over (PeerSilent, k = {k}) at {t:?}, though since its round at {first:?} some path to node {peer} lost and delayed no probe or reply"
+            ),
+        ));
     }
 
     /// Whether path `p` between `a` and `b` dropped a packet in [from, to].
@@ -573,6 +737,7 @@ impl Checker {
             node,
             committed: 0,
             gained: 0,
+            term_due: false,
         }
     }
 
@@ -731,6 +896,9 @@ pub struct Batch {
     /// Groups with a Commit in this batch, and groups gained in it.
     committed: u64,
     gained: u64,
+    /// The data plane went from owning nothing to owning (a new term):
+    /// its term must be written before the first GARP.
+    term_due: bool,
 }
 
 impl Batch {
@@ -769,7 +937,62 @@ impl Batch {
         }
     }
 
+    /// The data plane went from owning nothing to owning in this batch;
+    /// `heartbeat`: the fast heartbeat is on (a new term is due).
+    pub fn new_term_due(&mut self, heartbeat: bool) {
+        self.term_due |= heartbeat;
+    }
+
+    /// `WriteProbeTerm { term }`: only while the data plane owns (after the
+    /// ownership write, so the new term's proof is never shown before its
+    /// lease runs), and above the term the map holds.
+    pub fn probe_term(&mut self, check: &mut Checker, n: &SimNode, term: u64, tick: T, t: T) {
+        self.term_due = false;
+        if !n.alive(t, tick) {
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {} wrote term {term} into its reflector while its data plane owns nothing",
+                    self.node
+                ),
+            );
+        }
+        if term <= n.dp.term.term {
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {} wrote term {term} into its reflector, which holds term {}",
+                    self.node, n.dp.term.term
+                ),
+            );
+        }
+    }
+
+    /// The batch is over: a new ownership term was written if one was due.
+    pub fn end(&mut self, check: &mut Checker, t: T) {
+        if self.term_due {
+            self.term_due = false;
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {}'s data plane went from owning nothing to owning without a new term in its reflector",
+                    self.node
+                ),
+            );
+        }
+    }
+
     pub fn garp(&mut self, check: &mut Checker, n: &SimNode, g: usize, tick: T, t: T) {
+        if self.term_due {
+            self.term_due = false;
+            check.violation(
+                t,
+                format!(
+                    "ORDER: node {} sent GARP for group {g} before writing its new term",
+                    self.node
+                ),
+            );
+        }
         if !n.owns(g, t, tick) {
             check.violation(
                 t,

@@ -38,6 +38,13 @@ pub struct Outcome {
     pub dual_clean_max: Duration,
     pub dual_impaired_max: Duration,
     pub dual_total: Duration,
+    /// The fast heartbeat was on; its detections checked (DETECT), and
+    /// the longest of each kind with its bound.
+    pub heartbeat: bool,
+    pub detect_crash: u64,
+    pub detect_lapse: u64,
+    pub detect_crash_worst: Option<(Duration, Duration)>,
+    pub detect_lapse_worst: Option<(Duration, Duration)>,
     /// The trace, when asked for.
     pub trace: Option<String>,
     /// One line about the scenario.
@@ -61,6 +68,11 @@ pub fn run_seed(seed: u64, trace: bool) -> Outcome {
             dual_clean_max: c.dual_clean_max,
             dual_impaired_max: c.dual_impaired_max,
             dual_total: c.dual_total,
+            heartbeat: sc.heartbeat().is_some(),
+            detect_crash: c.detect_crash,
+            detect_lapse: c.detect_lapse,
+            detect_crash_worst: c.detect_crash_worst,
+            detect_lapse_worst: c.detect_lapse_worst,
             trace: None,
             scenario: String::new(),
         }
@@ -85,7 +97,7 @@ pub fn run_seed(seed: u64, trace: bool) -> Outcome {
 /// A line about a scenario.
 pub fn describe(sc: &Scenario) -> String {
     format!(
-        "{} nodes, {} groups, adverts {:?}, tick {:?}, lease {:?}, {}, sync {}, auth {} {:?}, {} paths, loss {:?}, dup {:?}, delay {:?}+{:?}, {} faults until {:?}",
+        "{} nodes, {} groups, adverts {:?}, tick {:?}, lease {:?}, {}, sync {}, auth {} {:?}, {} paths, loss {:?}, dup {:?}, delay {:?}+{:?}, {} faults until {:?}, heartbeat {}",
         sc.nodes.len(),
         sc.nodes[0].settings.groups.len(),
         sc.max_advert(),
@@ -102,5 +114,16 @@ pub fn describe(sc: &Scenario) -> String {
         sc.nets.iter().map(|n| n.jitter).collect::<Vec<_>>(),
         sc.faults.len(),
         sc.faults_until,
+        sc.heartbeat().map_or("off".into(), |h| format!(
+            "{:?} misses {}..{}{}",
+            h.interval,
+            h.misses_min,
+            h.misses_max,
+            if sc.sniffer {
+                ", the attacker sees the probes"
+            } else {
+                ""
+            }
+        )),
     )
 }

@@ -156,6 +156,53 @@ fn summary(results: &[Outcome], took: Duration) {
     println!(
         "  {replays} of the hostile packets replays of genuine adverts, {cuts} path cuts, {checks} path reports checked, {steps} wall-clock steps"
     );
+    let hb_seeds = results.iter().filter(|o| o.heartbeat).count();
+    let sum = |f: fn(&Outcome) -> u64| -> u64 { results.iter().map(f).sum() };
+    println!(
+        "  fast heartbeat in {hb_seeds} seeds: {} probes ({} lost or unanswered), {} replies, {} hostile frames ({} forged \"alive\", {} genuine replies replayed); {} PeerSilent verdicts ({} false: the peer's data plane owned), {} PeerLapsed ({} on a reply overtaken by the peer's new term, {} on an old proof replayed before the prober saw the newer term)",
+        sum(|o| o.stats.probes),
+        sum(|o| o.stats.probe_drops),
+        sum(|o| o.stats.replies),
+        sum(|o| o.stats.probe_hostile),
+        sum(|o| o.stats.probe_forged),
+        sum(|o| o.stats.probe_replayed),
+        sum(|o| o.stats.verdicts_silent),
+        sum(|o| o.stats.false_silent),
+        sum(|o| o.stats.verdicts_lapsed),
+        sum(|o| o.stats.lapsed_races),
+        sum(|o| o.stats.lapsed_replays),
+    );
+    let odd: Vec<String> = results
+        .iter()
+        .filter(|o| o.stats.lapsed_races + o.stats.lapsed_replays > 0)
+        .map(|o| o.seed.to_string())
+        .collect();
+    if !odd.is_empty() {
+        println!(
+            "  seeds with a PeerLapsed verdict while the peer owned under a newer term: {}",
+            odd.join(" ")
+        );
+    }
+    let worst = |f: fn(&Outcome) -> Option<(Duration, Duration)>| {
+        results
+            .iter()
+            .filter_map(|o| f(o).map(|w| (w, o.seed)))
+            .max_by_key(|((w, _), _)| *w)
+            .map_or("-".into(), |((w, b), s)| {
+                format!(
+                    "{:.3} ms (bound {:.3} ms, seed {s})",
+                    w.as_secs_f64() * 1e3,
+                    b.as_secs_f64() * 1e3
+                )
+            })
+    };
+    println!(
+        "  fast takeovers checked: {} after a machine crash (worst {} after it), {} after an agent's death or stall (worst {} after its lease's end)",
+        sum(|o| o.detect_crash),
+        worst(|o| o.detect_crash_worst),
+        sum(|o| o.detect_lapse),
+        worst(|o| o.detect_lapse_worst),
+    );
     println!(
         "sim: {} seeds, {failovers} failovers, {violations} invariant violations",
         results.len()

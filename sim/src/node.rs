@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use ha_common::{data::Ownership, heartbeat::ProbeTerm};
 use ha_core::{
     node::{Command, Node},
     vrrp::auth::Sequencer,
@@ -28,6 +29,9 @@ pub struct Dataplane {
     /// The last write failed: the word may name groups the core gave up
     /// (their lease then runs out by itself).
     pub stale: bool,
+    /// The reflector's term map (the fast heartbeat): pinned, it survives
+    /// an agent restart, not a reboot.
+    pub term: ProbeTerm,
 }
 
 impl Dataplane {
@@ -38,6 +42,7 @@ impl Dataplane {
             expires: Some(0),
             fails: 0,
             stale: false,
+            term: ProbeTerm::default(),
         }
     }
 
@@ -105,6 +110,42 @@ pub struct SimNode {
     pub(crate) carrier: Vec<bool>,
     /// When its core last changed role (simulated time).
     pub(crate) last_transition: T,
+    /// Agent starts so far (each draws a new probe session).
+    pub(crate) session_no: u64,
+    /// The newest ownership term the shell wrote to disk (it survives a
+    /// reboot, unlike the reflector's map).
+    pub(crate) disk_term: u64,
+    /// When each ownership term began in its data plane (simulated time).
+    pub(crate) term_began: BTreeMap<u64, T>,
+    /// What the fast heartbeat's prober of the running agent was handed.
+    pub(crate) hb: HbSeen,
+}
+
+/// What a node's prober was handed since its agent started (the
+/// simulation's own record, for the checks).
+#[derive(Debug, Clone, Default)]
+pub struct HbSeen {
+    /// The newest term of a reply showing the peer alive (genuine or
+    /// forged): a proof of an older term makes no verdict.
+    pub alive_max: u64,
+    /// Whether the last genuine reply showed the peer alive.
+    pub last_alive: Option<bool>,
+    /// The newest round answered by a frame the prober took as a reply.
+    pub answered: u64,
+    /// The deepest round trip of a genuine reply it took: rounds sent from
+    /// its probe's on, when it came.
+    pub depth_max: u64,
+    /// The rounds sent (sequence, simulated time), the latest last.
+    pub rounds: VecDeque<(u64, T)>,
+}
+
+impl HbSeen {
+    /// When round `seq` was sent, if it is still known.
+    pub fn sent_at(&self, seq: u64) -> Option<T> {
+        let (first, _) = *self.rounds.front()?;
+        let k = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.rounds.get(k).map(|&(_, t)| t)
+    }
 }
 
 impl SimNode {
@@ -155,6 +196,27 @@ impl SimNode {
         }
     }
 
+    /// The ownership word as the reflector reads it, and the coarse clock
+    /// it reads it with (ns), at `t`.
+    pub fn word(&self, t: T, tick: T) -> (Ownership, u64) {
+        let m = self.mono(t);
+        let tick = tick.as_nanos() as u64;
+        (
+            Ownership {
+                groups: self.dp.groups,
+                lease_expires_ns: self.dp.expires.unwrap_or(u64::MAX),
+            },
+            m - m % tick,
+        )
+    }
+
+    /// Whether the reflector would show the ownership word alive at `t`
+    /// (some group owned under a running lease).
+    pub fn alive(&self, t: T, tick: T) -> bool {
+        let (own, now) = self.word(t, tick);
+        self.up && t >= self.paused_until && own.owns_any(now)
+    }
+
     /// When ownership of a group ends by itself (its lease), if it does.
     pub fn lease_end(&self, tick: T) -> Option<T> {
         let e = self.dp.expires?;
@@ -176,6 +238,14 @@ pub enum Item {
     },
     /// The shell saw the tracked link (`None`) or a path's interface change.
     Link(Option<usize>, bool),
+    /// A frame of the fast heartbeat's ethertype over path `path`, from
+    /// Ethernet source `src`.
+    Probe {
+        bytes: Vec<u8>,
+        path: usize,
+        src: [u8; 6],
+        from: ProbeFrom,
+    },
     /// An operator command.
     Command(Command),
     /// A reload of the configuration (its VIPs).
@@ -193,6 +263,29 @@ pub enum Origin {
     /// sequence): hostile only if the target was handed a genuine advert at
     /// least as new from that source (otherwise it is not sent).
     Replay { vrid: u8, src: Ipv4Addr, seq: u64 },
+}
+
+/// Who sent a fast-heartbeat frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeFrom {
+    /// The reflector of node `node` (a genuine reply made at `made`), of
+    /// term `term`, alive (owning under a running lease) or not.
+    Node {
+        node: usize,
+        term: u64,
+        alive: bool,
+        made: T,
+    },
+    /// The attacker: nothing in it can be taken for a reply (a bad tag or
+    /// proof, malformed, not ours, an unknown sequence).
+    Hostile,
+    /// The attacker that sees the probes: a current tag, "alive" forged
+    /// (term `term`): it may be taken as a reply, never as a verdict.
+    ForgedAlive { term: u64 },
+    /// A genuine reply of term `term` made at `made`, captured and replayed
+    /// to the prober's current session: as it was (a late copy), or "term
+    /// ended" with a current tag copied in (the attacker sees the probes).
+    Replayed { term: u64, made: T },
 }
 
 impl Origin {

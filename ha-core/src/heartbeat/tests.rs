@@ -433,3 +433,59 @@ fn a_master_seeing_the_peer_step_down_makes_no_verdict() {
     }
     assert_eq!(p.report().verdicts_lapsed, 0);
 }
+
+/// Found by the simulation: a round trip of several rounds, the first
+/// reply arming the prober with `k` still at `misses_min`, read as silence
+/// before the second reply came.
+#[test]
+fn a_slow_first_reply_is_no_silence() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    // Every reply comes back 4 rounds after its probe (4 ms at 1 ms).
+    let mut in_flight: std::collections::VecDeque<(u64, [u8; WIRE_LEN])> = Default::default();
+    for t in 0..200u64 {
+        let mut out = Vec::new();
+        assert_eq!(p.tick(ms(t), &mut out), None, "a verdict at {t} ms");
+        for probe in &out {
+            in_flight.push_back((t + 4, peer.answer(probe, ms(t)).unwrap()));
+        }
+        while let Some((at, reply)) = in_flight.front().copied()
+            && at <= t
+        {
+            in_flight.pop_front();
+            assert_eq!(p.on_frame(0, MAC_B, &reply, ms(t)), Ok(None));
+        }
+    }
+    assert!(p.misses() > 5, "k {} covers the round trip", p.misses());
+    assert_eq!(p.report().verdicts_silent, 0);
+}
+
+/// Found by the simulation: replies over a slow path, always overtaken by
+/// those of a quick one, made no gap, so `k` ignored their round trip and
+/// the quick path's failure read as silence though the slow one answered.
+#[test]
+fn an_overtaken_slow_path_still_bounds_k() {
+    let mut p = backup_prober(2);
+    let peer = Peer::master(1, u64::MAX);
+    // Path 0 answers at once until 50 ms, path 1 six rounds late.
+    let mut in_flight: std::collections::VecDeque<(u64, [u8; WIRE_LEN])> = Default::default();
+    for t in 0..200u64 {
+        let mut out = Vec::new();
+        assert_eq!(p.tick(ms(t), &mut out), None, "a verdict at {t} ms");
+        for probe in &out {
+            let reply = peer.answer(probe, ms(t)).unwrap();
+            if probe.path == 0 && t < 50 {
+                assert_eq!(p.on_frame(0, MAC_B, &reply, ms(t)), Ok(None));
+            } else if probe.path == 1 {
+                in_flight.push_back((t + 6, reply));
+            }
+        }
+        while let Some((at, reply)) = in_flight.front().copied()
+            && at <= t
+        {
+            in_flight.pop_front();
+            assert_eq!(p.on_frame(1, MAC_B, &reply, ms(t)), Ok(None));
+        }
+    }
+    assert_eq!(p.report().verdicts_silent, 0);
+}

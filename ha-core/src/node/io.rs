@@ -133,7 +133,11 @@ pub enum Effect {
     /// A new ownership term began (a takeover from owning nothing): write
     /// it and its proof into the reflector's term map, after the ownership
     /// word (the XDP reads them in the other order, so the proof is never
-    /// shown for a term whose lease runs).
+    /// shown for a term whose lease runs). The shell also keeps the term on
+    /// disk, written before the map: the map does not survive a reboot,
+    /// and a term reused after one makes its old proof, revealed when it
+    /// ended before the reboot, prove the new term over while it runs
+    /// (found by the simulation; see [`super::Node::set_term_floor`]).
     WriteProbeTerm { term: u64, proof: [u8; 16] },
     /// One round of gratuitous ARP for every VIP of `group`.
     SendGarp { group: usize },

@@ -476,6 +476,8 @@ impl Node {
 
     /// Our ownership term as the reflector holds it (read back after a
     /// restart, before [`Event::Start`]): a takeover writes a newer one.
+    /// After a reboot the map is empty: give the greater of the map's term
+    /// and the one kept on disk (see [`Effect::WriteProbeTerm`]).
     pub fn set_term_floor(&mut self, term: u64) {
         self.term = self.term.max(term);
     }
@@ -617,6 +619,11 @@ impl Node {
             heartbeat: self.prober.as_ref().map(Prober::report),
             term: self.term,
         }
+    }
+
+    /// The fast heartbeat's prober, when on.
+    pub fn prober(&self) -> Option<&Prober> {
+        self.prober.as_ref()
     }
 
     /// The counters alone (cheaper than [`Node::report`]).

@@ -11,6 +11,7 @@
 //! plane refuses ends the batch and is reported back, as is a renewal of a
 //! lapsed lease (which the data plane refuses, never reviving it).
 
+mod probe;
 mod shell;
 
 use std::{
@@ -29,6 +30,7 @@ use ha_core::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub use self::probe::DetectKind;
 pub use crate::node::{Dataplane, Item, Origin, Persisted, SimNode};
 use crate::{
     check::Checker,
@@ -50,6 +52,13 @@ const PERSIST: Duration = Duration::from_secs(1);
 /// step back it reuses sequences its peers have seen (docs/simulation.md).
 const STALE_FLOOR: Duration = Duration::from_secs(2);
 const WRITE_AHEAD: bool = true;
+
+/// The shell writes each new ownership term to disk (before the
+/// reflector's map) and a restarted agent's floor is the greater of the
+/// map's and the disk's. Without it (the map alone) a term is reused
+/// after a reboot, and its proof, revealed when it ended before the
+/// reboot, proves the new term over while it runs (docs/simulation.md).
+const TERM_ON_DISK: bool = true;
 
 /// Packets a node's socket holds (about a 1 MB receive buffer).
 const INBOX: usize = 2000;
@@ -80,6 +89,19 @@ enum Ev {
     },
     /// The shell persists the sequencer's floor and the replay marks.
     Persist(usize),
+    /// A fast-heartbeat probe from `from` reaches node `to` over `path`:
+    /// its reflector (XDP) answers, whatever its agent does.
+    ProbeArrive {
+        to: usize,
+        from: usize,
+        path: usize,
+        frame: Box<[u8; ha_common::heartbeat::WIRE_LEN]>,
+    },
+    /// The attacker's frame of the fast heartbeat reaches node `to`.
+    HostileProbe {
+        to: usize,
+        path: usize,
+    },
     /// A path cut (the fault of that index) ends.
     PathHeal(usize),
     /// A healed path must be up again on the nodes hearing a master.
@@ -110,6 +132,26 @@ pub struct Stats {
     pub path_cuts: u64,
     pub wall_steps: u64,
     pub path_checks: u64,
+    /// The fast heartbeat: probes sent and dropped (probe or reply),
+    /// replies handed to a core, hostile frames (of them forged "alive"
+    /// and replayed "term ended" with a current tag).
+    pub probes: u64,
+    pub probe_drops: u64,
+    pub replies: u64,
+    pub probe_hostile: u64,
+    pub probe_forged: u64,
+    pub probe_replayed: u64,
+    /// Verdicts (takeovers) by PeerSilent and PeerLapsed; Silent ones made
+    /// while the peer's data plane owned a group (false).
+    pub verdicts_silent: u64,
+    pub verdicts_lapsed: u64,
+    pub false_silent: u64,
+    /// PeerLapsed verdicts on a reply made before the peer began a newer
+    /// term (the reply on its way meanwhile).
+    pub lapsed_races: u64,
+    /// PeerLapsed verdicts on an old proof replayed (with a current tag)
+    /// while the peer owned under a newer term its prober had not seen.
+    pub lapsed_replays: u64,
 }
 
 /// The running simulation.
@@ -133,6 +175,20 @@ pub struct World<'a> {
     /// What the attacker captured: the latest, and a sample of older ones.
     captures: VecDeque<Capture>,
     old_captures: Vec<Capture>,
+    /// The fast heartbeat: one stream for the sessions and the attacker's
+    /// frames; genuine replies seen on the wire (the latest, and every
+    /// "term ended" one by node and term); each node's latest probe (its
+    /// session number, the frame).
+    probe_rng: ChaCha8Rng,
+    reply_captures: VecDeque<probe::ReplyCapture>,
+    ended_captures: BTreeMap<(usize, u64), probe::ReplyCapture>,
+    last_probe: Vec<Option<(u64, [u8; ha_common::heartbeat::WIRE_LEN])>>,
+    /// The fast-heartbeat frame being handled (its sender, its term), and
+    /// whether the last batch held effects beyond probes and status.
+    probe_ctx: Option<(crate::node::ProbeFrom, u64)>,
+    /// Takeovers the fast heartbeat must make in time (DETECT).
+    detects: Vec<probe::Detect>,
+    election_effects: bool,
     pub check: Checker,
     pub stats: Stats,
     trace: Option<&'a mut Trace>,
@@ -169,6 +225,10 @@ impl<'a> World<'a> {
                 seen: Default::default(),
                 carrier: vec![true; sc.paths()],
                 last_transition: T::ZERO,
+                session_no: 0,
+                disk_term: 0,
+                term_began: BTreeMap::new(),
+                hb: Default::default(),
             })
             .collect();
         let groups = sc.nodes[0].settings.groups.len();
@@ -187,6 +247,13 @@ impl<'a> World<'a> {
             carrier_notice: vec![T::ZERO; sc.nodes.len()],
             captures: VecDeque::new(),
             old_captures: Vec::new(),
+            probe_rng: ChaCha8Rng::seed_from_u64(sc.seed ^ 0x7072_6f62_6500_0000),
+            reply_captures: VecDeque::new(),
+            ended_captures: BTreeMap::new(),
+            last_probe: vec![None; sc.nodes.len()],
+            probe_ctx: None,
+            detects: Vec::new(),
+            election_effects: false,
             check: Checker::new(sc, groups),
             stats: Stats::default(),
             trace,
@@ -220,6 +287,7 @@ impl<'a> World<'a> {
         while let Some(((t, _), ev)) = self.queue.pop_first() {
             self.now = t;
             self.check.settle(&self.nodes, t);
+            self.detect_settle();
             self.stats.events += 1;
             match ev {
                 Ev::End => {
@@ -249,6 +317,13 @@ impl<'a> World<'a> {
                 }
                 Ev::SyncReady { node, generation } => self.sync_ready(node, generation),
                 Ev::Persist(i) => self.persist(i),
+                Ev::ProbeArrive {
+                    to,
+                    from,
+                    path,
+                    frame,
+                } => self.probe_arrive(to, from, path, &frame),
+                Ev::HostileProbe { to, path } => self.hostile_probe(to, path),
                 Ev::PathHeal(k) => self.path_heal(k),
                 Ev::PathUpCheck { path, healed } => self.path_up_check(path, healed),
             }
@@ -312,6 +387,7 @@ impl<'a> World<'a> {
             Fault::Crash { node, dur } => {
                 if self.nodes[node].up {
                     self.check.death(&self.nodes, node, t);
+                    self.detect_death(node, DetectKind::Crash);
                     let n = &mut self.nodes[node];
                     n.up = false;
                     n.core = None;
@@ -325,6 +401,7 @@ impl<'a> World<'a> {
             Fault::AgentCrash { node, dur } => {
                 if self.nodes[node].core.is_some() && t >= self.nodes[node].paused_until {
                     self.check.death(&self.nodes, node, t);
+                    self.detect_death(node, DetectKind::Lapse);
                     let n = &mut self.nodes[node];
                     n.core = None;
                     n.inbox.clear();
@@ -348,9 +425,17 @@ impl<'a> World<'a> {
                 }
             }
             Fault::Stall { node, dur } => {
+                if self.nodes[node].core.is_some()
+                    && t >= self.nodes[node]
+                        .frozen_until
+                        .max(self.nodes[node].paused_until)
+                {
+                    self.detect_death(node, DetectKind::Lapse);
+                }
                 let n = &mut self.nodes[node];
                 n.frozen_until = n.frozen_until.max(t + dur);
                 self.check.disturb(node, t, t + dur);
+                self.check.stall(node, t, t + dur);
                 self.at(t + dur, Ev::Unfreeze(node));
             }
             Fault::Pause { node, dur } => {
@@ -374,6 +459,10 @@ impl<'a> World<'a> {
                         self.hostile_rng.gen_range(0..=span.as_nanos() as u64),
                     );
                     let path = self.hostile_rng.gen_range(0..self.sc.paths());
+                    if self.sc.heartbeat().is_some() && self.hostile_rng.gen_bool(0.4) {
+                        self.at(at, Ev::HostileProbe { to: node, path });
+                        continue;
+                    }
                     let (bytes, origin) = crate::hostile::packet(
                         &mut self.hostile_rng,
                         self.sc,
@@ -459,7 +548,11 @@ impl<'a> World<'a> {
             self.at(self.nodes[i].paused_until, Ev::AgentStart(i));
             return;
         }
-        let settings = self.sc.nodes[i].settings.clone();
+        let mut settings = self.sc.nodes[i].settings.clone();
+        // A new probe session at every start (random, as the agent draws it).
+        if let Some(h) = &mut settings.heartbeat {
+            h.session = self.probe_rng.r#gen();
+        }
         let lease = settings.lease;
         let mut core = match Node::new(settings) {
             Ok(c) => c,
@@ -473,6 +566,15 @@ impl<'a> World<'a> {
         // into the core, the floor into the sequencer.
         let n = &mut self.nodes[i];
         core.restore_auth_marks(&n.persisted.marks);
+        // The term read back from the reflector's pinned map, and from
+        // disk (the map does not survive a reboot).
+        core.set_term_floor(if TERM_ON_DISK {
+            n.dp.term.term.max(n.disk_term)
+        } else {
+            n.dp.term.term
+        });
+        n.session_no += 1;
+        n.hb = Default::default();
         n.seen = n.persisted.seen.clone();
         n.sequencer = Some(if WRITE_AHEAD {
             Sequencer::resume(n.persisted.floor, STALE_FLOOR)
@@ -685,6 +787,31 @@ impl<'a> World<'a> {
         signed: Option<(u8, std::net::Ipv4Addr, u64)>,
     ) {
         self.stats.packets += 1;
+        let copies = self.link(from, to, p, false);
+        if copies.is_empty() {
+            self.stats.drops += 1;
+        }
+        for delay in copies {
+            self.at(
+                self.now + delay,
+                Ev::Arrive {
+                    to,
+                    item: Item::Packet {
+                        bytes: bytes.clone(),
+                        path: p,
+                        origin: Origin::Node(from),
+                        signed,
+                    },
+                },
+            );
+        }
+    }
+
+    /// What becomes of a frame from `from` to `to` over path `p`: the delay
+    /// of each copy delivered (none: lost; two: duplicated). Lost adverts
+    /// are impairments (unless a single path's cut); lost or spiked frames
+    /// of the fast heartbeat are recorded apart.
+    fn link(&mut self, from: usize, to: usize, p: usize, probe: bool) -> Vec<Duration> {
         let extra = self
             .losses
             .iter()
@@ -709,36 +836,35 @@ impl<'a> World<'a> {
             // not cut.
             let excused =
                 path_cut && !self.cut(from, to) && (0..self.sc.paths()).any(|q| !self.path_cut(q));
-            self.stats.drops += 1;
-            self.check.dropped(from, to, p, self.now, excused);
-            return;
+            if probe {
+                self.check.probe_trouble(from, to, p, self.now);
+            } else {
+                self.check.dropped(from, to, p, self.now, excused);
+            }
+            return Vec::new();
         }
         let copies = if self.net_rng.gen_bool(net.dup) { 2 } else { 1 };
-        for _ in 0..copies {
-            let delay = self.delay(p);
-            self.at(
-                self.now + delay,
-                Ev::Arrive {
-                    to,
-                    item: Item::Packet {
-                        bytes: bytes.clone(),
-                        path: p,
-                        origin: Origin::Node(from),
-                        signed,
-                    },
-                },
-            );
-        }
+        (0..copies)
+            .map(|_| {
+                let (d, spiked) = self.delay(p);
+                if spiked && probe {
+                    self.check.probe_trouble(from, to, p, self.now);
+                }
+                d
+            })
+            .collect()
     }
 
-    fn delay(&mut self, p: usize) -> Duration {
+    /// A one-way delay over path `p`, and whether it has a spike.
+    fn delay(&mut self, p: usize) -> (Duration, bool) {
         let net = &self.sc.nets[p];
         let mut d = net.delay
             + Duration::from_nanos(self.net_rng.gen_range(0..=net.jitter.as_nanos() as u64));
-        if self.net_rng.gen_bool(net.spike) {
+        let spiked = self.net_rng.gen_bool(net.spike);
+        if spiked {
             d += Duration::from_nanos(self.net_rng.gen_range(0..=net.spike_max.as_nanos() as u64));
         }
-        d
+        (d, spiked)
     }
 
     // ----- persistence, paths -----
@@ -804,17 +930,27 @@ impl<'a> World<'a> {
                 origin: Origin::Node(f),
                 path,
                 ..
+            }
+            | Item::Probe {
+                from: crate::node::ProbeFrom::Node { node: f, .. },
+                path,
+                ..
             } => Some((*f, *path)),
             _ => None,
         };
         // A paused machine loses packets; a link change or a command waits
         // for it (the kernel keeps the link state, a control socket its
         // client). While the agent is down, it reads the links at start.
-        let packet = matches!(item, Item::Packet { .. });
+        let packet = matches!(item, Item::Packet { .. } | Item::Probe { .. });
         if !n.up || n.core.is_none() || (packet && (t < n.paused_until || n.inbox.len() >= INBOX)) {
             if let Some((f, p)) = from {
-                self.stats.drops += 1;
-                self.check.dropped(f, to, p, t, false);
+                if matches!(item, Item::Probe { .. }) {
+                    self.stats.probe_drops += 1;
+                    self.check.probe_trouble(f, to, p, t);
+                } else {
+                    self.stats.drops += 1;
+                    self.check.dropped(f, to, p, t, false);
+                }
             }
             return;
         }

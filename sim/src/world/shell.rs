@@ -12,8 +12,10 @@ use ha_core::{
     },
 };
 
+use ha_common::heartbeat::ProbeTerm;
+
 use super::{Item, Origin, T, TRACKED, World};
-use crate::scenario::ms;
+use crate::{node::ProbeFrom, scenario::ms};
 
 impl World<'_> {
     pub(super) fn wake(&mut self, i: usize) {
@@ -110,6 +112,12 @@ impl World<'_> {
                     *m = (*m).max(seq);
                 }
             }
+            Item::Probe {
+                bytes,
+                path,
+                src,
+                from,
+            } => self.probe_item(i, t, &bytes, path, src, from),
             Item::Link(None, up) => {
                 self.handle(i, t, Event::Link { iface: TRACKED, up });
             }
@@ -144,6 +152,91 @@ impl World<'_> {
                     .collect();
                 self.handle(i, t, Event::SetVips(vips));
             }
+        }
+    }
+
+    /// A frame of the fast heartbeat handed to node `i`'s core: what its
+    /// prober was handed (for the checks), and the HOSTILE checks of the
+    /// attacker's frames.
+    fn probe_item(
+        &mut self,
+        i: usize,
+        t: T,
+        bytes: &[u8],
+        path: usize,
+        src: [u8; 6],
+        from: ProbeFrom,
+    ) {
+        let Some(core) = &self.nodes[i].core else {
+            return;
+        };
+        let hostile = !matches!(from, ProbeFrom::Node { .. });
+        let state = hostile.then(|| core.election_state());
+        let counts = |c: &ha_core::node::Node| {
+            c.prober()
+                .map_or((0, 0), |p| (p.replies(), p.rejected_total()))
+        };
+        let (replies, rejected) = counts(core);
+        let transitions = core.counters().transitions_total;
+        match from {
+            ProbeFrom::Node { .. } => {}
+            ProbeFrom::Hostile => self.stats.probe_hostile += 1,
+            ProbeFrom::ForgedAlive { .. } => {
+                self.stats.probe_hostile += 1;
+                self.stats.probe_forged += 1;
+            }
+            ProbeFrom::Replayed { .. } => {
+                self.stats.probe_hostile += 1;
+                self.stats.probe_replayed += 1;
+            }
+        }
+        self.probe_ctx = Some((from, crate::world::probe::term_of(bytes)));
+        let effects = self.handle(i, t, Event::Probe { path, src, bytes });
+        self.probe_ctx = None;
+        let Some(core) = &self.nodes[i].core else {
+            return;
+        };
+        let (replies_after, rejected_after) = counts(core);
+        let accepted = replies_after > replies;
+        let verdict = core.counters().transitions_total != transitions;
+        let changed = state.is_some_and(|s| core.election_state() != s);
+        let alive = bytes.len() >= 56 && bytes[40..48] != [0; 8] && bytes[48..56] != [0; 8];
+        let term = crate::world::probe::term_of(bytes);
+        let hb = &mut self.nodes[i].hb;
+        if accepted {
+            hb.answered = hb.answered.max(crate::world::probe::seq_of(bytes));
+            if alive {
+                hb.alive_max = hb.alive_max.max(term);
+            }
+            if let ProbeFrom::Node { alive, .. } = from {
+                self.stats.replies += 1;
+                hb.last_alive = Some(alive);
+                let seq = crate::world::probe::seq_of(bytes);
+                let sent = hb.rounds.back().map_or(seq, |&(s, _)| s);
+                hb.depth_max = hb.depth_max.max((sent + 1).saturating_sub(seq));
+            }
+        }
+        if !hostile {
+            return;
+        }
+        let bad = match from {
+            // Nothing in it can pass: refused, counted once, nothing else.
+            ProbeFrom::Hostile => {
+                effects != 0 || changed || accepted || rejected_after != rejected + 1
+            }
+            // May pass as a reply ("alive" forged, a genuine one replayed),
+            // never move the election but by a verdict (LAPSED judges it).
+            _ => !verdict && (changed || self.election_effects),
+        };
+        if bad {
+            self.check.violation(
+                t,
+                format!(
+                    "HOSTILE: node {i} changed on a hostile probe frame ({from:?}, {} bytes: {:02x?}): {effects} effects, rejections {rejected} -> {rejected_after}, accepted {accepted}",
+                    bytes.len(),
+                    &bytes[..bytes.len().min(80)]
+                ),
+            );
         }
     }
 
@@ -200,6 +293,20 @@ impl World<'_> {
             self.log(|| format!("node {i} @{local:?}: {label} -> {effects:?}{rejected}"));
         }
         let n = effects.len();
+        // Effects beyond probes, status and path reports (a reply passed
+        // marks its path up: the attacker that sees the probes can do that).
+        self.election_effects = effects.iter().any(|e| {
+            !matches!(
+                e,
+                Effect::SendProbe(_)
+                    | Effect::WriteStatus
+                    | Effect::Reply(_)
+                    | Effect::Hook {
+                        hook: Hook::Path { .. },
+                        ..
+                    }
+            )
+        });
         self.execute(i, t, effects, 0);
         self.after_handle(i, t, before);
         n
@@ -213,7 +320,16 @@ impl World<'_> {
         for e in effects {
             match e {
                 Effect::Commit { group, .. } => batch.commit(group),
-                Effect::SendProbe(_) | Effect::WriteProbeTerm { .. } => {}
+                Effect::SendProbe(p) => self.send_probe(i, p),
+                Effect::WriteProbeTerm { term, proof } => {
+                    batch.probe_term(&mut self.check, &self.nodes[i], term, self.sc.tick, t);
+                    // Written to disk, then to the map; neither fails in
+                    // the model.
+                    let n = &mut self.nodes[i];
+                    n.disk_term = n.disk_term.max(term);
+                    n.dp.term = ProbeTerm { term, proof };
+                    n.term_began.insert(term, t);
+                }
                 Effect::WriteOwnership { groups, lease } => {
                     if self.nodes[i].dp.fail() {
                         self.log(|| format!("node {i}: ownership write fails"));
@@ -230,9 +346,18 @@ impl World<'_> {
                     }
                     self.nodes[i].dp.stale = false;
                     let before: Vec<bool> = self.owned_groups(i, t);
+                    let alive = self.nodes[i].alive(t, self.sc.tick);
                     let n = &mut self.nodes[i];
                     n.dp.groups = groups;
                     n.dp.expires = lease.map(|l| n.mono(t) + l.as_nanos() as u64);
+                    if !alive && self.nodes[i].alive(t, self.sc.tick) {
+                        batch.new_term_due(
+                            self.nodes[i]
+                                .core
+                                .as_ref()
+                                .is_some_and(|c| c.prober().is_some()),
+                        );
+                    }
                     let after = self.owned_groups(i, t);
                     for (g, (b, a)) in before.iter().zip(&after).enumerate() {
                         if !b && *a {
@@ -290,6 +415,7 @@ impl World<'_> {
                 Effect::WriteStatus | Effect::Reply(_) => {}
             }
         }
+        batch.end(&mut self.check, t);
         match followup {
             Some(event) if depth == 0 => {
                 let local = self.nodes[i].local(t);
@@ -329,11 +455,16 @@ impl World<'_> {
         if new > 0 {
             self.nodes[i].last_transition = t;
         }
+        let mut verdict = None;
         for (role, reason, group) in recent {
             if role != Role::Master {
                 continue;
             }
+            if let Some(g) = group.strip_prefix('g').and_then(|g| g.parse().ok()) {
+                self.detect_took_over(i, g, t);
+            }
             match reason {
+                Reason::PeerSilent | Reason::PeerLapsed => verdict = Some(reason),
                 Reason::MasterDown | Reason::MasterLeft => {
                     self.stats.failovers += 1;
                     self.check
@@ -350,6 +481,9 @@ impl World<'_> {
                 }
                 _ => {}
             }
+        }
+        if let Some(reason) = verdict {
+            self.verdict(i, t, reason);
         }
         self.check.consistent(&self.nodes, i, t);
     }
