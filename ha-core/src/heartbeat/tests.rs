@@ -489,3 +489,38 @@ fn an_overtaken_slow_path_still_bounds_k() {
     }
     assert_eq!(p.report().verdicts_silent, 0);
 }
+
+/// One path losing a fifth of the replies at random: `k` follows the loss
+/// rate (phi-accrual's idea), so runs of lost rounds are no verdict.
+#[test]
+fn k_follows_the_loss_rate() {
+    let mut p = backup_prober(1);
+    let peer = Peer::master(1, u64::MAX);
+    assert_eq!(p.misses(), 3, "the prior: one round in 1,000 lost");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut lose = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x.is_multiple_of(5)
+    };
+    for t in 0..60_000u64 {
+        let mut out = Vec::new();
+        assert_eq!(
+            p.tick(ms(t), &mut out),
+            None,
+            "a verdict at {t} ms, k {}",
+            p.misses()
+        );
+        if !lose() {
+            let reply = peer.answer(&out[0], ms(t)).unwrap();
+            assert_eq!(p.on_frame(0, MAC_B, &reply, ms(t)), Ok(None));
+        }
+    }
+    assert!(
+        p.misses() >= 12,
+        "k {} at {:.3} loss",
+        p.misses(),
+        p.loss_rate()
+    );
+}

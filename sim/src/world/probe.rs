@@ -529,6 +529,12 @@ impl World<'_> {
         {
             return;
         }
+        // A prober whose gaps call for more rounds than misses_max holds
+        // its Silent verdicts (VRRP's timer decides, checked as any master
+        // death): no fast takeover is owed after a crash.
+        if kind == DetectKind::Crash && core.prober().is_some_and(|p| p.silent_held()) {
+            return;
+        }
         let start = match kind {
             DetectKind::Crash => t,
             DetectKind::Lapse => match self.nodes[m].lease_end(self.sc.tick) {
