@@ -87,6 +87,23 @@ pub struct ProbeWire {
     pub proof: [u8; 16],
 }
 
+/// Byte offsets of [`ProbeWire`]'s fields (for code that reads and writes
+/// the frame as bytes: the prober, the simulation).
+pub mod offset {
+    use super::ProbeWire;
+    use core::mem::offset_of;
+    pub const KIND: usize = offset_of!(ProbeWire, kind);
+    pub const PATH: usize = offset_of!(ProbeWire, path);
+    pub const FROM: usize = offset_of!(ProbeWire, from);
+    pub const TO: usize = offset_of!(ProbeWire, to);
+    pub const SEQ: usize = offset_of!(ProbeWire, seq);
+    pub const TAG: usize = offset_of!(ProbeWire, tag);
+    pub const GROUPS: usize = offset_of!(ProbeWire, groups);
+    pub const LEASE: usize = offset_of!(ProbeWire, lease_left_ns);
+    pub const TERM: usize = offset_of!(ProbeWire, term);
+    pub const PROOF: usize = offset_of!(ProbeWire, proof);
+}
+
 /// Configuration of the reflector (slot 0 of [`CONFIG_MAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -202,6 +219,11 @@ mod tests {
     fn layout() {
         assert_eq!(WIRE_LEN, 80);
         assert_eq!(core::mem::align_of::<ProbeWire>(), 1);
+        use offset::*;
+        assert_eq!(
+            [KIND, PATH, FROM, TO, SEQ, TAG, GROUPS, LEASE, TERM, PROOF],
+            [5, 6, 8, 12, 16, 24, 40, 48, 56, 64]
+        );
     }
 
     fn probe() -> (ProbeWire, ProbeConfig) {

@@ -18,15 +18,15 @@ use super::{Ev, Item, World};
 use crate::{node::ProbeFrom, scenario::T};
 
 // Offsets in `ProbeWire`.
-const OFF_KIND: usize = 5;
-const OFF_FROM: usize = 8;
-const OFF_TO: usize = 12;
-const OFF_SEQ: usize = 16;
-const OFF_TAG: usize = 24;
-const OFF_GROUPS: usize = 40;
-const OFF_LEASE: usize = 48;
-const OFF_TERM: usize = 56;
-const OFF_PROOF: usize = 64;
+use ha_common::heartbeat::offset::FROM as OFF_FROM;
+use ha_common::heartbeat::offset::GROUPS as OFF_GROUPS;
+use ha_common::heartbeat::offset::KIND as OFF_KIND;
+use ha_common::heartbeat::offset::LEASE as OFF_LEASE;
+use ha_common::heartbeat::offset::PROOF as OFF_PROOF;
+use ha_common::heartbeat::offset::SEQ as OFF_SEQ;
+use ha_common::heartbeat::offset::TAG as OFF_TAG;
+use ha_common::heartbeat::offset::TERM as OFF_TERM;
+use ha_common::heartbeat::offset::TO as OFF_TO;
 
 /// Genuine replies the attacker keeps (the latest), and "term ended" ones
 /// (by node and term).
