@@ -26,6 +26,7 @@ use crate::run_step;
 pub const TARGETS: &[&str] = &[
     "vrrp_wire",
     "vrrp_packet",
+    "heartbeat_reply",
     "sync_frame",
     "sync_session",
     "control_json",
