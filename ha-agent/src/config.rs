@@ -181,6 +181,37 @@ pub struct HaLink {
     pub auth: Option<AuthConfig>,
     /// The fast heartbeat: probes answered by the peer's XDP.
     pub fast_heartbeat: Option<FastHeartbeatConfig>,
+    /// How the kernel polls the HA link and the data interfaces.
+    #[serde(default)]
+    pub napi: NapiConfig,
+}
+
+/// `[ha.napi]`: poll the HA link and the data interfaces in kernel threads
+/// of high normal priority (threaded NAPI), so forwarding work never runs
+/// inside the VRRP loop's syscalls (`crate::napi`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NapiConfig {
+    /// Turn threaded NAPI on (default); `false` leaves the interfaces as
+    /// found.
+    #[serde(default = "default_true")]
+    pub threaded: bool,
+    /// The nice value of the polling threads (-20 to 19; default -20).
+    #[serde(default = "default_napi_nice")]
+    pub nice: i32,
+}
+
+impl Default for NapiConfig {
+    fn default() -> Self {
+        NapiConfig {
+            threaded: true,
+            nice: default_napi_nice(),
+        }
+    }
+}
+
+fn default_napi_nice() -> i32 {
+    -20
 }
 
 /// `[ha.fast_heartbeat]`: probes the peer's XDP programs answer, so a dead
@@ -471,6 +502,12 @@ impl Config {
                 ));
             }
         }
+        if !(-20..=19).contains(&self.ha.napi.nice) {
+            return Err(bad(
+                "ha.napi.nice".into(),
+                format!("{} is not a nice value (-20 to 19)", self.ha.napi.nice),
+            ));
+        }
         if let Some(f) = &self.ha.fast_heartbeat {
             let field = |k: &str| format!("ha.fast_heartbeat.{k}");
             if f.enabled == Some(true) {
@@ -583,6 +620,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The interfaces whose NAPI polling `[ha.napi]` threads: the HA link
+    /// and every data interface.
+    pub fn napi_interfaces(&self) -> Vec<String> {
+        let mut out = vec![self.ha.interface.clone()];
+        for iface in self.data_interfaces() {
+            if !out.contains(&iface) {
+                out.push(iface);
+            }
+        }
+        out
     }
 
     /// Every data interface: those carrying VIPs and the listed ones.

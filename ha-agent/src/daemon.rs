@@ -54,6 +54,17 @@ pub async fn run(
     sched::realtime(config.ha.realtime_priority);
     let (stop, stopped) = watch::channel(false);
 
+    // Threaded NAPI on our interfaces (XDP is attached: a veth has its
+    // NAPI instances only then), set before the loop starts and re-checked
+    // off it.
+    let napi_thread = if config.ha.napi.threaded {
+        let napi = Arc::new(Mutex::new(Vec::new()));
+        agent.set_napi(napi.clone());
+        Some(spawn_napi(&config, napi, stopped.clone())?)
+    } else {
+        None
+    };
+
     // State sync one realtime priority below the loop: a burst of
     // connections keeps it busy, and it must never delay an advert.
     let sync_thread = match key {
@@ -103,10 +114,55 @@ pub async fn run(
     };
 
     let _ = stop.send(true);
-    for thread in [Some(control_thread), sync_thread].into_iter().flatten() {
+    for thread in [Some(control_thread), sync_thread, napi_thread]
+        .into_iter()
+        .flatten()
+    {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     agent.finish().await;
     tracing::info!("agent stopped");
     result
+}
+
+/// How often the napi thread re-checks the interfaces.
+const NAPI_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Threads the NAPI polling of our interfaces now, then starts the thread
+/// that re-checks it every [`NAPI_EVERY`] (a driver may recreate its NAPI
+/// instances) and publishes it for the status. Logs what changed.
+fn spawn_napi(
+    config: &Config,
+    napi: Arc<Mutex<Vec<crate::napi::NapiIface>>>,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let ifaces = config.napi_interfaces();
+    let nice = config.ha.napi.nice;
+    let log = move |now: &[crate::napi::NapiIface], before: &[crate::napi::NapiIface]| {
+        for n in now.iter().filter(|n| !before.contains(n)) {
+            match &n.error {
+                Some(e) => tracing::warn!(iface = %n.iface, cause = %e,
+                    "cannot thread this interface's NAPI polling: the VRRP loop may run its forwarding work under load"),
+                None => tracing::info!(iface = %n.iface, instances = n.instances.len(),
+                    threads = ?n.instances.iter().filter_map(|i| i.pid).collect::<Vec<_>>(), nice,
+                    "NAPI polling threaded"),
+            }
+        }
+    };
+    let first = crate::napi::ensure(&ifaces, nice);
+    log(&first, &[]);
+    *napi.lock().unwrap_or_else(|e| e.into_inner()) = first;
+    sched::spawn("napi", sched::Class::Normal, move || async move {
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(NAPI_EVERY) => {}
+            }
+            let now = crate::napi::ensure(&ifaces, nice);
+            let mut shared = napi.lock().unwrap_or_else(|e| e.into_inner());
+            log(&now, &shared);
+            *shared = now;
+        }
+    })
+    .context("start the napi thread")
 }

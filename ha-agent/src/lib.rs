@@ -38,6 +38,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod iface;
+pub mod napi;
 pub mod paths;
 pub mod sched;
 pub mod status;

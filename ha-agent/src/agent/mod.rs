@@ -117,6 +117,10 @@ pub struct Agent {
     /// State sync, when configured: the commit before takeover, and
     /// whether we are in sync (as last told to the core).
     sync: Option<Arc<SyncHandle>>,
+    /// Threaded NAPI as the napi thread last set it (only tried: that
+    /// thread runs at normal priority).
+    napi: Arc<Mutex<Vec<crate::napi::NapiIface>>>,
+    napi_seen: Vec<crate::napi::NapiIface>,
     in_sync: bool,
     /// Config sync as the control thread reports it (in a cluster), and
     /// the last copy read: the loop never waits for that thread's lock.
@@ -327,6 +331,8 @@ impl Agent {
             links_at: Duration::ZERO,
             status_at: STATUS_EVERY,
             sync: None,
+            napi: Arc::default(),
+            napi_seen: Vec::new(),
             in_sync: false,
             config_sync,
             config_sync_seen: ConfigSyncStatus::default(),
@@ -344,6 +350,11 @@ impl Agent {
     /// preemption waits for the peer's bulk resync.
     pub fn set_sync(&mut self, sync: Arc<SyncHandle>) {
         self.sync = Some(sync);
+    }
+
+    /// Where the napi thread publishes what it set (status `napi`).
+    pub fn set_napi(&mut self, napi: Arc<Mutex<Vec<crate::napi::NapiIface>>>) {
+        self.napi = napi;
     }
 
     fn now(&self) -> Instant {
@@ -841,6 +852,9 @@ impl Agent {
         if let Ok(s) = self.config_sync.try_lock() {
             self.config_sync_seen.clone_from(&s);
         }
+        if let Ok(n) = self.napi.try_lock() {
+            self.napi_seen.clone_from(&n);
+        }
         let cluster = self.config.cluster.as_ref();
         let (advert_send_errors, probe_send_errors) = self.tx.errors();
         Status::snapshot(
@@ -861,6 +875,7 @@ impl Agent {
                     self.dp.probe_counters().ok()
                 },
                 probe_send_errors,
+                napi: self.napi_seen.clone(),
             },
         )
     }

@@ -194,6 +194,9 @@ pub struct Status {
     /// The fast heartbeat, when on.
     #[serde(default)]
     pub fast_heartbeat: Option<FastHeartbeatStatus>,
+    /// Threaded NAPI on our interfaces (`[ha.napi]`), when on.
+    #[serde(default)]
+    pub napi: Vec<crate::napi::NapiIface>,
 }
 
 /// The fast heartbeat: our prober, and our reflector (what our XDP
@@ -348,6 +351,8 @@ pub struct Extras {
     /// Our reflector's counters (`ProbeCounter` order), when read.
     pub reflector: Option<[u64; ha_common::heartbeat::PROBE_COUNTERS as usize]>,
     pub probe_send_errors: u64,
+    /// Threaded NAPI as last set (`crate::napi`).
+    pub napi: Vec<crate::napi::NapiIface>,
 }
 
 impl Status {
@@ -424,6 +429,7 @@ impl Status {
             priority_override: report.priority_override,
             maintenance: report.maintenance,
             config_sync: extras.config_sync,
+            napi: extras.napi,
             auth_mode: report.auth_mode.as_str().to_owned(),
             auth_active_key: report.auth_active_key,
             paths: report
