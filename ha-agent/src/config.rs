@@ -181,12 +181,12 @@ pub struct HaLink {
     pub auth: Option<AuthConfig>,
     /// The fast heartbeat: probes answered by the peer's XDP.
     pub fast_heartbeat: Option<FastHeartbeatConfig>,
-    /// How the kernel polls the HA link and the data interfaces.
+    /// How the kernel polls the data interfaces.
     #[serde(default)]
     pub napi: NapiConfig,
 }
 
-/// `[ha.napi]`: poll the HA link and the data interfaces in kernel threads
+/// `[ha.napi]`: poll the data interfaces (not the HA link) in kernel threads
 /// of high normal priority (threaded NAPI), so forwarding work never runs
 /// inside the VRRP loop's syscalls (`crate::napi`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -622,16 +622,16 @@ impl Config {
         Ok(())
     }
 
-    /// The interfaces whose NAPI polling `[ha.napi]` threads: the HA link
-    /// and every data interface.
+    /// The interfaces whose NAPI polling `[ha.napi]` threads: every data
+    /// interface but the HA link. The HA link carries only the cluster's
+    /// own traffic (adverts, probes, state sync), whose softirq work is
+    /// small and bounded, and the peer's probes are answered there in the
+    /// sender's own softirq, without waiting for a thread to be scheduled.
     pub fn napi_interfaces(&self) -> Vec<String> {
-        let mut out = vec![self.ha.interface.clone()];
-        for iface in self.data_interfaces() {
-            if !out.contains(&iface) {
-                out.push(iface);
-            }
-        }
-        out
+        self.data_interfaces()
+            .into_iter()
+            .filter(|i| *i != self.ha.interface)
+            .collect()
     }
 
     /// Every data interface: those carrying VIPs and the listed ones.
@@ -1089,6 +1089,23 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             match parse(&with_ha(extra)) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{extra}"),
                 other => panic!("{extra}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn napi_threads_the_data_interfaces_not_the_ha_link() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.ha.napi, NapiConfig::default());
+        assert!(c.ha.napi.threaded && c.ha.napi.nice == -20);
+        assert!(!c.napi_interfaces().contains(&c.ha.interface));
+        assert_eq!(c.napi_interfaces(), c.data_interfaces());
+        let off = parse(&with_ha("[ha.napi]\nthreaded = false")).unwrap();
+        assert!(!off.ha.napi.threaded);
+        for nice in ["-21", "20"] {
+            match parse(&with_ha(&format!("[ha.napi]\nnice = {nice}"))) {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "ha.napi.nice"),
+                other => panic!("nice {nice}: {other:?}"),
             }
         }
     }

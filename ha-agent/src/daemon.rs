@@ -6,6 +6,7 @@
 //! state-sync (FIFO - 1)       replication (sync::driver), when configured
 //! control (normal)            operator socket, cluster channel, config sync, metrics
 //! status-writer (normal)      the status file
+//! napi (normal)               threaded NAPI on the data interfaces (napi.rs)
 //! ```
 //!
 //! `run` returns when `shutdown` resolves, after a graceful stop: the loop

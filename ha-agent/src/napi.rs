@@ -1,4 +1,5 @@
-//! Threaded NAPI on the agent's interfaces (`[ha.napi]`).
+//! Threaded NAPI on the agent's data interfaces (`[ha.napi]`; the HA link
+//! stays in softirq, see `Config::napi_interfaces`).
 //!
 //! Why: by default a NIC's receive work (NAPI polling, and with it the XDP
 //! programs, forwarding and bridging) runs as a softirq, in whatever task

@@ -153,16 +153,17 @@ impl Lab {
     /// named after the end's namespace (`<ns>-<if>`, shortened to fit). The
     /// port runs an `XDP_PASS` program ([`Lab::add_xdp_pass`]), so what a
     /// node's XDP program sends back with `XDP_TX` crosses the bridge.
-    pub fn add_bridge_port(&mut self, bridge: &str, end: End<'_>) -> Result<()> {
+    /// Returns the port's name.
+    pub fn add_bridge_port(&mut self, bridge: &str, end: End<'_>) -> Result<String> {
         let port: String = format!("{}-{}", end.0, end.1).chars().take(15).collect();
         self.add_veth(end, (bridge, &port))?;
         self.add_xdp_pass((bridge, &port))?;
-        self.thread_napi((bridge, &port))?;
         self.ip(
             bridge,
             &format!("plug {} into bridge {bridge}", port),
             &["link", "set", &port, "master", "br0"],
-        )
+        )?;
+        Ok(port)
     }
 
     /// Attaches a program that passes every frame (`XDP_PASS`, multi-buffer
@@ -199,14 +200,7 @@ impl Lab {
     /// `napi/<iface>-<id>`.
     pub fn thread_napi(&self, end: End<'_>) -> Result<()> {
         let step = format!("thread NAPI of {}-{}", end.0, end.1);
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns_name(end.0), "sh", "-c"])
-            .arg(format!("echo 1 > /sys/class/net/{}/threaded", end.1))
-            .output()
-            .map_err(|e| fail(&step, e))?;
-        if !out.status.success() {
-            return Err(fail(step, String::from_utf8_lossy(&out.stderr).trim()));
-        }
+        self.write_threaded(end, 1).map_err(|e| fail(&step, e))?;
         // Threads of a same-named end of another live lab get it too:
         // harmless, they are switch ports as well.
         let prefix = format!("napi/{}-", end.1);
@@ -226,6 +220,26 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Undoes [`Lab::thread_napi`]: the end is polled as a softirq again.
+    pub fn unthread_napi(&self, end: End<'_>) -> Result<()> {
+        self.write_threaded(end, 0)
+            .map_err(|e| fail(format!("unthread NAPI of {}-{}", end.0, end.1), e))
+    }
+
+    /// Writes `/sys/class/net/<iface>/threaded` of `end`'s namespace.
+    fn write_threaded(&self, end: End<'_>, value: u8) -> std::result::Result<(), String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns_name(end.0), "sh", "-c"])
+            .arg(format!("echo {value} > /sys/class/net/{}/threaded", end.1))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
     }
 
     /// Adds an address (`10.0.0.1/24`) to an interface.

@@ -202,12 +202,28 @@ pub fn failover_lab() -> ha_lab::Lab {
             .unwrap();
         lab.sysctl(fw, "net.ipv4.ip_forward", "1").unwrap();
     }
+    // The data switches forward in threads of their own, as switches on
+    // hardware of their own would, never inside a firewall's VRRP loop
+    // (`Lab::thread_napi`); the HA switch stays in softirq, like the
+    // agents' HA links (`[ha.napi]`).
+    for (bridge, ports) in DATA_SWITCH_PORTS {
+        for port in ports {
+            lab.thread_napi((bridge, port)).unwrap();
+        }
+    }
     lab.add_addr(("client", "eth0"), "10.0.0.10/24").unwrap();
     lab.add_route("client", "default", "10.0.0.1").unwrap();
     lab.add_addr(("server", "eth0"), "10.1.0.10/24").unwrap();
     lab.add_route("server", "default", "10.1.0.1").unwrap();
     lab
 }
+
+/// The ports of [`failover_lab`]'s data switches, by switch: polled by
+/// threads (`Lab::thread_napi`).
+pub const DATA_SWITCH_PORTS: [(&str, [&str; 3]); 2] = [
+    ("lan", ["client-eth0", "fw1-lan0", "fw2-lan0"]),
+    ("wan", ["server-eth0", "fw1-wan0", "fw2-wan0"]),
+];
 
 /// Settings of one firewall's agent in [`failover_lab`].
 #[derive(Debug, Clone)]
@@ -239,6 +255,8 @@ pub struct AgentSpec {
     /// unknown keys, and an agent without the fast heartbeat must still
     /// accept the lab's configuration.
     pub fast_heartbeat_off: bool,
+    /// Writes `[ha.napi] threaded = false` (data interfaces left in softirq).
+    pub napi_softirq: bool,
 }
 
 impl AgentSpec {
@@ -257,6 +275,7 @@ impl AgentSpec {
             accept: true,
             tail: String::new(),
             fast_heartbeat_off: false,
+            napi_softirq: false,
         }
     }
 
@@ -276,6 +295,7 @@ mgmt = {mgmt:?}
 {ha_extra}
 {auth_extra}
 {fast_heartbeat}
+{napi}
 
 [[group]]
 name = "fw"
@@ -300,6 +320,11 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
             auth_extra = self.auth_extra,
             fast_heartbeat = if self.fast_heartbeat_off {
                 "[ha.fast_heartbeat]\nenabled = false"
+            } else {
+                ""
+            },
+            napi = if self.napi_softirq {
+                "[ha.napi]\nthreaded = false"
             } else {
                 ""
             },

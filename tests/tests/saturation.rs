@@ -1,6 +1,7 @@
 //! No false failover with both CPUs saturated: two agents at 10 ms adverts
 //! keep their roles for 30 s while four busy loops compete for two cores (the
-//! agents run under SCHED_FIFO, and the lease tolerates a tick of lateness).
+//! agents run under SCHED_FIFO, and the lease tolerates a tick of lateness),
+//! and their data interfaces are polled by threads at nice -20.
 //! In a file of its own so the busy loops do not slow other tests.
 
 use std::time::Duration;
@@ -15,6 +16,20 @@ fn no_false_failover_with_the_cpus_saturated() {
     wait_for("fw1 MASTER and fw2 BACKUP", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
     });
+    // The data interfaces are polled by kernel threads at nice -20 (their
+    // forwarding work never runs inside the VRRP loop), the HA link not.
+    let napi = a1.status().unwrap().napi;
+    let ifaces: Vec<&str> = napi.iter().map(|n| n.iface.as_str()).collect();
+    assert_eq!(ifaces, ["lan0", "wan0"], "{napi:?}");
+    for n in &napi {
+        assert!(n.done(-20), "{napi:?}");
+        assert!(!n.instances.is_empty(), "{napi:?}");
+        for i in &n.instances {
+            let pid = i.pid.expect("a NAPI thread");
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+            assert!(comm.starts_with(&format!("napi/{}-", n.iface)), "{comm}");
+        }
+    }
     let before = (
         a1.status().unwrap().transitions_total,
         a2.status().unwrap().transitions_total,

@@ -213,6 +213,28 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
             );
         }
     }
+    if !st.napi.is_empty() {
+        let each: Vec<String> = st
+            .napi
+            .iter()
+            .map(|n| match &n.error {
+                Some(e) => format!("{} softirq ({e})", n.iface),
+                None => {
+                    let threads: Vec<String> = n
+                        .instances
+                        .iter()
+                        .map(|i| match (i.pid, i.nice) {
+                            (Some(p), Some(nice)) => format!("pid {p} nice {nice}"),
+                            (Some(p), None) => format!("pid {p}"),
+                            _ => format!("napi {} not threaded", i.id),
+                        })
+                        .collect();
+                    format!("{} [{}]", n.iface, threads.join(", "))
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "threaded NAPI: {}", each.join(", "));
+    }
     if st.transitions_total > 0 {
         let by: Vec<String> = st
             .transitions_by_reason

@@ -192,6 +192,13 @@ struct Args {
     /// Build the lab with both agents running and leave it up.
     #[arg(long)]
     up: bool,
+    /// How the firewalls' data interfaces and the lab's data switches are
+    /// polled: `threaded` (kernel threads at nice -20: the agent's default,
+    /// `[ha.napi]`) or `softirq` (the agents get `threaded = false` and the
+    /// switch ports are left in softirq; keepalived's firewalls are never
+    /// threaded), to measure what threaded NAPI costs and buys.
+    #[arg(long, default_value = "threaded", value_parser = ["threaded", "softirq"])]
+    napi: String,
     /// `soak`: seconds of saturated CPUs and full-rate forwarding.
     #[arg(long, default_value_t = 600)]
     soak_s: u64,
@@ -282,6 +289,10 @@ fn conntrackd_conf(dir: &std::path::Path, me: u8) -> PathBuf {
     path
 }
 
+/// `--napi softirq`: the agents' data interfaces and the lab's switch
+/// ports stay in softirq (set once by `main`).
+static NAPI_SOFTIRQ: AtomicBool = AtomicBool::new(false);
+
 /// Starts the system on `fw` (node 1 or 2).
 fn start(
     lab: &mut Lab,
@@ -298,6 +309,7 @@ fn start(
         System::Agent => {
             let mut spec = AgentSpec {
                 ha_extra: key.ha_extra(),
+                napi_softirq: NAPI_SOFTIRQ.load(Ordering::Relaxed),
                 ..AgentSpec::new(node, prio, adv_ms)
             };
             if scenario.hostile() {
@@ -443,6 +455,14 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), 
 /// 10.0.0.30 on the LAN and 10.255.0.30 on the HA segment).
 fn build_lab(scenario: Scenario) -> Lab {
     let mut lab = failover_lab();
+    if NAPI_SOFTIRQ.load(Ordering::Relaxed) {
+        for (bridge, ports) in ha_tests::DATA_SWITCH_PORTS {
+            for port in ports {
+                lab.unthread_napi((bridge, port))
+                    .expect("switch port back to softirq");
+            }
+        }
+    }
     lab.add_netns("probe").expect("probe namespace");
     lab.add_bridge_port("lan", ("probe", "eth0"))
         .expect("probe port");
@@ -1789,6 +1809,7 @@ fn main() {
         eprintln!("raising the open-file limit: {e}");
     }
     let _ = agent_bin();
+    NAPI_SOFTIRQ.store(a.napi == "softirq", Ordering::Relaxed);
     if a.up {
         return up(&a);
     }
@@ -2012,7 +2033,7 @@ fn report(
             }
         }
         json_systems.push(
-            serde_json::json!({"system": system.name(), "adv_ms": a.adv_ms, "scenarios": js}),
+            serde_json::json!({"system": system.name(), "adv_ms": a.adv_ms, "napi": if system == System::Agent { a.napi.as_str() } else { "softirq" }, "scenarios": js}),
         );
     }
     if systems.len() == 2 {
