@@ -219,6 +219,7 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
             .iter()
             .map(|n| match &n.error {
                 Some(e) => format!("{} softirq ({e})", n.iface),
+                None if n.instances.is_empty() => format!("{} (no NAPI of its own)", n.iface),
                 None => {
                     let threads: Vec<String> = n
                         .instances
@@ -309,6 +310,40 @@ mod tests {
         assert!(text.contains("peer 10.255.0.1: ALIVE"), "{text}");
         assert!(
             text.contains("transitions: 25 since start (HigherPriority 13, MasterDown 12)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn threaded_napi_is_shown_per_interface() {
+        use crate::napi::{NapiIface, NapiInstance};
+        let mut st = status();
+        assert!(!render(&st, Some(0)).contains("threaded NAPI"));
+        st.napi = vec![
+            NapiIface {
+                iface: "lan0".into(),
+                instances: vec![NapiInstance {
+                    id: 7,
+                    threaded: true,
+                    pid: Some(4882),
+                    nice: Some(-20),
+                }],
+                error: None,
+            },
+            NapiIface {
+                iface: "lan0.100".into(),
+                instances: Vec::new(),
+                error: None,
+            },
+            NapiIface {
+                iface: "wan0".into(),
+                instances: Vec::new(),
+                error: Some("no interface wan0".into()),
+            },
+        ];
+        let text = render(&st, Some(0));
+        assert!(
+            text.contains("threaded NAPI: lan0 [pid 4882 nice -20], lan0.100 (no NAPI of its own), wan0 softirq (no interface wan0)"),
             "{text}"
         );
     }
