@@ -215,7 +215,11 @@ impl Lab {
             if comm.starts_with(&prefix) {
                 // SAFETY: plain syscall on a kernel thread.
                 if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, -20) } != 0 {
-                    return Err(fail(step, std::io::Error::last_os_error()));
+                    let e = std::io::Error::last_os_error();
+                    // Gone meanwhile (another lab's port, torn down).
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        return Err(fail(step, e));
+                    }
                 }
             }
         }
