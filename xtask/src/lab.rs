@@ -71,6 +71,13 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             if !pins.is_empty() {
                 println!("removed test data-plane pins: {}", pins.join(" "));
             }
+            let runs = crate::test::remove_test_run_files()?;
+            if !runs.is_empty() {
+                println!(
+                    "removed {} run file(s) of test agents in /run/ha-agent",
+                    runs.len()
+                );
+            }
             Ok(())
         }
         Some(LabAction::Up) => {

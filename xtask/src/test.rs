@@ -180,6 +180,19 @@ fn run_files() -> Vec<String> {
         .collect()
 }
 
+/// Removes the run files of test instances (`/run/ha-agent/hatest-*`:
+/// status, socket, object stamp), which agents killed with their lab leave
+/// behind; returns the names removed. For `lab down`, when no test runs.
+pub fn remove_test_run_files() -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for name in run_files().into_iter().filter(|n| n.starts_with("hatest-")) {
+        let path = std::path::Path::new(RUN_DIR).join(&name);
+        std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
 /// Pin directories of test data planes (`/sys/fs/bpf/hatest-*`).
 fn test_pins() -> Vec<String> {
     std::fs::read_dir("/sys/fs/bpf")
