@@ -230,15 +230,25 @@ struct Netdev {
     rx: Vec<u8>,
 }
 
-/// The answer to one request: its messages of `F`, or the kernel's error.
-fn read_answer<F>(rx: &[u8], seq: u32, out: &mut Vec<F>) -> Result<bool, String>
+/// Why an answer is no answer.
+enum AnswerError {
+    /// The kernel refused the request (its errno).
+    Kernel(io::Error),
+    /// The bytes are not netlink we can read.
+    Decode(String),
+}
+
+/// Reads one received buffer into `out` (the messages of `F` answering
+/// request `seq`); `Ok(true)` once the answer is complete (done, or the
+/// kernel's acknowledgement).
+fn read_answer<F>(rx: &[u8], seq: u32, out: &mut Vec<F>) -> Result<bool, AnswerError>
 where
     F: GenlFamily + ParseableParametrized<[u8], GenlHeader> + Emitable + std::fmt::Debug,
 {
     let mut off = 0;
     while off < rx.len() {
         let Ok(nb) = netlink_packet_core::NetlinkBuffer::new_checked(&rx[off..]) else {
-            return Err("truncated netlink message".into());
+            return Err(AnswerError::Decode("truncated netlink message".into()));
         };
         let len = (nb.length() as usize).max(16).next_multiple_of(4);
         let bytes = &rx[off..rx.len().min(off + len)];
@@ -246,16 +256,16 @@ where
         if nb.sequence_number() != seq {
             continue;
         }
-        let msg =
-            NetlinkMessage::<GenlMessage<F>>::deserialize(bytes).map_err(|e| e.to_string())?;
+        let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(bytes)
+            .map_err(|e| AnswerError::Decode(e.to_string()))?;
         match msg.payload {
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(e) => {
                 return match e.code {
                     None => Ok(true),
-                    Some(code) => {
-                        Err(io::Error::from_raw_os_error(code.get().saturating_neg()).to_string())
-                    }
+                    Some(code) => Err(AnswerError::Kernel(io::Error::from_raw_os_error(
+                        code.get().saturating_neg(),
+                    ))),
                 };
             }
             NetlinkPayload::InnerMessage(m) => out.push(m.payload),
@@ -341,10 +351,8 @@ impl Netdev {
             match read_answer(&self.rx[..len.min(self.rx.len())], self.seq, &mut out) {
                 Ok(true) => return Ok(out),
                 Ok(false) => {}
-                Err(detail) if detail.contains("os error") => {
-                    return Err(fail(io::Error::other(detail)));
-                }
-                Err(detail) => {
+                Err(AnswerError::Kernel(e)) => return Err(fail(e)),
+                Err(AnswerError::Decode(detail)) => {
                     return Err(NapiError::Decode {
                         what: what.into(),
                         detail,
@@ -442,49 +450,51 @@ pub fn ensure(ifaces: &[String], nice: i32) -> Vec<NapiIface> {
     ifaces
         .iter()
         .map(|iface| {
-            let mut out = NapiIface {
-                iface: iface.clone(),
-                instances: Vec::new(),
-                error: None,
+            let result = match nl.as_mut() {
+                Ok(nl) => ensure_one(nl, iface, nice),
+                Err(e) => Err(NapiError::NoFamily(e.to_string())),
             };
-            let result = (|| -> Result<Vec<NapiInstance>, NapiError> {
-                let nl = nl
-                    .as_mut()
-                    .map_err(|e| NapiError::NoFamily(e.to_string()))?;
-                let index = ifindex(iface).ok_or_else(|| NapiError::NoInterface(iface.clone()))?;
-                let mut found = nl.instances(index)?;
-                if found.iter().any(|n| !n.threaded) {
-                    for n in found.iter().filter(|n| !n.threaded) {
-                        if let Err(e) = nl.set_threaded(n.id) {
-                            set_threaded_sysfs(iface, index).map_err(|s| NapiError::Request {
-                                what: format!("thread the NAPI instances of {iface}"),
-                                source: io::Error::other(format!("{e}; {s}")),
-                            })?;
-                            break;
-                        }
-                    }
-                    found = nl.instances(index)?;
-                }
-                for n in &mut found {
-                    if let Some(pid) = n.pid {
-                        if nice_of(pid) != Some(nice) {
-                            renice(pid, nice).map_err(|source| NapiError::Request {
-                                what: format!("renice NAPI thread {pid} of {iface}"),
-                                source,
-                            })?;
-                        }
-                        n.nice = nice_of(pid);
-                    }
-                }
-                Ok(found)
-            })();
-            match result {
-                Ok(found) => out.instances = found,
-                Err(e) => out.error = Some(e.to_string()),
+            let (instances, error) = match result {
+                Ok(found) => (found, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            NapiIface {
+                iface: iface.clone(),
+                instances,
+                error,
             }
-            out
         })
         .collect()
+}
+
+/// [`ensure`] for one interface.
+fn ensure_one(nl: &mut Netdev, iface: &str, nice: i32) -> Result<Vec<NapiInstance>, NapiError> {
+    let index = ifindex(iface).ok_or_else(|| NapiError::NoInterface(iface.to_owned()))?;
+    let mut found = nl.instances(index)?;
+    if found.iter().any(|n| !n.threaded) {
+        for n in found.iter().filter(|n| !n.threaded) {
+            if let Err(e) = nl.set_threaded(n.id) {
+                set_threaded_sysfs(iface, index).map_err(|s| NapiError::Request {
+                    what: format!("thread the NAPI instances of {iface}"),
+                    source: io::Error::other(format!("{e}; {s}")),
+                })?;
+                break;
+            }
+        }
+        found = nl.instances(index)?;
+    }
+    for n in &mut found {
+        if let Some(pid) = n.pid {
+            if nice_of(pid) != Some(nice) {
+                renice(pid, nice).map_err(|source| NapiError::Request {
+                    what: format!("renice NAPI thread {pid} of {iface}"),
+                    source,
+                })?;
+            }
+            n.nice = nice_of(pid);
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -434,6 +434,20 @@ fn a_master_seeing_the_peer_step_down_makes_no_verdict() {
     assert_eq!(p.report().verdicts_lapsed, 0);
 }
 
+/// Replies in flight, each with the ms it arrives at.
+type InFlight = std::collections::VecDeque<(u64, [u8; WIRE_LEN])>;
+
+/// Hands `p` the replies of `in_flight` due by `t` ms (over `path`); none
+/// may bring a verdict.
+fn deliver_due(p: &mut Prober, in_flight: &mut InFlight, path: usize, t: u64) {
+    while let Some((at, reply)) = in_flight.front().copied()
+        && at <= t
+    {
+        in_flight.pop_front();
+        assert_eq!(p.on_frame(path, MAC_B, &reply, ms(t)), Ok(None));
+    }
+}
+
 /// Found by the simulation: a round trip of several rounds, the first
 /// reply arming the prober with `k` still at `misses_min`, read as silence
 /// before the second reply came.
@@ -442,19 +456,14 @@ fn a_slow_first_reply_is_no_silence() {
     let mut p = backup_prober(1);
     let peer = Peer::master(1, u64::MAX);
     // Every reply comes back 4 rounds after its probe (4 ms at 1 ms).
-    let mut in_flight: std::collections::VecDeque<(u64, [u8; WIRE_LEN])> = Default::default();
+    let mut in_flight = InFlight::default();
     for t in 0..200u64 {
         let mut out = Vec::new();
         assert_eq!(p.tick(ms(t), &mut out), None, "a verdict at {t} ms");
         for probe in &out {
             in_flight.push_back((t + 4, peer.answer(probe, ms(t)).unwrap()));
         }
-        while let Some((at, reply)) = in_flight.front().copied()
-            && at <= t
-        {
-            in_flight.pop_front();
-            assert_eq!(p.on_frame(0, MAC_B, &reply, ms(t)), Ok(None));
-        }
+        deliver_due(&mut p, &mut in_flight, 0, t);
     }
     assert!(p.misses() > 5, "k {} covers the round trip", p.misses());
     assert_eq!(p.report().verdicts_silent, 0);
@@ -468,7 +477,7 @@ fn an_overtaken_slow_path_still_bounds_k() {
     let mut p = backup_prober(2);
     let peer = Peer::master(1, u64::MAX);
     // Path 0 answers at once until 50 ms, path 1 six rounds late.
-    let mut in_flight: std::collections::VecDeque<(u64, [u8; WIRE_LEN])> = Default::default();
+    let mut in_flight = InFlight::default();
     for t in 0..200u64 {
         let mut out = Vec::new();
         assert_eq!(p.tick(ms(t), &mut out), None, "a verdict at {t} ms");
@@ -480,12 +489,7 @@ fn an_overtaken_slow_path_still_bounds_k() {
                 in_flight.push_back((t + 6, reply));
             }
         }
-        while let Some((at, reply)) = in_flight.front().copied()
-            && at <= t
-        {
-            in_flight.pop_front();
-            assert_eq!(p.on_frame(1, MAC_B, &reply, ms(t)), Ok(None));
-        }
+        deliver_due(&mut p, &mut in_flight, 1, t);
     }
     assert_eq!(p.report().verdicts_silent, 0);
 }

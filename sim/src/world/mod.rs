@@ -837,6 +837,7 @@ impl<'a> World<'a> {
             let excused =
                 path_cut && !self.cut(from, to) && (0..self.sc.paths()).any(|q| !self.path_cut(q));
             if probe {
+                self.stats.probe_drops += 1;
                 self.check.probe_trouble(from, to, p, self.now);
             } else {
                 self.check.dropped(from, to, p, self.now, excused);

@@ -79,11 +79,7 @@ impl World<'_> {
             }
         }
         self.last_probe[i] = Some((self.nodes[i].session_no, p.frame));
-        let copies = self.link(i, peer, p.path, true);
-        if copies.is_empty() {
-            self.stats.probe_drops += 1;
-        }
-        for d in copies {
+        for d in self.link(i, peer, p.path, true) {
             self.at(
                 t + d,
                 Ev::ProbeArrive {
@@ -147,11 +143,7 @@ impl World<'_> {
             self.reply_captures.pop_front();
         }
         self.reply_captures.push_back(capture);
-        let copies = self.link(to, from, path, true);
-        if copies.is_empty() {
-            self.stats.probe_drops += 1;
-        }
-        for d in copies {
+        for d in self.link(to, from, path, true) {
             self.at(
                 t + d,
                 Ev::Arrive {
