@@ -82,7 +82,8 @@ fn check(p: &mut Prober, bytes: &[u8], before: &ha_core::heartbeat::Report) {
             );
         }
         Ok(Some(Verdict::Lapsed)) => {
-            let term = u64::from_be_bytes(bytes[offset::TERM..offset::TERM + 8].try_into().unwrap());
+            let term =
+                u64::from_be_bytes(bytes[offset::TERM..offset::TERM + 8].try_into().unwrap());
             assert_eq!(
                 bytes[offset::PROOF..offset::PROOF + 16],
                 term_proof(&KEY, PEER, term),

@@ -61,8 +61,12 @@ fn check(bytes: &[u8], is_peer: impl Fn(Ipv4Addr) -> bool, known_vrid: impl Fn(u
                     Err(auth::Failure::Replay)
                 );
             }
-            let again = packet::parse(&framed, &is_peer, &known_vrid).expect("what we frame parses");
-            assert_eq!((again.src, again.advert, again.trailer), (got.src, got.advert, got.trailer));
+            let again =
+                packet::parse(&framed, &is_peer, &known_vrid).expect("what we frame parses");
+            assert_eq!(
+                (again.src, again.advert, again.trailer),
+                (got.src, got.advert, got.trailer)
+            );
         }
         Err((reason, src)) => {
             // Past the IPv4 header checks, the source is always named.

@@ -275,6 +275,19 @@ where
     Ok(false)
 }
 
+/// The NAPI instances a buffer of `netdev` answers to request `seq`
+/// carries (interface index, instance), and whether the answer is complete:
+/// the I/O-free part of a `napi-get` dump, public for the fuzz target
+/// `netdev_napi`. The kernel's bytes, read as untrusted: never panics.
+pub fn napi_answer(rx: &[u8], seq: u32) -> Result<(bool, Vec<(u32, NapiInstance)>), String> {
+    let mut msgs: Vec<NapiMsg> = Vec::new();
+    match read_answer(rx, seq, &mut msgs) {
+        Ok(done) => Ok((done, msgs.iter().filter_map(NapiMsg::instance).collect())),
+        Err(AnswerError::Kernel(e)) => Err(e.to_string()),
+        Err(AnswerError::Decode(d)) => Err(d),
+    }
+}
+
 impl Netdev {
     fn open() -> Result<Self, NapiError> {
         let mut sock = Socket::new(NETLINK_GENERIC).map_err(NapiError::Socket)?;
@@ -555,6 +568,33 @@ mod tests {
         );
         assert_eq!(m(vec![NapiAttr::Id(9)]).instance(), None);
         assert_eq!(m(vec![NapiAttr::Ifindex(3)]).instance(), None);
+    }
+
+    #[test]
+    fn a_dump_answer_reads_into_instances() {
+        let dump = include_bytes!("../../fuzz/corpus/netdev_napi/dump-one-instance");
+        assert_eq!(
+            napi_answer(dump, 1),
+            Ok((
+                true,
+                vec![(
+                    3,
+                    NapiInstance {
+                        id: 8197,
+                        threaded: true,
+                        pid: Some(4882),
+                        nice: None
+                    }
+                )]
+            ))
+        );
+        let err = include_bytes!("../../fuzz/corpus/netdev_napi/error-eopnotsupp");
+        assert!(napi_answer(err, 1).unwrap_err().contains("os error 95"));
+        assert_eq!(
+            napi_answer(dump, 2),
+            Ok((false, Vec::new())),
+            "another request's"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub const TARGETS: &[&str] = &[
     "control_json",
     "config_toml",
     "ctnetlink",
+    "netdev_napi",
 ];
 
 #[derive(Debug, clap::Args)]
