@@ -28,7 +28,7 @@ use ha_common::heartbeat::{KIND_PROBE, KIND_REPLY, MAGIC, VERSION, WIRE_LEN};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::node::Instant;
+use crate::{node::Instant, vrrp::auth};
 
 /// Probes whose replies are still accepted (by sequence).
 pub const WINDOW: u64 = 256;
@@ -197,6 +197,12 @@ pub struct Report {
     /// The last verdict, and how long the peer had been silent then (since
     /// its last reply on any path).
     pub last_verdict: Option<(Verdict, Duration)>,
+    /// The low 16 bits of the term the peer's newest signed advert
+    /// announced (`None`: no signed advert yet, so no Lapsed verdict).
+    pub term_announced: Option<u16>,
+    /// Term-ended proofs refused for a term other than the announced one
+    /// (an old proof replayed, or overtaken by the peer's new term).
+    pub proofs_unannounced: u64,
 }
 
 impl Report {
@@ -248,6 +254,12 @@ pub struct Prober {
     peer_owned: bool,
     /// The newest term seen owning.
     alive_term: u64,
+    /// The sequence of the peer's newest signed advert and the low bits
+    /// of the term it announced (`vrrp::auth::Sequencer`): the only term a
+    /// proof may end.
+    announced: Option<(u64, u16)>,
+    /// Proofs of a term other than the announced one, while armed.
+    proofs_unannounced: u64,
     /// A Silent verdict stands: a reply showing the peer owning proves it
     /// false.
     suspect: bool,
@@ -340,6 +352,8 @@ impl Prober {
             armed: false,
             peer_owned: false,
             alive_term: 0,
+            announced: None,
+            proofs_unannounced: 0,
             suspect: false,
             k_floor: u64::from(s.misses_min),
             paths: vec![PathProbe::default(); paths.max(1)],
@@ -407,9 +421,24 @@ impl Prober {
         }
     }
 
-    /// The peer was heard otherwise (an advert accepted).
-    pub fn heard_peer(&mut self) {
+    /// The peer was heard otherwise (an advert accepted): `seq`, the
+    /// sequence of the advert when it was signed and its tag verified
+    /// (`None`: unsigned), whose low bits are the term it announces
+    /// ([`auth::seq_term`]). The newest sequence counts, whatever the VRID
+    /// (adverts of two groups may cross on the way); one more than a
+    /// second of sequence behind is a sender whose sequence restarted from
+    /// its clock (`time` anti-replay after a clock step): a verified advert
+    /// is the peer's own, never a replay.
+    pub fn heard_peer(&mut self, seq: Option<u64>) {
         self.heard = self.seq;
+        let Some(seq) = seq else { return };
+        let newer = self.announced.is_none_or(|(last, _)| {
+            let ahead = seq.wrapping_sub(last) as i64;
+            ahead > 0 || ahead < -(auth::clock_seq(Duration::from_secs(1)) as i64)
+        });
+        if newer {
+            self.announced = Some((seq, auth::seq_term(seq)));
+        }
     }
 
     /// The gap maximum over the recent rounds.
@@ -638,6 +667,19 @@ impl Prober {
             return Ok(None);
         }
         if ended && self.armed && self.alive_term != 0 && term >= self.alive_term {
+            // Only the term the peer's signed adverts announce can end: an
+            // older one's proof, revealed when it ended and replayed (with a
+            // current tag, by a host that sees the probes) before a reply
+            // showed the newer term alive, proves nothing. The peer's new
+            // term is announced from its first advert, and we are a backup
+            // only by its adverts; so the proof of a term that ended is
+            // taken only while no advert of a newer term has come (a race
+            // with the new term that VRRP settles). Without signed adverts,
+            // no Lapsed verdict: Silent and VRRP's timer remain.
+            if self.announced.map(|(_, t)| t) != Some(term as u16) {
+                self.proofs_unannounced += 1;
+                return Ok(None);
+            }
             self.armed = false;
             self.verdicts_lapsed += 1;
             self.note_verdict(Verdict::Lapsed, now);
@@ -678,6 +720,8 @@ impl Prober {
             rtt_max: self.rtt_max,
             peer: self.peer,
             last_verdict: self.last_verdict,
+            term_announced: self.announced.map(|(_, t)| t),
+            proofs_unannounced: self.proofs_unannounced,
         }
     }
 }

@@ -159,7 +159,7 @@ fn summary(results: &[Outcome], took: Duration) {
     let hb_seeds = results.iter().filter(|o| o.heartbeat).count();
     let sum = |f: fn(&Outcome) -> u64| -> u64 { results.iter().map(f).sum() };
     println!(
-        "  fast heartbeat in {hb_seeds} seeds: {} probes ({} lost or unanswered), {} replies, {} hostile frames ({} forged \"alive\", {} genuine replies replayed); {} PeerSilent verdicts ({} false: the peer's data plane owned), {} PeerLapsed ({} on a reply overtaken by the peer's new term, {} on an old proof replayed before the prober saw the newer term)",
+        "  fast heartbeat in {hb_seeds} seeds: {} probes ({} lost or unanswered), {} replies, {} hostile frames ({} forged \"alive\", {} genuine replies replayed); {} PeerSilent verdicts ({} false: the peer's data plane owned), {} PeerLapsed ({} on a reply overtaken by the peer's new term, {} on an old proof replayed before the newer term's first advert came)",
         sum(|o| o.stats.probes),
         sum(|o| o.stats.probe_drops),
         sum(|o| o.stats.replies),

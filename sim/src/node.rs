@@ -128,6 +128,10 @@ pub struct HbSeen {
     /// The newest term of a reply showing the peer alive (genuine or
     /// forged): a proof of an older term makes no verdict.
     pub alive_max: u64,
+    /// The sequence and the term of the newest genuine signed advert its
+    /// core took from the peer (the prober learns the term's low bits from
+    /// the sequence): a proof of an older term makes no verdict.
+    pub announced: Option<(u64, u64)>,
     /// Whether the last genuine reply showed the peer alive.
     pub last_alive: Option<bool>,
     /// The newest round answered by a frame the prober took as a reply.
@@ -233,8 +237,10 @@ pub enum Item {
         bytes: Vec<u8>,
         path: usize,
         origin: Origin,
-        /// A genuine signed advert's (VRID, source, sequence).
-        signed: Option<(u8, Ipv4Addr, u64)>,
+        /// A genuine signed advert's (VRID, source, sequence), and the
+        /// sender's ownership term it announces (whole: the sequence
+        /// carries its low bits).
+        signed: Option<(u8, Ipv4Addr, u64, u64)>,
     },
     /// The shell saw the tracked link (`None`) or a path's interface change.
     Link(Option<usize>, bool),

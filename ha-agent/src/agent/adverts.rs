@@ -252,9 +252,10 @@ impl Signer {
         &mut self,
         wall: Duration,
         anti_replay: auth::AntiReplay,
+        term: u64,
         marks: impl FnOnce() -> Vec<(u8, Ipv4Addr, u64)>,
     ) -> (u64, Option<(PathBuf, Vec<u8>, Ack)>) {
-        let seq = self.seq.next(wall, anti_replay);
+        let seq = self.seq.next(wall, anti_replay, term);
         if seq.wrapping_sub(self.on_disk.load(Ordering::Acquire)) as i64
             > auth::clock_seq(STALE_FLOOR) as i64
         {
@@ -348,14 +349,14 @@ mod tests {
         let (_, bytes, _) = s.render();
         let on_disk = Persisted::parse(std::str::from_utf8(&bytes).unwrap());
         assert!(on_disk.floor >= auth::clock_seq(t0));
-        let (first, _) = s.next(t0, mono, Vec::new);
+        let (first, _) = s.next(t0, mono, 1, Vec::new);
         // The clock stepped back an hour: one step per advert from here,
         // 3,000 adverts (30 s at 10 ms); floors written as they come due.
         let back = t0 - Duration::from_secs(3600);
         let mut sent = first;
         let mut floor = on_disk.floor;
         for i in 0..3000u64 {
-            let (q, save) = s.next(back + Duration::from_millis(i * 10), mono, Vec::new);
+            let (q, save) = s.next(back + Duration::from_millis(i * 10), mono, 1, Vec::new);
             sent = q;
             if let Some((_, b, a)) = save {
                 floor = Persisted::parse(std::str::from_utf8(&b).unwrap()).floor;
@@ -370,7 +371,7 @@ mod tests {
                 marks: Vec::new(),
             },
         );
-        let (again, _) = restarted.next(back, mono, Vec::new);
+        let (again, _) = restarted.next(back, mono, 1, Vec::new);
         assert!(again > sent, "a restart never reuses a sequence");
     }
 }

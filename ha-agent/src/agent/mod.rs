@@ -808,7 +808,9 @@ impl Agent {
             let node = &self.node;
             let (seq, s) = self
                 .signer
-                .next(adverts::wall(), auth.anti_replay, || node.auth_marks());
+                .next(adverts::wall(), auth.anti_replay, node.term(), || {
+                    node.auth_marks()
+                });
             save = s;
             Seal { key, seq }
         });

@@ -104,7 +104,7 @@ fn fast_heartbeat(r: &mut Registry, h: &super::FastHeartbeatStatus) {
     }
     r.register(
         "fast_heartbeat_verdicts",
-        "Takeovers the fast heartbeat made (silent, lapsed), and silent verdicts proved false",
+        "Takeovers the fast heartbeat made (silent, lapsed), silent verdicts proved false, and term-ended proofs refused (not the term the peer's signed adverts announced)",
         verdicts,
     );
     gauge(

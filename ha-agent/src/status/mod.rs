@@ -234,6 +234,10 @@ pub struct FastHeartbeatStatus {
     pub peer_groups: Option<u64>,
     pub peer_lease_left_us: Option<u64>,
     pub peer_term: Option<u64>,
+    /// The low 16 bits of the term the peer's newest signed advert
+    /// announced: the only term whose proof makes a Lapsed verdict.
+    #[serde(default)]
+    pub peer_term_announced: Option<u16>,
     pub peer_reply_age_ms: Option<u64>,
     /// The last verdict (`silent`, `lapsed`) and how long the peer had been
     /// silent then (since its last reply), µs.
@@ -284,6 +288,7 @@ impl FastHeartbeatStatus {
                 ("silent", h.verdicts_silent),
                 ("lapsed", h.verdicts_lapsed),
                 ("false", h.false_verdicts),
+                ("refused", h.proofs_unannounced),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -304,6 +309,7 @@ impl FastHeartbeatStatus {
             peer_groups: h.peer.map(|p| p.groups),
             peer_lease_left_us: h.peer.map(|p| p.lease_left.as_micros() as u64),
             peer_term: h.peer.map(|p| p.term),
+            peer_term_announced: h.term_announced,
             peer_reply_age_ms: h.peer.map(|p| now.saturating_sub(p.at).as_millis() as u64),
             last_verdict: h.last_verdict.map(|(v, _)| {
                 match v {

@@ -207,9 +207,13 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
         if let (Some(g), Some(l)) = (h.peer_groups, h.peer_lease_left_us) {
             let _ = writeln!(
                 o,
-                "  peer: owns groups {g:#x}, lease left {} ms, term {}",
+                "  peer: owns groups {g:#x}, lease left {} ms, term {} (its signed adverts: {})",
                 l / 1000,
-                h.peer_term.unwrap_or(0)
+                h.peer_term.unwrap_or(0),
+                h.peer_term_announced
+                    .map_or("none, so no lapsed verdict".to_owned(), |t| format!(
+                        "term {t} mod 65536"
+                    ))
             );
         }
     }

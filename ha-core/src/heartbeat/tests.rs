@@ -59,6 +59,14 @@ impl Peer {
     }
 }
 
+/// The peer's signed advert, the `n`th, announcing `term` (the sequence's
+/// low bits, as `auth::Sequencer` makes it).
+fn announce(p: &mut Prober, n: u64, term: u64) {
+    p.heard_peer(Some(
+        auth::clock_seq(Duration::from_secs(1_800_000_000)) + (n << 16) + (term & 0xffff),
+    ));
+}
+
 /// One round at `now`: tick, and the peer's answers (if `peer`) delivered
 /// at once. Returns the verdict of the tick or of a reply.
 fn round(p: &mut Prober, now: Duration, peer: Option<&Peer>) -> Option<Verdict> {
@@ -192,7 +200,7 @@ fn an_advert_counts_as_hearing_the_peer() {
     round(&mut p, ms(0), Some(&peer));
     round(&mut p, ms(1), None);
     round(&mut p, ms(2), None);
-    p.heard_peer();
+    p.heard_peer(None);
     assert_eq!(round(&mut p, ms(3), None), None);
     assert_eq!(round(&mut p, ms(4), None), None);
     assert_eq!(round(&mut p, ms(5), None), None);
@@ -202,8 +210,9 @@ fn an_advert_counts_as_hearing_the_peer() {
 #[test]
 fn lapsed_lease_is_a_verdict_with_a_valid_proof_only() {
     let mut p = backup_prober(1);
-    // Alive under term 4 until 10 ms.
+    // Alive under term 4 until 10 ms, announced by its adverts.
     let mut peer = Peer::master(4, 10_000_000);
+    announce(&mut p, 1, 4);
     for t in 0..10 {
         assert_eq!(round(&mut p, ms(t), Some(&peer)), None);
     }
@@ -231,6 +240,36 @@ fn an_old_term_s_proof_proves_nothing() {
         own: Ownership::default(),
     };
     assert_eq!(round(&mut p, ms(1), Some(&old)), None);
+}
+
+#[test]
+fn only_the_announced_term_can_end() {
+    // Term 6 ended (its proof was on the wire); the peer began term 7 and
+    // announced it in a signed advert. A host that sees the probes forges
+    // "alive under 6" with the current tag before the peer's first reply,
+    // then replays 6's proof: no verdict, counted.
+    let mut p = backup_prober(1);
+    announce(&mut p, 1, 7);
+    let forged_alive = Peer::master(6, 1_000_000_000);
+    round(&mut p, ms(0), Some(&forged_alive));
+    let mut old = Peer::master(6, 0);
+    old.own.groups = 0;
+    assert_eq!(round(&mut p, ms(1), Some(&old)), None);
+    assert_eq!(p.report().proofs_unannounced, 1);
+    assert_eq!(p.report().term_announced, Some(7));
+    // No signed advert at all (unsigned VRRP): no Lapsed verdict either.
+    let mut q = backup_prober(1);
+    round(&mut q, ms(0), Some(&forged_alive));
+    assert_eq!(round(&mut q, ms(1), Some(&old)), None);
+    // Adverts of two groups crossing on the way: the newer sequence's term
+    // stands; the peer's term 7 ends and its proof is taken.
+    announce(&mut p, 3, 7);
+    announce(&mut p, 2, 6);
+    assert_eq!(p.report().term_announced, Some(7));
+    let mut ended = Peer::master(7, 0);
+    ended.own.groups = 0;
+    round(&mut p, ms(2), Some(&Peer::master(7, 1_000_000_000)));
+    assert_eq!(round(&mut p, ms(3), Some(&ended)), Some(Verdict::Lapsed));
 }
 
 #[test]
@@ -348,6 +387,7 @@ fn gaps_beyond_misses_max_hold_silent_verdicts() {
         assert_eq!(round(&mut p, ms(t), None), None, "at {t} ms");
     }
     // A proof still makes a Lapsed verdict.
+    announce(&mut p, 1, 1);
     let mut lapsed = Peer::master(1, 0);
     lapsed.own.groups = 0;
     assert_eq!(

@@ -621,6 +621,13 @@ impl Node {
         }
     }
 
+    /// Our ownership term (see [`Node::set_term_floor`]): the low bits
+    /// travel in the sequence of every advert we sign
+    /// ([`auth::Sequencer::next`]).
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
     /// The fast heartbeat's prober, when on.
     pub fn prober(&self) -> Option<&Prober> {
         self.prober.as_ref()
@@ -750,23 +757,32 @@ impl Node {
                 return false;
             }
         };
-        if let Err(f) = self.verifier.check(
+        let signed = match self.verifier.check(
             wall,
             rx.src,
             &bytes[rx.pdu.clone()],
             rx.trailer.as_ref(),
             path != 0,
         ) {
-            self.reject(now, path, f.into(), Some(rx.src));
-            return false;
-        }
+            Ok(signed) => signed,
+            Err(f) => {
+                self.reject(now, path, f.into(), Some(rx.src));
+                return false;
+            }
+        };
         if !self.started {
             return true;
         }
         self.counters.adverts_received += 1;
         self.paths.heard(path, now);
         if let Some(p) = &mut self.prober {
-            p.heard_peer();
+            // A verified trailer's sequence announces the sender's term.
+            p.heard_peer(
+                rx.trailer
+                    .as_ref()
+                    .filter(|_| signed)
+                    .map(auth::trailer_seq),
+            );
         }
         let Some(&(gi, mi)) = self.by_vrid.get(&rx.advert.vrid) else {
             return true;

@@ -986,8 +986,21 @@ mod fast_heartbeat {
 
     #[test]
     fn a_lapsed_peer_is_taken_over_at_its_proof() {
+        // Without the peer's signed adverts (which announce its term), a
+        // proof proves nothing: VRRP's timer decides.
         let (mut n, _) = start(with_heartbeat(100));
         let peer = Peer::master(3, ms(15));
+        let out = run(&mut n, ms(0), ms(16), Some(&peer));
+        assert_eq!(takeover_reason(&out), None, "{out:#?}");
+        assert!(n.report().heartbeat.unwrap().proofs_unannounced > 0);
+        // Its signed advert announces term 3.
+        let mut s = with_heartbeat(100);
+        s.auth = authenticated(100).auth;
+        let (mut n, _) = start(s);
+        n.handle(
+            ms(0),
+            over(0, &signed_from(PEER, 200, Some(auth::clock_seq(WALL) + 3))),
+        );
         let out = run(&mut n, ms(0), ms(14), Some(&peer));
         assert_eq!(takeover_reason(&out), None);
         // Its lease lapses at 15 ms (its agent died): the next reply says so.

@@ -16,7 +16,9 @@
 //! The 64-bit sequence (`sec << 32 | subsec << 16 | ctr`) is taken from the
 //! wall clock but never goes back ([`Sequencer`]): it starts above what the
 //! node persisted, so a restart never reuses one, and a clock stepped back
-//! only slows it to one step per advert. A receiver ([`Verifier`]) keeps the
+//! only slows it to one step (1/65536 s) per advert. `ctr` carries the low
+//! bits of the sender's ownership term (keepalived counts in it; both order
+//! the whole 64 bits). A receiver ([`Verifier`]) keeps the
 //! highest sequence accepted from each (VRID, source), persisted by the I/O
 //! layer too, and accepts only greater ones: `monotonic` anti-replay
 //! (our default) needs no agreement between the nodes' clocks; `time`
@@ -212,8 +214,18 @@ fn after(a: u64, b: u64) -> bool {
     (a.wrapping_sub(b) as i64) > 0
 }
 
-/// The sequence of the adverts a node sends: the wall clock, or one more
-/// than the last when the clock has not moved on (or went back).
+/// One step of the clock part of the sequence (1/65536 s): the low 16 bits
+/// (keepalived's `ctr`) carry the sender's ownership term instead.
+const STEP: u64 = 1 << 16;
+
+/// The sequence of the adverts a node sends: the wall clock, or one step
+/// (1/65536 s) more than the last when the clock has not moved on (or went
+/// back), with the low 16 bits (`ctr`) the low bits of the sender's
+/// ownership term. The clock part grows with every advert, so the whole
+/// sequence does too (keepalived orders the whole 64 bits: it interoperates
+/// unchanged), and a peer's prober learns, authenticated and in order, the
+/// term the sender's adverts announce: a "term ended" proof for any other
+/// term (an old one, replayed) makes no takeover (`heartbeat`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sequencer {
     last: u64,
@@ -225,24 +237,25 @@ impl Sequencer {
         Sequencer { last: floor }
     }
 
-    /// The next sequence at wall-clock time `wall`. With `time` anti-replay
-    /// a sequence stranded beyond the window (the clock was stepped back)
+    /// The next sequence at wall-clock time `wall`, for an advert of
+    /// ownership term `term` (its low 16 bits). With `time` anti-replay a
+    /// sequence stranded beyond the window (the clock was stepped back)
     /// restarts from the clock, as keepalived does, since receivers then
     /// forget the old mark; `monotonic` never goes back.
-    pub fn next(&mut self, wall: Duration, anti_replay: AntiReplay) -> u64 {
+    pub fn next(&mut self, wall: Duration, anti_replay: AntiReplay, term: u64) -> u64 {
         let clock = clock_seq(wall);
-        if after(clock, self.last) {
-            self.last = clock;
-            return clock;
-        }
-        if let AntiReplay::Time { window_s } = anti_replay {
+        let low = term & (STEP - 1);
+        let last_clock = self.last & !(STEP - 1);
+        let mut high = last_clock.wrapping_add(STEP);
+        if after(clock, last_clock) {
+            high = clock;
+        } else if let AntiReplay::Time { window_s } = anti_replay {
             let ahead = ((self.last >> 32) as u32).wrapping_sub((clock >> 32) as u32) as i32;
             if ahead > window_s as i32 {
-                self.last = clock;
-                return clock;
+                high = clock;
             }
         }
-        self.last = self.last.wrapping_add(1);
+        self.last = high | low;
         self.last
     }
 
@@ -304,6 +317,12 @@ pub fn seal(key: &Key, seq: u64, src: Ipv4Addr, pdu: &[u8]) -> [u8; TRAILER_LEN]
     let tag = tag(key, vrid, src, pdu, &t[..12]);
     t[12..].copy_from_slice(&tag);
     t
+}
+
+/// The low 16 bits of the ownership term a sequence announces
+/// ([`Sequencer::next`]).
+pub const fn seq_term(seq: u64) -> u16 {
+    seq as u16
 }
 
 /// The sequence a trailer carries.
@@ -602,15 +621,16 @@ mod tests {
     #[test]
     fn the_sequence_never_goes_back() {
         let mut s = Sequencer::new(0);
-        let a = s.next(T0, AntiReplay::Monotonic);
+        let a = s.next(T0, AntiReplay::Monotonic, 0);
         assert_eq!(a, clock_seq(T0));
-        let b = s.next(T0, AntiReplay::Monotonic);
-        assert_eq!(b, a + 1, "same clock reading");
-        let c = s.next(T0 - Duration::from_secs(100), AntiReplay::Monotonic);
-        assert_eq!(c, b + 1, "clock stepped back");
+        let b = s.next(T0, AntiReplay::Monotonic, 0);
+        assert_eq!(b, a + STEP, "same clock reading");
+        let c = s.next(T0 - Duration::from_secs(100), AntiReplay::Monotonic, 0);
+        assert_eq!(c, b + STEP, "clock stepped back");
         let d = s.next(
             T0 - Duration::from_secs(100),
             AntiReplay::Time { window_s: 5 },
+            0,
         );
         assert_eq!(
             d,
@@ -618,8 +638,48 @@ mod tests {
             "time mode restarts from the clock"
         );
         let restarted =
-            Sequencer::new(c).next(T0 - Duration::from_secs(100), AntiReplay::Monotonic);
+            Sequencer::new(c).next(T0 - Duration::from_secs(100), AntiReplay::Monotonic, 0);
         assert!(after(restarted, c), "a restart above the persisted floor");
+    }
+
+    #[test]
+    fn the_sequence_announces_the_term_and_still_grows() {
+        let mut s = Sequencer::new(0);
+        let mut last = 0;
+        // A term that falls back in its low bits (65,536 -> 65,535 read as
+        // 0 -> 65,535), the same clock reading, a clock stepped back: the
+        // sequence grows, and its low bits are the term's.
+        for (i, (term, wall)) in [
+            (7u64, T0),
+            (7, T0),
+            (65_535, T0),
+            (65_536, T0),
+            (65_536, T0 - Duration::from_secs(100)),
+            (3, T0 + Duration::from_millis(10)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let q = s.next(wall, AntiReplay::Monotonic, term);
+            assert_eq!(seq_term(q), term as u16, "step {i}");
+            assert!(i == 0 || after(q, last), "step {i}: {q:#x} after {last:#x}");
+            last = q;
+        }
+        // A receiver orders it as ever: an older sequence is a replay.
+        let key = key(1);
+        let mut v = Verifier::new(settings(Mode::Enforce));
+        let p = pdu(100);
+        let mut s = Sequencer::new(0);
+        let first = s.next(T0, AntiReplay::Monotonic, 9);
+        let second = s.next(T0, AntiReplay::Monotonic, 2);
+        assert_eq!(
+            v.check(T0, SRC, &p, Some(&seal(&key, second, SRC, &p)), false),
+            Ok(true)
+        );
+        assert_eq!(
+            v.check(T0, SRC, &p, Some(&seal(&key, first, SRC, &p)), false),
+            Err(Failure::Replay)
+        );
     }
 
     /// The adverts of a fixture file (hex lines; blocks split by `# next`).
@@ -727,21 +787,22 @@ mod tests {
         // over); `resume` starts above them.
         let wall = Duration::from_secs(1_800_000_000);
         let mut sq = Sequencer::new(0);
-        let mut sent = sq.next(wall, AntiReplay::Monotonic);
+        let mut sent = sq.next(wall, AntiReplay::Monotonic, 0);
         let back = wall - Duration::from_secs(3600);
-        let floor = sq.next(back, AntiReplay::Monotonic);
+        let floor = sq.next(back, AntiReplay::Monotonic, 0);
         for i in 0..300 {
-            sent = sq.next(back + Duration::from_millis(i), AntiReplay::Monotonic);
+            sent = sq.next(back + Duration::from_millis(i), AntiReplay::Monotonic, 0);
         }
         let later = back + Duration::from_secs(1);
         let mut again = Sequencer::new(floor);
-        assert!(!after(again.next(later, AntiReplay::Monotonic), sent));
+        assert!(!after(again.next(later, AntiReplay::Monotonic, 0), sent));
         let mut resumed = Sequencer::resume(floor, Duration::from_secs(2));
-        assert!(after(resumed.next(later, AntiReplay::Monotonic), sent));
+        assert!(after(resumed.next(later, AntiReplay::Monotonic, 0), sent));
         // Within the stale time, the clock too: a floor persisted 1 s ago.
         let floor = clock_seq(wall);
-        let sent = Sequencer::new(0).next(wall + Duration::from_millis(999), AntiReplay::Monotonic);
+        let sent =
+            Sequencer::new(0).next(wall + Duration::from_millis(999), AntiReplay::Monotonic, 0);
         let mut resumed = Sequencer::resume(floor, Duration::from_secs(2));
-        assert!(after(resumed.next(back, AntiReplay::Monotonic), sent));
+        assert!(after(resumed.next(back, AntiReplay::Monotonic, 0), sent));
     }
 }

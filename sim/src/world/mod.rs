@@ -727,8 +727,9 @@ impl<'a> World<'a> {
                             let wall = self.nodes[from].wall(self.now);
                             let anti_replay = self.sc.auth.anti_replay;
                             let n = &mut self.nodes[from];
+                            let term = n.core.as_ref().map_or(0, |c| c.term());
                             let s = match &mut n.sequencer {
-                                Some(sq) => sq.next(wall, anti_replay),
+                                Some(sq) => sq.next(wall, anti_replay, term),
                                 None => 0,
                             };
                             // Written ahead: a new floor before a sequence
@@ -757,7 +758,8 @@ impl<'a> World<'a> {
                         (bytes, seq)
                     }
                 };
-                self.transmit(from, to, p, bytes, seq.map(|s| (advert.vrid, src, s)));
+                let term = self.nodes[from].core.as_ref().map_or(0, |c| c.term());
+                self.transmit(from, to, p, bytes, seq.map(|s| (advert.vrid, src, s, term)));
             }
         }
     }
@@ -784,7 +786,7 @@ impl<'a> World<'a> {
         to: usize,
         p: usize,
         bytes: Vec<u8>,
-        signed: Option<(u8, std::net::Ipv4Addr, u64)>,
+        signed: Option<(u8, std::net::Ipv4Addr, u64, u64)>,
     ) {
         self.stats.packets += 1;
         let copies = self.link(from, to, p, false);

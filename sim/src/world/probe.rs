@@ -442,16 +442,19 @@ impl World<'_> {
                 // The newest term the prober was shown alive (before this
                 // frame: a proof shows no term alive).
                 let known = self.nodes[b].hb.alive_max;
-                if peer_term <= proven || known > proven {
+                // The term the peer's newest signed advert it took
+                // announced: a proof of any other proves nothing.
+                let announced = self.nodes[b].hb.announced.map(|(_, term)| term);
+                if peer_term <= proven || known > proven || announced != Some(proven) {
                     self.check.violation(
                         t,
                         format!(
-                            "LAPSED: node {b} took over (PeerLapsed, on {ctx:?}: term {proven} ended, made at {made:?}) while node {peer}'s data plane owns under its term {peer_term}, and it had been shown term {known} alive"
+                            "LAPSED: node {b} took over (PeerLapsed, on {ctx:?}: term {proven} ended, made at {made:?}) while node {peer}'s data plane owns under its term {peer_term}, and it had been shown term {known} alive, term {announced:?} announced"
                         ),
                     );
                 } else if replayed {
                     // An old proof, replayed before the prober saw the
-                    // peer's newer term alive.
+                    // peer's newer term alive or its first advert came.
                     self.stats.lapsed_replays += 1;
                 } else {
                     // The peer began a new term while the reply was on
@@ -513,7 +516,9 @@ impl World<'_> {
         };
         let hb = &self.nodes[b].hb;
         if hb.last_alive != Some(true)
-            || (kind == DetectKind::Lapse && hb.alive_max > self.nodes[m].dp.term.term)
+            || (kind == DetectKind::Lapse
+                && (hb.alive_max > self.nodes[m].dp.term.term
+                    || hb.announced.map(|(_, term)| term) != Some(self.nodes[m].dp.term.term)))
             || t < self.nodes[b].frozen_until.max(self.nodes[b].paused_until)
             || self
                 .check

@@ -7,7 +7,7 @@
 use ha_core::{
     node::{Effect, Event, Hook},
     vrrp::{
-        auth::AntiReplay,
+        auth::{self, AntiReplay},
         machine::{Reason, Role},
     },
 };
@@ -95,6 +95,10 @@ impl World<'_> {
                 if origin.node().is_none() {
                     self.stats.hostile += 1;
                 }
+                let received = |n: &crate::world::SimNode| {
+                    n.core.as_ref().map_or(0, |c| c.counters().adverts_received)
+                };
+                let before = received(&self.nodes[i]);
                 let effects = self.handle(
                     i,
                     t,
@@ -107,9 +111,22 @@ impl World<'_> {
                 let accepted = self
                     .check
                     .after_packet(&self.nodes, i, origin, &bytes, effects, t);
-                if accepted && let Some((vrid, src, seq)) = signed {
+                if accepted && let Some((vrid, src, seq, term)) = signed {
                     let m = self.nodes[i].seen.entry((vrid, src)).or_insert(seq);
                     *m = (*m).max(seq);
+                    // Handed to a started core (its prober with it).
+                    // The newest by sequence (adverts of two groups may
+                    // cross), or one restarted from the sender's clock.
+                    let took = received(&self.nodes[i]) > before;
+                    let hb = &mut self.nodes[i].hb;
+                    let newer = hb.announced.is_none_or(|(last, _)| {
+                        let ahead = seq.wrapping_sub(last) as i64;
+                        ahead > 0
+                            || ahead < -(auth::clock_seq(std::time::Duration::from_secs(1)) as i64)
+                    });
+                    if took && newer {
+                        hb.announced = Some((seq, term));
+                    }
                 }
             }
             Item::Probe {
