@@ -296,6 +296,18 @@ pub fn render(st: &Status) -> String {
             "Sync records dropped (queue full)",
             s.records_dropped,
         );
+        counter(
+            &mut r,
+            "sync_bulks_completed",
+            "Bulk resyncs sent whole to the peer (ended by ResyncDone)",
+            s.bulks_completed,
+        );
+        counter(
+            &mut r,
+            "sync_bulks_incomplete",
+            "Bulk resyncs that lost a record on the way (the peer stayed out of sync; another followed)",
+            s.bulks_incomplete,
+        );
         let rej = Family::<ReasonLabel, Counter>::default();
         for (reason, n) in &s.rejected {
             rej.get_or_create(&ReasonLabel {

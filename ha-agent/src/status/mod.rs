@@ -87,6 +87,18 @@ pub struct SyncStatus {
     pub rejected: BTreeMap<String, u64>,
     /// Bulk resyncs sent to the peer.
     pub bulks_sent: u64,
+    /// A bulk resync to the peer is being sent now.
+    #[serde(default)]
+    pub bulk_sending: bool,
+    /// Bulks that went whole (ended by ResyncDone), and bulks that lost a
+    /// record on the way (another followed; the peer stayed out of sync).
+    #[serde(default)]
+    pub bulks_completed: u64,
+    #[serde(default)]
+    pub bulks_incomplete: u64,
+    /// Times the peer was told it is out of sync (records dropped).
+    #[serde(default)]
+    pub incomplete_sent: u64,
     /// The last commit before a takeover: records applied, how long (us),
     /// and whether it stopped before the socket was empty (its time budget,
     /// or the sync thread was applying a batch: the rest follows at once).

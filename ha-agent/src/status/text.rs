@@ -94,6 +94,24 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
             s.records_dropped,
             s.apply_errors
         );
+        if s.bulk_sending || s.bulks_incomplete > 0 {
+            let _ = writeln!(
+                o,
+                "  bulk resync to the peer: {}; {} sent whole, {} incomplete (another followed){}",
+                if s.bulk_sending {
+                    format!("sending, {} records to go", s.pending_records)
+                } else {
+                    "idle".to_owned()
+                },
+                s.bulks_completed,
+                s.bulks_incomplete,
+                if s.incomplete_sent > 0 {
+                    format!("; peer told it is out of sync {} times", s.incomplete_sent)
+                } else {
+                    String::new()
+                }
+            );
+        }
         for (reason, n) in &s.rejected {
             let _ = writeln!(o, "  sync frames rejected ({reason}): {n}");
         }

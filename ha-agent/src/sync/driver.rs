@@ -50,7 +50,7 @@ use tracing::{info, warn};
 
 use super::{
     apply::Applier,
-    conntrack::Conntrack,
+    conntrack::{Conntrack, CtTuple},
     enrich::{Ask, Enricher, record_of},
     flows::FlowTable,
     session::{Session, Settings},
@@ -149,6 +149,11 @@ impl Core {
                             self.resync_owed |= rx.resync_requested;
                             if rx.in_sync {
                                 info!("state sync complete");
+                            }
+                            if rx.out_of_sync {
+                                warn!(
+                                    "state sync: the peer dropped records we should have had; out of sync until its next bulk completes"
+                                );
                             }
                         }
                         Err(e) => {
@@ -396,6 +401,10 @@ impl SyncHandle {
             .map(|(k, v)| (format!("{k:?}"), *v))
             .collect();
         s.bulks_sent = bulks;
+        s.bulk_sending = core.session.bulk_in_progress();
+        s.bulks_completed = c.bulks_completed;
+        s.bulks_incomplete = c.bulks_incomplete;
+        s.incomplete_sent = c.incomplete_sent;
     }
 }
 
@@ -492,6 +501,11 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Runs replication until `shutdown` (on the sync thread).
+/// A flow kernel conntrack does not know is forgotten in the XDP table
+/// only after this long without a packet (a new flow's first packets pass
+/// XDP before the kernel confirms its entry).
+const DEAD_FLOW_IDLE: Duration = Duration::from_secs(10);
+
 pub async fn run(
     handle: Arc<SyncHandle>,
     config: &Config,
@@ -505,7 +519,7 @@ pub async fn run(
     let readable = unsafe { AsyncFd::register_with_interest(udp, tokio::io::Interest::READABLE) }?;
     let mut events = FlowEvents::open(&config.instance, Duration::from_millis(1))?;
     let mut enricher = Enricher::new(Conntrack::open().context("ctnetlink socket")?);
-    let table = FlowTable::open(&config.instance);
+    let mut table = FlowTable::open(&config.instance);
     // Event timestamps (CLOCK_MONOTONIC, ns) into the session's time base.
     let start_mono = monotonic_ns().saturating_sub(start.elapsed().as_nanos() as u64);
     let mut lags: VecDeque<f64> = VecDeque::with_capacity(LAG_SAMPLES);
@@ -530,8 +544,26 @@ pub async fn run(
         // A bulk for the peer: dumped and enriched without the lock.
         let bulk = owed.then(|| {
             let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
-            info!(flows = flows.len(), "sending the peer a bulk resync");
-            enricher.bulk(now, flows)
+            let tracked = flows.len();
+            let (records, dead) = enricher.bulk(flows);
+            // Flows conntrack forgot, idle in XDP too: aged out of the XDP
+            // table.
+            let mut aged = 0;
+            if let Some(t) = table.as_mut() {
+                let now_ns = monotonic_ns();
+                for r in &dead {
+                    aged +=
+                        usize::from(t.forget_idle(&CtTuple::orig_of(r), now_ns, DEAD_FLOW_IDLE));
+                }
+            }
+            info!(
+                flows = records.len(),
+                tracked,
+                dead = dead.len(),
+                aged,
+                "sending the peer a bulk resync (the flows kernel conntrack still has)"
+            );
+            records
         });
         let wake = {
             let mut core = handle.lock()?;

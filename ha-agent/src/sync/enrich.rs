@@ -104,22 +104,40 @@ impl Enricher {
         self.nat_records
     }
 
-    /// The records of a bulk resync: `flows` enriched like events, but not
-    /// looked up again (the bulk is a snapshot).
-    pub fn bulk(&mut self, now: Duration, flows: Vec<Record>) -> Vec<Record> {
-        let mut out = Vec::new();
-        self.enrich(
-            now,
-            flows
-                .into_iter()
-                .map(|r| Ask {
-                    tries: LOOKUP_TRIES,
-                    ..Ask::event(r, Some(FlowEventKind::New), now)
-                })
-                .collect(),
-            &mut out,
-        );
-        out.into_iter().map(|(r, _)| r).collect()
+    /// The records of a bulk resync from `flows` (the XDP flow table): only
+    /// the connections kernel conntrack still has, read from it (state, NAT);
+    /// a flow conntrack no longer knows is dead and not sent (a bulk must not
+    /// bring long-gone connections back on the peer), nor is one closing.
+    /// Returns the records and the dead flows (to forget in the XDP table).
+    /// If conntrack cannot be asked, the flows go as XDP saw them (the peer
+    /// would rather have them than not).
+    pub fn bulk(&mut self, flows: Vec<Record>) -> (Vec<Record>, Vec<Record>) {
+        let tuples: Vec<CtTuple> = flows.iter().map(CtTuple::orig_of).collect();
+        let found = match self.ct.lookup(&tuples) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(cause = %e, "conntrack lookup failed; the bulk goes as XDP saw the flows");
+                return (flows, Vec::new());
+            }
+        };
+        let (mut live, mut dead) = (Vec::with_capacity(flows.len()), Vec::new());
+        for (flow, entry) in flows.into_iter().zip(found) {
+            match entry {
+                Some(e) => {
+                    let rec = e.record();
+                    if rec.state == TcpState::Closed as u8 {
+                        continue;
+                    }
+                    if rec.flags & FLAG_NAT != 0 {
+                        self.nat_records += 1;
+                    }
+                    self.cache.insert(CtTuple::orig_of(&flow), rec);
+                    live.push(rec);
+                }
+                None => dead.push(flow),
+            }
+        }
+        (live, dead)
     }
 
     /// Turns events into records to send now (with their origin); flows to

@@ -66,6 +66,19 @@ impl FlowTable {
         let _ = self.map.remove(&key_of(t).0);
     }
 
+    /// Forgets the flow `t` if XDP saw no packet of it for `idle` (by
+    /// `now_ns`, CLOCK_MONOTONIC like the programs' timestamps): a flow
+    /// conntrack does not know may be one whose first packet the kernel has
+    /// not confirmed yet. Whether it was forgotten.
+    pub fn forget_idle(&mut self, t: &CtTuple, now_ns: u64, idle: std::time::Duration) -> bool {
+        let key = key_of(t).0;
+        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        match self.map.get(&key, 0) {
+            Ok(s) if now_ns.saturating_sub(s.last_ns) >= idle_ns => self.map.remove(&key).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Every live flow (closed TCP flows left out), in its original
     /// direction, as XDP saw it.
     pub fn dump(&self) -> Vec<Record> {

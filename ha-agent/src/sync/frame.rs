@@ -55,6 +55,11 @@ pub enum Kind {
     /// The first sequenced frame to a given epoch of the peer: opens the
     /// receiver's window at its sequence, and asks for a bulk resync.
     Open = 6,
+    /// Records the receiver should have had were dropped (a full queue):
+    /// it is out of sync until the next `ResyncDone`, which the bulk the
+    /// sender now owes it ends. (A receiver older than this kind refuses
+    /// the frame; its sequence then stalls until both run this version.)
+    Incomplete = 7,
 }
 
 impl Kind {
@@ -66,6 +71,7 @@ impl Kind {
             4 => Kind::ResyncDone,
             5 => Kind::Resync,
             6 => Kind::Open,
+            7 => Kind::Incomplete,
             _ => return None,
         })
     }

@@ -51,7 +51,7 @@
 //! is owed a bulk ([`Received::resync_requested`]) and we ask it for one.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -89,7 +89,9 @@ pub struct Settings {
     pub max_unacked: usize,
     /// Longest a record waits for a frame to fill up.
     pub flush_after: Duration,
-    /// Records waiting for a frame at most; beyond, they are dropped (counted).
+    /// Records waiting for a frame at most; beyond, they are dropped
+    /// (counted). While a bulk resync is being sent, the live records that
+    /// wait behind it are bounded by this too; the bulk itself never is.
     pub max_pending: usize,
 }
 
@@ -117,6 +119,17 @@ pub struct Counters {
     /// Records dropped because a queue was full (or the peer restarted
     /// before acknowledging them): the peer needs a resync.
     pub records_dropped: u64,
+    /// Bulk resyncs sent whole (ended by `ResyncDone`), and those that lost
+    /// a live record on the way (no `ResyncDone`: another bulk follows).
+    pub bulks_completed: u64,
+    pub bulks_incomplete: u64,
+    /// Times we told the peer it is out of sync (`Incomplete`).
+    pub incomplete_sent: u64,
+    /// Bulks replaced by a newer one before they ended.
+    pub bulks_superseded: u64,
+    /// A bulk's records not sent because a live record of the same flow
+    /// went first.
+    pub bulk_superseded_records: u64,
     /// Times the peer was declared down (no acknowledgement for
     /// `down_after` timeouts).
     pub peer_down: u64,
@@ -135,6 +148,30 @@ pub struct Received {
     pub resync_requested: bool,
     /// The bulk resync we asked for is complete.
     pub in_sync: bool,
+    /// The peer dropped records we should have had: out of sync until its
+    /// next bulk completes.
+    pub out_of_sync: bool,
+}
+
+/// A bulk resync being sent: fed into frames as the window drains, so a
+/// table of any size goes whole (nothing is dropped for want of room).
+#[derive(Debug)]
+struct Bulk {
+    /// The table as dumped, not framed yet.
+    queue: VecDeque<Record>,
+    /// Flows a live record was queued for since the dump: newer than the
+    /// dump's copy, which is then not sent (it would overwrite the newer
+    /// state at the peer, or bring a deleted flow back).
+    touched: HashSet<FlowId>,
+    /// Nothing was dropped since it began.
+    whole: bool,
+}
+
+/// A connection's identity: its original tuple.
+type FlowId = (u8, std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u16);
+
+fn flow_id(r: &Record) -> FlowId {
+    (r.proto, r.orig_src, r.orig_dst, r.orig_sport, r.orig_dport)
 }
 
 /// A sent frame waiting for its acknowledgement.
@@ -215,6 +252,10 @@ pub struct Session {
     /// Records were dropped since the peer last had everything: it is owed a
     /// bulk when it acknowledges again.
     owe_bulk: bool,
+    /// The peer was told so (`Incomplete`) since its last complete bulk.
+    told_incomplete: bool,
+    /// The bulk resync being sent, if any.
+    bulk: Option<Bulk>,
     pub counters: Counters,
 }
 
@@ -255,6 +296,8 @@ impl Session {
             timeouts: 0,
             peer_down: false,
             owe_bulk: false,
+            told_incomplete: false,
+            bulk: None,
             counters: Counters::default(),
         }
     }
@@ -303,9 +346,19 @@ impl Session {
         self.ack_due = true;
     }
 
-    /// Records waiting for a frame.
+    /// Records waiting for a frame (a bulk's not framed yet included).
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.bulk_left()
+    }
+
+    /// Records of the bulk being sent not framed yet.
+    pub fn bulk_left(&self) -> usize {
+        self.bulk.as_ref().map_or(0, |b| b.queue.len())
+    }
+
+    /// Whether a bulk resync is being sent.
+    pub fn bulk_in_progress(&self) -> bool {
+        self.bulk.is_some()
     }
 
     /// Queues one record; frames go out from [`Session::poll`].
@@ -317,13 +370,36 @@ impl Session {
     /// see [`Session::take_acked`]).
     pub fn push_from(&mut self, now: Instant, origin: Instant, record: Record) {
         if self.pending.len() >= self.settings.max_pending {
-            self.counters.records_dropped += 1;
-            self.owe_bulk = true;
+            self.dropped();
             return;
         }
+        if let Some(b) = &mut self.bulk {
+            b.touched.insert(flow_id(&record));
+        }
+        self.pend(now, origin, record);
+    }
+
+    fn pend(&mut self, now: Instant, origin: Instant, record: Record) {
         self.pending.push(record);
         self.pending_since.get_or_insert(now);
         self.pending_origin = Some(self.pending_origin.map_or(origin, |o| o.min(origin)));
+    }
+
+    /// A record the peer should have had is lost: it is told it is out of
+    /// sync (once until its next complete bulk), and owed a bulk (after the
+    /// one being sent, which now ends without ResyncDone: owing the next at
+    /// once would restart it at every loss and never finish).
+    fn dropped(&mut self) {
+        self.counters.records_dropped += 1;
+        match &mut self.bulk {
+            Some(b) => b.whole = false,
+            None => self.owe_bulk = true,
+        }
+        if !self.told_incomplete {
+            self.told_incomplete = true;
+            self.counters.incomplete_sent += 1;
+            self.control.push_back(Kind::Incomplete);
+        }
     }
 
     /// The origins of the oldest record of each frame the peer acknowledged
@@ -333,13 +409,63 @@ impl Session {
         std::mem::take(&mut self.acked)
     }
 
-    /// Queues a whole table (answer to a resync request), then marks its end.
-    pub fn queue_bulk(&mut self, now: Instant, records: impl IntoIterator<Item = Record>) {
-        for r in records {
-            self.push(now, r);
+    /// Queues a whole table (answer to a resync request): [`Session::poll`]
+    /// frames it as the window drains, and ends it with `ResyncDone` only if
+    /// nothing was dropped meanwhile (otherwise no `ResyncDone`, and another
+    /// bulk is owed: the peer stays out of sync). Live records go on
+    /// meanwhile, ahead of what is left of the table; the table's copy of a
+    /// flow a live record was queued for is not sent. A bulk still being
+    /// sent is superseded (this dump is newer than all it held).
+    pub fn queue_bulk(&mut self, _now: Instant, records: impl IntoIterator<Item = Record>) {
+        if self.bulk.take().is_some() {
+            self.counters.bulks_superseded += 1;
         }
+        self.control.retain(|k| *k != Kind::ResyncDone);
         self.owe_bulk = false;
-        self.control.push_back(Kind::ResyncDone);
+        self.bulk = Some(Bulk {
+            queue: records.into_iter().collect(),
+            touched: HashSet::new(),
+            whole: true,
+        });
+    }
+
+    /// Moves bulk records into `pending` as far as frames can go out now
+    /// (so live records always find room); at the bulk's end,
+    /// `ResyncDone` if it went whole, else another bulk is owed.
+    fn feed_bulk(&mut self, now: Instant) {
+        let Some(b) = &mut self.bulk else { return };
+        let room = self
+            .settings
+            .max_unacked
+            .saturating_sub(self.unacked.len())
+            .saturating_mul(MAX_RECORDS)
+            .min(self.settings.max_pending / 2);
+        let mut moved = Vec::new();
+        while self.pending.len() + moved.len() < room
+            && let Some(r) = b.queue.pop_front()
+        {
+            if b.touched.contains(&flow_id(&r)) {
+                self.counters.bulk_superseded_records += 1;
+            } else {
+                moved.push(r);
+            }
+        }
+        let done = b.queue.is_empty();
+        let whole = b.whole;
+        for r in moved {
+            self.pend(now, now, r);
+        }
+        if done {
+            self.bulk = None;
+            if whole {
+                self.counters.bulks_completed += 1;
+                self.told_incomplete = false;
+                self.control.push_back(Kind::ResyncDone);
+            } else {
+                self.counters.bulks_incomplete += 1;
+                self.owe_bulk = true;
+            }
+        }
     }
 
     fn ack_field(&self) -> u64 {
@@ -412,6 +538,9 @@ impl Session {
             self.send_reliable(now, Kind::Open, &[], &mut out);
         }
         let connected = self.peer_epoch.is_some() && !self.peer_down;
+        if connected {
+            self.feed_bulk(now);
+        }
         let flush = self
             .pending_since
             .is_some_and(|t| now.saturating_sub(t) >= self.settings.flush_after);
@@ -709,10 +838,12 @@ impl Session {
         // gets a bulk instead. A bulk in progress for the old one is void.
         self.unacked.clear();
         self.control.clear();
+        self.bulk = None;
         self.open_due = true;
         self.timeouts = 0;
         self.peer_down = false;
         self.owe_bulk = false;
+        self.told_incomplete = false;
         // Our Open asks the new instance for its table.
         self.in_sync = false;
         self.awaiting_resync = true;
@@ -776,6 +907,14 @@ impl Session {
                         got.in_sync = true;
                     }
                 }
+                Kind::Incomplete => {
+                    // Records of ours were lost: the bulk it owes us now
+                    // ends with the ResyncDone that makes us whole again.
+                    self.in_sync = false;
+                    self.awaiting_resync = true;
+                    got.in_sync = false;
+                    got.out_of_sync = true;
+                }
                 Kind::Ack | Kind::Hello => {}
             }
         }
@@ -823,6 +962,7 @@ mod tests {
         records: Vec<Record>,
         resync_requested: bool,
         in_sync: bool,
+        out_of_sync: bool,
     }
 
     impl Got {
@@ -830,6 +970,7 @@ mod tests {
             self.records.extend(r.records);
             self.resync_requested |= r.resync_requested;
             self.in_sync |= r.in_sync;
+            self.out_of_sync |= r.out_of_sync;
         }
     }
 
@@ -949,12 +1090,193 @@ mod tests {
                 let _ = a.poll(ms(31)); // nothing is ever acknowledged
             }
         }
-        assert_eq!(a.queue_depth(), 4, "at most max_unacked frames in flight");
+        assert_eq!(
+            a.queue_depth(),
+            4 + 1,
+            "at most max_unacked data frames in flight, and the Incomplete telling b"
+        );
+        assert_eq!(a.counters.incomplete_sent, 1, "told once");
         assert_eq!(a.pending(), 100, "at most max_pending records waiting");
         assert_eq!(a.counters.records_sent - base, 4 * MAX_RECORDS as u64);
         assert_eq!(
             a.counters.records_sent - base + a.pending() as u64 + a.counters.records_dropped,
             total
+        );
+    }
+
+    /// Runs both ends for `steps` ms, `a` answering every resync request
+    /// with `table` (and `b` with nothing); `live(step)`: records `a` gets
+    /// from its data plane at that step. Returns what `b` received.
+    fn run_bulk(
+        a: &mut Session,
+        b: &mut Session,
+        table: &[Record],
+        mut live: impl FnMut(u64) -> Vec<Record>,
+        from: u64,
+        steps: u64,
+    ) -> Got {
+        let mut got = Got::default();
+        for step in from..from + steps {
+            let now = ms(step);
+            for r in live(step) {
+                a.push(now, r);
+            }
+            for d in a.poll(now) {
+                if let Ok(r) = b.on_datagram(&d) {
+                    if r.resync_requested {
+                        b.queue_bulk(now, []);
+                    }
+                    got.add(r);
+                }
+            }
+            for d in b.poll(now) {
+                if let Ok(r) = a.on_datagram(&d)
+                    && r.resync_requested
+                {
+                    a.queue_bulk(now, table.iter().copied());
+                }
+            }
+        }
+        got
+    }
+
+    fn small_queues() -> Settings {
+        Settings {
+            max_unacked: 8,
+            max_pending: 300,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn a_bulk_far_larger_than_the_queues_arrives_whole() {
+        // Found at scale: a bulk went into the pending queue and what did
+        // not fit was dropped, yet ResyncDone followed: the peer reported
+        // in sync with most of the table missing.
+        let table: Vec<Record> = (0..20_000).map(rec).collect();
+        let mut a = Session::new(&KEY, A, 100, B, small_queues());
+        let mut b = Session::new(&KEY, B, 200, A, small_queues());
+        let got = run_bulk(&mut a, &mut b, &table, |_| Vec::new(), 0, 2_000);
+        assert!(got.in_sync && b.in_sync(), "{a:?}");
+        assert_eq!(got.records, table, "the whole table, in order");
+        assert_eq!(a.counters.records_dropped, 0);
+        assert_eq!(a.counters.bulks_completed, 1);
+        assert!(!a.bulk_in_progress());
+        assert!(a.queue_depth() <= small_queues().max_unacked);
+    }
+
+    #[test]
+    fn live_records_go_on_during_a_bulk_and_a_loss_keeps_the_peer_out_of_sync() {
+        let table: Vec<Record> = (0..5_000).map(rec).collect();
+        let mut a = Session::new(&KEY, A, 100, B, small_queues());
+        let mut b = Session::new(&KEY, B, 200, A, small_queues());
+        // While the bulk goes, flow 4,000 (not sent yet) closes and a new
+        // flow opens: both go at once, and the dump's older copy of 4,000
+        // never follows its delete.
+        let closed = Record {
+            kind: RecordKind::Delete,
+            ..rec(4_000)
+        };
+        let got = run_bulk(
+            &mut a,
+            &mut b,
+            &table,
+            |step| match step {
+                5 => vec![closed, rec(1_000_000)],
+                _ => Vec::new(),
+            },
+            0,
+            2_000,
+        );
+        assert!(got.in_sync && b.in_sync());
+        let at = |r: &Record| got.records.iter().position(|g| g == r);
+        let deleted = at(&closed).expect("the delete went");
+        assert!(at(&rec(4_000)).is_none(), "the dump's copy was not sent");
+        assert!(
+            deleted < at(&rec(4_999)).unwrap(),
+            "ahead of the rest of the table"
+        );
+        assert!(at(&rec(1_000_000)).is_some());
+        let sent: Vec<Record> = got
+            .records
+            .iter()
+            .copied()
+            .filter(|r| flow_id(r) != flow_id(&closed) && *r != rec(1_000_000))
+            .collect();
+        assert_eq!(
+            sent,
+            table
+                .iter()
+                .copied()
+                .filter(|r| *r != rec(4_000))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(a.counters.bulk_superseded_records, 1);
+        // Now a resync with a flood of live records while it goes (more
+        // than max_pending at once): records are lost, so that bulk ends
+        // without ResyncDone, b hears it is out of sync, and the bulk owed
+        // next completes.
+        b.force_resync();
+        let got = run_bulk(
+            &mut a,
+            &mut b,
+            &table,
+            |step| {
+                if step == 2_005 {
+                    (0..400).map(|i| rec(2_000_000 + i)).collect()
+                } else {
+                    Vec::new()
+                }
+            },
+            2_000,
+            4_000,
+        );
+        assert!(got.out_of_sync, "b was told");
+        assert!(a.counters.records_dropped > 0);
+        assert_eq!(a.counters.bulks_incomplete, 1);
+        assert_eq!(
+            a.counters.bulks_completed, 2,
+            "the first, and the one owed after the loss"
+        );
+        assert!(b.in_sync(), "in sync again once a bulk went whole");
+        assert!(got.records.ends_with(&table), "the last bulk, whole");
+    }
+
+    #[test]
+    fn live_records_dropped_put_the_peer_out_of_sync_until_a_bulk_completes() {
+        let (mut a, mut b) = connected();
+        assert!(b.in_sync());
+        // More records at once than max_pending (65,536), nothing polled.
+        for i in 0..70_000 {
+            a.push(ms(30), rec(i));
+        }
+        assert!(a.counters.records_dropped > 0);
+        let table: Vec<Record> = (0..10).map(rec).collect();
+        let mut told = false;
+        let mut in_sync_again = false;
+        for step in 30..2_000 {
+            let now = ms(step);
+            for d in a.poll(now) {
+                if let Ok(r) = b.on_datagram(&d) {
+                    if r.out_of_sync {
+                        told = true;
+                        assert!(!b.in_sync());
+                    }
+                    in_sync_again |= told && r.in_sync;
+                }
+            }
+            for d in b.poll(now) {
+                if let Ok(r) = a.on_datagram(&d)
+                    && r.resync_requested
+                {
+                    a.queue_bulk(now, table.iter().copied());
+                }
+            }
+        }
+        assert!(told, "b was told it is out of sync");
+        assert!(
+            in_sync_again && b.in_sync(),
+            "and back in sync after the bulk"
         );
     }
 
