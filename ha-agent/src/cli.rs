@@ -477,6 +477,7 @@ fn attach(a: &AttachArgs) -> anyhow::Result<()> {
         &a.instance,
         LoadOptions {
             xdp_debug: a.xdp_debug,
+            ..LoadOptions::default()
         },
     )?;
     // Tables are replaced only when given: attaching one more interface later

@@ -161,6 +161,11 @@ pub struct HaLink {
     /// Pre-shared key of state sync: a file of 32 bytes or 64 hex digits.
     /// Required with `sync_port`.
     pub sync_key_file: Option<PathBuf>,
+    /// The XDP flow table's size (flows tracked and replicated at most);
+    /// default: the namespace's `nf_conntrack_max`. Takes effect when the
+    /// data plane is loaded.
+    #[serde(default)]
+    pub max_flows: Option<u32>,
     /// SCHED_FIFO priority of the agent's threads (0 = normal scheduling), so
     /// a saturated CPU cannot delay adverts and lease renewals into a false
     /// failover; keepalived's vrrp_rt_priority does the same.
@@ -438,6 +443,15 @@ impl Config {
         }
         for m in &self.ha.mgmt {
             parse_mgmt(m).map_err(|p| bad(format!("ha.mgmt {m:?}"), p))?;
+        }
+        use crate::dataplane::{MAX_FLOWS_MAX, MAX_FLOWS_MIN};
+        if let Some(n) = self.ha.max_flows
+            && !(MAX_FLOWS_MIN..=MAX_FLOWS_MAX).contains(&n)
+        {
+            return Err(bad(
+                "ha.max_flows".into(),
+                format!("{n} is outside {MAX_FLOWS_MIN}..={MAX_FLOWS_MAX} flows"),
+            ));
         }
         if (self.ha.sync_port != 0) != self.ha.sync_key_file.is_some() {
             return Err(bad(
@@ -1107,6 +1121,27 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
                 Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "ha.napi.nice"),
                 other => panic!("nice {nice}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn the_flow_table_size_is_bounded_and_defaults_to_conntrack_max() {
+        use crate::dataplane::{MAX_FLOWS_MAX, MAX_FLOWS_MIN, flow_table_size};
+        assert_eq!(flow_table_size(None, Some("262144\n")), 262_144);
+        assert_eq!(flow_table_size(None, Some("1048576")), 1 << 20);
+        assert_eq!(flow_table_size(Some(1_000_000), Some("262144")), 1_000_000);
+        assert_eq!(flow_table_size(None, None), ha_common::flow::MAX_FLOWS);
+        assert_eq!(
+            flow_table_size(None, Some("garbage")),
+            ha_common::flow::MAX_FLOWS
+        );
+        assert_eq!(flow_table_size(None, Some("16")), MAX_FLOWS_MIN);
+        assert_eq!(flow_table_size(None, Some("999999999")), MAX_FLOWS_MAX);
+        let with = |v: &str| parse(&GOOD.replace("[ha]", &format!("[ha]\nmax_flows = {v}")));
+        assert_eq!(with("1000000").unwrap().ha.max_flows, Some(1_000_000));
+        for bad in ["100", "99999999"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("ha.max_flows"), "{e}");
         }
     }
 

@@ -11,16 +11,11 @@
 //!
 //! Prints a table and writes `target/bench/sync.json`. Run with `cargo xtask bench`.
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use ha_lab::Lab;
 use ha_tests::{
-    AgentSpec, SyncKey, failover_lab, links_down_at_once, require_root, start_pair,
-    stateful_firewall, wait_for,
+    AgentSpec, SyncKey, conntrack_total, failover_lab, links_down_at_once, require_root,
+    start_pair, stateful_firewall, udp_churn, wait_for,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,73 +53,7 @@ struct Result {
     /// the master then crashes with all the flows replicated (us, records).
     commit_us: Option<f64>,
     commit_records: Option<usize>,
-}
-
-fn ct_count(lab: &Lab, ns: &str) -> usize {
-    // All entries (`-C` takes no filter); the few of the lab's own traffic
-    // are in the baseline taken before the churn.
-    lab.exec(ns, &["conntrack", "-C"])
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Sends `n` one-packet UDP flows (distinct source/destination ports) from
-/// the client to the server through the VIP gateway with a raw socket.
-fn churn(lab: &Lab, n: usize) -> (Instant, Instant) {
-    lab.run_in("client", || {
-        // SAFETY: plain socket(2); the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: fd is a fresh, valid descriptor.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        let src = Ipv4Addr::new(10, 0, 0, 10);
-        let dst = Ipv4Addr::new(10, 1, 0, 10);
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(dst.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let mut pkt = [0u8; 20 + 8 + 4];
-        pkt[0] = 0x45;
-        let len = pkt.len() as u16;
-        pkt[2..4].copy_from_slice(&len.to_be_bytes());
-        pkt[8] = 64;
-        pkt[9] = 17;
-        pkt[12..16].copy_from_slice(&src.octets());
-        pkt[16..20].copy_from_slice(&dst.octets());
-        pkt[24..26].copy_from_slice(&12u16.to_be_bytes());
-        let start = Instant::now();
-        for i in 0..n {
-            let sport = 1024 + (i % 60_000) as u16;
-            let dport = 20_000 + (i / 60_000) as u16;
-            pkt[20..22].copy_from_slice(&sport.to_be_bytes());
-            pkt[22..24].copy_from_slice(&dport.to_be_bytes());
-            loop {
-                // SAFETY: valid buffer and address for the call's duration.
-                let r = unsafe {
-                    libc::sendto(
-                        sock.as_raw_fd(),
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&raw const to).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    )
-                };
-                if r >= 0 {
-                    break;
-                }
-                // A full queue: wait for it to drain.
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-        (start, Instant::now())
-    })
-    .unwrap()
+    resync: Resync,
 }
 
 fn conntrackd_config(dir: &std::path::Path, me: u8) -> std::path::PathBuf {
@@ -176,6 +105,9 @@ fn run(system: System, flows: usize) -> Result {
     let mut lab = failover_lab();
     for fw in ["fw1", "fw2"] {
         stateful_firewall(&lab, fw, None);
+        // The churn's one-packet flows outlive the run (the default is 30 s).
+        lab.sysctl(fw, "net.netfilter.nf_conntrack_udp_timeout", "600")
+            .unwrap();
     }
     // The server drops the churn quietly (no ICMP port-unreachable storm).
     lab.nft(
@@ -215,16 +147,29 @@ fn run(system: System, flows: usize) -> Result {
                 .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
         });
     }
-    let base_master = ct_count(&lab, "fw1");
-    let base_backup = ct_count(&lab, "fw2");
-    let lab = &lab;
+    let base_master = conntrack_total(&lab, "fw1");
+    let base_backup = conntrack_total(&lab, "fw2");
+    let mut lab_owned = lab;
+    let lab = &lab_owned;
     let goal = flows * 999 / 1000;
+    let finished = std::sync::atomic::AtomicBool::new(false);
     let (start, sent, done) = std::thread::scope(|s| {
-        let sender = s.spawn(|| churn(lab, flows));
+        let sender = s.spawn(|| {
+            let r = udp_churn(lab, flows);
+            finished.store(true, std::sync::atomic::Ordering::Release);
+            r
+        });
         let limit = Duration::from_secs(120);
         let t = Instant::now();
         let done = loop {
-            let n = ct_count(lab, "fw2").saturating_sub(base_backup);
+            let n = conntrack_total(lab, "fw2").saturating_sub(base_backup);
+            // The lab forwards fewer new flows per second than the raw
+            // socket sends: once all went, what the master has is the goal.
+            let goal = if finished.load(std::sync::atomic::Ordering::Acquire) {
+                goal.min(conntrack_total(lab, "fw1").saturating_sub(base_master) * 999 / 1000)
+            } else {
+                goal
+            };
             if n >= goal {
                 break Some(Instant::now());
             }
@@ -237,9 +182,23 @@ fn run(system: System, flows: usize) -> Result {
         (start, sent, done)
     });
     std::thread::sleep(Duration::from_millis(500));
-    let on_master = ct_count(lab, "fw1").saturating_sub(base_master);
-    let replicated = ct_count(lab, "fw2").saturating_sub(base_backup);
+    let on_master = conntrack_total(lab, "fw1").saturating_sub(base_master);
+    let replicated = conntrack_total(lab, "fw2").saturating_sub(base_backup);
     let sync = a1.status().and_then(|s| s.sync);
+    // A returning backup: its agent (or conntrackd) restarted with an empty
+    // table, until it has the master's table again. First the same flows
+    // again (up to three times), until the master has (nearly) all of them.
+    for _ in 0..3 {
+        if conntrack_total(lab, "fw1").saturating_sub(base_master) >= goal {
+            break;
+        }
+        udp_churn(lab, flows);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let master_table = conntrack_total(lab, "fw1");
+    let mut a2 = a2;
+    let resync = resync(&mut lab_owned, system, &a1, &mut a2, &dir, master_table);
+    let lab = &lab_owned;
     let mut commit = None;
     if system == System::Agent {
         links_down_at_once(lab, "fw1", &["ha0", "lan0", "wan0"]);
@@ -279,6 +238,96 @@ fn run(system: System, flows: usize) -> Result {
         lag_p99_ms: sync.as_ref().and_then(|s| s.lag_ms_p99),
         commit_us: commit.and_then(|c| c.0),
         commit_records: commit.and_then(|c| c.1),
+        resync,
+    }
+}
+
+/// What a returning backup's resync took.
+#[derive(Debug, Clone, Copy)]
+struct Resync {
+    /// Entries in the master's table.
+    flows: usize,
+    /// Entries the backup had when it said it was in sync (ha-agent), or
+    /// when it reached 99.9 % of the master's (conntrackd, which says
+    /// nothing), or at the time limit.
+    got: usize,
+    /// The backup had 99.9 % of the master's entries then (the lab's own
+    /// few are not replicated).
+    complete: bool,
+    /// Restart -> in sync (s), or the limit.
+    seconds: f64,
+}
+
+/// Restarts the backup's replication with its conntrack flushed and times
+/// its return to the master's table of `flows` entries.
+fn resync(
+    lab: &mut ha_lab::Lab,
+    system: System,
+    a1: &ha_tests::RunningAgent,
+    a2: &mut ha_tests::RunningAgent,
+    dir: &std::path::Path,
+    flows: usize,
+) -> Resync {
+    let limit = Duration::from_secs(120);
+    let goal = flows * 999 / 1000;
+    let t;
+    match system {
+        System::Agent => {
+            a2.signal(libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = lab.exec("fw2", &["conntrack", "-F"]);
+            t = Instant::now();
+            a2.restart(lab);
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if a2
+                    .status()
+                    .is_some_and(|s| s.pid == a2.pid && s.sync.is_some_and(|s| s.in_sync))
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        System::Conntrackd => {
+            let conf = dir.join("conntrackd2.conf");
+            let conf = conf.to_str().unwrap();
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-f", &format!("conntrackd -C {conf}")])
+                .status();
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = std::fs::remove_file(dir.join("conntrackd2.lock"));
+            let _ = std::fs::remove_file(dir.join("conntrackd2.ctl"));
+            let _ = lab.exec("fw2", &["conntrack", "-F"]);
+            t = Instant::now();
+            let cmd = lab.command("fw2", &["conntrackd", "-C", conf]);
+            lab.spawn("fw2", cmd).unwrap();
+            // Its resync request to the master (FTFW), once it is up.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                let asked = lab
+                    .command("fw2", &["conntrackd", "-C", conf, "-n"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if asked {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let start = Instant::now();
+            while start.elapsed() < limit && conntrack_total(lab, "fw2") < goal {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let got = conntrack_total(lab, "fw2");
+    let _ = a1;
+    Resync {
+        flows,
+        got,
+        complete: got * 1000 >= flows * 999,
+        seconds,
     }
 }
 
@@ -321,6 +370,18 @@ fn main() {
             ms(r.lag_p50_ms),
             ms(r.lag_p99_ms)
         );
+        println!(
+            "  {}: a returning backup (restarted, its table flushed) back in sync with {} of the master's {} entries in {:.2} s{}",
+            system.name(),
+            r.resync.got,
+            r.resync.flows,
+            r.resync.seconds,
+            if r.resync.complete {
+                ""
+            } else {
+                " (incomplete)"
+            }
+        );
         if let (Some(us), Some(n)) = (r.commit_us, r.commit_records) {
             println!(
                 "  {}: commit before the ownership write at takeover, with {} flows replicated: {n} records in {us:.0} us",
@@ -349,8 +410,16 @@ fn main() {
             "lag_ms_p99": r.lag_p99_ms,
             "commit_us": r.commit_us,
             "commit_records": r.commit_records,
+            "resync_flows": r.resync.flows,
+            "resync_got": r.resync.got,
+            "resync_complete": r.resync.complete,
+            "resync_s": r.resync.seconds,
         })).collect::<Vec<_>>(),
         "ratio_events_per_s": ratio,
+        "resync_flows": rows.iter().find(|r| r.0 == System::Agent).map(|r| r.1.resync.flows),
+        "resync_complete": rows.iter().find(|r| r.0 == System::Agent).map(|r| r.1.resync.complete),
+        "resync_s": rows.iter().find(|r| r.0 == System::Agent).map(|r| r.1.resync.seconds),
+        "conntrackd_resync_s": rows.iter().find(|r| r.0 == System::Conntrackd).map(|r| r.1.resync.seconds),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();

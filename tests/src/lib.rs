@@ -61,9 +61,14 @@ pub struct PinnedDataplane {
 impl PinnedDataplane {
     /// Loads and pins a fresh data plane.
     pub fn new(tag: &str) -> Self {
+        Self::with(tag, LoadOptions::default())
+    }
+
+    /// Loads and pins a fresh data plane with `opts`.
+    pub fn with(tag: &str, opts: LoadOptions) -> Self {
         let pins = PinGuard::new(tag);
         let instance = pins.0.clone();
-        let dp = Dataplane::create_or_open(&instance, LoadOptions::default())
+        let dp = Dataplane::create_or_open(&instance, opts)
             .unwrap_or_else(|e| panic!("load and pin data plane {instance}: {e:#}"));
         PinnedDataplane {
             instance,
@@ -806,4 +811,75 @@ impl Drop for SyncKey {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Every entry in `ns`'s kernel conntrack.
+pub fn conntrack_total(lab: &ha_lab::Lab, ns: &str) -> usize {
+    // All entries (`-C` takes no filter); the few of the lab's own traffic
+    // are in the baseline taken before the churn.
+    lab.exec(ns, &["conntrack", "-C"])
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `n` one-packet UDP flows from the client (10.0.0.10) to the server
+/// (10.1.0.10) of [`failover_lab`] through the VIP gateway with a raw
+/// socket: source ports 1024.. and destination port 20000 for the first
+/// 60,000, 20001 for the next 60,000, and so on. Returns when the first and
+/// the last went.
+pub fn udp_churn(lab: &ha_lab::Lab, n: usize) -> (std::time::Instant, std::time::Instant) {
+    lab.run_in("client", || {
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh, valid descriptor.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let src = std::net::Ipv4Addr::new(10, 0, 0, 10);
+        let dst = std::net::Ipv4Addr::new(10, 1, 0, 10);
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut pkt = [0u8; 20 + 8 + 4];
+        pkt[0] = 0x45;
+        let len = pkt.len() as u16;
+        pkt[2..4].copy_from_slice(&len.to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = 17;
+        pkt[12..16].copy_from_slice(&src.octets());
+        pkt[16..20].copy_from_slice(&dst.octets());
+        pkt[24..26].copy_from_slice(&12u16.to_be_bytes());
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            let sport = 1024 + (i % 60_000) as u16;
+            let dport = 20_000 + (i / 60_000) as u16;
+            pkt[20..22].copy_from_slice(&sport.to_be_bytes());
+            pkt[22..24].copy_from_slice(&dport.to_be_bytes());
+            loop {
+                // SAFETY: valid buffer and address for the call's duration.
+                let r = unsafe {
+                    libc::sendto(
+                        std::os::fd::AsRawFd::as_raw_fd(&sock),
+                        pkt.as_ptr().cast(),
+                        pkt.len(),
+                        0,
+                        (&raw const to).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                if r >= 0 {
+                    break;
+                }
+                // A full queue: wait for it to drain.
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+        (start, std::time::Instant::now())
+    })
+    .unwrap()
 }

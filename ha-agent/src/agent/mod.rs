@@ -121,6 +121,8 @@ pub struct Agent {
     /// thread runs at normal priority).
     napi: Arc<Mutex<Vec<crate::napi::NapiIface>>>,
     napi_seen: Vec<crate::napi::NapiIface>,
+    /// The XDP flow table as loaded.
+    flow_table: Option<crate::dataplane::FlowTableInfo>,
     in_sync: bool,
     /// Config sync as the control thread reports it (in a cluster), and
     /// the last copy read: the loop never waits for that thread's lock.
@@ -204,7 +206,22 @@ impl Agent {
             paths = ?node.path_names(),
             "adverts: authentication and heartbeat paths"
         );
-        let mut dp = Dataplane::create_or_open(&config.instance, LoadOptions::default())?;
+        let mut dp = Dataplane::create_or_open(
+            &config.instance,
+            LoadOptions {
+                max_flows: config.ha.max_flows,
+                ..LoadOptions::default()
+            },
+        )?;
+        let flow_table = dp.flow_table();
+        if let Some(t) = flow_table {
+            info!(
+                max_flows = t.max_flows,
+                memlock_mib = t.memlock_bytes >> 20,
+                bytes_per_flow = t.bytes_per_flow().round(),
+                "XDP flow table"
+            );
+        }
         let mgmt = config
             .ha
             .mgmt
@@ -333,6 +350,7 @@ impl Agent {
             sync: None,
             napi: Arc::default(),
             napi_seen: Vec::new(),
+            flow_table,
             in_sync: false,
             config_sync,
             config_sync_seen: ConfigSyncStatus::default(),
@@ -878,6 +896,7 @@ impl Agent {
                 },
                 probe_send_errors,
                 napi: self.napi_seen.clone(),
+                flow_table: self.flow_table,
             },
         )
     }

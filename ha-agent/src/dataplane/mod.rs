@@ -260,6 +260,66 @@ const PINNED_MAPS: &[&str] = &[
 pub struct LoadOptions {
     /// Enable debug logging from the XDP programs (aya-log; costs per packet).
     pub xdp_debug: bool,
+    /// The XDP flow table's size (`HA_FLOWS`); `None`: the namespace's
+    /// `nf_conntrack_max` (the kernel table it mirrors), else
+    /// [`flow::MAX_FLOWS`].
+    pub max_flows: Option<u32>,
+}
+
+/// Bounds of the XDP flow table's size.
+pub const MAX_FLOWS_MIN: u32 = 1024;
+pub const MAX_FLOWS_MAX: u32 = 16 << 20;
+
+/// The flow table size to load: `configured`, or the namespace's
+/// `nf_conntrack_max` (read from `conntrack_max`, its text), clamped to the
+/// bounds, or [`flow::MAX_FLOWS`].
+pub fn flow_table_size(configured: Option<u32>, conntrack_max: Option<&str>) -> u32 {
+    configured
+        .or_else(|| conntrack_max.and_then(|t| t.trim().parse().ok()))
+        .unwrap_or(flow::MAX_FLOWS)
+        .clamp(MAX_FLOWS_MIN, MAX_FLOWS_MAX)
+}
+
+/// The XDP flow table as loaded: its size and the kernel memory it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlowTableInfo {
+    pub max_flows: u32,
+    /// The map's `memlock` (from its fdinfo): what the kernel charges.
+    pub memlock_bytes: u64,
+}
+
+impl FlowTableInfo {
+    /// Of the table pinned in `dir`.
+    fn of_pin(dir: &Path) -> Result<FlowTableInfo, DataplaneError> {
+        let path = dir.join("maps").join(flow::FLOWS_MAP);
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|source| DataplaneError::Map {
+            map: flow::FLOWS_MAP,
+            source,
+        })?;
+        let memlock_bytes = info
+            .fd()
+            .ok()
+            .and_then(|fd| {
+                use std::os::fd::{AsFd as _, AsRawFd as _};
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
+                    .ok()
+            })
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        Ok(FlowTableInfo {
+            max_flows: info.max_entries(),
+            memlock_bytes,
+        })
+    }
+
+    /// Kernel memory per flow the table can hold.
+    pub fn bytes_per_flow(&self) -> f64 {
+        self.memlock_bytes as f64 / f64::from(self.max_flows.max(1))
+    }
 }
 
 /// Flow-tracking settings.
@@ -389,6 +449,15 @@ impl Dataplane {
             && pinned_build.as_deref().map(str::trim) == Some(build.as_str())
         {
             info!(dir = %dir.display(), "re-opening the pinned data plane");
+            if let (Some(want), Ok(have)) = (opts.max_flows, FlowTableInfo::of_pin(&dir))
+                && have.max_flows != flow_table_size(Some(want), None)
+            {
+                warn!(
+                    configured = want,
+                    pinned = have.max_flows,
+                    "max_flows differs from the pinned XDP flow table's size: it takes effect when the data plane is loaded again (`ha-agent detach`, then start; the node must own nothing then)"
+                );
+            }
         } else {
             if dir.join("progs").join(data::PROGRAM).exists() {
                 // Another build's programs and maps (an upgrade): their
@@ -436,10 +505,18 @@ impl Dataplane {
     fn load_and_pin(dir: &Path, opts: LoadOptions) -> Result<(), DataplaneError> {
         // aya-log's level byte: 0 = off, 4 = debug.
         let level: u8 = if opts.xdp_debug { 4 } else { 0 };
+        let max_flows = flow_table_size(
+            opts.max_flows,
+            std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+                .ok()
+                .as_deref(),
+        );
         let mut ebpf = EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &level, true)
+            .map_max_entries(flow::FLOWS_MAP, max_flows)
             .load(embedded()?)
             .map_err(DataplaneError::Load)?;
+        info!(max_flows, "XDP flow table sized");
         // Configure before anything is pinned, then pin maps, then programs,
         // `ha_data` last: its pin marks a complete load.
         let mut config: Array<_, DataConfig> = Array::try_from(
@@ -491,6 +568,11 @@ impl Dataplane {
     }
 
     /// The pin directory.
+    /// The XDP flow table's size and memory, if it can be read.
+    pub fn flow_table(&self) -> Option<FlowTableInfo> {
+        FlowTableInfo::of_pin(&self.dir).ok()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

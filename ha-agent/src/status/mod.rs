@@ -209,6 +209,9 @@ pub struct Status {
     /// Threaded NAPI on our interfaces (`[ha.napi]`), when on.
     #[serde(default)]
     pub napi: Vec<crate::napi::NapiIface>,
+    /// The XDP flow table: its size (`ha.max_flows`) and kernel memory.
+    #[serde(default)]
+    pub flow_table: Option<crate::dataplane::FlowTableInfo>,
 }
 
 /// The fast heartbeat: our prober, and our reflector (what our XDP
@@ -371,6 +374,7 @@ pub struct Extras {
     pub probe_send_errors: u64,
     /// Threaded NAPI as last set (`crate::napi`).
     pub napi: Vec<crate::napi::NapiIface>,
+    pub flow_table: Option<crate::dataplane::FlowTableInfo>,
 }
 
 impl Status {
@@ -448,6 +452,7 @@ impl Status {
             maintenance: report.maintenance,
             config_sync: extras.config_sync,
             napi: extras.napi,
+            flow_table: extras.flow_table,
             auth_mode: report.auth_mode.as_str().to_owned(),
             auth_active_key: report.auth_active_key,
             paths: report

@@ -258,6 +258,15 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
             .collect();
         let _ = writeln!(o, "threaded NAPI: {}", each.join(", "));
     }
+    if let Some(t) = &st.flow_table {
+        let _ = writeln!(
+            o,
+            "XDP flow table: {} flows at most, {:.1} MiB of kernel memory ({:.0} bytes per flow)",
+            t.max_flows,
+            t.memlock_bytes as f64 / f64::from(1 << 20),
+            t.bytes_per_flow()
+        );
+    }
     if st.transitions_total > 0 {
         let by: Vec<String> = st
             .transitions_by_reason

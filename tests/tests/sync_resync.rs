@@ -1,0 +1,110 @@
+//! A returning peer's bulk resync at scale (root). 150,000 UDP flows go
+//! through the master; 30,000 of them are then deleted from its kernel
+//! conntrack alone (its XDP flow table still has them: the flows a bulk used
+//! to bring back on the peer). The backup's agent is killed, its conntrack
+//! flushed, and the agent started again: it must report in sync only once it
+//! has the whole live table, some 120,000 flows (a bulk was once cut at 65,536 and
+//! reported complete all the same), and none of the deleted ones.
+
+use std::time::{Duration, Instant};
+
+use ha_tests::{
+    AgentSpec, SyncKey, conntrack_total, failover_lab, start_pair, stateful_firewall, udp_churn,
+    wait_for,
+};
+
+const FLOWS: usize = 150_000;
+
+/// UDP entries in `ns`'s conntrack to destination port `dport`.
+fn udp_count(lab: &ha_lab::Lab, ns: &str, dport: u16) -> usize {
+    let port = dport.to_string();
+    lab.exec(ns, &["conntrack", "-L", "-p", "udp", "--dport", &port])
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_returning_peer_gets_the_whole_live_table_and_no_dead_flow() {
+    let mut lab = failover_lab();
+    for fw in ["fw1", "fw2"] {
+        stateful_firewall(&lab, fw, None);
+        // The flows are one packet each (unreplied): kept for the test's
+        // length rather than the default 30 s.
+        lab.sysctl(fw, "net.netfilter.nf_conntrack_udp_timeout", "600")
+            .unwrap();
+    }
+    // The server drops the churn quietly (no ICMP port-unreachable storm).
+    lab.nft(
+        "server",
+        "table inet churn {\n chain in {\n type filter hook input priority -10\n udp dport 20000-30000 drop\n }\n}\n",
+    )
+    .unwrap();
+    let key = SyncKey::new("resync", [6u8; 32]);
+    let ha_extra = key.ha_extra();
+    let (a1, mut a2) = start_pair(&mut lab, 100, |spec| AgentSpec {
+        ha_extra: ha_extra.clone(),
+        ..spec
+    });
+    wait_for("roles", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    wait_for("both in sync", Duration::from_secs(10), || {
+        [&a1, &a2]
+            .iter()
+            .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+    });
+    // Ports 20000 and 20001: 60,000 flows each; 20002: 30,000. The lab
+    // forwards fewer new flows per second than the raw socket sends: the
+    // same flows go again until the master has (nearly) them all.
+    let mut counts = [0; 3];
+    for _ in 0..4 {
+        udp_churn(&lab, FLOWS);
+        std::thread::sleep(Duration::from_millis(500));
+        counts = [20000, 20001, 20002].map(|p| udp_count(&lab, "fw1", p));
+        if counts[0] + counts[1] > 119_000 && counts[2] > 29_000 {
+            break;
+        }
+    }
+    let live = counts[0] + counts[1];
+    assert!(
+        live > 110_000 && counts[2] > 25_000,
+        "the flows in the master's conntrack: {counts:?}"
+    );
+    let out = lab
+        .exec("fw1", &["conntrack", "-D", "-p", "udp", "--dport", "20002"])
+        .unwrap();
+    assert!(out.status.success(), "conntrack -D: {out:?}");
+    assert_eq!(udp_count(&lab, "fw1", 20002), 0);
+
+    // The backup returns with an empty table.
+    a2.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = lab.exec("fw2", &["conntrack", "-F"]);
+    assert!(conntrack_total(&lab, "fw2") < 100, "fw2's table flushed");
+    let bulks_before = a1
+        .status()
+        .and_then(|s| s.sync)
+        .map_or(0, |s| s.bulks_completed);
+    let t = Instant::now();
+    a2.restart(&mut lab);
+    // The status of the old life says "in sync" until the new one writes.
+    wait_for("fw2 in sync again", Duration::from_secs(120), || {
+        a2.status()
+            .is_some_and(|s| s.pid == a2.pid && s.sync.is_some_and(|s| s.in_sync))
+    });
+    let took = t.elapsed();
+    let got = udp_count(&lab, "fw2", 20000) + udp_count(&lab, "fw2", 20001);
+    let dead = udp_count(&lab, "fw2", 20002);
+    let sync = a1.status().and_then(|s| s.sync).unwrap();
+    println!(
+        "resync of {got} flows (of {live} live, {dead} of the {} deleted) in {:.2} s; master: {} bulks completed, {} incomplete, {} records dropped",
+        counts[2],
+        took.as_secs_f64(),
+        sync.bulks_completed - bulks_before,
+        sync.bulks_incomplete,
+        sync.records_dropped
+    );
+    assert_eq!(got, live, "in sync with the whole live table");
+    assert_eq!(dead, 0, "no flow deleted on the master came back");
+    assert!(sync.bulks_completed > bulks_before);
+}
