@@ -1,9 +1,10 @@
 //! ctnetlink replies (`sync::conntrack::entries_of_reply`, the I/O-free part
-//! of `Conntrack::lookup`): a buffer of netlink messages as `recv` returns
-//! it, decoded by netlink-packet-netfilter and read into flows. Never panics.
+//! of `Conntrack::lookup`, and `entries_of_dump`, of `Conntrack::dump`): a
+//! buffer of netlink messages as `recv` returns it, decoded by
+//! netlink-packet-netfilter and read into flows. Never panics.
 #![no_main]
 
-use ha_agent::sync::conntrack::entries_of_reply;
+use ha_agent::sync::conntrack::{entries_of_dump, entries_of_reply};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,4 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let n = usize::from(n % 8) + 1;
     let entries = entries_of_reply(rx, 1, n);
     assert_eq!(entries.len(), n);
+    let mut dumped = Vec::new();
+    let _ = entries_of_dump(rx, 1, &mut dumped);
+    assert!(dumped.len() <= rx.len() / 16);
 });

@@ -14,8 +14,9 @@
 use std::time::{Duration, Instant};
 
 use ha_tests::{
-    AgentSpec, SyncKey, conntrack_total, failover_lab, links_down_at_once, require_root,
-    start_pair, stateful_firewall, udp_churn, wait_for,
+    AgentSpec, ResyncOf, SyncKey, conntrack_total, conntrackd_config, failover_lab,
+    links_down_at_once, require_root, start_pair, stateful_firewall, time_resync, udp_churn,
+    wait_for,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -53,52 +54,7 @@ struct Result {
     /// the master then crashes with all the flows replicated (us, records).
     commit_us: Option<f64>,
     commit_records: Option<usize>,
-    resync: Resync,
-}
-
-fn conntrackd_config(dir: &std::path::Path, me: u8) -> std::path::PathBuf {
-    let peer = 3 - me;
-    let conf = format!(
-        "Sync {{
-    Mode FTFW {{
-        DisableExternalCache On
-    }}
-    UDP {{
-        IPv4_address 10.255.0.{me}
-        IPv4_Destination_Address 10.255.0.{peer}
-        Port 3780
-        Interface ha0
-        SndSocketBuffer 24985600
-        RcvSocketBuffer 24985600
-        Checksum on
-    }}
-}}
-General {{
-    HashSize 262144
-    HashLimit 524288
-    LogFile {log}
-    LockFile {lock}
-    UNIX {{
-        Path {ctl}
-    }}
-    NetlinkBufferSize 33554432
-    NetlinkBufferSizeMaxGrowth 67108864
-    Filter From Kernelspace {{
-        Address Ignore {{
-            IPv4_address 127.0.0.1
-            IPv4_address 10.255.0.1
-            IPv4_address 10.255.0.2
-        }}
-    }}
-}}
-",
-        log = dir.join(format!("conntrackd{me}.log")).display(),
-        lock = dir.join(format!("conntrackd{me}.lock")).display(),
-        ctl = dir.join(format!("conntrackd{me}.ctl")).display(),
-    );
-    let path = dir.join(format!("conntrackd{me}.conf"));
-    std::fs::write(&path, conf).unwrap();
-    path
+    resync: ha_tests::Resync,
 }
 
 fn run(system: System, flows: usize) -> Result {
@@ -135,7 +91,7 @@ fn run(system: System, flows: usize) -> Result {
     std::fs::create_dir_all(&dir).unwrap();
     if system == System::Conntrackd {
         for (ns, me) in [("fw1", 1), ("fw2", 2)] {
-            let conf = conntrackd_config(&dir, me);
+            let conf = conntrackd_config(&dir, me, 524_288);
             let cmd = lab.command(ns, &["conntrackd", "-C", conf.to_str().unwrap()]);
             lab.spawn(ns, cmd).unwrap();
         }
@@ -197,7 +153,11 @@ fn run(system: System, flows: usize) -> Result {
     }
     let master_table = conntrack_total(lab, "fw1");
     let mut a2 = a2;
-    let resync = resync(&mut lab_owned, system, &a1, &mut a2, &dir, master_table);
+    let of = match system {
+        System::Agent => ResyncOf::Agent,
+        System::Conntrackd => ResyncOf::Conntrackd,
+    };
+    let resync = time_resync(&mut lab_owned, of, &mut a2, &dir, master_table);
     let lab = &lab_owned;
     let mut commit = None;
     if system == System::Agent {
@@ -239,95 +199,6 @@ fn run(system: System, flows: usize) -> Result {
         commit_us: commit.and_then(|c| c.0),
         commit_records: commit.and_then(|c| c.1),
         resync,
-    }
-}
-
-/// What a returning backup's resync took.
-#[derive(Debug, Clone, Copy)]
-struct Resync {
-    /// Entries in the master's table.
-    flows: usize,
-    /// Entries the backup had when it said it was in sync (ha-agent), or
-    /// when it reached 99.9 % of the master's (conntrackd, which says
-    /// nothing), or at the time limit.
-    got: usize,
-    /// The backup had 99.9 % of the master's entries then (the lab's own
-    /// few are not replicated).
-    complete: bool,
-    /// Restart -> in sync (s), or the limit.
-    seconds: f64,
-}
-
-/// Restarts the backup's replication with its conntrack flushed and times
-/// its return to the master's table of `flows` entries.
-fn resync(
-    lab: &mut ha_lab::Lab,
-    system: System,
-    a1: &ha_tests::RunningAgent,
-    a2: &mut ha_tests::RunningAgent,
-    dir: &std::path::Path,
-    flows: usize,
-) -> Resync {
-    let limit = Duration::from_secs(120);
-    let goal = flows * 999 / 1000;
-    let t;
-    match system {
-        System::Agent => {
-            a2.signal(libc::SIGKILL);
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = lab.exec("fw2", &["conntrack", "-F"]);
-            t = Instant::now();
-            a2.restart(lab);
-            let start = Instant::now();
-            while start.elapsed() < limit {
-                if a2
-                    .status()
-                    .is_some_and(|s| s.pid == a2.pid && s.sync.is_some_and(|s| s.in_sync))
-                {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        System::Conntrackd => {
-            let conf = dir.join("conntrackd2.conf");
-            let conf = conf.to_str().unwrap();
-            let _ = std::process::Command::new("pkill")
-                .args(["-KILL", "-f", &format!("conntrackd -C {conf}")])
-                .status();
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = std::fs::remove_file(dir.join("conntrackd2.lock"));
-            let _ = std::fs::remove_file(dir.join("conntrackd2.ctl"));
-            let _ = lab.exec("fw2", &["conntrack", "-F"]);
-            t = Instant::now();
-            let cmd = lab.command("fw2", &["conntrackd", "-C", conf]);
-            lab.spawn("fw2", cmd).unwrap();
-            // Its resync request to the master (FTFW), once it is up.
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                let asked = lab
-                    .command("fw2", &["conntrackd", "-C", conf, "-n"])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                if asked {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let start = Instant::now();
-            while start.elapsed() < limit && conntrack_total(lab, "fw2") < goal {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-    let seconds = t.elapsed().as_secs_f64();
-    let got = conntrack_total(lab, "fw2");
-    let _ = a1;
-    Resync {
-        flows,
-        got,
-        complete: got * 1000 >= flows * 999,
-        seconds,
     }
 }
 
@@ -416,10 +287,6 @@ fn main() {
             "resync_s": r.resync.seconds,
         })).collect::<Vec<_>>(),
         "ratio_events_per_s": ratio,
-        "resync_flows": rows.iter().find(|r| r.0 == System::Agent).map(|r| r.1.resync.flows),
-        "resync_complete": rows.iter().find(|r| r.0 == System::Agent).map(|r| r.1.resync.complete),
-        "resync_s": rows.iter().find(|r| r.0 == System::Agent).map(|r| r.1.resync.seconds),
-        "conntrackd_resync_s": rows.iter().find(|r| r.0 == System::Conntrackd).map(|r| r.1.resync.seconds),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();

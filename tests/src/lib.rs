@@ -883,3 +883,163 @@ pub fn udp_churn(lab: &ha_lab::Lab, n: usize) -> (std::time::Instant, std::time:
     })
     .unwrap()
 }
+
+/// The configuration of conntrackd for firewall `me` (1 or 2) of
+/// [`failover_lab`], written in `dir`: FTFW over UDP on the HA link,
+/// `DisableExternalCache On` (it too writes straight into the backup's
+/// kernel table), its cache holding `hash_limit` entries at most.
+pub fn conntrackd_config(dir: &std::path::Path, me: u8, hash_limit: usize) -> std::path::PathBuf {
+    let peer = 3 - me;
+    let conf = format!(
+        "Sync {{
+    Mode FTFW {{
+        DisableExternalCache On
+    }}
+    UDP {{
+        IPv4_address 10.255.0.{me}
+        IPv4_Destination_Address 10.255.0.{peer}
+        Port 3780
+        Interface ha0
+        SndSocketBuffer 24985600
+        RcvSocketBuffer 24985600
+        Checksum on
+    }}
+}}
+General {{
+    HashSize 262144
+    HashLimit {hash_limit}
+    LogFile {log}
+    LockFile {lock}
+    UNIX {{
+        Path {ctl}
+    }}
+    NetlinkBufferSize 33554432
+    NetlinkBufferSizeMaxGrowth 67108864
+    Filter From Kernelspace {{
+        Address Ignore {{
+            IPv4_address 127.0.0.1
+            IPv4_address 10.255.0.1
+            IPv4_address 10.255.0.2
+        }}
+    }}
+}}
+",
+        hash_limit = hash_limit,
+        log = dir.join(format!("conntrackd{me}.log")).display(),
+        lock = dir.join(format!("conntrackd{me}.lock")).display(),
+        ctl = dir.join(format!("conntrackd{me}.ctl")).display(),
+    );
+    let path = dir.join(format!("conntrackd{me}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+/// What a returning backup's resync took.
+#[derive(Debug, Clone, Copy)]
+pub struct Resync {
+    /// Entries in the master's table.
+    pub flows: usize,
+    /// Entries the backup had at the end (ha-agent: once it said it was in
+    /// sync).
+    pub got: usize,
+    /// The backup had 99.9 % of the master's entries then (the lab's own
+    /// few are not replicated), and (ha-agent) said it was in sync.
+    pub complete: bool,
+    /// Restart -> the backup's table at 99.9 % of the master's (s), or the
+    /// limit.
+    pub seconds: f64,
+}
+
+/// Whose replication a resync is timed of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncOf {
+    Agent,
+    /// conntrackd, configured by [`conntrackd_config`] in `dir`.
+    Conntrackd,
+}
+
+/// Restarts the backup's replication (fw2 of [`failover_lab`]: its agent,
+/// or its conntrackd) with its conntrack flushed, and times its return to
+/// the master's table of `flows` entries.
+pub fn time_resync(
+    lab: &mut ha_lab::Lab,
+    system: ResyncOf,
+    a2: &mut RunningAgent,
+    dir: &std::path::Path,
+    flows: usize,
+) -> Resync {
+    let limit = std::time::Duration::from_secs(120);
+    let goal = flows * 999 / 1000;
+    let t;
+    match system {
+        ResyncOf::Agent => {
+            a2.signal(libc::SIGKILL);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = lab.exec("fw2", &["conntrack", "-F"]);
+            t = std::time::Instant::now();
+            a2.restart(lab);
+            // Timed as conntrackd's below: the backup's table at 99.9 % of
+            // the master's (the status file, written every 500 ms, would
+            // add its own delay); then it must also say it is in sync.
+            while t.elapsed() < limit && conntrack_total(lab, "fw2") < goal {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let seconds = t.elapsed().as_secs_f64();
+            while t.elapsed() < limit
+                && !a2
+                    .status()
+                    .is_some_and(|s| s.pid == a2.pid && s.sync.is_some_and(|s| s.in_sync))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let said = a2
+                .status()
+                .is_some_and(|s| s.pid == a2.pid && s.sync.is_some_and(|s| s.in_sync));
+            let got = conntrack_total(lab, "fw2");
+            return Resync {
+                flows,
+                got,
+                complete: said && got * 1000 >= flows * 999,
+                seconds,
+            };
+        }
+        ResyncOf::Conntrackd => {
+            let conf = dir.join("conntrackd2.conf");
+            let conf = conf.to_str().unwrap();
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-f", &format!("conntrackd -C {conf}")])
+                .status();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = std::fs::remove_file(dir.join("conntrackd2.lock"));
+            let _ = std::fs::remove_file(dir.join("conntrackd2.ctl"));
+            let _ = lab.exec("fw2", &["conntrack", "-F"]);
+            t = std::time::Instant::now();
+            let cmd = lab.command("fw2", &["conntrackd", "-C", conf]);
+            lab.spawn("fw2", cmd).unwrap();
+            // Its resync request to the master (FTFW), once it is up.
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(10) {
+                let asked = lab
+                    .command("fw2", &["conntrackd", "-C", conf, "-n"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if asked {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let start = std::time::Instant::now();
+            while start.elapsed() < limit && conntrack_total(lab, "fw2") < goal {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let got = conntrack_total(lab, "fw2");
+    Resync {
+        flows,
+        got,
+        complete: got * 1000 >= flows * 999,
+        seconds,
+    }
+}

@@ -92,6 +92,14 @@ fn records_become_kernel_conntrack_entries() {
     assert_eq!(found[0].map(|e| e.record()), Some(nat), "by original tuple");
     assert_eq!(found[1].map(|e| e.record()), Some(nat), "by reply tuple");
     assert_eq!(found[2], None, "unknown tuple");
+    // A bulk reads the whole table in one dump.
+    let dumped = lab
+        .run_in("fw", || Conntrack::open().unwrap().dump().expect("dump"))
+        .unwrap();
+    let records: Vec<Record> = dumped.iter().map(|e| e.record()).collect();
+    for r in [&tcp, &udp, &nat] {
+        assert!(records.contains(r), "{r:?} not in the dump {records:?}");
+    }
 
     lab.run_in("fw", || {
         let mut ct = Conntrack::open().unwrap();

@@ -117,6 +117,10 @@ fn bench() -> anyhow::Result<()> {
     run_step(
         "state-sync benchmark (ha-agent and conntrackd FTFW)",
         cargo().args(["bench", "--package", "ha-tests", "--bench", "sync"]),
+    )?;
+    run_step(
+        "resync benchmark (a returning backup, 1,000,000 connections, ha-agent and conntrackd)",
+        cargo().args(["bench", "--package", "ha-tests", "--bench", "resync"]),
     )
 }
 

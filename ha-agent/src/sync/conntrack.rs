@@ -22,8 +22,8 @@ use std::{
 };
 
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
@@ -474,6 +474,90 @@ impl Conntrack {
         }
         answers
     }
+}
+
+impl Conntrack {
+    /// Every IPv4 entry of the namespace's table, in one ctnetlink dump (a
+    /// bulk resync reads the whole table at once rather than asking for
+    /// each flow).
+    pub fn dump(&mut self) -> io::Result<Vec<CtEntry>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = seq;
+        let mut nl = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                ConntrackMessage::Get(Vec::new()),
+            )),
+        );
+        nl.finalize();
+        let mut buf = vec![0; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let len = self.sock.recv(&mut &mut self.rx[..], 0)?;
+            match entries_of_dump(&self.rx[..len], seq, &mut out) {
+                DumpPart::More => {}
+                DumpPart::Done => return Ok(out),
+                DumpPart::Failed(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// How a buffer of a dump ended.
+pub enum DumpPart {
+    /// More buffers follow.
+    More,
+    Done,
+    Failed(io::Error),
+}
+
+/// Reads one received buffer of a ctnetlink dump (sequence `seq`; the
+/// kernel's bytes: checked, never trusted) into `out`. Messages of other
+/// sequences and entries that do not decode are skipped; nothing here
+/// panics (fuzz target `ctnetlink`).
+pub fn entries_of_dump(rx: &[u8], seq: u32, out: &mut Vec<CtEntry>) -> DumpPart {
+    let len = rx.len();
+    let mut off = 0;
+    while off < len {
+        let Ok(nb) = NetlinkBuffer::new_checked(&rx[off..len]) else {
+            return DumpPart::Failed(io::Error::other("ctnetlink dump: a truncated message"));
+        };
+        let msg_len = (nb.length() as usize).max(16).next_multiple_of(4);
+        let kind = nb.message_type();
+        let bytes = &rx[off..len.min(off + msg_len)];
+        off += msg_len;
+        if nb.sequence_number() != seq {
+            continue;
+        }
+        if kind == NLMSG_DONE {
+            return DumpPart::Done;
+        }
+        if kind == NLMSG_ERROR {
+            let mut got = [None];
+            read_answers(bytes, seq, &mut got);
+            return match got {
+                [Some(Answer::Err(e))] => DumpPart::Failed(e),
+                _ => DumpPart::Done,
+            };
+        }
+        if kind >> 8 != NFNL_SUBSYS_CTNETLINK {
+            continue;
+        }
+        let mut got = [None];
+        read_answers(bytes, seq, &mut got);
+        if let [Some(a)] = &got
+            && let Some(e) = entry_of(a)
+        {
+            out.push(e);
+        }
+    }
+    DumpPart::More
 }
 
 /// Reads one received buffer of netlink messages (the kernel's bytes: checked,

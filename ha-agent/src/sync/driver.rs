@@ -543,9 +543,12 @@ pub async fn run(
         let owed = std::mem::take(&mut handle.lock()?.resync_owed);
         // A bulk for the peer: dumped and enriched without the lock.
         let bulk = owed.then(|| {
+            let t = Instant::now();
             let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
+            let dumped = t.elapsed();
             let tracked = flows.len();
             let (records, dead) = enricher.bulk(flows);
+            let read = t.elapsed() - dumped;
             // Flows conntrack forgot, idle in XDP too: aged out of the XDP
             // table.
             let mut aged = 0;
@@ -561,6 +564,8 @@ pub async fn run(
                 tracked,
                 dead = dead.len(),
                 aged,
+                xdp_dump_ms = dumped.as_millis() as u64,
+                conntrack_ms = read.as_millis() as u64,
                 "sending the peer a bulk resync (the flows kernel conntrack still has)"
             );
             records

@@ -112,12 +112,39 @@ impl Enricher {
     /// If conntrack cannot be asked, the flows go as XDP saw them (the peer
     /// would rather have them than not).
     pub fn bulk(&mut self, flows: Vec<Record>) -> (Vec<Record>, Vec<Record>) {
-        let tuples: Vec<CtTuple> = flows.iter().map(CtTuple::orig_of).collect();
-        let found = match self.ct.lookup(&tuples) {
-            Ok(f) => f,
+        // One dump of the whole table (a lookup per flow costs a netlink
+        // round trip each: seconds for a million), each flow then found in
+        // it by its original tuple or, seen from the other end (the XDP
+        // side of a NATed flow), by its reply tuple.
+        let found = match self.ct.dump() {
+            Ok(entries) => {
+                let mut by_orig = HashMap::with_capacity(entries.len());
+                let mut by_reply = HashMap::with_capacity(entries.len());
+                for (i, e) in entries.iter().enumerate() {
+                    by_orig.insert(e.orig, i);
+                    by_reply.insert(e.reply, i);
+                }
+                flows
+                    .iter()
+                    .map(|f| {
+                        let t = CtTuple::orig_of(f);
+                        by_orig
+                            .get(&t)
+                            .or_else(|| by_reply.get(&t.inverted()))
+                            .map(|&i| entries[i])
+                    })
+                    .collect()
+            }
             Err(e) => {
-                warn!(cause = %e, "conntrack lookup failed; the bulk goes as XDP saw the flows");
-                return (flows, Vec::new());
+                warn!(cause = %e, "conntrack dump failed; looking the bulk's flows up one by one");
+                let tuples: Vec<CtTuple> = flows.iter().map(CtTuple::orig_of).collect();
+                match self.ct.lookup(&tuples) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(cause = %e, "conntrack lookup failed; the bulk goes as XDP saw the flows");
+                        return (flows, Vec::new());
+                    }
+                }
             }
         };
         let (mut live, mut dead) = (Vec::with_capacity(flows.len()), Vec::new());

@@ -90,9 +90,12 @@ pub struct Settings {
     /// Longest a record waits for a frame to fill up.
     pub flush_after: Duration,
     /// Records waiting for a frame at most; beyond, they are dropped
-    /// (counted). While a bulk resync is being sent, the live records that
-    /// wait behind it are bounded by this too; the bulk itself never is.
+    /// (counted). The bulk resync being sent is not bounded by it.
     pub max_pending: usize,
+    /// Frames in flight at most while a bulk is fed in: the peer applies
+    /// what it receives before acknowledging, so more in flight would only
+    /// queue at the peer (and, beyond the timeout, be resent).
+    pub bulk_window: usize,
 }
 
 impl Default for Settings {
@@ -105,6 +108,7 @@ impl Default for Settings {
             max_unacked: 4096,
             flush_after: Duration::from_micros(500),
             max_pending: 65_536,
+            bulk_window: 64,
         }
     }
 }
@@ -184,6 +188,8 @@ struct Unacked {
     /// When last sent, and the current timeout.
     sent: Instant,
     rto: Duration,
+    /// Sent more than once (its acknowledgement times no round trip).
+    resent: bool,
     /// The event time of its oldest record (or when it was sent).
     origin: Instant,
 }
@@ -252,6 +258,20 @@ pub struct Session {
     /// Records were dropped since the peer last had everything: it is owed a
     /// bulk when it acknowledges again.
     owe_bulk: bool,
+    /// The round trip to the peer's acknowledgement (RFC 6298's smoothed
+    /// estimate and variation), which sets the timeout of new frames: a
+    /// peer applying a bulk acknowledges later than the base timeout, and
+    /// resending what it has not applied yet only adds to its work.
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    /// The timeout backed off by a resend, kept for new frames until a
+    /// round trip is measured again (Karn: a resent frame's acknowledgement
+    /// measures nothing, so without it a peer slower than the timeout would
+    /// see everything resent forever).
+    rto_backoff: Duration,
+    /// When the newest frame acknowledged since the last poll was sent
+    /// (sent once): its round trip is measured at the next poll.
+    rtt_sample: Option<Instant>,
     /// The peer was told so (`Incomplete`) since its last complete bulk.
     told_incomplete: bool,
     /// The bulk resync being sent, if any.
@@ -296,6 +316,10 @@ impl Session {
             timeouts: 0,
             peer_down: false,
             owe_bulk: false,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto_backoff: Duration::ZERO,
+            rtt_sample: None,
             told_incomplete: false,
             bulk: None,
             counters: Counters::default(),
@@ -437,6 +461,7 @@ impl Session {
         let room = self
             .settings
             .max_unacked
+            .min(self.settings.bulk_window)
             .saturating_sub(self.unacked.len())
             .saturating_mul(MAX_RECORDS)
             .min(self.settings.max_pending / 2);
@@ -464,6 +489,31 @@ impl Session {
             } else {
                 self.counters.bulks_incomplete += 1;
                 self.owe_bulk = true;
+            }
+        }
+    }
+
+    /// The timeout of a frame sent now: the base until a round trip was
+    /// measured, then srtt + 4 rttvar within [base, max_rto].
+    fn rto(&self) -> Duration {
+        self.srtt
+            .map_or(self.settings.rto, |srtt| srtt + 4 * self.rttvar)
+            .max(self.rto_backoff)
+            .clamp(self.settings.rto, self.settings.max_rto)
+    }
+
+    /// A round trip measured (RFC 6298, 2.2 and 2.3).
+    fn rtt_measured(&mut self, r: Duration) {
+        self.rto_backoff = Duration::ZERO;
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + r) / 8);
             }
         }
     }
@@ -504,7 +554,8 @@ impl Session {
             datagram: d,
             records: records.len(),
             sent: now,
-            rto: self.settings.rto,
+            rto: self.rto(),
+            resent: false,
             origin,
         });
         self.counters.frames_sent += 1;
@@ -532,6 +583,9 @@ impl Session {
     /// backoff), and an ACK if one is owed.
     pub fn poll(&mut self, now: Instant) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
+        if let Some(sent) = self.rtt_sample.take() {
+            self.rtt_measured(now.saturating_sub(sent));
+        }
         self.poll_hello(now, &mut out);
         if self.open_due && self.peer_epoch.is_some() {
             self.open_due = false;
@@ -626,6 +680,7 @@ impl Session {
             {
                 out.push(f.datagram.clone());
                 f.sent = now;
+                f.resent = true;
                 self.counters.frames_resent += 1;
             }
             return;
@@ -638,7 +693,9 @@ impl Session {
             if now.saturating_sub(f.sent) >= f.rto {
                 out.push(f.datagram.clone());
                 f.sent = now;
+                f.resent = true;
                 f.rto = (f.rto * 2).min(s.max_rto);
+                self.rto_backoff = self.rto_backoff.max(f.rto);
                 self.counters.frames_resent += 1;
                 sent += 1;
             }
@@ -852,11 +909,13 @@ impl Session {
     /// A cumulative acknowledgement (already checked against what we sent).
     fn on_ack(&mut self, ack: u64) {
         while self.unacked.front().is_some_and(|f| f.seq <= ack) {
-            if let Some(f) = self.unacked.pop_front()
-                && f.records > 0
-                && self.acked.len() < 65_536
-            {
-                self.acked.push(f.origin);
+            if let Some(f) = self.unacked.pop_front() {
+                if !f.resent {
+                    self.rtt_sample = Some(self.rtt_sample.map_or(f.sent, |t| t.max(f.sent)));
+                }
+                if f.records > 0 && self.acked.len() < 65_536 {
+                    self.acked.push(f.origin);
+                }
             }
             // Progress: the timeouts counted are no longer consecutive.
             self.timeouts = 0;
@@ -1066,6 +1125,40 @@ mod tests {
         );
         assert_eq!(a.queue_depth(), 0);
         assert!(a.counters.frames_resent > 0);
+    }
+
+    #[test]
+    fn the_timeout_follows_a_slow_acknowledger_instead_of_resending() {
+        // b acknowledges 100 ms after each frame (applying a bulk): after a
+        // few round trips a's timeout exceeds it, and nothing is resent.
+        let (mut a, mut b) = connected();
+        let mut to_a: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+        let mut resent_late = 0;
+        for step in 30..3_000u64 {
+            let now = ms(step);
+            if step % 10 == 0 && step < 2_500 {
+                for i in 0..44 {
+                    a.push(now, rec(step as u32 * 100 + i));
+                }
+            }
+            let before = a.counters.frames_resent;
+            for d in a.poll(now) {
+                let _ = b.on_datagram(&d);
+            }
+            if step > 1_000 {
+                resent_late += a.counters.frames_resent - before;
+            }
+            for d in b.poll(now) {
+                to_a.push_back((step + 100, d));
+            }
+            while to_a.front().is_some_and(|(t, _)| *t <= step) {
+                let (_, d) = to_a.pop_front().unwrap();
+                let _ = a.on_datagram(&d);
+            }
+        }
+        assert!(a.srtt.is_some_and(|r| r >= ms(95)), "{:?}", a.srtt);
+        assert_eq!(resent_late, 0, "no resends once the round trip is known");
+        assert_eq!(a.queue_depth(), 0);
     }
 
     #[test]

@@ -1,0 +1,216 @@
+//! Resync benchmark (root): the time until a returning backup is in sync
+//! with a master holding `HA_BENCH_RESYNC_FLOWS` connections (default
+//! 1,000,000), for ha-agent and for conntrackd (FTFW, its resync request
+//! `conntrackd -n`) in the same lab.
+//!
+//! The table is synthetic, so the lab's traffic generator is not the limit:
+//! UDP entries written into the master's kernel conntrack through ctnetlink
+//! (and, for ha-agent, into its XDP flow table, which its bulk reads; for
+//! conntrackd, its cache learns them from the kernel's events). Then the
+//! backup's replication is restarted with its table flushed, and the time
+//! until its table holds 99.9 % of the master's is measured (ha-agent must
+//! also say it is in sync). The kernel's `nf_conntrack_max` is raised for
+//! the run (each namespace counts its own entries against it) and put back.
+//!
+//! Prints a table, writes `target/bench/resync.json` and adds the
+//! `resync_*` keys to `target/bench/sync.json`. Run with `cargo xtask bench`.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use ha_agent::sync::{
+    conntrack::{Conntrack, CtTuple},
+    flows::FlowTable,
+    record::{Record, RecordKind},
+};
+use ha_tests::{
+    AgentSpec, ResyncOf, SyncKey, conntrack_total, conntrackd_config, failover_lab, require_root,
+    start_pair, stateful_firewall, time_resync, wait_for,
+};
+
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Puts `nf_conntrack_max` back on drop (panics included).
+struct ConntrackMax(String);
+
+impl ConntrackMax {
+    fn raise(to: usize) -> ConntrackMax {
+        let old = std::fs::read_to_string(CONNTRACK_MAX).expect("read nf_conntrack_max");
+        if old.trim().parse::<usize>().is_ok_and(|v| v < to) {
+            std::fs::write(CONNTRACK_MAX, to.to_string()).expect("raise nf_conntrack_max");
+        }
+        ConntrackMax(old)
+    }
+}
+
+impl Drop for ConntrackMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write(CONNTRACK_MAX, self.0.trim());
+    }
+}
+
+/// The `i`th synthetic connection: UDP from 10.2.0.0/16 to the server.
+fn flow(i: usize) -> Record {
+    Record::plain(
+        RecordKind::Upsert,
+        17,
+        0,
+        Ipv4Addr::from(0x0a02_0000 + (i as u32 >> 14)),
+        Ipv4Addr::new(10, 1, 0, 10),
+        1024 + (i & 0x3fff) as u16,
+        53,
+    )
+}
+
+struct Row {
+    system: ResyncOf,
+    /// Writing the master's table (s).
+    fill_s: f64,
+    r: ha_tests::Resync,
+}
+
+fn run(system: ResyncOf, n: usize) -> Row {
+    let mut lab = failover_lab();
+    for fw in ["fw1", "fw2"] {
+        stateful_firewall(&lab, fw, None);
+        lab.sysctl(fw, "net.netfilter.nf_conntrack_udp_timeout", "600")
+            .unwrap();
+    }
+    let key = SyncKey::new("bench-resync", [7u8; 32]);
+    let extra = match system {
+        ResyncOf::Agent => format!("{}\nmax_flows = {}", key.ha_extra(), n + (n >> 4)),
+        ResyncOf::Conntrackd => String::new(),
+    };
+    let mgmt = vec!["tcp/22".to_owned(), "udp/3780".to_owned()];
+    let (a1, mut a2) = start_pair(&mut lab, 100, |spec| AgentSpec {
+        ha_extra: extra.clone(),
+        mgmt: mgmt.clone(),
+        ..spec
+    });
+    wait_for("roles", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    let dir = std::env::temp_dir().join(format!("hatest-bench-resync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if system == ResyncOf::Conntrackd {
+        for (ns, me) in [("fw1", 1), ("fw2", 2)] {
+            let conf = conntrackd_config(&dir, me, 2 * n);
+            let cmd = lab.command(ns, &["conntrackd", "-C", conf.to_str().unwrap()]);
+            lab.spawn(ns, cmd).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    } else {
+        wait_for("in sync", Duration::from_secs(10), || {
+            [&a1, &a2]
+                .iter()
+                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+        });
+    }
+    // The master's table.
+    let t = Instant::now();
+    let records: Vec<Record> = (0..n).map(flow).collect();
+    let errors = lab
+        .run_in("fw1", || {
+            let mut ct = Conntrack::open().expect("ctnetlink socket");
+            records
+                .chunks(8192)
+                .map(|c| {
+                    ct.apply_batch(c, |_| 600)
+                        .iter()
+                        .filter(|r| r.is_err())
+                        .count()
+                })
+                .sum::<usize>()
+        })
+        .unwrap();
+    assert_eq!(errors, 0, "conntrack entries refused on the master");
+    if system == ResyncOf::Agent {
+        let mut table = FlowTable::open(&a1.pins.0).expect("the master's flow table");
+        for r in &records {
+            table.insert(&CtTuple::orig_of(r), 0, ha_agent::dataplane::monotonic_ns());
+        }
+    }
+    let fill_s = t.elapsed().as_secs_f64();
+    let flows = conntrack_total(&lab, "fw1");
+    if system == ResyncOf::Conntrackd {
+        // Its cache has them once its live replication brought them over.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(120)
+            && conntrack_total(&lab, "fw2") * 1000 < flows * 999
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let r = time_resync(&mut lab, system, &mut a2, &dir, flows);
+    if std::env::var_os("HATEST_DEBUG").is_some() {
+        for a in [&a1, &a2] {
+            eprintln!("{}", a.log_text());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Row { system, fill_s, r }
+}
+
+fn name(s: ResyncOf) -> &'static str {
+    match s {
+        ResyncOf::Agent => "ha-agent",
+        ResyncOf::Conntrackd => "conntrackd",
+    }
+}
+
+fn main() {
+    require_root();
+    let n: usize = std::env::var("HA_BENCH_RESYNC_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let _max = ConntrackMax::raise(2 * n + (1 << 18));
+    println!(
+        "{:<11} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "system", "master", "backup", "complete", "resync s", "fill s"
+    );
+    let mut rows = Vec::new();
+    for system in [ResyncOf::Agent, ResyncOf::Conntrackd] {
+        let row = run(system, n);
+        println!(
+            "{:<11} {:>10} {:>10} {:>10} {:>9.2} {:>9.1}",
+            name(system),
+            row.r.flows,
+            row.r.got,
+            row.r.complete,
+            row.r.seconds,
+            row.fill_s
+        );
+        rows.push(row);
+    }
+    let of = |s: ResyncOf| rows.iter().find(|r| r.system == s).map(|r| r.r);
+    let json = serde_json::json!({
+        "systems": rows.iter().map(|r| serde_json::json!({
+            "system": name(r.system),
+            "flows": r.r.flows,
+            "got": r.r.got,
+            "complete": r.r.complete,
+            "resync_s": r.r.seconds,
+        })).collect::<Vec<_>>(),
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("resync.json"),
+        serde_json::to_vec_pretty(&json).unwrap(),
+    )
+    .unwrap();
+    // The keys, beside the sync benchmark's.
+    let sync_json = dir.join("sync.json");
+    let mut sync: serde_json::Value = std::fs::read(&sync_json)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    sync["resync_flows"] = serde_json::json!(of(ResyncOf::Agent).map(|r| r.flows));
+    sync["resync_complete"] = serde_json::json!(of(ResyncOf::Agent).map(|r| r.complete));
+    sync["resync_s"] = serde_json::json!(of(ResyncOf::Agent).map(|r| r.seconds));
+    sync["conntrackd_resync_s"] = serde_json::json!(of(ResyncOf::Conntrackd).map(|r| r.seconds));
+    std::fs::write(&sync_json, serde_json::to_vec_pretty(&sync).unwrap()).unwrap();
+}
