@@ -31,14 +31,76 @@ fn key_of(t: &CtTuple) -> (FlowKey, bool) {
 /// The pinned flow table of an instance.
 pub struct FlowTable {
     map: BpfHashMap<MapData, FlowKey, FlowState>,
+    /// The same map, for the batched dump (aya has no batch operations).
+    raw: Option<MapData>,
 }
 
 impl FlowTable {
     /// Opens the pinned table; `None` when the data plane has none.
     pub fn open(instance: &str) -> Option<FlowTable> {
-        open_map(&pin_dir(instance), flow::FLOWS_MAP)
+        let dir = pin_dir(instance);
+        let raw = MapData::from_pin(dir.join("maps").join(flow::FLOWS_MAP)).ok();
+        open_map(&dir, flow::FLOWS_MAP)
             .ok()
-            .map(|map| FlowTable { map })
+            .map(|map| FlowTable { map, raw })
+    }
+
+    /// Every entry, read `BATCH` at a time with `BPF_MAP_LOOKUP_BATCH` (one
+    /// system call per batch instead of two per entry: a million entries in
+    /// a fraction of a second); `None` if the kernel refuses it.
+    fn entries_batched(&self) -> Option<Vec<(FlowKey, FlowState)>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        const BATCH: usize = 8192;
+        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+        let fd = self.raw.as_ref()?.fd().as_fd().as_raw_fd();
+        let mut out: Vec<(FlowKey, FlowState)> = Vec::new();
+        let mut keys = vec![FlowKey::default(); BATCH];
+        let mut values = vec![FlowState::default(); BATCH];
+        // The opaque position (a bucket index for hash maps).
+        let mut token = [0u64; 2];
+        let mut next = [0u64; 2];
+        let mut first = true;
+        loop {
+            // `union bpf_attr`'s `batch`: in_batch, out_batch, keys, values
+            // (pointers as u64), count, map_fd (u32), elem_flags, flags.
+            let mut attr = [0u64; 8];
+            attr[0] = if first { 0 } else { token.as_ptr() as u64 };
+            attr[1] = next.as_mut_ptr() as u64;
+            attr[2] = keys.as_mut_ptr() as u64;
+            attr[3] = values.as_mut_ptr() as u64;
+            attr[4] = BATCH as u64 | (u64::from(fd as u32) << 32);
+            // SAFETY: `attr` is a valid `bpf_attr` prefix of 56 bytes; the
+            // kernel writes at most `count` keys and values into buffers of
+            // that many, and a position into `next`.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    attr.as_mut_ptr(),
+                    56usize,
+                )
+            };
+            let err = (r < 0).then(std::io::Error::last_os_error);
+            let n = (attr[4] & 0xffff_ffff) as usize;
+            if err
+                .as_ref()
+                .is_some_and(|e| e.raw_os_error() != Some(libc::ENOENT))
+            {
+                return None;
+            }
+            out.extend(
+                keys.iter()
+                    .zip(&values)
+                    .take(n.min(BATCH))
+                    .map(|(k, v)| (*k, *v)),
+            );
+            if err.is_some() {
+                // ENOENT: the end.
+                return Some(out);
+            }
+            token = next;
+            first = false;
+        }
     }
 
     /// Tracks the flow `t` (original direction) in `state`, seen at `now_ns`.
@@ -82,9 +144,11 @@ impl FlowTable {
     /// Every live flow (closed TCP flows left out), in its original
     /// direction, as XDP saw it.
     pub fn dump(&self) -> Vec<Record> {
-        self.map
-            .iter()
-            .filter_map(Result::ok)
+        let entries = self
+            .entries_batched()
+            .unwrap_or_else(|| self.map.iter().filter_map(Result::ok).collect());
+        entries
+            .into_iter()
             .filter(|(k, s)| !(k.proto == flow::PROTO_TCP && s.state == TcpState::Closed as u8))
             .map(|(k, s)| {
                 let e = k.oriented(s.flags & flow::FLOW_LO_IS_ORIGIN != 0);
