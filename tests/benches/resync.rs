@@ -179,8 +179,13 @@ fn main() {
         "{:<11} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "system", "master", "backup", "complete", "resync s", "fill s"
     );
+    // `HA_BENCH_RESYNC_ONLY=ha-agent` (or `conntrackd`): one system only.
+    let only = std::env::var("HA_BENCH_RESYNC_ONLY").ok();
     let mut rows = Vec::new();
     for system in [ResyncOf::Agent, ResyncOf::Conntrackd] {
+        if only.as_deref().is_some_and(|o| o != name(system)) {
+            continue;
+        }
         let row = run(system, n);
         println!(
             "{:<11} {:>10} {:>10} {:>10} {:>9.2} {:>9.1}",
