@@ -25,10 +25,7 @@ use ha_agent::sync::{
     flows::FlowTable,
     record::{Record, RecordKind},
 };
-use ha_tests::{
-    AgentSpec, ResyncOf, SyncKey, conntrack_total, conntrackd_config, failover_lab, require_root,
-    start_pair, stateful_firewall, time_resync, wait_for,
-};
+use ha_tests::{ResyncOf, SyncKey, conntrack_total, replication_lab, require_root, time_resync};
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
@@ -72,42 +69,13 @@ struct Row {
 }
 
 fn run(system: ResyncOf, n: usize) -> Row {
-    let mut lab = failover_lab();
-    for fw in ["fw1", "fw2"] {
-        stateful_firewall(&lab, fw, None);
-        lab.sysctl(fw, "net.netfilter.nf_conntrack_udp_timeout", "600")
-            .unwrap();
-    }
     let key = SyncKey::new("bench-resync", [7u8; 32]);
     let extra = match system {
         ResyncOf::Agent => format!("{}\nmax_flows = {}", key.ha_extra(), n + (n >> 4)),
         ResyncOf::Conntrackd => String::new(),
     };
-    let mgmt = vec!["tcp/22".to_owned(), "udp/3780".to_owned()];
-    let (a1, mut a2) = start_pair(&mut lab, 100, |spec| AgentSpec {
-        ha_extra: extra.clone(),
-        mgmt: mgmt.clone(),
-        ..spec
-    });
-    wait_for("roles", Duration::from_secs(10), || {
-        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
-    });
     let dir = std::env::temp_dir().join(format!("hatest-bench-resync-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    if system == ResyncOf::Conntrackd {
-        for (ns, me) in [("fw1", 1), ("fw2", 2)] {
-            let conf = conntrackd_config(&dir, me, 2 * n);
-            let cmd = lab.command(ns, &["conntrackd", "-C", conf.to_str().unwrap()]);
-            lab.spawn(ns, cmd).unwrap();
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    } else {
-        wait_for("in sync", Duration::from_secs(10), || {
-            [&a1, &a2]
-                .iter()
-                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
-        });
-    }
+    let (mut lab, a1, mut a2) = replication_lab(&extra, system == ResyncOf::Agent, &dir, 2 * n);
     // The master's table.
     let t = Instant::now();
     let records: Vec<Record> = (0..n).map(flow).collect();

@@ -14,9 +14,8 @@
 use std::time::{Duration, Instant};
 
 use ha_tests::{
-    AgentSpec, ResyncOf, SyncKey, conntrack_total, conntrackd_config, failover_lab,
-    links_down_at_once, require_root, start_pair, stateful_firewall, time_resync, udp_churn,
-    wait_for,
+    ResyncOf, SyncKey, conntrack_total, links_down_at_once, replication_lab, require_root,
+    time_resync, udp_churn, wait_for,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,51 +57,14 @@ struct Result {
 }
 
 fn run(system: System, flows: usize) -> Result {
-    let mut lab = failover_lab();
-    for fw in ["fw1", "fw2"] {
-        stateful_firewall(&lab, fw, None);
-        // The churn's one-packet flows outlive the run (the default is 30 s).
-        lab.sysctl(fw, "net.netfilter.nf_conntrack_udp_timeout", "600")
-            .unwrap();
-    }
-    // The server drops the churn quietly (no ICMP port-unreachable storm).
-    lab.nft(
-        "server",
-        "table inet churn {\n chain in {\n type filter hook input priority -10\n udp dport 20000-30000 drop\n }\n}\n",
-    )
-    .unwrap();
     let key = SyncKey::new("bench", [5u8; 32]);
     let extra = if system == System::Agent {
         key.ha_extra()
     } else {
         String::new()
     };
-    // For conntrackd: the HA link's XDP lets its frames (UDP 3780) through.
-    let mgmt = vec!["tcp/22".to_owned(), "udp/3780".to_owned()];
-    let (a1, a2) = start_pair(&mut lab, 100, |spec| AgentSpec {
-        ha_extra: extra.clone(),
-        mgmt: mgmt.clone(),
-        ..spec
-    });
-    wait_for("roles", Duration::from_secs(10), || {
-        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
-    });
     let dir = std::env::temp_dir().join(format!("hatest-bench-sync-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    if system == System::Conntrackd {
-        for (ns, me) in [("fw1", 1), ("fw2", 2)] {
-            let conf = conntrackd_config(&dir, me, 524_288);
-            let cmd = lab.command(ns, &["conntrackd", "-C", conf.to_str().unwrap()]);
-            lab.spawn(ns, cmd).unwrap();
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    } else {
-        wait_for("in sync", Duration::from_secs(10), || {
-            [&a1, &a2]
-                .iter()
-                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
-        });
-    }
+    let (lab, a1, a2) = replication_lab(&extra, system == System::Agent, &dir, 524_288);
     let base_master = conntrack_total(&lab, "fw1");
     let base_backup = conntrack_total(&lab, "fw2");
     let mut lab_owned = lab;

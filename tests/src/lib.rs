@@ -1043,3 +1043,56 @@ pub fn time_resync(
         seconds,
     }
 }
+
+/// A replication lab: [`failover_lab`] with the stateful ruleset on both
+/// firewalls (one-packet UDP flows kept 600 s instead of 30), the server
+/// dropping [`udp_churn`] quietly, and agents at 100 ms adverts, fw1 MASTER
+/// and fw2 BACKUP, with `ha_extra` in their `[ha]` (UDP 3780 open on the
+/// HA link for conntrackd). With `replicating` (`ha_extra` turns state sync
+/// on), returns once both are in sync; otherwise conntrackd runs on both
+/// firewalls, configured in `dir` with a cache of `conntrackd_cache`.
+pub fn replication_lab(
+    ha_extra: &str,
+    replicating: bool,
+    dir: &std::path::Path,
+    conntrackd_cache: usize,
+) -> (ha_lab::Lab, RunningAgent, RunningAgent) {
+    use std::time::Duration;
+    let mut lab = failover_lab();
+    for fw in ["fw1", "fw2"] {
+        stateful_firewall(&lab, fw, None);
+        lab.sysctl(fw, "net.netfilter.nf_conntrack_udp_timeout", "600")
+            .unwrap();
+    }
+    // No ICMP port-unreachable storm from the churn.
+    lab.nft(
+        "server",
+        "table inet churn {\n chain in {\n type filter hook input priority -10\n udp dport 20000-30000 drop\n }\n}\n",
+    )
+    .unwrap();
+    let mgmt = vec!["tcp/22".to_owned(), "udp/3780".to_owned()];
+    let (a1, a2) = start_pair(&mut lab, 100, |spec| AgentSpec {
+        ha_extra: ha_extra.to_owned(),
+        mgmt: mgmt.clone(),
+        ..spec
+    });
+    wait_for("roles", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    if replicating {
+        wait_for("in sync", Duration::from_secs(10), || {
+            [&a1, &a2]
+                .iter()
+                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+        });
+    } else {
+        std::fs::create_dir_all(dir).unwrap();
+        for (ns, me) in [("fw1", 1), ("fw2", 2)] {
+            let conf = conntrackd_config(dir, me, conntrackd_cache);
+            let cmd = lab.command(ns, &["conntrackd", "-C", conf.to_str().unwrap()]);
+            lab.spawn(ns, cmd).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    (lab, a1, a2)
+}

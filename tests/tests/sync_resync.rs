@@ -6,12 +6,12 @@
 //! has the whole live table, some 120,000 flows (a bulk was once cut at 65,536 and
 //! reported complete all the same), and none of the deleted ones.
 
-use std::time::{Duration, Instant};
-
-use ha_tests::{
-    AgentSpec, SyncKey, conntrack_total, failover_lab, start_pair, stateful_firewall, udp_churn,
-    wait_for,
+use std::{
+    path::Path,
+    time::{Duration, Instant},
 };
+
+use ha_tests::{SyncKey, conntrack_total, replication_lab, udp_churn, wait_for};
 
 const FLOWS: usize = 150_000;
 
@@ -25,34 +25,9 @@ fn udp_count(lab: &ha_lab::Lab, ns: &str, dport: u16) -> usize {
 
 #[test]
 fn a_returning_peer_gets_the_whole_live_table_and_no_dead_flow() {
-    let mut lab = failover_lab();
-    for fw in ["fw1", "fw2"] {
-        stateful_firewall(&lab, fw, None);
-        // The flows are one packet each (unreplied): kept for the test's
-        // length rather than the default 30 s.
-        lab.sysctl(fw, "net.netfilter.nf_conntrack_udp_timeout", "600")
-            .unwrap();
-    }
-    // The server drops the churn quietly (no ICMP port-unreachable storm).
-    lab.nft(
-        "server",
-        "table inet churn {\n chain in {\n type filter hook input priority -10\n udp dport 20000-30000 drop\n }\n}\n",
-    )
-    .unwrap();
     let key = SyncKey::new("resync", [6u8; 32]);
-    let ha_extra = key.ha_extra();
-    let (a1, mut a2) = start_pair(&mut lab, 100, |spec| AgentSpec {
-        ha_extra: ha_extra.clone(),
-        ..spec
-    });
-    wait_for("roles", Duration::from_secs(10), || {
-        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
-    });
-    wait_for("both in sync", Duration::from_secs(10), || {
-        [&a1, &a2]
-            .iter()
-            .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
-    });
+    let (mut lab, a1, mut a2) =
+        replication_lab(&key.ha_extra(), true, Path::new("/nonexistent"), 0);
     // Ports 20000 and 20001: 60,000 flows each; 20002: 30,000. The lab
     // forwards fewer new flows per second than the raw socket sends: the
     // same flows go again until the master has (nearly) them all.
