@@ -9,8 +9,9 @@
 //! conntrackd, its cache learns them from the kernel's events). Then the
 //! backup's replication is restarted with its table flushed, and the time
 //! until its table holds 99.9 % of the master's is measured (ha-agent must
-//! also say it is in sync). The kernel's `nf_conntrack_max` is raised for
-//! the run (each namespace counts its own entries against it) and put back.
+//! also say it is in sync). The kernel's `nf_conntrack_max` (each namespace
+//! counts its own entries against it) and its hash buckets (one table for
+//! every namespace) are raised for the run and put back.
 //!
 //! Prints a table, writes `target/bench/resync.json` and adds the
 //! `resync_*` keys to `target/bench/sync.json`. Run with `cargo xtask bench`.
@@ -28,22 +29,31 @@ use ha_agent::sync::{
 use ha_tests::{ResyncOf, SyncKey, conntrack_total, replication_lab, require_root, time_resync};
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+/// The kernel's conntrack hash table is one for every namespace.
+const CONNTRACK_BUCKETS: &str = "/sys/module/nf_conntrack/parameters/hashsize";
 
-/// Puts `nf_conntrack_max` back on drop (panics included).
-struct ConntrackMax(String);
+/// The kernel's conntrack sized for the run (as an operator sizes it for a
+/// table this big): `nf_conntrack_max` and the hash buckets raised, both put
+/// back on drop (panics included).
+struct ConntrackSized(String, String);
 
-impl ConntrackMax {
-    fn raise(to: usize) -> ConntrackMax {
-        let old = std::fs::read_to_string(CONNTRACK_MAX).expect("read nf_conntrack_max");
-        if old.trim().parse::<usize>().is_ok_and(|v| v < to) {
-            std::fs::write(CONNTRACK_MAX, to.to_string()).expect("raise nf_conntrack_max");
+impl ConntrackSized {
+    fn raise(to: usize) -> ConntrackSized {
+        let read = |f| std::fs::read_to_string(f).unwrap_or_else(|e| panic!("read {f}: {e}"));
+        let (max, buckets) = (read(CONNTRACK_MAX), read(CONNTRACK_BUCKETS));
+        for (file, old) in [(CONNTRACK_MAX, &max), (CONNTRACK_BUCKETS, &buckets)] {
+            if old.trim().parse::<usize>().is_ok_and(|v| v < to) {
+                std::fs::write(file, to.to_string())
+                    .unwrap_or_else(|e| panic!("raise {file}: {e}"));
+            }
         }
-        ConntrackMax(old)
+        ConntrackSized(max, buckets)
     }
 }
 
-impl Drop for ConntrackMax {
+impl Drop for ConntrackSized {
     fn drop(&mut self) {
+        let _ = std::fs::write(CONNTRACK_BUCKETS, self.1.trim());
         let _ = std::fs::write(CONNTRACK_MAX, self.0.trim());
     }
 }
@@ -142,7 +152,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let _max = ConntrackMax::raise(2 * n + (1 << 18));
+    let _sized = ConntrackSized::raise(2 * n + (1 << 18));
     println!(
         "{:<11} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "system", "master", "backup", "complete", "resync s", "fill s"
