@@ -1096,3 +1096,18 @@ pub fn replication_lab(
     }
     (lab, a1, a2)
 }
+
+/// Removes a test's node directory and its agents' status files and sockets
+/// on drop (panics included). Declare it before the lab whose agents write
+/// them, so the agents are gone first: a live agent writes its status again.
+#[derive(Debug)]
+pub struct NodeFiles(pub std::path::PathBuf, pub Vec<String>);
+
+impl Drop for NodeFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        for f in self.1.iter().flat_map(|i| ha_agent::paths::run_files(i)) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}

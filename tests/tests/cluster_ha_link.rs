@@ -15,7 +15,7 @@
 use std::{path::Path, process::Output, time::Duration};
 
 use ha_lab::Lab;
-use ha_tests::{PinGuard, agent_bin, require_root, spawn_agent, wait_for};
+use ha_tests::{NodeFiles, PinGuard, agent_bin, require_root, spawn_agent, wait_for};
 
 /// Runs `ha-agent <args>` in `ns`; stdin is the file `stdin` if given (a
 /// redirect, as an operator feeds a token file), else empty.
@@ -113,24 +113,16 @@ fn ok(
 
 #[test]
 fn cluster_verbs_over_a_dedicated_ha_link() {
-    let mut lab = lab();
     let pins1 = PinGuard::new("hal1");
     let pins2 = PinGuard::new("hal2");
     let dir = std::env::temp_dir().join(&pins1.0);
     let (d1, d2) = (dir.join("fw1"), dir.join("fw2"));
     std::fs::create_dir_all(&d1).unwrap();
     std::fs::create_dir_all(&d2).unwrap();
-    /// Removes the nodes' files and the agents' status files and sockets.
-    struct Rm(std::path::PathBuf, [String; 2]);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            for f in self.1.iter().flat_map(|i| ha_agent::paths::run_files(i)) {
-                let _ = std::fs::remove_file(f);
-            }
-        }
-    }
-    let _rm = Rm(dir.clone(), [pins1.0.clone(), pins2.0.clone()]);
+    let _rm = NodeFiles(dir.clone(), vec![pins1.0.clone(), pins2.0.clone()]);
+    // Declared after the guards, so dropped before them: the agents (the
+    // lab's children) are gone before their status files are removed.
+    let mut lab = lab();
     let (c1, c2) = (d1.join("config.toml"), d2.join("config.toml"));
     let (c1s, c2s) = (c1.to_str().unwrap(), c2.to_str().unwrap());
     let logs = [d1.join("agent.log"), d2.join("agent.log")];
