@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::{
     apply::CACHE_MAX,
-    conntrack::{Conntrack, CtTuple},
+    conntrack::{Conntrack, CtEntry, CtTuple},
     record::{FLAG_NAT, Record, RecordKind},
 };
 
@@ -118,22 +118,31 @@ impl Enricher {
         // side of a NATed flow), by its reply tuple.
         let found = match self.ct.dump() {
             Ok(entries) => {
-                let mut by_orig = HashMap::with_capacity(entries.len());
-                let mut by_reply = HashMap::with_capacity(entries.len());
-                for (i, e) in entries.iter().enumerate() {
-                    by_orig.insert(e.orig, i);
-                    by_reply.insert(e.reply, i);
-                }
-                flows
+                let by_orig: HashMap<CtTuple, usize> = entries
                     .iter()
-                    .map(|f| {
-                        let t = CtTuple::orig_of(f);
-                        by_orig
-                            .get(&t)
-                            .or_else(|| by_reply.get(&t.inverted()))
-                            .map(|&i| entries[i])
-                    })
-                    .collect()
+                    .enumerate()
+                    .map(|(i, e)| (e.orig, i))
+                    .collect();
+                let mut found: Vec<Option<CtEntry>> = flows
+                    .iter()
+                    .map(|f| by_orig.get(&CtTuple::orig_of(f)).map(|&i| entries[i]))
+                    .collect();
+                // Those not found: by the reply tuple (indexed only then).
+                if found.iter().any(Option::is_none) {
+                    let by_reply: HashMap<CtTuple, usize> = entries
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| (e.reply, i))
+                        .collect();
+                    for (f, slot) in flows.iter().zip(&mut found) {
+                        if slot.is_none() {
+                            *slot = by_reply
+                                .get(&CtTuple::orig_of(f).inverted())
+                                .map(|&i| entries[i]);
+                        }
+                    }
+                }
+                found
             }
             Err(e) => {
                 warn!(cause = %e, "conntrack dump failed; looking the bulk's flows up one by one");
