@@ -84,6 +84,45 @@ pub fn set_current(class: Class) {
     }
 }
 
+/// The calling thread at normal priority until this is dropped, then back
+/// to the scheduling it had: for seconds of bulk work on a realtime thread
+/// (a bulk resync's dump), which would otherwise starve every
+/// normal-priority thread of its CPU (the status and state writer among
+/// them).
+pub struct NormalForNow(Option<(i32, libc::sched_param)>);
+
+impl NormalForNow {
+    pub fn new() -> NormalForNow {
+        // SAFETY: plain syscalls on the calling thread.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut param = libc::sched_param { sched_priority: 0 };
+            if policy != libc::SCHED_FIFO || libc::sched_getparam(0, &mut param) != 0 {
+                return NormalForNow(None);
+            }
+            let normal = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &normal);
+            NormalForNow(Some((policy, param)))
+        }
+    }
+}
+
+impl Default for NormalForNow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NormalForNow {
+    fn drop(&mut self) {
+        if let Some((policy, param)) = self.0 {
+            // SAFETY: plain syscall on the calling thread, restoring what
+            // it had.
+            unsafe { libc::sched_setscheduler(0, policy, &param) };
+        }
+    }
+}
+
 /// Starts thread `name` in `class` running `body`.
 pub fn spawn_blocking(
     name: &str,

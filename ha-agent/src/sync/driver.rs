@@ -543,6 +543,8 @@ pub async fn run(
         let owed = std::mem::take(&mut handle.lock()?.resync_owed);
         // A bulk for the peer: dumped and enriched without the lock.
         let bulk = owed.then(|| {
+            // Seconds for a million flows: not at realtime priority.
+            let _normal = crate::sched::NormalForNow::new();
             let t = Instant::now();
             let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
             let dumped = t.elapsed();
