@@ -92,7 +92,7 @@ pub fn set_current(class: Class) {
 pub struct NormalForNow(Option<(i32, libc::sched_param)>);
 
 impl NormalForNow {
-    pub fn new() -> NormalForNow {
+    pub fn enter() -> NormalForNow {
         // SAFETY: plain syscalls on the calling thread.
         unsafe {
             let policy = libc::sched_getscheduler(0);
@@ -104,12 +104,6 @@ impl NormalForNow {
             libc::sched_setscheduler(0, libc::SCHED_OTHER, &normal);
             NormalForNow(Some((policy, param)))
         }
-    }
-}
-
-impl Default for NormalForNow {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

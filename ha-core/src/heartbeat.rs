@@ -424,19 +424,14 @@ impl Prober {
     /// The peer was heard otherwise (an advert accepted): `seq`, the
     /// sequence of the advert when it was signed and its tag verified
     /// (`None`: unsigned), whose low bits are the term it announces
-    /// ([`auth::seq_term`]). The newest sequence counts, whatever the VRID
-    /// (adverts of two groups may cross on the way); one more than a
-    /// second of sequence behind is a sender whose sequence restarted from
-    /// its clock (`time` anti-replay after a clock step): a verified advert
-    /// is the peer's own, never a replay.
+    /// ([`auth::seq_term`]); the newest counts ([`auth::announces_newer`]).
     pub fn heard_peer(&mut self, seq: Option<u64>) {
         self.heard = self.seq;
         let Some(seq) = seq else { return };
-        let newer = self.announced.is_none_or(|(last, _)| {
-            let ahead = seq.wrapping_sub(last) as i64;
-            ahead > 0 || ahead < -(auth::clock_seq(Duration::from_secs(1)) as i64)
-        });
-        if newer {
+        if self
+            .announced
+            .is_none_or(|(last, _)| auth::announces_newer(seq, last))
+        {
             self.announced = Some((seq, auth::seq_term(seq)));
         }
     }

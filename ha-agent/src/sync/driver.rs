@@ -544,7 +544,7 @@ pub async fn run(
         // A bulk for the peer: dumped and enriched without the lock.
         let bulk = owed.then(|| {
             // Seconds for a million flows: not at realtime priority.
-            let _normal = crate::sched::NormalForNow::new();
+            let _normal = crate::sched::NormalForNow::enter();
             let t = Instant::now();
             let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
             let dumped = t.elapsed();
@@ -581,7 +581,7 @@ pub async fn run(
                 core.session.push_from(now, origin, r);
             }
             if let Some(records) = bulk {
-                core.session.queue_bulk(now, records);
+                core.session.queue_bulk(records);
                 bulks += 1;
             }
             core.flush();

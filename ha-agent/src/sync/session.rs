@@ -440,7 +440,7 @@ impl Session {
     /// meanwhile, ahead of what is left of the table; the table's copy of a
     /// flow a live record was queued for is not sent. A bulk still being
     /// sent is superseded (this dump is newer than all it held).
-    pub fn queue_bulk(&mut self, _now: Instant, records: impl IntoIterator<Item = Record>) {
+    pub fn queue_bulk(&mut self, records: impl IntoIterator<Item = Record>) {
         if self.bulk.take().is_some() {
             self.counters.bulks_superseded += 1;
         }
@@ -1053,7 +1053,7 @@ mod tests {
                     && let Ok(r) = b.on_datagram(&d)
                 {
                     if r.resync_requested {
-                        b.queue_bulk(now, []);
+                        b.queue_bulk([]);
                     }
                     got_b.add(r);
                 }
@@ -1064,7 +1064,7 @@ mod tests {
                     && let Ok(r) = a.on_datagram(&d)
                 {
                     if r.resync_requested {
-                        a.queue_bulk(now, []);
+                        a.queue_bulk([]);
                     }
                     got_a.add(r);
                 }
@@ -1217,7 +1217,7 @@ mod tests {
             for d in a.poll(now) {
                 if let Ok(r) = b.on_datagram(&d) {
                     if r.resync_requested {
-                        b.queue_bulk(now, []);
+                        b.queue_bulk([]);
                     }
                     got.add(r);
                 }
@@ -1226,7 +1226,7 @@ mod tests {
                 if let Ok(r) = a.on_datagram(&d)
                     && r.resync_requested
                 {
-                    a.queue_bulk(now, table.iter().copied());
+                    a.queue_bulk(table.iter().copied());
                 }
             }
         }
@@ -1362,7 +1362,7 @@ mod tests {
                 if let Ok(r) = a.on_datagram(&d)
                     && r.resync_requested
                 {
-                    a.queue_bulk(now, table.iter().copied());
+                    a.queue_bulk(table.iter().copied());
                 }
             }
         }
@@ -1503,14 +1503,14 @@ mod tests {
                 if let Ok(r) = b.on_datagram(&d)
                     && r.resync_requested
                 {
-                    b.queue_bulk(now, []);
+                    b.queue_bulk([]);
                 }
             }
             for d in b.poll(now) {
                 if let Ok(r) = a.on_datagram(&d)
                     && r.resync_requested
                 {
-                    a.queue_bulk(now, [rec(500)]);
+                    a.queue_bulk([rec(500)]);
                 }
             }
         }
@@ -1652,14 +1652,14 @@ mod tests {
                     && r.resync_requested
                 {
                     asked = true;
-                    a.queue_bulk(now, (0..300).map(rec));
+                    a.queue_bulk((0..300).map(rec));
                 }
             }
             for d in a.poll(now) {
                 if let Ok(r) = b.on_datagram(&d) {
                     in_sync |= r.in_sync;
                     if r.resync_requested {
-                        b.queue_bulk(now, []);
+                        b.queue_bulk([]);
                     }
                 }
             }
@@ -1760,11 +1760,10 @@ mod tests {
             /// Hands a datagram to the end it goes to (`to_b`) and checks
             /// what comes out.
             fn feed(&mut self, to_b: bool, d: &[u8]) {
-                let now = ms(self.now);
                 let end = if to_b { &mut self.b } else { &mut self.a };
                 if let Ok(r) = end.on_datagram(d) {
                     if r.resync_requested {
-                        end.queue_bulk(now, []);
+                        end.queue_bulk([]);
                     }
                     if to_b {
                         self.delivered.extend(r.records);

@@ -325,6 +325,16 @@ pub const fn seq_term(seq: u64) -> u16 {
     seq as u16
 }
 
+/// Whether a verified advert of sequence `seq` announces its sender's term
+/// in place of the one of `last`: it is newer, whatever the VRID (adverts of
+/// two groups may cross on the way), or more than a second of sequence
+/// behind (a sender whose sequence restarted from its clock: `time`
+/// anti-replay after a clock step; a verified advert is the sender's own,
+/// never a replay).
+pub fn announces_newer(seq: u64, last: u64) -> bool {
+    after(seq, last) || last.wrapping_sub(seq) as i64 > clock_seq(Duration::from_secs(1)) as i64
+}
+
 /// The sequence a trailer carries.
 pub fn trailer_seq(trailer: &[u8; TRAILER_LEN]) -> u64 {
     let mut b = [0u8; 8];

@@ -115,15 +115,12 @@ impl World<'_> {
                     let m = self.nodes[i].seen.entry((vrid, src)).or_insert(seq);
                     *m = (*m).max(seq);
                     // Handed to a started core (its prober with it).
-                    // The newest by sequence (adverts of two groups may
-                    // cross), or one restarted from the sender's clock.
+                    // The newest, as the prober counts it.
                     let took = received(&self.nodes[i]) > before;
                     let hb = &mut self.nodes[i].hb;
-                    let newer = hb.announced.is_none_or(|(last, _)| {
-                        let ahead = seq.wrapping_sub(last) as i64;
-                        ahead > 0
-                            || ahead < -(auth::clock_seq(std::time::Duration::from_secs(1)) as i64)
-                    });
+                    let newer = hb
+                        .announced
+                        .is_none_or(|(last, _)| auth::announces_newer(seq, last));
                     if took && newer {
                         hb.announced = Some((seq, term));
                     }
