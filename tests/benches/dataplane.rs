@@ -155,6 +155,20 @@ fn main() {
         println!("{name:<44} {ns:>10.1}");
         per_path.insert((*name).into(), ns.into());
     }
+    // The flow-tracked paths, for the state-sync figures.
+    let flow_paths: serde_json::Map<String, serde_json::Value> = per_path
+        .iter()
+        .filter(|(k, _)| k.contains("flow-tracked"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let slowest = flow_paths
+        .values()
+        .filter_map(serde_json::Value::as_f64)
+        .fold(0.0, f64::max);
+    ha_tests::merge_bench_json(
+        "sync.json",
+        serde_json::json!({"xdp_flow_ns": slowest, "xdp_flow_ns_paths": flow_paths}),
+    );
     results.insert("ns_per_packet".into(), per_path.into());
 
     // 2. Flip ownership of 1,000 VIPs: one map write, timed over many flips.

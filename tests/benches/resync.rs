@@ -26,7 +26,10 @@ use ha_agent::sync::{
     flows::FlowTable,
     record::{Record, RecordKind},
 };
-use ha_tests::{ResyncOf, SyncKey, conntrack_total, replication_lab, require_root, time_resync};
+use ha_tests::{
+    ResyncOf, SyncKey, conntrack_total, links_down_at_once, merge_bench_json, replication_lab,
+    require_root, time_resync, wait_for,
+};
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 /// The kernel's conntrack hash table is one for every namespace.
@@ -76,6 +79,10 @@ struct Row {
     /// Writing the master's table (s).
     fill_s: f64,
     r: ha_tests::Resync,
+    /// ha-agent only: the backup's commit before its ownership write when
+    /// the master then crashes with the whole table replicated (ms,
+    /// records applied in it).
+    commit: Option<(f64, usize)>,
 }
 
 fn run(system: ResyncOf, n: usize) -> Row {
@@ -130,13 +137,39 @@ fn run(system: ResyncOf, n: usize) -> Row {
         }
     }
     let r = time_resync(&mut lab, system, &mut a2, &dir, flows);
+    // The takeover with the table replicated: the master crashes (its
+    // links down at once, its agent killed); the backup's commit is what
+    // its status says of the takeover.
+    let mut commit = None;
+    if system == ResyncOf::Agent {
+        links_down_at_once(&lab, "fw1", &["ha0", "lan0", "wan0"]);
+        a1.signal(libc::SIGKILL);
+        wait_for("fw2 takes over", Duration::from_secs(10), || {
+            a2.role().as_deref() == Some("MASTER")
+        });
+        let mut took = None;
+        let t = Instant::now();
+        while took.is_none() && t.elapsed() < Duration::from_secs(5) {
+            took = a2
+                .status()
+                .and_then(|s| s.last_takeover)
+                .and_then(|t| Some((t.commit_us? / 1e3, t.commit_records?)));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        commit = took;
+    }
     if std::env::var_os("HATEST_DEBUG").is_some() {
         for a in [&a1, &a2] {
             eprintln!("{}", a.log_text());
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Row { system, fill_s, r }
+    Row {
+        system,
+        fill_s,
+        r,
+        commit,
+    }
 }
 
 fn name(s: ResyncOf) -> &'static str {
@@ -174,6 +207,13 @@ fn main() {
             row.r.seconds,
             row.fill_s
         );
+        if let Some((ms, records)) = row.commit {
+            println!(
+                "  {}: commit before the ownership write at takeover, {} flows replicated: {records} records in {ms:.3} ms",
+                name(system),
+                row.r.got
+            );
+        }
         rows.push(row);
     }
     let of = |s: ResyncOf| rows.iter().find(|r| r.system == s).map(|r| r.r);
@@ -184,6 +224,8 @@ fn main() {
             "got": r.r.got,
             "complete": r.r.complete,
             "resync_s": r.r.seconds,
+            "commit_ms": r.commit.map(|c| c.0),
+            "commit_records": r.commit.map(|c| c.1),
         })).collect::<Vec<_>>(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -194,14 +236,21 @@ fn main() {
     )
     .unwrap();
     // The keys, beside the sync benchmark's.
-    let sync_json = dir.join("sync.json");
-    let mut sync: serde_json::Value = std::fs::read(&sync_json)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
-    sync["resync_flows"] = serde_json::json!(of(ResyncOf::Agent).map(|r| r.flows));
-    sync["resync_complete"] = serde_json::json!(of(ResyncOf::Agent).map(|r| r.complete));
-    sync["resync_s"] = serde_json::json!(of(ResyncOf::Agent).map(|r| r.seconds));
-    sync["conntrackd_resync_s"] = serde_json::json!(of(ResyncOf::Conntrackd).map(|r| r.seconds));
-    std::fs::write(&sync_json, serde_json::to_vec_pretty(&sync).unwrap()).unwrap();
+    let agent = of(ResyncOf::Agent);
+    merge_bench_json(
+        "sync.json",
+        serde_json::json!({
+            "resync_flows": agent.map(|r| r.flows),
+            "resync_complete": agent.map(|r| r.complete),
+            "resync_s": agent.map(|r| r.seconds),
+            "conntrackd_resync_s": of(ResyncOf::Conntrackd).map(|r| r.seconds),
+            "conntrackd_resync_got": of(ResyncOf::Conntrackd).map(|r| r.got),
+            "commit_ms_at_1m": rows
+                .iter()
+                .find(|r| r.system == ResyncOf::Agent)
+                .and_then(|r| r.commit)
+                .map(|c| c.0),
+            "commit_flows": agent.map(|r| r.got),
+        }),
+    );
 }

@@ -1111,3 +1111,29 @@ impl Drop for NodeFiles {
         }
     }
 }
+
+/// Merges the keys of `values` (an object) into `target/bench/<file>`:
+/// objects key by key (so two benchmarks can each add to one object), other
+/// values replaced. Each benchmark writes its own keys; none erases another's.
+pub fn merge_bench_json(file: &str, values: serde_json::Value) {
+    fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file);
+    let mut json: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    merge(&mut json, values);
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+}

@@ -87,28 +87,25 @@ impl Applier {
         }
         let results = self.ct.apply_batch(&batch, timeout_for);
         let now_ns = monotonic_ns();
+        // XDP table writes, in order, batched up to each removal.
+        let mut inserts: Vec<(CtTuple, u8)> = Vec::with_capacity(batch.len());
         for (r, res) in batch.iter().zip(results) {
             let orig = CtTuple::orig_of(r);
             // The XDP side: the original direction, and for NAT also the
             // translated side the new master sees on its other interface.
-            let mut keys = vec![orig];
-            if r.flags & FLAG_NAT != 0 {
-                keys.push(CtTuple::reply_of(r).inverted());
-            }
+            let nat = (r.flags & FLAG_NAT != 0).then(|| CtTuple::reply_of(r).inverted());
+            let keys = std::iter::once(orig).chain(nat);
             match (r.kind, res) {
                 (RecordKind::Upsert, Ok(())) => {
                     self.applied.insert(orig, CtTuple::reply_of(r));
-                    if let Some(flows) = &mut self.flows {
-                        for t in &keys {
-                            flows.insert(t, r.state, now_ns);
-                        }
-                    }
+                    inserts.extend(keys.map(|t| (t, r.state)));
                 }
                 (RecordKind::Delete, Ok(())) => {
                     self.applied.remove(&orig);
                     if let Some(flows) = &mut self.flows {
-                        for t in &keys {
-                            flows.remove(t);
+                        flows.insert_many(&std::mem::take(&mut inserts), now_ns);
+                        for t in keys {
+                            flows.remove(&t);
                         }
                     }
                 }
@@ -119,6 +116,9 @@ impl Applier {
                     }
                 }
             }
+        }
+        if let Some(flows) = &mut self.flows {
+            flows.insert_many(&inserts, now_ns);
         }
     }
 }

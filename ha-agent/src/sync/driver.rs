@@ -51,9 +51,10 @@ use tracing::{info, warn};
 use super::{
     apply::Applier,
     conntrack::{Conntrack, CtTuple},
-    enrich::{Ask, Enricher, record_of},
+    enrich::{Ask, BulkRead, Enricher, bulk_of, record_of},
     flows::FlowTable,
-    session::{Session, Settings},
+    record::Record,
+    session::{BulkId, Session, Settings},
 };
 use crate::{
     config::Config,
@@ -158,8 +159,15 @@ impl Core {
                         }
                         Err(e) => {
                             rejected += 1;
-                            // Counted by the session; logged at most once a second.
-                            if self.reject_log.allow(self.now()) {
+                            // Counted by the session; logged at most once a
+                            // second. Not a frame already received: it was
+                            // authentic, and the peer resends what it sees
+                            // unacknowledged for a moment (it is acknowledged
+                            // again); a warning at every busy bulk would
+                            // teach operators to ignore the warnings.
+                            if e != super::frame::FrameError::Replay
+                                && self.reject_log.allow(self.now())
+                            {
                                 warn!(cause = %e, total = ?self.session.counters.rejected, "sync frame rejected");
                             }
                         }
@@ -500,6 +508,77 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A bulk whose table is being dumped on its own thread.
+struct Dumping {
+    id: BulkId,
+    rx: std::sync::mpsc::Receiver<DumpPart>,
+}
+
+/// What the dump thread hands the sync loop.
+enum DumpPart {
+    /// More of the table.
+    Records(Vec<Record>),
+    /// The table is all read.
+    End(BulkRead),
+}
+
+/// Dumps a bulk's table on a thread of its own, at normal priority, with
+/// sockets of its own: the XDP flow table, each flow read from kernel
+/// conntrack ([`bulk_of`]), handed over a part at a time (the sync loop is
+/// woken for each, and sends it while the rest is read); then flows
+/// conntrack forgot and XDP saw no packet of for [`DEAD_FLOW_IDLE`] are
+/// aged out of the XDP table.
+fn spawn_dump(
+    instance: &str,
+    handle: Arc<SyncHandle>,
+) -> std::io::Result<std::sync::mpsc::Receiver<DumpPart>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let instance = instance.to_owned();
+    crate::sched::spawn_blocking("sync-bulk", crate::sched::Class::Normal, move || {
+        let t = Instant::now();
+        let mut table = FlowTable::open(&instance);
+        let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
+        let dumped = t.elapsed();
+        let tracked = flows.len();
+        let send = |part| {
+            let _ = tx.send(part);
+            handle.wake.notify_one();
+        };
+        let read = match Conntrack::open() {
+            Ok(mut ct) => bulk_of(&mut ct, flows, |r| send(DumpPart::Records(r))),
+            Err(e) => {
+                warn!(cause = %e, "no ctnetlink socket for the bulk; it goes as XDP saw the flows");
+                let live = flows.len();
+                send(DumpPart::Records(flows));
+                BulkRead {
+                    live,
+                    ..BulkRead::default()
+                }
+            }
+        };
+        let conntrack = t.elapsed() - dumped;
+        let mut aged = 0;
+        if let Some(table) = table.as_mut() {
+            let now_ns = monotonic_ns();
+            for r in &read.dead {
+                aged +=
+                    usize::from(table.forget_idle(&CtTuple::orig_of(r), now_ns, DEAD_FLOW_IDLE));
+            }
+        }
+        info!(
+            flows = read.live,
+            tracked,
+            dead = read.dead.len(),
+            aged,
+            xdp_dump_ms = dumped.as_millis() as u64,
+            conntrack_ms = conntrack.as_millis() as u64,
+            "bulk resync read (the flows kernel conntrack still has); sent as it was read"
+        );
+        send(DumpPart::End(read));
+    })?;
+    Ok(rx)
+}
+
 /// Runs replication until `shutdown` (on the sync thread).
 /// A flow kernel conntrack does not know is forgotten in the XDP table
 /// only after this long without a packet (a new flow's first packets pass
@@ -519,11 +598,11 @@ pub async fn run(
     let readable = unsafe { AsyncFd::register_with_interest(udp, tokio::io::Interest::READABLE) }?;
     let mut events = FlowEvents::open(&config.instance, Duration::from_millis(1))?;
     let mut enricher = Enricher::new(Conntrack::open().context("ctnetlink socket")?);
-    let mut table = FlowTable::open(&config.instance);
     // Event timestamps (CLOCK_MONOTONIC, ns) into the session's time base.
     let start_mono = monotonic_ns().saturating_sub(start.elapsed().as_nanos() as u64);
     let mut lags: VecDeque<f64> = VecDeque::with_capacity(LAG_SAMPLES);
     let mut bulks = 0u64;
+    let mut dumping: Option<Dumping> = None;
     let mut batch = Vec::new();
     let mut flood_log = Every::new();
     let mut flood_window_end = Instant::now();
@@ -540,38 +619,30 @@ pub async fn run(
             enricher.enrich(now, due, &mut out);
         }
         let forced = handle.resync.swap(false, Ordering::AcqRel);
-        let owed = std::mem::take(&mut handle.lock()?.resync_owed);
-        // A bulk for the peer: dumped and enriched without the lock.
-        let bulk = owed.then(|| {
-            // Seconds for a million flows: not at realtime priority.
-            let _normal = crate::sched::NormalForNow::enter();
-            let t = Instant::now();
-            let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
-            let dumped = t.elapsed();
-            let tracked = flows.len();
-            let (records, dead) = enricher.bulk(flows);
-            let read = t.elapsed() - dumped;
-            // Flows conntrack forgot, idle in XDP too: aged out of the XDP
-            // table.
-            let mut aged = 0;
-            if let Some(t) = table.as_mut() {
-                let now_ns = monotonic_ns();
-                for r in &dead {
-                    aged +=
-                        usize::from(t.forget_idle(&CtTuple::orig_of(r), now_ns, DEAD_FLOW_IDLE));
+        // A bulk's table, dumped on its own thread meanwhile: what it read
+        // so far, and whether it ended (or the thread did without a table).
+        let mut parts = Vec::new();
+        let mut ended = None;
+        let dump_id = dumping.as_ref().map(|d| d.id);
+        if let Some(d) = &dumping {
+            loop {
+                match d.rx.try_recv() {
+                    Ok(DumpPart::Records(r)) => parts.push(r),
+                    Ok(DumpPart::End(read)) => {
+                        ended = Some(Some(read));
+                        break;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        ended = Some(None);
+                        break;
+                    }
                 }
             }
-            info!(
-                flows = records.len(),
-                tracked,
-                dead = dead.len(),
-                aged,
-                xdp_dump_ms = dumped.as_millis() as u64,
-                conntrack_ms = read.as_millis() as u64,
-                "sending the peer a bulk resync (the flows kernel conntrack still has)"
-            );
-            records
-        });
+        }
+        if ended.is_some() {
+            dumping = None;
+        }
         let wake = {
             let mut core = handle.lock()?;
             if forced {
@@ -580,9 +651,40 @@ pub async fn run(
             for (r, origin) in out {
                 core.session.push_from(now, origin, r);
             }
-            if let Some(records) = bulk {
-                core.session.queue_bulk(records);
+            if let Some(id) = dump_id {
+                for r in parts {
+                    core.session.extend_bulk(id, r);
+                }
+                match ended {
+                    Some(Some(read)) => {
+                        enricher.count_nat(read.nat);
+                        if !core.session.end_bulk(id) {
+                            info!("a bulk's dump ended after its bulk was superseded");
+                        }
+                    }
+                    Some(None) => {
+                        warn!(
+                            "the bulk's dump thread ended without finishing; another bulk follows"
+                        );
+                        core.session.fail_bulk(id);
+                    }
+                    None => {}
+                }
+            }
+            // A bulk for the peer: begun now (live records from here on are
+            // newer than its table), its table dumped on its own thread (a
+            // million flows take seconds, which would stop replication and
+            // the acknowledgements the peer's liveness rests on).
+            if dumping.is_none() && std::mem::take(&mut core.resync_owed) {
+                let id = core.session.begin_bulk();
                 bulks += 1;
+                match spawn_dump(&config.instance, Arc::clone(&handle)) {
+                    Ok(rx) => dumping = Some(Dumping { id, rx }),
+                    Err(e) => {
+                        warn!(cause = %e, "could not start the bulk's dump thread; another bulk follows");
+                        core.session.fail_bulk(id);
+                    }
+                }
             }
             core.flush();
             for origin in core.session.take_acked() {

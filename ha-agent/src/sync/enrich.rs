@@ -75,6 +75,94 @@ impl Ask {
     }
 }
 
+/// What a bulk resync's table held, read from kernel conntrack by
+/// [`bulk_of`] (its records went to `emit` meanwhile).
+#[derive(Debug, Default)]
+pub struct BulkRead {
+    /// Records sent (the connections conntrack still has).
+    pub live: usize,
+    /// Flows of the XDP table conntrack no longer knows (to forget there).
+    pub dead: Vec<Record>,
+    /// Of the live ones, those with a NAT mapping.
+    pub nat: u64,
+}
+
+/// Records handed to `emit` at a time by [`bulk_of`].
+pub const BULK_PART: usize = 8192;
+
+/// The records of a bulk resync from `flows` (the XDP flow table): only
+/// the connections kernel conntrack still has, read from it (state, NAT)
+/// and handed to `emit` [`BULK_PART`] at a time as the dump goes (the
+/// peer applies them meanwhile); a flow conntrack no longer knows is dead
+/// and not sent (a bulk must not bring long-gone connections back on the
+/// peer), nor is one closing. If conntrack cannot be dumped, the flows not
+/// read yet are looked up one by one, and if that fails too they go as XDP
+/// saw them (the peer would rather have them than not). Runs on the bulk's
+/// own thread, with a socket of its own: seconds for a million flows.
+pub fn bulk_of(
+    ct: &mut Conntrack,
+    flows: Vec<Record>,
+    mut emit: impl FnMut(Vec<Record>),
+) -> BulkRead {
+    // Each flow by its original tuple; a conntrack entry is one of them if
+    // its original tuple is that, or (the XDP side of a NATed flow) its
+    // reply tuple is that one seen from the other end.
+    let mut wanted: HashMap<CtTuple, usize> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (CtTuple::orig_of(f), i))
+        .collect();
+    let mut read = BulkRead::default();
+    let mut part = Vec::with_capacity(BULK_PART);
+    let mut take = |e: &CtEntry, read: &mut BulkRead, part: &mut Vec<Record>| {
+        let rec = e.record();
+        if rec.state == TcpState::Closed as u8 {
+            return;
+        }
+        if rec.flags & FLAG_NAT != 0 {
+            read.nat += 1;
+        }
+        read.live += 1;
+        part.push(rec);
+        if part.len() >= BULK_PART {
+            emit(std::mem::replace(part, Vec::with_capacity(BULK_PART)));
+        }
+    };
+    let dumped = ct.dump_each(|entries| {
+        for e in entries {
+            if wanted.remove(&e.orig).is_some() || wanted.remove(&e.reply.inverted()).is_some() {
+                take(e, &mut read, &mut part);
+            }
+        }
+    });
+    if let Err(e) = dumped {
+        warn!(cause = %e, left = wanted.len(), "conntrack dump failed; looking the bulk's flows left up one by one");
+        let left: Vec<usize> = wanted.drain().map(|(_, i)| i).collect();
+        let tuples: Vec<CtTuple> = left.iter().map(|&i| CtTuple::orig_of(&flows[i])).collect();
+        match ct.lookup(&tuples) {
+            Ok(found) => {
+                for (i, entry) in left.into_iter().zip(found) {
+                    match entry {
+                        Some(e) => take(&e, &mut read, &mut part),
+                        None => read.dead.push(flows[i]),
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(cause = %e, "conntrack lookup failed; the bulk's flows left go as XDP saw them");
+                read.live += left.len();
+                part.extend(left.into_iter().map(|i| flows[i]));
+            }
+        }
+    } else {
+        read.dead = wanted.into_values().map(|i| flows[i]).collect();
+    }
+    if !part.is_empty() {
+        emit(part);
+    }
+    read
+}
+
 /// The master's side: flow events become records, with the NAT mapping and
 /// TCP state from kernel conntrack.
 pub struct Enricher {
@@ -104,76 +192,9 @@ impl Enricher {
         self.nat_records
     }
 
-    /// The records of a bulk resync from `flows` (the XDP flow table): only
-    /// the connections kernel conntrack still has, read from it (state, NAT);
-    /// a flow conntrack no longer knows is dead and not sent (a bulk must not
-    /// bring long-gone connections back on the peer), nor is one closing.
-    /// Returns the records and the dead flows (to forget in the XDP table).
-    /// If conntrack cannot be asked, the flows go as XDP saw them (the peer
-    /// would rather have them than not).
-    pub fn bulk(&mut self, flows: Vec<Record>) -> (Vec<Record>, Vec<Record>) {
-        // One dump of the whole table (a lookup per flow costs a netlink
-        // round trip each: seconds for a million), each flow then found in
-        // it by its original tuple or, seen from the other end (the XDP
-        // side of a NATed flow), by its reply tuple.
-        let found = match self.ct.dump() {
-            Ok(entries) => {
-                let by_orig: HashMap<CtTuple, usize> = entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| (e.orig, i))
-                    .collect();
-                let mut found: Vec<Option<CtEntry>> = flows
-                    .iter()
-                    .map(|f| by_orig.get(&CtTuple::orig_of(f)).map(|&i| entries[i]))
-                    .collect();
-                // Those not found: by the reply tuple (indexed only then).
-                if found.iter().any(Option::is_none) {
-                    let by_reply: HashMap<CtTuple, usize> = entries
-                        .iter()
-                        .enumerate()
-                        .map(|(i, e)| (e.reply, i))
-                        .collect();
-                    for (f, slot) in flows.iter().zip(&mut found) {
-                        if slot.is_none() {
-                            *slot = by_reply
-                                .get(&CtTuple::orig_of(f).inverted())
-                                .map(|&i| entries[i]);
-                        }
-                    }
-                }
-                found
-            }
-            Err(e) => {
-                warn!(cause = %e, "conntrack dump failed; looking the bulk's flows up one by one");
-                let tuples: Vec<CtTuple> = flows.iter().map(CtTuple::orig_of).collect();
-                match self.ct.lookup(&tuples) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn!(cause = %e, "conntrack lookup failed; the bulk goes as XDP saw the flows");
-                        return (flows, Vec::new());
-                    }
-                }
-            }
-        };
-        let (mut live, mut dead) = (Vec::with_capacity(flows.len()), Vec::new());
-        for (flow, entry) in flows.into_iter().zip(found) {
-            match entry {
-                Some(e) => {
-                    let rec = e.record();
-                    if rec.state == TcpState::Closed as u8 {
-                        continue;
-                    }
-                    if rec.flags & FLAG_NAT != 0 {
-                        self.nat_records += 1;
-                    }
-                    self.cache.insert(CtTuple::orig_of(&flow), rec);
-                    live.push(rec);
-                }
-                None => dead.push(flow),
-            }
-        }
-        (live, dead)
+    /// Counts the NAT records a bulk sent (read by [`bulk_of`]).
+    pub fn count_nat(&mut self, n: u64) {
+        self.nat_records += n;
     }
 
     /// Turns events into records to send now (with their origin); flows to

@@ -105,24 +105,74 @@ impl FlowTable {
 
     /// Tracks the flow `t` (original direction) in `state`, seen at `now_ns`.
     pub fn insert(&mut self, t: &CtTuple, state: u8, now_ns: u64) {
-        let (key, lo_origin) = key_of(t);
-        let st = FlowState {
-            first_ns: now_ns,
-            last_ns: now_ns,
-            emitted_ns: now_ns,
-            packets: 0,
-            bytes: 0,
-            state,
-            flags: if lo_origin {
-                flow::FLOW_LO_IS_ORIGIN
-            } else {
-                0
-            },
-            _pad: [0; 6],
-        };
+        let (key, st) = entry_of(t, state, now_ns);
         let _ = self.map.insert(key, st, 0);
     }
 
+    /// Tracks the flows `flows` (tuple in the original direction, state),
+    /// seen at `now_ns`, with `BPF_MAP_UPDATE_BATCH`: one system call for
+    /// all (a bulk resync writes a million); one by one if the kernel
+    /// refuses the batch.
+    pub fn insert_many(&mut self, flows: &[(CtTuple, u8)], now_ns: u64) {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+        if flows.is_empty() {
+            return;
+        }
+        let (keys, values): (Vec<FlowKey>, Vec<FlowState>) = flows
+            .iter()
+            .map(|(t, state)| entry_of(t, *state, now_ns))
+            .unzip();
+        let batched = self.raw.as_ref().is_some_and(|raw| {
+            let fd = raw.fd().as_fd().as_raw_fd();
+            // `union bpf_attr`'s `batch`: in_batch, out_batch, keys,
+            // values, count | map_fd << 32, elem_flags, flags.
+            let mut attr = [0u64; 8];
+            attr[2] = keys.as_ptr() as u64;
+            attr[3] = values.as_ptr() as u64;
+            attr[4] = keys.len() as u64 | (u64::from(fd as u32) << 32);
+            // SAFETY: `attr` is a valid `bpf_attr` prefix of 56 bytes; the
+            // kernel reads `count` keys and values from buffers of that
+            // many, and writes back only the count it did.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_UPDATE_BATCH,
+                    attr.as_mut_ptr(),
+                    56usize,
+                )
+            };
+            r == 0
+        });
+        if !batched {
+            for (key, st) in keys.into_iter().zip(values) {
+                let _ = self.map.insert(key, st, 0);
+            }
+        }
+    }
+}
+
+/// A flow's key and its entry as written from the sync side.
+fn entry_of(t: &CtTuple, state: u8, now_ns: u64) -> (FlowKey, FlowState) {
+    let (key, lo_origin) = key_of(t);
+    let st = FlowState {
+        first_ns: now_ns,
+        last_ns: now_ns,
+        emitted_ns: now_ns,
+        packets: 0,
+        bytes: 0,
+        state,
+        flags: if lo_origin {
+            flow::FLOW_LO_IS_ORIGIN
+        } else {
+            0
+        },
+        _pad: [0; 6],
+    };
+    (key, st)
+}
+
+impl FlowTable {
     /// Forgets the flow `t`.
     pub fn remove(&mut self, t: &CtTuple) {
         let _ = self.map.remove(&key_of(t).0);

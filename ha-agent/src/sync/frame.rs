@@ -110,7 +110,7 @@ pub enum FrameError {
     Malformed,
     #[error("from an unexpected sender")]
     Sender,
-    #[error("replayed")]
+    #[error("already received (resent by the peer, or replayed)")]
     Replay,
     #[error("sequence outside the window")]
     OutOfWindow,

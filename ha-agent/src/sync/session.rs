@@ -169,7 +169,15 @@ struct Bulk {
     touched: HashSet<FlowId>,
     /// Nothing was dropped since it began.
     whole: bool,
+    /// Still being dumped (elsewhere): nothing to frame yet, and not done.
+    dumping: bool,
+    /// Which [`Session::begin_bulk`] this is.
+    id: BulkId,
 }
+
+/// One bulk resync, from [`Session::begin_bulk`] to [`Session::end_bulk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkId(u64);
 
 /// A connection's identity: its original tuple.
 type FlowId = (u8, std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u16);
@@ -258,6 +266,8 @@ pub struct Session {
     /// Records were dropped since the peer last had everything: it is owed a
     /// bulk when it acknowledges again.
     owe_bulk: bool,
+    /// Bulks begun (the last one's [`BulkId`]).
+    bulks_begun: u64,
     /// The round trip to the peer's acknowledgement (RFC 6298's smoothed
     /// estimate and variation), which sets the timeout of new frames: a
     /// peer applying a bulk acknowledges later than the base timeout, and
@@ -316,6 +326,7 @@ impl Session {
             timeouts: 0,
             peer_down: false,
             owe_bulk: false,
+            bulks_begun: 0,
             srtt: None,
             rttvar: Duration::ZERO,
             rto_backoff: Duration::ZERO,
@@ -385,6 +396,11 @@ impl Session {
         self.bulk.is_some()
     }
 
+    /// Whether a bulk resync is begun and its table not dumped yet.
+    pub fn bulk_dumping(&self) -> bool {
+        self.bulk.as_ref().is_some_and(|b| b.dumping)
+    }
+
     /// Queues one record; frames go out from [`Session::poll`].
     pub fn push(&mut self, now: Instant, record: Record) {
         self.push_from(now, now, record);
@@ -433,24 +449,76 @@ impl Session {
         std::mem::take(&mut self.acked)
     }
 
-    /// Queues a whole table (answer to a resync request): [`Session::poll`]
-    /// frames it as the window drains, and ends it with `ResyncDone` only if
-    /// nothing was dropped meanwhile (otherwise no `ResyncDone`, and another
-    /// bulk is owed: the peer stays out of sync). Live records go on
-    /// meanwhile, ahead of what is left of the table; the table's copy of a
-    /// flow a live record was queued for is not sent. A bulk still being
-    /// sent is superseded (this dump is newer than all it held).
+    /// Queues a whole table (answer to a resync request) dumped now:
+    /// [`Session::begin_bulk`], [`Session::extend_bulk`] and
+    /// [`Session::end_bulk`] at once.
     pub fn queue_bulk(&mut self, records: impl IntoIterator<Item = Record>) {
+        let id = self.begin_bulk();
+        self.extend_bulk(id, records);
+        self.end_bulk(id);
+    }
+
+    /// Begins a bulk resync, before its table is dumped (which takes
+    /// seconds for a million flows, on another thread): from now on, a live
+    /// record queued for a flow makes the dump's copy of it void (the dump
+    /// may have read the flow before that record's change). A bulk still
+    /// being sent is superseded (this dump is newer than all it held).
+    pub fn begin_bulk(&mut self) -> BulkId {
         if self.bulk.take().is_some() {
             self.counters.bulks_superseded += 1;
         }
         self.control.retain(|k| *k != Kind::ResyncDone);
         self.owe_bulk = false;
+        self.bulks_begun += 1;
+        let id = BulkId(self.bulks_begun);
         self.bulk = Some(Bulk {
-            queue: records.into_iter().collect(),
+            queue: VecDeque::new(),
             touched: HashSet::new(),
             whole: true,
+            dumping: true,
+            id,
         });
+        id
+    }
+
+    /// More of bulk `id`'s table, as the dump reads it: [`Session::poll`]
+    /// frames it as the window drains. Live records go on meanwhile, ahead
+    /// of what is left of the table; the table's copy of a flow a live
+    /// record was queued for since the bulk began is not sent. Records for
+    /// a bulk no longer current (superseded, or void with the peer's
+    /// restart) or already ended are dropped: returns whether they were
+    /// taken.
+    pub fn extend_bulk(&mut self, id: BulkId, records: impl IntoIterator<Item = Record>) -> bool {
+        match &mut self.bulk {
+            Some(b) if b.id == id && b.dumping => {
+                b.queue.extend(records);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Bulk `id`'s table is all read: once it went, `ResyncDone` follows
+    /// if nothing was dropped meanwhile (otherwise no `ResyncDone`, and
+    /// another bulk is owed: the peer stays out of sync).
+    pub fn end_bulk(&mut self, id: BulkId) -> bool {
+        match &mut self.bulk {
+            Some(b) if b.id == id && b.dumping => {
+                b.dumping = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Bulk `id` could not be dumped: it ends incomplete (the peer stays
+    /// out of sync) and another is owed.
+    pub fn fail_bulk(&mut self, id: BulkId) {
+        if self.bulk.as_ref().is_some_and(|b| b.id == id) {
+            self.bulk = None;
+            self.counters.bulks_incomplete += 1;
+            self.owe_bulk = true;
+        }
     }
 
     /// Moves bulk records into `pending` as far as frames can go out now
@@ -475,7 +543,7 @@ impl Session {
                 moved.push(r);
             }
         }
-        let done = b.queue.is_empty();
+        let done = !b.dumping && b.queue.is_empty();
         let whole = b.whole;
         for r in moved {
             self.pend(now, now, r);
@@ -1333,6 +1401,105 @@ mod tests {
         );
         assert!(b.in_sync(), "in sync again once a bulk went whole");
         assert!(got.records.ends_with(&table), "the last bulk, whole");
+    }
+
+    #[test]
+    fn a_bulk_dumped_elsewhere_voids_flows_touched_while_it_was_dumped() {
+        // The dump of a million flows takes seconds on its own thread:
+        // records queued meanwhile are newer than what it read, and a
+        // table that comes after its bulk was superseded is not sent.
+        let table: Vec<Record> = (0..1_000).map(rec).collect();
+        let mut a = Session::new(&KEY, A, 100, B, small_queues());
+        let mut b = Session::new(&KEY, B, 200, A, small_queues());
+        let _ = run_bulk(&mut a, &mut b, &[], |_| Vec::new(), 0, 100);
+        assert!(b.in_sync());
+        b.force_resync();
+        let mut got = Got::default();
+        let mut dump = None;
+        let closed = Record {
+            kind: RecordKind::Delete,
+            ..rec(500)
+        };
+        for step in 100..1_100u64 {
+            let now = ms(step);
+            match step {
+                // Closed while the dump runs (which read it still open).
+                120 => a.push(now, closed),
+                // The table arrives.
+                // The table arrives in two parts, then its end.
+                150 | 170 | 171 => {
+                    let id = dump.expect("begun");
+                    match step {
+                        150 => assert!(a.extend_bulk(id, table[..600].iter().copied())),
+                        170 => assert!(a.extend_bulk(id, table[600..].iter().copied())),
+                        _ => assert!(a.end_bulk(id)),
+                    }
+                }
+                _ => {}
+            }
+            for d in a.poll(now) {
+                if let Ok(r) = b.on_datagram(&d) {
+                    got.add(r);
+                }
+            }
+            for d in b.poll(now) {
+                if let Ok(r) = a.on_datagram(&d)
+                    && r.resync_requested
+                {
+                    dump = Some(a.begin_bulk());
+                    assert!(a.bulk_dumping());
+                }
+            }
+            if step <= 171 {
+                assert!(!got.in_sync, "not in sync before the whole table went");
+            }
+        }
+        assert!(got.in_sync && b.in_sync(), "{a:?}");
+        assert!(got.records.contains(&closed));
+        assert!(
+            !got.records.contains(&rec(500)),
+            "the dump's copy of a flow closed while it ran is not sent"
+        );
+        assert_eq!(got.records.len(), table.len(), "the rest, and the delete");
+        // A table that comes after its bulk was superseded is not taken.
+        let stale = a.begin_bulk();
+        let current = a.begin_bulk();
+        assert!(!a.extend_bulk(stale, table.iter().copied()));
+        assert!(!a.end_bulk(stale));
+        assert!(a.extend_bulk(current, table.iter().copied()) && a.end_bulk(current));
+        assert_eq!(a.counters.bulks_superseded, 1);
+        // A dump that fails: the bulk ends incomplete and another is owed.
+        let _ = run_bulk(&mut a, &mut b, &table, |_| Vec::new(), 1_100, 500);
+        assert!(b.in_sync() && !a.bulk_in_progress());
+        b.force_resync();
+        let mut failed = false;
+        for step in 1_600..2_600u64 {
+            let now = ms(step);
+            if step % 100 == 0 {
+                b.keepalive(); // as the driver does when idle
+            }
+            for d in a.poll(now) {
+                let _ = b.on_datagram(&d);
+            }
+            for d in b.poll(now) {
+                if let Ok(r) = a.on_datagram(&d)
+                    && r.resync_requested
+                {
+                    let id = a.begin_bulk();
+                    if failed {
+                        a.extend_bulk(id, table.iter().copied());
+                        a.end_bulk(id);
+                    } else {
+                        failed = true;
+                        a.fail_bulk(id);
+                        assert!(!a.bulk_in_progress());
+                    }
+                }
+            }
+        }
+        assert!(failed);
+        assert_eq!(a.counters.bulks_incomplete, 1);
+        assert!(b.in_sync(), "the bulk owed after the failure completed");
     }
 
     #[test]
