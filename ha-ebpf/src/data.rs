@@ -2,7 +2,7 @@
 //! See `ha_common::data` and `ha_common::flow`.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, xdp_action},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     helpers::generated::bpf_ringbuf_query,
     macros::{btf_map, xdp},
@@ -281,7 +281,7 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
             kind = Some(FlowEventKind::Refresh);
         }
         if let Some(kind) = kind
-            && emit(ctx, &key, st, kind, now, cfg.wakeup_bytes)
+            && emit(ctx, &key, st, kind, cfg.wakeup_bytes)
         {
             st.emitted_ns = now;
         }
@@ -314,23 +314,23 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
         flags: flags | if lo_is_origin { FLOW_LO_IS_ORIGIN } else { 0 },
         _pad: [0; 6],
     };
-    if emit(ctx, &key, &st, FlowEventKind::New, now, cfg.wakeup_bytes) {
+    if emit(ctx, &key, &st, FlowEventKind::New, cfg.wakeup_bytes) {
         st.emitted_ns = now;
     }
     // Another CPU may have inserted it first; theirs wins.
     let _ = HA_FLOWS.insert(key, st, u64::from(BPF_NOEXIST));
 }
 
-/// Writes one event to the ring buffer. Wakes the agent only once enough bytes
-/// are waiting; otherwise it drains on its own timer. Returns false (and counts)
-/// when the ring buffer is full.
+/// Writes one event to the ring buffer. Wakes the agent if it was idle (had
+/// read everything) or once enough bytes are waiting; in between it drains
+/// what a burst left on its own timer. Returns false (and counts) when the
+/// ring buffer is full.
 #[inline(always)]
 fn emit(
     ctx: &XdpContext,
     key: &FlowKey,
     st: &FlowState,
     kind: FlowEventKind,
-    now: u64,
     wakeup_bytes: u64,
 ) -> bool {
     let Some(mut entry) = HA_FLOW_EVENTS.reserve(0) else {
@@ -339,7 +339,9 @@ fn emit(
     };
     let e = key.oriented(st.flags & FLOW_LO_IS_ORIGIN != 0);
     entry.write(FlowEvent {
-        ts_ns: now,
+        // Exact (the coarse `now` is up to a tick early): the agent measures
+        // the replication lag from it. Per event, not per packet.
+        ts_ns: crate::now_precise_ns(),
         packets: st.packets,
         bytes: st.bytes,
         src_addr: e.src_addr,
@@ -360,10 +362,14 @@ fn emit(
             u64::from(BPF_RB_AVAIL_DATA),
         )
     };
+    // Below the threshold, the kernel's adaptive notification (no flag):
+    // the reader is woken only if it had caught up (this is the first event
+    // since it drained), so an event at idle is read at once and a burst
+    // is read in batches.
     let wake = if avail + 48 >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP
     } else {
-        BPF_RB_NO_WAKEUP
+        0
     };
     entry.submit(u64::from(wake));
     count(match kind {

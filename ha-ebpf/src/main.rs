@@ -56,6 +56,16 @@ pub(crate) fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
 }
 
+/// `bpf_ktime_get_ns`: CLOCK_MONOTONIC read from the clocksource, for what
+/// must be exact and happens rarely (a flow event's timestamp, from which
+/// the agent measures replication lag: [`now_ns`] would make it look up to
+/// a tick longer than it was).
+#[inline(always)]
+pub(crate) fn now_precise_ns() -> u64 {
+    // SAFETY: helper without arguments or side effects.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -878,7 +878,8 @@ fn synack_pickup_and_reused_tuples() {
 }
 
 /// A full ring buffer loses events and counts every one it lost; a reader
-/// that only waits on wakeups is woken once `wakeup_bytes` wait.
+/// that only waits on wakeups is woken once `wakeup_bytes` wait, or by the
+/// first event after it read everything.
 #[test]
 fn ring_buffer_full_is_counted_and_wakeups_happen() {
     require_root();
@@ -932,4 +933,29 @@ fn ring_buffer_full_is_counted_and_wakeups_happen() {
         })
     });
     assert!(matches!(woke, Ok(Ok(1))), "{woke:?}");
+
+    // With the default threshold (far above one event): a reader that has
+    // read everything is woken by the next event all the same (it was
+    // idle), so a flow at idle is not held back by the threshold.
+    p.dp.set_flow_settings(&FlowSettings {
+        emit_every_packet: true,
+        ..FlowSettings::default()
+    })
+    .unwrap();
+    got.clear();
+    events.drain(&mut got);
+    got.clear();
+    let woke = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            p.dp.test_run("ha_data", &frame, 1).unwrap();
+        });
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), events.recv(&mut got)).await
+        })
+    });
+    assert!(
+        matches!(woke, Ok(Ok(1))),
+        "an idle reader is woken: {woke:?}"
+    );
 }

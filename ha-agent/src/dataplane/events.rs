@@ -1,8 +1,10 @@
 //! The stream of [`FlowEvent`]s from the XDP ring buffer.
 //!
-//! `ha_data` submits events without waking us until enough bytes wait (batching);
-//! we wait on the ring buffer's fd with `AsyncFd` and also drain on a short timer,
-//! so a trickle of events is never stuck behind the wakeup threshold.
+//! `ha_data` wakes us for an event only if we had read everything before it
+//! (idle: the event is read at once) or once enough bytes wait; in a burst
+//! it does not, and we read in batches. We wait on the ring buffer's fd with
+//! `AsyncFd` and also drain on a short timer, so what a burst left behind
+//! its last wakeup is never stuck.
 
 use std::{path::Path, time::Duration};
 

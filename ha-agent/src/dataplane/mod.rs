@@ -425,6 +425,35 @@ pub struct Dataplane {
     probe_term: Array<MapData, ProbeTerm>,
 }
 
+/// A pinned XDP program opened for `BPF_PROG_TEST_RUN` (tests and
+/// benchmarks: it goes through the real maps, so it counts and tracks).
+pub struct TestProgram {
+    prog: Xdp,
+    program: &'static str,
+}
+
+impl TestProgram {
+    /// Runs `frame` through the program `repeat` times; returns the XDP
+    /// verdict and the mean time per run.
+    pub fn run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), DataplaneError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| DataplaneError::LoadProgram {
+                program: self.program,
+                source,
+            })?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
 impl fmt::Debug for Dataplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dataplane")
@@ -764,22 +793,18 @@ impl Dataplane {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Duration), DataplaneError> {
-        use aya::programs::{TestRun as _, TestRunOptions};
+        self.test_program(program)?.run(frame, repeat)
+    }
+
+    /// The pinned `program`, opened once to run many frames through it
+    /// ([`TestProgram::run`]): a benchmark's synthetic traffic.
+    pub fn test_program(&self, program: &'static str) -> Result<TestProgram, DataplaneError> {
         let prog = Xdp::from_pin(
             self.dir.join("progs").join(program),
             aya_obj::programs::XdpAttachType::Interface,
         )
         .map_err(|source| DataplaneError::LoadProgram { program, source })?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::new()
-            })
-            .map_err(|source| DataplaneError::LoadProgram { program, source })?;
-        Ok((result.return_value, result.duration))
+        Ok(TestProgram { prog, program })
     }
 
     /// Runs the pinned `program` once on `frame` with `BPF_PROG_TEST_RUN` and

@@ -87,7 +87,11 @@ pub struct Settings {
     /// Frames kept for resending at most; beyond, new records wait (pending)
     /// and then are dropped (counted), and the peer will need a resync.
     pub max_unacked: usize,
-    /// Longest a record waits for a frame to fill up.
+    /// Longest a record waits for a frame to fill up. Zero by default:
+    /// what is pending goes with the next poll, so at idle a record is not
+    /// held back, and under load frames fill by themselves with what came
+    /// while the last ones were being sent (batching under load, not at
+    /// idle).
     pub flush_after: Duration,
     /// Records waiting for a frame at most; beyond, they are dropped
     /// (counted). The bulk resync being sent is not bounded by it.
@@ -106,7 +110,7 @@ impl Default for Settings {
             down_after: 5,
             max_resends_per_poll: 64,
             max_unacked: 4096,
-            flush_after: Duration::from_micros(500),
+            flush_after: Duration::ZERO,
             max_pending: 65_536,
             bulk_window: 64,
         }
