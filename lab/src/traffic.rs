@@ -119,6 +119,67 @@ impl Fleet {
         Ok(())
     }
 
+    /// Opens `n` more connections to `to` all at once (non-blocking
+    /// connects, then waits until every handshake completed, for at most
+    /// `timeout`): a batch that is young all together. Returns when the
+    /// last one is established; fails if any did not complete.
+    pub fn open_at_once(&mut self, to: SocketAddr, n: usize, timeout: Duration) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let started = Instant::now();
+        let mut socks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(to),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            s.set_nonblocking(true)?;
+            match s.connect(&to.into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(e),
+            }
+            socks.push(s);
+        }
+        let mut pending: Vec<usize> = (0..n).collect();
+        while !pending.is_empty() {
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} of {n} connections not established", pending.len()),
+                ));
+            }
+            let mut fds: Vec<libc::pollfd> = pending
+                .iter()
+                .map(|&i| libc::pollfd {
+                    fd: socks[i].as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                })
+                .collect();
+            let ms = left.as_millis().min(100) as i32;
+            // SAFETY: `fds` is a valid array of pollfd of that length.
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut still = Vec::new();
+            for (fd, &i) in fds.iter().zip(&pending) {
+                if fd.revents == 0 {
+                    still.push(i);
+                } else if let Some(e) = socks[i].take_error()? {
+                    return Err(e);
+                }
+            }
+            pending = still;
+        }
+        for s in socks {
+            let _ = s.set_nodelay(true);
+            self.conns.push(Some(TcpStream::from(s)));
+        }
+        Ok(())
+    }
+
     /// Connections opened.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -131,6 +192,15 @@ impl Fleet {
     /// Sends one message on every live connection and waits up to `deadline`
     /// for every echo. Returns how many connections answered.
     pub fn round(&mut self, round: u32, deadline: Duration) -> usize {
+        self.round_each(round, deadline)
+            .iter()
+            .filter(|a| **a)
+            .count()
+    }
+
+    /// [`Fleet::round`], connection by connection (in the order opened):
+    /// whether each answered.
+    pub fn round_each(&mut self, round: u32, deadline: Duration) -> Vec<bool> {
         let started = Instant::now();
         let mut got = vec![0usize; self.conns.len()];
         let mut want: Vec<usize> = Vec::new();
@@ -147,7 +217,7 @@ impl Fleet {
                 }
             }
         }
-        let mut answered = 0;
+        let mut answered = vec![false; self.conns.len()];
         let mut buf = [0u8; MSG];
         while !want.is_empty() && started.elapsed() < deadline {
             let mut progress = false;
@@ -165,7 +235,7 @@ impl Fleet {
                         progress = true;
                         got[i] += n;
                         if got[i] == MSG {
-                            answered += 1;
+                            answered[i] = true;
                             false
                         } else {
                             true

@@ -411,5 +411,21 @@ fn main() {
             }))
             .collect::<Vec<_>>()
     );
+    // Young flows: the survival scenario (routed), whose batch of 200 is
+    // opened all at once 1 ms before the hard crash.
+    if only.as_deref().is_none_or(|o| o == "ha-agent") {
+        let o = ha_tests::survival::run(true, false);
+        println!(
+            "ha-agent: connections opened {:.1} ms before a hard crash: {}/{} survived; all: {}/{}",
+            o.young_age.as_secs_f64() * 1e3,
+            o.young_survived,
+            ha_tests::survival::YOUNG_BATCH,
+            o.survived,
+            o.total
+        );
+        json["young_1ms_survived"] = o.young_survived.into();
+        json["young_1ms_total"] = ha_tests::survival::YOUNG_BATCH.into();
+        json["young_1ms_age_ms"] = (o.young_age.as_secs_f64() * 1e3).into();
+    }
     merge_bench_json("sync.json", json);
 }

@@ -18,6 +18,7 @@ pub fn require_root() {
 }
 
 pub mod frames;
+pub mod survival;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -717,24 +718,50 @@ pub fn start_pair(
 /// Takes every link of `ns` in `links` down in one `ip -batch` (the
 /// network side of a hard crash; the caller kills the processes).
 pub fn links_down_at_once(lab: &ha_lab::Lab, ns: &str, links: &[&str]) {
-    use std::io::Write as _;
-    let mut ip = lab.command(ns, &["ip", "-batch", "-"]);
-    ip.stdin(std::process::Stdio::piped());
-    let mut child = ip.spawn().expect("spawn ip -batch");
-    let script: String = links
-        .iter()
-        .map(|l| format!("link set {l} down\n"))
-        .collect();
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write ip -batch script");
-    assert!(
-        child.wait().expect("ip -batch").success(),
-        "links down in {ns}"
-    );
+    LinksDown::prepare(lab, ns, links).fire();
+}
+
+/// `ip -batch` started in advance, waiting for its script: [`LinksDown::fire`]
+/// takes the links down within a fraction of a millisecond (starting the
+/// process takes tens of milliseconds, which a crash timed to the
+/// millisecond cannot wait for).
+pub struct LinksDown {
+    child: std::process::Child,
+    script: String,
+    ns: String,
+}
+
+impl LinksDown {
+    pub fn prepare(lab: &ha_lab::Lab, ns: &str, links: &[&str]) -> LinksDown {
+        let mut ip = lab.command(ns, &["ip", "-batch", "-"]);
+        ip.stdin(std::process::Stdio::piped());
+        let child = ip.spawn().expect("spawn ip -batch");
+        let script = links
+            .iter()
+            .map(|l| format!("link set {l} down\n"))
+            .collect();
+        LinksDown {
+            child,
+            script,
+            ns: ns.to_owned(),
+        }
+    }
+
+    /// Takes the links down (returns once they are).
+    pub fn fire(mut self) {
+        use std::io::Write as _;
+        self.child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(self.script.as_bytes())
+            .expect("write ip -batch script");
+        assert!(
+            self.child.wait().expect("ip -batch").success(),
+            "links down in {}",
+            self.ns
+        );
+    }
 }
 
 /// A stateful firewall ruleset as operators run it: established/related

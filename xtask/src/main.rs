@@ -115,7 +115,11 @@ fn bench() -> anyhow::Result<()> {
         cargo().args(["bench", "--package", "ha-tests", "--bench", "failover"]),
     )?;
     run_step(
-        "state-sync benchmark (ha-agent and conntrackd FTFW)",
+        "replication stage ceilings (synthetic input, and the kernel's ctnetlink limit)",
+        cargo().args(["bench", "--package", "ha-tests", "--bench", "stages"]),
+    )?;
+    run_step(
+        "state-sync benchmark (ha-agent and conntrackd FTFW, bursts of new flows)",
         cargo().args(["bench", "--package", "ha-tests", "--bench", "sync"]),
     )?;
     run_step(

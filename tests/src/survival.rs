@@ -1,0 +1,197 @@
+//! The survival scenario (root): established connections through a hard
+//! failover. Both firewalls run a stateful nftables ruleset with strict TCP
+//! tracking; 1,000 long-lived TCP connections, a batch opened 10 ms before
+//! the crash and a batch of 200 opened all at once 1 ms before it go client
+//! -> server through the VIP gateway, and the master is hard-killed (links
+//! down and agent killed at once). Used by the `sync_failover` test and the
+//! sync benchmark (the young batch's figure).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use crate::{
+    AgentSpec, LinksDown, SyncKey, conntrack_count, failover_lab, start_pair, stateful_firewall,
+    wait_for,
+};
+use ha_lab::traffic::{Fleet, count_resets, echo_server, listen, resets_seen};
+
+pub const LONG_LIVED: usize = 1000;
+pub const LATE_BATCH: usize = 50;
+/// Opened all at once, the last handshake 1 ms before the crash.
+pub const YOUNG_BATCH: usize = 200;
+const PORT: u16 = 9000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub total: usize,
+    pub survived: usize,
+    /// Resets seen by either end (nftables counters plus socket errors).
+    pub rsts: u64,
+    /// Connections in the backup's conntrack just before the crash.
+    pub replicated: usize,
+    /// Of the young batch (opened 1 ms before the crash), how many survived.
+    pub young_survived: usize,
+    /// How long before the crash the young batch's last handshake ended.
+    pub young_age: Duration,
+}
+
+/// One run: `replicate` with state sync on, `snat` with the client's
+/// connections source-NATed to the WAN VIP.
+pub fn run(replicate: bool, snat: bool) -> Outcome {
+    let mut lab = failover_lab();
+    let wan_vip = Ipv4Addr::new(10, 1, 0, 1);
+    for fw in ["fw1", "fw2"] {
+        stateful_firewall(&lab, fw, snat.then_some(wan_vip));
+    }
+    for ns in ["client", "server"] {
+        count_resets(&lab, ns).unwrap();
+    }
+    let key = SyncKey::new(&format!("{replicate}-{snat}"), [7u8; 32]);
+    let ha_extra = if replicate {
+        key.ha_extra()
+    } else {
+        String::new()
+    };
+    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
+        ha_extra: ha_extra.clone(),
+        ..spec
+    });
+    wait_for("roles", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    if replicate {
+        wait_for("both in sync", Duration::from_secs(5), || {
+            [&a1, &a2]
+                .iter()
+                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+        });
+    }
+
+    let stop = AtomicBool::new(false);
+    let lab = &lab;
+    let server_addr = SocketAddr::from((Ipv4Addr::new(10, 1, 0, 10), PORT));
+    // Listening before the client starts (a refused connect would be a reset).
+    let listener = lab
+        .run_in("server", || listen(server_addr))
+        .unwrap()
+        .unwrap();
+    /// Stops the echo server however the client side ends.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let outcome = std::thread::scope(|s| {
+        let server = s.spawn(|| echo_server(listener, &stop, Duration::from_secs(120)).unwrap());
+        let result = lab.run_in("client", || {
+            let _stop = Stop(&stop);
+            let mut fleet = Fleet::default();
+            fleet
+                .open(server_addr, LONG_LIVED, Duration::from_secs(5))
+                .expect("open the long-lived connections");
+            for round in 0..3 {
+                assert_eq!(
+                    fleet.round(round, Duration::from_secs(5)),
+                    LONG_LIVED,
+                    "every connection answers before the crash"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if replicate {
+                let waited = std::time::Instant::now();
+                while conntrack_count(lab, "fw2", PORT) < LONG_LIVED {
+                    if waited.elapsed() > Duration::from_secs(10) {
+                        let o = lab.exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "9000"]).unwrap();
+                        let _ = std::fs::write("/tmp/hatest-ct-fw2.txt", o.stdout);
+                        panic!(
+                            "only {} connections reached the backup's conntrack (list in /tmp/hatest-ct-fw2.txt)\nmaster: {:?}\nbackup: {:?}\nbackup log:\n{}",
+                            conntrack_count(lab, "fw2", PORT),
+                            a1.status().and_then(|s| s.sync),
+                            a2.status().and_then(|s| s.sync),
+                            a2.log_text()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let replicated = conntrack_count(lab, "fw2", PORT);
+            if std::env::var_os("HATEST_DEBUG").is_some() {
+                for fw in ["fw1", "fw2"] {
+                    let o = lab.exec(fw, &["conntrack", "-L", "-p", "tcp", "--dport", "9000"]).unwrap();
+                    std::fs::write(format!("/tmp/ct-{fw}.txt"), o.stdout).unwrap();
+                }
+            }
+            let crash = LinksDown::prepare(lab, "fw1", &["ha0", "lan0", "wan0"]);
+            // The late batch, then the young one all at once; the crash 10
+            // ms after the late batch was open and 1 ms after the young one
+            // (later for the late batch if the young one took over 9 ms).
+            fleet
+                .open(server_addr, LATE_BATCH, Duration::from_secs(5))
+                .expect("open the late batch");
+            let late_open = std::time::Instant::now();
+            fleet
+                .open_at_once(server_addr, YOUNG_BATCH, Duration::from_secs(5))
+                .expect("open the young batch");
+            let young_open = std::time::Instant::now();
+            std::thread::sleep(
+                Duration::from_millis(1)
+                    .max((late_open + Duration::from_millis(10)).saturating_duration_since(young_open)),
+            );
+            let ages = (late_open.elapsed(), young_open.elapsed());
+            crash.fire();
+            a1.signal(libc::SIGKILL);
+            let answered = fleet.round_each(100, Duration::from_secs(10));
+            let survived = answered.iter().filter(|a| **a).count();
+            let young_survived = answered[LONG_LIVED + LATE_BATCH..]
+                .iter()
+                .filter(|a| **a)
+                .count();
+            eprintln!(
+                "crash (links going down) {:?} after the late batch was open, {:?} after the young batch",
+                ages.0, ages.1
+            );
+            if std::env::var_os("HATEST_DEBUG").is_some() {
+                eprintln!("silent: {:?}", fleet.silent);
+                let o = lab.exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "9000"]).unwrap();
+                std::fs::write("/tmp/ct-fw2-after.txt", o.stdout).unwrap();
+            }
+            // Counted now, before anything closes: a socket closed with data
+            // in flight draws a reset that has nothing to do with failover.
+            let rst_client = resets_seen(lab, "client").unwrap();
+            let rst_server = resets_seen(lab, "server").unwrap();
+            if std::env::var_os("HATEST_DEBUG").is_some() {
+                eprintln!(
+                    "rst: sockets {} client {rst_client} server {rst_server}",
+                    fleet.resets
+                );
+            }
+            let rsts = fleet.resets as u64 + rst_client + rst_server;
+            (fleet.len(), survived, rsts, replicated, young_survived, ages.1)
+        });
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+        let (total, survived, rsts, replicated, young_survived, young_age) = result.unwrap();
+        Outcome {
+            total,
+            survived,
+            rsts,
+            replicated,
+            young_survived,
+            young_age,
+        }
+    });
+    let rsts = outcome.rsts;
+    if std::env::var_os("HATEST_DEBUG").is_some() {
+        let _ = std::fs::write(format!("/tmp/agent1-{snat}.log"), a1.log_text());
+        let _ = std::fs::write(format!("/tmp/agent2-{snat}.log"), a2.log_text());
+    }
+    eprintln!(
+        "replicate={replicate} snat={snat}: {}/{} connections survived ({}/{YOUNG_BATCH} of the young batch), {rsts} RSTs, {} in the backup's conntrack before the crash",
+        outcome.survived, outcome.total, outcome.young_survived, outcome.replicated
+    );
+    Outcome { rsts, ..outcome }
+}
