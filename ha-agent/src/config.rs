@@ -131,6 +131,10 @@ pub struct SharedConfig {
     pub data_interfaces: Vec<String>,
 }
 
+fn default_flow_aging_s() -> u64 {
+    60
+}
+
 fn default_rt_priority() -> u8 {
     50
 }
@@ -166,6 +170,12 @@ pub struct HaLink {
     /// data plane is loaded.
     #[serde(default)]
     pub max_flows: Option<u32>,
+    /// Seconds between passes that age dead flows out of the XDP flow
+    /// table (kernel conntrack no longer has them, and XDP saw no packet of
+    /// them for 10 s); a bulk resync does it too. Each pass reads both
+    /// tables (a few CPU seconds at 1,000,000 flows). 5..=3600, default 60.
+    #[serde(default = "default_flow_aging_s")]
+    pub flow_aging_s: u64,
     /// SCHED_FIFO priority of the agent's threads (0 = normal scheduling), so
     /// a saturated CPU cannot delay adverts and lease renewals into a false
     /// failover; keepalived's vrrp_rt_priority does the same.
@@ -451,6 +461,12 @@ impl Config {
             return Err(bad(
                 "ha.max_flows".into(),
                 format!("{n} is outside {MAX_FLOWS_MIN}..={MAX_FLOWS_MAX} flows"),
+            ));
+        }
+        if !(5..=3600).contains(&self.ha.flow_aging_s) {
+            return Err(bad(
+                "ha.flow_aging_s".into(),
+                format!("{} s is outside 5..=3600 s", self.ha.flow_aging_s),
             ));
         }
         if (self.ha.sync_port != 0) != self.ha.sync_key_file.is_some() {
@@ -1142,6 +1158,13 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
         for bad in ["100", "99999999"] {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains("ha.max_flows"), "{e}");
+        }
+        let aging = |v: &str| parse(&GOOD.replace("[ha]", &format!("[ha]\nflow_aging_s = {v}")));
+        assert_eq!(parse(GOOD).unwrap().ha.flow_aging_s, 60);
+        assert_eq!(aging("5").unwrap().ha.flow_aging_s, 5);
+        for bad in ["0", "4", "3601"] {
+            let e = aging(bad).unwrap_err().to_string();
+            assert!(e.contains("ha.flow_aging_s"), "{e}");
         }
     }
 

@@ -4,7 +4,8 @@
 //! to bring back on the peer). The backup's agent is killed, its conntrack
 //! flushed, and the agent started again: it must report in sync only once it
 //! has the whole live table, some 120,000 flows (a bulk was once cut at 65,536 and
-//! reported complete all the same), and none of the deleted ones.
+//! reported complete all the same), and none of the deleted ones; the
+//! deleted ones then leave the master's XDP flow table as well.
 
 use std::{
     path::Path,
@@ -26,8 +27,9 @@ fn udp_count(lab: &ha_lab::Lab, ns: &str, dport: u16) -> usize {
 #[test]
 fn a_returning_peer_gets_the_whole_live_table_and_no_dead_flow() {
     let key = SyncKey::new("resync", [6u8; 32]);
-    let (mut lab, a1, mut a2) =
-        replication_lab(&key.ha_extra(), true, Path::new("/nonexistent"), 0);
+    // Aging passes every 5 s (the default is 60).
+    let extra = format!("{}\nflow_aging_s = 5", key.ha_extra());
+    let (mut lab, a1, mut a2) = replication_lab(&extra, true, Path::new("/nonexistent"), 0);
     // Ports 20000 and 20001: 60,000 flows each; 20002: 30,000. The lab
     // forwards fewer new flows per second than the raw socket sends: the
     // same flows go again until the master has (nearly) them all.
@@ -82,4 +84,28 @@ fn a_returning_peer_gets_the_whole_live_table_and_no_dead_flow() {
     assert_eq!(got, live, "in sync with the whole live table");
     assert_eq!(dead, 0, "no flow deleted on the master came back");
     assert!(sync.bulks_completed > bulks_before);
+
+    // The deleted flows leave the master's XDP table too, once idle for
+    // 10 s, by the bulk or an aging pass (every 5 s here); the live ones
+    // stay.
+    let in_xdp = |dport: u16| {
+        ha_agent::sync::flows::FlowTable::open(&a1.pins.0)
+            .expect("the master's flow table")
+            .dump()
+            .iter()
+            .filter(|r| r.orig_dport == dport)
+            .count()
+    };
+    wait_for(
+        "the deleted flows aged out of XDP",
+        Duration::from_secs(60),
+        || in_xdp(20002) == 0,
+    );
+    let aged = a1.status().and_then(|s| s.sync).unwrap().xdp_flows_aged;
+    println!("aged out of the master's XDP table: {aged}");
+    assert!(aged as usize >= counts[2], "{aged} counted aged");
+    assert!(
+        in_xdp(20000) + in_xdp(20001) >= live,
+        "the live flows stay in the XDP table"
+    );
 }

@@ -308,6 +308,12 @@ pub fn render(st: &Status) -> String {
             "Bulk resyncs that lost a record on the way (the peer stayed out of sync; another followed)",
             s.bulks_incomplete,
         );
+        counter(
+            &mut r,
+            "sync_xdp_flows_aged",
+            "Flows aged out of the XDP flow table (conntrack no longer has them, no packet for 10 s)",
+            s.xdp_flows_aged,
+        );
         let rej = Family::<ReasonLabel, Counter>::default();
         for (reason, n) in &s.rejected {
             rej.get_or_create(&ReasonLabel {

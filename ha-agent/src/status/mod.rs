@@ -99,6 +99,11 @@ pub struct SyncStatus {
     /// Times the peer was told it is out of sync (records dropped).
     #[serde(default)]
     pub incomplete_sent: u64,
+    /// Flows aged out of this node's XDP flow table: kernel conntrack no
+    /// longer has them and XDP saw no packet of them for 10 s (checked at
+    /// each bulk resync and every 60 s).
+    #[serde(default)]
+    pub xdp_flows_aged: u64,
     /// The last commit before a takeover: records applied, how long (us),
     /// and whether it stopped before the socket was empty (its time budget,
     /// or the sync thread was applying a batch: the rest follows at once).

@@ -112,6 +112,13 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
                 }
             );
         }
+        if s.xdp_flows_aged > 0 {
+            let _ = writeln!(
+                o,
+                "  flows aged out of the XDP table (gone from conntrack): {}",
+                s.xdp_flows_aged
+            );
+        }
         for (reason, n) in &s.rejected {
             let _ = writeln!(o, "  sync frames rejected ({reason}): {n}");
         }

@@ -231,6 +231,9 @@ pub struct SyncHandle {
     resync: AtomicBool,
     /// Wakes the sync thread (a resync was asked for).
     wake: tokio::sync::Notify,
+    /// Flows aged out of the XDP table (conntrack forgot them, XDP saw no
+    /// packet for [`DEAD_FLOW_IDLE`]).
+    aged: std::sync::atomic::AtomicU64,
     /// The last status snapshot.
     status: Mutex<SyncStatus>,
 }
@@ -291,6 +294,7 @@ impl SyncHandle {
             in_sync: AtomicBool::new(false),
             resync: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            aged: std::sync::atomic::AtomicU64::new(0),
             status: Mutex::new(SyncStatus {
                 peer: Some(*peer.ip()),
                 port: peer.port(),
@@ -413,6 +417,7 @@ impl SyncHandle {
         s.bulks_completed = c.bulks_completed;
         s.bulks_incomplete = c.bulks_incomplete;
         s.incomplete_sent = c.incomplete_sent;
+        s.xdp_flows_aged = self.aged.load(Ordering::Relaxed);
     }
 }
 
@@ -535,48 +540,59 @@ fn spawn_dump(
     let (tx, rx) = std::sync::mpsc::channel();
     let instance = instance.to_owned();
     crate::sched::spawn_blocking("sync-bulk", crate::sched::Class::Normal, move || {
-        let t = Instant::now();
-        let mut table = FlowTable::open(&instance);
-        let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
-        let dumped = t.elapsed();
-        let tracked = flows.len();
         let send = |part| {
             let _ = tx.send(part);
             handle.wake.notify_one();
         };
-        let read = match Conntrack::open() {
-            Ok(mut ct) => bulk_of(&mut ct, flows, |r| send(DumpPart::Records(r))),
-            Err(e) => {
-                warn!(cause = %e, "no ctnetlink socket for the bulk; it goes as XDP saw the flows");
-                let live = flows.len();
-                send(DumpPart::Records(flows));
-                BulkRead {
-                    live,
-                    ..BulkRead::default()
-                }
-            }
-        };
-        let conntrack = t.elapsed() - dumped;
-        let mut aged = 0;
-        if let Some(table) = table.as_mut() {
-            let now_ns = monotonic_ns();
-            for r in &read.dead {
-                aged +=
-                    usize::from(table.forget_idle(&CtTuple::orig_of(r), now_ns, DEAD_FLOW_IDLE));
-            }
-        }
-        info!(
-            flows = read.live,
-            tracked,
-            dead = read.dead.len(),
-            aged,
-            xdp_dump_ms = dumped.as_millis() as u64,
-            conntrack_ms = conntrack.as_millis() as u64,
-            "bulk resync read (the flows kernel conntrack still has); sent as it was read"
-        );
+        let read = read_table(&instance, &handle, |r| send(DumpPart::Records(r)));
         send(DumpPart::End(read));
     })?;
     Ok(rx)
+}
+
+/// Reads this node's XDP flow table against kernel conntrack
+/// ([`bulk_of`]): the records of the flows conntrack still has go to
+/// `emit` as they are read; flows conntrack forgot and XDP saw no packet of
+/// for [`DEAD_FLOW_IDLE`] are aged out of the XDP table (counted in
+/// `handle`). For a bulk resync, and every `ha.flow_aging_s` on its own.
+fn read_table(instance: &str, handle: &SyncHandle, emit: impl FnMut(Vec<Record>)) -> BulkRead {
+    let t = Instant::now();
+    let mut table = FlowTable::open(instance);
+    let flows = table.as_ref().map(FlowTable::dump).unwrap_or_default();
+    let dumped = t.elapsed();
+    let tracked = flows.len();
+    let mut emit = emit;
+    let read = match Conntrack::open() {
+        Ok(mut ct) => bulk_of(&mut ct, flows, emit),
+        Err(e) => {
+            warn!(cause = %e, "no ctnetlink socket to read the flows; they go as XDP saw them");
+            let live = flows.len();
+            emit(flows);
+            BulkRead {
+                live,
+                ..BulkRead::default()
+            }
+        }
+    };
+    let conntrack = t.elapsed() - dumped;
+    let mut aged = 0;
+    if let Some(table) = table.as_mut() {
+        let now_ns = monotonic_ns();
+        for r in &read.dead {
+            aged += u64::from(table.forget_idle(&CtTuple::orig_of(r), now_ns, DEAD_FLOW_IDLE));
+        }
+    }
+    handle.aged.fetch_add(aged, Ordering::Relaxed);
+    info!(
+        live = read.live,
+        tracked,
+        dead = read.dead.len(),
+        aged,
+        xdp_dump_ms = dumped.as_millis() as u64,
+        conntrack_ms = conntrack.as_millis() as u64,
+        "flow table read against conntrack"
+    );
+    read
 }
 
 /// Runs replication until `shutdown` (on the sync thread).
@@ -603,6 +619,10 @@ pub async fn run(
     let mut lags: VecDeque<f64> = VecDeque::with_capacity(LAG_SAMPLES);
     let mut bulks = 0u64;
     let mut dumping: Option<Dumping> = None;
+    // The aging pass: when next, and the one running.
+    let age_every = Duration::from_secs(config.ha.flow_aging_s);
+    let mut age_at = start.elapsed() + age_every;
+    let mut aging: Option<std::thread::JoinHandle<()>> = None;
     let mut batch = Vec::new();
     let mut flood_log = Every::new();
     let mut flood_window_end = Instant::now();
@@ -642,6 +662,23 @@ pub async fn run(
         }
         if ended.is_some() {
             dumping = None;
+        }
+        // Dead flows out of the XDP table, on a thread of its own (a bulk
+        // being read does it too: then this pass waits for the next turn).
+        if now >= age_at {
+            age_at = now + age_every;
+            if dumping.is_none() && aging.as_ref().is_none_or(|a| a.is_finished()) {
+                let (instance, h) = (config.instance.clone(), Arc::clone(&handle));
+                aging = crate::sched::spawn_blocking(
+                    "sync-age",
+                    crate::sched::Class::Normal,
+                    move || {
+                        read_table(&instance, &h, |_| {});
+                    },
+                )
+                .inspect_err(|e| warn!(cause = %e, "could not start the flow aging thread"))
+                .ok();
+            }
         }
         let wake = {
             let mut core = handle.lock()?;
@@ -701,6 +738,7 @@ pub async fn run(
                 core.session.poll_at(),
                 enricher.next_retry(),
                 Some(status_at),
+                Some(age_at),
                 Some(core.last_tx + KEEPALIVE),
             ]
             .into_iter()
