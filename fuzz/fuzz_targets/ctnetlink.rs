@@ -1,7 +1,7 @@
 //! ctnetlink replies (`sync::conntrack::entries_of_reply`, the I/O-free part
 //! of `Conntrack::lookup`, and `entries_of_dump`, of `Conntrack::dump`): a
-//! buffer of netlink messages as `recv` returns it, decoded by
-//! netlink-packet-netfilter and read into flows. Never panics.
+//! buffer of netlink messages as `recv` returns it, read into flows with
+//! netlink-packet-core's attribute iterator. Never panics.
 #![no_main]
 
 use ha_agent::sync::conntrack::{entries_of_dump, entries_of_reply};

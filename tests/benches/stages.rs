@@ -14,7 +14,8 @@
 //!   XDP flow table), in the batches the sync thread applies.
 //! - `ctnetlink_apply_limit_per_s`: the same creates, written in advance
 //!   and sent raw (256 per `send`), once with an acknowledgement per
-//!   request (as `apply` asks) and once with errors only.
+//!   request and once with errors only (as `apply` asks);
+//!   `ctnetlink_lookup_limit_per_s`: `enrich`'s lookups, likewise.
 //!
 //! The ring-buffer drain is measured by the data-plane benchmark
 //! (`ringbuf.events_per_s`) and copied into the ceilings here when it ran.
@@ -253,6 +254,57 @@ fn limit(lab: &ha_lab::Lab, records: &[Record], ack: bool) -> f64 {
     best(records.len(), runs)
 }
 
+/// The kernel's own lookup limit: the lookups of `enrich`, written in
+/// advance and sent raw (256 per `send`), every answer read.
+fn lookup_limit(lab: &ha_lab::Lab, records: &[Record]) -> f64 {
+    use ha_agent::sync::conntrack::CtTuple;
+    flush(lab, "m");
+    let requests: Vec<Vec<u8>> = records
+        .chunks(256)
+        .enumerate()
+        .map(|(k, c)| {
+            c.iter()
+                .enumerate()
+                .flat_map(|(i, r)| {
+                    conntrack::lookup_request(&CtTuple::orig_of(r), (k * 256 + i + 1) as u32)
+                })
+                .collect()
+        })
+        .collect();
+    lab.run_in("m", || {
+        let mut ct = Conntrack::open().expect("ctnetlink socket");
+        for c in records.chunks(256) {
+            ct.apply_batch(c, |_| 600);
+        }
+        let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
+            .expect("netlink socket");
+        sock.bind_auto().unwrap();
+        sock.connect(&netlink_sys::SocketAddr::new(0, 0)).unwrap();
+        let mut rx = vec![0u8; 1 << 16];
+        let runs: Vec<Duration> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let mut errors = 0usize;
+                for (k, batch) in requests.iter().enumerate() {
+                    sock.send(batch, 0).unwrap();
+                    let mut left = records[k * 256..].len().min(256);
+                    while left > 0 {
+                        let len = sock.recv(&mut &mut rx[..], 0).unwrap();
+                        let (answers, errs) = count_answers(&rx[..len]);
+                        left = left.saturating_sub(answers);
+                        errors += errs;
+                    }
+                }
+                let took = t.elapsed();
+                assert_eq!(errors, 0, "lookups failed");
+                took
+            })
+            .collect();
+        best(records.len(), runs)
+    })
+    .unwrap()
+}
+
 /// Netlink answers in `b` (messages) and how many are errors (not ACKs).
 fn count_answers(mut b: &[u8]) -> (usize, usize) {
     let (mut n, mut errors) = (0, 0);
@@ -284,6 +336,7 @@ fn main() {
     let pinned = PinnedDataplane::new("stages");
 
     let enrich = enrich(&lab, &records);
+    let lookups = lookup_limit(&lab, &records);
     let (seal_send, receive_open) = session_stages(&records);
     let apply = apply(&lab, &records, &pinned.instance);
     let limit_acked = limit(&lab, &records, true);
@@ -316,6 +369,7 @@ fn main() {
     row("seal_send", seal_send, Some(goal));
     row("receive_open", receive_open, Some(goal));
     row("apply (ctnetlink + XDP table)", apply, Some(goal));
+    row("kernel ctnetlink lookup limit", lookups, None);
     row("kernel ctnetlink limit, acked", limit_acked, None);
     row(
         "kernel ctnetlink limit, errors only",
@@ -338,6 +392,7 @@ fn main() {
             "ctnetlink_apply_limit_per_s": limit_acked.max(limit_errors_only),
             "ctnetlink_apply_limit_acked_per_s": limit_acked,
             "ctnetlink_apply_limit_errors_only_per_s": limit_errors_only,
+            "ctnetlink_lookup_limit_per_s": lookups,
             "stages_records": n,
         }),
     );

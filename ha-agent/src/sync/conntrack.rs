@@ -16,10 +16,9 @@
 //! Requests go out in batches (one `send` of many messages, then their
 //! answers), which is what makes ctnetlink fast enough here.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr},
-};
+#[cfg(test)]
+use std::net::IpAddr;
+use std::{io, net::Ipv4Addr};
 
 #[cfg(test)]
 use netlink_packet_core::DefaultNla;
@@ -28,10 +27,12 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
 };
 #[cfg(test)]
-use netlink_packet_netfilter::conntrack::{ProtoInfo, ProtoInfoTCP, Status, TCPFlags};
+use netlink_packet_netfilter::conntrack::{
+    ConntrackAttribute, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Protocol, Status, TCPFlags,
+    Tuple,
+};
 use netlink_packet_netfilter::{
-    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
-    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
+    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily, conntrack::ConntrackMessage,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
@@ -160,6 +161,7 @@ impl std::fmt::Debug for Conntrack {
     }
 }
 
+#[cfg(test)]
 fn tuple(t: &CtTuple) -> Vec<Tuple> {
     let proto_tuple = match t.proto {
         6 | 17 => vec![
@@ -317,34 +319,84 @@ pub fn upsert_request(r: &Record, timeout_s: u32, seq: u32, ack: bool) -> Vec<u8
     buf
 }
 
-/// A request [`Conntrack::requests`] sends: a typed message, or a create
-/// or refresh written straight into the send buffer ([`write_upsert`]).
+/// The bytes of the request looking up the entry whose original tuple is
+/// `t`, as [`Conntrack::lookup`] sends it: for the benchmark that measures
+/// the kernel's own lookup ceiling.
+pub fn lookup_request(t: &CtTuple, seq: u32) -> Vec<u8> {
+    let mut buf = Vec::new();
+    Request::Get(*t, false).write(0, seq, &mut buf);
+    buf
+}
+
+/// A request [`Conntrack::requests`] sends, written straight into the send
+/// buffer (netlink-packet-netfilter's typed messages allocate for every
+/// attribute: a bulk of a million creates spent a good share of its time
+/// there; unit tests check both write the same bytes).
 enum Request<'a> {
-    Msg(ConntrackMessage, u16),
-    /// The record, its timeout (s), whether with its NAT ranges, flags.
+    /// Create or refresh: the record, its timeout (s), whether with its NAT
+    /// ranges, flags.
     Upsert(&'a Record, u32, bool, u16),
+    /// Look up the entry of a tuple, original (false) or reply (true).
+    Get(CtTuple, bool),
+    /// Delete the entry of an original tuple, with flags.
+    Delete(CtTuple, u16),
 }
 
 impl Request<'_> {
     fn flags(&self) -> u16 {
         match self {
-            Request::Msg(_, f) | Request::Upsert(.., f) => *f,
+            Request::Upsert(.., f) | Request::Delete(_, f) => *f,
+            Request::Get(..) => 0,
         }
     }
 
     /// Answered whatever happens (a lookup, or acknowledged).
     fn always_answered(&self) -> bool {
-        self.flags() & NLM_F_ACK != 0 || matches!(self, Request::Msg(ConntrackMessage::Get(_), _))
+        self.flags() & NLM_F_ACK != 0 || matches!(self, Request::Get(..))
     }
 
     fn write(self, flags: u16, seq: u32, buf: &mut Vec<u8>) {
         match self {
-            Request::Msg(msg, _) => serialize(msg, flags, seq, buf),
             Request::Upsert(r, timeout_s, with_nat, _) => {
                 write_upsert(buf, r, timeout_s, with_nat, flags, seq);
             }
+            Request::Get(t, reply) => {
+                let at = begin_message(buf, IPCTNL_MSG_CT_GET, flags, seq);
+                let kind = if reply {
+                    CTA_TUPLE_REPLY
+                } else {
+                    CTA_TUPLE_ORIG
+                };
+                put_tuple(buf, kind, &t);
+                end_message(buf, at);
+            }
+            Request::Delete(t, _) => {
+                let at = begin_message(buf, IPCTNL_MSG_CT_DELETE, flags, seq);
+                put_tuple(buf, CTA_TUPLE_ORIG, &t);
+                end_message(buf, at);
+            }
         }
     }
+}
+
+/// Appends a ctnetlink request's headers (netlink, nfgenmsg for IPv4);
+/// returns where it starts, for [`end_message`].
+fn begin_message(buf: &mut Vec<u8>, msg: u16, flags: u16, seq: u32) -> usize {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | msg).to_ne_bytes());
+    buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: AF_INET, version 0, resource id 0.
+    buf.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    at
+}
+
+/// Writes the length of the message begun at `at`.
+fn end_message(buf: &mut [u8], at: usize) {
+    let len = (buf.len() - at) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
 /// Appends attribute `kind` with `value` (padded to 4 bytes).
@@ -401,14 +453,7 @@ fn write_upsert(
     flags: u16,
     seq: u32,
 ) {
-    let at = buf.len();
-    buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW).to_ne_bytes());
-    buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: AF_INET, version 0, resource id 0.
-    buf.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    let at = begin_message(buf, IPCTNL_MSG_CT_NEW, flags, seq);
     let orig = CtTuple::orig_of(r);
     let reply = CtTuple::reply_of(r);
     put_tuple(buf, CTA_TUPLE_ORIG, &orig);
@@ -453,8 +498,7 @@ fn write_upsert(
             });
         });
     }
-    let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
+    end_message(buf, at);
 }
 
 /// The conntrack TCP state a record's state becomes.
@@ -467,6 +511,8 @@ fn tcp_state_of(r: &Record) -> u8 {
     }
 }
 
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_STATUS: u16 = 3;
 const CTA_TIMEOUT: u16 = 7;
 const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
@@ -506,8 +552,7 @@ impl Conntrack {
 
     /// Deletes the entry whose original tuple is `orig`; missing is fine.
     pub fn delete(&mut self, orig: &CtTuple) -> io::Result<()> {
-        let msg = ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple(orig))]);
-        match self.requests(vec![Request::Msg(msg, NLM_F_ACK)]).pop() {
+        match self.requests(vec![Request::Delete(*orig, NLM_F_ACK)]).pop() {
             Some(Answer::Err(e)) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
             _ => Ok(()),
         }
@@ -530,12 +575,7 @@ impl Conntrack {
                 }
                 // Without NLM_F_EXCL: an existing entry is updated (refreshed).
                 RecordKind::Upsert => Request::Upsert(r, timeout_s(r), false, NLM_F_CREATE),
-                RecordKind::Delete => Request::Msg(
-                    ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple(
-                        &CtTuple::orig_of(r),
-                    ))]),
-                    0,
-                ),
+                RecordKind::Delete => Request::Delete(CtTuple::orig_of(r), 0),
             })
             .collect();
         let mut answers = self.requests(msgs);
@@ -577,15 +617,7 @@ impl Conntrack {
     /// XDP on the WAN side carry the NATed reply direction). `None` where
     /// conntrack has no such entry.
     pub fn lookup(&mut self, tuples: &[CtTuple]) -> io::Result<Vec<Option<CtEntry>>> {
-        let by = |t: &CtTuple, reply: bool| {
-            let attr = if reply {
-                ConntrackAttribute::CtaTupleReply(tuple(t))
-            } else {
-                ConntrackAttribute::CtaTupleOrig(tuple(t))
-            };
-            Request::Msg(ConntrackMessage::Get(vec![attr]), 0)
-        };
-        let first = self.requests(tuples.iter().map(|t| by(t, false)).collect());
+        let first = self.requests(tuples.iter().map(|t| Request::Get(*t, false)).collect());
         let mut out: Vec<Option<CtEntry>> = first.iter().map(entry_of).collect();
         // Not found as an original tuple: maybe it is a reply tuple.
         let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
@@ -593,7 +625,7 @@ impl Conntrack {
             let second = self.requests(
                 missing
                     .iter()
-                    .map(|&i| by(&tuples[i].inverted(), true))
+                    .map(|&i| Request::Get(tuples[i].inverted(), true))
                     .collect(),
             );
             for (&i, a) in missing.iter().zip(&second) {
@@ -667,19 +699,8 @@ impl Conntrack {
     pub fn dump_each(&mut self, mut each: impl FnMut(&[CtEntry])) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = seq;
-        let mut nl = NetlinkMessage::new(
-            header,
-            NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
-                ConntrackMessage::Get(Vec::new()),
-            )),
-        );
-        nl.finalize();
-        let mut buf = vec![0; nl.buffer_len()];
-        nl.serialize(&mut buf);
+        let mut buf = Vec::new();
+        serialize(ConntrackMessage::Get(Vec::new()), NLM_F_DUMP, seq, &mut buf);
         self.sock.send(&buf, 0)?;
         let mut part = Vec::new();
         loop {
@@ -1039,6 +1060,40 @@ mod tests {
                 e.is_none_or(|e| e.orig == t.orig && e.reply == t.reply),
                 "cut at {cut}: {e:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_lean_writer_of_a_lookup_or_delete_writes_what_the_typed_one_writes() {
+        for proto in [6u8, 17, 1] {
+            let tup = CtTuple {
+                proto,
+                src: Ipv4Addr::new(10, 0, 0, 1),
+                dst: Ipv4Addr::new(10, 1, 0, 10),
+                sport: 40000,
+                dport: 443,
+            };
+            for (lean, typed) in [
+                (
+                    Request::Get(tup, false),
+                    ConntrackMessage::Get(vec![ConntrackAttribute::CtaTupleOrig(tuple(&tup))]),
+                ),
+                (
+                    Request::Get(tup, true),
+                    ConntrackMessage::Get(vec![ConntrackAttribute::CtaTupleReply(tuple(&tup))]),
+                ),
+                (
+                    Request::Delete(tup, NLM_F_ACK),
+                    ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple(&tup))]),
+                ),
+            ] {
+                let flags = lean.flags();
+                let mut a = Vec::new();
+                lean.write(flags, 9, &mut a);
+                let mut b = Vec::new();
+                serialize(typed, flags, 9, &mut b);
+                assert_eq!(a, b, "{tup:?}");
+            }
         }
     }
 
