@@ -40,8 +40,10 @@ enum Command {
     /// The failover lab (`cargo xtask lab`), or `cargo xtask lab down`.
     Lab(lab::LabArgs),
     /// Benchmarks (root): ns per packet per XDP path, ownership flip of 1,000
-    /// VIPs, ring-buffer events per second; then the failover benchmark
-    /// (HA_BENCH_RUNS hard crashes per system and advert interval, default 20).
+    /// VIPs, ring-buffer events per second; the failover benchmark
+    /// (HA_BENCH_RUNS hard crashes per system and advert interval, default
+    /// 20); replication stage ceilings; state sync beside conntrackd (churn,
+    /// bursts, young flows); the resync of 1,000,000 flows.
     /// Writes target/bench/*.json; figures in docs/benchmarks.md.
     Bench,
     /// The deterministic simulation of a cluster (node cores over a seeded,
