@@ -25,6 +25,8 @@ fn records_become_kernel_conntrack_entries() {
     let server = Ipv4Addr::new(10, 1, 0, 10);
     let tcp = Record::plain(RecordKind::Upsert, 6, 2, client, server, 40000, 80);
     let udp = Record::plain(RecordKind::Upsert, 17, 0, client, server, 5353, 53);
+    // An ICMP echo: XDP keeps its identifier as both ports.
+    let icmp = Record::plain(RecordKind::Upsert, 1, 0, client, server, 4242, 4242);
     // Masqueraded: the server sees the firewall's WAN address and another port.
     let mut nat = Record::plain(RecordKind::Upsert, 6, 2, client, server, 40001, 443);
     nat.reply_dst = Ipv4Addr::new(10, 1, 0, 1);
@@ -37,6 +39,7 @@ fn records_become_kernel_conntrack_entries() {
         ct.apply(&tcp, 900).expect("refresh TCP");
         ct.apply(&udp, 120).expect("create UDP");
         ct.apply(&nat, 600).expect("create NATed TCP");
+        ct.apply(&icmp, 30).expect("create ICMP echo");
     })
     .unwrap();
     let t = table(&lab);
@@ -53,6 +56,8 @@ fn records_become_kernel_conntrack_entries() {
     );
     let l = line("sport=5353");
     assert!(l.starts_with("udp"), "{l}");
+    let l = line("id=4242");
+    assert!(l.starts_with("icmp") && l.contains("type=8 code=0"), "{l}");
     let l = line("sport=40001");
     assert!(
         l.contains("src=10.1.0.10 dst=10.1.0.1 sport=443 dport=61001"),
@@ -85,19 +90,64 @@ fn records_become_kernel_conntrack_entries() {
     let found = lab
         .run_in("fw", || {
             let mut ct = Conntrack::open().unwrap();
-            ct.lookup(&[CtTuple::orig_of(&nat), seen_on_wan.inverted(), unknown])
-                .expect("lookup")
+            ct.lookup(&[
+                CtTuple::orig_of(&nat),
+                seen_on_wan.inverted(),
+                unknown,
+                CtTuple::orig_of(&icmp),
+            ])
+            .expect("lookup")
         })
         .unwrap();
     assert_eq!(found[0].map(|e| e.record()), Some(nat), "by original tuple");
     assert_eq!(found[1].map(|e| e.record()), Some(nat), "by reply tuple");
     assert_eq!(found[2], None, "unknown tuple");
+    assert_eq!(found[3].map(|e| e.record()), Some(icmp), "ICMP echo");
+    // A bulk: a NATed flow has an XDP entry for each side, both live; a
+    // flow conntrack does not know is dead.
+    let wan_side = Record::plain(
+        RecordKind::Upsert,
+        6,
+        2,
+        Ipv4Addr::new(10, 1, 0, 1),
+        server,
+        61001,
+        443,
+    );
+    let stranger = Record::plain(RecordKind::Upsert, 17, 0, client, server, 1, 2);
+    let (sent, read) = lab
+        .run_in("fw", || {
+            let mut ct = Conntrack::open().unwrap();
+            let mut sent = Vec::new();
+            let read = ha_agent::sync::enrich::bulk_of(
+                &mut ct,
+                vec![
+                    Record {
+                        flags: 0,
+                        reply_dst: client,
+                        reply_dport: 40001,
+                        ..nat
+                    },
+                    wan_side,
+                    stranger,
+                ],
+                |part| sent.extend(part),
+            );
+            (sent, read)
+        })
+        .unwrap();
+    assert_eq!(sent, vec![nat], "the NATed flow once, as conntrack has it");
+    assert_eq!(
+        read.dead,
+        vec![stranger],
+        "neither side of the NATed flow is dead"
+    );
     // A bulk reads the whole table in one dump.
     let dumped = lab
         .run_in("fw", || Conntrack::open().unwrap().dump().expect("dump"))
         .unwrap();
     let records: Vec<Record> = dumped.iter().map(|e| e.record()).collect();
-    for r in [&tcp, &udp, &nat] {
+    for r in [&tcp, &udp, &nat, &icmp] {
         assert!(records.contains(r), "{r:?} not in the dump {records:?}");
     }
 

@@ -63,8 +63,11 @@ const NLMSG_ERROR: u16 = 2;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 /// ctnetlink's message type of an entry (what a lookup answers with).
 const IPCTNL_MSG_CT_NEW: u16 = 0;
-/// Requests per `send`; their answers fit the default receive buffer.
+/// Requests per `send`.
 const BATCH: usize = 256;
+/// The socket's receive buffer (bytes): a batch's answers fit whatever they
+/// are.
+const RCVBUF: usize = 1 << 20;
 
 /// One direction of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -436,7 +439,16 @@ fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &CtTuple) {
                 put_attr(b, CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
                 put_attr(b, CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
             }
-            _ => put_attr(b, CTA_PROTO_NUM, &[1]),
+            // ICMP echo: the kernel needs type, code and identifier (XDP
+            // keeps the identifier as both ports); the original direction
+            // is the request (8), the reply direction the reply (0).
+            _ => {
+                put_attr(b, CTA_PROTO_NUM, &[1]);
+                put_attr(b, CTA_PROTO_ICMP_ID, &t.sport.to_be_bytes());
+                let icmp_type = if kind == CTA_TUPLE_REPLY { 0 } else { 8 };
+                put_attr(b, CTA_PROTO_ICMP_TYPE, &[icmp_type]);
+                put_attr(b, CTA_PROTO_ICMP_CODE, &[0]);
+            }
         });
     });
 }
@@ -534,11 +546,38 @@ impl Conntrack {
         let mut sock = Socket::new(NETLINK_NETFILTER)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
+        // A batch's answers whole: 256 errors echo their requests (some
+        // 250 KB for refused NAT creates), over the default 212 KB.
+        // SO_RCVBUFFORCE (CAP_NET_ADMIN, which ctnetlink needs anyway)
+        // passes `rmem_max`; SO_RCVBUF if refused.
+        let size = RCVBUF as libc::c_int;
+        // SAFETY: setsockopt on our own socket with a valid int.
+        let forced = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
+        if !forced {
+            let _ = sock.set_rx_buf_sz(RCVBUF);
+        }
         Ok(Conntrack {
             sock,
             seq: 0,
             rx: vec![0u8; 64 * 1024],
         })
+    }
+
+    /// Reads and drops whatever waits on the socket, without blocking.
+    fn drain(&mut self) {
+        while self
+            .sock
+            .recv(&mut &mut self.rx[..], libc::MSG_DONTWAIT)
+            .is_ok_and(|n| n > 0)
+        {}
     }
 
     /// Applies a record: [`RecordKind::Upsert`] creates the entry or refreshes
@@ -631,10 +670,17 @@ impl Conntrack {
             for (&i, a) in missing.iter().zip(&second) {
                 out[i] = entry_of(a);
             }
-            if let Some(e) = first.iter().chain(&second).find_map(|a| match a {
+            // A lookup the kernel refused is not found (one odd flow must
+            // not cost a whole batch its NAT mappings); the whole lookup
+            // failed only if nothing was found and something failed
+            // otherwise than "no such entry" (the socket).
+            let failed = first.iter().chain(&second).find_map(|a| match a {
                 Answer::Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Some(e),
                 _ => None,
-            }) {
+            });
+            if let Some(e) = failed
+                && out.iter().all(Option::is_none)
+            {
                 return Err(io::Error::new(e.kind(), format!("conntrack lookup: {e}")));
             }
         }
@@ -680,6 +726,10 @@ impl Conntrack {
                         for g in got.iter_mut().filter(|g| g.is_none()) {
                             *g = Some(Answer::Err(io::Error::new(e.kind(), e.to_string())));
                         }
+                        // What is left of this batch's answers (after an
+                        // ENOBUFS, some were lost) would keep the socket
+                        // full and be read as the next batch's.
+                        self.drain();
                         break;
                     }
                 };
@@ -783,6 +833,9 @@ const CTA_IP_V4_DST: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTO_ICMP_ID: u16 = 4;
+const CTA_PROTO_ICMP_TYPE: u16 = 5;
+const CTA_PROTO_ICMP_CODE: u16 = 6;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 
@@ -855,6 +908,12 @@ fn tuple_of_attrs(b: &[u8]) -> Option<CtTuple> {
                         CTA_PROTO_NUM => t.proto = *p.value().first()?,
                         CTA_PROTO_SRC_PORT => t.sport = port(p.value())?,
                         CTA_PROTO_DST_PORT => t.dport = port(p.value())?,
+                        // ICMP echo: the identifier stands for both ports,
+                        // as in XDP's flow keys.
+                        CTA_PROTO_ICMP_ID => {
+                            t.sport = port(p.value())?;
+                            t.dport = t.sport;
+                        }
                         _ => {}
                     }
                 }
@@ -1065,7 +1124,7 @@ mod tests {
 
     #[test]
     fn the_lean_writer_of_a_lookup_or_delete_writes_what_the_typed_one_writes() {
-        for proto in [6u8, 17, 1] {
+        for proto in [6u8, 17] {
             let tup = CtTuple {
                 proto,
                 src: Ipv4Addr::new(10, 0, 0, 1),
@@ -1101,7 +1160,9 @@ mod tests {
     fn the_lean_writer_of_a_create_writes_what_the_typed_one_writes() {
         let a = |x: u8| Ipv4Addr::new(10, 0, 0, x);
         let mut records = Vec::new();
-        for proto in [6u8, 17, 1] {
+        // ICMP: the typed messages have no type, code and identifier (which
+        // the kernel needs); conntrack_apply checks those against it.
+        for proto in [6u8, 17] {
             for state in [
                 TcpState::SynSent,
                 TcpState::Established,

@@ -130,7 +130,12 @@ pub fn bulk_of(
     };
     let dumped = ct.dump_each(|entries| {
         for e in entries {
-            if wanted.remove(&e.orig).is_some() || wanted.remove(&e.reply.inverted()).is_some() {
+            // Both: a NATed flow has an XDP entry for each side (the
+            // original tuple, and the translated one seen from the other
+            // interface), and neither is dead.
+            let by_orig = wanted.remove(&e.orig).is_some();
+            let by_reply = wanted.remove(&e.reply.inverted()).is_some();
+            if by_orig || by_reply {
                 take(e, &mut read, &mut part);
             }
         }
@@ -208,14 +213,20 @@ impl Enricher {
             let r = e.record;
             let seen = CtTuple::orig_of(&r);
             if r.kind == RecordKind::Delete {
-                let gone = self.cache.remove(&seen).unwrap_or(r);
-                out.push((
-                    Record {
-                        kind: RecordKind::Delete,
-                        ..gone
-                    },
-                    e.origin,
-                ));
+                match self.cache.remove(&seen) {
+                    Some(gone) => out.push((
+                        Record {
+                            kind: RecordKind::Delete,
+                            ..gone
+                        },
+                        e.origin,
+                    )),
+                    // Not seen since this agent started (a flow a bulk
+                    // sent, or older): conntrack still has the closing
+                    // entry, whose original tuple the peer knows it by
+                    // (XDP's may be the translated side of a NATed flow).
+                    None => ask.push(e),
+                }
                 continue;
             }
             match self.cache.get(&seen) {
@@ -242,6 +253,18 @@ impl Enricher {
             }
         };
         for (a, entry) in ask.into_iter().zip(found) {
+            if a.record.kind == RecordKind::Delete {
+                let gone = entry.map_or(a.record, |e| e.record());
+                self.cache.remove(&CtTuple::orig_of(&a.record));
+                out.push((
+                    Record {
+                        kind: RecordKind::Delete,
+                        ..gone
+                    },
+                    a.origin,
+                ));
+                continue;
+            }
             match (entry, a.again) {
                 (Some(e), _) => {
                     let mut rec = e.record();

@@ -776,7 +776,16 @@ impl Session {
 
     /// When [`Session::poll`] has work next.
     pub fn poll_at(&self) -> Option<Instant> {
-        let flush = self.pending_since.map(|t| t + self.settings.flush_after);
+        // Pending records are due only if a frame could go out now: with
+        // no peer, a peer down or the window full, what changes that is a
+        // datagram from the peer (the I/O layer wakes for it), not time.
+        let can_send = self.peer_epoch.is_some()
+            && !self.peer_down
+            && self.unacked.len() < self.settings.max_unacked;
+        let flush = self
+            .pending_since
+            .filter(|_| can_send)
+            .map(|t| t + self.settings.flush_after);
         let resend = if self.peer_down {
             self.unacked.front().map(|f| f.sent + self.settings.max_rto)
         } else {
@@ -1160,6 +1169,25 @@ mod tests {
         run(&mut a, &mut b, |_| false, 20);
         assert!(a.in_sync() && b.in_sync(), "{a:?}\n{b:?}");
         (a, b)
+    }
+
+    #[test]
+    fn records_that_cannot_go_out_do_not_make_the_poll_due() {
+        // No peer yet: records wait, and the next poll is the next Hello,
+        // not "now" (the sync loop would wake every 200 us until the peer
+        // came).
+        let (mut a, _) = pair();
+        let _ = a.poll(ms(0));
+        a.push(ms(1), rec(1));
+        assert!(a.poll_at().is_some_and(|t| t > ms(1)), "{:?}", a.poll_at());
+        // Connected, the record is due at once.
+        let (mut a, _) = connected();
+        a.push(ms(100), rec(2));
+        assert!(
+            a.poll_at().is_some_and(|t| t <= ms(100)),
+            "{:?}",
+            a.poll_at()
+        );
     }
 
     #[test]
