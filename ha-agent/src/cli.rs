@@ -92,6 +92,18 @@ pub enum Command {
         #[command(subcommand)]
         verb: ClusterVerb,
     },
+    /// Check a configuration without running it (as `keepalived -t`): the
+    /// agent's own checks with the same messages, then the files it would
+    /// read at start (cluster key, advert keys; notify scripts warned
+    /// about). Interfaces missing on this machine are noted. Exits 1 if the
+    /// agent would refuse the configuration.
+    ///
+    /// Example: `ha-agent check-config /etc/ha-agent/config.toml`
+    CheckConfig {
+        /// Configuration file.
+        #[arg(default_value = crate::config::DEFAULT_PATH)]
+        file: std::path::PathBuf,
+    },
     /// Show the pinned data plane: VIPs and ownership, lease, last advert per
     /// VRID, flows, verdict counters. Needs no running agent.
     ///
@@ -322,6 +334,30 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
             top,
             json,
         } => maps(&instance, top, json),
+        Command::CheckConfig { file } => {
+            let r = crate::check::check(&file);
+            for e in &r.errors {
+                eprintln!("error: {e}");
+            }
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            for n in &r.notes {
+                eprintln!("note: {n}");
+            }
+            if !r.ok() {
+                bail!(
+                    "{}: {} problem(s); the agent would not start with it",
+                    file.display(),
+                    r.errors.len()
+                );
+            }
+            println!("{}: configuration OK", file.display());
+            if let Some(s) = &r.summary {
+                println!("{s}");
+            }
+            Ok(())
+        }
         Command::AdvertKey { config } => {
             let c = crate::config::Config::load(&config)?;
             let Some(file) = c.ha.sync_key_file.as_ref().filter(|_| c.ha.sync_port != 0) else {

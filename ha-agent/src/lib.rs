@@ -31,6 +31,7 @@
 //! - [`cli`]: the operator command line (`ha-agent <command>`).
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod config;
