@@ -51,6 +51,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    promtool()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -137,6 +138,55 @@ pub fn cargo_fuzz() -> anyhow::Result<()> {
         "cargo install cargo-fuzz (the fuzz targets in fuzz/; takes a minute or two)",
         crate::cargo().args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]),
     )
+}
+
+/// Where `promtool` is kept when the system has none: `target/tools/`.
+fn promtool_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/promtool")
+}
+
+/// promtool, which checks the shipped alert rules (a test). Taken out of
+/// Debian's `prometheus` package (`apt-get download`, `dpkg-deb -x`) into
+/// `target/tools/`: installing the package would also start a Prometheus
+/// server on the host. Skipped when one is on the PATH or already there.
+fn promtool() -> anyhow::Result<()> {
+    let on_path = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let kept = promtool_path();
+    if on_path || kept.exists() {
+        eprintln!("xtask: promtool: present");
+        return Ok(());
+    }
+    let tmp = std::env::temp_dir().join(format!("xtask-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    // apt's sandbox user writes the download.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o777))?;
+    let result = (|| -> anyhow::Result<()> {
+        run_step(
+            "apt-get download prometheus (for its promtool, which checks the alert rules)",
+            Command::new("apt-get")
+                .args(["download", "-q", "prometheus"])
+                .current_dir(&tmp),
+        )?;
+        let deb = std::fs::read_dir(&tmp)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download left no .deb")?;
+        let x = tmp.join("x");
+        run_step(
+            "dpkg-deb -x prometheus (promtool only goes to target/tools)",
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+        )?;
+        std::fs::create_dir_all(kept.parent().context("target/tools")?)?;
+        std::fs::copy(x.join("usr/bin/promtool"), &kept).context("copy promtool")?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
 
 /// rustfmt and clippy on the default toolchain (`cargo xtask test` runs both).

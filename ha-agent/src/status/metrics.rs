@@ -247,6 +247,28 @@ pub fn render(st: &Status) -> String {
         "The ownership word written to the data plane",
         st.owned as i64,
     );
+    if let Some(t) = &st.last_takeover {
+        gauge_f(
+            &mut r,
+            "last_takeover_owned_ms",
+            "The last takeover: master-down timer due -> ownership word written (ms)",
+            t.to_owned_us / 1e3,
+        );
+        gauge_f(
+            &mut r,
+            "last_takeover_first_garp_ms",
+            "The last takeover: master-down timer due -> first gratuitous ARPs sent (ms)",
+            t.to_first_garp_us / 1e3,
+        );
+        if let Some(us) = t.commit_us {
+            gauge_f(
+                &mut r,
+                "last_takeover_commit_ms",
+                "The last takeover: replicated state committed before the ownership write (ms)",
+                us / 1e3,
+            );
+        }
+    }
     if let Some(s) = &st.sync {
         gauge(
             &mut r,

@@ -608,4 +608,94 @@ mod tests {
         let back: Status = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
         assert_eq!(back, st);
     }
+
+    /// Every metric the shipped Grafana dashboard and Prometheus alert rules
+    /// name is one the agent exports (a renamed metric would leave a panel
+    /// empty and an alert silent, with nothing to say so).
+    #[test]
+    fn the_dashboard_and_alert_rules_name_only_exported_metrics() {
+        let report = Report {
+            groups: vec![GroupReport {
+                name: "fw".into(),
+                role: Role::Master,
+                priority: 200,
+            }],
+            owned: 1,
+            priority_override: None,
+            maintenance: false,
+            preempt_allowed: true,
+            auth_mode: Default::default(),
+            auth_active_key: 1,
+            paths: Vec::new(),
+            heartbeat: None,
+            term: 0,
+            counters: Counters::default(),
+        };
+        let mut st = Status::snapshot(
+            "fw",
+            &report,
+            Duration::from_secs(1),
+            SystemTime::UNIX_EPOCH,
+            Extras {
+                reflector: Some([0; 5]),
+                ..Extras::default()
+            },
+        );
+        st.sync = Some(SyncStatus::default());
+        st.config_sync = Some(ConfigSyncStatus::default());
+        st.last_takeover = Some(TakeoverTiming {
+            group: "fw".into(),
+            commit_records: Some(0),
+            commit_us: Some(9.0),
+            to_owned_us: 310.0,
+            to_first_garp_us: 420.0,
+            garps_sent: 3,
+        });
+        st.paths = vec![PathStatus {
+            interface: "ha0".into(),
+            state: "up".into(),
+            last_heard_age_ms: Some(1),
+            adverts: 1,
+            replies: 1,
+        }];
+        let m = metrics::render(&st);
+        if std::env::var_os("HA_PRINT_METRICS").is_some() {
+            println!("{m}");
+        }
+        // Sample names: a family's name, and `_total` for a counter.
+        let mut exported = std::collections::BTreeSet::new();
+        for line in m.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split_whitespace();
+                let (name, kind) = (it.next().unwrap(), it.next().unwrap_or(""));
+                exported.insert(name.to_owned());
+                if kind == "counter" {
+                    exported.insert(format!("{name}_total"));
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+        for file in [
+            "grafana/ha-agent-dashboard.json",
+            "prometheus/ha-agent-rules.yml",
+        ] {
+            let text =
+                std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let mut named = 0;
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("ha_agent_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    exported.contains(&name),
+                    "{file} names {name}, which the agent does not export:\n{exported:#?}"
+                );
+                named += 1;
+                rest = &rest[at + name.len()..];
+            }
+            assert!(named > 5, "{file} names {named} metrics");
+        }
+    }
 }
