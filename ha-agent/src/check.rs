@@ -68,6 +68,7 @@ pub fn check(path: &Path) -> Report {
     ifaces.extend(config.data_interfaces());
     for g in &config.groups {
         ifaces.extend(g.track.iter().map(|t| t.iface.clone()));
+        ifaces.extend(g.role_interfaces.iter().cloned());
     }
     let mut seen = std::collections::HashSet::new();
     ifaces.retain(|i| seen.insert(i.clone()));

@@ -336,6 +336,13 @@ pub struct GroupConfig {
     /// Interfaces whose link state lowers priority (weight) or faults the group (weight 0).
     #[serde(default)]
     pub track: Vec<TrackConfig>,
+    /// Interfaces that follow the group's role (NethSecurity's WANs on the
+    /// secondary): up on MASTER, down on BACKUP, FAULT and when the agent
+    /// stops, after the ownership write and never delaying it (hooks).
+    /// For links that cannot share a VIP (DHCP, PPPoE); not the HA link, a
+    /// VIP's or a heartbeat path's interface, nor a tracked one.
+    #[serde(default)]
+    pub role_interfaces: Vec<String>,
     #[serde(rename = "vrrp")]
     pub instances: Vec<InstanceConfig>,
 }
@@ -462,6 +469,36 @@ impl Config {
                 "ha.max_flows".into(),
                 format!("{n} is outside {MAX_FLOWS_MIN}..={MAX_FLOWS_MAX} flows"),
             ));
+        }
+        let mut role_owner: std::collections::HashMap<&str, &str> = Default::default();
+        let vip_ifaces = self.vip_interfaces();
+        let paths = self.heartbeat_paths();
+        for g in &self.groups {
+            for iface in &g.role_interfaces {
+                let field = format!("group {} role_interfaces {iface:?}", g.name);
+                let clash = if iface.is_empty() || iface.len() >= 16 || iface.contains('/') {
+                    Some("not an interface name")
+                } else if *iface == self.ha.interface {
+                    Some("the HA link cannot follow the role")
+                } else if vip_ifaces.contains(iface) {
+                    Some("it carries a VIP: it must stay up on both nodes")
+                } else if paths.contains(iface) {
+                    Some("it is a heartbeat path: it must stay up on both nodes")
+                } else if self
+                    .groups
+                    .iter()
+                    .any(|o| o.track.iter().any(|t| t.iface == *iface))
+                {
+                    Some("it is tracked: down on the backup, it would fault the group")
+                } else if role_owner.insert(iface, &g.name).is_some() {
+                    Some("listed twice (or by two groups)")
+                } else {
+                    None
+                };
+                if let Some(why) = clash {
+                    return Err(bad(field, why.into()));
+                }
+            }
         }
         if !(5..=3600).contains(&self.ha.flow_aging_s) {
             return Err(bad(
@@ -1165,6 +1202,32 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
         for bad in ["0", "4", "3601"] {
             let e = aging(bad).unwrap_err().to_string();
             assert!(e.contains("ha.flow_aging_s"), "{e}");
+        }
+    }
+
+    #[test]
+    fn role_interfaces_are_checked() {
+        let with = |v: &str| {
+            parse(&GOOD.replace(
+                "services = [{ name = \"openvpn\" }]",
+                &format!("services = [{{ name = \"openvpn\" }}]\nrole_interfaces = {v}"),
+            ))
+        };
+        assert_eq!(
+            with("[\"ppp0\"]").unwrap().groups[0].role_interfaces,
+            vec!["ppp0".to_owned()]
+        );
+        for (bad, why) in [
+            ("[\"ha0\"]", "HA link"),
+            ("[\"lan0\"]", "carries a VIP"),
+            ("[\"ppp0\", \"ppp0\"]", "twice"),
+            ("[\"\"]", "not an interface name"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("role_interfaces") && e.contains(why),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -34,6 +34,30 @@ fn ioctl_ifreq_on(sock: &Socket, iface: &str, request: libc::Ioctl) -> io::Resul
     Ok(req)
 }
 
+/// Sets the interface administratively up or down (IFF_UP, as `ip link set
+/// dev <iface> up|down`), leaving its other flags as they are.
+pub fn set_admin_up(iface: &str, up: bool) -> io::Result<()> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    let mut req = ioctl_ifreq_on(&sock, iface, libc::SIOCGIFFLAGS)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    let want = if up {
+        flags | libc::IFF_UP as libc::c_short
+    } else {
+        flags & !(libc::IFF_UP as libc::c_short)
+    };
+    if want == flags {
+        return Ok(());
+    }
+    req.ifr_ifru.ifru_flags = want;
+    // SAFETY: valid socket fd and an ifreq naming the interface, with flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("interface {iface}: {e}")));
+    }
+    Ok(())
+}
+
 /// Interface index in the current network namespace.
 pub fn if_index(iface: &str) -> io::Result<i32> {
     let req = ioctl_ifreq(iface, libc::SIOCGIFINDEX)?;

@@ -1,7 +1,8 @@
-//! Role hooks: keepalived-compatible notify scripts and role-dependent
-//! services. Hooks run on a task of their own, one group's in order, each
-//! under a timeout; a hook that fails or hangs is logged and killed. Queuing a
-//! hook never waits: the ownership write and GARP never wait on a hook.
+//! Role hooks: keepalived-compatible notify scripts, role-dependent
+//! services and interfaces that follow the role. Hooks run on a task of
+//! their own, one group's in order, each under a timeout; a hook that fails
+//! or hangs is logged and killed. Queuing a hook never waits: the ownership
+//! write and GARP never wait on a hook.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -15,12 +16,20 @@ use ha_core::{
 
 use crate::config::GroupConfig;
 
-/// One command to run.
+/// One hook to run.
 #[derive(Debug, Clone)]
 struct Job {
     /// What it is, for logs.
     what: String,
-    argv: Vec<String>,
+    action: Action,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// A command (argv).
+    Command(Vec<String>),
+    /// An interface set administratively up (true) or down.
+    Link(String, bool),
 }
 
 /// The hook runner of one group.
@@ -33,6 +42,7 @@ pub struct Hooks {
     /// The group's configuration (script, services).
     notify: Option<PathBuf>,
     services: Vec<crate::config::Service>,
+    role_interfaces: Vec<String>,
 }
 
 impl Hooks {
@@ -51,6 +61,7 @@ impl Hooks {
             task,
             notify: group.notify.clone(),
             services: group.services.clone(),
+            role_interfaces: group.role_interfaces.clone(),
         }
     }
 
@@ -58,7 +69,10 @@ impl Hooks {
         if argv.is_empty() {
             return;
         }
-        let _ = self.tx.send(Job { what, argv });
+        let _ = self.tx.send(Job {
+            what,
+            action: Action::Command(argv),
+        });
     }
 
     /// Runs what is queued (each hook still under its timeout) and ends the
@@ -122,23 +136,53 @@ impl Hooks {
         }
     }
 
-    /// Starts (MASTER) or stops (BACKUP, FAULT) the role-dependent services.
+    /// Starts (MASTER) or stops (BACKUP, FAULT, a stop) the role-dependent
+    /// services, and sets the role interfaces up or down: up before the
+    /// services start (a DHCP or PPPoE client needs its link), down after
+    /// they stopped.
     fn services(&self, role: Role) {
+        let master = role == Role::Master;
+        if master {
+            self.links(true);
+        }
         for s in &self.services {
-            let (verb, argv) = match role {
-                Role::Master => ("start", s.start.clone()),
-                Role::Backup | Role::Fault | Role::Initialize => ("stop", s.stop.clone()),
+            let (verb, argv) = if master {
+                ("start", s.start.clone())
+            } else {
+                ("stop", s.stop.clone())
             };
             let argv =
                 argv.unwrap_or_else(|| vec!["systemctl".into(), verb.into(), s.name.clone()]);
             self.queue(format!("{verb} service {}", s.name), argv);
         }
+        if !master {
+            self.links(false);
+        }
+    }
+
+    fn links(&self, up: bool) {
+        for iface in &self.role_interfaces {
+            let _ = self.tx.send(Job {
+                what: format!("role interface {iface} {}", if up { "up" } else { "down" }),
+                action: Action::Link(iface.clone(), up),
+            });
+        }
     }
 }
 
 async fn run(job: &Job, timeout: Duration) {
-    let mut cmd = tokio::process::Command::new(&job.argv[0]);
-    cmd.args(&job.argv[1..])
+    let argv = match &job.action {
+        Action::Command(argv) => argv,
+        Action::Link(iface, up) => {
+            match crate::iface::set_admin_up(iface, *up) {
+                Ok(()) => info!(hook = %job.what, "hook done"),
+                Err(e) => warn!(hook = %job.what, cause = %e, "hook failed"),
+            }
+            return;
+        }
+    };
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
