@@ -385,7 +385,12 @@ pub struct RunningAgent {
 impl RunningAgent {
     /// Writes the config and starts the agent in namespace `ns`.
     pub fn start(lab: &mut ha_lab::Lab, ns: &str, spec: &AgentSpec) -> Self {
-        let pins = PinGuard::new(&format!("agent{}", spec.node));
+        Self::start_as(lab, ns, spec, PinGuard::new(&format!("agent{}", spec.node)))
+    }
+
+    /// [`RunningAgent::start`] under the instance name `pins` holds (`cargo
+    /// xtask lab up` names its agents `fw1` and `fw2`, as an operator would).
+    pub fn start_as(lab: &mut ha_lab::Lab, ns: &str, spec: &AgentSpec, pins: PinGuard) -> Self {
         let dir = std::env::temp_dir().join(&pins.0);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.toml");

@@ -71,6 +71,27 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             if !pins.is_empty() {
                 println!("removed test data-plane pins: {}", pins.join(" "));
             }
+            // The instances `lab up` named like an operator's (`fw1`,
+            // `fw2`), as its marker lists them.
+            let marker = std::path::Path::new("/run/ha-agent/halab-up.instances");
+            if let Ok(text) = std::fs::read_to_string(marker) {
+                let names: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+                let pins = crate::test::remove_pins(&names)?;
+                let runs = crate::test::remove_run_files_of(&names)?;
+                for name in &names {
+                    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(name));
+                }
+                std::fs::remove_file(marker)?;
+                println!(
+                    "removed the lab-up instances {} (pins of {}, {runs} run file(s))",
+                    names.join(" "),
+                    if pins.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        pins.join(" ")
+                    }
+                );
+            }
             let runs = crate::test::remove_test_run_files()?;
             if !runs.is_empty() {
                 println!(

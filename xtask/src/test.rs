@@ -207,9 +207,22 @@ fn test_pins() -> Vec<String> {
 /// Removes test pin directories except those in `keep` (removing a link pin
 /// detaches its program); returns the names removed. `lab down` uses it too.
 pub fn remove_test_pins(keep: &[String]) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = test_pins()
+        .into_iter()
+        .filter(|n| !keep.contains(n))
+        .collect();
+    remove_pins(&names)
+}
+
+/// Removes the pin directories of instances `names` (those that exist);
+/// returns the names removed.
+pub fn remove_pins(names: &[String]) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
-    for name in test_pins().into_iter().filter(|n| !keep.contains(n)) {
-        let dir = std::path::Path::new("/sys/fs/bpf").join(&name);
+    for name in names {
+        let dir = std::path::Path::new("/sys/fs/bpf").join(name);
+        if !dir.exists() {
+            continue;
+        }
         for sub in ["links", "progs", "maps"] {
             for entry in std::fs::read_dir(dir.join(sub))
                 .into_iter()
@@ -221,9 +234,26 @@ pub fn remove_test_pins(keep: &[String]) -> anyhow::Result<Vec<String>> {
             let _ = std::fs::remove_dir(dir.join(sub));
         }
         std::fs::remove_dir(&dir)?;
-        removed.push(name);
+        removed.push(name.clone());
     }
     Ok(removed)
+}
+
+/// Removes the run files (`/run/ha-agent/<instance>.*`) of instances
+/// `names`; returns how many.
+pub fn remove_run_files_of(names: &[String]) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for file in run_files() {
+        if names.iter().any(|i| {
+            file.strip_prefix(i.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        }) {
+            let path = std::path::Path::new(RUN_DIR).join(&file);
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Runs `cargo test <args>`, echoing its output and adding its results to `tally`.

@@ -2209,37 +2209,47 @@ fn timeline_svg(a: &Args, systems: &[System], results: &[(System, Scenario, Vec<
     s + "</svg>\n"
 }
 
-/// `--up`: the lab with both agents, left running.
+/// Lists the instances `--up` started (`fw1`, `fw2`), for `cargo xtask lab
+/// down` to remove their pins and run files.
+const UP_MARKER: &str = "/run/ha-agent/halab-up.instances";
+
+/// `--up`: the lab with both agents, left running, their instances named
+/// `fw1` and `fw2` like the namespaces they run in.
 fn up(a: &Args) {
+    if std::path::Path::new(UP_MARKER).exists() {
+        eprintln!("a lab is already up ({UP_MARKER}): `cargo xtask lab down` first");
+        std::process::exit(1);
+    }
+    for name in ["fw1", "fw2"] {
+        if std::path::Path::new("/sys/fs/bpf").join(name).exists() {
+            eprintln!(
+                "an instance named {name} is pinned on this machine (/sys/fs/bpf/{name}) and is not a lab's: not touching it"
+            );
+            std::process::exit(1);
+        }
+    }
     let mut lab = build_lab(Scenario::HardCrash);
     let key = SyncKey::new("lab-up", [11u8; 32]);
-    let dir = std::env::temp_dir();
-    let n1 = start(
-        &mut lab,
-        System::Agent,
-        Scenario::HardCrash,
-        1,
-        a.adv_ms,
-        &key,
-        &dir,
-    );
-    let n2 = start(
-        &mut lab,
-        System::Agent,
-        Scenario::HardCrash,
-        2,
-        a.adv_ms,
-        &key,
-        &dir,
-    );
+    let _ = std::fs::create_dir_all("/run/ha-agent");
+    std::fs::write(UP_MARKER, "fw1\nfw2\n").expect("write the lab-up marker");
+    let agent = |lab: &mut Lab, node: u8| {
+        let spec = AgentSpec {
+            ha_extra: key.ha_extra(),
+            napi_softirq: NAPI_SOFTIRQ.load(Ordering::Relaxed),
+            ..AgentSpec::new(node, if node == 1 { 200 } else { 100 }, a.adv_ms)
+        };
+        let fw = format!("fw{node}");
+        let agent = RunningAgent::start_as(lab, &fw, &spec, ha_tests::PinGuard(fw.clone()));
+        service_limits(agent.pid);
+        agent
+    };
+    let a1 = agent(&mut lab, 1);
+    let a2 = agent(&mut lab, 2);
     let _ = wait("roles", Duration::from_secs(20), || {
-        n1.role().as_deref() == Some("MASTER")
+        a1.role().as_deref() == Some("MASTER")
     });
     lab.keep();
     std::mem::forget(key);
-    let (Node::Agent(a1), Node::Agent(a2)) = (&n1, &n2) else {
-        return;
-    };
     println!("the lab is up (namespaces stay until `cargo xtask lab down`):");
     for ns in ["client", "fw1", "fw2", "server", "probe"] {
         println!(
@@ -2249,12 +2259,12 @@ fn up(a: &Args) {
     }
     let bin = agent_bin();
     println!("operator CLI (any namespace; status files are per instance):");
-    println!("  {} status --instance {}", bin.display(), a1.pins.0);
-    println!("  {} status --instance {}", bin.display(), a2.pins.0);
-    println!("  {} maps --instance {}", bin.display(), a1.pins.0);
-    println!("  {} demote --instance {}", bin.display(), a1.pins.0);
-    std::mem::forget(n1);
-    std::mem::forget(n2);
+    println!("  {} status --instance fw1", bin.display());
+    println!("  {} status --instance fw2", bin.display());
+    println!("  {} maps --instance fw1", bin.display());
+    println!("  {} demote --instance fw1", bin.display());
+    std::mem::forget(a1);
+    std::mem::forget(a2);
 }
 
 /// Drops every frame between fw1's and fw2's ports on the bridges of
