@@ -53,6 +53,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow what happens, one line (or JSON object) per event: role
+    /// transitions, heartbeat paths, state sync and config sync, and the
+    /// agent coming and going; until interrupted (or `--for`).
+    ///
+    /// Example: `ha-agent events --instance ha --json`
+    Events {
+        #[arg(long, default_value = "ha")]
+        instance: String,
+        /// Print JSON objects instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds (default: until interrupted).
+        #[arg(long = "for")]
+        for_s: Option<u64>,
+    },
     /// Planned switchover: this node takes over (priority 254, preempting
     /// once state sync is complete) and stays master until `demote`.
     Promote {
@@ -321,6 +336,17 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
             crate::daemon::run(config, path, shutdown).await
         }
         Command::Status { instance, json } => show_status(&instance, json).await,
+        Command::Events {
+            instance,
+            json,
+            for_s,
+        } => {
+            let until = for_s.map(|s| std::time::Instant::now() + Duration::from_secs(s));
+            tokio::select! {
+                r = follow_events(&instance, json, until) => r,
+                () = shutdown => Ok(()),
+            }
+        }
         Command::Promote { instance } => local(&instance, LocalRequest::Promote).await,
         Command::Demote { instance } => local(&instance, LocalRequest::Demote).await,
         Command::Maintenance { state, instance } => {
@@ -470,6 +496,74 @@ async fn read_status(instance: &str) -> anyhow::Result<(Status, bool)> {
         )
     })?;
     Ok((st, false))
+}
+
+/// `ha-agent events`: the agent's status asked 20 times a second, what
+/// changed printed (see `status::events`).
+async fn follow_events(
+    instance: &str,
+    json: bool,
+    until: Option<std::time::Instant>,
+) -> anyhow::Result<()> {
+    use crate::status::events::{Event, diff};
+    // A closed output (`| head`) ends the command quietly.
+    let print = |e: &Event| -> std::io::Result<()> {
+        use std::io::Write as _;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let line = if json {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["instance"] = instance.into();
+            v["seen_unix_ms"] = serde_json::json!(now);
+            v.to_string()
+        } else {
+            format!("{} {instance} {}", humanish(now), e.line())
+        };
+        writeln!(std::io::stdout().lock(), "{line}")
+    };
+    let mut prev: Option<crate::status::Status> = None;
+    let mut gone = false;
+    while until.is_none_or(|t| std::time::Instant::now() < t) {
+        match local::request(instance, LocalRequest::Status)
+            .await
+            .ok()
+            .filter(|r| r.ok)
+            .and_then(|r| r.status)
+        {
+            Some(cur) => {
+                let cur = *cur;
+                for e in diff(prev.as_ref(), &cur) {
+                    if print(&e).is_err() {
+                        return Ok(());
+                    }
+                }
+                prev = Some(cur);
+                gone = false;
+            }
+            None => {
+                if !gone && print(&Event::AgentGone).is_err() {
+                    return Ok(());
+                }
+                gone = true;
+                prev = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Unix ms as `HH:MM:SS.mmm` UTC, for event lines.
+fn humanish(unix_ms: u128) -> String {
+    let s = unix_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        unix_ms % 1000
+    )
 }
 
 async fn show_status(instance: &str, json: bool) -> anyhow::Result<()> {

@@ -1,11 +1,15 @@
 //! Interfaces that follow the role (NethSecurity keeps the secondary's WANs
 //! down unless it is master): `role_interfaces` is up on the MASTER and down
 //! on the BACKUP, moves with a hard failover, and goes down when the agent
-//! stops (root; a veth on each firewall stands for a PPPoE WAN).
+//! stops (root; a veth on each firewall stands for a PPPoE WAN). Meanwhile
+//! `ha-agent events --json` follows the backup, and shows its takeover and
+//! its stop.
 
 use std::time::Duration;
 
-use ha_tests::{AgentSpec, failover_lab, links_down_at_once, require_root, start_pair, wait_for};
+use ha_tests::{
+    AgentSpec, agent_bin, failover_lab, links_down_at_once, require_root, start_pair, wait_for,
+};
 
 /// Whether `iface` in `ns` is administratively up.
 fn admin_up(lab: &ha_lab::Lab, ns: &str, iface: &str) -> bool {
@@ -43,6 +47,13 @@ fn role_interfaces_follow_the_role_through_a_failover_and_a_stop() {
     wait_for("ppp9 up on the master only", Duration::from_secs(5), || {
         admin_up(&lab, "fw1", "ppp9") && !admin_up(&lab, "fw2", "ppp9")
     });
+
+    let mut events = std::process::Command::new(agent_bin())
+        .args(["events", "--json", "--for", "60", "--instance", &a2.pins.0])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ha-agent events");
+    std::thread::sleep(Duration::from_millis(300));
 
     // A hard crash of the master: the backup takes over, and its ppp9 comes
     // up (fw1's stays as the dead node left it).

@@ -4,6 +4,7 @@
 //! on the operator socket, rendered as text for `ha-agent status` ([`text`])
 //! and as Prometheus metrics ([`metrics`]).
 
+pub mod events;
 pub mod metrics;
 pub mod text;
 pub mod writer;
