@@ -73,4 +73,20 @@ fn role_interfaces_follow_the_role_through_a_failover_and_a_stop() {
         Duration::from_secs(10),
         || !admin_up(&lab, "fw2", "ppp9"),
     );
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    let kinds: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"agent_up"), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "transition" && l["role"] == "MASTER"),
+        "the takeover: {lines:#?}"
+    );
+    assert_eq!(kinds.last(), Some(&"agent_gone"), "the stop: {lines:#?}");
 }
