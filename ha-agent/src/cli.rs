@@ -222,6 +222,10 @@ pub enum ClusterVerb {
     RemoveVip { iface: String, vip_cidr: String },
     /// Remove an interface (all its VIPs) from the cluster.
     RemoveInterface { iface: String },
+    /// On the primary: push the configuration to the secondary now (with
+    /// `config_sync = "manual"` changes wait for this), and wait for its
+    /// acknowledgement.
+    Sync,
     /// Print the cluster configuration of this node.
     ShowConfig,
     /// Same as `ha-agent status` for this node's instance.
@@ -474,6 +478,10 @@ async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()
         ClusterVerb::RemoveVip { iface, vip_cidr } => c::remove_vip(path, &iface, &vip_cidr).await,
         ClusterVerb::RemoveInterface { iface } => c::remove_interface(path, &iface).await,
         ClusterVerb::ShowConfig => c::show_config(path),
+        ClusterVerb::Sync => {
+            let config = crate::config::Config::load(path)?;
+            local(&config.instance, LocalRequest::PushConfig).await
+        }
         ClusterVerb::Status { json } => {
             let config = crate::config::Config::load(path)?;
             show_status(&config.instance, json).await
@@ -525,13 +533,13 @@ async fn follow_events(
     let mut prev: Option<crate::status::Status> = None;
     let mut gone = false;
     while until.is_none_or(|t| std::time::Instant::now() < t) {
-        match local::request(instance, LocalRequest::Status)
-            .await
-            .ok()
-            .filter(|r| r.ok)
-            .and_then(|r| r.status)
-        {
-            Some(cur) => {
+        let answer = match local::request(instance, LocalRequest::Status).await {
+            Ok(r) if r.ok => r.status.ok_or_else(|| "no status in the answer".to_owned()),
+            Ok(r) => Err(r.message),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        match answer {
+            Ok(cur) => {
                 let cur = *cur;
                 for e in diff(prev.as_ref(), &cur) {
                     if print(&e).is_err() {
@@ -541,8 +549,8 @@ async fn follow_events(
                 prev = Some(cur);
                 gone = false;
             }
-            None => {
-                if !gone && print(&Event::AgentGone).is_err() {
+            Err(why) => {
+                if !gone && print(&Event::AgentGone { why }).is_err() {
                     return Ok(());
                 }
                 gone = true;

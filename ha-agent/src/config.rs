@@ -95,10 +95,25 @@ pub struct ClusterConfig {
     /// TCP port of the cluster control channel on the HA link.
     #[serde(default = "default_control_port")]
     pub control_port: u16,
+    /// On a primary: `auto` pushes every change to the secondary at once;
+    /// `manual` (OPNsense's choice, "to prevent issues spreading over both
+    /// machines") holds changes until `ha-agent cluster sync`, and the
+    /// status says Pending with what differs.
+    #[serde(default)]
+    pub config_sync: ConfigSyncMode,
     /// On a secondary: where synced files are written (their path below this
     /// root; default `/`). For labs and containers whose nodes share a
     /// filesystem.
     pub files_root: Option<PathBuf>,
+}
+
+/// When a primary pushes its configuration.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigSyncMode {
+    #[default]
+    Auto,
+    Manual,
 }
 
 /// Primary or secondary.

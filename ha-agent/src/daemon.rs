@@ -100,6 +100,7 @@ pub async fn run(
         config: Mutex::new(config),
         config_sync,
         changed: tokio::sync::Notify::new(),
+        push_requested: Default::default(),
     });
     let control_thread = control::spawn(
         shared,

@@ -452,6 +452,52 @@ fn seed_example_end_to_end() {
         text(&bad)
     );
 
+    // Manual config sync on the primary: a change waits, the status says
+    // so, and `cluster sync` pushes it.
+    let mut cfg: toml::Table = std::fs::read_to_string(&c1).unwrap().parse().unwrap();
+    cfg["cluster"]
+        .as_table_mut()
+        .unwrap()
+        .insert("config_sync".into(), "manual".into());
+    std::fs::write(&c1, toml::to_string(&cfg).unwrap()).unwrap();
+    ok(&lab, "fw1", &["reload", "--instance", &pins1.0], None);
+    ok(
+        &lab,
+        "fw1",
+        &[
+            "cluster",
+            "--config",
+            c1s,
+            "add-vip",
+            "lan0",
+            "10.0.0.150/24",
+        ],
+        None,
+    );
+    wait_for(
+        "the change pending on the primary",
+        Duration::from_secs(10),
+        || {
+            let s = status(&lab, "fw1", &pins1.0);
+            s.contains("config sync: Pending") && s.contains("manual config sync")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !std::fs::read_to_string(&c2)
+            .unwrap()
+            .contains("10.0.0.150/24"),
+        "pushed without being asked"
+    );
+    let pushed = ok(&lab, "fw1", &["cluster", "--config", c1s, "sync"], None);
+    assert!(pushed.contains("is on the secondary"), "{pushed}");
+    assert!(
+        std::fs::read_to_string(&c2)
+            .unwrap()
+            .contains("10.0.0.150/24")
+    );
+    assert!(status(&lab, "fw1", &pins1.0).contains("config sync: Up to Date"));
+
     // Planned switchover both ways, with pings through the VIP gateway.
     let (sent, got) = ping_during(&lab, 200, || {
         ok(&lab, "fw1", &["demote", "--instance", &pins1.0], None);

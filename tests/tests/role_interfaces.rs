@@ -53,7 +53,31 @@ fn role_interfaces_follow_the_role_through_a_failover_and_a_stop() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("ha-agent events");
-    std::thread::sleep(Duration::from_millis(300));
+    // Its lines as they come.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let reader = {
+        let (stdout, lines) = (events.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v = serde_json::from_str(&l).expect("a JSON object per line");
+                lines.lock().unwrap().push(v);
+            }
+        })
+    };
+    let seen = |event: &str, role: Option<&str>| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l["event"] == event && role.is_none_or(|r| l["role"] == r))
+    };
+    wait_for("events follows fw2", Duration::from_secs(10), || {
+        seen("agent_up", None)
+    });
 
     // A hard crash of the master: the backup takes over, and its ppp9 comes
     // up (fw1's stays as the dead node left it).
@@ -66,6 +90,11 @@ fn role_interfaces_follow_the_role_through_a_failover_and_a_stop() {
         admin_up(&lab, "fw2", "ppp9")
     });
 
+    // events saw the takeover.
+    wait_for("events shows the takeover", Duration::from_secs(10), || {
+        seen("transition", Some("MASTER"))
+    });
+
     // A graceful stop takes it down.
     a2.signal(libc::SIGTERM);
     wait_for(
@@ -73,20 +102,21 @@ fn role_interfaces_follow_the_role_through_a_failover_and_a_stop() {
         Duration::from_secs(10),
         || !admin_up(&lab, "fw2", "ppp9"),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("events shows the stop", Duration::from_secs(10), || {
+        seen("agent_gone", None)
+    });
     let _ = events.kill();
-    let out = events.wait_with_output().unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
-        .collect();
-    let kinds: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
-    assert_eq!(kinds.first(), Some(&"agent_up"), "{lines:#?}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["event"] == "transition" && l["role"] == "MASTER"),
-        "the takeover: {lines:#?}"
+    let _ = events.wait();
+    reader.join().unwrap();
+    let lines = lines.lock().unwrap();
+    assert_eq!(
+        lines.first().map(|l| &l["event"]),
+        Some(&"agent_up".into()),
+        "{lines:#?}"
     );
-    assert_eq!(kinds.last(), Some(&"agent_gone"), "the stop: {lines:#?}");
+    assert_eq!(
+        lines.last().map(|l| &l["event"]),
+        Some(&"agent_gone".into()),
+        "{lines:#?}"
+    );
 }

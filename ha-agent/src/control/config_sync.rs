@@ -1,14 +1,16 @@
 //! Config sync: on a primary, the shared sections of the configuration and
 //! the listed files go to the secondary whenever their hash changes, retried
-//! until acknowledged ([`pusher`]); on a secondary, what the primary pushed
-//! is written and reloaded ([`apply_push`]).
+//! until acknowledged ([`pusher`]) — or, with `config_sync = "manual"`,
+//! when `ha-agent cluster sync` asks, the status saying Pending and what
+//! differs meanwhile; on a secondary, what the primary pushed is written
+//! and reloaded ([`apply_push`]).
 
 use std::{
     ffi::{OsStr, OsString},
     net::SocketAddr,
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
@@ -23,7 +25,7 @@ use super::{
 };
 use crate::{
     agent::request::ToLoop,
-    config::{ClusterRole, Config, GroupConfig, SharedConfig},
+    config::{ClusterRole, Config, ConfigSyncMode, GroupConfig, SharedConfig},
     paths::{self, StateFile},
     status::{ConfigSyncStatus, unix_ms},
 };
@@ -555,6 +557,9 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Response>>,
 {
     let mut acked: Option<String> = None;
+    // What the secondary last acknowledged, to say what a pending change is.
+    let mut acked_bundle: Option<Bundle> = None;
+    let mut push_owed = false;
     loop {
         let (config, peer) = {
             let c = lock(&shared.config).clone();
@@ -565,18 +570,45 @@ where
             .cluster
             .as_ref()
             .is_some_and(|c| c.role == ClusterRole::Primary);
+        let manual = config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.config_sync == ConfigSyncMode::Manual);
+        // Asked for (manual mode): owed until the secondary acknowledges
+        // (retried like an automatic push).
+        if shared.push_requested.swap(false, Ordering::AcqRel) {
+            push_owed = true;
+        }
         if primary && let Some(peer) = peer {
             let port = config.cluster.as_ref().map_or(7789, |c| c.control_port);
             match bundle(&config) {
                 Err(e) => set_sync(&shared, "Failed", Some(e.to_string()), None),
-                Ok(b) if acked.as_deref() == Some(b.hash.as_str()) => {}
+                Ok(b) if acked.as_deref() == Some(b.hash.as_str()) => {
+                    if std::mem::take(&mut push_owed) {
+                        info!(hash = %b.hash, "config sync asked for: the secondary already has this configuration");
+                    }
+                }
+                Ok(b) if manual && !push_owed => {
+                    let what = pending_changes(acked_bundle.as_ref(), &b);
+                    set_sync(
+                        &shared,
+                        "Pending",
+                        Some(format!(
+                            "manual config sync: {what}; `ha-agent cluster sync` pushes it"
+                        )),
+                        Some(b.hash.clone()),
+                    );
+                }
                 Ok(b) => {
                     set_sync(&shared, "Pending", None, Some(b.hash.clone()));
                     let hash = b.hash.clone();
+                    let sent = b.clone();
                     match push(SocketAddr::from((peer, port)), b).await {
                         Ok(Response::Done { hash: h }) if h == hash => {
                             info!(%hash, "configuration synced to the secondary");
                             acked = Some(hash.clone());
+                            acked_bundle = Some(sent);
+                            push_owed = false;
                             let mut s = lock(&shared.config_sync);
                             *s = ConfigSyncStatus {
                                 state: "Up to Date".into(),
@@ -606,6 +638,38 @@ where
             }
         }
         let _ = tokio::time::timeout(RETRY, shared.changed.notified()).await;
+    }
+}
+
+/// What differs between what the secondary acknowledged (`None`: nothing
+/// since this agent started) and `now`, in a few words.
+fn pending_changes(acked: Option<&Bundle>, now: &Bundle) -> String {
+    let Some(old) = acked else {
+        return "not pushed since this agent started".into();
+    };
+    let mut what = Vec::new();
+    if old.shared != now.shared {
+        what.push("the shared configuration (groups, VIPs, data interfaces)".to_owned());
+    }
+    if old.reload_hook != now.reload_hook {
+        what.push("the reload hook".to_owned());
+    }
+    for f in &now.files {
+        match old.files.iter().find(|o| o.path == f.path) {
+            None => what.push(format!("{} added", f.path.display())),
+            Some(o) if o != f => what.push(format!("{} changed", f.path.display())),
+            Some(_) => {}
+        }
+    }
+    for o in &old.files {
+        if !now.files.iter().any(|f| f.path == o.path) {
+            what.push(format!("{} removed", o.path.display()));
+        }
+    }
+    if what.is_empty() {
+        "changed".into()
+    } else {
+        format!("changed: {}", what.join(", "))
     }
 }
 
@@ -648,7 +712,66 @@ mod tests {
             config: Mutex::new(config),
             config_sync: Arc::new(Mutex::new(ConfigSyncStatus::default())),
             changed: tokio::sync::Notify::new(),
+            push_requested: Default::default(),
         })
+    }
+
+    /// `config_sync = "manual"`: nothing goes until asked; the status says
+    /// Pending and what differs from what the secondary has.
+    #[tokio::test(start_paused = true)]
+    async fn a_manual_primary_pushes_only_when_asked_and_says_what_waits() {
+        let shared = primary();
+        lock(&shared.config).cluster.as_mut().unwrap().config_sync = ConfigSyncMode::Manual;
+        let tries = Arc::new(AtomicU32::new(0));
+        let task = tokio::spawn({
+            let (shared, tries) = (shared.clone(), tries.clone());
+            push_loop(shared, move |_, b| {
+                let tries = tries.clone();
+                async move {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    Ok(Response::Done { hash: b.hash })
+                }
+            })
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 0, "not asked: not pushed");
+        {
+            let s = lock(&shared.config_sync);
+            assert_eq!(s.state, "Pending");
+            assert!(
+                s.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("not pushed since") && r.contains("cluster sync")),
+                "{s:?}"
+            );
+        }
+        // `ha-agent cluster sync`.
+        shared.push_requested.store(true, Ordering::SeqCst);
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+        assert_eq!(lock(&shared.config_sync).state, "Up to Date");
+        // A change waits, and the status says what it is.
+        lock(&shared.config).groups[0].instances[0].vips[0].address = "10.0.0.2/24".into();
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "the change waits");
+        {
+            let s = lock(&shared.config_sync);
+            assert_eq!(s.state, "Pending");
+            assert!(
+                s.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("the shared configuration")),
+                "{s:?}"
+            );
+        }
+        shared.push_requested.store(true, Ordering::SeqCst);
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
+        assert_eq!(lock(&shared.config_sync).state, "Up to Date");
+        task.abort();
     }
 
     /// No network and no kernel clock here: time is paused and jumps from
@@ -861,6 +984,7 @@ mod tests {
             config: Mutex::new(config),
             config_sync: Arc::new(Mutex::new(ConfigSyncStatus::default())),
             changed: tokio::sync::Notify::new(),
+            push_requested: Default::default(),
         })
     }
 

@@ -49,6 +49,9 @@ pub enum LocalRequest {
     Reload,
     /// The status, taken now.
     Status,
+    /// On a primary: push the configuration to the secondary now (what
+    /// `config_sync = "manual"` waits for).
+    PushConfig,
 }
 
 /// The agent's answer.
@@ -255,6 +258,47 @@ async fn write_response(wr: &mut (impl AsyncWrite + Unpin), resp: &LocalResponse
     }
 }
 
+/// Asks the pusher for a push now and waits (up to 15 s) for its outcome.
+async fn push_config(shared: &Shared) -> Result<String, String> {
+    let primary = super::lock(&shared.config)
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.role == crate::config::ClusterRole::Primary);
+    if !primary {
+        return Err("not a primary: the configuration is pushed from the primary".into());
+    }
+    let want = super::config_sync::bundle(&super::lock(&shared.config))
+        .map_err(|e| format!("{e:#}"))?
+        .hash;
+    shared.push_requested.store(true, Ordering::Release);
+    shared.changed.notify_one();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        {
+            let s = super::lock(&shared.config_sync);
+            let ours = s.hash.as_deref() == Some(want.as_str());
+            match s.state.as_str() {
+                "Up to Date" if ours => {
+                    return Ok(format!("configuration {want} is on the secondary"));
+                }
+                "Failed" if ours => {
+                    return Err(format!(
+                        "push of {want} failed: {} (retried every 3 s)",
+                        s.reason.as_deref().unwrap_or("no reason given")
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "push of {want} not acknowledged within 15 s (still retried; see `ha-agent status`)"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn answer(shared: &Shared, to_loop: &ToLoop, req: LocalRequest) -> LocalResponse {
     let command = |c| request::command(to_loop, c);
     match req {
@@ -263,6 +307,7 @@ async fn answer(shared: &Shared, to_loop: &ToLoop, req: LocalRequest) -> LocalRe
         LocalRequest::Maintenance(on) => LocalResponse::of(command(Command::Maintenance(on)).await),
         LocalRequest::Resync => LocalResponse::of(command(Command::Resync).await),
         LocalRequest::Reload => LocalResponse::of(reload::reload(shared, false, to_loop).await),
+        LocalRequest::PushConfig => LocalResponse::of(push_config(shared).await),
         LocalRequest::Status => match request::status(to_loop).await {
             Ok(status) => LocalResponse {
                 ok: true,

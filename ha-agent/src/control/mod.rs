@@ -46,6 +46,8 @@ pub struct Shared {
     pub config_sync: Arc<Mutex<ConfigSyncStatus>>,
     /// Wakes the config-sync pusher (a reload changed something).
     pub changed: tokio::sync::Notify,
+    /// `ha-agent cluster sync` asked for a push (`config_sync = "manual"`).
+    pub push_requested: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

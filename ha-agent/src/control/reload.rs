@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Re-reads the configuration file and applies what can change live (VIPs,
-/// data interfaces, synced files). `from_primary`: a config push, which may
+/// data interfaces, synced files, `config_sync`). `from_primary`: a config push, which may
 /// change the shared sections of a secondary.
 pub async fn reload(
     shared: &Shared,
@@ -110,6 +110,8 @@ fn structure(c: &Config) -> Config {
         cl.reload_hook = None;
         cl.files_root = None;
         cl.priority = None;
+        // Read by the pusher at each turn.
+        cl.config_sync = Default::default();
     }
     c
 }

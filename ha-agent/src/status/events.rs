@@ -16,8 +16,8 @@ use super::Status;
 pub enum Event {
     /// The agent (a new process) is answering.
     AgentUp { pid: u32 },
-    /// The agent stopped answering.
-    AgentGone,
+    /// The agent stopped answering, and why.
+    AgentGone { why: String },
     /// A group changed role.
     Transition {
         group: String,
@@ -44,7 +44,7 @@ impl Event {
     pub fn line(&self) -> String {
         match self {
             Event::AgentUp { pid } => format!("agent up (pid {pid})"),
-            Event::AgentGone => "agent not answering".into(),
+            Event::AgentGone { why } => format!("agent not answering: {why}"),
             Event::Transition {
                 group,
                 role,
