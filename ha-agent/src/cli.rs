@@ -533,10 +533,16 @@ async fn follow_events(
     let mut prev: Option<crate::status::Status> = None;
     let mut gone = false;
     while until.is_none_or(|t| std::time::Instant::now() < t) {
-        let answer = match local::request(instance, LocalRequest::Status).await {
-            Ok(r) if r.ok => r.status.ok_or_else(|| "no status in the answer".to_owned()),
-            Ok(r) => Err(r.message),
-            Err(e) => Err(format!("{e:#}")),
+        let asked = tokio::time::timeout(
+            Duration::from_secs(2),
+            local::request(instance, LocalRequest::Status),
+        )
+        .await;
+        let answer = match asked {
+            Ok(Ok(r)) if r.ok => r.status.ok_or_else(|| "no status in the answer".to_owned()),
+            Ok(Ok(r)) => Err(r.message),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err("no answer within 2 s".to_owned()),
         };
         match answer {
             Ok(cur) => {

@@ -491,7 +491,13 @@ impl Config {
         for g in &self.groups {
             for iface in &g.role_interfaces {
                 let field = format!("group {} role_interfaces {iface:?}", g.name);
-                let clash = if iface.is_empty() || iface.len() >= 16 || iface.contains('/') {
+                let clash = if iface.is_empty()
+                    || iface.len() >= 16
+                    || iface.contains(['/', ':'])
+                    || iface.chars().any(char::is_whitespace)
+                {
+                    // ':' is an alias label: setting one down deletes its
+                    // address.
                     Some("not an interface name")
                 } else if *iface == self.ha.interface {
                     Some("the HA link cannot follow the role")
@@ -1237,6 +1243,7 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             ("[\"lan0\"]", "carries a VIP"),
             ("[\"ppp0\", \"ppp0\"]", "twice"),
             ("[\"\"]", "not an interface name"),
+            ("[\"eth0:1\"]", "not an interface name"),
         ] {
             let e = with(bad).unwrap_err().to_string();
             assert!(

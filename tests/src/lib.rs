@@ -348,6 +348,32 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
     }
 }
 
+/// Where [`agent_dir`] puts an instance's directory.
+pub fn agent_dir_of(instance: &str) -> std::path::PathBuf {
+    let name = if instance.starts_with("hatest-") {
+        instance.to_owned()
+    } else {
+        format!("halab-up-{instance}")
+    };
+    std::env::temp_dir().join(name)
+}
+
+/// The directory of a test agent's configuration and log: created fresh,
+/// 0700 (root writes a configuration there that names commands it runs; a
+/// directory another user made first is removed, not used).
+/// `cargo xtask lab up`'s agents (`fw1`, `fw2`) get `halab-up-<name>`.
+pub fn agent_dir(instance: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = agent_dir_of(instance);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
 /// Starts `ha-agent run --config <config> <extra...>` in namespace `ns`,
 /// logging to `log`.
 pub fn spawn_agent(
@@ -391,8 +417,7 @@ impl RunningAgent {
     /// [`RunningAgent::start`] under the instance name `pins` holds (`cargo
     /// xtask lab up` names its agents `fw1` and `fw2`, as an operator would).
     pub fn start_as(lab: &mut ha_lab::Lab, ns: &str, spec: &AgentSpec, pins: PinGuard) -> Self {
-        let dir = std::env::temp_dir().join(&pins.0);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = agent_dir(&pins.0);
         let config = dir.join("config.toml");
         std::fs::write(&config, spec.toml(&pins.0)).unwrap();
         let log = dir.join("agent.log");
@@ -414,7 +439,7 @@ impl RunningAgent {
         while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z")) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let config = std::env::temp_dir().join(&self.pins.0).join("config.toml");
+        let config = agent_dir_of(&self.pins.0).join("config.toml");
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log)
@@ -483,7 +508,7 @@ impl Drop for RunningAgent {
         for f in ha_agent::paths::run_files(&self.pins.0) {
             let _ = std::fs::remove_file(f);
         }
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.pins.0));
+        let _ = std::fs::remove_dir_all(agent_dir_of(&self.pins.0));
     }
 }
 

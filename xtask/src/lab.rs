@@ -75,11 +75,19 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             // `fw2`), as its marker lists them.
             let marker = std::path::Path::new("/run/ha-agent/halab-up.instances");
             if let Ok(text) = std::fs::read_to_string(marker) {
-                let names: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+                // Only the names `lab up` gives (the marker is not trusted
+                // with paths).
+                let names: Vec<String> = text
+                    .split_whitespace()
+                    .filter(|n| ["fw1", "fw2"].contains(n))
+                    .map(str::to_owned)
+                    .collect();
                 let pins = crate::test::remove_pins(&names)?;
                 let runs = crate::test::remove_run_files_of(&names)?;
                 for name in &names {
-                    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(name));
+                    let _ = std::fs::remove_dir_all(
+                        std::env::temp_dir().join(format!("halab-up-{name}")),
+                    );
                 }
                 std::fs::remove_file(marker)?;
                 println!(

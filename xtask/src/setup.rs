@@ -159,11 +159,14 @@ fn promtool() -> anyhow::Result<()> {
         eprintln!("xtask: promtool: present");
         return Ok(());
     }
-    let tmp = std::env::temp_dir().join(format!("xtask-prometheus-{}", std::process::id()));
+    // Beside where it goes, not in a world-writable place: the binary is run
+    // as root (apt warns that it downloads without its sandbox user).
+    let tmp = kept
+        .parent()
+        .context("target/tools")?
+        .join(format!(".prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    // apt's sandbox user writes the download.
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o777))?;
     let result = (|| -> anyhow::Result<()> {
         run_step(
             "apt-get download prometheus (for its promtool, which checks the alert rules)",

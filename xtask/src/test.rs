@@ -239,14 +239,17 @@ pub fn remove_pins(names: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Removes the run files (`/run/ha-agent/<instance>.*`) of instances
-/// `names`; returns how many.
+/// Removes the run files of instances `names` (`/run/ha-agent/<instance>`
+/// and one of the agent's suffixes: status, its temporary, socket, object
+/// stamp; not another instance whose name merely starts the same);
+/// returns how many.
 pub fn remove_run_files_of(names: &[String]) -> anyhow::Result<usize> {
+    const SUFFIXES: &[&str] = &[".json", ".json.tmp", ".sock", ".object"];
     let mut n = 0;
     for file in run_files() {
         if names.iter().any(|i| {
             file.strip_prefix(i.as_str())
-                .is_some_and(|r| r.starts_with('.'))
+                .is_some_and(|r| SUFFIXES.contains(&r))
         }) {
             let path = std::path::Path::new(RUN_DIR).join(&file);
             std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;

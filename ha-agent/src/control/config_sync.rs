@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -336,16 +336,22 @@ pub(crate) fn merge_groups(
     let groups = pushed
         .into_iter()
         .map(|mut g| {
+            // The node's own hooks and the interfaces it takes down are
+            // its own to decide (names differ between nodes, and the
+            // primary must not decide which of the secondary's links go
+            // down).
             if let Some(o) = own.iter().find(|o| o.name == g.name) {
                 g.notify = o.notify.clone();
                 g.services = o.services.clone();
                 g.hook_timeout_ms = o.hook_timeout_ms;
+                g.role_interfaces = o.role_interfaces.clone();
             } else {
-                if g.notify.is_some() || !g.services.is_empty() {
+                if g.notify.is_some() || !g.services.is_empty() || !g.role_interfaces.is_empty() {
                     dropped.push(g.name.clone());
                 }
                 g.notify = None;
                 g.services.clear();
+                g.role_interfaces.clear();
             }
             g
         })
@@ -359,6 +365,7 @@ pub(crate) fn without_commands(mut shared: SharedConfig) -> SharedConfig {
         g.notify = None;
         g.services.clear();
         g.hook_timeout_ms = 0;
+        g.role_interfaces.clear();
     }
     shared
 }
@@ -559,7 +566,7 @@ where
     let mut acked: Option<String> = None;
     // What the secondary last acknowledged, to say what a pending change is.
     let mut acked_bundle: Option<Bundle> = None;
-    let mut push_owed = false;
+    let mut push_owed: Option<String> = None;
     loop {
         let (config, peer) = {
             let c = lock(&shared.config).clone();
@@ -574,22 +581,36 @@ where
             .cluster
             .as_ref()
             .is_some_and(|c| c.config_sync == ConfigSyncMode::Manual);
-        // Asked for (manual mode): owed until the secondary acknowledges
-        // (retried like an automatic push).
-        if shared.push_requested.swap(false, Ordering::AcqRel) {
-            push_owed = true;
+        // Asked for (manual mode), for the configuration in force when it
+        // was asked: owed until the secondary acknowledges it (retried like
+        // an automatic push); a later change waits for its own request.
+        if let Some(h) = lock(&shared.push_requested).take() {
+            push_owed = Some(h);
         }
         if primary && let Some(peer) = peer {
             let port = config.cluster.as_ref().map_or(7789, |c| c.control_port);
             match bundle(&config) {
                 Err(e) => set_sync(&shared, "Failed", Some(e.to_string()), None),
                 Ok(b) if acked.as_deref() == Some(b.hash.as_str()) => {
-                    if std::mem::take(&mut push_owed) {
+                    if push_owed.take().is_some() {
                         info!(hash = %b.hash, "config sync asked for: the secondary already has this configuration");
                     }
+                    // Back to what the secondary has (a change reverted):
+                    // the status says so, not the change's Pending or Failed.
+                    let mut s = lock(&shared.config_sync);
+                    if s.state != "Up to Date" || s.hash.as_deref() != Some(b.hash.as_str()) {
+                        s.state = "Up to Date".into();
+                        s.reason = None;
+                        s.hash = Some(b.hash.clone());
+                    }
                 }
-                Ok(b) if manual && !push_owed => {
+                Ok(b) if manual && push_owed.as_deref() != Some(b.hash.as_str()) => {
                     let what = pending_changes(acked_bundle.as_ref(), &b);
+                    let what = if push_owed.is_some() {
+                        format!("{what} (since `cluster sync` was asked: ask again)")
+                    } else {
+                        what
+                    };
                     set_sync(
                         &shared,
                         "Pending",
@@ -608,7 +629,7 @@ where
                             info!(%hash, "configuration synced to the secondary");
                             acked = Some(hash.clone());
                             acked_bundle = Some(sent);
-                            push_owed = false;
+                            push_owed = None;
                             let mut s = lock(&shared.config_sync);
                             *s = ConfigSyncStatus {
                                 state: "Up to Date".into(),
@@ -746,7 +767,8 @@ mod tests {
             );
         }
         // `ha-agent cluster sync`.
-        shared.push_requested.store(true, Ordering::SeqCst);
+        let want = bundle(&lock(&shared.config)).unwrap().hash;
+        *lock(&shared.push_requested) = Some(want);
         shared.changed.notify_one();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(tries.load(Ordering::SeqCst), 1);
@@ -766,11 +788,37 @@ mod tests {
                 "{s:?}"
             );
         }
-        shared.push_requested.store(true, Ordering::SeqCst);
+        let want = bundle(&lock(&shared.config)).unwrap().hash;
+        *lock(&shared.push_requested) = Some(want);
         shared.changed.notify_one();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(tries.load(Ordering::SeqCst), 2);
         assert_eq!(lock(&shared.config_sync).state, "Up to Date");
+        // A change reverted: up to date again, without a push.
+        lock(&shared.config).groups[0].instances[0].vips[0].address = "10.0.0.3/24".into();
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(lock(&shared.config_sync).state, "Pending");
+        lock(&shared.config).groups[0].instances[0].vips[0].address = "10.0.0.2/24".into();
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(lock(&shared.config_sync).state, "Up to Date");
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
+        // A request is for the configuration it was made for: a change
+        // made after it waits for its own.
+        *lock(&shared.push_requested) = Some("an older hash".into());
+        lock(&shared.config).groups[0].instances[0].vips[0].address = "10.0.0.4/24".into();
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 2, "not the change asked for");
+        assert!(
+            lock(&shared.config_sync)
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("ask again")),
+            "{:?}",
+            lock(&shared.config_sync)
+        );
         task.abort();
     }
 

@@ -258,7 +258,7 @@ async fn write_response(wr: &mut (impl AsyncWrite + Unpin), resp: &LocalResponse
     }
 }
 
-/// Asks the pusher for a push now and waits (up to 15 s) for its outcome.
+/// Asks the pusher for a push now and waits (up to 45 s) for its outcome.
 async fn push_config(shared: &Shared) -> Result<String, String> {
     let primary = super::lock(&shared.config)
         .cluster
@@ -270,9 +270,18 @@ async fn push_config(shared: &Shared) -> Result<String, String> {
     let want = super::config_sync::bundle(&super::lock(&shared.config))
         .map_err(|e| format!("{e:#}"))?
         .hash;
-    shared.push_requested.store(true, Ordering::Release);
+    // Pending from now on, so an earlier attempt's outcome is not taken for
+    // this one's.
+    {
+        let mut s = super::lock(&shared.config_sync);
+        s.state = "Pending".into();
+        s.reason = Some("pushing, as `ha-agent cluster sync` asked".into());
+        s.hash = Some(want.clone());
+    }
+    *super::lock(&shared.push_requested) = Some(want.clone());
     shared.changed.notify_one();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    // Longer than the secondary's reload hook may run (30 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
     loop {
         {
             let s = super::lock(&shared.config_sync);
@@ -292,7 +301,7 @@ async fn push_config(shared: &Shared) -> Result<String, String> {
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
-                "push of {want} not acknowledged within 15 s (still retried; see `ha-agent status`)"
+                "push of {want} not acknowledged within 45 s (still retried; see `ha-agent status`)"
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -46,8 +46,9 @@ pub struct Shared {
     pub config_sync: Arc<Mutex<ConfigSyncStatus>>,
     /// Wakes the config-sync pusher (a reload changed something).
     pub changed: tokio::sync::Notify,
-    /// `ha-agent cluster sync` asked for a push (`config_sync = "manual"`).
-    pub push_requested: std::sync::atomic::AtomicBool,
+    /// `ha-agent cluster sync` asked for a push of the configuration of
+    /// this hash (`config_sync = "manual"`).
+    pub push_requested: Mutex<Option<String>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
