@@ -16,15 +16,12 @@
 //! Prints a table, writes `target/bench/resync.json` and adds the
 //! `resync_*` keys to `target/bench/sync.json`. Run with `cargo xtask bench`.
 
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use ha_agent::sync::{
     conntrack::{Conntrack, CtTuple},
     flows::FlowTable,
-    record::{Record, RecordKind},
+    record::Record,
 };
 use ha_tests::{
     ResyncOf, SyncKey, conntrack_total, links_down_at_once, merge_bench_json, replication_lab,
@@ -61,17 +58,9 @@ impl Drop for ConntrackSized {
     }
 }
 
-/// The `i`th synthetic connection: UDP from 10.2.0.0/16 to the server.
+/// The `i`th synthetic connection.
 fn flow(i: usize) -> Record {
-    Record::plain(
-        RecordKind::Upsert,
-        17,
-        0,
-        Ipv4Addr::from(0x0a02_0000 + (i as u32 >> 14)),
-        Ipv4Addr::new(10, 1, 0, 10),
-        1024 + (i & 0x3fff) as u16,
-        53,
-    )
+    ha_tests::synthetic_udp_flow(0x0a02_0000, i)
 }
 
 struct Row {

@@ -25,7 +25,7 @@
 //! `target/bench/sync.json`. Run with `cargo xtask bench`.
 
 use std::{
-    net::{Ipv4Addr, UdpSocket},
+    net::UdpSocket,
     time::{Duration, Instant},
 };
 
@@ -34,7 +34,7 @@ use ha_agent::sync::{
     conntrack::{self, Conntrack},
     enrich::{Ask, Enricher},
     flows::FlowTable,
-    record::{Record, RecordKind},
+    record::Record,
     session::{Session, Settings},
 };
 use ha_common::flow::FlowEventKind;
@@ -42,17 +42,9 @@ use ha_tests::{PinnedDataplane, merge_bench_json, require_root};
 
 const KEY: [u8; 32] = [9; 32];
 
-/// The `i`th synthetic connection: UDP from 10.2.0.0/16 to a server.
+/// The `i`th synthetic connection.
 fn flow(i: usize) -> Record {
-    Record::plain(
-        RecordKind::Upsert,
-        17,
-        0,
-        Ipv4Addr::from(0x0a02_0000 + (i as u32 >> 14)),
-        Ipv4Addr::new(10, 1, 0, 10),
-        1024 + (i & 0x3fff) as u16,
-        53,
-    )
+    ha_tests::synthetic_udp_flow(0x0a02_0000, i)
 }
 
 fn flush(lab: &ha_lab::Lab, ns: &str) {
@@ -224,27 +216,8 @@ fn limit(lab: &ha_lab::Lab, records: &[Record], ack: bool) -> f64 {
         .map(|_| {
             flush(lab, "b");
             lab.run_in("b", || {
-                let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
-                    .expect("netlink socket");
-                sock.bind_auto().unwrap();
-                sock.connect(&netlink_sys::SocketAddr::new(0, 0)).unwrap();
-                let mut rx = vec![0u8; 1 << 16];
-                let t = Instant::now();
-                let mut errors = 0usize;
-                for (k, batch) in requests.iter().enumerate() {
-                    sock.send(batch, 0).unwrap();
-                    let n = records[k * 256..].len().min(256);
-                    if ack {
-                        let mut left = n;
-                        while left > 0 {
-                            let len = sock.recv(&mut &mut rx[..], 0).unwrap();
-                            let (answers, errs) = count_answers(&rx[..len]);
-                            left = left.saturating_sub(answers);
-                            errors += errs;
-                        }
-                    }
-                }
-                let took = t.elapsed();
+                let sock = raw_socket();
+                let (took, errors) = send_raw(&sock, &requests, 256, records.len(), ack);
                 assert_eq!(errors, 0, "the kernel refused creates");
                 took
             })
@@ -276,26 +249,10 @@ fn lookup_limit(lab: &ha_lab::Lab, records: &[Record]) -> f64 {
         for c in records.chunks(256) {
             ct.apply_batch(c, |_| 600);
         }
-        let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
-            .expect("netlink socket");
-        sock.bind_auto().unwrap();
-        sock.connect(&netlink_sys::SocketAddr::new(0, 0)).unwrap();
-        let mut rx = vec![0u8; 1 << 16];
+        let sock = raw_socket();
         let runs: Vec<Duration> = (0..3)
             .map(|_| {
-                let t = Instant::now();
-                let mut errors = 0usize;
-                for (k, batch) in requests.iter().enumerate() {
-                    sock.send(batch, 0).unwrap();
-                    let mut left = records[k * 256..].len().min(256);
-                    while left > 0 {
-                        let len = sock.recv(&mut &mut rx[..], 0).unwrap();
-                        let (answers, errs) = count_answers(&rx[..len]);
-                        left = left.saturating_sub(answers);
-                        errors += errs;
-                    }
-                }
-                let took = t.elapsed();
+                let (took, errors) = send_raw(&sock, &requests, 256, records.len(), true);
                 assert_eq!(errors, 0, "lookups failed");
                 took
             })
@@ -303,6 +260,46 @@ fn lookup_limit(lab: &ha_lab::Lab, records: &[Record]) -> f64 {
         best(records.len(), runs)
     })
     .unwrap()
+}
+
+/// A ctnetlink socket of the calling thread's namespace, for requests
+/// written in advance.
+fn raw_socket() -> netlink_sys::Socket {
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
+        .expect("netlink socket");
+    sock.bind_auto().unwrap();
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0)).unwrap();
+    sock
+}
+
+/// Sends `batches` (of `per_batch` requests each, `total` in all) raw; with
+/// `answered`, reads every request's answer. Returns how long it took and
+/// how many answers were errors.
+fn send_raw(
+    sock: &netlink_sys::Socket,
+    batches: &[Vec<u8>],
+    per_batch: usize,
+    total: usize,
+    answered: bool,
+) -> (Duration, usize) {
+    let mut rx = vec![0u8; 1 << 16];
+    let t = Instant::now();
+    let mut errors = 0usize;
+    for (k, batch) in batches.iter().enumerate() {
+        sock.send(batch, 0).unwrap();
+        let mut left = if answered {
+            total.saturating_sub(k * per_batch).min(per_batch)
+        } else {
+            0
+        };
+        while left > 0 {
+            let len = sock.recv(&mut &mut rx[..], 0).unwrap();
+            let (answers, errs) = count_answers(&rx[..len]);
+            left = left.saturating_sub(answers);
+            errors += errs;
+        }
+    }
+    (t.elapsed(), errors)
 }
 
 /// Netlink answers in `b` (messages) and how many are errors (not ACKs).

@@ -62,23 +62,10 @@ fn burst(
     flows: usize,
     rate: f64,
 ) -> Burst {
-    use ha_agent::sync::{
-        conntrack::Conntrack,
-        record::{Record, RecordKind},
-    };
+    use ha_agent::sync::{conntrack::Conntrack, record::Record};
     let base_backup = conntrack_total(lab, "fw2");
     let records: Vec<Record> = (0..flows)
-        .map(|i| {
-            Record::plain(
-                RecordKind::Upsert,
-                17,
-                0,
-                std::net::Ipv4Addr::from(base + (i as u32 >> 14)),
-                std::net::Ipv4Addr::new(10, 1, 0, 10),
-                1024 + (i & 0x3fff) as u16,
-                53,
-            )
-        })
+        .map(|i| ha_tests::synthetic_udp_flow(base, i))
         .collect();
     lab.run_in("fw1", || {
         let mut ct = Conntrack::open().expect("ctnetlink socket");

@@ -1194,3 +1194,19 @@ pub fn merge_bench_json(file: &str, values: serde_json::Value) {
     merge(&mut json, values);
     std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
 }
+
+/// The `i`th synthetic connection of a benchmark: UDP to the lab's server
+/// (10.1.0.10:53) from `base` + `i / 16384` (an IPv4 address as a number),
+/// port 1024 + `i % 16384`: 16,384 flows per source address.
+pub fn synthetic_udp_flow(base: u32, i: usize) -> ha_agent::sync::record::Record {
+    use ha_agent::sync::record::{Record, RecordKind};
+    Record::plain(
+        RecordKind::Upsert,
+        17,
+        0,
+        std::net::Ipv4Addr::from(base + (i as u32 >> 14)),
+        std::net::Ipv4Addr::new(10, 1, 0, 10),
+        1024 + (i & 0x3fff) as u16,
+        53,
+    )
+}
