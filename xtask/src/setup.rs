@@ -168,12 +168,26 @@ fn promtool() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> anyhow::Result<()> {
-        run_step(
-            "apt-get download prometheus (for its promtool, which checks the alert rules)",
-            Command::new("apt-get")
-                .args(["download", "-q", "prometheus"])
-                .current_dir(&tmp),
-        )?;
+        let download = || {
+            run_step(
+                "apt-get download prometheus (for its promtool, which checks the alert rules)",
+                Command::new("apt-get")
+                    .args(["download", "-q", "prometheus"])
+                    .current_dir(&tmp),
+            )
+        };
+        // A machine whose packages were all there may have no package
+        // lists (an image that cleaned them): update them once, and again.
+        if download().is_err() {
+            need_root("updating the package lists")?;
+            run_step(
+                "apt-get update (the package lists, to find prometheus)",
+                Command::new("apt-get")
+                    .args(["update", "-q"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            download()?;
+        }
         let deb = std::fs::read_dir(&tmp)?
             .filter_map(Result::ok)
             .map(|e| e.path())
