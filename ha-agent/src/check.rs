@@ -92,13 +92,7 @@ pub fn check(path: &Path) -> Report {
         vips,
         config.vip_interfaces().join(", "),
         config.ha.interface,
-        config
-            .ha
-            .peers
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+        config.ha.peers_text(),
         if config.ha.sync_port == 0 {
             "off".to_owned()
         } else {

@@ -499,13 +499,7 @@ pub fn show_config(config_path: &Path) -> anyhow::Result<()> {
         "HA link: {} {} <-> {}",
         config.ha.interface,
         config.ha.address,
-        config
-            .ha
-            .peers
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        config.ha.peers_text()
     );
     println!(
         "state sync: UDP {} (key {})",

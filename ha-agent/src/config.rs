@@ -435,6 +435,17 @@ pub struct Vip {
     pub prefix: u8,
 }
 
+impl HaLink {
+    /// The peers' addresses, comma-separated (for people).
+    pub fn peers_text(&self) -> String {
+        self.peers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -912,50 +912,45 @@ fn ring_buffer_full_is_counted_and_wakeups_happen() {
     let mut got = Vec::new();
     assert_eq!(events.drain(&mut got) as u64, emitted);
 
-    // Wakeups: the reader's timer is 30 s; a wakeup threshold of one event
-    // makes the next event wake it at once.
-    p.dp.set_flow_settings(&FlowSettings {
-        emit_every_packet: true,
-        wakeup_bytes: 1,
-        ..FlowSettings::default()
-    })
-    .unwrap();
-    got.clear();
-    // The reader waits on an empty ring; the event arrives 200 ms later from
-    // another thread, so only a wakeup can end the wait before the timeout.
-    let woke = std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(200));
-            p.dp.test_run("ha_data", &frame, 1).unwrap();
+    // The reader, drained, waits on an empty ring with a 30 s timer; one
+    // event arrives 200 ms later from another thread, so only a wakeup can
+    // end the wait before the 5 s timeout. Whether it did.
+    let mut woken_with = |events: &mut FlowEvents, settings: FlowSettings| {
+        p.dp.set_flow_settings(&settings).unwrap();
+        let mut got = Vec::new();
+        events.drain(&mut got);
+        got.clear();
+        let woke = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                p.dp.test_run("ha_data", &frame, 1).unwrap();
+            });
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), events.recv(&mut got)).await
+            })
         });
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), events.recv(&mut got)).await
-        })
-    });
-    assert!(matches!(woke, Ok(Ok(1))), "{woke:?}");
-
+        matches!(woke, Ok(Ok(1)))
+    };
+    // A wakeup threshold of one event makes the next event wake it.
+    assert!(woken_with(
+        &mut events,
+        FlowSettings {
+            emit_every_packet: true,
+            wakeup_bytes: 1,
+            ..FlowSettings::default()
+        }
+    ));
     // With the default threshold (far above one event): a reader that has
     // read everything is woken by the next event all the same (it was
     // idle), so a flow at idle is not held back by the threshold.
-    p.dp.set_flow_settings(&FlowSettings {
-        emit_every_packet: true,
-        ..FlowSettings::default()
-    })
-    .unwrap();
-    got.clear();
-    events.drain(&mut got);
-    got.clear();
-    let woke = std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(200));
-            p.dp.test_run("ha_data", &frame, 1).unwrap();
-        });
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), events.recv(&mut got)).await
-        })
-    });
     assert!(
-        matches!(woke, Ok(Ok(1))),
-        "an idle reader is woken: {woke:?}"
+        woken_with(
+            &mut events,
+            FlowSettings {
+                emit_every_packet: true,
+                ..FlowSettings::default()
+            }
+        ),
+        "an idle reader is woken"
     );
 }

@@ -66,13 +66,13 @@ impl Hooks {
     }
 
     fn queue(&self, what: String, argv: Vec<String>) {
-        if argv.is_empty() {
-            return;
+        if !argv.is_empty() {
+            self.send(what, Action::Command(argv));
         }
-        let _ = self.tx.send(Job {
-            what,
-            action: Action::Command(argv),
-        });
+    }
+
+    fn send(&self, what: String, action: Action) {
+        let _ = self.tx.send(Job { what, action });
     }
 
     /// Runs what is queued (each hook still under its timeout) and ends the
@@ -162,10 +162,10 @@ impl Hooks {
 
     fn links(&self, up: bool) {
         for iface in &self.role_interfaces {
-            let _ = self.tx.send(Job {
-                what: format!("role interface {iface} {}", if up { "up" } else { "down" }),
-                action: Action::Link(iface.clone(), up),
-            });
+            self.send(
+                format!("role interface {iface} {}", if up { "up" } else { "down" }),
+                Action::Link(iface.clone(), up),
+            );
         }
     }
 }

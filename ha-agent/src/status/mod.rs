@@ -495,15 +495,15 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn ages_are_as_of_the_snapshot() {
-        let report = Report {
+    /// The node core's report of one group `fw` in `role`.
+    fn report(role: Role, priority: u8, owned: u64) -> Report {
+        Report {
             groups: vec![GroupReport {
                 name: "fw".into(),
-                role: Role::Backup,
-                priority: 100,
+                role,
+                priority,
             }],
-            owned: 0,
+            owned,
             priority_override: None,
             maintenance: false,
             preempt_allowed: true,
@@ -512,6 +512,13 @@ mod tests {
             paths: Vec::new(),
             heartbeat: None,
             term: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn ages_are_as_of_the_snapshot() {
+        let report = Report {
             counters: Counters {
                 last_advert: Some(LastAdvert {
                     src: Ipv4Addr::new(10, 255, 0, 1),
@@ -520,6 +527,7 @@ mod tests {
                 }),
                 ..Counters::default()
             },
+            ..report(Role::Backup, 100, 0)
         };
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let st = Status::snapshot(
@@ -558,21 +566,9 @@ mod tests {
         let mut out = Vec::new();
         p.tick(Duration::ZERO, &mut out);
         let report = Report {
-            groups: vec![GroupReport {
-                name: "fw".into(),
-                role: Role::Backup,
-                priority: 100,
-            }],
-            owned: 0,
-            priority_override: None,
-            maintenance: false,
-            preempt_allowed: true,
-            auth_mode: Default::default(),
-            auth_active_key: 1,
-            paths: Vec::new(),
             heartbeat: Some(p.report()),
             term: 4,
-            counters: Counters::default(),
+            ..report(Role::Backup, 100, 0)
         };
         let st = Status::snapshot(
             "fw",
@@ -615,23 +611,7 @@ mod tests {
     /// empty and an alert silent, with nothing to say so).
     #[test]
     fn the_dashboard_and_alert_rules_name_only_exported_metrics() {
-        let report = Report {
-            groups: vec![GroupReport {
-                name: "fw".into(),
-                role: Role::Master,
-                priority: 200,
-            }],
-            owned: 1,
-            priority_override: None,
-            maintenance: false,
-            preempt_allowed: true,
-            auth_mode: Default::default(),
-            auth_active_key: 1,
-            paths: Vec::new(),
-            heartbeat: None,
-            term: 0,
-            counters: Counters::default(),
-        };
+        let report = report(Role::Master, 200, 1);
         let mut st = Status::snapshot(
             "fw",
             &report,

@@ -61,8 +61,15 @@ const NLA_F_NESTED: u16 = 0x8000;
 /// (the high byte of a netfilter message type): the only answers we decode.
 const NLMSG_ERROR: u16 = 2;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-/// ctnetlink's message type of an entry (what a lookup answers with).
+/// ctnetlink's message types: an entry (what a lookup answers with, and a
+/// create), a lookup, a delete.
 const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+/// Conntrack status bits (`enum ip_conntrack_status`).
+const IPS_SEEN_REPLY: u32 = 1 << 1;
+const IPS_ASSURED: u32 = 1 << 2;
+const IPS_CONFIRMED: u32 = 1 << 3;
 /// Requests per `send`.
 const BATCH: usize = 256;
 /// The socket's receive buffer (bytes): a batch's answers fit whatever they
@@ -523,16 +530,6 @@ fn tcp_state_of(r: &Record) -> u8 {
     }
 }
 
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const CTA_STATUS: u16 = 3;
-const CTA_TIMEOUT: u16 = 7;
-const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
-const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
-const IPS_SEEN_REPLY: u32 = 1 << 1;
-const IPS_ASSURED: u32 = 1 << 2;
-const IPS_CONFIRMED: u32 = 1 << 3;
-
 /// What one request got back.
 enum Answer {
     Ok,
@@ -825,7 +822,9 @@ pub fn entries_of_dump(rx: &[u8], seq: u32, out: &mut Vec<CtEntry>) -> DumpPart 
 // ctnetlink attribute numbers (linux/netfilter/nfnetlink_conntrack.h).
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
+const CTA_TIMEOUT: u16 = 7;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -838,6 +837,8 @@ const CTA_PROTO_ICMP_TYPE: u16 = 5;
 const CTA_PROTO_ICMP_CODE: u16 = 6;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
+const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
 
 /// The entry a ctnetlink message's attributes carry, read only as far as
 /// replication needs with netlink-packet-core's attribute iterator: what
@@ -926,12 +927,11 @@ fn tuple_of_attrs(b: &[u8]) -> Option<CtTuple> {
 
 /// Reads one received buffer of netlink messages (the kernel's bytes: checked,
 /// never trusted) into `got`, the answer to request `i` being the message of
-/// sequence `first_seq + i`; returns how many answers it filled. Messages of
+/// sequence `first_seq + i`. Messages of
 /// other sequences, repeats and undecodable bytes are skipped or become
 /// [`Answer::Err`]; nothing here panics (fuzz target `ctnetlink`).
-fn read_answers(rx: &[u8], first_seq: u32, got: &mut [Option<Answer>]) -> usize {
+fn read_answers(rx: &[u8], first_seq: u32, got: &mut [Option<Answer>]) {
     let (len, n) = (rx.len(), got.len());
-    let mut filled = 0;
     let mut off = 0;
     while off < len {
         let Ok(nb) = NetlinkBuffer::new_checked(&rx[off..len]) else {
@@ -953,7 +953,6 @@ fn read_answers(rx: &[u8], first_seq: u32, got: &mut [Option<Answer>]) -> usize 
             got[i] = Some(Answer::Err(io::Error::other(format!(
                 "ctnetlink reply: unexpected message type {kind:#06x}"
             ))));
-            filled += 1;
             continue;
         }
         // Read lean, as a dump is ([`entry_of_attrs`]; the typed messages
@@ -978,9 +977,7 @@ fn read_answers(rx: &[u8], first_seq: u32, got: &mut [Option<Answer>]) -> usize 
             Answer::Ok
         };
         got[i] = Some(answer);
-        filled += 1;
     }
-    filled
 }
 
 /// The entries a buffer of ctnetlink replies to `n` lookups (sequences from

@@ -49,10 +49,8 @@ impl FlowTable {
     /// system call per batch instead of two per entry: a million entries in
     /// a fraction of a second); `None` if the kernel refuses it.
     fn entries_batched(&self) -> Option<Vec<(FlowKey, FlowState)>> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
         const BATCH: usize = 8192;
-        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-        let fd = self.raw.as_ref()?.fd().as_fd().as_raw_fd();
+        let fd = raw_fd(self.raw.as_ref()?);
         let mut out: Vec<(FlowKey, FlowState)> = Vec::new();
         let mut keys = vec![FlowKey::default(); BATCH];
         let mut values = vec![FlowState::default(); BATCH];
@@ -61,27 +59,21 @@ impl FlowTable {
         let mut next = [0u64; 2];
         let mut first = true;
         loop {
-            // `union bpf_attr`'s `batch`: in_batch, out_batch, keys, values
-            // (pointers as u64), count, map_fd (u32), elem_flags, flags.
-            let mut attr = [0u64; 8];
-            attr[0] = if first { 0 } else { token.as_ptr() as u64 };
-            attr[1] = next.as_mut_ptr() as u64;
-            attr[2] = keys.as_mut_ptr() as u64;
-            attr[3] = values.as_mut_ptr() as u64;
-            attr[4] = BATCH as u64 | (u64::from(fd as u32) << 32);
-            // SAFETY: `attr` is a valid `bpf_attr` prefix of 56 bytes; the
-            // kernel writes at most `count` keys and values into buffers of
-            // that many, and a position into `next`.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
+            // SAFETY: the kernel writes at most BATCH keys and values into
+            // buffers of that many, and a position into `next`; `token` is
+            // one it gave.
+            let (r, n) = unsafe {
+                map_batch(
                     BPF_MAP_LOOKUP_BATCH,
-                    attr.as_mut_ptr(),
-                    56usize,
+                    fd,
+                    if first { 0 } else { token.as_ptr() as u64 },
+                    next.as_mut_ptr() as u64,
+                    keys.as_mut_ptr() as u64,
+                    values.as_mut_ptr() as u64,
+                    BATCH,
                 )
             };
             let err = (r < 0).then(std::io::Error::last_os_error);
-            let n = (attr[4] & 0xffff_ffff) as usize;
             if err
                 .as_ref()
                 .is_some_and(|e| e.raw_os_error() != Some(libc::ENOENT))
@@ -114,8 +106,6 @@ impl FlowTable {
     /// all (a bulk resync writes a million); one by one if the kernel
     /// refuses the batch.
     pub fn insert_many(&mut self, flows: &[(CtTuple, u8)], now_ns: u64) {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
         if flows.is_empty() {
             return;
         }
@@ -124,22 +114,17 @@ impl FlowTable {
             .map(|(t, state)| entry_of(t, *state, now_ns))
             .unzip();
         let batched = self.raw.as_ref().is_some_and(|raw| {
-            let fd = raw.fd().as_fd().as_raw_fd();
-            // `union bpf_attr`'s `batch`: in_batch, out_batch, keys,
-            // values, count | map_fd << 32, elem_flags, flags.
-            let mut attr = [0u64; 8];
-            attr[2] = keys.as_ptr() as u64;
-            attr[3] = values.as_ptr() as u64;
-            attr[4] = keys.len() as u64 | (u64::from(fd as u32) << 32);
-            // SAFETY: `attr` is a valid `bpf_attr` prefix of 56 bytes; the
-            // kernel reads `count` keys and values from buffers of that
-            // many, and writes back only the count it did.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
+            // SAFETY: the kernel reads `count` keys and values from buffers
+            // of that many.
+            let (r, _) = unsafe {
+                map_batch(
                     BPF_MAP_UPDATE_BATCH,
-                    attr.as_mut_ptr(),
-                    56usize,
+                    raw_fd(raw),
+                    0,
+                    0,
+                    keys.as_ptr() as u64,
+                    values.as_ptr() as u64,
+                    keys.len(),
                 )
             };
             r == 0
@@ -150,6 +135,44 @@ impl FlowTable {
             }
         }
     }
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+fn raw_fd(map: &MapData) -> i32 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    map.fd().as_fd().as_raw_fd()
+}
+
+/// One batch command on map `fd` (aya has no batch operations): `union
+/// bpf_attr`'s `batch` is in_batch, out_batch, keys, values (pointers as
+/// u64), count | map_fd << 32, elem_flags, flags. Returns the system
+/// call's result and the count the kernel wrote back.
+///
+/// # Safety
+/// `keys` and `values` point to buffers of `count` entries of the map's
+/// key and value types, `in_batch` is 0 or a position the kernel gave,
+/// `out_batch` 0 or room for one.
+unsafe fn map_batch(
+    cmd: libc::c_long,
+    fd: i32,
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: usize,
+) -> (libc::c_long, usize) {
+    let mut attr = [0u64; 8];
+    attr[0] = in_batch;
+    attr[1] = out_batch;
+    attr[2] = keys;
+    attr[3] = values;
+    attr[4] = count as u64 | (u64::from(fd as u32) << 32);
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of 56 bytes; the buffers
+    // are as the caller promised.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 56usize) };
+    (r, (attr[4] & 0xffff_ffff) as usize)
 }
 
 /// A flow's key and its entry as written from the sync side.
