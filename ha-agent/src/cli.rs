@@ -46,12 +46,19 @@ pub enum Command {
     },
     /// This node's role and state (cOS Core's `ha` is the model): cluster
     /// role, VRRP role, peer, state sync, config sync, last transition.
+    ///
+    /// With `--cluster`, both nodes side by side (the peer is asked over
+    /// the cluster control channel): roles, priorities, heartbeat paths,
+    /// flows, config hash, role-dependent services and interfaces.
     Status {
         #[arg(long, default_value = "ha")]
         instance: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Both nodes side by side (exits 1 if the peer does not answer).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Follow what happens, one line (or JSON object) per event: role
     /// transitions, heartbeat paths, state sync and config sync, and the
@@ -232,6 +239,9 @@ pub enum ClusterVerb {
     Status {
         #[arg(long)]
         json: bool,
+        /// Both nodes side by side.
+        #[arg(long)]
+        cluster: bool,
     },
 }
 
@@ -339,7 +349,11 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
             let config = crate::config::Config::load(&path)?;
             crate::daemon::run(config, path, shutdown).await
         }
-        Command::Status { instance, json } => show_status(&instance, json).await,
+        Command::Status {
+            instance,
+            json,
+            cluster,
+        } => show_status(&instance, json, cluster).await,
         Command::Events {
             instance,
             json,
@@ -482,9 +496,9 @@ async fn cluster(path: &std::path::Path, verb: ClusterVerb) -> anyhow::Result<()
             let config = crate::config::Config::load(path)?;
             local(&config.instance, LocalRequest::PushConfig).await
         }
-        ClusterVerb::Status { json } => {
+        ClusterVerb::Status { json, cluster } => {
             let config = crate::config::Config::load(path)?;
-            show_status(&config.instance, json).await
+            show_status(&config.instance, json, cluster).await
         }
     }
 }
@@ -580,7 +594,10 @@ fn humanish(unix_ms: u128) -> String {
     )
 }
 
-async fn show_status(instance: &str, json: bool) -> anyhow::Result<()> {
+async fn show_status(instance: &str, json: bool, cluster: bool) -> anyhow::Result<()> {
+    if cluster {
+        return show_cluster(instance, json).await;
+    }
     let (st, live) = read_status(instance).await?;
     let own = crate::dataplane::Dataplane::open(instance)
         .and_then(|d| d.ownership())
@@ -601,6 +618,26 @@ async fn show_status(instance: &str, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", status::text::render(&st, own.map(|o| o.groups)));
     Ok(())
+}
+
+/// `status --cluster`: the running agent asks its peer; both printed.
+async fn show_cluster(instance: &str, json: bool) -> anyhow::Result<()> {
+    let r = local::request(instance, LocalRequest::ClusterStatus).await?;
+    let Some(view) = r.cluster else {
+        anyhow::bail!("{}", r.message);
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!(
+            "{}",
+            status::cluster::render(&view, status::unix_ms(std::time::SystemTime::now()))
+        );
+    }
+    match &view.peer_error {
+        Some(e) => anyhow::bail!("the peer did not answer: {e}"),
+        None => Ok(()),
+    }
 }
 
 fn maps(instance: &str, top: usize, json: bool) -> anyhow::Result<()> {

@@ -402,6 +402,37 @@ fn seed_example_end_to_end() {
         "{s2}"
     );
 
+    // Both nodes from one place: the primary asks the secondary over the
+    // cluster control channel.
+    let both = ok(
+        &lab,
+        "fw1",
+        &["status", "--instance", &pins1.0, "--cluster"],
+        None,
+    );
+    eprintln!("status --cluster on fw1:\n{both}");
+    let row = |k: &str| {
+        both.lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_else(|| panic!("no {k} row in\n{both}"))
+            .to_owned()
+    };
+    assert!(row("cluster role").contains("PRIMARY"), "{both}");
+    assert!(row("cluster role").contains("SECONDARY"), "{both}");
+    assert!(row("group").contains("MASTER"), "{both}");
+    assert!(row("group").contains("BACKUP"), "{both}");
+    assert!(row("node").contains(&pins2.0), "{both}");
+    assert!(!row("config").contains("differs"), "{both}");
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        &lab,
+        "fw2",
+        &["status", "--instance", &pins2.0, "--cluster", "--json"],
+        None,
+    ))
+    .expect("status --cluster --json is JSON");
+    assert_eq!(json["peer"]["status"]["cluster_role"], "PRIMARY", "{json}");
+    assert_eq!(json["local"]["status"]["cluster_role"], "SECONDARY", "{json}");
+
     // The secondary refuses local edits, pointing to the primary.
     let refused = cli(
         &lab,

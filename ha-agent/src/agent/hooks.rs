@@ -4,7 +4,12 @@
 //! or hangs is logged and killed. Queuing a hook never waits: the ownership
 //! write and GARP never wait on a hook.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -14,7 +19,7 @@ use ha_core::{
     vrrp::machine::Role,
 };
 
-use crate::config::GroupConfig;
+use crate::{config::GroupConfig, status::RoleHookStatus};
 
 /// One hook to run.
 #[derive(Debug, Clone)]
@@ -22,6 +27,49 @@ struct Job {
     /// What it is, for logs.
     what: String,
     action: Action,
+    /// The service or role interface it is for (recorded on the board).
+    subject: Option<Subject>,
+}
+
+/// A role-dependent service or interface, and what its role asks of it.
+#[derive(Debug, Clone)]
+struct Subject {
+    group: String,
+    kind: &'static str,
+    name: String,
+    wanted: &'static str,
+}
+
+/// What the hooks last did for each service and role interface, for the
+/// status (the cluster view's "services running"). The hook task writes
+/// it; the VRRP loop only tries the lock.
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<Mutex<BTreeMap<(String, &'static str, String), RoleHookStatus>>>);
+
+impl Board {
+    fn record(&self, s: &Subject, outcome: &str, detail: Option<String>) {
+        let at_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.insert(
+            (s.group.clone(), s.kind, s.name.clone()),
+            RoleHookStatus {
+                group: s.group.clone(),
+                kind: s.kind.to_owned(),
+                name: s.name.clone(),
+                wanted: s.wanted.to_owned(),
+                outcome: outcome.to_owned(),
+                detail,
+                at_unix_ms,
+            },
+        );
+    }
+
+    /// The board now, unless the hook task holds it this instant.
+    pub fn try_snapshot(&self) -> Option<Vec<RoleHookStatus>> {
+        self.0.try_lock().ok().map(|m| m.values().cloned().collect())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +85,8 @@ enum Action {
 pub struct Hooks {
     /// Queue to the group's hook task.
     tx: mpsc::UnboundedSender<Job>,
+    group: String,
+    board: Board,
     /// The task, awaited on a graceful stop so the last hooks run.
     task: tokio::task::JoinHandle<()>,
     /// The group's configuration (script, services).
@@ -48,16 +98,28 @@ pub struct Hooks {
 impl Hooks {
     /// Starts the hook task of `group` on `rt` (the agent's hook runtime:
     /// never the VRRP loop's thread, which a fork must not hold up).
-    pub fn spawn(group: &GroupConfig, rt: &tokio::runtime::Handle) -> Self {
+    pub fn spawn(group: &GroupConfig, rt: &tokio::runtime::Handle, board: Board) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let timeout = Duration::from_millis(group.hook_timeout_ms);
-        let task = rt.spawn(async move {
-            while let Some(job) = rx.recv().await {
-                run(&job, timeout).await;
-            }
-        });
+        let task = {
+            let board = board.clone();
+            rt.spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    let outcome = run(&job, timeout).await;
+                    if let Some(s) = &job.subject {
+                        match outcome {
+                            Ok(()) => board.record(s, "done", None),
+                            Err(Failure::TimedOut(why)) => board.record(s, "timed out", Some(why)),
+                            Err(Failure::Failed(why)) => board.record(s, "failed", Some(why)),
+                        }
+                    }
+                }
+            })
+        };
         Hooks {
             tx,
+            group: group.name.clone(),
+            board,
             task,
             notify: group.notify.clone(),
             services: group.services.clone(),
@@ -65,14 +127,30 @@ impl Hooks {
         }
     }
 
-    fn queue(&self, what: String, argv: Vec<String>) {
+    fn queue(&self, what: String, argv: Vec<String>, subject: Option<Subject>) {
         if !argv.is_empty() {
-            self.send(what, Action::Command(argv));
+            self.send(what, Action::Command(argv), subject);
         }
     }
 
-    fn send(&self, what: String, action: Action) {
-        let _ = self.tx.send(Job { what, action });
+    fn send(&self, what: String, action: Action, subject: Option<Subject>) {
+        if let Some(s) = &subject {
+            self.board.record(s, "pending", None);
+        }
+        let _ = self.tx.send(Job {
+            what,
+            action,
+            subject,
+        });
+    }
+
+    fn subject(&self, kind: &'static str, name: &str, wanted: &'static str) -> Option<Subject> {
+        Some(Subject {
+            group: self.group.clone(),
+            kind,
+            name: name.to_owned(),
+            wanted,
+        })
     }
 
     /// Runs what is queued (each hook still under its timeout) and ends the
@@ -110,6 +188,7 @@ impl Hooks {
                     state,
                     "0".into(),
                 ],
+                None,
             );
         }
     }
@@ -132,6 +211,7 @@ impl Hooks {
                     role.as_str().to_owned(),
                     priority.to_string(),
                 ],
+                None,
             );
         }
     }
@@ -153,7 +233,11 @@ impl Hooks {
             };
             let argv =
                 argv.unwrap_or_else(|| vec!["systemctl".into(), verb.into(), s.name.clone()]);
-            self.queue(format!("{verb} service {}", s.name), argv);
+            self.queue(
+                format!("{verb} service {}", s.name),
+                argv,
+                self.subject("service", &s.name, verb),
+            );
         }
         if !master {
             self.links(false);
@@ -162,23 +246,36 @@ impl Hooks {
 
     fn links(&self, up: bool) {
         for iface in &self.role_interfaces {
+            let wanted = if up { "up" } else { "down" };
             self.send(
-                format!("role interface {iface} {}", if up { "up" } else { "down" }),
+                format!("role interface {iface} {wanted}"),
                 Action::Link(iface.clone(), up),
+                self.subject("interface", iface, wanted),
             );
         }
     }
 }
 
-async fn run(job: &Job, timeout: Duration) {
+/// Why a hook did not succeed.
+enum Failure {
+    Failed(String),
+    TimedOut(String),
+}
+
+async fn run(job: &Job, timeout: Duration) -> Result<(), Failure> {
     let argv = match &job.action {
         Action::Command(argv) => argv,
         Action::Link(iface, up) => {
-            match crate::iface::set_admin_up(iface, *up) {
-                Ok(()) => info!(hook = %job.what, "hook done"),
-                Err(e) => warn!(hook = %job.what, cause = %e, "hook failed"),
-            }
-            return;
+            return match crate::iface::set_admin_up(iface, *up) {
+                Ok(()) => {
+                    info!(hook = %job.what, "hook done");
+                    Ok(())
+                }
+                Err(e) => {
+                    warn!(hook = %job.what, cause = %e, "hook failed");
+                    Err(Failure::Failed(e.to_string()))
+                }
+            };
         }
     };
     let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -202,25 +299,41 @@ async fn run(job: &Job, timeout: Duration) {
         Ok(c) => c,
         Err(e) => {
             warn!(hook = %job.what, cause = %e, "hook could not start");
-            return;
+            return Err(Failure::Failed(format!("could not start {}: {e}", argv[0])));
         }
     };
     let pgid = child.id().map(|p| p as i32);
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) if out.status.success() => info!(hook = %job.what, "hook done"),
-        Ok(Ok(out)) => warn!(
-            hook = %job.what,
-            status = %out.status,
-            stderr = %String::from_utf8_lossy(&out.stderr).trim(),
-            "hook failed"
-        ),
-        Ok(Err(e)) => warn!(hook = %job.what, cause = %e, "hook failed"),
+        Ok(Ok(out)) if out.status.success() => {
+            info!(hook = %job.what, "hook done");
+            Ok(())
+        }
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr = stderr.trim();
+            warn!(hook = %job.what, status = %out.status, %stderr, "hook failed");
+            // The first line of stderr is enough for a status line.
+            let first = stderr.lines().next().unwrap_or("");
+            Err(Failure::Failed(if first.is_empty() {
+                out.status.to_string()
+            } else {
+                format!("{}: {}", out.status, first.chars().take(200).collect::<String>())
+            }))
+        }
+        Ok(Err(e)) => {
+            warn!(hook = %job.what, cause = %e, "hook failed");
+            Err(Failure::Failed(e.to_string()))
+        }
         Err(_) => {
             if let Some(pgid) = pgid {
                 // SAFETY: plain syscall; the group is the hook's own.
                 unsafe { libc::kill(-pgid, libc::SIGKILL) };
             }
             warn!(hook = %job.what, timeout_ms = timeout.as_millis() as u64, "hook timed out; killed");
+            Err(Failure::TimedOut(format!(
+                "killed after {} ms (hook_timeout_ms)",
+                timeout.as_millis()
+            )))
         }
     }
 }
@@ -247,11 +360,24 @@ vrrp = []
 "#,
             pidfile.display()
         ));
-        let hooks = Hooks::spawn(&g, &tokio::runtime::Handle::current());
+        let board = Board::default();
+        let hooks = Hooks::spawn(&g, &tokio::runtime::Handle::current(), board.clone());
         let t = std::time::Instant::now();
         hooks.queue_hook(&Hook::Services { role: Role::Master });
+        let queued = board.try_snapshot().unwrap();
+        assert_eq!(
+            (queued.len(), queued[0].outcome.as_str(), queued[0].wanted.as_str()),
+            (1, "pending", "start")
+        );
         hooks.finish().await;
         let took = t.elapsed();
+        let after = board.try_snapshot().unwrap();
+        assert_eq!(
+            (after[0].group.as_str(), after[0].kind.as_str(), after[0].name.as_str()),
+            ("fw", "service", "x")
+        );
+        assert_eq!(after[0].outcome, "timed out", "{after:?}");
+        assert!(!after[0].running());
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_secs(5),
             "{took:?}"
@@ -290,7 +416,7 @@ vrrp = []
             "name = \"fw\"\nnotify = \"{}\"\nvrrp = []\n",
             script.display()
         ));
-        let hooks = Hooks::spawn(&g, &tokio::runtime::Handle::current());
+        let hooks = Hooks::spawn(&g, &tokio::runtime::Handle::current(), Board::default());
         for (role, prio) in [
             (Role::Master, 200),
             (Role::Initialize, 200),

@@ -123,6 +123,10 @@ pub struct Agent {
     napi_seen: Vec<crate::napi::NapiIface>,
     /// The XDP flow table as loaded.
     flow_table: Option<crate::dataplane::FlowTableInfo>,
+    /// What the hooks did for services and role interfaces (written by the
+    /// hook task, only tried from here), and its last copy.
+    role_hooks: hooks::Board,
+    role_hooks_seen: Vec<crate::status::RoleHookStatus>,
     in_sync: bool,
     /// Config sync as the control thread reports it (in a cluster), and
     /// the last copy read: the loop never waits for that thread's lock.
@@ -319,10 +323,11 @@ impl Agent {
             .enable_all()
             .build()
             .context("the hook runtime")?;
+        let role_hooks = hooks::Board::default();
         let hooks = config
             .groups
             .iter()
-            .map(|g| Hooks::spawn(g, hook_rt.handle()))
+            .map(|g| Hooks::spawn(g, hook_rt.handle(), role_hooks.clone()))
             .collect();
         let deadline = timer::Deadline::new().context("the loop's timerfd")?;
         let writer = StatusWriter::spawn(&config.instance).context("the status writer")?;
@@ -351,6 +356,8 @@ impl Agent {
             napi: Arc::default(),
             napi_seen: Vec::new(),
             flow_table,
+            role_hooks,
+            role_hooks_seen: Vec::new(),
             in_sync: false,
             config_sync,
             config_sync_seen: ConfigSyncStatus::default(),
@@ -875,6 +882,9 @@ impl Agent {
         if let Ok(n) = self.napi.try_lock() {
             self.napi_seen.clone_from(&n);
         }
+        if let Some(b) = self.role_hooks.try_snapshot() {
+            self.role_hooks_seen = b;
+        }
         let cluster = self.config.cluster.as_ref();
         let (advert_send_errors, probe_send_errors) = self.tx.errors();
         Status::snapshot(
@@ -897,6 +907,7 @@ impl Agent {
                 probe_send_errors,
                 napi: self.napi_seen.clone(),
                 flow_table: self.flow_table,
+                role_hooks: self.role_hooks_seen.clone(),
             },
         )
     }

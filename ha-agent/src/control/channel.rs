@@ -135,6 +135,8 @@ pub enum Request {
     Join { config: String, key: Vec<u8> },
     /// Replicated configuration (sync key only).
     Push(Bundle),
+    /// The peer's status, for `ha-agent status --cluster`.
+    Status,
 }
 
 /// Responses.
@@ -146,6 +148,7 @@ pub enum Response {
         hash: String,
     },
     Refused(String),
+    Status(Box<crate::status::cluster::NodeView>),
 }
 
 /// The pre-shared key a join token stands for.

@@ -209,7 +209,9 @@ pub async fn serve_join(
                             Err(e) => Response::Refused(format!("{e:#}")),
                         }
                     }
-                    Request::Push(_) => Response::Refused("not joined yet".into()),
+                    Request::Push(_) | Request::Status => {
+                        Response::Refused("not joined yet".into())
+                    }
                 }
             }
         }

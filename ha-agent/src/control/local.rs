@@ -52,6 +52,8 @@ pub enum LocalRequest {
     /// On a primary: push the configuration to the secondary now (what
     /// `config_sync = "manual"` waits for).
     PushConfig,
+    /// This node and its peer (asked over the cluster control channel).
+    ClusterStatus,
 }
 
 /// The agent's answer.
@@ -62,6 +64,9 @@ pub struct LocalResponse {
     /// The answer to [`LocalRequest::Status`].
     #[serde(default)]
     pub status: Option<Box<Status>>,
+    /// The answer to [`LocalRequest::ClusterStatus`].
+    #[serde(default)]
+    pub cluster: Option<Box<crate::status::cluster::ClusterView>>,
 }
 
 impl LocalResponse {
@@ -71,11 +76,13 @@ impl LocalResponse {
                 ok: true,
                 message,
                 status: None,
+                cluster: None,
             },
             Err(message) => LocalResponse {
                 ok: false,
                 message,
                 status: None,
+                cluster: None,
             },
         }
     }
@@ -122,7 +129,7 @@ static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Serves the operator socket until the thread stops; the socket file is
 /// removed then.
-pub(super) async fn serve(shared: Arc<Shared>, to_loop: ToLoop) {
+pub(super) async fn serve(shared: Arc<Shared>, to_loop: ToLoop, key: Option<[u8; 32]>) {
     let path = paths::socket(&shared.instance);
     let listener = match bind_private(&path) {
         Ok(l) => l,
@@ -134,7 +141,7 @@ pub(super) async fn serve(shared: Arc<Shared>, to_loop: ToLoop) {
     let _remove = RemoveOnDrop(path);
     serve_on(listener, LIMITS, move |req| {
         let (shared, to_loop) = (shared.clone(), to_loop.clone());
-        async move { answer(&shared, &to_loop, req).await }
+        async move { answer(&shared, &to_loop, key, req).await }
     })
     .await;
 }
@@ -308,7 +315,12 @@ async fn push_config(shared: &Shared) -> Result<String, String> {
     }
 }
 
-async fn answer(shared: &Shared, to_loop: &ToLoop, req: LocalRequest) -> LocalResponse {
+async fn answer(
+    shared: &Shared,
+    to_loop: &ToLoop,
+    key: Option<[u8; 32]>,
+    req: LocalRequest,
+) -> LocalResponse {
     let command = |c| request::command(to_loop, c);
     match req {
         LocalRequest::Promote => LocalResponse::of(command(Command::Promote).await),
@@ -322,6 +334,16 @@ async fn answer(shared: &Shared, to_loop: &ToLoop, req: LocalRequest) -> LocalRe
                 ok: true,
                 message: String::new(),
                 status: Some(status),
+                cluster: None,
+            },
+            Err(message) => LocalResponse::of(Err(message)),
+        },
+        LocalRequest::ClusterStatus => match super::cluster_view(shared, to_loop, key).await {
+            Ok(view) => LocalResponse {
+                ok: true,
+                message: String::new(),
+                status: None,
+                cluster: Some(Box::new(view)),
             },
             Err(message) => LocalResponse::of(Err(message)),
         },

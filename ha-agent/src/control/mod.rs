@@ -67,7 +67,7 @@ pub fn spawn(
         let metrics = lock(&shared.config).metrics_listen;
         let servers = async {
             tokio::join!(
-                local::serve(shared.clone(), to_loop.clone()),
+                local::serve(shared.clone(), to_loop.clone(), key),
                 peer_server(shared.clone(), key, to_loop.clone()),
                 config_sync::pusher(shared.clone(), key),
                 publish_counters(shared.clone()),
@@ -82,6 +82,68 @@ pub fn spawn(
             _ = servers => {}
             _ = stop.wait_for(|s| *s) => {}
         }
+    })
+}
+
+/// This node for the cluster view: its status from the loop, and what is
+/// read here (never in the loop): hostname, conntrack entries.
+pub(crate) async fn node_view(
+    shared: &Shared,
+    to_loop: &ToLoop,
+) -> Result<crate::status::cluster::NodeView, String> {
+    let status = crate::agent::request::status(to_loop).await?;
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
+    Ok(crate::status::cluster::NodeView {
+        hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        address: lock(&shared.config).ha.address,
+        conntrack_entries: read("/proc/sys/net/netfilter/nf_conntrack_count")
+            .ok()
+            .and_then(|s| s.parse().ok()),
+        status: *status,
+    })
+}
+
+/// This node and its peer, asked over the cluster control channel (`key`:
+/// the control key).
+pub(crate) async fn cluster_view(
+    shared: &Shared,
+    to_loop: &ToLoop,
+    key: Option<[u8; 32]>,
+) -> Result<crate::status::cluster::ClusterView, String> {
+    let local = node_view(shared, to_loop).await?;
+    let (peer_addr, port) = {
+        let c = lock(&shared.config);
+        (
+            c.ha.peers.first().copied(),
+            c.cluster.as_ref().map(|c| c.control_port),
+        )
+    };
+    let asked = match (peer_addr, port, key) {
+        (None, _, _) => Err("no peer in ha.peers".to_owned()),
+        (_, None, _) => Err(
+            "no [cluster] section: without the cluster control channel the peer cannot be asked"
+                .to_owned(),
+        ),
+        (_, _, None) => Err("no cluster key (ha.sync_key_file): the peer cannot be asked".into()),
+        (Some(a), Some(port), Some(key)) => {
+            match channel::try_call(SocketAddr::from((a, port)), &key, &Request::Status).await {
+                Ok(Response::Status(v)) => Ok(*v),
+                Ok(Response::Refused(why)) => Err(format!("refused: {why}")),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let (peer, peer_error) = match asked {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(e)),
+    };
+    Ok(crate::status::cluster::ClusterView {
+        local,
+        peer_address: peer_addr,
+        peer,
+        peer_error,
     })
 }
 
@@ -169,6 +231,10 @@ async fn peer_server(shared: Arc<Shared>, key: Option<[u8; 32]>, to_loop: ToLoop
                     Response::Refused("this node is already part of a cluster".into())
                 }
                 Request::Push(bundle) => config_sync::apply_push(&shared, bundle, &to_loop).await,
+                Request::Status => match node_view(&shared, &to_loop).await {
+                    Ok(v) => Response::Status(Box::new(v)),
+                    Err(e) => Response::Refused(e),
+                },
             }
         }
     };

@@ -136,15 +136,7 @@ mod tests {
     use crate::status::{PathStatus, SyncStatus, Transition};
 
     fn status(pid: u32) -> Status {
-        serde_json::from_value(serde_json::json!({
-            "instance": "fw", "pid": pid, "written_unix_ms": 0, "roles": {}, "priorities": {},
-            "owned": 0, "adverts_sent": 0, "adverts_received": 0, "advert_send_errors": 0,
-            "interval_mismatches": 0, "rejected_by_reason": {}, "last_advert_from": null,
-            "last_advert_priority": null, "last_advert_unix_ms": null, "last_advert_age_ms": null,
-            "last_takeover": null, "transitions": [], "transitions_total": 0,
-            "transitions_by_reason": {}, "lease_lapses": 0
-        }))
-        .unwrap_or_else(|e| panic!("a status: {e}"))
+        crate::status::test_status("fw", pid)
     }
 
     fn transition(role: &str, at_ms: u128) -> Transition {

@@ -4,6 +4,7 @@
 //! on the operator socket, rendered as text for `ha-agent status` ([`text`])
 //! and as Prometheus metrics ([`metrics`]).
 
+pub mod cluster;
 pub mod events;
 pub mod metrics;
 pub mod text;
@@ -218,6 +219,37 @@ pub struct Status {
     /// The XDP flow table: its size (`ha.max_flows`) and kernel memory.
     #[serde(default)]
     pub flow_table: Option<crate::dataplane::FlowTableInfo>,
+    /// What the hooks last did for each role-dependent service and role
+    /// interface (`services`, `role_interfaces`): the "services running"
+    /// of a cluster view.
+    #[serde(default)]
+    pub role_hooks: Vec<RoleHookStatus>,
+}
+
+/// What the hooks last did for one role-dependent service or interface.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoleHookStatus {
+    pub group: String,
+    /// `service` or `interface`.
+    pub kind: String,
+    pub name: String,
+    /// What the role asked last: `start`/`stop` (a service), `up`/`down`
+    /// (an interface).
+    pub wanted: String,
+    /// `pending` (queued or running), `done`, `failed`, `timed out`.
+    pub outcome: String,
+    /// Why it failed (exit status and stderr, or the error).
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// When the outcome was recorded.
+    pub at_unix_ms: u128,
+}
+
+impl RoleHookStatus {
+    /// Running as the role wants it: started or up, and done.
+    pub fn running(&self) -> bool {
+        self.outcome == "done" && (self.wanted == "start" || self.wanted == "up")
+    }
 }
 
 /// The fast heartbeat: our prober, and our reflector (what our XDP
@@ -381,6 +413,7 @@ pub struct Extras {
     /// Threaded NAPI as last set (`crate::napi`).
     pub napi: Vec<crate::napi::NapiIface>,
     pub flow_table: Option<crate::dataplane::FlowTableInfo>,
+    pub role_hooks: Vec<RoleHookStatus>,
 }
 
 impl Status {
@@ -459,6 +492,7 @@ impl Status {
             config_sync: extras.config_sync,
             napi: extras.napi,
             flow_table: extras.flow_table,
+            role_hooks: extras.role_hooks,
             auth_mode: report.auth_mode.as_str().to_owned(),
             auth_active_key: report.auth_active_key,
             paths: report
@@ -482,6 +516,20 @@ impl Status {
         let bytes = std::fs::read(paths::status_file(instance))?;
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
     }
+}
+
+/// The least a status holds, for tests.
+#[cfg(test)]
+pub(crate) fn test_status(instance: &str, pid: u32) -> Status {
+    serde_json::from_value(serde_json::json!({
+        "instance": instance, "pid": pid, "written_unix_ms": 0, "roles": {}, "priorities": {},
+        "owned": 0, "adverts_sent": 0, "adverts_received": 0, "advert_send_errors": 0,
+        "interval_mismatches": 0, "rejected_by_reason": {}, "last_advert_from": null,
+        "last_advert_priority": null, "last_advert_unix_ms": null, "last_advert_age_ms": null,
+        "last_takeover": null, "transitions": [], "transitions_total": 0,
+        "transitions_by_reason": {}, "lease_lapses": 0
+    }))
+    .unwrap_or_else(|e| panic!("a status: {e}"))
 }
 
 #[cfg(test)]
