@@ -1,6 +1,6 @@
 //! The operator command line: `ha-agent <command>`.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -153,6 +153,10 @@ pub enum Command {
     /// Load, attach and pin the XDP data plane, or remove it.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Migrate from another HA system: writes our configuration from its
+    /// own, listing what could not be mapped with the line it came from.
+    #[command(subcommand)]
+    Import(ImportFrom),
     /// Attach the probe XDP program to an interface for a while and print what it
     /// counted (frames, ICMP echo requests/replies): a check that XDP loads and
     /// sees traffic on this machine.
@@ -164,6 +168,47 @@ pub enum Command {
         /// How long to count before detaching.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportFrom {
+    /// A keepalived.conf (includes followed), and optionally the sync link
+    /// of a conntrackd.conf, as our TOML: for a node-by-node migration (the
+    /// keepalived node stays up while this one is replaced; adverts stay
+    /// plain VRRPv3 until both run ha-agent). What is not imported, and
+    /// what to do, is printed and written at the top of the file.
+    ///
+    /// Example: `ha-agent import keepalived /etc/keepalived/keepalived.conf
+    /// --conntrackd /etc/conntrackd/conntrackd.conf -o /etc/ha-agent/config.toml`
+    Keepalived {
+        /// keepalived's configuration file.
+        file: PathBuf,
+        /// conntrackd's configuration file (its Sync section).
+        #[arg(long)]
+        conntrackd: Option<PathBuf>,
+        /// Write here (mode 0600; refused if it exists, unless --force)
+        /// instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace --output if it exists.
+        #[arg(long)]
+        force: bool,
+        /// This node's HA address (default: unicast_src_ip, conntrackd's
+        /// address, or this machine's address on the VRRP interface).
+        #[arg(long)]
+        ha_address: Option<std::net::Ipv4Addr>,
+        /// The peer's HA address (default: unicast_peer, or conntrackd's
+        /// destination).
+        #[arg(long)]
+        peer: Option<std::net::Ipv4Addr>,
+        /// Our instance name (default `ha`).
+        #[arg(long)]
+        instance: Option<String>,
+        /// The cluster key file to name when conntrackd's sync is imported
+        /// (default /etc/ha-agent/sync.key).
+        #[arg(long)]
+        sync_key_file: Option<PathBuf>,
     },
 }
 
@@ -440,7 +485,81 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
             }
         }
         Command::Probe { iface, seconds } => probe(&iface, Duration::from_secs(seconds)).await,
+        Command::Import(from) => import(from),
     }
+}
+
+/// `ha-agent import keepalived`.
+fn import(from: ImportFrom) -> anyhow::Result<()> {
+    let ImportFrom::Keepalived {
+        file,
+        conntrackd,
+        output,
+        force,
+        ha_address,
+        peer,
+        instance,
+        sync_key_file,
+    } = from;
+    let opts = crate::import::Options {
+        instance,
+        ha_address,
+        peer,
+        sync_key_file,
+    };
+    // This machine's address on an interface, when the file names none.
+    let host = |iface: &str| {
+        crate::control::host::interfaces()
+            .ok()?
+            .into_iter()
+            .find(|i| i.name == iface)?
+            .addrs
+            .into_iter()
+            .map(|a| a.addr)
+            .next()
+    };
+    let got = crate::import::keepalived::import_files(&file, conntrackd.as_deref(), &opts, &host)?;
+    let mut sources = vec![file];
+    sources.extend(conntrackd);
+    let text = got.file_text(&sources);
+    match &output {
+        Some(path) => {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new();
+            f.write(true).mode(0o600);
+            if force {
+                f.create(true).truncate(true);
+            } else {
+                f.create_new(true);
+            }
+            let mut f = f.open(path).with_context(|| {
+                format!(
+                    "{}{}",
+                    path.display(),
+                    if force {
+                        ""
+                    } else {
+                        " (exists? --force replaces it)"
+                    }
+                )
+            })?;
+            f.write_all(text.as_bytes())
+                .with_context(|| path.display().to_string())?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    for t in &got.todo {
+        eprintln!("to do: {t}");
+    }
+    for s in &got.skipped {
+        eprintln!("not imported: {s}");
+    }
+    if let Some(path) = &output {
+        eprintln!("check it with: ha-agent check-config {}", path.display());
+    }
+    Ok(())
 }
 
 async fn local(instance: &str, req: LocalRequest) -> anyhow::Result<()> {

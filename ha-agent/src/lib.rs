@@ -39,6 +39,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod iface;
+pub mod import;
 pub mod napi;
 pub mod paths;
 pub mod sched;

@@ -431,7 +431,10 @@ fn seed_example_end_to_end() {
     ))
     .expect("status --cluster --json is JSON");
     assert_eq!(json["peer"]["status"]["cluster_role"], "PRIMARY", "{json}");
-    assert_eq!(json["local"]["status"]["cluster_role"], "SECONDARY", "{json}");
+    assert_eq!(
+        json["local"]["status"]["cluster_role"], "SECONDARY",
+        "{json}"
+    );
 
     // The secondary refuses local edits, pointing to the primary.
     let refused = cli(

@@ -31,6 +31,7 @@ pub const TARGETS: &[&str] = &[
     "sync_session",
     "control_json",
     "config_toml",
+    "keepalived_conf",
     "ctnetlink",
     "netdev_napi",
 ];

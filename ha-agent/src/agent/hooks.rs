@@ -44,14 +44,20 @@ struct Subject {
 /// status (the cluster view's "services running"). The hook task writes
 /// it; the VRRP loop only tries the lock.
 #[derive(Debug, Clone, Default)]
-pub struct Board(Arc<Mutex<BTreeMap<(String, &'static str, String), RoleHookStatus>>>);
+pub struct Board(Arc<Mutex<BTreeMap<BoardKey, RoleHookStatus>>>);
+
+/// Group, kind, name.
+type BoardKey = (String, &'static str, String);
 
 impl Board {
     fn record(&self, s: &Subject, outcome: &str, detail: Option<String>) {
         let at_unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         m.insert(
             (s.group.clone(), s.kind, s.name.clone()),
             RoleHookStatus {
@@ -68,7 +74,10 @@ impl Board {
 
     /// The board now, unless the hook task holds it this instant.
     pub fn try_snapshot(&self) -> Option<Vec<RoleHookStatus>> {
-        self.0.try_lock().ok().map(|m| m.values().cloned().collect())
+        self.0
+            .try_lock()
+            .ok()
+            .map(|m| m.values().cloned().collect())
     }
 }
 
@@ -317,7 +326,11 @@ async fn run(job: &Job, timeout: Duration) -> Result<(), Failure> {
             Err(Failure::Failed(if first.is_empty() {
                 out.status.to_string()
             } else {
-                format!("{}: {}", out.status, first.chars().take(200).collect::<String>())
+                format!(
+                    "{}: {}",
+                    out.status,
+                    first.chars().take(200).collect::<String>()
+                )
             }))
         }
         Ok(Err(e)) => {
@@ -366,14 +379,22 @@ vrrp = []
         hooks.queue_hook(&Hook::Services { role: Role::Master });
         let queued = board.try_snapshot().unwrap();
         assert_eq!(
-            (queued.len(), queued[0].outcome.as_str(), queued[0].wanted.as_str()),
+            (
+                queued.len(),
+                queued[0].outcome.as_str(),
+                queued[0].wanted.as_str()
+            ),
             (1, "pending", "start")
         );
         hooks.finish().await;
         let took = t.elapsed();
         let after = board.try_snapshot().unwrap();
         assert_eq!(
-            (after[0].group.as_str(), after[0].kind.as_str(), after[0].name.as_str()),
+            (
+                after[0].group.as_str(),
+                after[0].kind.as_str(),
+                after[0].name.as_str()
+            ),
             ("fw", "service", "x")
         );
         assert_eq!(after[0].outcome, "timed out", "{after:?}");

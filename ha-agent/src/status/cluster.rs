@@ -37,7 +37,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -62,7 +62,10 @@ fn rows(n: &NodeView, now_ms: u128) -> Vec<(String, String)> {
     );
     for (group, role) in &st.roles {
         let prio = st.priorities.get(group).copied().unwrap_or(0);
-        push(&format!("group {group}"), format!("{role}, priority {prio}"));
+        push(
+            &format!("group {group}"),
+            format!("{role}, priority {prio}"),
+        );
     }
     push(
         "maintenance",
@@ -78,7 +81,10 @@ fn rows(n: &NodeView, now_ms: u128) -> Vec<(String, String)> {
         let heard = p
             .last_heard_age_ms
             .map_or_else(String::new, |a| format!(", heard {a} ms ago"));
-        push(&format!("path {}", p.interface), format!("{}{heard}", p.state));
+        push(
+            &format!("path {}", p.interface),
+            format!("{}{heard}", p.state),
+        );
     }
     match &st.sync {
         Some(s) => {
@@ -99,7 +105,10 @@ fn rows(n: &NodeView, now_ms: u128) -> Vec<(String, String)> {
         n.conntrack_entries.map_or_else(|| "-".into(), thousands),
     );
     if let Some(t) = &st.flow_table {
-        push("XDP flow table", format!("{} max", thousands(u64::from(t.max_flows))));
+        push(
+            "XDP flow table",
+            format!("{} max", thousands(u64::from(t.max_flows))),
+        );
     }
     match &st.config_sync {
         Some(c) => {
@@ -137,7 +146,11 @@ fn rows(n: &NodeView, now_ms: u128) -> Vec<(String, String)> {
 pub fn render(view: &ClusterView, now_ms: u128) -> String {
     use std::fmt::Write as _;
     let local = rows(&view.local, now_ms);
-    let peer = view.peer.as_ref().map(|p| rows(p, now_ms)).unwrap_or_default();
+    let peer = view
+        .peer
+        .as_ref()
+        .map(|p| rows(p, now_ms))
+        .unwrap_or_default();
     // Labels in order of first appearance, the local node's first.
     let mut labels: Vec<&str> = local.iter().map(|(k, _)| k.as_str()).collect();
     for (k, _) in &peer {
@@ -228,7 +241,13 @@ mod tests {
         let view = ClusterView {
             local: node("fw1", "MASTER", 200, "aaaaaaaaaaaaaaaa", ("start", "done")),
             peer_address: Some("10.255.0.2".parse().unwrap()),
-            peer: Some(node("fw2", "BACKUP", 100, "bbbbbbbbbbbbbbbb", ("stop", "done"))),
+            peer: Some(node(
+                "fw2",
+                "BACKUP",
+                100,
+                "bbbbbbbbbbbbbbbb",
+                ("stop", "done"),
+            )),
             peer_error: None,
         };
         let text = render(&view, 0);
@@ -257,7 +276,10 @@ mod tests {
             peer_error: Some("connect: refused".into()),
         };
         let text = render(&view, 0);
-        assert!(text.contains("the peer did not answer: connect: refused"), "{text}");
+        assert!(
+            text.contains("the peer did not answer: connect: refused"),
+            "{text}"
+        );
         assert!(text.contains("start failed"), "{text}");
     }
 }

@@ -1,0 +1,823 @@
+//! keepalived.conf (and conntrackd.conf's sync link) to our configuration.
+//!
+//! | keepalived | ha-agent |
+//! | --- | --- |
+//! | `vrrp_sync_group` (`group { ... }`, `notify*`, `track_interface`) | `[[group]]` |
+//! | `vrrp_instance` outside a sync group | a `[[group]]` of its own |
+//! | `interface` | `ha.interface` (every instance's adverts go over one HA link) |
+//! | `unicast_src_ip` / `unicast_peer` | `ha.address` / `ha.peers`, `ha.unicast` |
+//! | `virtual_router_id`, `priority`, `advert_int`, `nopreempt`, `preempt_delay`, `accept` | the instance's own |
+//! | `virtual_ipaddress` (`dev`) | `vips` (a VIP without `dev` is on `interface`) |
+//! | `track_interface` (`weight -N`; none: fault) | the group's `track` |
+//! | `notify` | the group's `notify` (the same arguments) |
+//! | `notify_master` / `notify_backup` | a service run by `sh -c` on MASTER / BACKUP and FAULT |
+//! | `garp_master_repeat`, `garp_interval` (and `vrrp_garp_*` in `global_defs`) | `garp_count`, `garp_interval_ms` |
+//! | `vrrp_rt_priority` | `ha.realtime_priority` |
+//! | conntrackd `Sync { UDP { ... } }` | `ha.sync_port` (and the peer) |
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use toml::{Table, Value};
+
+use super::{ImportError, Imported, Options, Skipped, tree::Stmt};
+
+/// One keepalived `vrrp_instance` as read.
+#[derive(Debug, Default)]
+struct Instance {
+    name: String,
+    at: Option<super::Loc>,
+    interface: Option<String>,
+    vrid: Option<u8>,
+    priority: Option<u8>,
+    advert_ms: Option<u64>,
+    preempt: bool,
+    preempt_delay_ms: u64,
+    accept: Option<bool>,
+    src: Option<Ipv4Addr>,
+    peers: Vec<Ipv4Addr>,
+    /// (address with prefix, dev or None).
+    vips: Vec<(String, Option<String>)>,
+    track: Vec<(String, u8)>,
+    hooks: Hooks,
+    garp_count: Option<u32>,
+    garp_interval_ms: Option<u64>,
+}
+
+/// Notify scripts of an instance or a sync group.
+#[derive(Debug, Default, Clone)]
+struct Hooks {
+    notify: Option<String>,
+    master: Option<String>,
+    backup: Option<String>,
+    fault: Option<String>,
+}
+
+/// A `vrrp_sync_group`.
+#[derive(Debug)]
+struct SyncGroup {
+    name: String,
+    members: Vec<String>,
+    hooks: Hooks,
+    tracks: Vec<(String, u8)>,
+    at: super::Loc,
+}
+
+/// Defaults from `global_defs`.
+#[derive(Debug, Default)]
+struct Globals {
+    garp_count: Option<u32>,
+    garp_interval_ms: Option<u64>,
+    realtime_priority: Option<u8>,
+    version: Option<String>,
+}
+
+struct Reader {
+    skipped: Vec<Skipped>,
+    todo: Vec<String>,
+}
+
+impl Reader {
+    fn skip(&mut self, s: &Stmt, why: &str) {
+        self.skipped.push(Skipped {
+            at: s.loc.clone(),
+            what: s.text(),
+            why: why.to_owned(),
+        });
+    }
+
+    fn invalid(s: &Stmt, problem: impl Into<String>) -> ImportError {
+        ImportError::Invalid {
+            at: s.loc.clone(),
+            problem: format!("{}: {}", s.text(), problem.into()),
+        }
+    }
+
+    fn number<T: std::str::FromStr>(s: &Stmt) -> Result<T, ImportError> {
+        s.arg(0)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Self::invalid(s, "expects a number"))
+    }
+
+    /// keepalived's seconds (a decimal) in ms.
+    fn seconds_ms(s: &Stmt) -> Result<u64, ImportError> {
+        let v: f64 = Self::number(s)?;
+        if !(0.0..=86_400.0).contains(&v) {
+            return Err(Self::invalid(s, "seconds out of range"));
+        }
+        Ok((v * 1000.0).round() as u64)
+    }
+}
+
+/// The script a notify line names (keepalived takes the rest of the line,
+/// quoted or not).
+fn script(s: &Stmt) -> Result<String, ImportError> {
+    if s.args().is_empty() {
+        return Err(Reader::invalid(s, "names no script"));
+    }
+    Ok(s.args().join(" "))
+}
+
+fn ipv4(w: &str) -> Option<Ipv4Addr> {
+    w.parse().ok()
+}
+
+/// An address with an optional prefix: `10.0.0.1` or `10.0.0.1/24`.
+fn address_word(w: &str) -> Option<(bool, String)> {
+    let (a, len) = w.split_once('/').unwrap_or((w, ""));
+    if let Ok(ip) = a.parse::<std::net::IpAddr>() {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = if len.is_empty() {
+            max
+        } else {
+            len.parse::<u8>().ok().filter(|l| *l <= max)?
+        };
+        return Some((ip.is_ipv4(), format!("{ip}/{len}")));
+    }
+    None
+}
+
+impl Reader {
+    fn globals(&mut self, b: &[Stmt]) -> Result<Globals, ImportError> {
+        let mut g = Globals::default();
+        for s in b {
+            match s.key().as_str() {
+                "vrrp_garp_master_repeat" => g.garp_count = Some(Self::number(s)?),
+                "vrrp_garp_interval" => g.garp_interval_ms = Some(Self::seconds_ms(s)?),
+                "vrrp_rt_priority" => g.realtime_priority = Some(Self::number(s)?),
+                "vrrp_version" => g.version = s.arg(0).map(str::to_owned),
+                "router_id" => self.skip(s, "ha-agent names a node by its HA address"),
+                "script_user" | "enable_script_security" => self.skip(
+                    s,
+                    "ha-agent runs its hooks as root, at normal priority, each under hook_timeout_ms",
+                ),
+                _ => self.skip(s, "no ha-agent equivalent"),
+            }
+        }
+        Ok(g)
+    }
+
+    fn instance(&mut self, s: &Stmt) -> Result<Instance, ImportError> {
+        let mut i = Instance {
+            name: s.arg(0).unwrap_or("VI").to_owned(),
+            at: Some(s.loc.clone()),
+            preempt: true,
+            ..Instance::default()
+        };
+        for c in s.children() {
+            match c.key().as_str() {
+                "interface" => i.interface = c.arg(0).map(str::to_owned),
+                "virtual_router_id" => i.vrid = Some(Self::number(c)?),
+                "priority" => i.priority = Some(Self::number(c)?),
+                "advert_int" => i.advert_ms = Some(Self::seconds_ms(c)?),
+                "nopreempt" => i.preempt = false,
+                "preempt" => i.preempt = true,
+                "preempt_delay" => i.preempt_delay_ms = Self::seconds_ms(c)?,
+                "accept" => i.accept = Some(true),
+                "no_accept" => i.accept = Some(false),
+                "unicast_src_ip" => {
+                    i.src = Some(
+                        c.arg(0)
+                            .and_then(ipv4)
+                            .ok_or_else(|| Self::invalid(c, "not an IPv4 address"))?,
+                    );
+                }
+                "unicast_peer" => {
+                    for p in c.children() {
+                        match p.words.first().and_then(|w| ipv4(w)) {
+                            Some(a) => {
+                                i.peers.push(a);
+                                if p.words.len() > 1 {
+                                    self.skip(p, "unicast_peer options are not imported");
+                                }
+                            }
+                            None => self.skip(p, "not an IPv4 peer (IPv6 comes with issue 16)"),
+                        }
+                    }
+                }
+                "virtual_ipaddress" => self.vips(c, &mut i)?,
+                "track_interface" => self.tracks(c, &mut i.track)?,
+                "notify" => i.hooks.notify = Some(script(c)?),
+                "notify_master" => i.hooks.master = Some(script(c)?),
+                "notify_backup" => i.hooks.backup = Some(script(c)?),
+                "notify_fault" => i.hooks.fault = Some(script(c)?),
+                "garp_master_repeat" => i.garp_count = Some(Self::number(c)?),
+                "garp_interval" => i.garp_interval_ms = Some(Self::seconds_ms(c)?),
+                "state" => self.skip(
+                    c,
+                    "ha-agent has no initial state: every node starts as BACKUP and the priority decides",
+                ),
+                "version" => {
+                    if c.arg(0) != Some("3") {
+                        self.todo.push(format!(
+                            "{}: instance {} says `version {}`: ha-agent speaks VRRPv3 only; set `version 3` on the keepalived node too",
+                            c.loc, i.name, c.arg(0).unwrap_or("")
+                        ));
+                    }
+                }
+                "authentication" => self.skip(
+                    c,
+                    "VRRPv2 authentication; VRRPv3 has none (ha-agent signs adverts once both nodes run it: [ha.auth])",
+                ),
+                "use_vmac" | "vmac_xmit_base" => {
+                    self.skip(c, "the virtual MAC comes with issue 16")
+                }
+                "track_script" => self.skip(
+                    c,
+                    "track scripts are not supported: track interfaces, or lower the priority with `ha-agent demote`",
+                ),
+                "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules" => {
+                    self.skip(c, "no ha-agent equivalent")
+                }
+                _ => self.skip(c, "no ha-agent equivalent"),
+            }
+        }
+        Ok(i)
+    }
+
+    fn vips(&mut self, b: &Stmt, i: &mut Instance) -> Result<(), ImportError> {
+        for s in b.children() {
+            // Several addresses may share a line; each one's options follow it.
+            let mut w = 0;
+            while w < s.words.len() {
+                let Some((v4, addr)) = address_word(&s.words[w]) else {
+                    return Err(Self::invalid(
+                        s,
+                        format!("{:?} is not an address", s.words[w]),
+                    ));
+                };
+                let mut dev = None;
+                let mut opts = Vec::new();
+                w += 1;
+                while w < s.words.len() && address_word(&s.words[w]).is_none() {
+                    let key = s.words[w].as_str();
+                    let val = s.words.get(w + 1).cloned().unwrap_or_default();
+                    match key {
+                        "dev" => dev = Some(val),
+                        _ => opts.push(format!("{key} {val}")),
+                    }
+                    w += 2;
+                }
+                if !v4 {
+                    self.skipped.push(Skipped {
+                        at: s.loc.clone(),
+                        what: format!("virtual_ipaddress {addr}"),
+                        why: "IPv6 VIPs come with issue 16".into(),
+                    });
+                    continue;
+                }
+                if !opts.is_empty() {
+                    self.skipped.push(Skipped {
+                        at: s.loc.clone(),
+                        what: format!("{addr} {}", opts.join(" ")),
+                        why: "only `dev` is imported (the address is; label, scope, brd and the rest are the kernel's defaults)".into(),
+                    });
+                }
+                i.vips.push((addr, dev));
+            }
+        }
+        Ok(())
+    }
+
+    fn tracks(&mut self, b: &Stmt, out: &mut Vec<(String, u8)>) -> Result<(), ImportError> {
+        for s in b.children() {
+            let Some(name) = s.words.first() else {
+                continue;
+            };
+            let weight = match (s.arg(0), s.arg(1)) {
+                (None, _) => Some(0),
+                (Some("weight"), Some(w)) => match w.parse::<i32>() {
+                    Ok(w) if w < 0 => Some((-w).min(254) as u8),
+                    Ok(0) => Some(0),
+                    Ok(_) => None,
+                    Err(_) => return Err(Self::invalid(s, "weight expects a number")),
+                },
+                _ => return Err(Self::invalid(s, "expects `<interface> [weight <n>]`")),
+            };
+            match weight {
+                Some(w) => out.push((name.clone(), w)),
+                None => self.skip(
+                    s,
+                    "a positive weight (priority raised while the link is up) has no equivalent: use a negative one",
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What conntrackd's `Sync` section gives: the link, the port, the peer.
+#[derive(Debug, Default)]
+struct SyncLink {
+    interface: Option<String>,
+    address: Option<Ipv4Addr>,
+    peer: Option<Ipv4Addr>,
+    port: Option<u16>,
+    at: Option<super::Loc>,
+}
+
+impl Reader {
+    fn conntrackd(&mut self, top: &[Stmt]) -> Result<SyncLink, ImportError> {
+        let mut link = SyncLink::default();
+        for s in top {
+            match s.key().as_str() {
+                "sync" => {
+                    for c in s.children() {
+                        match c.key().as_str() {
+                            "udp" => {
+                                link.at = Some(c.loc.clone());
+                                for o in c.children() {
+                                    match o.key().as_str() {
+                                        "ipv4_address" => link.address = o.arg(0).and_then(ipv4),
+                                        "ipv4_destination_address" => {
+                                            link.peer = o.arg(0).and_then(ipv4);
+                                        }
+                                        "port" => link.port = Some(Self::number(o)?),
+                                        "interface" => link.interface = o.arg(0).map(str::to_owned),
+                                        _ => self.skip(o, "ha-agent's sync sets its own socket options"),
+                                    }
+                                }
+                            }
+                            "multicast" => {
+                                link.at = Some(c.loc.clone());
+                                for o in c.children() {
+                                    match o.key().as_str() {
+                                        "ipv4_interface" => link.address = o.arg(0).and_then(ipv4),
+                                        "group" => link.port = Some(Self::number(o)?),
+                                        "interface" => link.interface = o.arg(0).map(str::to_owned),
+                                        "ipv4_address" => self.skip(
+                                            o,
+                                            "ha-agent syncs to the peer's address, not to a multicast group",
+                                        ),
+                                        _ => self.skip(o, "ha-agent's sync sets its own socket options"),
+                                    }
+                                }
+                            }
+                            "mode" => self.skip(
+                                c,
+                                "ha-agent's sync has its own acknowledgement, resend and bulk resync (always on)",
+                            ),
+                            _ => self.skip(c, "no ha-agent equivalent"),
+                        }
+                    }
+                }
+                "general" => self.skip(
+                    s,
+                    "ha-agent sizes its flow table from nf_conntrack_max (ha.max_flows), reads conntrack itself and replicates what XDP saw forwarded (no filter)",
+                ),
+                _ => self.skip(s, "no ha-agent equivalent"),
+            }
+        }
+        Ok(link)
+    }
+}
+
+/// Imports `keepalived` (parsed statements) and optionally `conntrackd`'s.
+/// `host_address` gives this machine's IPv4 address on an interface.
+pub fn import(
+    keepalived: &[Stmt],
+    conntrackd: Option<&[Stmt]>,
+    opts: &Options,
+    host_address: &dyn Fn(&str) -> Option<Ipv4Addr>,
+) -> Result<Imported, ImportError> {
+    let mut r = Reader {
+        skipped: Vec::new(),
+        todo: Vec::new(),
+    };
+    let mut globals = Globals::default();
+    let mut instances: Vec<Instance> = Vec::new();
+    let mut sync_groups: Vec<SyncGroup> = Vec::new();
+    for s in keepalived {
+        match s.key().as_str() {
+            "global_defs" => globals = r.globals(s.children())?,
+            "vrrp_instance" => instances.push(r.instance(s)?),
+            "vrrp_sync_group" => {
+                let mut members = Vec::new();
+                let mut hooks = Hooks::default();
+                let mut tracks = Vec::new();
+                for c in s.children() {
+                    match c.key().as_str() {
+                        "group" => {
+                            members.extend(c.children().iter().flat_map(|m| m.words.clone()));
+                        }
+                        "notify" => hooks.notify = Some(script(c)?),
+                        "notify_master" => hooks.master = Some(script(c)?),
+                        "notify_backup" => hooks.backup = Some(script(c)?),
+                        "notify_fault" => hooks.fault = Some(script(c)?),
+                        "track_interface" => r.tracks(c, &mut tracks)?,
+                        _ => r.skip(c, "no ha-agent equivalent"),
+                    }
+                }
+                sync_groups.push(SyncGroup {
+                    name: s.arg(0).unwrap_or("group").to_owned(),
+                    members,
+                    hooks,
+                    tracks,
+                    at: s.loc.clone(),
+                });
+            }
+            "vrrp_script" => r.skip(
+                s,
+                "track scripts are not supported: track interfaces, or lower the priority with `ha-agent demote`",
+            ),
+            "virtual_server" | "virtual_server_group" => {
+                r.skip(s, "LVS load balancing is not part of ha-agent")
+            }
+            _ => r.skip(s, "no ha-agent equivalent"),
+        }
+    }
+    if instances.is_empty() {
+        return Err(ImportError::Missing(
+            "no vrrp_instance in the keepalived configuration".into(),
+        ));
+    }
+    if globals.version.as_deref().is_none_or(|v| v != "3") {
+        r.todo.push(format!(
+            "ha-agent speaks VRRPv3; the keepalived node must too during the migration: `vrrp_version 3` in its global_defs (keepalived's default is {})",
+            globals.version.as_deref().unwrap_or("2")
+        ));
+    }
+    let link = match conntrackd {
+        Some(c) => Some(r.conntrackd(c)?),
+        None => None,
+    };
+
+    // The HA link: the first instance's interface; every instance's adverts
+    // go there.
+    let first = &instances[0];
+    let ha_iface = first
+        .interface
+        .clone()
+        .ok_or_else(|| ImportError::Invalid {
+            at: first.at.clone().expect("read instances have a location"),
+            problem: format!("vrrp_instance {} has no interface", first.name),
+        })?;
+    for i in &instances[1..] {
+        if let Some(other) = &i.interface
+            && *other != ha_iface
+        {
+            r.todo.push(format!(
+                "vrrp_instance {} sends adverts on {other}; ha-agent sends every instance's on one HA link, {ha_iface}: check {other} is right for that, or list it in ha.heartbeat",
+                i.name
+            ));
+        }
+    }
+    let ha_address = instances
+        .iter()
+        .find_map(|i| i.src)
+        .or(opts.ha_address)
+        .or(link.as_ref().and_then(|l| l.address))
+        .or_else(|| host_address(&ha_iface))
+        .ok_or_else(|| {
+            ImportError::Missing(format!(
+                "this node's HA address: no unicast_src_ip, and {ha_iface} has no IPv4 address on this machine: give --ha-address"
+            ))
+        })?;
+    let mut peers: Vec<Ipv4Addr> = Vec::new();
+    for p in instances.iter().flat_map(|i| i.peers.iter()) {
+        if !peers.contains(p) {
+            peers.push(*p);
+        }
+    }
+    let unicast = !peers.is_empty();
+    if peers.is_empty() {
+        if let Some(p) = opts.peer.or(link.as_ref().and_then(|l| l.peer)) {
+            peers.push(p);
+        } else {
+            return Err(ImportError::Missing(
+                "the peer's HA address: keepalived multicasts its adverts (no unicast_peer) and no conntrackd peer was given: give --peer".into(),
+            ));
+        }
+    }
+
+    let mut ha = Table::new();
+    ha.insert("interface".into(), Value::String(ha_iface.clone()));
+    ha.insert("address".into(), Value::String(ha_address.to_string()));
+    ha.insert(
+        "peers".into(),
+        Value::Array(peers.iter().map(|p| Value::String(p.to_string())).collect()),
+    );
+    ha.insert("unicast".into(), Value::Boolean(unicast));
+    if let Some(p) = globals.realtime_priority {
+        ha.insert("realtime_priority".into(), Value::Integer(i64::from(p)));
+    }
+    if let Some(link) = &link {
+        let port = link.port.unwrap_or(7788);
+        ha.insert("sync_port".into(), Value::Integer(i64::from(port)));
+        let key = opts
+            .sync_key_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/ha-agent/sync.key"));
+        ha.insert(
+            "sync_key_file".into(),
+            Value::String(key.display().to_string()),
+        );
+        r.todo.push(format!(
+            "the cluster key {}: 32 random bytes, the same file on both nodes (`head -c 32 /dev/urandom > {0}; chmod 600 {0}` on one, then copy it)",
+            key.display()
+        ));
+        r.todo.push(
+            "state sync runs between ha-agent nodes only: until the second node is migrated, the keepalived node's conntrackd has no peer and a failover loses connections".into(),
+        );
+        if let Some(i) = &link.interface
+            && *i != ha_iface
+        {
+            r.todo.push(format!(
+                "conntrackd synced over {i}; ha-agent syncs over the HA link {ha_iface} (adverts and sync share it)"
+            ));
+        }
+        if let Some(p) = link.peer
+            && !peers.contains(&p)
+        {
+            r.todo.push(format!(
+                "conntrackd's peer {p} is not keepalived's peer {}: ha-agent syncs with ha.peers",
+                peers[0]
+            ));
+        }
+        // A cluster key turns on signed adverts, which keepalived 2.2 does
+        // not verify: plain VRRPv3 during the migration.
+        let mut auth = Table::new();
+        auth.insert("mode".into(), Value::String("none".into()));
+        ha.insert("auth".into(), Value::Table(auth));
+        r.todo.push(
+            "adverts are plain VRRPv3 ([ha.auth] mode = \"none\") for the keepalived peer: once both nodes run ha-agent, remove [ha.auth] on both (signed adverts, the fast heartbeat)".into(),
+        );
+    }
+
+    // Groups: each sync group, then each instance outside one.
+    let by_name: BTreeMap<&str, &Instance> =
+        instances.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mut grouped: Vec<&str> = Vec::new();
+    let mut groups: Vec<Value> = Vec::new();
+    for SyncGroup {
+        name,
+        members,
+        hooks,
+        tracks,
+        at,
+    } in &sync_groups
+    {
+        let mut list = Vec::new();
+        for m in members {
+            match by_name.get(m.as_str()) {
+                Some(i) if !grouped.contains(&m.as_str()) => {
+                    grouped.push(m);
+                    list.push(*i);
+                }
+                Some(_) => {
+                    return Err(ImportError::Invalid {
+                        at: at.clone(),
+                        problem: format!("vrrp_instance {m} is in two sync groups"),
+                    });
+                }
+                None => {
+                    return Err(ImportError::Invalid {
+                        at: at.clone(),
+                        problem: format!(
+                            "sync group {name} names vrrp_instance {m}, which is not defined"
+                        ),
+                    });
+                }
+            }
+        }
+        groups.push(group(
+            &mut r, name, &list, hooks, tracks, &globals, &ha_iface,
+        )?);
+    }
+    for i in &instances {
+        if !grouped.contains(&i.name.as_str()) {
+            groups.push(group(
+                &mut r,
+                &i.name,
+                &[i],
+                &Hooks::default(),
+                &[],
+                &globals,
+                &ha_iface,
+            )?);
+        }
+    }
+
+    // The node's settings first, then the groups (a table's keys come out
+    // sorted).
+    let mut head = Table::new();
+    head.insert(
+        "instance".into(),
+        Value::String(opts.instance.clone().unwrap_or_else(|| "ha".into())),
+    );
+    head.insert("ha".into(), Value::Table(ha));
+    let mut tail = Table::new();
+    tail.insert("group".into(), Value::Array(groups));
+    let ser = |t: &Table| {
+        toml::to_string(t).map_err(|e| ImportError::NotValid(e.to_string(), String::new()))
+    };
+    let text = format!("{}\n\n{}", ser(&head)?.trim_end(), ser(&tail)?);
+    let config = crate::config::Config::parse(&text, Path::new("(imported)"))
+        .map_err(|e| ImportError::NotValid(e.to_string(), text.clone()))?;
+    Ok(Imported {
+        toml: text,
+        config,
+        skipped: r.skipped,
+        todo: r.todo,
+    })
+}
+
+/// One of our groups from keepalived instances (and their sync group's
+/// hooks and tracks).
+fn group(
+    r: &mut Reader,
+    name: &str,
+    members: &[&Instance],
+    group_hooks: &Hooks,
+    group_tracks: &[(String, u8)],
+    globals: &Globals,
+    ha_iface: &str,
+) -> Result<Value, ImportError> {
+    let mut g = Table::new();
+    g.insert("name".into(), Value::String(name.to_owned()));
+    // The sync group's scripts, else the (single) instance's.
+    let mut hooks = group_hooks.clone();
+    for i in members {
+        let h = &i.hooks;
+        let mut take = |ours: &mut Option<String>, theirs: &Option<String>, what: &str| {
+            match (ours.as_ref(), theirs) {
+                (None, Some(t)) => *ours = Some(t.clone()),
+                (Some(o), Some(t)) if o != t => r.todo.push(format!(
+                    "vrrp_instance {}: its {what} script {t:?} differs from its group's {o:?}, which ha-agent runs for the whole group {name}",
+                    i.name
+                )),
+                _ => {}
+            }
+        };
+        take(&mut hooks.notify, &h.notify, "notify");
+        take(&mut hooks.master, &h.master, "notify_master");
+        take(&mut hooks.backup, &h.backup, "notify_backup");
+        take(&mut hooks.fault, &h.fault, "notify_fault");
+    }
+    if let Some(n) = &hooks.notify {
+        // keepalived passes the same arguments ("GROUP|INSTANCE name state
+        // priority"); a script with arguments of its own runs through sh.
+        if n.contains(char::is_whitespace) {
+            r.todo.push(format!(
+                "group {name}: notify {n:?} has arguments; ha-agent runs `notify` as one path: wrap it in a script"
+            ));
+        } else {
+            g.insert("notify".into(), Value::String(n.clone()));
+        }
+    }
+    if hooks.master.is_some() || hooks.backup.is_some() {
+        let sh = |c: &Option<String>| {
+            Value::Array(
+                c.as_ref()
+                    .map(|c| {
+                        vec![
+                            Value::String("/bin/sh".into()),
+                            Value::String("-c".into()),
+                            Value::String(c.clone()),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
+        };
+        let mut svc = Table::new();
+        svc.insert("name".into(), Value::String(format!("{name}-notify")));
+        svc.insert("start".into(), sh(&hooks.master));
+        svc.insert("stop".into(), sh(&hooks.backup));
+        g.insert("services".into(), Value::Array(vec![Value::Table(svc)]));
+        if hooks.fault.is_some() && hooks.fault != hooks.backup {
+            r.todo.push(format!(
+                "group {name}: notify_fault {:?} is not imported (it differs from notify_backup): on FAULT ha-agent runs what it runs on BACKUP{}; a notify script is told FAULT (its third argument)",
+                hooks.fault.as_deref().unwrap_or(""),
+                if hooks.backup.is_none() { " (nothing here)" } else { "" }
+            ));
+        }
+    } else if hooks.fault.is_some() {
+        r.todo.push(format!(
+            "group {name}: notify_fault alone is not imported: use a notify script (its third argument is FAULT)"
+        ));
+    }
+    if let Some(c) = members
+        .iter()
+        .find_map(|i| i.garp_count)
+        .or(globals.garp_count)
+    {
+        g.insert("garp_count".into(), Value::Integer(i64::from(c)));
+    }
+    if let Some(ms) = members
+        .iter()
+        .find_map(|i| i.garp_interval_ms)
+        .or(globals.garp_interval_ms)
+    {
+        g.insert("garp_interval_ms".into(), Value::Integer(ms as i64));
+    }
+    let mut tracks: Vec<(String, u8)> = group_tracks.to_vec();
+    for i in members {
+        for t in &i.track {
+            if !tracks.iter().any(|(n, _)| *n == t.0) {
+                tracks.push(t.clone());
+            }
+        }
+    }
+    if !tracks.is_empty() {
+        g.insert(
+            "track".into(),
+            Value::Array(
+                tracks
+                    .into_iter()
+                    .map(|(iface, w)| {
+                        let mut t = Table::new();
+                        t.insert("iface".into(), Value::String(iface));
+                        t.insert("weight".into(), Value::Integer(i64::from(w)));
+                        Value::Table(t)
+                    })
+                    .collect(),
+            ),
+        );
+    }
+    let mut vrrp = Vec::new();
+    for i in members {
+        let at = i.at.clone().expect("read instances have a location");
+        let missing = |what: &str| ImportError::Invalid {
+            at: at.clone(),
+            problem: format!("vrrp_instance {} has no {what}", i.name),
+        };
+        let mut t = Table::new();
+        t.insert("name".into(), Value::String(i.name.clone()));
+        t.insert(
+            "vrid".into(),
+            Value::Integer(i64::from(
+                i.vrid.ok_or_else(|| missing("virtual_router_id"))?,
+            )),
+        );
+        // keepalived's default priority is 100.
+        t.insert(
+            "priority".into(),
+            Value::Integer(i64::from(i.priority.unwrap_or(100))),
+        );
+        // keepalived's default interval is 1 s; ours is a multiple of 10 ms.
+        let adv = i.advert_ms.unwrap_or(1000).div_ceil(10).clamp(1, 4095) * 10;
+        if adv != i.advert_ms.unwrap_or(1000) {
+            r.todo.push(format!(
+                "vrrp_instance {}: advert_int rounded to {adv} ms (a multiple of 10 ms, 10 ms to 40.95 s)",
+                i.name
+            ));
+        }
+        t.insert("advert_interval_ms".into(), Value::Integer(adv as i64));
+        t.insert("preempt".into(), Value::Boolean(i.preempt));
+        if i.preempt_delay_ms > 0 {
+            t.insert(
+                "preempt_delay_ms".into(),
+                Value::Integer(i.preempt_delay_ms as i64),
+            );
+        }
+        if let Some(a) = i.accept {
+            t.insert("accept".into(), Value::Boolean(a));
+        }
+        let mut vips = Vec::new();
+        for (addr, dev) in &i.vips {
+            let iface = dev
+                .clone()
+                .or_else(|| i.interface.clone())
+                .unwrap_or_default();
+            if iface == ha_iface {
+                return Err(ImportError::Invalid {
+                    at: at.clone(),
+                    problem: format!(
+                        "vrrp_instance {}: VIP {addr} is on {iface}, the interface its adverts use; ha-agent needs a dedicated HA link that carries no VIP (both nodes would answer for it there): send keepalived's adverts over the HA link (`interface`, with `dev` on each VIP) and import again",
+                        i.name
+                    ),
+                });
+            }
+            let mut v = Table::new();
+            v.insert("iface".into(), Value::String(iface));
+            v.insert("address".into(), Value::String(addr.clone()));
+            vips.push(Value::Table(v));
+        }
+        if vips.is_empty() {
+            return Err(missing("IPv4 virtual_ipaddress"));
+        }
+        t.insert("vips".into(), Value::Array(vips));
+        vrrp.push(Value::Table(t));
+    }
+    g.insert("vrrp".into(), Value::Array(vrrp));
+    Ok(Value::Table(g))
+}
+
+/// Reads and imports the files (includes followed in keepalived.conf).
+pub fn import_files(
+    keepalived: &Path,
+    conntrackd: Option<&Path>,
+    opts: &Options,
+    host_address: &dyn Fn(&str) -> Option<Ipv4Addr>,
+) -> Result<Imported, ImportError> {
+    use super::tree::{Fs, parse_file};
+    let k = parse_file(&Fs, keepalived, true)?;
+    let c = conntrackd.map(|p| parse_file(&Fs, p, false)).transpose()?;
+    import(&k, c.as_deref(), opts, host_address)
+}
+
+#[cfg(test)]
+mod tests;
