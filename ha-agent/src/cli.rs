@@ -153,6 +153,13 @@ pub enum Command {
     /// Load, attach and pin the XDP data plane, or remove it.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Print a shell completion script: `ha-agent completions bash >
+    /// /etc/bash_completion.d/ha-agent` (the package installs them).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (ha-agent.1 and one per command) into a
+    /// directory (the package installs them).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Migrate from another HA system: writes our configuration from its
     /// own, listing what could not be mapped with the line it came from.
     #[command(subcommand)]
@@ -303,6 +310,10 @@ pub enum DataplaneCommand {
     Detach {
         #[arg(long, default_value = "ha")]
         instance: String,
+        /// Every instance pinned under /sys/fs/bpf whose agent is not
+        /// running (what the package's removal runs).
+        #[arg(long, conflicts_with = "instance")]
+        all: bool,
     },
     /// Print the debug log of the XDP programs (loaded with `attach
     /// --xdp-debug`) until interrupted or for `--seconds`.
@@ -463,7 +474,8 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
             Ok(())
         }
         Command::Dataplane(DataplaneCommand::Attach(args)) => attach(&args),
-        Command::Dataplane(DataplaneCommand::Detach { instance }) => {
+        Command::Dataplane(DataplaneCommand::Detach { all: true, .. }) => detach_all_idle().await,
+        Command::Dataplane(DataplaneCommand::Detach { instance, .. }) => {
             if Dataplane::detach_all(&instance)? {
                 println!("detached and removed {}", pin_dir(&instance).display());
             } else {
@@ -486,7 +498,94 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> a
         }
         Command::Probe { iface, seconds } => probe(&iface, Duration::from_secs(seconds)).await,
         Command::Import(from) => import(from),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            use std::io::Write as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ha-agent", &mut script);
+            // A closed output (`| head`) ends the command quietly.
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory as _;
+            std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+            man_pages(&Cli::command(), "ha-agent", &dir)
+        }
     }
+}
+
+/// `cmd`'s man page as `<name>.1` in `dir`, and one for each visible
+/// subcommand (`ha-agent-cluster-init-primary-node.1`), as git does.
+fn man_pages(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    let cmd = cmd
+        .clone()
+        .name(name.to_owned())
+        .display_name(name.to_owned());
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .title(name.to_uppercase())
+        .section("1")
+        .manual("ha-agent manual")
+        .source(format!("ha-agent {}", env!("CARGO_PKG_VERSION")))
+        .render(&mut page)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, page).with_context(|| path.display().to_string())?;
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() || sub.get_name() == "help" {
+            continue;
+        }
+        man_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(())
+}
+
+/// `dataplane detach --all`: every instance pinned under bpffs (its
+/// `ha_data` program pinned) whose agent does not answer on its socket.
+async fn detach_all_idle() -> anyhow::Result<()> {
+    let root = std::path::Path::new(crate::dataplane::BPFFS);
+    let Ok(entries) = std::fs::read_dir(root) else {
+        println!("nothing pinned ({} not mounted)", root.display());
+        return Ok(());
+    };
+    let mut failed = 0;
+    for e in entries.flatten() {
+        let Some(instance) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !e
+            .path()
+            .join("progs")
+            .join(ha_common::data::PROGRAM)
+            .exists()
+        {
+            continue;
+        }
+        if local::request(&instance, LocalRequest::Status)
+            .await
+            .is_ok()
+        {
+            println!("{instance}: its agent is running: left alone (stop it first)");
+            continue;
+        }
+        // Its status and socket are stale too.
+        for f in paths::run_files(&instance) {
+            let _ = std::fs::remove_file(f);
+        }
+        match Dataplane::detach_all(&instance) {
+            Ok(_) => println!("detached and removed {}", pin_dir(&instance).display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{instance}: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} instance(s) could not be removed");
+    }
+    Ok(())
 }
 
 /// `ha-agent import keepalived`.

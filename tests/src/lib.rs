@@ -383,7 +383,18 @@ pub fn spawn_agent(
     extra: &[&str],
     log: std::fs::File,
 ) -> u32 {
-    let bin = agent_bin();
+    spawn_agent_of(&agent_bin(), lab, ns, config, extra, log)
+}
+
+/// [`spawn_agent`] with the binary of choice (the installed package's).
+pub fn spawn_agent_of(
+    bin: &std::path::Path,
+    lab: &mut ha_lab::Lab,
+    ns: &str,
+    config: &std::path::Path,
+    extra: &[&str],
+    log: std::fs::File,
+) -> u32 {
     let mut argv = vec![
         bin.to_str().unwrap(),
         "run",

@@ -8,10 +8,12 @@
 //! - `bench`: data-plane benchmarks (figures in docs/benchmarks.md).
 //! - `sim`: the deterministic simulation of the cluster (docs/simulation.md).
 //! - `fuzz`: the cargo-fuzz targets, a time budget each (docs/fuzzing.md).
+//! - `package`: the Debian package (target/debian/ha-agent_*.deb).
 
 mod build;
 mod fuzz;
 mod lab;
+mod package;
 mod setup;
 mod test;
 
@@ -58,6 +60,10 @@ enum Command {
     ///
     /// Example: `cargo xtask fuzz --seconds 600 --target sync_session`
     Fuzz(fuzz::FuzzArgs),
+    /// The Debian package (cargo-deb): binary, systemd unit, example
+    /// configuration, man pages, shell completions, Grafana dashboard and
+    /// Prometheus rules. Prints the .deb's path (target/debian/).
+    Package(package::PackageArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench => bench(),
         Command::Sim(args) => sim(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Package(args) => package::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -51,6 +51,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    cargo_deb()?;
     promtool()?;
     eprintln!("xtask: setup complete");
     Ok(())
@@ -137,6 +138,22 @@ pub fn cargo_fuzz() -> anyhow::Result<()> {
     run_step(
         "cargo install cargo-fuzz (the fuzz targets in fuzz/; takes a minute or two)",
         crate::cargo().args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]),
+    )
+}
+
+/// cargo-deb, which `cargo xtask package` builds the Debian package with.
+pub fn cargo_deb() -> anyhow::Result<()> {
+    let runs = crate::cargo()
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs {
+        eprintln!("xtask: cargo-deb: installed");
+        return Ok(());
+    }
+    run_step(
+        "cargo install cargo-deb (the Debian package; takes a minute or two)",
+        crate::cargo().args(["install", "cargo-deb", "--version", "^3.8", "--locked"]),
     )
 }
 

@@ -116,6 +116,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if args.unprivileged {
         eprintln!("xtask: skipping the privileged integration tests (--unprivileged)");
     } else {
+        // The Debian package the `package` test installs (the dev build's
+        // binary: the same code, without minutes of optimisation).
+        crate::package::run(&crate::package::PackageArgs {
+            profile: "dev".into(),
+        })?;
         let before = ha_lab::list_netns(ha_lab::PREFIX)?;
         let pins_before = test_pins();
         let run_before = run_files();
