@@ -696,6 +696,24 @@ fn pending_changes(acked: Option<&Bundle>, now: &Bundle) -> String {
 
 fn set_sync(shared: &Shared, state: &str, reason: Option<String>, hash: Option<String>) {
     let mut s = lock(&shared.config_sync);
+    if s.state != state {
+        let why = reason.as_deref().unwrap_or("");
+        if state == "Failed" {
+            warn!(
+                event = "config_sync",
+                state,
+                reason = why,
+                "config sync: {state}"
+            );
+        } else {
+            info!(
+                event = "config_sync",
+                state,
+                reason = why,
+                "config sync: {state}"
+            );
+        }
+    }
     s.state = state.into();
     s.reason = reason;
     if hash.is_some() {

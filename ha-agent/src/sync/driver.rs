@@ -149,10 +149,12 @@ impl Core {
                             records.extend(rx.records);
                             self.resync_owed |= rx.resync_requested;
                             if rx.in_sync {
-                                info!("state sync complete");
+                                info!(event = "sync", state = "in sync", "state sync complete");
                             }
                             if rx.out_of_sync {
                                 warn!(
+                                    event = "sync",
+                                    state = "out of sync",
                                     "state sync: the peer dropped records we should have had; out of sync until its next bulk completes"
                                 );
                             }
@@ -197,9 +199,18 @@ impl Core {
         if now.saturating_sub(self.last_tx) >= KEEPALIVE {
             self.session.keepalive();
         }
+        let was_down = self.session.peer_down();
         for d in self.session.poll(now) {
             let _ = self.udp.send_to(&d, self.peer);
             self.last_tx = now;
+        }
+        if self.session.peer_down() && !was_down {
+            warn!(
+                event = "sync",
+                state = "peer down",
+                peer = %self.peer,
+                "state sync: the peer acknowledges nothing; declared down (a bulk follows when it answers)"
+            );
         }
     }
 }

@@ -105,7 +105,7 @@ impl Node {
                 Action::Transition { to, reason } => {
                     let g = &self.groups[gi];
                     let m = &g.group.members()[member];
-                    info!(instance = %g.instances[member], vrid = m.config().vrid, role = to.as_str(), ?reason, "VRRP instance transition");
+                    info!(event = "transition", instance = %g.instances[member], vrid = m.config().vrid, role = to.as_str(), ?reason, "VRRP instance transition");
                     out.push(Effect::Hook {
                         group: gi,
                         hook: Hook::Notify {
@@ -218,7 +218,7 @@ impl Node {
             out.push(Effect::SendGarp { group: gi });
             g.garp_pending = g.garp_count.saturating_sub(1);
             g.garp_at = now + g.garp_interval;
-            info!(group = %g.name, ?reason, "MASTER: VIPs owned and announced");
+            info!(event = "group", group = %g.name, role = "MASTER", ?reason, "MASTER: VIPs owned and announced");
         } else {
             if self.owned & bit != 0 {
                 self.owned &= !bit;
@@ -244,7 +244,7 @@ impl Node {
                 });
             }
             self.groups[gi].garp_pending = 0;
-            info!(group = %self.groups[gi].name, role = to.as_str(), ?reason, "group left MASTER or started");
+            info!(event = "group", group = %self.groups[gi].name, role = to.as_str(), ?reason, "group left MASTER or started");
         }
         let g = &self.groups[gi];
         out.push(Effect::Hook {

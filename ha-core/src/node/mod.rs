@@ -443,9 +443,9 @@ impl Node {
         let changes = self.paths.evaluate(now, timeout);
         for c in &changes {
             if c.state.faulty() {
-                warn!(path = %c.name, state = c.state.as_str(), "{}", c.describe());
+                warn!(event = "path", path = %c.name, state = c.state.as_str(), "{}", c.describe());
             } else {
-                info!(path = %c.name, state = c.state.as_str(), "{}", c.describe());
+                info!(event = "path", path = %c.name, state = c.state.as_str(), "{}", c.describe());
             }
             self.counters.path_changes += 1;
             for gi in 0..self.groups.len() {
