@@ -201,14 +201,18 @@ pub enum ImportFrom {
         /// Replace --output if it exists.
         #[arg(long)]
         force: bool,
-        /// This node's HA address (default: unicast_src_ip, conntrackd's
+        /// This node's HA address (else: unicast_src_ip, conntrackd's
         /// address, or this machine's address on the VRRP interface).
         #[arg(long)]
         ha_address: Option<std::net::Ipv4Addr>,
-        /// The peer's HA address (default: unicast_peer, or conntrackd's
+        /// The peer's HA address (else: unicast_peer, or conntrackd's
         /// destination).
         #[arg(long)]
         peer: Option<std::net::Ipv4Addr>,
+        /// keepalived's config_id, for its `@id` lines (default: this
+        /// host's name up to the first dot, as keepalived's).
+        #[arg(long)]
+        config_id: Option<String>,
         /// Our instance name (default `ha`).
         #[arg(long)]
         instance: Option<String>,
@@ -563,10 +567,25 @@ async fn detach_all_idle() -> anyhow::Result<()> {
         {
             continue;
         }
-        if local::request(&instance, LocalRequest::Status)
-            .await
-            .is_ok()
-        {
+        // Running: its status file names a live ha-agent process, or its
+        // socket answers (or hangs: left alone too).
+        let pid_alive = Status::read(&instance).is_ok_and(|st| {
+            // `<pid> (<comm>) <state> ...`; a zombie (Z) or dead (X) one is gone.
+            std::fs::read_to_string(format!("/proc/{}/stat", st.pid)).is_ok_and(|s| {
+                s.split_once(" (")
+                    .and_then(|(_, r)| r.rsplit_once(") "))
+                    .is_some_and(|(comm, rest)| comm == "ha-agent" && !rest.starts_with(['Z', 'X']))
+            })
+        });
+        let answers = !matches!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                local::request(&instance, LocalRequest::Status)
+            )
+            .await,
+            Ok(Err(_))
+        );
+        if pid_alive || answers {
             println!("{instance}: its agent is running: left alone (stop it first)");
             continue;
         }
@@ -599,12 +618,19 @@ fn import(from: ImportFrom) -> anyhow::Result<()> {
         peer,
         instance,
         sync_key_file,
+        config_id,
     } = from;
+    let config_id = config_id.or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .and_then(|h| h.trim().split('.').next().map(str::to_owned))
+    });
     let opts = crate::import::Options {
         instance,
         ha_address,
         peer,
         sync_key_file,
+        config_id,
     };
     // This machine's address on an interface, when the file names none.
     let host = |iface: &str| {

@@ -45,36 +45,49 @@ fn parse_entry(mut d: &[u8]) -> BTreeMap<String, String> {
     fields
 }
 
-/// Removes the stand-in socket, and its directory if the test made it.
+/// Removes the stand-in socket, and the directories the test made.
 struct Bound {
-    made_dir: bool,
+    made: Vec<&'static str>,
 }
 
 impl Drop for Bound {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(SOCKET);
-        if self.made_dir {
-            let _ = std::fs::remove_dir("/run/systemd/journal");
+        for d in &self.made {
+            let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+/// A journald listens on the socket (a stand-in a killed run left behind
+/// refuses the connection).
+fn journald_listens() -> bool {
+    UnixDatagram::unbound().is_ok_and(|s| s.connect(SOCKET).is_ok())
 }
 
 #[test]
 fn events_go_to_the_journal_with_structured_fields() {
     ha_tests::require_root();
-    if Path::new(SOCKET).exists() {
+    let journald = journald_listens();
+    if journald {
         eprintln!("a journald runs here: reading the entries back with journalctl");
+    } else if Path::new(SOCKET).exists() {
+        // Left by a killed run of this test.
+        std::fs::remove_file(SOCKET).unwrap();
     }
     // Read as they come (a full socket would block the agent's logging,
     // as a stalled journald would).
     type Entries = Arc<Mutex<Vec<BTreeMap<String, String>>>>;
-    let stand_in: Option<(Entries, Bound)> = if Path::new(SOCKET).exists() {
+    let stand_in: Option<(Entries, Bound)> = if journald {
         None
     } else {
-        let made_dir = !Path::new("/run/systemd/journal").exists();
+        let made: Vec<&'static str> = ["/run/systemd/journal", "/run/systemd"]
+            .into_iter()
+            .filter(|d| !Path::new(d).exists())
+            .collect();
         std::fs::create_dir_all("/run/systemd/journal").unwrap();
+        let bound = Bound { made };
         let sock = UnixDatagram::bind(SOCKET).unwrap();
-        let bound = Bound { made_dir };
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let got: Entries = Arc::default();
@@ -139,14 +152,29 @@ fn events_go_to_the_journal_with_structured_fields() {
             got.lock().unwrap().clone()
         }
         None => {
-            let out = std::process::Command::new("journalctl")
-                .args(["-o", "json", "--no-pager", &format!("_PID={pid}")])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect()
+            // journald takes a moment to make entries readable.
+            let read = || -> Vec<BTreeMap<String, String>> {
+                let out = std::process::Command::new("journalctl")
+                    .args(["-o", "json", "--no-pager", &format!("_PID={pid}")])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            };
+            let mut got = read();
+            for _ in 0..50 {
+                if got
+                    .iter()
+                    .any(|e| e.get("HA_EVENT").is_some_and(|v| v == "group"))
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                got = read();
+            }
+            got
         }
     };
     let text = std::fs::read_to_string(&log).unwrap_or_default();

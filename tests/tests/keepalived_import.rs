@@ -34,16 +34,14 @@ fn an_imported_keepalived_conf_interoperates_with_the_keepalived_it_came_from() 
 
     // fw2 is migrated: its keepalived stops, its configuration is imported.
     let ka2_conf = ka2.dir.join("keepalived.conf");
-    let conf_copy = std::env::temp_dir().join(format!(
-        "hatest-import-{}-keepalived.conf",
-        std::process::id()
-    ));
-    std::fs::copy(&ka2_conf, &conf_copy).unwrap();
     // Its notify script stays (keepalived's directory goes with `ka2`).
     ka2.signal(libc::SIGTERM);
     let pins = PinGuard::new("import2");
     let dir = agent_dir(&pins.0);
     let config = dir.join("config.toml");
+    // A copy beside it (keepalived's directory goes with `ka2`); removed with it.
+    let conf_copy = dir.join("keepalived.conf");
+    std::fs::copy(&ka2_conf, &conf_copy).unwrap();
     let bin = agent_bin();
     let run = |args: &[&str]| {
         let mut argv = vec![bin.to_str().unwrap()];
@@ -147,5 +145,4 @@ fn an_imported_keepalived_conf_interoperates_with_the_keepalived_it_came_from() 
 
     drop(agent);
     drop(lab);
-    let _ = std::fs::remove_file(&conf_copy);
 }

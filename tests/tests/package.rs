@@ -48,9 +48,23 @@ fn sh(argv: &[&str]) -> (bool, String) {
 }
 
 fn installed() -> bool {
-    sh(&["dpkg-query", "-W", "-f=${db:Status-Abbrev}", "ha-agent"])
-        .1
-        .starts_with("ii")
+    status().starts_with("ii")
+}
+
+/// dpkg's status of the package: `ii` installed, `iF` half-configured, ...;
+/// empty or `un`/`pn` when it is not there.
+fn status() -> String {
+    let (ok, st) = sh(&["dpkg-query", "-W", "-f=${db:Status-Abbrev}", "ha-agent"]);
+    if ok {
+        st.trim().to_owned()
+    } else {
+        String::new()
+    }
+}
+
+fn present() -> bool {
+    let st = status();
+    !st.is_empty() && !st.starts_with("un") && !st.starts_with("pn")
 }
 
 /// Processes running the installed binary.
@@ -72,7 +86,8 @@ struct Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        if installed() {
+        // Half-installed or configured: removed either way.
+        if present() {
             let how = if self.purge { "--purge" } else { "-r" };
             let _ = sh(&["dpkg", how, "ha-agent"]);
         }
@@ -83,8 +98,9 @@ impl Drop for Installed {
 fn the_package_installs_runs_the_cluster_example_and_removes_cleanly() {
     ha_tests::require_root();
     assert!(
-        !installed(),
-        "ha-agent is installed on this machine: this test would replace and remove it"
+        !present() && !Path::new(BIN).exists(),
+        "ha-agent is installed on this machine ({BIN}, dpkg status {:?}): this test would replace and remove it",
+        status()
     );
     // An operator's configuration is never purged by a test.
     let purge = !Path::new("/etc/ha-agent").exists();
@@ -126,6 +142,22 @@ fn the_package_installs_runs_the_cluster_example_and_removes_cleanly() {
         ". /usr/share/bash-completion/completions/ha-agent && complete -p ha-agent",
     ]);
     assert!(ok && compl.contains("ha-agent"), "{compl}");
+    // The unit as systemd reads it (offline: no systemd needs to run; it
+    // leaves a marker in /run/systemd where none was).
+    let marker = Path::new("/run/systemd/systemd-units-load");
+    let had_marker = marker.exists();
+    let (_, verify) = sh(&[
+        "systemd-analyze",
+        "verify",
+        "/usr/lib/systemd/system/ha-agent.service",
+    ]);
+    if !had_marker {
+        let _ = std::fs::remove_file(marker);
+    }
+    assert!(
+        !verify.contains("ha-agent.service"),
+        "systemd-analyze verify:\n{verify}"
+    );
     let unit = std::fs::read_to_string("/usr/lib/systemd/system/ha-agent.service").unwrap();
     assert!(
         unit.contains(&format!(

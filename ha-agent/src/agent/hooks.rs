@@ -95,7 +95,6 @@ pub struct Hooks {
     /// Queue to the group's hook task.
     tx: mpsc::UnboundedSender<Job>,
     group: String,
-    board: Board,
     /// The task, awaited on a graceful stop so the last hooks run.
     task: tokio::task::JoinHandle<()>,
     /// The group's configuration (script, services).
@@ -111,9 +110,13 @@ impl Hooks {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let timeout = Duration::from_millis(group.hook_timeout_ms);
         let task = {
-            let board = board.clone();
             rt.spawn(async move {
                 while let Some(job) = rx.recv().await {
+                    // Recorded here, never on the VRRP loop's thread (which
+                    // queues the job and must not wait on this lock).
+                    if let Some(s) = &job.subject {
+                        board.record(s, "pending", None);
+                    }
                     let outcome = run(&job, timeout).await;
                     if let Some(s) = &job.subject {
                         match outcome {
@@ -128,7 +131,6 @@ impl Hooks {
         Hooks {
             tx,
             group: group.name.clone(),
-            board,
             task,
             notify: group.notify.clone(),
             services: group.services.clone(),
@@ -143,9 +145,6 @@ impl Hooks {
     }
 
     fn send(&self, what: String, action: Action, subject: Option<Subject>) {
-        if let Some(s) = &subject {
-            self.board.record(s, "pending", None);
-        }
         let _ = self.tx.send(Job {
             what,
             action,
@@ -377,14 +376,17 @@ vrrp = []
         let hooks = Hooks::spawn(&g, &tokio::runtime::Handle::current(), board.clone());
         let t = std::time::Instant::now();
         hooks.queue_hook(&Hook::Services { role: Role::Master });
-        let queued = board.try_snapshot().unwrap();
+        // Pending while it runs.
+        let t0 = std::time::Instant::now();
+        while board.try_snapshot().is_none_or(|b| b.is_empty())
+            && t0.elapsed() < Duration::from_secs(2)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let running = board.try_snapshot().unwrap();
         assert_eq!(
-            (
-                queued.len(),
-                queued[0].outcome.as_str(),
-                queued[0].wanted.as_str()
-            ),
-            (1, "pending", "start")
+            (running[0].outcome.as_str(), running[0].wanted.as_str()),
+            ("pending", "start")
         );
         hooks.finish().await;
         let took = t.elapsed();

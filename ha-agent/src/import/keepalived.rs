@@ -41,10 +41,22 @@ struct Instance {
     peers: Vec<Ipv4Addr>,
     /// (address with prefix, dev or None).
     vips: Vec<(String, Option<String>)>,
-    track: Vec<(String, u8)>,
+    /// (interface, keepalived's weight: None = fault when down).
+    track: Vec<Track>,
     hooks: Hooks,
+    /// `state MASTER`.
+    state_master: bool,
     garp_count: Option<u32>,
     garp_interval_ms: Option<u64>,
+}
+
+/// A `track_interface` line: the interface and keepalived's weight (None:
+/// fault when down).
+#[derive(Debug, Clone)]
+struct Track {
+    iface: String,
+    weight: Option<i32>,
+    at: super::Loc,
 }
 
 /// Notify scripts of an instance or a sync group.
@@ -62,7 +74,9 @@ struct SyncGroup {
     name: String,
     members: Vec<String>,
     hooks: Hooks,
-    tracks: Vec<(String, u8)>,
+    tracks: Vec<Track>,
+    /// `sync_group_tracking_weight`: members' weights count.
+    tracking_weight: bool,
     at: super::Loc,
 }
 
@@ -119,6 +133,36 @@ fn script(s: &Stmt) -> Result<String, ImportError> {
         return Err(Reader::invalid(s, "names no script"));
     }
     Ok(s.args().join(" "))
+}
+
+/// A script line as keepalived runs it: split into arguments at blanks,
+/// quotes kept together, executed without a shell.
+fn argv(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quote: Option<char> = None;
+    let mut any = false;
+    for c in script.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                any = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if any || !word.is_empty() {
+                    out.push(std::mem::take(&mut word));
+                }
+                any = false;
+            }
+            (None, c) => word.push(c),
+        }
+    }
+    if any || !word.is_empty() {
+        out.push(word);
+    }
+    out
 }
 
 fn ipv4(w: &str) -> Option<Ipv4Addr> {
@@ -199,17 +243,20 @@ impl Reader {
                     }
                 }
                 "virtual_ipaddress" => self.vips(c, &mut i)?,
-                "track_interface" => self.tracks(c, &mut i.track)?,
+                "track_interface" => self.tracks(c, &mut i.track),
                 "notify" => i.hooks.notify = Some(script(c)?),
                 "notify_master" => i.hooks.master = Some(script(c)?),
                 "notify_backup" => i.hooks.backup = Some(script(c)?),
                 "notify_fault" => i.hooks.fault = Some(script(c)?),
                 "garp_master_repeat" => i.garp_count = Some(Self::number(c)?),
                 "garp_interval" => i.garp_interval_ms = Some(Self::seconds_ms(c)?),
-                "state" => self.skip(
-                    c,
-                    "ha-agent has no initial state: every node starts as BACKUP and the priority decides",
-                ),
+                "state" => {
+                    i.state_master = c.arg(0).is_some_and(|a| a.eq_ignore_ascii_case("MASTER"));
+                    self.skip(
+                        c,
+                        "ha-agent has no initial state: every node starts as BACKUP and the priority decides (keepalived's rules for `state MASTER` are applied: priority 255 when none is given, no nopreempt or preempt_delay)",
+                    );
+                }
                 "version" => {
                     if c.arg(0) != Some("3") {
                         self.todo.push(format!(
@@ -235,77 +282,171 @@ impl Reader {
                 _ => self.skip(c, "no ha-agent equivalent"),
             }
         }
+        // keepalived's own rules (vrrp.c): `state MASTER` without a
+        // priority is the address owner; it and the owner always preempt.
+        if i.priority.is_none() && i.state_master {
+            i.priority = Some(255);
+            self.todo.push(format!(
+                "vrrp_instance {}: `state MASTER` without a priority is keepalived's address owner: priority 255",
+                i.name
+            ));
+        }
+        let owner = i.priority == Some(255);
+        if (i.state_master || owner) && !i.preempt {
+            i.preempt = true;
+            self.todo.push(format!(
+                "vrrp_instance {}: nopreempt dropped, as keepalived drops it for {}",
+                i.name,
+                if owner {
+                    "the address owner (priority 255)"
+                } else {
+                    "`state MASTER`"
+                }
+            ));
+        }
+        if i.state_master && i.preempt_delay_ms > 0 {
+            i.preempt_delay_ms = 0;
+            self.todo.push(format!(
+                "vrrp_instance {}: preempt_delay dropped, as keepalived drops it for `state MASTER`",
+                i.name
+            ));
+        }
         Ok(i)
     }
 
     fn vips(&mut self, b: &Stmt, i: &mut Instance) -> Result<(), ImportError> {
         for s in b.children() {
-            // Several addresses may share a line; each one's options follow it.
-            let mut w = 0;
+            // keepalived reads one address per line, its options after it.
+            let Some((v4, addr)) = s.words.first().and_then(|w| address_word(w)) else {
+                return Err(Self::invalid(
+                    s,
+                    format!(
+                        "{:?} is not an address",
+                        s.words.first().map_or("", |w| w.as_str())
+                    ),
+                ));
+            };
+            let mut dev = None;
+            let mut not_imported = Vec::new();
+            let mut w = 1;
             while w < s.words.len() {
-                let Some((v4, addr)) = address_word(&s.words[w]) else {
-                    return Err(Self::invalid(
-                        s,
-                        format!("{:?} is not an address", s.words[w]),
-                    ));
-                };
-                let mut dev = None;
-                let mut opts = Vec::new();
-                w += 1;
-                while w < s.words.len() && address_word(&s.words[w]).is_none() {
-                    let key = s.words[w].as_str();
-                    let val = s.words.get(w + 1).cloned().unwrap_or_default();
-                    match key {
-                        "dev" => dev = Some(val),
-                        _ => opts.push(format!("{key} {val}")),
+                let key = s.words[w].as_str();
+                match key {
+                    "dev" | "scope" | "brd" | "broadcast" | "label" | "peer" | "track_group" => {
+                        let val = s.words.get(w + 1).cloned().unwrap_or_default();
+                        if key == "dev" {
+                            dev = Some(val);
+                        } else {
+                            not_imported.push(format!("{key} {val}"));
+                        }
+                        w += 2;
                     }
-                    w += 2;
+                    "no_track" | "home" | "-nodad" | "nodad" | "mngtmpaddr" | "noprefixroute"
+                    | "autojoin" => {
+                        not_imported.push(key.to_owned());
+                        w += 1;
+                    }
+                    _ => {
+                        self.skipped.push(Skipped {
+                            at: s.loc.clone(),
+                            what: s.words[w..].join(" "),
+                            why: if address_word(key).is_some() {
+                                "keepalived reads one address per line: it ignores this one too"
+                            } else {
+                                "not a virtual_ipaddress option keepalived knows"
+                            }
+                            .into(),
+                        });
+                        break;
+                    }
                 }
-                if !v4 {
-                    self.skipped.push(Skipped {
-                        at: s.loc.clone(),
-                        what: format!("virtual_ipaddress {addr}"),
-                        why: "IPv6 VIPs come with issue 16".into(),
-                    });
-                    continue;
-                }
-                if !opts.is_empty() {
-                    self.skipped.push(Skipped {
-                        at: s.loc.clone(),
-                        what: format!("{addr} {}", opts.join(" ")),
-                        why: "only `dev` is imported (the address is; label, scope, brd and the rest are the kernel's defaults)".into(),
-                    });
-                }
-                i.vips.push((addr, dev));
             }
+            if !v4 {
+                self.skipped.push(Skipped {
+                    at: s.loc.clone(),
+                    what: format!("virtual_ipaddress {addr}"),
+                    why: "IPv6 VIPs come with issue 16".into(),
+                });
+                continue;
+            }
+            if !not_imported.is_empty() {
+                self.skipped.push(Skipped {
+                    at: s.loc.clone(),
+                    what: format!("{addr} {}", not_imported.join(" ")),
+                    why: "only `dev` is imported (the address is; label, scope, brd and the flags are the kernel's defaults)".into(),
+                });
+            }
+            i.vips.push((addr, dev));
         }
         Ok(())
     }
 
-    fn tracks(&mut self, b: &Stmt, out: &mut Vec<(String, u8)>) -> Result<(), ImportError> {
+    /// `track_interface` lines (weights as written; [`Reader::weights`]
+    /// decides what they become).
+    fn tracks(&mut self, b: &Stmt, out: &mut Vec<Track>) {
         for s in b.children() {
             let Some(name) = s.words.first() else {
                 continue;
             };
             let weight = match (s.arg(0), s.arg(1)) {
-                (None, _) => Some(0),
-                (Some("weight"), Some(w)) => match w.parse::<i32>() {
-                    Ok(w) if w < 0 => Some((-w).min(254) as u8),
-                    Ok(0) => Some(0),
-                    Ok(_) => None,
-                    Err(_) => return Err(Self::invalid(s, "weight expects a number")),
+                (None, _) => None,
+                (Some("weight"), Some(w)) => match w.parse::<i64>() {
+                    // keepalived's range.
+                    Ok(w) if (-253..=253).contains(&w) => Some(w as i32),
+                    _ => {
+                        self.skip(s, "keepalived accepts a weight of -253 to 253 only: it ignores this line too");
+                        continue;
+                    }
                 },
-                _ => return Err(Self::invalid(s, "expects `<interface> [weight <n>]`")),
+                _ => {
+                    self.skip(s, "expects `<interface> [weight <n>]`");
+                    continue;
+                }
             };
-            match weight {
-                Some(w) => out.push((name.clone(), w)),
-                None => self.skip(
-                    s,
-                    "a positive weight (priority raised while the link is up) has no equivalent: use a negative one",
-                ),
+            out.push(Track {
+                iface: name.clone(),
+                weight,
+                at: s.loc.clone(),
+            });
+        }
+    }
+
+    /// Our weights: keepalived faults a sync group's member on any tracked
+    /// interface down (weights ignored) unless the group says
+    /// `sync_group_tracking_weight`; elsewhere a negative weight lowers the
+    /// priority and none faults. A positive weight (raise while up) has no
+    /// equivalent.
+    fn weights(
+        &mut self,
+        tracks: &[Track],
+        in_sync_group: bool,
+        tracking_weight: bool,
+    ) -> Vec<(String, u8)> {
+        let mut out: Vec<(String, u8)> = Vec::new();
+        for t in tracks {
+            let w = match t.weight {
+                None | Some(0) => Some(0),
+                Some(_) if in_sync_group && !tracking_weight => Some(0),
+                Some(w) if w < 0 => Some((-w) as u8),
+                Some(_) => None,
+            };
+            match w {
+                Some(w) => {
+                    if let Some(o) = out.iter_mut().find(|(n, _)| *n == t.iface) {
+                        // Tracked twice (group and instance): the stricter.
+                        o.1 = if o.1 == 0 || w == 0 { 0 } else { o.1.max(w) };
+                    } else {
+                        out.push((t.iface.clone(), w));
+                    }
+                }
+                None => self.skipped.push(Skipped {
+                    at: t.at.clone(),
+                    what: format!("{} weight {}", t.iface, t.weight.unwrap_or(0)),
+                    why: "a positive weight (priority raised while the link is up) has no equivalent: use a negative one".into(),
+                }),
             }
         }
-        Ok(())
+        out
     }
 }
 
@@ -390,7 +531,20 @@ pub fn import(
     let mut globals = Globals::default();
     let mut instances: Vec<Instance> = Vec::new();
     let mut sync_groups: Vec<SyncGroup> = Vec::new();
-    for s in keepalived {
+    // keepalived's `@id` lines: this node's config_id (keepalived's default
+    // is the host name up to its first dot).
+    let config_id = opts.config_id.clone().unwrap_or_default();
+    let mut elsewhere = Vec::new();
+    let keepalived = super::tree::select(keepalived.to_vec(), &config_id, &mut elsewhere);
+    for s in &elsewhere {
+        r.skip(
+            s,
+            &format!(
+                "a line for another node (keepalived's config_id; this import is for {config_id:?}: --config-id)"
+            ),
+        );
+    }
+    for s in &keepalived {
         match s.key().as_str() {
             "global_defs" => globals = r.globals(s.children())?,
             "vrrp_instance" => instances.push(r.instance(s)?),
@@ -398,6 +552,7 @@ pub fn import(
                 let mut members = Vec::new();
                 let mut hooks = Hooks::default();
                 let mut tracks = Vec::new();
+                let mut tracking_weight = false;
                 for c in s.children() {
                     match c.key().as_str() {
                         "group" => {
@@ -407,7 +562,8 @@ pub fn import(
                         "notify_master" => hooks.master = Some(script(c)?),
                         "notify_backup" => hooks.backup = Some(script(c)?),
                         "notify_fault" => hooks.fault = Some(script(c)?),
-                        "track_interface" => r.tracks(c, &mut tracks)?,
+                        "track_interface" => r.tracks(c, &mut tracks),
+                        "sync_group_tracking_weight" => tracking_weight = true,
                         _ => r.skip(c, "no ha-agent equivalent"),
                     }
                 }
@@ -416,6 +572,7 @@ pub fn import(
                     members,
                     hooks,
                     tracks,
+                    tracking_weight,
                     at: s.loc.clone(),
                 });
             }
@@ -465,10 +622,9 @@ pub fn import(
             ));
         }
     }
-    let ha_address = instances
-        .iter()
-        .find_map(|i| i.src)
-        .or(opts.ha_address)
+    let ha_address = opts
+        .ha_address
+        .or_else(|| instances.iter().find_map(|i| i.src))
         .or(link.as_ref().and_then(|l| l.address))
         .or_else(|| host_address(&ha_iface))
         .ok_or_else(|| {
@@ -483,8 +639,11 @@ pub fn import(
         }
     }
     let unicast = !peers.is_empty();
+    if let Some(p) = opts.peer {
+        peers = vec![p];
+    }
     if peers.is_empty() {
-        if let Some(p) = opts.peer.or(link.as_ref().and_then(|l| l.peer)) {
+        if let Some(p) = link.as_ref().and_then(|l| l.peer) {
             peers.push(p);
         } else {
             return Err(ImportError::Missing(
@@ -505,8 +664,14 @@ pub fn import(
         ha.insert("realtime_priority".into(), Value::Integer(i64::from(p)));
     }
     if let Some(link) = &link {
-        let port = link.port.unwrap_or(7788);
-        ha.insert("sync_port".into(), Value::Integer(i64::from(port)));
+        // Our own port: the keepalived node's conntrackd keeps sending to
+        // its port during the migration, and would only be refused here.
+        ha.insert("sync_port".into(), Value::Integer(7788));
+        if let Some(p) = link.port {
+            r.todo.push(format!(
+                "state sync uses UDP 7788 on the HA link (conntrackd used {p}): open it between the nodes"
+            ));
+        }
         let key = opts
             .sync_key_file
             .clone()
@@ -557,6 +722,7 @@ pub fn import(
         members,
         hooks,
         tracks,
+        tracking_weight,
         at,
     } in &sync_groups
     {
@@ -583,18 +749,26 @@ pub fn import(
                 }
             }
         }
+        let tracks = {
+            let mut all = tracks.clone();
+            for i in &list {
+                all.extend(i.track.iter().cloned());
+            }
+            r.weights(&all, true, *tracking_weight)
+        };
         groups.push(group(
-            &mut r, name, &list, hooks, tracks, &globals, &ha_iface,
+            &mut r, name, &list, hooks, &tracks, &globals, &ha_iface,
         )?);
     }
     for i in &instances {
         if !grouped.contains(&i.name.as_str()) {
+            let tracks = r.weights(&i.track, false, false);
             groups.push(group(
                 &mut r,
                 &i.name,
                 &[i],
                 &Hooks::default(),
-                &[],
+                &tracks,
                 &globals,
                 &ha_iface,
             )?);
@@ -659,27 +833,39 @@ fn group(
     }
     if let Some(n) = &hooks.notify {
         // keepalived passes the same arguments ("GROUP|INSTANCE name state
-        // priority"); a script with arguments of its own runs through sh.
-        if n.contains(char::is_whitespace) {
+        // priority"); ours runs one path with them.
+        let words = argv(n);
+        if words.len() != 1 {
             r.todo.push(format!(
-                "group {name}: notify {n:?} has arguments; ha-agent runs `notify` as one path: wrap it in a script"
+                "group {name}: notify {n:?} has arguments of its own; ha-agent runs `notify` as one path: wrap it in a script"
             ));
         } else {
-            g.insert("notify".into(), Value::String(n.clone()));
+            g.insert("notify".into(), Value::String(words[0].clone()));
+            r.todo.push(format!(
+                "group {name}: the notify script runs for the group (GROUP) and for each of its instances (INSTANCE), as $1 says{}",
+                if group_hooks.notify.is_none() {
+                    ": keepalived ran this instance's script with INSTANCE only; make it act on one of the two"
+                } else {
+                    ""
+                }
+            ));
         }
     }
+    if hooks.notify.is_some() || hooks.master.is_some() || hooks.backup.is_some() {
+        r.todo.push(format!(
+            "group {name}: hooks run inside the systemd unit's sandbox (read-only file system but /etc/ha-agent, a private /tmp, no setuid) and are killed after hook_timeout_ms (10 s): check each script works there"
+        ));
+    }
     if hooks.master.is_some() || hooks.backup.is_some() {
+        // As keepalived runs them: split into arguments, no shell.
         let sh = |c: &Option<String>| {
             Value::Array(
-                c.as_ref()
-                    .map(|c| {
-                        vec![
-                            Value::String("/bin/sh".into()),
-                            Value::String("-c".into()),
-                            Value::String(c.clone()),
-                        ]
-                    })
-                    .unwrap_or_default(),
+                c.as_deref()
+                    .map(argv)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Value::String)
+                    .collect(),
             )
         };
         let mut svc = Table::new();
@@ -713,14 +899,7 @@ fn group(
     {
         g.insert("garp_interval_ms".into(), Value::Integer(ms as i64));
     }
-    let mut tracks: Vec<(String, u8)> = group_tracks.to_vec();
-    for i in members {
-        for t in &i.track {
-            if !tracks.iter().any(|(n, _)| *n == t.0) {
-                tracks.push(t.clone());
-            }
-        }
-    }
+    let tracks = group_tracks.to_vec();
     if !tracks.is_empty() {
         g.insert(
             "track".into(),

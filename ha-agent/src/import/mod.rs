@@ -18,11 +18,15 @@ pub use self::tree::{Loc, TreeError};
 pub struct Options {
     /// Our instance name (pins, run files).
     pub instance: Option<String>,
-    /// This node's HA address, when keepalived has no `unicast_src_ip`.
+    /// This node's HA address (else keepalived's `unicast_src_ip`,
+    /// conntrackd's address, this machine's on the VRRP interface).
     pub ha_address: Option<Ipv4Addr>,
-    /// The peer's HA address, when keepalived has no `unicast_peer` (a
-    /// multicast setup) and conntrackd gives none.
+    /// The peer's HA address (else keepalived's `unicast_peer`, or
+    /// conntrackd's destination).
     pub peer: Option<Ipv4Addr>,
+    /// keepalived's `config_id` for `@id` lines (keepalived's default:
+    /// the host name up to its first dot).
+    pub config_id: Option<String>,
     /// The cluster key file to name when conntrackd's sync is imported.
     pub sync_key_file: Option<PathBuf>,
 }

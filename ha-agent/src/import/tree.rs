@@ -1,9 +1,12 @@
 //! The block syntax keepalived.conf and conntrackd.conf share: a statement
-//! is the words of one line; a `{` opens its block (whose statements end at
-//! a newline or at the `}`, so `unicast_peer { 10.0.0.2 }` is one line);
-//! `#` and `!` start comments; `"..."` quotes a word with spaces;
+//! is the words of one line (a `\` at its end continues it on the next); a
+//! `{` opens its block (whose statements end at a newline or at the `}`, so
+//! `unicast_peer { 10.0.0.2 }` is one line); `#` and `!` start comments
+//! anywhere outside quotes; `"..."` quotes a word with spaces;
 //! `include <glob>` (keepalived) reads other files in place, relative to
-//! the including file. Sans-IO but for [`Source`], which reads the files.
+//! the including file; `@id` / `@^id` before a line (keepalived) keeps it
+//! for the node of that `config_id` only / for every other ([`select`]).
+//! Sans-IO but for [`Source`], which reads the files.
 //!
 //! Hostile input is bounded: files of at most [`MAX_FILE`] bytes, includes
 //! [`MAX_INCLUDE_DEPTH`] deep and [`MAX_FILES`] in all, blocks
@@ -141,8 +144,25 @@ enum Tok {
 /// Words, braces and line ends of `text`, each with its line number.
 fn lex(text: &str, file: &Path) -> Result<Vec<(Tok, usize)>, TreeError> {
     let mut out = Vec::new();
+    // Lines joined where one ends in `\`, each with its first line's number.
+    let mut joined: Vec<(usize, String)> = Vec::new();
+    let mut open: Option<(usize, String)> = None;
     for (n, line) in text.lines().enumerate() {
-        let line_no = n + 1;
+        let (no, mut acc) = open.take().unwrap_or((n + 1, String::new()));
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                acc.push_str(head);
+                acc.push(' ');
+                open = Some((no, acc));
+            }
+            None => {
+                acc.push_str(line);
+                joined.push((no, acc));
+            }
+        }
+    }
+    joined.extend(open);
+    for (line_no, line) in joined {
         let mut chars = line.chars().peekable();
         let mut word = String::new();
         let flush = |word: &mut String, out: &mut Vec<(Tok, usize)>| {
@@ -152,7 +172,7 @@ fn lex(text: &str, file: &Path) -> Result<Vec<(Tok, usize)>, TreeError> {
         };
         while let Some(c) = chars.next() {
             match c {
-                '#' | '!' if word.is_empty() => break,
+                '#' | '!' => break,
                 '{' => {
                     flush(&mut word, &mut out);
                     out.push((Tok::Open, line_no));
@@ -350,6 +370,32 @@ fn block(
     Ok(out)
 }
 
+/// keepalived's conditional lines: a statement whose first word is `@id`
+/// is kept (without that word) only when `id` is `config_id`, one with
+/// `@^id` only when it is not; those left out are put in `dropped`. At
+/// every depth.
+pub fn select(stmts: Vec<Stmt>, config_id: &str, dropped: &mut Vec<Stmt>) -> Vec<Stmt> {
+    let mut out = Vec::new();
+    for mut s in stmts {
+        if let Some(cond) = s.words.first().and_then(|w| w.strip_prefix('@')) {
+            let keep = match cond.strip_prefix('^') {
+                Some(id) => id != config_id,
+                None => cond == config_id,
+            };
+            if !keep || s.words.len() < 2 {
+                dropped.push(s);
+                continue;
+            }
+            s.words.remove(0);
+        }
+        if let Some(b) = s.block.take() {
+            s.block = Some(select(b, config_id, dropped));
+        }
+        out.push(s);
+    }
+    out
+}
+
 /// Files held in memory, for tests and the fuzz target.
 #[derive(Debug, Default, Clone)]
 pub struct MemFiles(pub std::collections::BTreeMap<PathBuf, String>);
@@ -406,7 +452,7 @@ mod tests {
         let fs = files(&[
             (
                 "/k/keepalived.conf",
-                "# top\nglobal_defs { router_id fw1 } ! trailing\ninclude conf.d/*.conf\n",
+                "# top\nglobal_defs { router_id fw1 } ! trailing\ninclude conf.d/*.conf # all\n",
             ),
             (
                 "/k/conf.d/a.conf",
@@ -427,6 +473,35 @@ mod tests {
         assert_eq!(vi.children()[1].words, ["notify", "/usr/bin/x y"]);
         assert_eq!(vi.children()[1].loc.line, 3);
         assert_eq!(t[2].key(), "vrrp_script");
+    }
+
+    #[test]
+    fn continued_lines_and_conditional_ones() {
+        let fs = files(&[(
+            "/k",
+            "vrrp_instance A {\n  priority \\\n 150\n  @fw1 priority 200\n  @^fw1 priority 50 # x\n  @fw2 {\n}\n}\n",
+        )]);
+        let t = parse_file(&fs, Path::new("/k"), true).unwrap();
+        assert_eq!(t[0].children()[0].words, ["priority", "150"]);
+        assert_eq!(t[0].children()[0].loc.line, 2);
+        let mut dropped = Vec::new();
+        let on_fw1 = select(t.clone(), "fw1", &mut dropped);
+        let words: Vec<_> = on_fw1[0]
+            .children()
+            .iter()
+            .map(|c| c.words.join(" "))
+            .collect();
+        assert_eq!(words, ["priority 150", "priority 200"]);
+        assert_eq!(dropped.len(), 2);
+        let mut dropped = Vec::new();
+        let on_fw2 = select(t, "fw2", &mut dropped);
+        let words: Vec<_> = on_fw2[0]
+            .children()
+            .iter()
+            .map(|c| c.words.join(" "))
+            .collect();
+        assert_eq!(words, ["priority 150", "priority 50"]);
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
     }
 
     #[test]

@@ -112,7 +112,10 @@ fn rows(n: &NodeView, now_ms: u128) -> Vec<(String, String)> {
     }
     match &st.config_sync {
         Some(c) => {
-            let hash = c.hash.as_deref().map_or("-", |h| &h[..h.len().min(12)]);
+            let hash: String = c
+                .hash
+                .as_deref()
+                .map_or_else(|| "-".into(), |h| h.chars().take(12).collect());
             push("config", format!("{hash} {}", c.state));
         }
         None => push("config", "-".into()),
@@ -139,7 +142,21 @@ fn rows(n: &NodeView, now_ms: u128) -> Vec<(String, String)> {
             ),
         );
     }
-    r
+    // What the peer says is printed on the operator's terminal: no
+    // control characters (escape sequences) from it.
+    r.into_iter().map(|(k, v)| (clean(&k), clean(&v))).collect()
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Both nodes side by side: one line per row label, this node first.
@@ -193,7 +210,7 @@ pub fn render(view: &ClusterView, now_ms: u128) -> String {
         let _ = writeln!(o, "{k:label_w$}  {l:local_w$}  {p}{mark}");
     }
     if let Some(e) = &view.peer_error {
-        let _ = writeln!(o, "the peer did not answer: {e}");
+        let _ = writeln!(o, "the peer did not answer: {}", clean(e));
     }
     o
 }
@@ -281,5 +298,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("start failed"), "{text}");
+    }
+
+    #[test]
+    fn what_the_peer_says_cannot_drive_the_terminal() {
+        let mut peer = node(
+            "fw2\u{1b}[2J",
+            "BACKUP",
+            100,
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+            ("stop", "done"),
+        );
+        peer.status.roles.insert("g\u{7}".into(), "MASTER".into());
+        let view = ClusterView {
+            local: node("fw1", "MASTER", 200, "aaaa", ("start", "done")),
+            peer_address: None,
+            peer: Some(peer),
+            peer_error: None,
+        };
+        let text = render(&view, 0);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}[2J"), "{text}");
     }
 }

@@ -15,10 +15,14 @@ fn no_host(_: &str) -> Option<Ipv4Addr> {
 
 #[test]
 fn a_firewall_pair_with_includes_and_a_sync_group() {
+    let fw1 = Options {
+        config_id: Some("fw1".into()),
+        ..Options::default()
+    };
     let got = import_files(
         &fixture("keepalived.conf"),
         Some(&fixture("conntrackd.conf")),
-        &Options::default(),
+        &fw1,
         &no_host,
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -37,7 +41,7 @@ fn a_firewall_pair_with_includes_and_a_sync_group() {
             true
         )
     );
-    assert_eq!(c.ha.sync_port, 3780);
+    assert_eq!(c.ha.sync_port, 7788, "our own port, not conntrackd's");
     assert_eq!(
         c.auth_mode(),
         ha_core::vrrp::auth::Mode::None,
@@ -52,20 +56,17 @@ fn a_firewall_pair_with_includes_and_a_sync_group() {
     assert_eq!(g.services.len(), 1);
     assert_eq!(
         g.services[0].start.as_deref(),
-        Some(
-            &[
-                "/bin/sh".to_owned(),
-                "-c".into(),
-                "/usr/local/bin/ha-up --all".into()
-            ][..]
-        )
+        Some(&["/usr/local/bin/ha-up".to_owned(), "--all".into()][..]),
+        "run as keepalived runs it: split, no shell"
     );
+    // keepalived ignores the weights of a sync group's members (no
+    // sync_group_tracking_weight): any of them down faults the group.
     let tracks: Vec<(&str, u8)> = g
         .track
         .iter()
         .map(|t| (t.iface.as_str(), t.weight))
         .collect();
-    assert_eq!(tracks, [("lan0", 0), ("wan0", 50)]);
+    assert_eq!(tracks, [("lan0", 0), ("wan0", 0), ("dmz0", 0)]);
     let lan = &g.instances[0];
     assert_eq!(
         (
@@ -77,7 +78,10 @@ fn a_firewall_pair_with_includes_and_a_sync_group() {
         ("VI_LAN", 51, 200, 100)
     );
     assert!(lan.preempt);
-    assert_eq!(lan.preempt_delay_ms, 5000);
+    assert_eq!(
+        lan.preempt_delay_ms, 0,
+        "keepalived drops preempt_delay for `state MASTER`"
+    );
     let vips: Vec<(&str, &str)> = lan
         .vips
         .iter()
@@ -86,6 +90,11 @@ fn a_firewall_pair_with_includes_and_a_sync_group() {
     assert_eq!(vips, [("lan0", "10.0.0.1/24"), ("lan0", "10.0.0.2/32")]);
     let wan = &g.instances[1];
     assert!(!wan.preempt);
+    assert_eq!(
+        (wan.priority, wan.advert_interval_ms),
+        (200, 100),
+        "@fw1's line, a continued line"
+    );
     let vips: Vec<&str> = wan.vips.iter().map(|v| v.address.as_str()).collect();
     assert_eq!(vips, ["203.0.113.1/24", "203.0.113.2/24"]);
 
@@ -106,10 +115,16 @@ fn a_firewall_pair_with_includes_and_a_sync_group() {
     has("10-lan.conf", 2, "state MASTER");
     has("10-lan.conf", 10, "label lan0:vip");
     has("10-lan.conf", 12, "2001:db8::1/64");
-    has("10-lan.conf", 17, "dmz0 weight 10");
     has("10-lan.conf", 19, "track_script");
     has("10-lan.conf", 21, "authentication");
-    has("20-wan.conf", 9, "scope global");
+    has("20-wan.conf", 12, "scope global");
+    has("20-wan.conf", 13, "no_track");
+    has("20-wan.conf", 4, "@fw2 priority 100");
+    assert!(
+        got.todo.iter().any(|t| t.contains("preempt_delay dropped")),
+        "{:#?}",
+        got.todo
+    );
     has("conntrackd.conf", 2, "Mode FTFW");
     has("conntrackd.conf", 11, "SndSocketBuffer");
     has("conntrackd.conf", 16, "General");
@@ -152,6 +167,31 @@ fn a_multicast_instance_with_defaults_needs_the_addresses() {
         ("VI_1", 100, 1000)
     );
     assert_eq!(c.groups[0].services[0].stop.as_deref(), Some(&[][..]));
+    assert_eq!(
+        c.groups[0].services[0].start.as_deref(),
+        Some(
+            &[
+                "/usr/bin/systemctl".to_owned(),
+                "start".into(),
+                "openvpn@site a".into()
+            ][..]
+        )
+    );
+    let tracks: Vec<(&str, u8)> = c.groups[0]
+        .track
+        .iter()
+        .map(|t| (t.iface.as_str(), t.weight))
+        .collect();
+    assert_eq!(
+        tracks,
+        [("eth2", 20)],
+        "outside a sync group, weights count"
+    );
+    assert!(
+        got.skipped.iter().any(|s| s.what == "eth3 weight 5"),
+        "{:#?}",
+        got.skipped
+    );
     assert!(
         got.todo.iter().any(|t| t.contains("vrrp_version 3")),
         "{:#?}",
