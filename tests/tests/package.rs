@@ -143,21 +143,30 @@ fn the_package_installs_runs_the_cluster_example_and_removes_cleanly() {
     ]);
     assert!(ok && compl.contains("ha-agent"), "{compl}");
     // The unit as systemd reads it (offline: no systemd needs to run; it
-    // leaves a marker in /run/systemd where none was).
-    let marker = Path::new("/run/systemd/systemd-units-load");
-    let had_marker = marker.exists();
-    let (_, verify) = sh(&[
-        "systemd-analyze",
-        "verify",
-        "/usr/lib/systemd/system/ha-agent.service",
-    ]);
-    if !had_marker {
-        let _ = std::fs::remove_file(marker);
+    // leaves a marker in /run/systemd where none was). Debian's systemd
+    // package has the tool; a machine without it skips this check, saying so.
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let marker = Path::new("/run/systemd/systemd-units-load");
+        let had_marker = marker.exists();
+        let (_, verify) = sh(&[
+            "systemd-analyze",
+            "verify",
+            "/usr/lib/systemd/system/ha-agent.service",
+        ]);
+        if !had_marker {
+            let _ = std::fs::remove_file(marker);
+        }
+        assert!(
+            !verify.contains("ha-agent.service"),
+            "systemd-analyze verify:\n{verify}"
+        );
+    } else {
+        eprintln!("no systemd-analyze here: the unit is not verified");
     }
-    assert!(
-        !verify.contains("ha-agent.service"),
-        "systemd-analyze verify:\n{verify}"
-    );
     let unit = std::fs::read_to_string("/usr/lib/systemd/system/ha-agent.service").unwrap();
     assert!(
         unit.contains(&format!(
