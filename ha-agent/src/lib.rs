@@ -9,7 +9,9 @@
 //!                                  config sync, join, metrics over HTTP
 //! 3  agent                         the VRRP loop: the node core's I/O shell
 //! 2  sync                          state replication (sans-IO protocol + edges)
-//!    status                        the status model, its writer, text, metrics
+//!    status                        the status model, its writer, text, metrics,
+//!                                  the cluster view
+//!    import                        keepalived.conf to our TOML (sans-IO)
 //! 1  dataplane, config, iface,     XDP programs and maps; the TOML file;
 //!    paths, sched                  interfaces; file names; thread scheduling
 //! ```
@@ -24,6 +26,8 @@
 //! - [`sched`]: realtime and normal threads.
 //! - [`status`]: what the agent reports (file, socket, text, Prometheus).
 //! - [`sync`]: connection-state replication.
+//! - [`import`]: `ha-agent import keepalived` (a block parser and the
+//!   mapping; what cannot be mapped is listed with its line).
 //! - [`agent`]: the VRRP loop around `ha_core::node`, and what it may be asked.
 //! - [`control`]: the control thread.
 //! - [`daemon`]: `ha-agent run`.
