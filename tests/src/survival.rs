@@ -24,6 +24,25 @@ pub const LATE_BATCH: usize = 50;
 pub const YOUNG_BATCH: usize = 200;
 const PORT: u16 = 9000;
 
+/// The goals of a hard failover with replication: >= 99.9 % of the
+/// long-lived and 10 ms connections (of 1,050, at most one lost), >= 99 %
+/// of the young batch (of 200, at most two), no reset.
+pub fn assert_survived(o: &Outcome) {
+    assert_eq!(o.total, LONG_LIVED + LATE_BATCH + YOUNG_BATCH);
+    let older = o.survived - o.young_survived;
+    assert!(
+        older * 1000 >= (LONG_LIVED + LATE_BATCH) * 999,
+        "only {older}/{} of the long-lived and 10 ms connections survived",
+        LONG_LIVED + LATE_BATCH
+    );
+    assert!(
+        o.young_survived * 100 >= YOUNG_BATCH * 99,
+        "only {}/{YOUNG_BATCH} of the connections opened 1 ms before the crash survived",
+        o.young_survived
+    );
+    assert_eq!(o.rsts, 0, "no resets");
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     pub total: usize,
@@ -38,10 +57,16 @@ pub struct Outcome {
     pub young_age: Duration,
 }
 
-/// One run: `replicate` with state sync on, `snat` with the client's
-/// connections source-NATed to the WAN VIP.
+/// One run in [`failover_lab`]: `replicate` with state sync on, `snat`
+/// with the client's connections source-NATed to the WAN VIP.
 pub fn run(replicate: bool, snat: bool) -> Outcome {
-    let mut lab = failover_lab();
+    run_on(failover_lab(), &["ha0", "lan0", "wan0"], replicate, snat)
+}
+
+/// [`run`] in a lab of the same shape (`fw1`/`fw2` with `ha0`, the LAN
+/// `lan0` and the WAN `wan0`, `client`, `server`), whose hard crash takes
+/// `crash_links` of fw1 down.
+pub fn run_on(mut lab: ha_lab::Lab, crash_links: &[&str], replicate: bool, snat: bool) -> Outcome {
     let wan_vip = Ipv4Addr::new(10, 1, 0, 1);
     for fw in ["fw1", "fw2"] {
         stateful_firewall(&lab, fw, snat.then_some(wan_vip));
@@ -125,7 +150,7 @@ pub fn run(replicate: bool, snat: bool) -> Outcome {
                     std::fs::write(format!("/tmp/ct-{fw}.txt"), o.stdout).unwrap();
                 }
             }
-            let crash = LinksDown::prepare(lab, "fw1", &["ha0", "lan0", "wan0"]);
+            let crash = LinksDown::prepare(lab, "fw1", crash_links);
             // The late batch, then the young one all at once; the crash 10
             // ms after the late batch was open and 1 ms after the young one
             // (later for the late batch if the young one took over 9 ms).

@@ -7,25 +7,7 @@
 //! run without replication shows the connections dying, so the test measures
 //! something.
 
-use ha_tests::survival::{LATE_BATCH, LONG_LIVED, Outcome, YOUNG_BATCH, run};
-
-fn assert_survived(o: &Outcome) {
-    assert_eq!(o.total, LONG_LIVED + LATE_BATCH + YOUNG_BATCH);
-    // The long-lived and the 10 ms batch: >= 99.9 % (of 1,050, at most one
-    // lost). The young batch: >= 99 % (of 200, at most two).
-    let older = o.survived - o.young_survived;
-    assert!(
-        older * 1000 >= (LONG_LIVED + LATE_BATCH) * 999,
-        "only {older}/{} of the long-lived and 10 ms connections survived",
-        LONG_LIVED + LATE_BATCH
-    );
-    assert!(
-        o.young_survived * 100 >= YOUNG_BATCH * 99,
-        "only {}/{YOUNG_BATCH} of the connections opened 1 ms before the crash survived",
-        o.young_survived
-    );
-    assert_eq!(o.rsts, 0, "no resets");
-}
+use ha_tests::survival::{assert_survived, run};
 
 #[test]
 fn routed_connections_survive_a_hard_failover() {
