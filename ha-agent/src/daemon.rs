@@ -145,11 +145,13 @@ fn spawn_napi(
             match &n.error {
                 Some(e) => tracing::warn!(iface = %n.iface, cause = %e,
                     "cannot thread this interface's NAPI polling: the VRRP loop may run its forwarding work under load"),
-                None if n.instances.is_empty() => tracing::warn!(iface = %n.iface,
-                    "no NAPI instance of its own (a VLAN, bond or bridge?): its lower devices are not threaded; thread them with `echo 1 > /sys/class/net/<dev>/threaded`"),
-                None => tracing::info!(iface = %n.iface, instances = n.instances.len(),
+                None if n.instances.is_empty() => tracing::warn!(iface = %n.iface, via = ?n.via,
+                    "no NAPI instance of its own nor below it: its polling is not threaded; thread the device that receives its traffic with `echo 1 > /sys/class/net/<dev>/threaded`"),
+                None => {
+                    tracing::info!(iface = %n.iface, via = ?n.via, instances = n.instances.len(),
                     threads = ?n.instances.iter().filter_map(|i| i.pid).collect::<Vec<_>>(), nice,
-                    "NAPI polling threaded"),
+                    "NAPI polling threaded")
+                }
             }
         }
     };

@@ -80,6 +80,10 @@ pub struct NapiIface {
     /// Why it could not be set (the interface keeps softirq polling).
     #[serde(default)]
     pub error: Option<String>,
+    /// A device without NAPI of its own (a bridge, bond, VLAN): the lower
+    /// devices whose instances are listed (its ports, its link).
+    #[serde(default)]
+    pub via: Vec<String>,
 }
 
 impl NapiIface {
@@ -467,17 +471,109 @@ pub fn ensure(ifaces: &[String], nice: i32) -> Vec<NapiIface> {
                 Ok(nl) => ensure_one(nl, iface, nice),
                 Err(e) => Err(NapiError::NoFamily(e.to_string())),
             };
-            let (instances, error) = match result {
+            let (mut instances, mut error) = match result {
                 Ok(found) => (found, None),
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
+            let mut via = Vec::new();
+            if error.is_none() && instances.is_empty() {
+                // Its traffic is polled below it: thread the lower devices.
+                for lower in lower_devices(iface) {
+                    match nl.as_mut() {
+                        Ok(nl) => match ensure_one(nl, &lower, nice) {
+                            Ok(found) => instances.extend(found),
+                            Err(e) => error = Some(format!("{lower}: {e}")),
+                        },
+                        Err(e) => error = Some(e.to_string()),
+                    }
+                    via.push(lower);
+                }
+            }
             NapiIface {
                 iface: iface.clone(),
                 instances,
                 error,
+                via,
             }
         })
         .collect()
+}
+
+/// The devices below `iface` that receive its traffic: a bridge's or a
+/// bond's ports, a VLAN's or macvlan's link; recursively (what is below a
+/// bond port too), from `ip -j -d link` of this namespace.
+fn lower_devices(iface: &str) -> Vec<String> {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-j", "-d", "link", "show"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    lowers_in(&String::from_utf8_lossy(&out.stdout), iface)
+}
+
+/// [`lower_devices`] from `ip -j -d link show`'s JSON: the leaves, at most
+/// four levels down, each once.
+fn lowers_in(json: &str, iface: &str) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Link {
+        ifname: String,
+        #[serde(default)]
+        master: Option<String>,
+        #[serde(default)]
+        link: Option<String>,
+        #[serde(default)]
+        linkinfo: Option<LinkInfo>,
+    }
+    #[derive(Deserialize)]
+    struct LinkInfo {
+        #[serde(default)]
+        info_kind: Option<String>,
+    }
+    let Ok(links) = serde_json::from_str::<Vec<Link>>(json) else {
+        return Vec::new();
+    };
+    let below = |name: &str| -> Vec<String> {
+        let mut v: Vec<String> = links
+            .iter()
+            .filter(|l| l.master.as_deref() == Some(name))
+            .map(|l| l.ifname.clone())
+            .collect();
+        let me = links.iter().find(|l| l.ifname == name);
+        let stacked = me
+            .and_then(|l| l.linkinfo.as_ref())
+            .and_then(|i| i.info_kind.as_deref())
+            .is_some_and(|k| matches!(k, "vlan" | "macvlan" | "ipvlan"));
+        if stacked && let Some(lower) = me.and_then(|l| l.link.clone()) {
+            v.push(lower);
+        }
+        v
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut level = vec![iface.to_owned()];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for name in &level {
+            let under = below(name);
+            if under.is_empty() && name != iface {
+                if !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+            next.extend(under);
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    // Whatever is still below the fourth level is taken as it is.
+    for name in level {
+        if name != iface && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// [`ensure`] for one interface.
@@ -513,6 +609,25 @@ fn ensure_one(nl: &mut Netdev, iface: &str, nice: i32) -> Result<Vec<NapiInstanc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lower_devices_are_ports_and_links_down_to_the_leaves() {
+        let json = r#"[
+            {"ifname":"lo"},
+            {"ifname":"lanp","master":"lan0","link":"fw1-lanp"},
+            {"ifname":"lan0","linkinfo":{"info_kind":"bridge"}},
+            {"ifname":"wana","master":"wan0"},
+            {"ifname":"wanb","master":"wan0"},
+            {"ifname":"wan0","linkinfo":{"info_kind":"bond"}},
+            {"ifname":"wan0.7","link":"wan0","linkinfo":{"info_kind":"vlan"}},
+            {"ifname":"eth0","link":"peer0","linkinfo":{"info_kind":"veth"}}
+        ]"#;
+        assert_eq!(lowers_in(json, "lan0"), ["lanp"]);
+        assert_eq!(lowers_in(json, "wan0.7"), ["wana", "wanb"]);
+        // A veth's link is its peer, not a lower device.
+        assert!(lowers_in(json, "eth0").is_empty());
+        assert!(lowers_in("not json", "lan0").is_empty());
+    }
 
     #[test]
     fn napi_messages_round_trip() {

@@ -43,6 +43,15 @@ fn the_gate_holds_on_a_bridge_and_moves_with_a_hard_crash() {
         // A bridge has no native XDP: the generic fallback, logged.
         assert!(line.contains("generic"), "{line}");
     }
+    // The bridge has no NAPI of its own: the agent looks below it, to its
+    // port (a veth without XDP has none either; a NIC port would be
+    // threaded).
+    let napi = a1.status().unwrap().napi;
+    let lan = napi
+        .iter()
+        .find(|n| n.iface == "lan0")
+        .expect("lan0 in the status");
+    assert_eq!(lan.via, ["lanp"], "{napi:?}");
     let vip = "10.0.0.1".parse().unwrap();
     let mac1 = lab.mac(("fw1", "lan0")).unwrap().to_ascii_lowercase();
     let mac2 = lab.mac(("fw2", "lan0")).unwrap().to_ascii_lowercase();

@@ -259,7 +259,12 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
                             _ => format!("napi {} not threaded", i.id),
                         })
                         .collect();
-                    format!("{} [{}]", n.iface, threads.join(", "))
+                    let via = if n.via.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" via {}", n.via.join(" "))
+                    };
+                    format!("{}{via} [{}]", n.iface, threads.join(", "))
                 }
             })
             .collect();
@@ -367,21 +372,35 @@ mod tests {
                     nice: Some(-20),
                 }],
                 error: None,
+                via: Vec::new(),
             },
             NapiIface {
                 iface: "lan0.100".into(),
                 instances: Vec::new(),
                 error: None,
+                via: Vec::new(),
             },
             NapiIface {
                 iface: "wan0".into(),
                 instances: Vec::new(),
                 error: Some("no interface wan0".into()),
+                via: Vec::new(),
+            },
+            NapiIface {
+                iface: "br0".into(),
+                instances: vec![NapiInstance {
+                    id: 9,
+                    threaded: true,
+                    pid: Some(4883),
+                    nice: Some(-20),
+                }],
+                error: None,
+                via: vec!["br0p".into()],
             },
         ];
         let text = render(&st, Some(0));
         assert!(
-            text.contains("threaded NAPI: lan0 [pid 4882 nice -20], lan0.100 (no NAPI of its own), wan0 softirq (no interface wan0)"),
+            text.contains("threaded NAPI: lan0 [pid 4882 nice -20], lan0.100 (no NAPI of its own), wan0 softirq (no interface wan0), br0 via br0p [pid 4883 nice -20]"),
             "{text}"
         );
     }
