@@ -555,10 +555,8 @@ fn lowers_in(json: &str, iface: &str) -> Vec<String> {
         let mut next = Vec::new();
         for name in &level {
             let under = below(name);
-            if under.is_empty() && name != iface {
-                if !out.contains(name) {
-                    out.push(name.clone());
-                }
+            if under.is_empty() && name != iface && !out.contains(name) {
+                out.push(name.clone());
             }
             next.extend(under);
         }
