@@ -478,15 +478,20 @@ pub fn ensure(ifaces: &[String], nice: i32) -> Vec<NapiIface> {
             let mut via = Vec::new();
             if error.is_none() && instances.is_empty() {
                 // Its traffic is polled below it: thread the lower devices.
+                // A failure on one is said; what the others got stays.
+                let mut failed = Vec::new();
                 for lower in lower_devices(iface) {
                     match nl.as_mut() {
                         Ok(nl) => match ensure_one(nl, &lower, nice) {
                             Ok(found) => instances.extend(found),
-                            Err(e) => error = Some(format!("{lower}: {e}")),
+                            Err(e) => failed.push(format!("{lower}: {e}")),
                         },
-                        Err(e) => error = Some(e.to_string()),
+                        Err(e) => failed.push(format!("{lower}: {e}")),
                     }
                     via.push(lower);
+                }
+                if !failed.is_empty() {
+                    error = Some(failed.join("; "));
                 }
             }
             NapiIface {
@@ -515,24 +520,34 @@ fn lower_devices(iface: &str) -> Vec<String> {
 /// [`lower_devices`] from `ip -j -d link show`'s JSON: the leaves, at most
 /// four levels down, each once.
 fn lowers_in(json: &str, iface: &str) -> Vec<String> {
-    #[derive(Deserialize)]
+    /// What is read of one link (leniently: an entry that is not what is
+    /// expected is skipped, not the whole list).
     struct Link {
         ifname: String,
-        #[serde(default)]
         master: Option<String>,
-        #[serde(default)]
         link: Option<String>,
-        #[serde(default)]
-        linkinfo: Option<LinkInfo>,
+        kind: Option<String>,
     }
-    #[derive(Deserialize)]
-    struct LinkInfo {
-        #[serde(default)]
-        info_kind: Option<String>,
-    }
-    let Ok(links) = serde_json::from_str::<Vec<Link>>(json) else {
+    let Ok(serde_json::Value::Array(all)) = serde_json::from_str::<serde_json::Value>(json) else {
         return Vec::new();
     };
+    let text =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let links: Vec<Link> = all
+        .iter()
+        .filter_map(|v| {
+            Some(Link {
+                ifname: text(v, "ifname")?,
+                master: text(v, "master"),
+                link: text(v, "link"),
+                kind: v
+                    .get("linkinfo")
+                    .and_then(|i| i.get("info_kind"))
+                    .and_then(|k| k.as_str())
+                    .map(str::to_owned),
+            })
+        })
+        .collect();
     let below = |name: &str| -> Vec<String> {
         let mut v: Vec<String> = links
             .iter()
@@ -540,10 +555,13 @@ fn lowers_in(json: &str, iface: &str) -> Vec<String> {
             .map(|l| l.ifname.clone())
             .collect();
         let me = links.iter().find(|l| l.ifname == name);
-        let stacked = me
-            .and_then(|l| l.linkinfo.as_ref())
-            .and_then(|i| i.info_kind.as_deref())
-            .is_some_and(|k| matches!(k, "vlan" | "macvlan" | "ipvlan"));
+        // Devices stacked on one link (a DSA user port on its conduit).
+        let stacked = me.and_then(|l| l.kind.as_deref()).is_some_and(|k| {
+            matches!(
+                k,
+                "vlan" | "macvlan" | "ipvlan" | "macvtap" | "ipvtap" | "macsec" | "dsa"
+            )
+        });
         if stacked && let Some(lower) = me.and_then(|l| l.link.clone()) {
             v.push(lower);
         }
@@ -625,6 +643,9 @@ mod tests {
         // A veth's link is its peer, not a lower device.
         assert!(lowers_in(json, "eth0").is_empty());
         assert!(lowers_in("not json", "lan0").is_empty());
+        // An odd entry is skipped, not the list; a null link is none.
+        let odd = r#"[1, {"ifname":"p","master":"br"}, {"ifname":"br","link":null}]"#;
+        assert_eq!(lowers_in(odd, "br"), ["p"]);
     }
 
     #[test]

@@ -45,7 +45,8 @@ fn the_gate_holds_on_a_bridge_and_moves_with_a_hard_crash() {
     }
     // The bridge has no NAPI of its own: the agent looks below it, to its
     // port (a veth without XDP has none either; a NIC port would be
-    // threaded).
+    // threaded). Needs the kernel's netdev netlink family (6.10+; this
+    // lab's kernel has it), else the status says why and `via` is empty.
     let napi = a1.status().unwrap().napi;
     let lan = napi
         .iter()

@@ -126,13 +126,30 @@ impl Reader {
     }
 }
 
-/// The script a notify line names (keepalived takes the rest of the line,
-/// quoted or not).
-fn script(s: &Stmt) -> Result<String, ImportError> {
-    if s.args().is_empty() {
+/// The command a notify line names, as keepalived reads it: a quoted
+/// string is the command line (split into arguments by [`argv`], no
+/// shell); an unquoted word is the script alone, and the words after it
+/// the user (and group) to run it as, which is not imported (hooks run as
+/// root).
+fn script(r: &mut Reader, s: &Stmt) -> Result<String, ImportError> {
+    let Some(first) = s.arg(0) else {
         return Err(Reader::invalid(s, "names no script"));
+    };
+    if s.args().len() > 1 {
+        r.skipped.push(Skipped {
+            at: s.loc.clone(),
+            what: format!("{} {}", s.key(), s.args()[1..].join(" ")),
+            why: "the user and group to run the script as: ha-agent runs hooks as root".into(),
+        });
     }
-    Ok(s.args().join(" "))
+    if s.arg_quoted(0) {
+        return Ok(first.to_owned());
+    }
+    // One word: argv must find nothing to split it on.
+    if first.contains(['"', '\'']) {
+        return Err(Reader::invalid(s, "a quote inside an unquoted script name"));
+    }
+    Ok(first.to_owned())
 }
 
 /// A script line as keepalived runs it: split into arguments at blanks,
@@ -244,10 +261,10 @@ impl Reader {
                 }
                 "virtual_ipaddress" => self.vips(c, &mut i)?,
                 "track_interface" => self.tracks(c, &mut i.track),
-                "notify" => i.hooks.notify = Some(script(c)?),
-                "notify_master" => i.hooks.master = Some(script(c)?),
-                "notify_backup" => i.hooks.backup = Some(script(c)?),
-                "notify_fault" => i.hooks.fault = Some(script(c)?),
+                "notify" => i.hooks.notify = Some(script(self, c)?),
+                "notify_master" => i.hooks.master = Some(script(self, c)?),
+                "notify_backup" => i.hooks.backup = Some(script(self, c)?),
+                "notify_fault" => i.hooks.fault = Some(script(self, c)?),
                 "garp_master_repeat" => i.garp_count = Some(Self::number(c)?),
                 "garp_interval" => i.garp_interval_ms = Some(Self::seconds_ms(c)?),
                 "state" => {
@@ -333,7 +350,9 @@ impl Reader {
                 let key = s.words[w].as_str();
                 match key {
                     "dev" | "scope" | "brd" | "broadcast" | "label" | "peer" | "track_group" => {
-                        let val = s.words.get(w + 1).cloned().unwrap_or_default();
+                        let Some(val) = s.words.get(w + 1).cloned() else {
+                            return Err(Self::invalid(s, format!("`{key}` needs a value")));
+                        };
                         if key == "dev" {
                             dev = Some(val);
                         } else {
@@ -558,10 +577,10 @@ pub fn import(
                         "group" => {
                             members.extend(c.children().iter().flat_map(|m| m.words.clone()));
                         }
-                        "notify" => hooks.notify = Some(script(c)?),
-                        "notify_master" => hooks.master = Some(script(c)?),
-                        "notify_backup" => hooks.backup = Some(script(c)?),
-                        "notify_fault" => hooks.fault = Some(script(c)?),
+                        "notify" => hooks.notify = Some(script(&mut r, c)?),
+                        "notify_master" => hooks.master = Some(script(&mut r, c)?),
+                        "notify_backup" => hooks.backup = Some(script(&mut r, c)?),
+                        "notify_fault" => hooks.fault = Some(script(&mut r, c)?),
                         "track_interface" => r.tracks(c, &mut tracks),
                         "sync_group_tracking_weight" => tracking_weight = true,
                         _ => r.skip(c, "no ha-agent equivalent"),
@@ -579,6 +598,10 @@ pub fn import(
             "vrrp_script" => r.skip(
                 s,
                 "track scripts are not supported: track interfaces, or lower the priority with `ha-agent demote`",
+            ),
+            "include" => r.skip(
+                s,
+                "an include on an @id line is not followed: include the file without the condition",
             ),
             "virtual_server" | "virtual_server_group" => {
                 r.skip(s, "LVS load balancing is not part of ha-agent")

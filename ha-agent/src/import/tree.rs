@@ -40,6 +40,8 @@ impl std::fmt::Display for Loc {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stmt {
     pub words: Vec<String>,
+    /// Which words were quoted (`"..."`), word by word.
+    pub quoted: Vec<bool>,
     pub block: Option<Vec<Stmt>>,
     pub loc: Loc,
 }
@@ -61,6 +63,11 @@ impl Stmt {
 
     pub fn arg(&self, i: usize) -> Option<&str> {
         self.args().get(i).map(String::as_str)
+    }
+
+    /// Whether the `i`th word after the keyword was quoted.
+    pub fn arg_quoted(&self, i: usize) -> bool {
+        self.quoted.get(i + 1).copied().unwrap_or(false)
     }
 
     /// The statements of its block (none without one).
@@ -135,7 +142,8 @@ impl Source for Fs {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
-    Word(String),
+    /// A word, and whether it was quoted.
+    Word(String, bool),
     Open,
     Close,
     Newline,
@@ -144,19 +152,38 @@ enum Tok {
 /// Words, braces and line ends of `text`, each with its line number.
 fn lex(text: &str, file: &Path) -> Result<Vec<(Tok, usize)>, TreeError> {
     let mut out = Vec::new();
-    // Lines joined where one ends in `\`, each with its first line's number.
+    // Comments go first, line by line (keepalived's `decomment`): `#` or
+    // `!` outside quotes ends the line; `\#` and `\!` are the characters.
+    // Then a line ending in `\` continues on the next, each joined line
+    // numbered by its first.
     let mut joined: Vec<(usize, String)> = Vec::new();
     let mut open: Option<(usize, String)> = None;
-    for (n, line) in text.lines().enumerate() {
+    for (n, raw) in text.lines().enumerate() {
+        let mut line = String::with_capacity(raw.len());
+        let mut in_quote = false;
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if matches!(chars.peek(), Some('#' | '!')) => {
+                    line.extend(chars.next());
+                }
+                '"' => {
+                    in_quote = !in_quote;
+                    line.push(c);
+                }
+                '#' | '!' if !in_quote => break,
+                c => line.push(c),
+            }
+        }
         let (no, mut acc) = open.take().unwrap_or((n + 1, String::new()));
-        match line.strip_suffix('\\') {
+        match line.trim_end().strip_suffix('\\') {
             Some(head) => {
                 acc.push_str(head);
                 acc.push(' ');
                 open = Some((no, acc));
             }
             None => {
-                acc.push_str(line);
+                acc.push_str(&line);
                 joined.push((no, acc));
             }
         }
@@ -167,12 +194,11 @@ fn lex(text: &str, file: &Path) -> Result<Vec<(Tok, usize)>, TreeError> {
         let mut word = String::new();
         let flush = |word: &mut String, out: &mut Vec<(Tok, usize)>| {
             if !word.is_empty() {
-                out.push((Tok::Word(std::mem::take(word)), line_no));
+                out.push((Tok::Word(std::mem::take(word), false), line_no));
             }
         };
         while let Some(c) = chars.next() {
             match c {
-                '#' | '!' => break,
                 '{' => {
                     flush(&mut word, &mut out);
                     out.push((Tok::Open, line_no));
@@ -200,7 +226,7 @@ fn lex(text: &str, file: &Path) -> Result<Vec<(Tok, usize)>, TreeError> {
                             problem: "unterminated quote".into(),
                         });
                     }
-                    out.push((Tok::Word(quoted), line_no));
+                    out.push((Tok::Word(quoted, true), line_no));
                 }
                 c if c.is_whitespace() => flush(&mut word, &mut out),
                 c => word.push(c),
@@ -297,20 +323,23 @@ fn block(
     };
     let mut out = Vec::new();
     let mut words: Vec<String> = Vec::new();
+    let mut quoted: Vec<bool> = Vec::new();
     let mut first_line = 0;
     while let Some((tok, line)) = toks.get(*pos) {
         *pos += 1;
         match tok {
-            Tok::Word(w) => {
+            Tok::Word(w, q) => {
                 if words.is_empty() {
                     first_line = *line;
                 }
                 words.push(w.clone());
+                quoted.push(*q);
             }
             Tok::Newline => {
                 if !words.is_empty() {
                     out.push(Stmt {
                         words: std::mem::take(&mut words),
+                        quoted: std::mem::take(&mut quoted),
                         block: None,
                         loc: at(first_line),
                     });
@@ -332,6 +361,7 @@ fn block(
                 let children = block(toks, pos, file, nesting + 1, Some(*line))?;
                 out.push(Stmt {
                     words: std::mem::take(&mut words),
+                    quoted: std::mem::take(&mut quoted),
                     block: Some(children),
                     loc: at(first_line),
                 });
@@ -346,6 +376,7 @@ fn block(
                 if !words.is_empty() {
                     out.push(Stmt {
                         words: std::mem::take(&mut words),
+                        quoted: std::mem::take(&mut quoted),
                         block: None,
                         loc: at(first_line),
                     });
@@ -363,6 +394,7 @@ fn block(
     if !words.is_empty() {
         out.push(Stmt {
             words,
+            quoted,
             block: None,
             loc: at(first_line),
         });
@@ -387,6 +419,9 @@ pub fn select(stmts: Vec<Stmt>, config_id: &str, dropped: &mut Vec<Stmt>) -> Vec
                 continue;
             }
             s.words.remove(0);
+            if !s.quoted.is_empty() {
+                s.quoted.remove(0);
+            }
         }
         if let Some(b) = s.block.take() {
             s.block = Some(select(b, config_id, dropped));
@@ -483,6 +518,12 @@ mod tests {
         )]);
         let t = parse_file(&fs, Path::new("/k"), true).unwrap();
         assert_eq!(t[0].children()[0].words, ["priority", "150"]);
+        // A comment ending in `\` continues nothing; `\#` is a `#`.
+        let fs = files(&[("/c", "# old \\\na \\#b \"x # y\" # z\n")]);
+        let c = parse_file(&fs, Path::new("/c"), true).unwrap();
+        assert_eq!(c[0].words, ["a", "#b", "x # y"]);
+        assert_eq!(c[0].quoted, [false, false, true]);
+        assert_eq!(c[0].loc.line, 2);
         assert_eq!(t[0].children()[0].loc.line, 2);
         let mut dropped = Vec::new();
         let on_fw1 = select(t.clone(), "fw1", &mut dropped);

@@ -248,7 +248,12 @@ pub fn render(st: &Status, dataplane_owned: Option<u64>) -> String {
             .iter()
             .map(|n| match &n.error {
                 Some(e) => format!("{} softirq ({e})", n.iface),
-                None if n.instances.is_empty() => format!("{} (no NAPI of its own)", n.iface),
+                None if n.instances.is_empty() && n.via.is_empty() => {
+                    format!("{} (no NAPI of its own)", n.iface)
+                }
+                None if n.instances.is_empty() => {
+                    format!("{} via {} (no NAPI there either)", n.iface, n.via.join(" "))
+                }
                 None => {
                     let threads: Vec<String> = n
                         .instances

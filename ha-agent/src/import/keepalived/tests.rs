@@ -187,6 +187,20 @@ fn a_multicast_instance_with_defaults_needs_the_addresses() {
         [("eth2", 20)],
         "outside a sync group, weights count"
     );
+    // An unquoted script: the path alone; the words after it are its user
+    // and group, listed.
+    let vi2 = c.groups.iter().find(|g| g.name == "VI_2").unwrap();
+    assert_eq!(
+        vi2.services[0].stop.as_deref(),
+        Some(&["/usr/local/bin/down.sh".to_owned()][..])
+    );
+    assert!(
+        got.skipped
+            .iter()
+            .any(|s| s.what == "notify_backup nobody nogroup"),
+        "{:#?}",
+        got.skipped
+    );
     assert!(
         got.skipped.iter().any(|s| s.what == "eth3 weight 5"),
         "{:#?}",
@@ -240,6 +254,10 @@ fn what_cannot_work_is_refused_with_its_line() {
             "names vrrp_instance B, which is not defined",
         ),
         ("global_defs { }\n", "no vrrp_instance"),
+        (
+            "vrrp_instance A {\n interface ha0\n virtual_router_id 1\n virtual_ipaddress { 10.0.0.1 dev }\n}\n",
+            "/k.conf:4: 10.0.0.1 dev: `dev` needs a value",
+        ),
     ] {
         let e = import(&mem(text), None, &opts, &no_host)
             .map(|i| i.toml)
