@@ -29,7 +29,7 @@ use super::{ImportError, Imported, Options, Skipped, tree::Stmt};
 #[derive(Debug, Default)]
 struct Instance {
     name: String,
-    at: Option<super::Loc>,
+    at: super::Loc,
     interface: Option<String>,
     vrid: Option<u8>,
     priority: Option<u8>,
@@ -224,7 +224,7 @@ impl Reader {
     fn instance(&mut self, s: &Stmt) -> Result<Instance, ImportError> {
         let mut i = Instance {
             name: s.arg(0).unwrap_or("VI").to_owned(),
-            at: Some(s.loc.clone()),
+            at: s.loc.clone(),
             preempt: true,
             ..Instance::default()
         };
@@ -476,7 +476,6 @@ struct SyncLink {
     address: Option<Ipv4Addr>,
     peer: Option<Ipv4Addr>,
     port: Option<u16>,
-    at: Option<super::Loc>,
 }
 
 impl Reader {
@@ -488,7 +487,6 @@ impl Reader {
                     for c in s.children() {
                         match c.key().as_str() {
                             "udp" => {
-                                link.at = Some(c.loc.clone());
                                 for o in c.children() {
                                     match o.key().as_str() {
                                         "ipv4_address" => link.address = o.arg(0).and_then(ipv4),
@@ -502,7 +500,6 @@ impl Reader {
                                 }
                             }
                             "multicast" => {
-                                link.at = Some(c.loc.clone());
                                 for o in c.children() {
                                     match o.key().as_str() {
                                         "ipv4_interface" => link.address = o.arg(0).and_then(ipv4),
@@ -632,7 +629,7 @@ pub fn import(
         .interface
         .clone()
         .ok_or_else(|| ImportError::Invalid {
-            at: first.at.clone().expect("read instances have a location"),
+            at: first.at.clone(),
             problem: format!("vrrp_instance {} has no interface", first.name),
         })?;
     for i in &instances[1..] {
@@ -941,7 +938,7 @@ fn group(
     }
     let mut vrrp = Vec::new();
     for i in members {
-        let at = i.at.clone().expect("read instances have a location");
+        let at = i.at.clone();
         let missing = |what: &str| ImportError::Invalid {
             at: at.clone(),
             problem: format!("vrrp_instance {} has no {what}", i.name),

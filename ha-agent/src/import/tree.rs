@@ -24,7 +24,7 @@ pub const MAX_FILES: usize = 256;
 pub const MAX_NESTING: usize = 32;
 
 /// Where a statement came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loc {
     pub file: PathBuf,
     pub line: usize,
@@ -322,9 +322,18 @@ fn block(
         line,
     };
     let mut out = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    let mut quoted: Vec<bool> = Vec::new();
+    // The statement being read: its words (and whether each was quoted).
+    let mut words: Vec<(String, bool)> = Vec::new();
     let mut first_line = 0;
+    let stmt = |words: &mut Vec<(String, bool)>, block, line| {
+        let (words, quoted) = std::mem::take(words).into_iter().unzip();
+        Stmt {
+            words,
+            quoted,
+            block,
+            loc: at(line),
+        }
+    };
     while let Some((tok, line)) = toks.get(*pos) {
         *pos += 1;
         match tok {
@@ -332,17 +341,11 @@ fn block(
                 if words.is_empty() {
                     first_line = *line;
                 }
-                words.push(w.clone());
-                quoted.push(*q);
+                words.push((w.clone(), *q));
             }
             Tok::Newline => {
                 if !words.is_empty() {
-                    out.push(Stmt {
-                        words: std::mem::take(&mut words),
-                        quoted: std::mem::take(&mut quoted),
-                        block: None,
-                        loc: at(first_line),
-                    });
+                    out.push(stmt(&mut words, None, first_line));
                 }
             }
             Tok::Open => {
@@ -359,12 +362,7 @@ fn block(
                     });
                 }
                 let children = block(toks, pos, file, nesting + 1, Some(*line))?;
-                out.push(Stmt {
-                    words: std::mem::take(&mut words),
-                    quoted: std::mem::take(&mut quoted),
-                    block: Some(children),
-                    loc: at(first_line),
-                });
+                out.push(stmt(&mut words, Some(children), first_line));
             }
             Tok::Close => {
                 if opened.is_none() {
@@ -374,12 +372,7 @@ fn block(
                     });
                 }
                 if !words.is_empty() {
-                    out.push(Stmt {
-                        words: std::mem::take(&mut words),
-                        quoted: std::mem::take(&mut quoted),
-                        block: None,
-                        loc: at(first_line),
-                    });
+                    out.push(stmt(&mut words, None, first_line));
                 }
                 return Ok(out);
             }
@@ -392,12 +385,7 @@ fn block(
         });
     }
     if !words.is_empty() {
-        out.push(Stmt {
-            words,
-            quoted,
-            block: None,
-            loc: at(first_line),
-        });
+        out.push(stmt(&mut words, None, first_line));
     }
     Ok(out)
 }
