@@ -184,6 +184,23 @@ pub fn spawn_when_ready(
 /// ```
 /// The VIPs are not configured here: whoever runs on the firewalls adds them.
 pub fn failover_lab() -> ha_lab::Lab {
+    two_firewalls(false)
+}
+
+/// [`failover_lab`] with each firewall's LAN data interface a Linux bridge
+/// (NethSecurity bridges extra LANs): `lan0` is a bridge whose port `lanp`
+/// plugs into the LAN switch. The VIP and the data gate are on the bridge
+/// device (generic XDP: a bridge has no native XDP). Same names and
+/// addresses above the links, so every scenario runs unchanged; a hard
+/// crash takes [`BRIDGED_CRASH_LINKS`] down. (VLAN devices and bonds, the
+/// other rows of the seeds' matrix, cannot be made on this lab machine's
+/// kernel: CONFIG_VLAN_8021Q and CONFIG_BONDING are not set.)
+pub fn bridged_lan_lab() -> ha_lab::Lab {
+    two_firewalls(true)
+}
+
+/// [`failover_lab`], its LAN on a bridge of each firewall's if `bridged`.
+fn two_firewalls(bridged: bool) -> ha_lab::Lab {
     require_root();
     let mut lab = ha_lab::Lab::new();
     for ns in ["client", "fw1", "fw2", "server"] {
@@ -197,7 +214,24 @@ pub fn failover_lab() -> ha_lab::Lab {
     // nodes: a crashed peer does not take the survivor's HA link down.
     lab.add_bridge("hasw").unwrap();
     for (i, fw) in ["fw1", "fw2"].into_iter().enumerate() {
-        lab.add_bridge_port("lan", (fw, "lan0")).unwrap();
+        if bridged {
+            lab.add_bridge_port("lan", (fw, "lanp")).unwrap();
+            lab.ip(
+                fw,
+                "bridge lan0",
+                &["link", "add", "lan0", "type", "bridge"],
+            )
+            .unwrap();
+            lab.ip(
+                fw,
+                "lanp into lan0",
+                &["link", "set", "lanp", "master", "lan0"],
+            )
+            .unwrap();
+            lab.link_up((fw, "lan0")).unwrap();
+        } else {
+            lab.add_bridge_port("lan", (fw, "lan0")).unwrap();
+        }
         lab.add_bridge_port("wan", (fw, "wan0")).unwrap();
         lab.add_bridge_port("hasw", (fw, "ha0")).unwrap();
         lab.add_addr((fw, "lan0"), &format!("10.0.0.{}/24", i + 2))
@@ -212,63 +246,12 @@ pub fn failover_lab() -> ha_lab::Lab {
     // hardware of their own would, never inside a firewall's VRRP loop
     // (`Lab::thread_napi`); the HA switch stays in softirq, like the
     // agents' HA links (`[ha.napi]`).
-    for (bridge, ports) in DATA_SWITCH_PORTS {
-        for port in ports {
-            lab.thread_napi((bridge, port)).unwrap();
-        }
-    }
-    lab.add_addr(("client", "eth0"), "10.0.0.10/24").unwrap();
-    lab.add_route("client", "default", "10.0.0.1").unwrap();
-    lab.add_addr(("server", "eth0"), "10.1.0.10/24").unwrap();
-    lab.add_route("server", "default", "10.1.0.1").unwrap();
-    lab
-}
-
-/// [`failover_lab`] with each firewall's LAN data interface a Linux bridge
-/// (NethSecurity bridges extra LANs): `lan0` is a bridge whose port `lanp`
-/// plugs into the LAN switch. The VIP and the data gate are on the bridge
-/// device (generic XDP: a bridge has no native XDP). Same names and
-/// addresses above the links, so every scenario runs unchanged; a hard
-/// crash takes [`BRIDGED_CRASH_LINKS`] down. (VLAN devices and bonds, the
-/// other rows of the seeds' matrix, cannot be made on this lab machine's
-/// kernel: CONFIG_VLAN_8021Q and CONFIG_BONDING are not set.)
-pub fn bridged_lan_lab() -> ha_lab::Lab {
-    require_root();
-    let mut lab = ha_lab::Lab::new();
-    for ns in ["client", "fw1", "fw2", "server"] {
-        lab.add_netns(ns).unwrap();
-    }
-    lab.add_bridge("lan").unwrap();
-    lab.add_bridge("wan").unwrap();
-    lab.add_bridge("hasw").unwrap();
-    lab.add_bridge_port("lan", ("client", "eth0")).unwrap();
-    lab.add_bridge_port("wan", ("server", "eth0")).unwrap();
-    for (i, fw) in ["fw1", "fw2"].into_iter().enumerate() {
-        lab.add_bridge_port("lan", (fw, "lanp")).unwrap();
-        lab.ip(
-            fw,
-            "bridge lan0",
-            &["link", "add", "lan0", "type", "bridge"],
-        )
-        .unwrap();
-        lab.ip(
-            fw,
-            "lanp into lan0",
-            &["link", "set", "lanp", "master", "lan0"],
-        )
-        .unwrap();
-        lab.link_up((fw, "lan0")).unwrap();
-        lab.add_bridge_port("wan", (fw, "wan0")).unwrap();
-        lab.add_bridge_port("hasw", (fw, "ha0")).unwrap();
-        lab.add_addr((fw, "lan0"), &format!("10.0.0.{}/24", i + 2))
-            .unwrap();
-        lab.add_addr((fw, "wan0"), &format!("10.1.0.{}/24", i + 2))
-            .unwrap();
-        lab.add_addr((fw, "ha0"), &format!("10.255.0.{}/24", i + 1))
-            .unwrap();
-        lab.sysctl(fw, "net.ipv4.ip_forward", "1").unwrap();
-    }
-    for (bridge, ports) in BRIDGED_SWITCH_PORTS {
+    let ports = if bridged {
+        BRIDGED_SWITCH_PORTS
+    } else {
+        DATA_SWITCH_PORTS
+    };
+    for (bridge, ports) in ports {
         for port in ports {
             lab.thread_napi((bridge, port)).unwrap();
         }
