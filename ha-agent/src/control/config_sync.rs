@@ -785,9 +785,7 @@ mod tests {
             );
         }
         // `ha-agent cluster sync`.
-        let want = bundle(&lock(&shared.config)).unwrap().hash;
-        *lock(&shared.push_requested) = Some(want);
-        shared.changed.notify_one();
+        shared.request_push(bundle(&lock(&shared.config)).unwrap().hash);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(tries.load(Ordering::SeqCst), 1);
         assert_eq!(lock(&shared.config_sync).state, "Up to Date");
@@ -806,9 +804,7 @@ mod tests {
                 "{s:?}"
             );
         }
-        let want = bundle(&lock(&shared.config)).unwrap().hash;
-        *lock(&shared.push_requested) = Some(want);
-        shared.changed.notify_one();
+        shared.request_push(bundle(&lock(&shared.config)).unwrap().hash);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(tries.load(Ordering::SeqCst), 2);
         assert_eq!(lock(&shared.config_sync).state, "Up to Date");

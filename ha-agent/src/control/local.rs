@@ -285,8 +285,7 @@ async fn push_config(shared: &Shared) -> Result<String, String> {
         s.reason = Some("pushing, as `ha-agent cluster sync` asked".into());
         s.hash = Some(want.clone());
     }
-    *super::lock(&shared.push_requested) = Some(want.clone());
-    shared.changed.notify_one();
+    shared.request_push(want.clone());
     // Longer than the secondary's reload hook may run (30 s).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
     loop {

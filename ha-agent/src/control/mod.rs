@@ -51,6 +51,15 @@ pub struct Shared {
     pub push_requested: Mutex<Option<String>>,
 }
 
+impl Shared {
+    /// Asks the pusher for a push of the configuration of `hash` (what
+    /// `ha-agent cluster sync` does with `config_sync = "manual"`).
+    pub(crate) fn request_push(&self, hash: String) {
+        *lock(&self.push_requested) = Some(hash);
+        self.changed.notify_one();
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
