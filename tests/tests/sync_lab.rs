@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use ha_tests::{AgentSpec, RunningAgent, SyncKey, failover_lab, start_pair, wait_for};
+use ha_tests::{
+    AgentSpec, RunningAgent, SyncKey, failover_lab, start_pair, stateful_firewall, wait_for,
+};
 
 #[test]
 fn a_forwarded_connection_reaches_the_backups_conntrack() {
@@ -83,6 +85,79 @@ fn a_forwarded_connection_reaches_the_backups_conntrack() {
         .unwrap();
         server.join().unwrap();
     });
+}
+
+/// XDP reports a handshake's end before the kernel's firewall has seen its
+/// last ACK, and the master sends it at once. If the firewall drops that
+/// ACK before conntrack sees it, conntrack stays in SYN_RECV: the master's confirming lookup must
+/// take the backup's entry back out of ESTABLISHED (a backup that believed
+/// it would pass a connection the master never let through).
+#[test]
+fn a_handshake_the_masters_firewall_refused_is_not_left_established_on_the_backup() {
+    let mut lab = failover_lab();
+    for fw in ["fw1", "fw2"] {
+        stateful_firewall(&lab, fw, None);
+    }
+    let key = SyncKey::new("refused-ack", [5u8; 32]);
+    let ha_extra = key.ha_extra();
+    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
+        ha_extra: ha_extra.clone(),
+        ..spec
+    });
+    wait_for("roles and sync", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER")
+            && [&a1, &a2]
+                .iter()
+                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+    });
+    // Every client -> server segment after the SYN is dropped by fw1's
+    // firewall before conntrack sees it (the raw priority; XDP, before
+    // both, still sees them).
+    lab.nft(
+        "fw1",
+        "table inet refuse {\n chain raw {\n  type filter hook prerouting priority raw;\n  \
+         tcp dport 8081 tcp flags & (syn | ack) == ack drop\n }\n}\n",
+    )
+    .unwrap();
+    let lab = &lab;
+    let listener = lab
+        .run_in("server", || TcpListener::bind("10.1.0.10:8081").unwrap())
+        .unwrap();
+    let _client = lab
+        .run_in("client", || {
+            // The SYN and SYN-ACK pass: connect() returns.
+            TcpStream::connect_timeout(&"10.1.0.10:8081".parse().unwrap(), Duration::from_secs(5))
+                .expect("connect through the VIP gateway")
+        })
+        .unwrap();
+    let state = |fw: &str| {
+        let out = lab
+            .exec(fw, &["conntrack", "-L", "-p", "tcp", "--dport", "8081"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(3)
+            .map(str::to_owned)
+    };
+    wait_for(
+        "the master's entry in SYN_RECV",
+        Duration::from_secs(2),
+        || state("fw1").as_deref() == Some("SYN_RECV"),
+    );
+    // The confirming lookup runs 64 ms after the handshake's end; then the
+    // backup stays out of ESTABLISHED.
+    wait_for(
+        "the backup's entry out of ESTABLISHED",
+        Duration::from_secs(3),
+        || state("fw2").is_some_and(|s| s.starts_with("SYN_")),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = state("fw2");
+    assert!(
+        settled.as_deref().is_some_and(|s| s.starts_with("SYN_")),
+        "the backup's entry: {settled:?}"
+    );
+    drop(listener);
 }
 
 /// The sync counters of an agent's status, by rejection reason.

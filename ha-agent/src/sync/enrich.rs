@@ -29,6 +29,13 @@ const LOOKUP_RETRY: Duration = Duration::from_millis(2);
 /// so no event says when the handshake completed: conntrack is asked again
 /// (2, 4, ... 512 ms) until it says ESTABLISHED.
 const HANDSHAKE_TRIES: u8 = 9;
+/// Where the lookups of an untranslated handshake start (64, 128, 256, 512
+/// ms): XDP sees its SYN-ACK and last ACK and reports the end itself; the
+/// lookups only cover a reply that comes back by an interface without XDP.
+/// Asking at 2 ms as behind NAT would cost a burst of new connections a
+/// lookup each just as their handshakes end, delaying the events that
+/// carry them.
+const UNTRANSLATED_FIRST_TRY: u8 = 5;
 
 /// A flow event as a record, as XDP saw it (original direction; a closed TCP
 /// flow is a delete).
@@ -238,6 +245,39 @@ impl Enricher {
                 {
                     out.push((*c, e.origin));
                 }
+                // The end of a handshake XDP saw whole (SYN, SYN-ACK, last
+                // ACK) of a flow conntrack told us about: sent at once with
+                // conntrack's tuples and XDP's state, conntrack asked later
+                // to confirm (a firewall that dropped that ACK leaves it in
+                // SYN_RECV, and the retry sends that). A lookup here would
+                // cost a burst of handshakes one each before any is sent:
+                // the window in which a crash leaves them half-open on the
+                // peer, where strict TCP tracking drops their next segment.
+                Some(c)
+                    if e.kind == Some(FlowEventKind::StateChange)
+                        && r.proto == flow::PROTO_TCP
+                        && r.state == TcpState::Established as u8
+                        && c.state == TcpState::SynSent as u8 =>
+                {
+                    let rec = Record {
+                        state: TcpState::Established as u8,
+                        ..*c
+                    };
+                    self.cache.insert(seen, rec);
+                    if rec.flags & FLAG_NAT != 0 {
+                        self.nat_records += 1;
+                    }
+                    out.push((rec, e.origin));
+                    self.later(
+                        now + LOOKUP_RETRY * (1 << UNTRANSLATED_FIRST_TRY),
+                        Ask {
+                            kind: None,
+                            tries: UNTRANSLATED_FIRST_TRY,
+                            again: Again::Handshake,
+                            ..e
+                        },
+                    );
+                }
                 _ => ask.push(e),
             }
         }
@@ -272,7 +312,24 @@ impl Enricher {
                         // Closing down in conntrack (TIME_WAIT, CLOSE): gone.
                         rec.kind = RecordKind::Delete;
                     }
-                    let changed = self.cache.insert(CtTuple::orig_of(&a.record), rec) != Some(rec);
+                    let before = self.cache.insert(CtTuple::orig_of(&a.record), rec);
+                    let changed = before != Some(rec);
+                    if let Some(b) = before
+                        && b.state == TcpState::Established as u8
+                        && rec.state == TcpState::SynSent as u8
+                    {
+                        // Sent ESTABLISHED as XDP saw it, which conntrack
+                        // never took: the peer's entry is assured, a status
+                        // the kernel does not let an update take back, so
+                        // it goes and comes again in its handshake.
+                        out.push((
+                            Record {
+                                kind: RecordKind::Delete,
+                                ..b
+                            },
+                            a.origin,
+                        ));
+                    }
                     // A retry that learnt nothing new sends nothing.
                     if changed || a.kind.is_some() {
                         if rec.flags & FLAG_NAT != 0 {
@@ -282,6 +339,8 @@ impl Enricher {
                     }
                     let tries = if a.again == Again::Handshake {
                         a.tries
+                    } else if rec.flags & FLAG_NAT == 0 {
+                        UNTRANSLATED_FIRST_TRY
                     } else {
                         0
                     };
