@@ -408,6 +408,12 @@ pub struct InstanceConfig {
     /// Accept packets addressed to the VIPs when master (RFC 9568 Accept_Mode).
     #[serde(default = "default_true")]
     pub accept: bool,
+    /// Answer for the VIPs with the VRRP virtual MAC (`00:00:5e:00:01:<vrid>`,
+    /// RFC 9568 section 7.3) instead of each node's own: clients keep the same
+    /// MAC through a failover (a static neighbour entry works), frames to it
+    /// are taken by the owner only.
+    #[serde(default)]
+    pub vmac: bool,
     pub vips: Vec<VipConfig>,
 }
 

@@ -65,6 +65,59 @@ pub fn if_index(iface: &str) -> io::Result<i32> {
     Ok(unsafe { req.ifr_ifru.ifru_ifindex })
 }
 
+/// The interface's driver, as `ethtool -i` names it (`veth`, `virtio_net`,
+/// `bridge`, ...): `ETHTOOL_GDRVINFO`.
+pub fn driver(iface: &str) -> io::Result<String> {
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    // SAFETY: all-zero bytes are a valid DrvInfo (integers and arrays).
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    let name = CString::new(iface)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    if name.as_bytes().len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {iface:?} too long"),
+        ));
+    }
+    // SAFETY: zeroed ifreq is valid; the name fits (checked above).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: valid socket fd; the ifreq names the interface and points at
+    // a DrvInfo the kernel fills (it lives until after the call).
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("interface {iface}: {e}")));
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// `00:00:5e:00:01:07`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// Interface MAC address.
 pub fn if_mac(iface: &str) -> io::Result<[u8; 6]> {
     let req = ioctl_ifreq(iface, libc::SIOCGIFHWADDR)?;

@@ -7,6 +7,14 @@
 //! gate looks through one VLAN tag; frames with stacked tags (QinQ) are
 //! dropped, counted. Untagged heartbeat frames (`heartbeat::ETHERTYPE`) go to
 //! the reflector first ([`DataVerdict::Heartbeat`]).
+//!
+//! A VIP of an instance with a virtual MAC ([`VIP_FLAG_VMAC`], RFC 9568
+//! section 7.3: `00-00-5E-00-01-{VRID}`) is answered by the program itself:
+//! on the owner, an ARP request for it gets a reply naming the virtual MAC
+//! (`XDP_TX`), and frames to the virtual MAC are readdressed to the
+//! interface's own MAC (`heartbeat::MACS_MAP`) and go on through the gate;
+//! elsewhere, frames to it are dropped. Clients then never learn a node's
+//! MAC for the VIP, and a takeover needs no ARP change on them.
 
 use crate::impl_pod;
 
@@ -27,6 +35,30 @@ pub const MAX_VIPS: u32 = 4096;
 /// addressed to this VIP (ARP is still answered), unless it is the address
 /// owner (priority 255), for which the agent leaves the flag clear.
 pub const VIP_FLAG_NO_ACCEPT: u32 = 1;
+
+/// [`VipEntry::flags`]: the VIP's instance uses the virtual MAC of the VRID
+/// in bits [`VIP_VRID_SHIFT`].. of the flags.
+pub const VIP_FLAG_VMAC: u32 = 2;
+/// Where a virtual-MAC VIP's VRID sits in [`VipEntry::flags`] (8 bits).
+pub const VIP_VRID_SHIFT: u32 = 8;
+/// `Array<u32, 256>` by VRID: the ownership group + 1 of the instance using
+/// that VRID's virtual MAC; 0 for a VRID without one here.
+pub const VMACS_MAP: &str = "HA_DATA_VMACS";
+
+/// The IPv4 VRRP virtual MAC of `vrid` (RFC 9568 section 7.3).
+pub const fn vmac(vrid: u8) -> [u8; 6] {
+    [0x00, 0x00, 0x5e, 0x00, 0x01, vrid]
+}
+
+/// The VRID of an IPv4 VRRP virtual MAC, if `mac` is one.
+#[inline(always)]
+pub const fn vmac_vrid(mac: &[u8; 6]) -> Option<u8> {
+    if mac[0] == 0x00 && mac[1] == 0x00 && mac[2] == 0x5e && mac[3] == 0x00 && mac[4] == 0x01 {
+        Some(mac[5])
+    } else {
+        None
+    }
+}
 
 /// Ownership groups are bits of a `u64`.
 pub const MAX_GROUPS: u32 = 64;
@@ -138,10 +170,18 @@ pub enum DataVerdict {
     /// (`XDP_TX`), a reply to our own probe or another cluster's frame
     /// passed, a malformed one dropped; `heartbeat::ProbeCounter` says which.
     Heartbeat = 13,
+    /// An ARP request for a virtual-MAC VIP we own, answered by XDP with
+    /// the virtual MAC (`XDP_TX`).
+    ArpReplyVmac = 14,
+    /// A frame to the virtual MAC of a group we own, readdressed to the
+    /// interface's MAC and gated on (counted besides its own verdict).
+    PassVmacOwner = 15,
+    /// A frame to the virtual MAC of a group we do not own.
+    DropVmacNotOwner = 16,
 }
 
 /// Number of [`DataVerdict`]s.
-pub const DATA_VERDICTS: u32 = 14;
+pub const DATA_VERDICTS: u32 = 17;
 
 impl DataVerdict {
     /// Every counter in index order.
@@ -160,6 +200,9 @@ impl DataVerdict {
         DataVerdict::DropNoAccept,
         DataVerdict::DropStackedVlan,
         DataVerdict::Heartbeat,
+        DataVerdict::ArpReplyVmac,
+        DataVerdict::PassVmacOwner,
+        DataVerdict::DropVmacNotOwner,
     ];
 
     /// A short name for operators.
@@ -179,6 +222,9 @@ impl DataVerdict {
             DataVerdict::DropNoAccept => "drop_no_accept",
             DataVerdict::DropStackedVlan => "drop_stacked_vlan",
             DataVerdict::Heartbeat => "heartbeat",
+            DataVerdict::ArpReplyVmac => "arp_reply_vmac",
+            DataVerdict::PassVmacOwner => "pass_vmac_owner",
+            DataVerdict::DropVmacNotOwner => "drop_vmac_not_owner",
         }
     }
 }
@@ -195,5 +241,14 @@ mod tests {
             let same = DataVerdict::ALL.iter().filter(|w| w.name() == v.name());
             assert_eq!(same.count(), 1, "{v:?}");
         }
+    }
+
+    #[test]
+    fn a_virtual_mac_names_its_vrid() {
+        assert_eq!(vmac(7), [0, 0, 0x5e, 0, 1, 7]);
+        assert_eq!(vmac_vrid(&vmac(255)), Some(255));
+        // The IPv6 virtual MAC (00-00-5E-00-02-XX) and any other: not ours.
+        assert_eq!(vmac_vrid(&[0, 0, 0x5e, 0, 2, 7]), None);
+        assert_eq!(vmac_vrid(&[2, 0, 0x5e, 0, 1, 7]), None);
     }
 }

@@ -12,7 +12,8 @@ use aya_log_ebpf::debug;
 use ha_common::{
     data::{
         DATA_FLAG_EMIT_EVERY_PACKET, DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict,
-        MAX_VIPS, Ownership, VIP_FLAG_NO_ACCEPT, VipEntry,
+        MAX_VIPS, Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT, VipEntry, vmac,
+        vmac_vrid,
     },
     flow::{
         EVENTS_BYTES, Endpoints, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey,
@@ -26,7 +27,7 @@ use network_types::{
 
 use crate::{
     hdr::{ArpIpv4, IcmpEcho, TcpPorts, UdpPorts, is_fragment},
-    heartbeat, now_ns, read,
+    heartbeat, now_ns, ptr_at, read,
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -43,6 +44,9 @@ static HA_DATA_VIPS: HashMap<u32, VipEntry, { MAX_VIPS as usize }> = HashMap::ne
 /// Also read by the heartbeat reflector (`crate::heartbeat`).
 #[btf_map]
 pub(crate) static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
+/// VRID -> ownership group + 1 of the instance using its virtual MAC.
+#[btf_map]
+static HA_DATA_VMACS: Array<u32, 256> = Array::new();
 #[btf_map]
 static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
 #[btf_map]
@@ -85,10 +89,12 @@ pub fn ha_data(ctx: XdpContext) -> u32 {
         | DataVerdict::DropIpv4NotOwner
         | DataVerdict::DropLeaseExpired
         | DataVerdict::DropNoAccept
-        | DataVerdict::DropStackedVlan => {
+        | DataVerdict::DropStackedVlan
+        | DataVerdict::DropVmacNotOwner => {
             debug!(&ctx, "ha_data: drop, reason {}", verdict as u32);
             xdp_action::XDP_DROP
         }
+        DataVerdict::ArpReplyVmac => xdp_action::XDP_TX,
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -135,6 +141,28 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     } else {
         (eth.ether_type, EthHdr::LEN)
     };
+    // To a virtual MAC of ours: only the owner takes it, readdressed to the
+    // interface's own MAC so the kernel takes it as its own; then gated as
+    // any other frame.
+    if let Some(vrid) = vmac_vrid(&eth.dst_addr) {
+        let group = HA_DATA_VMACS.get(u32::from(vrid)).copied().unwrap_or(0);
+        if group != 0 {
+            match vip_verdict(
+                group - 1,
+                &ownership(),
+                &mut None,
+                DataVerdict::PassVmacOwner,
+                DataVerdict::DropVmacNotOwner,
+            ) {
+                DataVerdict::PassVmacOwner => {
+                    if readdress(ctx) {
+                        count(DataVerdict::PassVmacOwner);
+                    }
+                }
+                drop => return drop,
+            }
+        }
+    }
     if ether_type == EtherType::Arp as u16 {
         let Ok(arp) = read::<ArpIpv4>(ctx, l3) else {
             return DataVerdict::Truncated;
@@ -146,13 +174,33 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
         let Some(vip) = vip_of(u32::from_ne_bytes(arp.tpa)) else {
             return DataVerdict::PassNoVip;
         };
-        return vip_verdict(
+        let verdict = vip_verdict(
             vip.group,
             &ownership(),
             &mut None,
             DataVerdict::PassArpOwner,
             DataVerdict::DropArpNotOwner,
         );
+        // A request (not an announcement: sender and target the same) for a
+        // virtual-MAC VIP we own: answered here with the virtual MAC, never
+        // by the kernel with the interface's.
+        if verdict == DataVerdict::PassArpOwner
+            && vip.flags & VIP_FLAG_VMAC != 0
+            && arp.oper == [0, 1]
+            && arp.htype == [0, 1]
+            && arp.hlen == 6
+            && arp.spa != arp.tpa
+            && answer_arp(
+                ctx,
+                l3,
+                &eth.src_addr,
+                &arp,
+                vmac((vip.flags >> VIP_VRID_SHIFT) as u8),
+            )
+        {
+            return DataVerdict::ArpReplyVmac;
+        }
+        return verdict;
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return DataVerdict::PassNoVip;
@@ -185,6 +233,62 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
         }
     }
     verdict
+}
+
+/// Writes the MAC of the interface the frame came in on (the reflector's
+/// [`heartbeat::HA_PROBE_MACS`], filled when the program is attached) as its
+/// destination. False if the interface's MAC is not known.
+#[inline(always)]
+fn readdress(ctx: &XdpContext) -> bool {
+    let Some(mac) = heartbeat::HA_PROBE_MACS.get_ptr(heartbeat::ingress_ifindex(ctx)) else {
+        return false;
+    };
+    // SAFETY: a live map value, read at once.
+    let mac = unsafe { *mac };
+    let Ok(dst) = ptr_at::<[u8; 6]>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: `ptr_at` checked the 6 bytes lie inside the frame, which XDP
+    // may write; alignment 1.
+    unsafe {
+        dst.cast_mut()
+            .write_unaligned([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+    };
+    true
+}
+
+/// Turns the ARP request `arp` (at `l3`, from `requester`) into the reply
+/// naming `mac` for its target, addressed back to the requester; the VLAN
+/// tag, if any, stays. False if the frame cannot be written.
+#[inline(always)]
+fn answer_arp(
+    ctx: &XdpContext,
+    l3: usize,
+    requester: &[u8; 6],
+    arp: &ArpIpv4,
+    mac: [u8; 6],
+) -> bool {
+    let (Ok(eth), Ok(body)) = (ptr_at::<[u8; 12]>(ctx, 0), ptr_at::<ArpIpv4>(ctx, l3)) else {
+        return false;
+    };
+    let mut addrs = [0u8; 12];
+    addrs[..6].copy_from_slice(requester);
+    addrs[6..].copy_from_slice(&mac);
+    let reply = ArpIpv4 {
+        oper: [0, 2],
+        sha: mac,
+        spa: arp.tpa,
+        tha: arp.sha,
+        tpa: arp.spa,
+        ..*arp
+    };
+    // SAFETY: `ptr_at` checked both lie inside the frame, which XDP may
+    // write; both are byte arrays or structs of bytes (alignment 1).
+    unsafe {
+        eth.cast_mut().write_unaligned(addrs);
+        body.cast_mut().write_unaligned(reply);
+    }
+    true
 }
 
 /// Records the packet in the flow table and emits an event on a new flow, a TCP

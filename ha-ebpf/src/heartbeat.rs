@@ -22,7 +22,7 @@ static HA_PROBE_CONFIG: Array<ProbeConfig, 1> = Array::new();
 #[btf_map]
 static HA_PROBE_TERM: Array<ProbeTerm, 1> = Array::new();
 #[btf_map]
-static HA_PROBE_MACS: HashMap<u32, [u8; 8], { MAX_IFACES as usize }> = HashMap::new();
+pub(crate) static HA_PROBE_MACS: HashMap<u32, [u8; 8], { MAX_IFACES as usize }> = HashMap::new();
 #[btf_map]
 static HA_PROBE_VERDICTS: PerCpuArray<u64, { PROBE_COUNTERS as usize }> = PerCpuArray::new();
 
@@ -143,7 +143,7 @@ fn judge(ctx: &XdpContext, side: Side) -> (ProbeCounter, u32) {
 }
 
 #[inline(always)]
-fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+pub(crate) fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     // SAFETY: reading a field of the XDP context the kernel gave us.
     unsafe { (*ctx.ctx).ingress_ifindex }
 }

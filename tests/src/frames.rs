@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder};
 
-const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 
 /// An IPv4 frame carrying `payload` as IP protocol `proto` with `ttl`.

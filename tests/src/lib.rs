@@ -312,6 +312,8 @@ pub struct AgentSpec {
     pub fast_heartbeat_off: bool,
     /// Writes `[ha.napi] threaded = false` (data interfaces left in softirq).
     pub napi_softirq: bool,
+    /// Writes `vmac = true` in the instance (the VRRP virtual MAC).
+    pub vmac: bool,
 }
 
 impl AgentSpec {
@@ -331,6 +333,7 @@ impl AgentSpec {
             tail: String::new(),
             fast_heartbeat_off: false,
             napi_softirq: false,
+            vmac: false,
         }
     }
 
@@ -365,10 +368,12 @@ priority = {prio}
 advert_interval_ms = {adv}
 preempt = {preempt}
 accept = {accept}
+{vmac}
 vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", address = "10.1.0.1/24" }}]
 {tail}
 "#,
             tail = self.tail,
+            vmac = if self.vmac { "vmac = true" } else { "" },
             unicast = self.unicast,
             extra = self.group_extra,
             ha_extra = self.ha_extra,

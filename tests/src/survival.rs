@@ -28,17 +28,24 @@ const PORT: u16 = 9000;
 /// long-lived and 10 ms connections (of 1,050, at most one lost), >= 99 %
 /// of the young batch (of 200, at most two), no reset.
 pub fn assert_survived(o: &Outcome) {
+    assert_older_survived(o);
+    assert!(
+        o.young_survived * 100 >= YOUNG_BATCH * 99,
+        "only {}/{YOUNG_BATCH} of the connections opened 1 ms before the crash survived",
+        o.young_survived
+    );
+}
+
+/// [`assert_survived`] but for the young batch (whose figure is state
+/// sync's, tested with it): >= 99.9 % of the long-lived and 10 ms
+/// connections, no reset.
+pub fn assert_older_survived(o: &Outcome) {
     assert_eq!(o.total, LONG_LIVED + LATE_BATCH + YOUNG_BATCH);
     let older = o.survived - o.young_survived;
     assert!(
         older * 1000 >= (LONG_LIVED + LATE_BATCH) * 999,
         "only {older}/{} of the long-lived and 10 ms connections survived",
         LONG_LIVED + LATE_BATCH
-    );
-    assert!(
-        o.young_survived * 100 >= YOUNG_BATCH * 99,
-        "only {}/{YOUNG_BATCH} of the connections opened 1 ms before the crash survived",
-        o.young_survived
     );
     assert_eq!(o.rsts, 0, "no resets");
 }
@@ -60,13 +67,31 @@ pub struct Outcome {
 /// One run in [`failover_lab`]: `replicate` with state sync on, `snat`
 /// with the client's connections source-NATed to the WAN VIP.
 pub fn run(replicate: bool, snat: bool) -> Outcome {
-    run_on(failover_lab(), &["ha0", "lan0", "wan0"], replicate, snat)
+    run_on(
+        failover_lab(),
+        &["ha0", "lan0", "wan0"],
+        replicate,
+        snat,
+        false,
+    )
 }
+
+/// The VRRP virtual MAC of the lab's instance (VRID 51).
+pub const LAB_VMAC: &str = "00:00:5e:00:01:33";
 
 /// [`run`] in a lab of the same shape (`fw1`/`fw2` with `ha0`, the LAN
 /// `lan0` and the WAN `wan0`, `client`, `server`), whose hard crash takes
-/// `crash_links` of fw1 down.
-pub fn run_on(mut lab: ha_lab::Lab, crash_links: &[&str], replicate: bool, snat: bool) -> Outcome {
+/// `crash_links` of fw1 down. With `vmac`, the instance uses the virtual
+/// MAC and the client's and server's neighbour entries for their gateway
+/// VIP are static, set to it before any traffic: nothing an ARP
+/// announcement says can move them.
+pub fn run_on(
+    mut lab: ha_lab::Lab,
+    crash_links: &[&str],
+    replicate: bool,
+    snat: bool,
+    vmac: bool,
+) -> Outcome {
     let wan_vip = Ipv4Addr::new(10, 1, 0, 1);
     for fw in ["fw1", "fw2"] {
         stateful_firewall(&lab, fw, snat.then_some(wan_vip));
@@ -80,8 +105,14 @@ pub fn run_on(mut lab: ha_lab::Lab, crash_links: &[&str], replicate: bool, snat:
     } else {
         String::new()
     };
+    if vmac {
+        for (ns, gateway) in [("client", "10.0.0.1"), ("server", "10.1.0.1")] {
+            static_neighbour(&lab, ns, gateway, LAB_VMAC);
+        }
+    }
     let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
         ha_extra: ha_extra.clone(),
+        vmac,
         ..spec
     });
     wait_for("roles", Duration::from_secs(10), || {
@@ -183,6 +214,8 @@ pub fn run_on(mut lab: ha_lab::Lab, crash_links: &[&str], replicate: bool, snat:
                 eprintln!("silent: {:?}", fleet.silent);
                 let o = lab.exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "9000"]).unwrap();
                 std::fs::write("/tmp/ct-fw2-after.txt", o.stdout).unwrap();
+                let o = lab.exec("fw2", &["nft", "list", "ruleset"]).unwrap();
+                std::fs::write("/tmp/nft-fw2-after.txt", o.stdout).unwrap();
             }
             // Counted now, before anything closes: a socket closed with data
             // in flight draws a reset that has nothing to do with failover.
@@ -219,4 +252,24 @@ pub fn run_on(mut lab: ha_lab::Lab, crash_links: &[&str], replicate: bool, snat:
         outcome.survived, outcome.total, outcome.young_survived, outcome.replicated
     );
     Outcome { rsts, ..outcome }
+}
+
+/// `ip neigh replace <addr> lladdr <mac> dev eth0 nud permanent` in `ns`.
+pub fn static_neighbour(lab: &ha_lab::Lab, ns: &str, addr: &str, mac: &str) {
+    lab.ip(
+        ns,
+        "a static neighbour",
+        &[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
 }

@@ -75,6 +75,6 @@ fn the_gate_holds_on_a_bridge_and_moves_with_a_hard_crash() {
 #[test]
 fn connections_survive_a_hard_failover_on_a_bridge() {
     let _serial = serial();
-    let o = survival::run_on(bridged_lan_lab(), &BRIDGED_CRASH_LINKS, true, false);
+    let o = survival::run_on(bridged_lan_lab(), &BRIDGED_CRASH_LINKS, true, false, false);
     survival::assert_survived(&o);
 }

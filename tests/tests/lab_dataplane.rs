@@ -44,7 +44,7 @@ fn two_firewalls(tag: &str) -> TwoFirewalls {
     for (p, ns) in fw.iter().zip(["fw1", "fw2"]) {
         lab.run_in(ns, || {
             for iface in ["lan0", "wan0"] {
-                let mode = p.dp.attach_data(iface).unwrap();
+                let mode = p.dp.attach_data(iface, false).unwrap();
                 assert_eq!(
                     mode,
                     Some(ha_agent::dataplane::AttachMode::Native),
@@ -246,7 +246,7 @@ fn reopening_the_pins_does_not_drop_a_ping_stream() {
                 drop(dp);
                 dp = Dataplane::create_or_open(&instance, LoadOptions::default()).unwrap();
                 let again = lab
-                    .run_in("fw1", || dp.attach_data("lan0").unwrap())
+                    .run_in("fw1", || dp.attach_data("lan0", false).unwrap())
                     .unwrap();
                 assert_eq!(again, None, "still attached from before");
                 assert_eq!(dp.ownership().unwrap().groups, 1);

@@ -466,12 +466,12 @@ fn probes_are_answered_across_veths_and_a_bridge() {
         put_mac(&pb, i, MAP_MAC);
     }
     lab.run_in("a", || {
-        pa.dp.attach_data("eth0").unwrap();
+        pa.dp.attach_data("eth0", false).unwrap();
         pa.dp.attach_link("ha0").unwrap();
     })
     .unwrap();
     lab.run_in("b", || {
-        pb.dp.attach_data("eth0").unwrap();
+        pb.dp.attach_data("eth0", false).unwrap();
         pb.dp.attach_link("ha0").unwrap();
     })
     .unwrap();

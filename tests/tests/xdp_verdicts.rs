@@ -257,11 +257,13 @@ fn accept_mode_off_drops_traffic_to_the_vip_on_the_owner() {
             addr: VIP,
             group: 0,
             accept: false,
+            vmac: None,
         },
         VipSpec {
             addr: other,
             group: 0,
             accept: true,
+            vmac: None,
         },
     ])
     .unwrap();
@@ -277,6 +279,96 @@ fn accept_mode_off_drops_traffic_to_the_vip_on_the_owner() {
             .iter()
             .any(|v| v.vip == VIP && !v.accept && v.owner)
     );
+}
+
+/// `vmac = true`: the owner answers ARP for the VIP itself, with the
+/// virtual MAC (`XDP_TX`), and takes frames to the virtual MAC, readdressed
+/// to the interface's own; a backup does neither; another VRID's virtual
+/// MAC is not ours.
+#[test]
+fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
+    require_root();
+    use aya::maps::{HashMap, Map, MapData};
+    use ha_agent::dataplane::VipSpec;
+    use ha_common::{data::vmac, heartbeat};
+    const TX: u32 = 3;
+    let mut p = PinnedDataplane::new("vmac");
+    let plain = Ipv4Addr::new(192, 0, 2, 2);
+    p.dp.set_vip_table(&[
+        VipSpec {
+            addr: VIP,
+            group: 0,
+            accept: true,
+            vmac: Some(7),
+        },
+        VipSpec {
+            addr: plain,
+            group: 0,
+            accept: true,
+            vmac: None,
+        },
+    ])
+    .unwrap();
+    // The test run's ingress interface is loopback: its "MAC" is what a
+    // frame to the virtual MAC is readdressed to.
+    let lo_mac = [0x02, 0xaa, 0, 0, 0, 1];
+    let path = p.dp.dir().join("maps").join(heartbeat::MACS_MAP);
+    let mut macs: HashMap<MapData, u32, [u8; 8]> =
+        HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap()).unwrap();
+    let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
+    macs.insert(lo, [0x02, 0xaa, 0, 0, 0, 1, 0, 0], 0).unwrap();
+    let to = |mac: [u8; 6], mut f: Vec<u8>| {
+        f[..6].copy_from_slice(&mac);
+        f
+    };
+    let run = |p: &PinnedDataplane, f: &[u8]| p.dp.test_run_frame("ha_data", f).unwrap();
+    let forwarded = frames::udp(CLIENT, SERVER, 5000, 53, b"q");
+
+    // A backup: no answer, and nothing to the virtual MAC gets in.
+    assert_eq!(run(&p, &frames::arp(1, CLIENT, VIP)).0, DROP);
+    assert_eq!(run(&p, &to(vmac(7), forwarded.clone())).0, DROP);
+    // Another cluster's virtual MAC: not ours to judge, left as it is.
+    let (v, out) = run(&p, &to(vmac(8), forwarded.clone()));
+    assert_eq!((v, &out[..6]), (PASS, &vmac(8)[..]));
+
+    p.dp.set_ownership(1, None).unwrap();
+    // The owner answers a request for the VIP with the virtual MAC.
+    let (v, out) = run(&p, &frames::arp(1, CLIENT, VIP));
+    assert_eq!(v, TX);
+    assert_eq!(&out[0..6], &frames::SRC_MAC, "back to the requester");
+    assert_eq!(&out[6..12], &vmac(7), "from the virtual MAC");
+    assert_eq!(&out[12..14], &[0x08, 0x06]);
+    assert_eq!(&out[14..22], &[0, 1, 0x08, 0x00, 6, 4, 0, 2], "a reply");
+    assert_eq!(&out[22..28], &vmac(7), "sender: the virtual MAC");
+    assert_eq!(&out[28..32], &VIP.octets(), "sender: the VIP");
+    assert_eq!(&out[32..38], &frames::SRC_MAC, "target: the requester");
+    assert_eq!(&out[38..42], &CLIENT.octets());
+    // Through a VLAN tag too, the tag kept.
+    let (v, out) = run(&p, &frames::vlan(&frames::arp(1, CLIENT, VIP), 10));
+    assert_eq!(
+        (v, &out[12..16], &out[26..32]),
+        (TX, &[0x81, 0, 0, 10][..], &vmac(7)[..])
+    );
+    // An announcement (sender = target, as a peer's GARP) is not answered;
+    // a VIP without a virtual MAC is the kernel's to answer.
+    assert_eq!(run(&p, &frames::arp(1, VIP, VIP)).0, PASS);
+    assert_eq!(run(&p, &frames::arp(1, CLIENT, plain)).0, PASS);
+    // A frame to the virtual MAC goes on, to the interface's own MAC.
+    let (v, out) = run(&p, &to(vmac(7), forwarded.clone()));
+    assert_eq!((v, &out[..6]), (PASS, &lo_mac[..]));
+    let (v, out) = run(&p, &to(vmac(7), frames::arp(1, CLIENT, VIP)));
+    assert_eq!(
+        (v, &out[6..12]),
+        (TX, &vmac(7)[..]),
+        "a unicast ARP refresh"
+    );
+
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    assert_eq!(counter(&snap.data_verdicts, "arp_reply_vmac"), 3);
+    assert_eq!(counter(&snap.data_verdicts, "pass_vmac_owner"), 2);
+    assert_eq!(counter(&snap.data_verdicts, "drop_vmac_not_owner"), 1);
+    assert!(snap.vips.iter().any(|v| v.vip == VIP && v.vmac == Some(7)));
+    assert!(snap.vips.iter().any(|v| v.vip == plain && v.vmac.is_none()));
 }
 
 /// Sync, management, control and ICMP over the HA link pass only when

@@ -295,8 +295,10 @@ impl Agent {
         } else if let Some(mode) = dp.attach_link(&config.ha.interface)? {
             info!(iface = %config.ha.interface, %mode, "ha_link attached");
         }
+        let vmacs = setup::vmac_ports(&config);
         for iface in config.data_interfaces() {
-            if let Some(mode) = dp.attach_data(&iface)? {
+            let vmac = vmacs.iter().any(|(i, _)| *i == iface);
+            if let Some(mode) = dp.attach_data(&iface, vmac)? {
                 info!(%iface, %mode, "ha_data attached");
             }
         }

@@ -415,6 +415,9 @@ fn ipv4_header_checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// A VIP to announce, and its virtual MAC (`None`: the interface's MAC).
+pub type Announced = (Ipv4Addr, Option<[u8; 6]>);
+
 /// Gratuitous ARP for the VIPs of one interface: frames built at startup, sent
 /// with one `sendto` each on an AF_PACKET socket.
 #[derive(Debug)]
@@ -428,7 +431,9 @@ pub struct GarpSender {
 }
 
 impl GarpSender {
-    pub fn open(iface: &str, vips: &[Ipv4Addr]) -> io::Result<Self> {
+    /// For `vips` on `iface`, each from its virtual MAC if it has one, else
+    /// from the interface's.
+    pub fn open(iface: &str, vips: &[Announced]) -> io::Result<Self> {
         let ifindex = if_index(iface)?;
         let mac = if_mac(iface)?;
         // Protocol 0: a send-only packet socket, so the kernel queues no
@@ -448,7 +453,10 @@ impl GarpSender {
         }
         // SAFETY: `raw` is a fresh, valid fd.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let frames = vips.iter().map(|vip| garp_frame(mac, *vip)).collect();
+        let frames = vips
+            .iter()
+            .map(|&(vip, vmac)| garp_frame(vmac.unwrap_or(mac), vip))
+            .collect();
         Ok(GarpSender {
             fd,
             ifindex,

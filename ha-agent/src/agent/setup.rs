@@ -2,12 +2,16 @@
 //! plane's VIP table, GARP sockets. Done at start-up and, for a reload, by
 //! the control thread; never on the takeover path.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    process::Command,
+};
 
 use anyhow::Context as _;
 use tracing::{info, warn};
 
-use super::net::GarpSender;
+use super::net::{Announced, GarpSender};
 use crate::{
     config::{self, Config},
     dataplane::{Dataplane, VipSpec},
@@ -19,7 +23,47 @@ pub fn install_vips(config: &Config, dp: &mut Dataplane) -> anyhow::Result<()> {
     for vip in all_vips(config) {
         ip_addr("replace", &vip)?;
     }
+    for (iface, vrid) in vmac_ports(config) {
+        vmac_fdb("replace", &iface, vrid)?;
+    }
     dp.set_vip_table(&vip_specs(config))?;
+    Ok(())
+}
+
+/// Each interface carrying a VIP of an instance with `vmac = true`, with
+/// that instance's VRID.
+pub fn vmac_ports(config: &Config) -> BTreeSet<(String, u8)> {
+    config
+        .groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .filter(|i| i.vmac)
+        .flat_map(|i| i.parsed_vips().into_iter().map(|v| (v.iface, i.vrid)))
+        .collect()
+}
+
+/// `bridge fdb replace|del <virtual MAC> dev <iface> self [permanent]`: the
+/// interface takes frames to the virtual MAC (a NIC adds it to its unicast
+/// filter, or turns promiscuous; a bridge delivers them to itself, where
+/// XDP runs, instead of flooding them to its ports). On every node, as the
+/// VIP addresses: XDP decides who keeps them.
+pub fn vmac_fdb(op: &str, iface: &str, vrid: u8) -> anyhow::Result<()> {
+    let mac = crate::iface::mac_text(ha_common::data::vmac(vrid));
+    let mut args = vec!["fdb", op, mac.as_str(), "dev", iface, "self"];
+    if op != "del" {
+        args.push("permanent");
+    }
+    let out = Command::new("bridge")
+        .args(&args)
+        .output()
+        .context("running bridge fdb")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "bridge {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(())
 }
 
@@ -59,6 +103,7 @@ pub fn vip_specs(config: &Config) -> Vec<VipSpec> {
                     addr: vip.addr,
                     group: gi as u32,
                     accept: i.accept || i.priority == 255,
+                    vmac: i.vmac.then_some(i.vrid),
                 });
             }
         }
@@ -129,14 +174,18 @@ pub fn ip_addr(op: &str, vip: &config::Vip) -> anyhow::Result<()> {
 }
 
 /// One GARP sender per interface carrying the group's VIPs.
+/// Announcements of a virtual-MAC VIP come from the virtual MAC, so the
+/// switches learn where it went.
 pub fn garp_senders(g: &config::GroupConfig) -> anyhow::Result<Vec<GarpSender>> {
-    let mut per_iface: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-    for vip in g
-        .instances
-        .iter()
-        .flat_map(config::InstanceConfig::parsed_vips)
-    {
-        per_iface.entry(vip.iface).or_default().push(vip.addr);
+    let mut per_iface: BTreeMap<String, Vec<Announced>> = BTreeMap::new();
+    for i in &g.instances {
+        let mac = i.vmac.then(|| ha_common::data::vmac(i.vrid));
+        for vip in i.parsed_vips() {
+            per_iface
+                .entry(vip.iface)
+                .or_default()
+                .push((vip.addr, mac));
+        }
     }
     per_iface
         .iter()

@@ -41,6 +41,10 @@ pub async fn reload(
     for v in new_vips.iter().filter(|v| !old_vips.contains(v)) {
         setup::ip_addr("replace", v).map_err(|e| format!("{e:#}"))?;
     }
+    let (old_vmacs, new_vmacs) = (setup::vmac_ports(&current), setup::vmac_ports(&next));
+    for (iface, vrid) in new_vmacs.difference(&old_vmacs) {
+        setup::vmac_fdb("replace", iface, *vrid).map_err(|e| format!("{e:#}"))?;
+    }
     let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
     let (old_ifaces, new_ifaces) = (current.data_interfaces(), next.data_interfaces());
     let added: Vec<String> = new_ifaces
@@ -53,7 +57,8 @@ pub async fn reload(
         if *iface == next.ha.interface {
             let _ = dp.detach_iface("ha_link", iface);
         }
-        match dp.attach_data(iface) {
+        let vmac = new_vmacs.iter().any(|(i, _)| i == iface);
+        match dp.attach_data(iface, vmac) {
             Ok(Some(mode)) => info!(%iface, %mode, "ha_data attached"),
             Ok(None) => {}
             Err(e) => return Err(format!("attaching ha_data to {iface}: {e}")),
@@ -63,6 +68,11 @@ pub async fn reload(
     for v in old_vips.iter().filter(|v| !new_vips.contains(v)) {
         if let Err(e) = setup::ip_addr("del", v) {
             warn!(cause = %e, "removing a VIP address");
+        }
+    }
+    for (iface, vrid) in old_vmacs.difference(&new_vmacs) {
+        if let Err(e) = setup::vmac_fdb("del", iface, *vrid) {
+            warn!(cause = %e, "removing a virtual MAC");
         }
     }
     for iface in old_ifaces.iter().filter(|i| !new_ifaces.contains(i)) {

@@ -47,6 +47,8 @@ pub struct VipView {
     pub owner: bool,
     /// Accept_Mode: the owner accepts IPv4 addressed to it.
     pub accept: bool,
+    /// The VRID whose virtual MAC answers for it, if any.
+    pub vmac: Option<u8>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +103,8 @@ impl Snapshot {
                 group: e.group,
                 owner: own.owns(e.group, now),
                 accept: e.flags & data::VIP_FLAG_NO_ACCEPT == 0,
+                vmac: (e.flags & data::VIP_FLAG_VMAC != 0)
+                    .then_some((e.flags >> data::VIP_VRID_SHIFT) as u8),
             })
             .collect();
         vips.sort_by_key(|v| (v.group, v.vip));
@@ -212,11 +216,16 @@ impl fmt::Display for Snapshot {
         for v in &self.vips {
             writeln!(
                 f,
-                "  {:<15}  group {:<2}  owner {}{}",
+                "  {:<15}  group {:<2}  owner {}{}{}",
                 v.vip,
                 v.group,
                 if v.owner { "yes" } else { "no" },
-                if v.accept { "" } else { "  (accept mode off)" }
+                if v.accept { "" } else { "  (accept mode off)" },
+                match v.vmac {
+                    Some(vrid) =>
+                        format!("  virtual MAC {}", crate::iface::mac_text(data::vmac(vrid))),
+                    None => String::new(),
+                }
             )?;
         }
         writeln!(f, "last advert per VRID:")?;

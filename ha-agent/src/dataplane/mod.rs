@@ -244,6 +244,7 @@ const PINNED_MAPS: &[&str] = &[
     link::ADVERTS_MAP,
     link::VERDICTS_MAP,
     data::VIPS_MAP,
+    data::VMACS_MAP,
     data::OWNERSHIP_MAP,
     data::CONFIG_MAP,
     data::VERDICTS_MAP,
@@ -399,6 +400,8 @@ pub struct VipSpec {
     pub group: u32,
     /// RFC 9568 Accept_Mode: the owner accepts IPv4 addressed to the VIP.
     pub accept: bool,
+    /// The VRID whose virtual MAC answers for the VIP (`vmac = true`).
+    pub vmac: Option<u8>,
 }
 
 /// Control handle on a pinned data plane.
@@ -409,6 +412,8 @@ pub struct Dataplane {
     ownership: Array<MapData, Ownership>,
     /// VIP -> ownership group.
     vips: HashMap<MapData, u32, VipEntry>,
+    /// VRID -> ownership group + 1 of a virtual MAC.
+    vmacs: Array<MapData, u32>,
     /// Flow-tracking settings of `ha_data`.
     data_config: Array<MapData, DataConfig>,
     /// Sync port of `ha_link`.
@@ -518,6 +523,7 @@ impl Dataplane {
         Ok(Dataplane {
             ownership: open_map(&dir, data::OWNERSHIP_MAP)?,
             vips: open_map(&dir, data::VIPS_MAP)?,
+            vmacs: open_map(&dir, data::VMACS_MAP)?,
             data_config: open_map(&dir, data::CONFIG_MAP)?,
             link_config: open_map(&dir, link::CONFIG_MAP)?,
             peers: open_map(&dir, link::PEERS_MAP)?,
@@ -614,8 +620,26 @@ impl Dataplane {
 
     /// Attaches `ha_data` to a data interface (no-op if already attached).
     /// Either way, records the interface's MAC for the heartbeat reflector.
-    pub fn attach_data(&self, iface: &str) -> Result<Option<AttachMode>, DataplaneError> {
-        self.attach(data::PROGRAM, iface)
+    /// With `vmac` (the interface carries a virtual-MAC VIP), a veth gets
+    /// the program in generic mode: veth's native XDP runs on a packet the
+    /// kernel has already classed as another host's (its destination is not
+    /// the veth's MAC), and readdressing it to the interface's MAC cannot
+    /// undo that; generic XDP classes it again. Drivers that build the
+    /// packet after XDP (NICs) and generic mode (bridges, bonds) need
+    /// nothing.
+    pub fn attach_data(
+        &self,
+        iface: &str,
+        vmac: bool,
+    ) -> Result<Option<AttachMode>, DataplaneError> {
+        let generic = vmac && crate::iface::driver(iface).is_ok_and(|d| d == "veth");
+        if generic {
+            info!(
+                iface,
+                "a virtual MAC on a veth: ha_data attaches in generic mode (veth's native XDP cannot take frames to another MAC as its own)"
+            );
+        }
+        self.attach_as(data::PROGRAM, iface, generic)
     }
 
     /// Records `iface`'s MAC under its index in the reflector's MAC map (the
@@ -741,6 +765,17 @@ impl Dataplane {
         program: &'static str,
         iface: &str,
     ) -> Result<Option<AttachMode>, DataplaneError> {
+        self.attach_as(program, iface, false)
+    }
+
+    /// [`Self::attach`], in generic mode if `generic` (its pinned link's
+    /// name says so: a link of the other mode is replaced).
+    fn attach_as(
+        &self,
+        program: &'static str,
+        iface: &str,
+        generic: bool,
+    ) -> Result<Option<AttachMode>, DataplaneError> {
         // The pin name carries the interface index: a link to an interface
         // that was deleted and re-created (new index) is stale, not "attached".
         let ifindex = crate::iface::if_index(iface).map_err(|e| DataplaneError::Attach {
@@ -748,10 +783,10 @@ impl Dataplane {
             iface: iface.to_owned(),
             source: ProgramError::IOError(e),
         })?;
-        let link_path = self
-            .dir
-            .join("links")
-            .join(format!("{program}@{iface}@{ifindex}"));
+        let link_path = self.dir.join("links").join(format!(
+            "{program}@{iface}@{ifindex}{}",
+            if generic { "@generic" } else { "" }
+        ));
         // Also when already attached: a restarted agent re-records it.
         self.set_probe_mac(program, iface, ifindex as u32)?;
         if link_path.exists() {
@@ -761,7 +796,19 @@ impl Dataplane {
         let prog_path = self.dir.join("progs").join(program);
         let mut prog = Xdp::from_pin(&prog_path, aya_obj::programs::XdpAttachType::Interface)
             .map_err(|source| DataplaneError::LoadProgram { program, source })?;
-        let (mode, id) = attach_xdp(&mut prog, program, iface)?;
+        let (mode, id) = if generic {
+            let id = prog
+                .attach(iface, XdpMode::Skb)
+                .map_err(|source| DataplaneError::Attach {
+                    program,
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+            info!(program, iface, mode = "generic", "XDP program attached");
+            (AttachMode::Generic, id)
+        } else {
+            attach_xdp(&mut prog, program, iface)?
+        };
         let link = prog
             .take_link(id)
             .map_err(|source| DataplaneError::Attach {
@@ -861,6 +908,7 @@ impl Dataplane {
                 addr,
                 group,
                 accept: true,
+                vmac: None,
             })
             .collect();
         self.set_vip_table(&specs)
@@ -879,10 +927,12 @@ impl Dataplane {
             )));
         }
         let mut want = std::collections::HashMap::new();
+        let mut vmacs = [0u32; 256];
         for &VipSpec {
             addr,
             group,
             accept,
+            vmac,
         } in vips
         {
             if group >= MAX_GROUPS {
@@ -890,8 +940,29 @@ impl Dataplane {
                     "VIP {addr}: group {group} out of range 0..{MAX_GROUPS}"
                 )));
             }
-            let flags = if accept { 0 } else { data::VIP_FLAG_NO_ACCEPT };
+            let mut flags = if accept { 0 } else { data::VIP_FLAG_NO_ACCEPT };
+            if let Some(vrid) = vmac {
+                let slot = &mut vmacs[usize::from(vrid)];
+                if *slot != 0 && *slot != group + 1 {
+                    return Err(DataplaneError::Invalid(format!(
+                        "VIP {addr}: the virtual MAC of VRID {vrid} is in two groups"
+                    )));
+                }
+                *slot = group + 1;
+                flags |= data::VIP_FLAG_VMAC | u32::from(vrid) << data::VIP_VRID_SHIFT;
+            }
             want.insert(addr_from_octets(addr.octets()), VipEntry { group, flags });
+        }
+        // Virtual MACs first: a VIP naming one is answered only once its
+        // frames are let in.
+        for (vrid, group) in vmacs.iter().enumerate() {
+            let map = data::VMACS_MAP;
+            let have = self.vmacs.get(&(vrid as u32), 0).unwrap_or(0);
+            if have != *group {
+                self.vmacs
+                    .set(vrid as u32, group, 0)
+                    .map_err(|source| DataplaneError::Map { map, source })?;
+            }
         }
         let stale: Vec<u32> = self
             .vips

@@ -37,6 +37,7 @@ struct Instance {
     preempt: bool,
     preempt_delay_ms: u64,
     accept: Option<bool>,
+    vmac: bool,
     src: Option<Ipv4Addr>,
     peers: Vec<Ipv4Addr>,
     /// (address with prefix, dev or None).
@@ -286,9 +287,13 @@ impl Reader {
                     c,
                     "VRRPv2 authentication; VRRPv3 has none (ha-agent signs adverts once both nodes run it: [ha.auth])",
                 ),
-                "use_vmac" | "vmac_xmit_base" => {
-                    self.skip(c, "the virtual MAC comes with issue 16")
-                }
+                // keepalived's macvlan per VRID: here XDP answers with the
+                // same virtual MAC on the interface itself.
+                "use_vmac" => i.vmac = true,
+                "vmac_xmit_base" => self.skip(
+                    c,
+                    "adverts go on the HA link; the virtual MAC is the source of the VIPs' ARP replies and announcements",
+                ),
                 "track_script" => self.skip(
                     c,
                     "track scripts are not supported: track interfaces, or lower the priority with `ha-agent demote`",
@@ -974,6 +979,9 @@ fn group(
         }
         if let Some(a) = i.accept {
             t.insert("accept".into(), Value::Boolean(a));
+        }
+        if i.vmac {
+            t.insert("vmac".into(), Value::Boolean(true));
         }
         let mut vips = Vec::new();
         for (addr, dev) in &i.vips {

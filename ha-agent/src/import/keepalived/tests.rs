@@ -266,3 +266,23 @@ fn what_cannot_work_is_refused_with_its_line() {
         assert!(e.contains(want), "{text:?}:\n{e}");
     }
 }
+
+#[test]
+fn use_vmac_becomes_the_virtual_mac() {
+    let opts = Options {
+        peer: Some("10.255.0.2".parse().unwrap()),
+        ha_address: Some("10.255.0.1".parse().unwrap()),
+        ..Options::default()
+    };
+    let text = "vrrp_instance A {\n interface ha0\n virtual_router_id 7\n use_vmac vrrp.7\n vmac_xmit_base\n virtual_ipaddress { 10.0.0.1/24 dev lan0 }\n}\n";
+    let got = import(&mem(text), None, &opts, &no_host).unwrap();
+    assert!(got.config.groups[0].instances[0].vmac);
+    assert!(got.toml.contains("vmac = true"), "{}", got.toml);
+    assert!(
+        got.skipped
+            .iter()
+            .any(|s| s.what.contains("vmac_xmit_base")),
+        "{:?}",
+        got.skipped
+    );
+}
