@@ -210,6 +210,50 @@ pub fn run_on(
                 "crash (links going down) {:?} after the late batch was open, {:?} after the young batch",
                 ages.0, ages.1
             );
+            if survived < answered.len() && replicate {
+                // What a lost connection had, for the record of a failed
+                // run: which batch, what the clients' gateway entries say,
+                // what the new master's conntrack and firewall did with it.
+                let lost = |r: std::ops::Range<usize>| answered[r].iter().filter(|a| !**a).count();
+                let neigh = |ns: &str, ip: &str| {
+                    lab.exec(ns, &["ip", "neigh", "show", ip])
+                        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                        .unwrap_or_default()
+                };
+                let ct = lab
+                    .exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "9000"])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let mut states = std::collections::BTreeMap::<String, usize>::new();
+                for port in &fleet.silent {
+                    let needle = format!("sport={port} ");
+                    let state = ct
+                        .lines()
+                        .find(|l| l.contains(&needle))
+                        .and_then(|l| l.split_whitespace().nth(3))
+                        .unwrap_or("absent");
+                    *states.entry(state.to_owned()).or_default() += 1;
+                }
+                let invalid = lab
+                    .exec("fw2", &["nft", "list", "chain", "inet", "halab_fw", "forward"])
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .lines()
+                            .find(|l| l.contains("invalid"))
+                            .unwrap_or("")
+                            .trim()
+                            .to_owned()
+                    })
+                    .unwrap_or_default();
+                eprintln!(
+                    "lost: {} long-lived, {} late, {} young; their state in fw2's conntrack: {states:?}; fw2 forward: {invalid}; client: {}; server: {}",
+                    lost(0..LONG_LIVED),
+                    lost(LONG_LIVED..LONG_LIVED + LATE_BATCH),
+                    lost(LONG_LIVED + LATE_BATCH..answered.len()),
+                    neigh("client", "10.0.0.1"),
+                    neigh("server", "10.1.0.1"),
+                );
+            }
             if std::env::var_os("HATEST_DEBUG").is_some() {
                 eprintln!("silent: {:?}", fleet.silent);
                 let o = lab.exec("fw2", &["conntrack", "-L", "-p", "tcp", "--dport", "9000"]).unwrap();
