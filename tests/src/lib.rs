@@ -640,6 +640,7 @@ impl Keepalived {
             on_state,
             binary,
             instance_extra,
+            vmac,
         } = opts;
         let unicast = *unicast;
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -664,8 +665,46 @@ impl Keepalived {
         } else {
             String::new()
         };
-        let conf = format!(
-            r#"global_defs {{
+        let conf = if *vmac {
+            let instance = |name: &str, iface: &str, vip: &str| {
+                format!(
+                    r#"vrrp_instance {name} {{
+  state BACKUP
+  interface {iface}
+  use_vmac vrrp.{iface}
+  virtual_router_id 51
+  priority {priority}
+  advert_int {adv}
+  virtual_ipaddress {{
+    {vip}
+  }}
+}}
+"#,
+                    adv = advert_ms as f64 / 1000.0,
+                )
+            };
+            format!(
+                r#"global_defs {{
+  router_id fw{node}
+  vrrp_version 3
+  script_user root
+  enable_script_security
+}}
+vrrp_sync_group G {{
+  group {{
+    VI_LAN
+    VI_WAN
+  }}
+  notify {notify}
+}}
+{lan}{wan}"#,
+                notify = notify.display(),
+                lan = instance("VI_LAN", "lan0", "10.0.0.1/24"),
+                wan = instance("VI_WAN", "wan0", "10.1.0.1/24"),
+            )
+        } else {
+            format!(
+                r#"global_defs {{
   router_id fw{node}
   vrrp_version 3
   script_user root
@@ -685,14 +724,15 @@ vrrp_instance VI_1 {{
   notify {notify}
 }}
 "#,
-            adv = advert_ms as f64 / 1000.0,
-            notify = notify.display(),
-            instance_extra = if instance_extra.is_empty() {
-                String::new()
-            } else {
-                format!("{instance_extra}\n  ")
-            },
-        );
+                adv = advert_ms as f64 / 1000.0,
+                notify = notify.display(),
+                instance_extra = if instance_extra.is_empty() {
+                    String::new()
+                } else {
+                    format!("{instance_extra}\n  ")
+                },
+            )
+        };
         let conf_path = dir.join("keepalived.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let log = std::fs::File::create(dir.join("keepalived.log")).unwrap();
@@ -729,10 +769,15 @@ vrrp_instance VI_1 {{
     /// line of its log (its notify scripts run concurrently and may finish out
     /// of order; the log is written in order).
     pub fn state(&self) -> Option<String> {
-        self.log_text().lines().rev().find_map(|l| {
-            let rest = l.split("Entering ").nth(1)?;
-            Some(rest.split(' ').next()?.to_owned())
-        })
+        // With `vmac`, the LAN instance stands for the sync group.
+        self.log_text()
+            .lines()
+            .rev()
+            .filter(|l| !l.contains("(VI_WAN)"))
+            .find_map(|l| {
+                let rest = l.split("Entering ").nth(1)?;
+                Some(rest.split(' ').next()?.to_owned())
+            })
     }
 
     /// keepalived's own log.
@@ -771,6 +816,13 @@ pub struct KeepalivedOptions {
     /// Configuration inserted in the `vrrp_instance` block, before
     /// `virtual_ipaddress` (e.g. an `auth_hmac { ... }` block).
     pub instance_extra: String,
+    /// keepalived's `use_vmac`, which puts the virtual MAC on the interface
+    /// an instance advertises on: here two instances in a sync group, one
+    /// on the LAN and one on the WAN (VRID 51 on each: the same virtual MAC
+    /// as the agent's), each with a macvlan (`vrrp.lan0`, `vrrp.wan0`)
+    /// holding its VIP and
+    /// sending its adverts on that segment, not on the HA link.
+    pub vmac: bool,
 }
 
 /// Whether the keepalived at `binary` was built with LVS (its `--version`

@@ -39,6 +39,11 @@ pub struct LabArgs {
     /// off.
     #[arg(long, default_value_t = 30)]
     probe_cost_s: u64,
+    /// ha-agent with the VRRP virtual MAC (`vmac = true`), its client and
+    /// server reaching their gateway VIP through a static neighbour entry
+    /// for it (`static_neighbor_ok` per scenario).
+    #[arg(long)]
+    vmac: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -137,6 +142,9 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
             ]);
             for s in &args.scenario {
                 cmd.args(["--scenario", s]);
+            }
+            if args.vmac {
+                cmd.arg("--vmac");
             }
             crate::run_step("failover lab", &mut cmd)
         }

@@ -206,6 +206,15 @@ struct Args {
     /// with it off.
     #[arg(long, default_value_t = 30)]
     probe_cost_s: u64,
+    /// ha-agent answers for the VIPs with the VRRP virtual MAC (`vmac =
+    /// true`), and the client's and server's neighbour entries for their
+    /// gateway VIP are static, set to it (nothing an announcement says can
+    /// move them): `static_neighbor_ok` per scenario. keepalived gets
+    /// `use_vmac`, which puts the virtual MAC on the interface it sends
+    /// adverts on: two instances in a sync group, advertising on the LAN
+    /// and the WAN (not on the HA link as without it).
+    #[arg(long)]
+    vmac: bool,
 }
 
 /// One run's measurements.
@@ -241,6 +250,10 @@ struct Run {
     /// `all-paths-cut`: after the heal, the client's and the server's
     /// neighbour entries for the VIPs point to the final master's MACs.
     vips_reannounced: Option<bool>,
+    /// `--vmac`: traffic through the gateway came back with the client's
+    /// and server's static neighbour entries (the virtual MAC); `None`:
+    /// not run with it.
+    static_neighbor_ok: Option<bool>,
     /// The scenario does not apply to the system (no row figures).
     na: bool,
     /// ha-agent, after a takeover: the reason of the new master's last
@@ -293,6 +306,15 @@ fn conntrackd_conf(dir: &std::path::Path, me: u8) -> PathBuf {
 /// ports stay in softirq (set once by `main`).
 static NAPI_SOFTIRQ: AtomicBool = AtomicBool::new(false);
 
+/// `--vmac` (set once by `main`).
+static VMAC: AtomicBool = AtomicBool::new(false);
+
+/// Whether this run of `system` uses the virtual MAC and static neighbours
+/// (`--vmac`: both systems, keepalived with `use_vmac`).
+fn vmac_for(_system: System) -> bool {
+    VMAC.load(Ordering::Relaxed)
+}
+
 /// Starts the system on `fw` (node 1 or 2).
 fn start(
     lab: &mut Lab,
@@ -310,6 +332,7 @@ fn start(
             let mut spec = AgentSpec {
                 ha_extra: key.ha_extra(),
                 napi_softirq: NAPI_SOFTIRQ.load(Ordering::Relaxed),
+                vmac: vmac_for(system),
                 ..AgentSpec::new(node, prio, adv_ms)
             };
             if scenario.hostile() {
@@ -344,7 +367,18 @@ fn start(
                 .stderr(std::process::Stdio::null());
             let ctd = lab.spawn(&fw, cmd).expect("start conntrackd");
             std::thread::sleep(Duration::from_millis(200));
-            let k = Keepalived::start_with_notify(lab, &fw, node, prio, adv_ms, false, &on_state);
+            let k = Keepalived::start_with(
+                lab,
+                &fw,
+                node,
+                prio,
+                adv_ms,
+                &ha_tests::KeepalivedOptions {
+                    on_state,
+                    vmac: VMAC.load(Ordering::Relaxed),
+                    ..Default::default()
+                },
+            );
             Node::Keepalived(k, ctd)
         }
     }
@@ -373,7 +407,13 @@ impl Node {
             Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
                 .or_else(|| a.status())
                 .map(|s| s.transitions_total),
-            Node::Keepalived(k, _) => Some(k.log_text().matches("Entering ").count() as u64),
+            // With `--vmac`, two instances in a sync group: the LAN's counts.
+            Node::Keepalived(k, _) => Some(
+                k.log_text()
+                    .lines()
+                    .filter(|l| l.contains("Entering ") && !l.contains("(VI_WAN)"))
+                    .count() as u64,
+            ),
         }
     }
 
@@ -413,18 +453,26 @@ impl Node {
 
 /// 5 ms slots in `[from, to)` in which two MACs answered ARP for the VIP:
 /// the start of each.
-fn dual_slots(arp: &[(Instant, [u8; 6])], from: Instant, to: Instant) -> Vec<Instant> {
+///
+/// With `vmac` every owner answers from the same MAC: two answers less
+/// than 1 ms apart count instead (one request goes out every 5 ms; two
+/// owners answer the same one).
+fn dual_slots(arp: &[(Instant, [u8; 6])], from: Instant, to: Instant, vmac: bool) -> Vec<Instant> {
     let slot = Duration::from_millis(5);
+    let index = |t: Instant| (t.duration_since(from).as_nanos() / slot.as_nanos()) as u64;
     let mut slots = std::collections::BTreeMap::<u64, std::collections::BTreeSet<[u8; 6]>>::new();
+    let mut twice = std::collections::BTreeSet::<u64>::new();
+    let mut last: Option<Instant> = None;
     for (t, mac) in arp.iter().filter(|(t, _)| *t >= from && *t < to) {
-        slots
-            .entry((t.duration_since(from).as_nanos() / slot.as_nanos()) as u64)
-            .or_default()
-            .insert(*mac);
+        slots.entry(index(*t)).or_default().insert(*mac);
+        if vmac && last.is_some_and(|l| t.saturating_duration_since(l) < Duration::from_millis(1)) {
+            twice.insert(index(*t));
+        }
+        last = Some(*t);
     }
     slots
         .into_iter()
-        .filter(|(_, m)| m.len() > 1)
+        .filter(|(i, m)| m.len() > 1 || twice.contains(i))
         .map(|(i, _)| from + slot * i as u32)
         .collect()
 }
@@ -543,6 +591,11 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         };
     }
     let mut lab = build_lab(scenario);
+    if vmac_for(system) {
+        for (ns, gateway) in [("client", "10.0.0.1"), ("server", "10.1.0.1")] {
+            ha_tests::survival::static_neighbour(&lab, ns, gateway, ha_tests::survival::LAB_VMAC);
+        }
+    }
     let dir = std::env::temp_dir().join(format!("hatest-lab-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let key = SyncKey::new("lab", [11u8; 32]);
@@ -848,6 +901,9 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         }
         run.recovered = gw.iter().any(|t| *t > end - Duration::from_millis(500))
             && vip.iter().any(|t| *t > end - Duration::from_millis(500));
+        if vmac_for(system) {
+            run.static_neighbor_ok = Some(run.recovered);
+        }
         run.answers_ms = gw
             .iter()
             .map(|t| {
@@ -861,13 +917,13 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             .collect();
         // Dual ownership: 5 ms slots after the fault in which two MACs
         // answered ARP for the VIP.
-        run.dual_owner_ms = dual_slots(&arp, fault, end).len() as f64 * 5.0;
+        run.dual_owner_ms = dual_slots(&arp, fault, end, vmac_for(system)).len() as f64 * 5.0;
         if scenario == Scenario::Stall {
             // Per stall: from its SIGSTOP to the next one (or the end).
             let mut worst = 0.0f64;
             for (i, (ms, node, at)) in stalls.iter().enumerate() {
                 let until = stalls.get(i + 1).map_or(end, |n| n.2);
-                let dual = dual_slots(&arp, *at, until).len() as f64 * 5.0;
+                let dual = dual_slots(&arp, *at, until, vmac_for(system)).len() as f64 * 5.0;
                 worst = worst.max(dual);
                 run.notes.push(format!(
                     "stall {} ({ms} ms of fw{node}): dual ownership {dual:.0} ms",
@@ -878,7 +934,7 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         }
         if let Some((heal, single)) = healed {
             // The last 5 ms slot after the heal in which both answered ARP.
-            let arp_done = dual_slots(&arp, heal, end)
+            let arp_done = dual_slots(&arp, heal, end, vmac_for(system))
                 .last()
                 .map_or(Duration::ZERO, |t| {
                     (*t + Duration::from_millis(5)).saturating_duration_since(heal)
@@ -1810,6 +1866,7 @@ fn main() {
     }
     let _ = agent_bin();
     NAPI_SOFTIRQ.store(a.napi == "softirq", Ordering::Relaxed);
+    VMAC.store(a.vmac, Ordering::Relaxed);
     if a.up {
         return up(&a);
     }
@@ -1914,6 +1971,7 @@ fn report(
             };
             let in_sync_after = all(|r| r.in_sync_after);
             let vips_reannounced = all(|r| r.vips_reannounced);
+            let static_neighbor_ok = all(|r| r.static_neighbor_ok);
             let converged: Vec<f64> = runs.iter().filter_map(|r| r.converged_ms).collect();
             let converged_ms =
                 (!converged.is_empty()).then(|| converged.iter().copied().fold(0.0, f64::max));
@@ -2002,6 +2060,18 @@ fn report(
                 opt(control_ok.map(|b| b.to_string())),
                 detected_text,
             );
+            if static_neighbor_ok.is_some() {
+                let ok = runs
+                    .iter()
+                    .filter(|r| r.static_neighbor_ok == Some(true))
+                    .count();
+                println!(
+                    "{:<16} {:<11}   static neighbour (virtual MAC): {ok}/{} runs recovered",
+                    "",
+                    "",
+                    runs.len()
+                );
+            }
             for note in &notes {
                 println!("{:<16} {:<11}   note: {note}", "", "");
             }
@@ -2009,6 +2079,7 @@ fn report(
                 "name": scenario.name(),
                 "runs": runs.len(),
                 "recovered": recovered,
+                "static_neighbor_ok": static_neighbor_ok,
                 "outage_ms_p50": percentile(&outages, 0.5),
                 "outage_ms_max": percentile(&outages, 1.0),
                 "vip_service_outage_ms_max": vip_max,
@@ -2033,7 +2104,7 @@ fn report(
             }
         }
         json_systems.push(
-            serde_json::json!({"system": system.name(), "adv_ms": a.adv_ms, "napi": if system == System::Agent { a.napi.as_str() } else { "softirq" }, "scenarios": js}),
+            serde_json::json!({"system": system.name(), "adv_ms": a.adv_ms, "napi": if system == System::Agent { a.napi.as_str() } else { "softirq" }, "family": "ipv4", "vmac": vmac_for(system), "scenarios": js}),
         );
     }
     if systems.len() == 2 {
@@ -2377,10 +2448,14 @@ fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) ->
             .skip_while(|w| *w != "lladdr")
             .nth(1)
             .unwrap_or("none");
-        let name = macs
-            .iter()
-            .position(|m| m[i].eq_ignore_ascii_case(mac))
-            .map_or("?".to_owned(), |n| format!("fw{}", n + 1));
+        // The virtual MAC (`--vmac`) stands for whichever node owns it.
+        let name = if mac.eq_ignore_ascii_case(ha_tests::survival::LAB_VMAC) {
+            "virtual MAC".to_owned()
+        } else {
+            macs.iter()
+                .position(|m| m[i].eq_ignore_ascii_case(mac))
+                .map_or("?".to_owned(), |n| format!("fw{}", n + 1))
+        };
         let state = entry.split_whitespace().last().unwrap_or("-");
         (name, format!("{mac} ({state})"))
     };
@@ -2395,7 +2470,8 @@ fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) ->
     ));
     let m = master?;
     let want = format!("fw{}", m + 1);
-    Some(c.0 == want && s.0 == want)
+    let ok = |n: &str| n == want || n == "virtual MAC";
+    Some(ok(&c.0) && ok(&s.0))
 }
 
 /// Sends SIGCONT on drop: a stalled daemon resumes even if the lab fails
@@ -3521,6 +3597,33 @@ fn host_busy_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two MACs in a slot are two owners; with the virtual MAC, two answers
+    /// to one request (less than 1 ms apart) are.
+    #[test]
+    fn dual_ownership_by_mac_or_by_answers_to_one_request() {
+        let t0 = Instant::now();
+        let at = |ms: f64| t0 + Duration::from_secs_f64(ms / 1e3);
+        let (a, b, v) = (
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            [0, 0, 0x5e, 0, 1, 0x33],
+        );
+        let by_mac = [(at(1.0), a), (at(1.2), b), (at(6.0), a), (at(11.0), a)];
+        assert_eq!(dual_slots(&by_mac, t0, at(20.0), false), vec![t0]);
+        let one_mac = [
+            (at(1.0), v),
+            (at(1.3), v),
+            (at(6.0), v),
+            (at(11.0), v),
+            (at(16.0), v),
+        ];
+        assert_eq!(
+            dual_slots(&one_mac, t0, at(20.0), false),
+            Vec::<Instant>::new()
+        );
+        assert_eq!(dual_slots(&one_mac, t0, at(20.0), true), vec![t0]);
+    }
 
     /// A `fast_heartbeat` object as the agent with the fast heartbeat
     /// reports it.
