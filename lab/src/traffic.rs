@@ -334,8 +334,11 @@ pub fn udp_probe(
 }
 
 /// Who answers ARP for `target`: from interface `iface` (of the calling
-/// thread's namespace, address `src`), a request every `every` until `stop`;
-/// returns (when, sender MAC) of every reply.
+/// thread's namespace), a request from `src` every `every` until `stop`;
+/// returns (when, sender MAC) of every reply to them. `src` should be an
+/// address of the subnet that is not the interface's own: then the
+/// kernel's own requests (a ping from the namespace) and their replies are
+/// not counted.
 pub fn arp_sample(
     iface: &str,
     src: std::net::Ipv4Addr,
@@ -402,7 +405,10 @@ pub fn arp_sample(
         if Instant::now() >= next {
             // SAFETY: valid fd, buffer, bound socket.
             unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-            next += every;
+            // Never a burst to catch up after a stall: requests stay at
+            // least `every` apart, so two answers close together are two
+            // answerers (the virtual MAC's dual ownership), not two requests.
+            next = Instant::now() + every;
         }
         loop {
             // SAFETY: valid fd and buffer.
@@ -410,8 +416,12 @@ pub fn arp_sample(
             if n < 42 {
                 break;
             }
-            // An ARP reply (op 2) about the target.
-            if buf[20..22] == [0, 2] && buf[28..32] == target.octets() {
+            // An ARP reply (op 2) about the target, to our requests (the
+            // kernel's own, for the same address, ask from another one).
+            if buf[20..22] == [0, 2]
+                && buf[28..32] == target.octets()
+                && buf[38..42] == src.octets()
+            {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(&buf[22..28]);
                 out.push((Instant::now(), m));

@@ -911,7 +911,9 @@ impl LinksDown {
     }
 }
 
-/// A stateful firewall ruleset as operators run it: established/related
+/// A stateful firewall ruleset as operators run it (naming keepalived's
+/// `use_vmac` macvlans too, through which its master receives and sends
+/// when the lab runs it with them): established/related
 /// accepted, new connections only from the LAN, invalid dropped, strict TCP
 /// tracking (`nf_conntrack_tcp_loose=0`, so a connection conntrack does not
 /// know is not picked up mid-stream). With `snat`, connections leaving on the
@@ -932,7 +934,7 @@ pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv
     type filter hook forward priority filter; policy drop;
     ct state invalid counter drop
     ct state established,related accept
-    iifname \"lan0\" oifname \"wan0\" ct state new accept
+    iifname { \"lan0\", \"vrrp.lan0\" } oifname { \"wan0\", \"vrrp.wan0\" } ct state new accept
   }
 }
 ",
@@ -942,7 +944,7 @@ pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv
             "table ip halab_nat {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname \"wan0\" snat to {to}
+    oifname {{ \"wan0\", \"vrrp.wan0\" }} snat to {to}
   }}
 }}
 "
