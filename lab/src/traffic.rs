@@ -333,10 +333,26 @@ pub fn udp_probe(
     Ok(answers)
 }
 
+/// One answer [`arp_sample`] received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpAnswer {
+    pub at: Instant,
+    /// The MAC it names for the target.
+    pub mac: [u8; 6],
+    /// Which request it answers (they are numbered from 0).
+    pub request: u64,
+}
+
+/// Sender addresses [`arp_sample`] takes turns with: each answer says which
+/// request it answers (by the address it goes to).
+pub const ARP_SAMPLE_SENDERS: u8 = 4;
+
 /// Who answers ARP for `target`: from interface `iface` (of the calling
-/// thread's namespace), a request from `src` every `every` until `stop`;
-/// returns (when, sender MAC) of every reply to them. `src` should be an
-/// address of the subnet that is not the interface's own: then the
+/// thread's namespace), a request every `every` until `stop`, from `src`,
+/// `src + 1`, ... in turn ([`ARP_SAMPLE_SENDERS`] addresses); returns every
+/// answer to them, with the request it answers: two answers to one request
+/// are two answerers, even when both name the same MAC (a virtual MAC). The
+/// addresses should be of the subnet and not the interface's own: then the
 /// kernel's own requests (a ping from the namespace) and their replies are
 /// not counted.
 pub fn arp_sample(
@@ -346,7 +362,7 @@ pub fn arp_sample(
     every: Duration,
     stop: &AtomicBool,
     limit: Duration,
-) -> io::Result<Vec<(Instant, [u8; 6])>> {
+) -> io::Result<Vec<ArpAnswer>> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
     // SAFETY: valid C string.
@@ -395,16 +411,21 @@ pub fn arp_sample(
     req[12..14].copy_from_slice(&[0x08, 0x06]);
     req[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     req[22..28].copy_from_slice(&my_mac);
-    req[28..32].copy_from_slice(&src.octets());
     req[38..42].copy_from_slice(&target.octets());
+    let senders = u64::from(ARP_SAMPLE_SENDERS);
+    let sender = |k: u64| std::net::Ipv4Addr::from(u32::from(src).wrapping_add(k as u32)).octets();
     let started = Instant::now();
     let mut next = started;
+    // The number of the next request.
+    let mut sent = 0u64;
     let mut out = Vec::new();
     let mut buf = [0u8; 128];
     while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
         if Instant::now() >= next {
+            req[28..32].copy_from_slice(&sender(sent % senders));
             // SAFETY: valid fd, buffer, bound socket.
             unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+            sent += 1;
             // Never a burst to catch up after a stall: requests stay at
             // least `every` apart, so two answers close together are two
             // answerers (the virtual MAC's dual ownership), not two requests.
@@ -416,15 +437,25 @@ pub fn arp_sample(
             if n < 42 {
                 break;
             }
-            // An ARP reply (op 2) about the target, to our requests (the
-            // kernel's own, for the same address, ask from another one).
+            // An ARP reply (op 2) about the target, to one of our requests:
+            // the latest sent from the address it goes to.
+            let to = (0..senders).find(|&i| buf[38..42] == sender(i));
             if buf[20..22] == [0, 2]
                 && buf[28..32] == target.octets()
-                && buf[38..42] == src.octets()
+                && let Some(i) = to
+                && sent > 0
             {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(&buf[22..28]);
-                out.push((Instant::now(), m));
+                let last = sent - 1;
+                let Some(request) = last.checked_sub((last + senders - i) % senders) else {
+                    continue;
+                };
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&buf[22..28]);
+                out.push(ArpAnswer {
+                    at: Instant::now(),
+                    mac,
+                    request,
+                });
             }
         }
         std::thread::sleep(Duration::from_micros(200));

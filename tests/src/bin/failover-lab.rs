@@ -16,7 +16,8 @@ use clap::Parser;
 use ha_lab::{
     Lab,
     traffic::{
-        Fleet, arp_sample, count_resets, echo_server, listen, resets_seen, udp_echo, udp_probe,
+        ArpAnswer, Fleet, arp_sample, count_resets, echo_server, listen, resets_seen, udp_echo,
+        udp_probe,
     },
 };
 use ha_tests::{
@@ -451,24 +452,20 @@ impl Node {
     }
 }
 
-/// 5 ms slots in `[from, to)` in which two MACs answered ARP for the VIP:
-/// the start of each.
-///
-/// With `vmac` every owner answers from the same MAC: two answers less
-/// than 1 ms apart count instead (one request goes out every 5 ms; two
-/// owners answer the same one).
-fn dual_slots(arp: &[(Instant, [u8; 6])], from: Instant, to: Instant, vmac: bool) -> Vec<Instant> {
+/// 5 ms slots in `[from, to)` in which two nodes answered ARP for the VIP
+/// (two MACs, or two answers to one request: with a virtual MAC every owner
+/// names the same one): the start of each.
+fn dual_slots(arp: &[ArpAnswer], from: Instant, to: Instant) -> Vec<Instant> {
     let slot = Duration::from_millis(5);
     let index = |t: Instant| (t.duration_since(from).as_nanos() / slot.as_nanos()) as u64;
     let mut slots = std::collections::BTreeMap::<u64, std::collections::BTreeSet<[u8; 6]>>::new();
     let mut twice = std::collections::BTreeSet::<u64>::new();
-    let mut last: Option<Instant> = None;
-    for (t, mac) in arp.iter().filter(|(t, _)| *t >= from && *t < to) {
-        slots.entry(index(*t)).or_default().insert(*mac);
-        if vmac && last.is_some_and(|l| t.saturating_duration_since(l) < Duration::from_millis(1)) {
-            twice.insert(index(*t));
+    let mut answered = std::collections::HashSet::<u64>::new();
+    for a in arp.iter().filter(|a| a.at >= from && a.at < to) {
+        slots.entry(index(a.at)).or_default().insert(a.mac);
+        if !answered.insert(a.request) {
+            twice.insert(index(a.at));
         }
-        last = Some(*t);
     }
     slots
         .into_iter()
@@ -919,13 +916,13 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             .collect();
         // Dual ownership: 5 ms slots after the fault in which two MACs
         // answered ARP for the VIP.
-        run.dual_owner_ms = dual_slots(&arp, fault, end, vmac_for(system)).len() as f64 * 5.0;
+        run.dual_owner_ms = dual_slots(&arp, fault, end).len() as f64 * 5.0;
         if scenario == Scenario::Stall {
             // Per stall: from its SIGSTOP to the next one (or the end).
             let mut worst = 0.0f64;
             for (i, (ms, node, at)) in stalls.iter().enumerate() {
                 let until = stalls.get(i + 1).map_or(end, |n| n.2);
-                let dual = dual_slots(&arp, *at, until, vmac_for(system)).len() as f64 * 5.0;
+                let dual = dual_slots(&arp, *at, until).len() as f64 * 5.0;
                 worst = worst.max(dual);
                 run.notes.push(format!(
                     "stall {} ({ms} ms of fw{node}): dual ownership {dual:.0} ms",
@@ -936,7 +933,7 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         }
         if let Some((heal, single)) = healed {
             // The last 5 ms slot after the heal in which both answered ARP.
-            let arp_done = dual_slots(&arp, heal, end, vmac_for(system))
+            let arp_done = dual_slots(&arp, heal, end)
                 .last()
                 .map_or(Duration::ZERO, |t| {
                     (*t + Duration::from_millis(5)).saturating_duration_since(heal)
@@ -3600,31 +3597,45 @@ fn host_busy_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
 mod tests {
     use super::*;
 
-    /// Two MACs in a slot are two owners; with the virtual MAC, two answers
-    /// to one request (less than 1 ms apart) are.
+    /// Two MACs in a slot are two owners, and so are two answers to one
+    /// request (under a virtual MAC both name the same); one answer per
+    /// request, however close, is one owner.
     #[test]
     fn dual_ownership_by_mac_or_by_answers_to_one_request() {
         let t0 = Instant::now();
-        let at = |ms: f64| t0 + Duration::from_secs_f64(ms / 1e3);
+        let ans = |ms: f64, mac: [u8; 6], request: u64| ArpAnswer {
+            at: t0 + Duration::from_secs_f64(ms / 1e3),
+            mac,
+            request,
+        };
+        let end = t0 + Duration::from_millis(20);
         let (a, b, v) = (
             [2, 0, 0, 0, 0, 1],
             [2, 0, 0, 0, 0, 2],
             [0, 0, 0x5e, 0, 1, 0x33],
         );
-        let by_mac = [(at(1.0), a), (at(1.2), b), (at(6.0), a), (at(11.0), a)];
-        assert_eq!(dual_slots(&by_mac, t0, at(20.0), false), vec![t0]);
-        let one_mac = [
-            (at(1.0), v),
-            (at(1.3), v),
-            (at(6.0), v),
-            (at(11.0), v),
-            (at(16.0), v),
+        let by_mac = [
+            ans(1.0, a, 0),
+            ans(1.2, b, 0),
+            ans(6.0, a, 1),
+            ans(11.0, a, 2),
         ];
-        assert_eq!(
-            dual_slots(&one_mac, t0, at(20.0), false),
-            Vec::<Instant>::new()
-        );
-        assert_eq!(dual_slots(&one_mac, t0, at(20.0), true), vec![t0]);
+        assert_eq!(dual_slots(&by_mac, t0, end), vec![t0]);
+        // A stalled reader: answers to two requests read at once.
+        let one = [
+            ans(1.0, v, 0),
+            ans(1.1, v, 1),
+            ans(6.0, v, 2),
+            ans(11.0, v, 3),
+        ];
+        assert_eq!(dual_slots(&one, t0, end), Vec::<Instant>::new());
+        let two = [
+            ans(1.0, v, 0),
+            ans(1.3, v, 0),
+            ans(6.0, v, 1),
+            ans(11.0, v, 2),
+        ];
+        assert_eq!(dual_slots(&two, t0, end), vec![t0]);
     }
 
     /// A `fast_heartbeat` object as the agent with the fast heartbeat
