@@ -37,16 +37,30 @@ pub async fn reload(
     if structure(&next) != structure(&current) {
         return Err("not applied: only VIPs, data interfaces and synced files change live; other changes need a restart of the agent".into());
     }
+    let (old_vmacs, new_vmacs) = (setup::vmac_ports(&current), setup::vmac_ports(&next));
+    // A veth's gate runs in generic mode under a virtual MAC: moving one
+    // that already gates to it would leave the interface ungated for a
+    // moment. Refused before anything changes.
+    let old_ifaces = current.data_interfaces();
+    let had_vmac = |iface: &str| old_vmacs.iter().any(|(i, _)| i == iface);
+    if let Some((iface, _)) = new_vmacs.iter().find(|(iface, _)| {
+        old_ifaces.contains(iface)
+            && !had_vmac(iface)
+            && crate::iface::driver(iface).is_ok_and(|d| d == "veth")
+    }) {
+        return Err(format!(
+            "not applied: a virtual-MAC VIP on {iface}, a veth whose gate runs in native mode, needs a restart of the agent (its gate moves to generic mode)"
+        ));
+    }
     let (old_vips, new_vips) = (setup::all_vips(&current), setup::all_vips(&next));
     for v in new_vips.iter().filter(|v| !old_vips.contains(v)) {
         setup::ip_addr("replace", v).map_err(|e| format!("{e:#}"))?;
     }
-    let (old_vmacs, new_vmacs) = (setup::vmac_ports(&current), setup::vmac_ports(&next));
     for (iface, vrid) in new_vmacs.difference(&old_vmacs) {
         setup::vmac_fdb("replace", iface, *vrid).map_err(|e| format!("{e:#}"))?;
     }
     let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
-    let (old_ifaces, new_ifaces) = (current.data_interfaces(), next.data_interfaces());
+    let new_ifaces = next.data_interfaces();
     let added: Vec<String> = new_ifaces
         .iter()
         .filter(|i| !old_ifaces.contains(i))
