@@ -947,7 +947,7 @@ fn attach(a: &AttachArgs) -> anyhow::Result<()> {
         let (program, mode) = if is_link {
             ("ha_link", dp.attach_link(iface))
         } else {
-            ("ha_data", dp.attach_data(iface, false))
+            ("ha_data", dp.attach_data_by_hand(iface))
         };
         match mode.with_context(|| format!("attach {program} to {iface}"))? {
             Some(mode) => println!("{program} attached to {iface} ({mode} mode)"),

@@ -11,8 +11,8 @@ fn ioctl_ifreq(iface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
     ioctl_ifreq_on(&sock, iface, request)
 }
 
-/// [`ioctl_ifreq`] on a socket the caller keeps.
-fn ioctl_ifreq_on(sock: &Socket, iface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
+/// A zeroed `ifreq` naming `iface` (checked: no NUL, fits IFNAMSIZ).
+fn ifreq_named(iface: &str) -> io::Result<libc::ifreq> {
     let name = CString::new(iface)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
     if name.as_bytes().len() >= libc::IFNAMSIZ {
@@ -26,6 +26,12 @@ fn ioctl_ifreq_on(sock: &Socket, iface: &str, request: libc::Ioctl) -> io::Resul
     for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
         *d = *s as libc::c_char;
     }
+    Ok(req)
+}
+
+/// [`ioctl_ifreq`] on a socket the caller keeps.
+fn ioctl_ifreq_on(sock: &Socket, iface: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
+    let mut req = ifreq_named(iface)?;
     // SAFETY: valid socket fd and ifreq pointer for a read-only interface query.
     if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) } < 0 {
         let e = io::Error::last_os_error();
@@ -89,19 +95,7 @@ pub fn driver(iface: &str) -> io::Result<String> {
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
-    let name = CString::new(iface)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
-    if name.as_bytes().len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("interface name {iface:?} too long"),
-        ));
-    }
-    // SAFETY: zeroed ifreq is valid; the name fits (checked above).
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
+    let mut req = ifreq_named(iface)?;
     req.ifr_ifru.ifru_data = (&raw mut info).cast();
     // SAFETY: valid socket fd; the ifreq names the interface and points at
     // a DrvInfo the kernel fills (it lives until after the call).
@@ -111,6 +105,18 @@ pub fn driver(iface: &str) -> io::Result<String> {
     }
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// Whether `iface` is a veth (false if its driver cannot be read, with a
+/// warning: callers fall back to what suits most drivers).
+pub fn is_veth(iface: &str) -> bool {
+    match driver(iface) {
+        Ok(d) => d == "veth",
+        Err(e) => {
+            tracing::warn!(%iface, cause = %e, "cannot read the interface's driver");
+            false
+        }
+    }
 }
 
 /// `00:00:5e:00:01:07`.

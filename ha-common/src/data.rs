@@ -41,9 +41,11 @@ pub const VIP_FLAG_NO_ACCEPT: u32 = 1;
 pub const VIP_FLAG_VMAC: u32 = 2;
 /// Where a virtual-MAC VIP's VRID sits in [`VipEntry::flags`] (8 bits).
 pub const VIP_VRID_SHIFT: u32 = 8;
-/// `Array<u32, 256>` by VRID: the ownership group + 1 of the instance using
-/// that VRID's virtual MAC; 0 for a VRID without one here.
+/// `HashMap<VmacKey, u32>`: the ownership group of the instance whose
+/// virtual MAC is taken on that interface.
 pub const VMACS_MAP: &str = "HA_DATA_VMACS";
+/// Most (interface, VRID) pairs in [`VMACS_MAP`].
+pub const MAX_VMACS: u32 = 1024;
 
 /// The IPv4 VRRP virtual MAC of `vrid` (RFC 9568 section 7.3).
 pub const fn vmac(vrid: u8) -> [u8; 6] {
@@ -71,6 +73,20 @@ pub struct VipEntry {
     pub group: u32,
     /// `VIP_FLAG_*` bits.
     pub flags: u32,
+    /// The interface the VIP is on (0: unknown). XDP answers ARP for a
+    /// virtual-MAC VIP only on it (as the kernel does with `arp_ignore=1`).
+    pub ifindex: u32,
+}
+
+/// Key of [`VMACS_MAP`]: a virtual MAC is ours only on the interfaces
+/// carrying its instance's VIPs (another router may use the same VRID on
+/// another segment).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VmacKey {
+    pub ifindex: u32,
+    /// The VRID (the MAC's last byte), as a u32.
+    pub vrid: u32,
 }
 
 /// Which groups this node owns, and until when (slot 0 of [`OWNERSHIP_MAP`]).
@@ -130,7 +146,7 @@ pub const DATA_FLAG_TRACK_FLOWS: u32 = 1;
 /// agent never sets it.
 pub const DATA_FLAG_EMIT_EVERY_PACKET: u32 = 2;
 
-impl_pod!(VipEntry, Ownership, DataConfig);
+impl_pod!(VipEntry, VmacKey, Ownership, DataConfig);
 
 /// What `ha_data` did with a frame (index into [`VERDICTS_MAP`]).
 #[repr(u32)]

@@ -276,7 +276,10 @@ pub const fn tcp_next(state: u8, flags: u8, tcp_flags: u8, from_lo: bool) -> (u8
             flags |= FLOW_SYNACK;
             return (state, flags);
         }
-        if tcp_flags & ACK != 0 && flags & FLOW_SYNACK != 0 {
+        // The handshake's last ACK comes from the originator: the agent
+        // replicates this state at once, as it comes.
+        let from_origin = from_lo == (flags & FLOW_LO_IS_ORIGIN != 0);
+        if tcp_flags & ACK != 0 && flags & FLOW_SYNACK != 0 && from_origin {
             return (TcpState::Established as u8, flags);
         }
         return (state, flags);
@@ -312,6 +315,15 @@ mod tests {
         assert_eq!(s, TcpState::Closing as u8);
         let (s, _) = tcp_next(s, f, FINACK, false);
         assert_eq!(s, TcpState::Closed as u8);
+    }
+
+    #[test]
+    fn only_the_originators_ack_establishes() {
+        let s = TcpState::SynSent as u8;
+        let (s, f) = tcp_next(s, FLOW_LO_IS_ORIGIN, SYNACK, false);
+        let (s, f) = tcp_next(s, f, ACK, false);
+        assert_eq!(s, TcpState::SynSent as u8, "an ACK from the responder");
+        assert_eq!(tcp_next(s, f, ACK, true).0, TcpState::Established as u8);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use aya_log_ebpf::debug;
 use ha_common::{
     data::{
         DATA_FLAG_EMIT_EVERY_PACKET, DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict,
-        MAX_VIPS, Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT, VipEntry, vmac,
-        vmac_vrid,
+        MAX_VIPS, MAX_VMACS, Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT,
+        VipEntry, VmacKey, vmac, vmac_vrid,
     },
     flow::{
         EVENTS_BYTES, Endpoints, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey,
@@ -44,9 +44,9 @@ static HA_DATA_VIPS: HashMap<u32, VipEntry, { MAX_VIPS as usize }> = HashMap::ne
 /// Also read by the heartbeat reflector (`crate::heartbeat`).
 #[btf_map]
 pub(crate) static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
-/// VRID -> ownership group + 1 of the instance using its virtual MAC.
+/// (interface, VRID) -> ownership group of the instance using that virtual MAC.
 #[btf_map]
-static HA_DATA_VMACS: Array<u32, 256> = Array::new();
+static HA_DATA_VMACS: HashMap<VmacKey, u32, { MAX_VMACS as usize }> = HashMap::new();
 #[btf_map]
 static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
 #[btf_map]
@@ -145,10 +145,14 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     // interface's own MAC so the kernel takes it as its own; then gated as
     // any other frame.
     if let Some(vrid) = vmac_vrid(&eth.dst_addr) {
-        let group = HA_DATA_VMACS.get(u32::from(vrid)).copied().unwrap_or(0);
-        if group != 0 {
+        let key = VmacKey {
+            ifindex: heartbeat::ingress_ifindex(ctx),
+            vrid: u32::from(vrid),
+        };
+        // SAFETY: the pointer comes from a successful lookup and is read at once.
+        if let Some(group) = HA_DATA_VMACS.get_ptr(&key).map(|p| unsafe { *p }) {
             match vip_verdict(
-                group - 1,
+                group,
                 &ownership(),
                 &mut None,
                 DataVerdict::PassVmacOwner,
@@ -182,10 +186,12 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
             DataVerdict::DropArpNotOwner,
         );
         // A request (not an announcement: sender and target the same) for a
-        // virtual-MAC VIP we own: answered here with the virtual MAC, never
-        // by the kernel with the interface's.
+        // virtual-MAC VIP we own, on its interface: answered here with the
+        // virtual MAC, never by the kernel with the interface's (on another
+        // interface the kernel decides, and `arp_ignore=1` says no).
         if verdict == DataVerdict::PassArpOwner
             && vip.flags & VIP_FLAG_VMAC != 0
+            && vip.ifindex == heartbeat::ingress_ifindex(ctx)
             && arp.oper == [0, 1]
             && arp.htype == [0, 1]
             && arp.hlen == 6

@@ -344,8 +344,9 @@ pub struct ArpAnswer {
 }
 
 /// Sender addresses [`arp_sample`] takes turns with: each answer says which
-/// request it answers (by the address it goes to).
-pub const ARP_SAMPLE_SENDERS: u8 = 4;
+/// request it answers (by the address it goes to), unless it comes after
+/// 64 more requests (at 5 ms, 320 ms late).
+pub const ARP_SAMPLE_SENDERS: u8 = 64;
 
 /// Who answers ARP for `target`: from interface `iface` (of the calling
 /// thread's namespace), a request every `every` until `stop`, from `src`,

@@ -258,12 +258,14 @@ fn accept_mode_off_drops_traffic_to_the_vip_on_the_owner() {
             group: 0,
             accept: false,
             vmac: None,
+            ifindex: 0,
         },
         VipSpec {
             addr: other,
             group: 0,
             accept: true,
             vmac: None,
+            ifindex: 0,
         },
     ])
     .unwrap();
@@ -294,18 +296,32 @@ fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     const TX: u32 = 3;
     let mut p = PinnedDataplane::new("vmac");
     let plain = Ipv4Addr::new(192, 0, 2, 2);
+    let elsewhere = Ipv4Addr::new(192, 0, 2, 3);
+    // The test run's ingress interface is loopback: the VIPs "on" it.
+    let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
     p.dp.set_vip_table(&[
         VipSpec {
             addr: VIP,
             group: 0,
             accept: true,
             vmac: Some(7),
+            ifindex: lo,
         },
         VipSpec {
             addr: plain,
             group: 0,
             accept: true,
             vmac: None,
+            ifindex: lo,
+        },
+        // A virtual-MAC VIP of another interface: not answered here (the
+        // kernel's `arp_ignore=1` decides), its virtual MAC not taken here.
+        VipSpec {
+            addr: elsewhere,
+            group: 0,
+            accept: true,
+            vmac: Some(9),
+            ifindex: lo + 1000,
         },
     ])
     .unwrap();
@@ -315,7 +331,6 @@ fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     let path = p.dp.dir().join("maps").join(heartbeat::MACS_MAP);
     let mut macs: HashMap<MapData, u32, [u8; 8]> =
         HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap()).unwrap();
-    let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
     macs.insert(lo, [0x02, 0xaa, 0, 0, 0, 1, 0, 0], 0).unwrap();
     let to = |mac: [u8; 6], mut f: Vec<u8>| {
         f[..6].copy_from_slice(&mac);
@@ -353,6 +368,9 @@ fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     // a VIP without a virtual MAC is the kernel's to answer.
     assert_eq!(run(&p, &frames::arp(1, VIP, VIP)).0, PASS);
     assert_eq!(run(&p, &frames::arp(1, CLIENT, plain)).0, PASS);
+    assert_eq!(run(&p, &frames::arp(1, CLIENT, elsewhere)).0, PASS);
+    let (v, out) = run(&p, &to(vmac(9), forwarded.clone()));
+    assert_eq!((v, &out[..6]), (PASS, &vmac(9)[..]), "another interface's");
     // A frame to the virtual MAC goes on, to the interface's own MAC.
     let (v, out) = run(&p, &to(vmac(7), forwarded.clone()));
     assert_eq!((v, &out[..6]), (PASS, &lo_mac[..]));

@@ -104,6 +104,7 @@ pub fn vip_specs(config: &Config) -> Vec<VipSpec> {
                     group: gi as u32,
                     accept: i.accept || i.priority == 255,
                     vmac: i.vmac.then_some(i.vrid),
+                    ifindex: crate::iface::if_index(&vip.iface).map_or(0, |i| i as u32),
                 });
             }
         }

@@ -44,9 +44,7 @@ pub async fn reload(
     let old_ifaces = current.data_interfaces();
     let had_vmac = |iface: &str| old_vmacs.iter().any(|(i, _)| i == iface);
     if let Some((iface, _)) = new_vmacs.iter().find(|(iface, _)| {
-        old_ifaces.contains(iface)
-            && !had_vmac(iface)
-            && crate::iface::driver(iface).is_ok_and(|d| d == "veth")
+        old_ifaces.contains(iface) && !had_vmac(iface) && crate::iface::is_veth(iface)
     }) {
         return Err(format!(
             "not applied: a virtual-MAC VIP on {iface}, a veth whose gate runs in native mode, needs a restart of the agent (its gate moves to generic mode)"

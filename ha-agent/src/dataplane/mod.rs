@@ -25,7 +25,7 @@ use aya::{
 };
 use ha_common::{
     addr_from_octets,
-    data::{self, DATA_FLAG_TRACK_FLOWS, DataConfig, MAX_GROUPS, Ownership, VipEntry},
+    data::{self, DATA_FLAG_TRACK_FLOWS, DataConfig, MAX_GROUPS, Ownership, VipEntry, VmacKey},
     flow,
     heartbeat::{self, PROBE_COUNTERS, ProbeConfig, ProbeTerm},
     link::{self, LinkConfig, MgmtPort},
@@ -402,6 +402,9 @@ pub struct VipSpec {
     pub accept: bool,
     /// The VRID whose virtual MAC answers for the VIP (`vmac = true`).
     pub vmac: Option<u8>,
+    /// The interface the VIP is on (0: unknown; then no virtual MAC is
+    /// answered or taken for it).
+    pub ifindex: u32,
 }
 
 /// Control handle on a pinned data plane.
@@ -412,8 +415,8 @@ pub struct Dataplane {
     ownership: Array<MapData, Ownership>,
     /// VIP -> ownership group.
     vips: HashMap<MapData, u32, VipEntry>,
-    /// VRID -> ownership group + 1 of a virtual MAC.
-    vmacs: Array<MapData, u32>,
+    /// (interface, VRID) -> ownership group of a virtual MAC.
+    vmacs: HashMap<MapData, VmacKey, u32>,
     /// Flow-tracking settings of `ha_data`.
     data_config: Array<MapData, DataConfig>,
     /// Sync port of `ha_link`.
@@ -632,14 +635,20 @@ impl Dataplane {
         iface: &str,
         vmac: bool,
     ) -> Result<Option<AttachMode>, DataplaneError> {
-        let generic = vmac && crate::iface::driver(iface).is_ok_and(|d| d == "veth");
+        let generic = vmac && crate::iface::is_veth(iface);
         if generic {
             info!(
                 iface,
                 "a virtual MAC on a veth: ha_data attaches in generic mode (veth's native XDP cannot take frames to another MAC as its own)"
             );
         }
-        self.attach_as(data::PROGRAM, iface, generic)
+        self.attach_as(data::PROGRAM, iface, Some(generic))
+    }
+
+    /// [`Self::attach_data`] by hand (`ha-agent dataplane attach`, no
+    /// configuration): an attachment in either mode is kept as it is.
+    pub fn attach_data_by_hand(&self, iface: &str) -> Result<Option<AttachMode>, DataplaneError> {
+        self.attach_as(data::PROGRAM, iface, None)
     }
 
     /// Records `iface`'s MAC under its index in the reflector's MAC map (the
@@ -765,7 +774,7 @@ impl Dataplane {
         program: &'static str,
         iface: &str,
     ) -> Result<Option<AttachMode>, DataplaneError> {
-        self.attach_as(program, iface, false)
+        self.attach_as(program, iface, Some(false))
     }
 
     /// [`Self::attach`], in generic mode if `generic` (its pinned link's
@@ -774,7 +783,7 @@ impl Dataplane {
         &self,
         program: &'static str,
         iface: &str,
-        generic: bool,
+        generic: Option<bool>,
     ) -> Result<Option<AttachMode>, DataplaneError> {
         // The pin name carries the interface index: a link to an interface
         // that was deleted and re-created (new index) is stale, not "attached".
@@ -783,12 +792,20 @@ impl Dataplane {
             iface: iface.to_owned(),
             source: ProgramError::IOError(e),
         })?;
-        let link_path = self.dir.join("links").join(format!(
-            "{program}@{iface}@{ifindex}{}",
-            if generic { "@generic" } else { "" }
-        ));
+        let link = |g: bool| {
+            self.dir.join("links").join(format!(
+                "{program}@{iface}@{ifindex}{}",
+                if g { "@generic" } else { "" }
+            ))
+        };
         // Also when already attached: a restarted agent re-records it.
         self.set_probe_mac(program, iface, ifindex as u32)?;
+        // No mode asked for (by hand): whatever is attached stays.
+        if generic.is_none() && (link(false).exists() || link(true).exists()) {
+            return Ok(None);
+        }
+        let generic = generic.unwrap_or(false);
+        let link_path = link(generic);
         if link_path.exists() {
             return Ok(None);
         }
@@ -909,6 +926,7 @@ impl Dataplane {
                 group,
                 accept: true,
                 vmac: None,
+                ifindex: 0,
             })
             .collect();
         self.set_vip_table(&specs)
@@ -927,12 +945,13 @@ impl Dataplane {
             )));
         }
         let mut want = std::collections::HashMap::new();
-        let mut vmacs = [0u32; 256];
+        let mut vmacs = std::collections::HashMap::<VmacKey, u32>::new();
         for &VipSpec {
             addr,
             group,
             accept,
             vmac,
+            ifindex,
         } in vips
         {
             if group >= MAX_GROUPS {
@@ -942,27 +961,39 @@ impl Dataplane {
             }
             let mut flags = if accept { 0 } else { data::VIP_FLAG_NO_ACCEPT };
             if let Some(vrid) = vmac {
-                let slot = &mut vmacs[usize::from(vrid)];
-                if *slot != 0 && *slot != group + 1 {
+                let key = VmacKey {
+                    ifindex,
+                    vrid: u32::from(vrid),
+                };
+                if *vmacs.entry(key).or_insert(group) != group {
                     return Err(DataplaneError::Invalid(format!(
                         "VIP {addr}: the virtual MAC of VRID {vrid} is in two groups"
                     )));
                 }
-                *slot = group + 1;
                 flags |= data::VIP_FLAG_VMAC | u32::from(vrid) << data::VIP_VRID_SHIFT;
             }
-            want.insert(addr_from_octets(addr.octets()), VipEntry { group, flags });
+            want.insert(
+                addr_from_octets(addr.octets()),
+                VipEntry {
+                    group,
+                    flags,
+                    ifindex,
+                },
+            );
         }
-        // Virtual MACs first: a VIP naming one is answered only once its
-        // frames are let in.
-        for (vrid, group) in vmacs.iter().enumerate() {
-            let map = data::VMACS_MAP;
-            let have = self.vmacs.get(&(vrid as u32), 0).unwrap_or(0);
-            if have != *group {
-                self.vmacs
-                    .set(vrid as u32, group, 0)
-                    .map_err(|source| DataplaneError::Map { map, source })?;
-            }
+        if vmacs.len() > data::MAX_VMACS as usize {
+            return Err(DataplaneError::Invalid(format!(
+                "{} virtual MACs on interfaces: at most {} fit",
+                vmacs.len(),
+                data::MAX_VMACS
+            )));
+        }
+        let vmap = data::VMACS_MAP;
+        let vmap_err = |source| DataplaneError::Map { map: vmap, source };
+        // Virtual MACs taken first (a VIP naming one is answered only once
+        // its frames are let in), given up last (after the VIPs naming them).
+        for (key, group) in &vmacs {
+            self.vmacs.insert(key, group, 0).map_err(vmap_err)?;
         }
         let stale: Vec<u32> = self
             .vips
@@ -976,6 +1007,15 @@ impl Dataplane {
         }
         for (addr, entry) in &want {
             self.vips.insert(addr, entry, 0).map_err(map_err)?;
+        }
+        let gone: Vec<VmacKey> = self
+            .vmacs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !vmacs.contains_key(k))
+            .collect();
+        for key in gone {
+            self.vmacs.remove(&key).map_err(vmap_err)?;
         }
         Ok(())
     }

@@ -55,7 +55,16 @@ pub enum Again {
     NotFound,
     /// Still in its handshake; dropped when tries run out (it was sent).
     Handshake,
+    /// Sent ESTABLISHED as XDP saw it: conntrack must say so too. If it
+    /// still has the flow in its handshake (it never took that ACK), the
+    /// peer's entry goes and comes again in its handshake (an assured entry
+    /// cannot be updated back: the kernel does not let the status bits be
+    /// cleared); if it no longer has the flow, the peer forgets it.
+    Confirm,
 }
+
+/// Lookups a confirmation tries through conntrack errors before it gives up.
+const CONFIRM_TRIES: u8 = 5;
 
 /// A flow event waiting for its lookup.
 #[derive(Debug, Clone, Copy)]
@@ -272,8 +281,8 @@ impl Enricher {
                         now + LOOKUP_RETRY * (1 << UNTRANSLATED_FIRST_TRY),
                         Ask {
                             kind: None,
-                            tries: UNTRANSLATED_FIRST_TRY,
-                            again: Again::Handshake,
+                            tries: 0,
+                            again: Again::Confirm,
                             ..e
                         },
                     );
@@ -285,14 +294,18 @@ impl Enricher {
             return;
         }
         let tuples: Vec<CtTuple> = ask.iter().map(|a| CtTuple::orig_of(&a.record)).collect();
-        let found = match self.ct.lookup(&tuples) {
-            Ok(f) => f,
+        let (found, failed) = match self.ct.lookup(&tuples) {
+            Ok(f) => (f, false),
             Err(e) => {
                 warn!(cause = %e, "conntrack lookup failed; sending flows as XDP saw them");
-                vec![None; tuples.len()]
+                (vec![None; tuples.len()], true)
             }
         };
         for (a, entry) in ask.into_iter().zip(found) {
+            if a.again == Again::Confirm {
+                self.confirm(now, a, entry, failed, out);
+                continue;
+            }
             if a.record.kind == RecordKind::Delete {
                 let gone = entry.map_or(a.record, |e| e.record());
                 self.cache.remove(&CtTuple::orig_of(&a.record));
@@ -312,24 +325,20 @@ impl Enricher {
                         // Closing down in conntrack (TIME_WAIT, CLOSE): gone.
                         rec.kind = RecordKind::Delete;
                     }
-                    let before = self.cache.insert(CtTuple::orig_of(&a.record), rec);
-                    let changed = before != Some(rec);
-                    if let Some(b) = before
-                        && b.state == TcpState::Established as u8
+                    let seen = CtTuple::orig_of(&a.record);
+                    if a.again == Again::Handshake
                         && rec.state == TcpState::SynSent as u8
+                        && self
+                            .cache
+                            .get(&seen)
+                            .is_some_and(|c| c.state == TcpState::Established as u8)
                     {
-                        // Sent ESTABLISHED as XDP saw it, which conntrack
-                        // never took: the peer's entry is assured, a status
-                        // the kernel does not let an update take back, so
-                        // it goes and comes again in its handshake.
-                        out.push((
-                            Record {
-                                kind: RecordKind::Delete,
-                                ..b
-                            },
-                            a.origin,
-                        ));
+                        // Sent ESTABLISHED as XDP saw it, and conntrack has
+                        // not caught up yet (or never will): its
+                        // confirmation decides, not this older retry.
+                        continue;
                     }
+                    let changed = self.cache.insert(seen, rec) != Some(rec);
                     // A retry that learnt nothing new sends nothing.
                     if changed || a.kind.is_some() {
                         if rec.flags & FLAG_NAT != 0 {
@@ -373,6 +382,83 @@ impl Enricher {
                 (None, Again::NotFound) => out.push((a.record, a.origin)),
                 // Gone during its handshake: its delete event says so.
                 (None, Again::Handshake) => {}
+                // Handled above, before this match.
+                (_, Again::Confirm) => {}
+            }
+        }
+    }
+
+    /// What conntrack says of a flow sent ESTABLISHED as XDP saw it
+    /// ([`Again::Confirm`]); `failed`: the lookup itself failed.
+    fn confirm(
+        &mut self,
+        now: Duration,
+        a: Ask,
+        entry: Option<CtEntry>,
+        failed: bool,
+        out: &mut Vec<(Record, Duration)>,
+    ) {
+        let seen = CtTuple::orig_of(&a.record);
+        let sent = self.cache.get(&seen).copied();
+        match entry {
+            None if failed => {
+                if a.tries + 1 < CONFIRM_TRIES {
+                    self.later(
+                        now + LOOKUP_RETRY * (1 << a.tries),
+                        Ask {
+                            tries: a.tries + 1,
+                            ..a
+                        },
+                    );
+                } else {
+                    warn!(
+                        "conntrack lookups keep failing: a handshake sent as established stays unconfirmed"
+                    );
+                }
+            }
+            // Conntrack no longer has it: neither may the peer.
+            None => {
+                self.cache.remove(&seen);
+                let gone = sent.unwrap_or(a.record);
+                out.push((
+                    Record {
+                        kind: RecordKind::Delete,
+                        ..gone
+                    },
+                    a.origin,
+                ));
+            }
+            Some(e) => {
+                let mut rec = e.record();
+                if rec.state == TcpState::Closed as u8 {
+                    rec.kind = RecordKind::Delete;
+                }
+                if rec.proto == flow::PROTO_TCP && rec.state == TcpState::SynSent as u8 {
+                    // It never took that ACK: back to the handshake on the
+                    // peer, then looked up as any handshake.
+                    out.push((
+                        Record {
+                            kind: RecordKind::Delete,
+                            ..rec
+                        },
+                        a.origin,
+                    ));
+                    out.push((rec, a.origin));
+                    self.cache.insert(seen, rec);
+                    let tries = UNTRANSLATED_FIRST_TRY + 1;
+                    self.later(
+                        now + LOOKUP_RETRY * (1 << tries),
+                        Ask {
+                            tries: tries + 1,
+                            again: Again::Handshake,
+                            ..a
+                        },
+                    );
+                    return;
+                }
+                if self.cache.insert(seen, rec) != Some(rec) {
+                    out.push((rec, a.origin));
+                }
             }
         }
     }

@@ -721,9 +721,10 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 .run_in("probe", || {
                     arp_sample(
                         "eth0",
-                        // Not the probe's address (10.0.0.20): its kernel's
-                        // ARP (the fresh-client ping) is not sampled.
-                        Ipv4Addr::new(10, 0, 0, 21),
+                        // 10.0.0.100-163, not the probe's address
+                        // (10.0.0.20): its kernel's ARP (the fresh-client
+                        // ping) is not sampled.
+                        Ipv4Addr::new(10, 0, 0, 100),
                         Ipv4Addr::new(10, 0, 0, 1),
                         Duration::from_millis(5),
                         &stop,
