@@ -150,7 +150,7 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
             vrid: u32::from(vrid),
         };
         // SAFETY: the pointer comes from a successful lookup and is read at once.
-        if let Some(group) = HA_DATA_VMACS.get_ptr(&key).map(|p| unsafe { *p }) {
+        if let Some(group) = HA_DATA_VMACS.get_ptr(key).map(|p| unsafe { *p }) {
             match vip_verdict(
                 group,
                 &ownership(),

@@ -764,18 +764,31 @@ pub async fn run(
             r = events.recv(&mut batch) => {
                 r?;
                 let now = start.elapsed();
-                let evs = batch
+                let evs: Vec<Ask> = batch
                     .drain(..)
                     .map(|e| {
                         let origin = Duration::from_nanos(e.ts_ns.saturating_sub(start_mono));
                         Ask::event(record_of(&e), FlowEventKind::from_u8(e.kind), origin.min(now))
                     })
                     .collect();
-                let mut out = Vec::new();
-                enricher.enrich(now, evs, &mut out);
-                let mut core = handle.lock()?;
-                for (r, origin) in out {
-                    core.session.push_from(now, origin, r);
+                // State changes first, and sent before the rest is looked
+                // up: a handshake's end needs no lookup, a burst of new
+                // flows one each (milliseconds for hundreds), and a crash
+                // in between leaves those connections half-open on the peer.
+                let (first, rest): (Vec<Ask>, Vec<Ask>) = evs
+                    .into_iter()
+                    .partition(|a| a.kind == Some(FlowEventKind::StateChange));
+                for part in [first, rest] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    let mut out = Vec::new();
+                    enricher.enrich(now, part, &mut out);
+                    let mut core = handle.lock()?;
+                    for (r, origin) in out {
+                        core.session.push_from(now, origin, r);
+                    }
+                    core.flush();
                 }
             }
             guard = readable.readable() => {

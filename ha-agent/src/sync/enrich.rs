@@ -59,8 +59,10 @@ pub enum Again {
     /// still has the flow in its handshake (it never took that ACK), the
     /// peer's entry goes and comes again in its handshake (an assured entry
     /// cannot be updated back: the kernel does not let the status bits be
-    /// cleared); if it no longer has the flow, the peer forgets it.
-    Confirm,
+    /// cleared); if it no longer has a flow it had (`tracked`: conntrack
+    /// gave its record at the SYN), the peer forgets it; one it never had
+    /// (traffic it does not track) stays as XDP saw it.
+    Confirm { tracked: bool },
 }
 
 /// Lookups a confirmation tries through conntrack errors before it gives up.
@@ -262,15 +264,20 @@ impl Enricher {
                 // cost a burst of handshakes one each before any is sent:
                 // the window in which a crash leaves them half-open on the
                 // peer, where strict TCP tracking drops their next segment.
-                Some(c)
-                    if e.kind == Some(FlowEventKind::StateChange)
-                        && r.proto == flow::PROTO_TCP
-                        && r.state == TcpState::Established as u8
-                        && c.state == TcpState::SynSent as u8 =>
+                // Without a record from conntrack, XDP's is right: a flow
+                // whose whole handshake passed XDP under one tuple is not
+                // translated (behind NAT the SYN-ACK comes translated, or
+                // by the other interface).
+                c if e.kind == Some(FlowEventKind::StateChange)
+                    && r.proto == flow::PROTO_TCP
+                    && r.state == TcpState::Established as u8
+                    && c.is_none_or(|c| c.state == TcpState::SynSent as u8) =>
                 {
+                    let tracked = c.is_some();
                     let rec = Record {
                         state: TcpState::Established as u8,
-                        ..*c
+                        kind: RecordKind::Upsert,
+                        ..c.copied().unwrap_or(r)
                     };
                     self.cache.insert(seen, rec);
                     if rec.flags & FLAG_NAT != 0 {
@@ -282,7 +289,7 @@ impl Enricher {
                         Ask {
                             kind: None,
                             tries: 0,
-                            again: Again::Confirm,
+                            again: Again::Confirm { tracked },
                             ..e
                         },
                     );
@@ -302,8 +309,8 @@ impl Enricher {
             }
         };
         for (a, entry) in ask.into_iter().zip(found) {
-            if a.again == Again::Confirm {
-                self.confirm(now, a, entry, failed, out);
+            if let Again::Confirm { tracked } = a.again {
+                self.confirm(now, a, entry, failed, tracked, out);
                 continue;
             }
             if a.record.kind == RecordKind::Delete {
@@ -383,7 +390,7 @@ impl Enricher {
                 // Gone during its handshake: its delete event says so.
                 (None, Again::Handshake) => {}
                 // Handled above, before this match.
-                (_, Again::Confirm) => {}
+                (_, Again::Confirm { .. }) => {}
             }
         }
     }
@@ -396,6 +403,7 @@ impl Enricher {
         a: Ask,
         entry: Option<CtEntry>,
         failed: bool,
+        tracked: bool,
         out: &mut Vec<(Record, Duration)>,
     ) {
         let seen = CtTuple::orig_of(&a.record);
@@ -416,6 +424,8 @@ impl Enricher {
                     );
                 }
             }
+            // Conntrack does not track it: as XDP saw it.
+            None if !tracked => {}
             // Conntrack no longer has it: neither may the peer.
             None => {
                 self.cache.remove(&seen);
