@@ -665,6 +665,9 @@ impl Keepalived {
         } else {
             String::new()
         };
+        let global_defs = format!(
+            "global_defs {{\n  router_id fw{node}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n"
+        );
         let conf = if *vmac {
             let instance = |name: &str, iface: &str, vip: &str| {
                 format!(
@@ -684,13 +687,7 @@ impl Keepalived {
                 )
             };
             format!(
-                r#"global_defs {{
-  router_id fw{node}
-  vrrp_version 3
-  script_user root
-  enable_script_security
-}}
-vrrp_sync_group G {{
+                r#"{global_defs}vrrp_sync_group G {{
   group {{
     VI_LAN
     VI_WAN
@@ -704,13 +701,7 @@ vrrp_sync_group G {{
             )
         } else {
             format!(
-                r#"global_defs {{
-  router_id fw{node}
-  vrrp_version 3
-  script_user root
-  enable_script_security
-}}
-vrrp_instance VI_1 {{
+                r#"{global_defs}vrrp_instance VI_1 {{
   state BACKUP
   interface ha0
   virtual_router_id 51
@@ -769,15 +760,21 @@ vrrp_instance VI_1 {{
     /// line of its log (its notify scripts run concurrently and may finish out
     /// of order; the log is written in order).
     pub fn state(&self) -> Option<String> {
-        // With `vmac`, the LAN instance stands for the sync group.
+        self.states().pop()
+    }
+
+    /// Every state it entered, in order, from its log's "Entering ...
+    /// STATE" lines. With `vmac`, the LAN instance stands for the sync
+    /// group (the WAN one follows it).
+    pub fn states(&self) -> Vec<String> {
         self.log_text()
             .lines()
-            .rev()
             .filter(|l| !l.contains("(VI_WAN)"))
-            .find_map(|l| {
+            .filter_map(|l| {
                 let rest = l.split("Entering ").nth(1)?;
                 Some(rest.split(' ').next()?.to_owned())
             })
+            .collect()
     }
 
     /// keepalived's own log.

@@ -98,9 +98,7 @@ pub fn run_on(
         String::new()
     };
     if vmac {
-        for (ns, gateway) in [("client", "10.0.0.1"), ("server", "10.1.0.1")] {
-            static_neighbour(&lab, ns, gateway, LAB_VMAC);
-        }
+        gateways_on_the_virtual_mac(&lab);
     }
     let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
         ha_extra: ha_extra.clone(),
@@ -288,6 +286,14 @@ pub fn run_on(
         outcome.survived, outcome.total, outcome.young_survived, outcome.replicated
     );
     Outcome { rsts, ..outcome }
+}
+
+/// The client's and server's neighbour entries for their gateway VIPs
+/// (10.0.0.1, 10.1.0.1), static, on [`LAB_VMAC`].
+pub fn gateways_on_the_virtual_mac(lab: &ha_lab::Lab) {
+    for (ns, gateway) in [("client", "10.0.0.1"), ("server", "10.1.0.1")] {
+        static_neighbour(lab, ns, gateway, LAB_VMAC);
+    }
 }
 
 /// `ip neigh replace <addr> lladdr <mac> dev eth0 nud permanent` in `ns`.

@@ -99,17 +99,7 @@ fn a_handshake_the_masters_firewall_refused_is_not_left_established_on_the_backu
         stateful_firewall(&lab, fw, None);
     }
     let key = SyncKey::new("refused-ack", [5u8; 32]);
-    let ha_extra = key.ha_extra();
-    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
-        ha_extra: ha_extra.clone(),
-        ..spec
-    });
-    wait_for("roles and sync", Duration::from_secs(10), || {
-        a1.role().as_deref() == Some("MASTER")
-            && [&a1, &a2]
-                .iter()
-                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
-    });
+    let (_a1, _a2) = synced_pair(&mut lab, &key);
     // Every client -> server segment after the SYN is dropped by fw1's
     // firewall before conntrack sees it (the raw priority; XDP, before
     // both, still sees them).
@@ -160,6 +150,22 @@ fn a_handshake_the_masters_firewall_refused_is_not_left_established_on_the_backu
     drop(listener);
 }
 
+/// Both agents with state sync under `key`, fw1 MASTER, both in sync.
+fn synced_pair(lab: &mut ha_lab::Lab, key: &SyncKey) -> (RunningAgent, RunningAgent) {
+    let ha_extra = key.ha_extra();
+    let (a1, a2) = start_pair(lab, 10, |spec| AgentSpec {
+        ha_extra: ha_extra.clone(),
+        ..spec
+    });
+    wait_for("roles and sync", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER")
+            && [&a1, &a2]
+                .iter()
+                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
+    });
+    (a1, a2)
+}
+
 /// The sync counters of an agent's status, by rejection reason.
 fn rejected(agent: &RunningAgent) -> std::collections::BTreeMap<String, u64> {
     agent
@@ -190,17 +196,7 @@ fn hostile_sync_frames_are_rejected_counted_and_change_nothing() {
     let mut lab = failover_lab();
     let key_bytes = [9u8; 32];
     let key = SyncKey::new("hostile", key_bytes);
-    let ha_extra = key.ha_extra();
-    let (a1, mut a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
-        ha_extra: ha_extra.clone(),
-        ..spec
-    });
-    wait_for("roles and sync", Duration::from_secs(10), || {
-        a1.role().as_deref() == Some("MASTER")
-            && [&a1, &a2]
-                .iter()
-                .all(|a| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync))
-    });
+    let (_a1, mut a2) = synced_pair(&mut lab, &key);
 
     // A genuine data frame from fw1 to fw2, captured on fw2's HA link while
     // a connection goes through fw1.

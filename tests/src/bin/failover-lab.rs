@@ -408,13 +408,7 @@ impl Node {
             Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
                 .or_else(|| a.status())
                 .map(|s| s.transitions_total),
-            // With `--vmac`, two instances in a sync group: the LAN's counts.
-            Node::Keepalived(k, _) => Some(
-                k.log_text()
-                    .lines()
-                    .filter(|l| l.contains("Entering ") && !l.contains("(VI_WAN)"))
-                    .count() as u64,
-            ),
+            Node::Keepalived(k, _) => Some(k.states().len() as u64),
         }
     }
 
@@ -589,9 +583,7 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
     }
     let mut lab = build_lab(scenario);
     if vmac_for(system) {
-        for (ns, gateway) in [("client", "10.0.0.1"), ("server", "10.1.0.1")] {
-            ha_tests::survival::static_neighbour(&lab, ns, gateway, ha_tests::survival::LAB_VMAC);
-        }
+        ha_tests::survival::gateways_on_the_virtual_mac(&lab);
     }
     let dir = std::env::temp_dir().join(format!("hatest-lab-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
@@ -1016,13 +1008,7 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                         })
                         .unwrap_or_default(),
                     Node::Keepalived(k, _) => {
-                        let entered: Vec<String> = k
-                            .log_text()
-                            .lines()
-                            .filter_map(|l| {
-                                Some(l.split("Entering ").nth(1)?.split(' ').next()?.to_owned())
-                            })
-                            .collect();
+                        let entered = k.states();
                         let d = (delta.unwrap_or(0) as usize).min(entered.len());
                         entered[entered.len() - d..].join(", ")
                     }
