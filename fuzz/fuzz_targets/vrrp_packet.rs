@@ -3,10 +3,12 @@
 //! and an accepted advert framed again by `ip_packet` is accepted the same.
 //! Its `auth_hmac` trailer, if any, goes through the verifier
 //! (`ha_core::vrrp::auth`): never panics, and a trailer that verifies once
-//! is a replay the second time.
+//! is a replay the second time. With bit 2 of the first byte set, the
+//! rest is an advert received over IPv6 (`packet::parse6`: 16 bytes of
+//! source, the hop limit, then the VRRP message): the same properties.
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ha_core::vrrp::{auth, packet, wire};
 use libfuzzer_sys::fuzz_target;
@@ -19,6 +21,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let is_peer = |a: Ipv4Addr| sel & 1 == 0 || a.octets()[3] & 1 == 0;
     let known_vrid = |v: u8| sel & 2 == 0 || v & 1 == 0;
+    if sel & 4 != 0 {
+        return over_ipv6(sel, bytes, known_vrid);
+    }
     check(bytes, is_peer, known_vrid);
     // Fix the VRRP checksum (after the IPv4 header) to get past it.
     if bytes.len() >= 20 {
@@ -72,5 +77,50 @@ fn check(bytes: &[u8], is_peer: impl Fn(Ipv4Addr) -> bool, known_vrid: impl Fn(u
             // Past the IPv4 header checks, the source is always named.
             assert_eq!(src.is_none(), reason == packet::Rejected::TruncatedIp);
         }
+    }
+}
+
+/// An advert over IPv6: `bytes` is the source, the hop limit and the VRRP
+/// message; checked as received, then with its checksum fixed.
+fn over_ipv6(sel: u8, bytes: &[u8], known_vrid: impl Fn(u8) -> bool) {
+    let Some((src, rest)) = bytes.split_first_chunk::<16>() else {
+        return;
+    };
+    let Some((&hop_limit, msg)) = rest.split_first() else {
+        return;
+    };
+    let header = packet::Header6 {
+        src: Ipv6Addr::from(*src),
+        dst: wire::MULTICAST6,
+        hop_limit,
+        own: Ipv6Addr::LOCALHOST,
+    };
+    let peer = Ipv4Addr::new(10, 255, 0, 2);
+    let peer_of = |a: Ipv6Addr| (sel & 1 == 0 || a.octets()[15] & 1 == 0).then_some(peer);
+    check6(msg, header, &peer_of, &known_vrid);
+    if wire::Packet::new_checked_in(msg, wire::Family::V6).is_ok() {
+        let mut fixed = msg.to_vec();
+        wire::Packet::new_unchecked_in(&mut fixed[..], wire::Family::V6)
+            .fill_checksum(header.src, header.dst);
+        check6(&fixed, header, &peer_of, &known_vrid);
+    }
+}
+
+fn check6(
+    msg: &[u8],
+    header: packet::Header6,
+    peer_of: impl Fn(Ipv6Addr) -> Option<Ipv4Addr>,
+    known_vrid: impl Fn(u8) -> bool,
+) {
+    match packet::parse6(msg, header, &peer_of, &known_vrid) {
+        Ok(got) => {
+            assert_eq!(Some(got.src), peer_of(header.src));
+            assert!(header.hop_limit == 255 && header.src.is_unicast_link_local());
+            assert!(known_vrid(got.advert.vrid));
+            // What we emit for it is the message as received.
+            let emitted = got.advert.to_bytes(header.src, header.dst);
+            assert_eq!(&msg[got.pdu.clone()], &emitted[..]);
+        }
+        Err((_, src)) => assert_eq!(src, Some(header.src.into())),
     }
 }

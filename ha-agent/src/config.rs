@@ -3,7 +3,7 @@
 //! what is wrong; a config that fails validation is never used.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -437,7 +437,7 @@ pub struct VipConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vip {
     pub iface: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
@@ -722,6 +722,29 @@ impl Config {
                     parse_vip(v)
                         .map_err(|p| bad(format!("vip {} on {}", v.address, v.iface), p))?;
                 }
+                let vips = i.parsed_vips();
+                let v6 = vips.iter().filter(|v| v.addr.is_ipv6()).count();
+                if v6 != 0 && v6 != vips.len() {
+                    return Err(bad(
+                        field("vips"),
+                        "mixes IPv4 and IPv6 addresses: an instance advertises one family (RFC 9568); put the IPv6 VIPs in an instance of their own, in the same group to move together".into(),
+                    ));
+                }
+                if v6 != 0 && i.vmac {
+                    return Err(bad(
+                        field("vmac"),
+                        "the IPv6 virtual MAC (00:00:5e:00:02:<vrid>) is not supported yet: an IPv6 instance is announced with unsolicited neighbour advertisements from the interface's MAC".into(),
+                    ));
+                }
+                if v6 != 0 && self.ha.peers.len() != 1 {
+                    return Err(bad(
+                        field("vips"),
+                        format!(
+                            "an IPv6 instance needs exactly one peer in ha.peers (there are {}): its adverts come from the peer's link-local address, known as that one peer",
+                            self.ha.peers.len()
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -748,6 +771,15 @@ impl Config {
             }
         }
         out
+    }
+
+    /// Whether an instance is IPv6 (its adverts go over IPv6 on the HA
+    /// link).
+    pub fn has_ipv6_instances(&self) -> bool {
+        self.groups
+            .iter()
+            .flat_map(|g| &g.instances)
+            .any(|i| i.parsed_vips().first().is_some_and(|v| v.addr.is_ipv6()))
     }
 
     /// The interfaces carrying VIPs, each once, in order of appearance.
@@ -959,17 +991,34 @@ pub fn parse_mgmt(s: &str) -> Result<(u8, u16), String> {
     Ok((proto, port))
 }
 
-/// Validates a VIP: an IPv4 address with a prefix length.
+/// Validates a VIP: an IPv4 or IPv6 address with a prefix length (32 or
+/// 128 when none). An IPv6 VIP is a unicast address a host may use as its
+/// gateway or service address: not link-local (each node has its own),
+/// multicast, loopback or unspecified.
 pub fn parse_vip(v: &VipConfig) -> Result<Vip, String> {
-    let (addr, prefix) = v.address.split_once('/').unwrap_or((&v.address, "32"));
-    let addr: Ipv4Addr = addr
+    let (addr, prefix) = match v.address.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (v.address.as_str(), None),
+    };
+    let addr: IpAddr = addr
         .parse()
-        .map_err(|_| "invalid IPv4 address".to_owned())?;
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= 32)
-        .ok_or_else(|| "invalid prefix length".to_owned())?;
+        .map_err(|_| "invalid IPv4 or IPv6 address".to_owned())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = match prefix {
+        None => max,
+        Some(p) => p
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| "invalid prefix length".to_owned())?,
+    };
+    if let IpAddr::V6(a) = addr
+        && (a.is_unicast_link_local() || a.is_multicast() || a.is_loopback() || a.is_unspecified())
+    {
+        return Err(format!(
+            "{a} is not a usable IPv6 VIP (link-local, multicast, loopback or unspecified)"
+        ));
+    }
     if v.iface.is_empty() || v.iface.len() > 15 {
         return Err(format!("invalid interface name {:?}", v.iface));
     }
@@ -1060,6 +1109,46 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
         assert_eq!(c.lease(), Duration::from_millis(30 - lease_margin_ms()));
     }
 
+    /// IPv6 VIPs: in an instance of their own, without the virtual MAC,
+    /// with one peer; usable unicast addresses only.
+    #[test]
+    fn ipv6_vips_go_in_an_instance_of_their_own() {
+        let v6 = GOOD
+            .replace("10.0.0.1/24", "2001:db8::1/64")
+            .replace("203.0.113.1/24", "2001:db8:1::1/64");
+        let c = parse(&v6).unwrap();
+        assert!(c.has_ipv6_instances());
+        let vip = &c.groups[0].instances[0].parsed_vips()[0];
+        assert_eq!(
+            (vip.addr.to_string(), vip.prefix),
+            ("2001:db8::1".into(), 64)
+        );
+        assert_eq!(
+            c.machine_config(&c.groups[0].instances[0]).family(),
+            ha_core::vrrp::wire::Family::V6
+        );
+        let bare = parse(&v6.replace("2001:db8::1/64", "2001:db8::1")).unwrap();
+        assert_eq!(bare.groups[0].instances[0].parsed_vips()[0].prefix, 128);
+        assert!(!parse(GOOD).unwrap().has_ipv6_instances());
+        let err = parse(&GOOD.replace("10.0.0.1/24", "2001:db8::1/64"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mixes IPv4 and IPv6"), "{err}");
+        let err = parse(&v6.replace("vrid = 51", "vrid = 51\nvmac = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("IPv6 virtual MAC"), "{err}");
+        for bad in ["fe80::1/64", "ff02::1", "::1", "::", "2001:db8::1/129"] {
+            let e = parse(&v6.replace("2001:db8::1/64", bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("IPv6 VIP") || e.contains("prefix length"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn errors_name_file_field_and_problem() {
         let err = parse(&GOOD.replace("10.0.0.1/24", "10.0.0.300/24"))
@@ -1067,7 +1156,7 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             .to_string();
         assert_eq!(
             err,
-            "/etc/ha-agent/config.toml: vip 10.0.0.300/24 on lan0: invalid IPv4 address"
+            "/etc/ha-agent/config.toml: vip 10.0.0.300/24 on lan0: invalid IPv4 or IPv6 address"
         );
         let err = parse(&GOOD.replace("advert_interval_ms = 10", "advert_interval_ms = 15"))
             .unwrap_err()

@@ -139,6 +139,29 @@ pub fn if_mac(iface: &str) -> io::Result<[u8; 6]> {
 /// The interface's IPv4 addresses, primary first (getifaddrs, i.e. netlink
 /// in the calling thread's namespace).
 pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
+    Ok(if_addrs(iface)?
+        .into_iter()
+        .filter_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// The interface's IPv6 link-local addresses (fe80::/10), in the kernel's
+/// order.
+pub fn ipv6_link_locals(iface: &str) -> io::Result<Vec<std::net::Ipv6Addr>> {
+    Ok(if_addrs(iface)?
+        .into_iter()
+        .filter_map(|a| match a {
+            std::net::IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The interface's IPv4 and IPv6 addresses (getifaddrs).
+fn if_addrs(iface: &str) -> io::Result<Vec<std::net::IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -157,12 +180,18 @@ pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<std::net::Ipv4Addr>> {
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
         // SAFETY: ifa_addr is non-null and points to a sockaddr.
         let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
+        if name.to_bytes() != iface.as_bytes() {
             continue;
         }
-        // SAFETY: an AF_INET sockaddr is a sockaddr_in.
-        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-        out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        if family == libc::AF_INET {
+            // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+        } else if family == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+            let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+            out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+        }
     }
     // SAFETY: the list from getifaddrs, freed once.
     unsafe { libc::freeifaddrs(head) };

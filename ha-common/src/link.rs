@@ -1,8 +1,9 @@
 //! `ha_link`: XDP on the dedicated HA interface.
 //!
 //! Passes VRRP (IPv4 protocol 112, TTL 255, a configured VRID, a source in the
-//! peer allow-list, to 224.0.0.18 or this node) and stamps the last advert per
-//! VRID; passes ARP. Everything else must be addressed to this node's HA address
+//! peer allow-list, to 224.0.0.18 or this node; or over IPv6, for an IPv6
+//! instance: hop limit 255, a link-local source, to ff02::12) and stamps
+//! the last advert per VRID; passes ARP. No other IPv6 passes. Everything else must be addressed to this node's HA address
 //! ([`LinkConfig::local_addr`]): a VIP, another host or forwarded traffic is
 //! dropped (`drop_not_local`), so the HA segment reaches only this node's own
 //! services. Of those it passes sync frames (UDP to the sync port) only from a
@@ -78,7 +79,7 @@ pub struct AdvertStamp {
     pub last_ns: u64,
     /// Adverts accepted for this VRID since load (racy across CPUs: a hint).
     pub count: u64,
-    /// Source address (map encoding).
+    /// Source address (map encoding); 0 for an advert over IPv6.
     pub src_addr: u32,
     /// Advertised priority (0 = master is leaving).
     pub priority: u8,

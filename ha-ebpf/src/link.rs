@@ -17,7 +17,7 @@ use ha_common::link::{
 };
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
 use crate::{
@@ -126,6 +126,9 @@ fn classify(ctx: &XdpContext) -> LinkVerdict {
     if ether_type == EtherType::Arp as u16 {
         return LinkVerdict::PassArp;
     }
+    if ether_type == EtherType::Ipv6 as u16 {
+        return ipv6(ctx);
+    }
     if ether_type != EtherType::Ipv4 as u16 {
         return LinkVerdict::DropNotAllowed;
     }
@@ -160,6 +163,62 @@ fn classify(ctx: &XdpContext) -> LinkVerdict {
     verdict
 }
 
+/// ff02::12, the VRRP IPv6 multicast group.
+const VRRP_GROUP6: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12];
+
+/// IPv6 on the HA link: only VRRP of an IPv6 instance (RFC 9568 section
+/// 5.1.2: next header 112 with no extension header, hop limit 255, from a
+/// link-local address, to ff02::12, a configured VRID). The peers'
+/// link-local addresses are not configured: any link-local source passes
+/// here and the agent maps it to the one peer (authenticated adverts
+/// verify it). Everything else over IPv6 is dropped: the cluster's own
+/// services run over the IPv4 HA address.
+#[inline(always)]
+fn ipv6(ctx: &XdpContext) -> LinkVerdict {
+    let Ok(ip) = read::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
+        return LinkVerdict::DropTruncated;
+    };
+    if ip.next_hdr != IPPROTO_VRRP {
+        return LinkVerdict::DropNotAllowed;
+    }
+    if ip.hop_limit != VRRP_TTL {
+        return LinkVerdict::DropVrrpTtl;
+    }
+    if ip.src_addr[0] != 0xfe || ip.src_addr[1] & 0xc0 != 0x80 {
+        return LinkVerdict::DropVrrpSource;
+    }
+    if ip.dst_addr != VRRP_GROUP6 {
+        return LinkVerdict::DropNotLocal;
+    }
+    let Ok(vrrp) = read::<VrrpHdr>(ctx, EthHdr::LEN + Ipv6Hdr::LEN) else {
+        return LinkVerdict::DropVrrpTruncated;
+    };
+    stamp_vrrp(&vrrp, 0)
+}
+
+/// A VRRP advert of a configured VRID passes, stamped as its VRID's last
+/// (`src`: the IPv4 source, 0 over IPv6); another VRID's is dropped.
+#[inline(always)]
+fn stamp_vrrp(vrrp: &VrrpHdr, src: u32) -> LinkVerdict {
+    let vrid = u32::from(vrrp.vrid);
+    match HA_LINK_VRIDS.get(vrid) {
+        Some(&configured) if configured != 0 => {}
+        _ => return LinkVerdict::DropVrrpVrid,
+    }
+    if let Some(stamp) = HA_LINK_ADVERTS.get_ptr_mut(vrid) {
+        // SAFETY: a valid array slot; writers on other CPUs only race on
+        // which advert is "last", which is what the stamp means anyway.
+        let stamp = unsafe { &mut *stamp };
+        stamp.last_ns = now_ns();
+        stamp.count += 1;
+        stamp.src_addr = src;
+        stamp.priority = vrrp.priority;
+        stamp.version = vrrp.version_type >> 4;
+        stamp.interval_cs = u16::from_be_bytes(vrrp.max_adver) & 0x0fff;
+    }
+    LinkVerdict::PassVrrp
+}
+
 /// The ports `ha_link` knows (host order; 0 = none).
 struct Ports {
     sync: u16,
@@ -189,23 +248,7 @@ fn service(ctx: &XdpContext, ip: &Ipv4Hdr, l4: usize, cfg: &Ports, to_me: bool) 
             let Ok(vrrp) = read::<VrrpHdr>(ctx, l4) else {
                 return LinkVerdict::DropVrrpTruncated;
             };
-            let vrid = u32::from(vrrp.vrid);
-            match HA_LINK_VRIDS.get(vrid) {
-                Some(&configured) if configured != 0 => {}
-                _ => return LinkVerdict::DropVrrpVrid,
-            }
-            if let Some(stamp) = HA_LINK_ADVERTS.get_ptr_mut(vrid) {
-                // SAFETY: a valid array slot; writers on other CPUs only race on
-                // which advert is "last", which is what the stamp means anyway.
-                let stamp = unsafe { &mut *stamp };
-                stamp.last_ns = now_ns();
-                stamp.count += 1;
-                stamp.src_addr = src;
-                stamp.priority = vrrp.priority;
-                stamp.version = vrrp.version_type >> 4;
-                stamp.interval_cs = u16::from_be_bytes(vrrp.max_adver) & 0x0fff;
-            }
-            LinkVerdict::PassVrrp
+            stamp_vrrp(&vrrp, src)
         }
         17 => {
             let Ok(udp) = read::<UdpPorts>(ctx, l4) else {

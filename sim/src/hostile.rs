@@ -58,7 +58,7 @@ pub fn packet(
             vrid,
             priority,
             interval_cs,
-            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
         }
         .to_bytes(src, MULTICAST)
     };

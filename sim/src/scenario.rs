@@ -344,7 +344,9 @@ impl Scenario {
                                         preempt,
                                         preempt_delay,
                                         local_addr: addrs[i],
-                                        vips: vec![Ipv4Addr::new(10, g as u8, 0, m as u8 + 1)],
+                                        vips: vec![
+                                            Ipv4Addr::new(10, g as u8, 0, m as u8 + 1).into(),
+                                        ],
                                     },
                                 )
                             })

@@ -97,7 +97,10 @@ pub fn open_paths(config: &Config) -> anyhow::Result<(Vec<PathSettings>, Vec<Pat
     }];
     let vips: Vec<Ipv4Addr> = super::setup::all_vips(config)
         .into_iter()
-        .map(|v| v.addr)
+        .filter_map(|v| match v.addr {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        })
         .collect();
     let mut sockets = Vec::new();
     let explicit = config.ha.heartbeat.is_some();

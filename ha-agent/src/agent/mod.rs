@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use self::{
     adverts::Signer,
     hooks::Hooks,
-    net::{GarpSender, PathSocket, ProbeSocket, Seal, VrrpSocket},
+    net::{GarpSender, PathSocket, ProbeSocket, Seal, Vrrp6Socket, VrrpSocket},
     request::{LoopRequest, Outcome},
 };
 use crate::{
@@ -84,6 +84,8 @@ pub struct Agent {
     dp: Dataplane,
     /// VRRP on the HA link.
     sock: VrrpSocket,
+    /// VRRP over IPv6 on the HA link, when an instance is IPv6.
+    sock6: Option<Vrrp6Socket>,
     /// Heartbeat paths over data interfaces (core paths 1..).
     paths: Vec<PathSocket>,
     /// The fast heartbeat's socket on every path (core path order), when on.
@@ -309,6 +311,14 @@ impl Agent {
         };
         let sock = VrrpSocket::open(&config.ha.interface, config.ha.address, unicast)
             .with_context(|| format!("VRRP socket on {}", config.ha.interface))?;
+        let sock6 = if config.has_ipv6_instances() {
+            let s = Vrrp6Socket::open(&config.ha.interface, config.ha.address)
+                .with_context(|| format!("VRRP IPv6 socket on {}", config.ha.interface))?;
+            info!(iface = %config.ha.interface, local = %s.local(), "IPv6 instances advertise over IPv6");
+            Some(s)
+        } else {
+            None
+        };
         let garp = config
             .groups
             .iter()
@@ -338,6 +348,7 @@ impl Agent {
             node,
             dp,
             sock,
+            sock6,
             paths,
             probes,
             term_file,
@@ -521,11 +532,17 @@ impl Agent {
         };
         // Not the probe sockets: they are read at every wake (see
         // `ProbeSocket`).
-        let polled = note(self.sock.poll_readable(cx)).and_then(|()| {
-            self.paths
-                .iter()
-                .try_for_each(|p| note(p.poll_readable(cx)))
-        });
+        let polled = note(self.sock.poll_readable(cx))
+            .and_then(|()| {
+                self.sock6
+                    .as_ref()
+                    .map_or(Ok(()), |s| note(s.poll_readable(cx)))
+            })
+            .and_then(|()| {
+                self.paths
+                    .iter()
+                    .try_for_each(|p| note(p.poll_readable(cx)))
+            });
         if let Err(e) = polled {
             return Poll::Ready(Err(e));
         }
@@ -594,7 +611,32 @@ impl Agent {
                 self.execute(effects);
             }
         }
+        if self.sock6.is_some() && self.read_packets6(wall) {
+            backlog = true;
+        }
         backlog
+    }
+
+    /// Reads at most [`RX_PER_WAKE`] packets from the IPv6 VRRP socket;
+    /// whether it was left with more.
+    fn read_packets6(&mut self, wall: Duration) -> bool {
+        let mut buf = [0u8; 2048];
+        for _ in 0..RX_PER_WAKE {
+            let Some(sock) = &self.sock6 else {
+                return false;
+            };
+            let Some((bytes, header)) = sock.recv(&mut buf) else {
+                return false;
+            };
+            let event = Event::Packet6 {
+                bytes,
+                header,
+                wall,
+            };
+            let effects = self.node.handle(self.start.elapsed(), event);
+            self.execute(effects);
+        }
+        true
     }
 
     fn on_timers(&mut self) {
@@ -846,8 +888,13 @@ impl Agent {
         }
         // Sent now, with the lease just renewed (errors counted and logged
         // by `tx`).
-        for d in self.sock.datagrams(advert, seal) {
-            self.tx.send(d);
+        match (&self.sock6, advert.family()) {
+            (Some(s6), ha_core::vrrp::wire::Family::V6) => self.tx.send(s6.datagram(advert, seal)),
+            _ => {
+                for d in self.sock.datagrams(advert, seal) {
+                    self.tx.send(d);
+                }
+            }
         }
         for p in &self.paths {
             self.tx.send(p.datagram(advert, seal));

@@ -5,7 +5,7 @@
 use std::{
     io,
     mem::MaybeUninit,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::Arc,
 };
@@ -16,8 +16,8 @@ use tokio::io::unix::AsyncFd;
 use ha_common::heartbeat;
 use ha_core::vrrp::{
     auth,
-    packet::ip_packet,
-    wire::{self, MULTICAST, PROTOCOL},
+    packet::{Header6, ip_packet},
+    wire::{self, MULTICAST, MULTICAST6, PROTOCOL},
 };
 
 use super::tx::{Datagram, Dest, Kind};
@@ -91,7 +91,7 @@ impl VrrpSocket {
                 iface: self.iface.clone(),
                 kind: Kind::Advert,
                 bytes: ip_packet(self.local, *dst, &sealed(advert, self.local, *dst, seal)),
-                dest: Dest::Ip(SocketAddrV4::new(*dst, 0)),
+                dest: Dest::Ip(SocketAddrV4::new(*dst, 0).into()),
             })
             .collect()
     }
@@ -109,6 +109,197 @@ impl VrrpSocket {
     pub fn recv<'b>(&self, buf: &'b mut [MaybeUninit<u8>]) -> Option<&'b [u8]> {
         recv(&self.fd, buf)
     }
+}
+
+/// The VRRP socket of the IPv6 instances (RFC 9568 section 5.1.2): raw
+/// IPv6 protocol 112 on the HA interface, bound to its link-local address
+/// (the source the RFC requires, and the checksum's), joined to ff02::12,
+/// hop limit 255, traffic class CS6 like keepalived. It receives each
+/// advert's source, destination and hop limit apart (IPV6_PKTINFO,
+/// IPV6_HOPLIMIT): an IPv6 raw socket gives no header. Multicast only: the
+/// peers' link-local addresses are not configured.
+#[derive(Debug)]
+pub struct Vrrp6Socket {
+    fd: AsyncFd<Socket>,
+    /// Our link-local address on the HA interface.
+    local: Ipv6Addr,
+    /// Our HA address: what a seal binds (the election knows a node by it,
+    /// whichever family carried its advert).
+    identity: Ipv4Addr,
+    ifindex: u32,
+    tx: Arc<OwnedFd>,
+    iface: Arc<str>,
+}
+
+/// How long the agent waits at start for the HA interface's link-local
+/// address to leave duplicate address detection (1 s by default).
+const LINK_LOCAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Vrrp6Socket {
+    pub fn open(iface: &str, identity: Ipv4Addr) -> io::Result<Self> {
+        let ifindex = u32::try_from(if_index(iface)?).unwrap_or(0);
+        let s = Socket::new(
+            Domain::IPV6,
+            Type::RAW,
+            Some(Protocol::from(i32::from(PROTOCOL))),
+        )?;
+        s.bind_device(Some(iface.as_bytes())).map_err(|e| {
+            io::Error::new(e.kind(), format!("bind VRRP IPv6 socket to {iface}: {e}"))
+        })?;
+        s.set_multicast_hops_v6(u32::from(wire::TTL))?;
+        s.set_unicast_hops_v6(u32::from(wire::TTL))?;
+        s.set_multicast_loop_v6(false)?;
+        s.set_multicast_if_v6(ifindex)?;
+        s.set_tclass_v6(0xc0)?;
+        s.join_multicast_v6(&MULTICAST6, ifindex)
+            .map_err(|e| io::Error::new(e.kind(), format!("join ff02::12 on {iface}: {e}")))?;
+        for opt in [libc::IPV6_RECVPKTINFO, libc::IPV6_RECVHOPLIMIT] {
+            set_int(&s, libc::IPPROTO_IPV6, opt, 1)?;
+        }
+        // The link-local address is usable once duplicate address
+        // detection is over (a tentative one cannot be bound).
+        let deadline = std::time::Instant::now() + LINK_LOCAL_WAIT;
+        let local = loop {
+            let tried = crate::iface::ipv6_link_locals(iface)?
+                .into_iter()
+                .find(|a| {
+                    s.bind(&std::net::SocketAddrV6::new(*a, 0, 0, ifindex).into())
+                        .is_ok()
+                });
+            match tried {
+                Some(a) => break a,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!(
+                            "{iface} has no usable IPv6 link-local address (IPv6 off on it, or duplicate address detection failed): the IPv6 instances advertise from it"
+                        ),
+                    ));
+                }
+            }
+        };
+        s.set_nonblocking(true)?;
+        s.set_recv_buffer_size(1 << 20)?;
+        let tx = tx_fd(&s)?;
+        // SAFETY: the Socket owns its fd until dropped together with the AsyncFd.
+        let fd = unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Vrrp6Socket {
+            fd,
+            local,
+            identity,
+            ifindex,
+            tx,
+            iface: iface.into(),
+        })
+    }
+
+    /// Our link-local address on the HA interface.
+    pub fn local(&self) -> Ipv6Addr {
+        self.local
+    }
+
+    /// An advert of an IPv6 instance to ff02::12, signed when `seal` says
+    /// so (over our HA address, see [`Vrrp6Socket::identity`]).
+    pub fn datagram(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> Datagram {
+        let mut pdu = advert.to_bytes(self.local, MULTICAST6);
+        if let Some(s) = seal {
+            pdu.extend_from_slice(&auth::seal(s.key, s.seq, self.identity, &pdu));
+        }
+        Datagram {
+            fd: self.tx.clone(),
+            iface: self.iface.clone(),
+            kind: Kind::Advert,
+            bytes: pdu,
+            dest: Dest::Ip(std::net::SocketAddrV6::new(MULTICAST6, 0, 0, self.ifindex).into()),
+        }
+    }
+
+    /// Polls for readability (readiness cleared: the caller drains).
+    pub fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        poll_readable(&self.fd, cx)
+    }
+
+    /// Reads one waiting VRRP message into `buf`, with what the kernel
+    /// tells of its header; `None` when nothing is waiting.
+    pub fn recv<'b>(&self, buf: &'b mut [u8]) -> Option<(&'b [u8], Header6)> {
+        let fd = self.fd.get_ref().as_raw_fd();
+        // SAFETY: zeroed sockaddr_in6 and msghdr are valid; the pointers
+        // set below outlive the call.
+        let mut name: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw mut name).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        // SAFETY: a valid fd and a msghdr whose buffers are ours.
+        let n = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return None;
+        }
+        let bytes = &buf[..n as usize];
+        let (mut dst, mut hop_limit) = (None, None);
+        // SAFETY: the kernel filled `msg_controllen` bytes of `control`
+        // with well-formed cmsgs; each is read within its own length.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let info = data.cast::<libc::in6_pktinfo>().read_unaligned();
+                        dst = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                        hop_limit = u8::try_from(data.cast::<libc::c_int>().read_unaligned()).ok();
+                    }
+                    _ => {}
+                }
+                c = libc::CMSG_NXTHDR(&raw const msg, c);
+            }
+        }
+        // Without them (never seen: the options are set) the message is
+        // refused by the core as one not sent with hop limit 255.
+        let header = Header6 {
+            src: Ipv6Addr::from(name.sin6_addr.s6_addr),
+            dst: dst.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            hop_limit: hop_limit.unwrap_or(0),
+            own: self.local,
+        };
+        Some((bytes, header))
+    }
+}
+
+/// `setsockopt(level, name, value)` for an int option.
+fn set_int(s: &Socket, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid fd and an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What signs an advert: the key and the sequence (one per advert, the same
@@ -416,9 +607,10 @@ fn ipv4_header_checksum(header: &[u8]) -> u16 {
 }
 
 /// A VIP to announce, and its virtual MAC (`None`: the interface's MAC).
-pub type Announced = (Ipv4Addr, Option<[u8; 6]>);
+pub type Announced = (IpAddr, Option<[u8; 6]>);
 
-/// Gratuitous ARP for the VIPs of one interface: frames built at startup, sent
+/// Gratuitous ARP for the IPv4 VIPs of one interface and unsolicited
+/// Neighbor Advertisements for its IPv6 ones: frames built at startup, sent
 /// with one `sendto` each on an AF_PACKET socket.
 #[derive(Debug)]
 pub struct GarpSender {
@@ -426,8 +618,9 @@ pub struct GarpSender {
     fd: OwnedFd,
     /// Interface index (destination of every frame).
     ifindex: i32,
-    /// One ARP request per VIP (sender = target = VIP, broadcast).
-    frames: Vec<[u8; 42]>,
+    /// One frame per VIP: an ARP request (sender = target = VIP,
+    /// broadcast) or an NA (to all nodes), with its ethertype.
+    frames: Vec<(u16, Vec<u8>)>,
 }
 
 impl GarpSender {
@@ -455,7 +648,16 @@ impl GarpSender {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let frames = vips
             .iter()
-            .map(|&(vip, vmac)| garp_frame(vmac.unwrap_or(mac), vip))
+            .map(|&(vip, vmac)| match vip {
+                IpAddr::V4(vip) => (
+                    libc::ETH_P_ARP as u16,
+                    garp_frame(vmac.unwrap_or(mac), vip).to_vec(),
+                ),
+                IpAddr::V6(vip) => (
+                    libc::ETH_P_IPV6 as u16,
+                    na_frame(vmac.unwrap_or(mac), vip).to_vec(),
+                ),
+            })
             .collect();
         Ok(GarpSender {
             fd,
@@ -469,12 +671,12 @@ impl GarpSender {
         // SAFETY: zeroed sockaddr_ll is valid; fields set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
         let mut sent = 0;
-        for frame in &self.frames {
+        for (ethertype, frame) in &self.frames {
+            addr.sll_protocol = ethertype.to_be();
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
             // SAFETY: valid fd, buffer and address of the right size.
             let rc = unsafe {
                 libc::sendto(
@@ -508,9 +710,73 @@ pub fn garp_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; 42] {
     f
 }
 
+/// An unsolicited Neighbor Advertisement of `vip` at `mac` (RFC 9568
+/// section 6.4.2, RFC 4861 section 7.2.6): from the VIP to all nodes
+/// (ff02::1), hop limit 255, Router and Override set, Solicited clear, the
+/// target link-layer address option naming `mac`. A host updates the entry
+/// it has for the VIP (Override); one without an entry ignores it.
+pub fn na_frame(mac: [u8; 6], vip: Ipv6Addr) -> [u8; 86] {
+    const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut f = [0u8; 86];
+    f[0..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    // IPv6: version 6, payload 32 bytes, next header ICMPv6, hop limit 255.
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&32u16.to_be_bytes());
+    f[20] = 58;
+    f[21] = 255;
+    f[22..38].copy_from_slice(&vip.octets());
+    f[38..54].copy_from_slice(&ALL_NODES.octets());
+    // ICMPv6 NA: type 136, code 0, R|O, target, option 2 (target MAC).
+    f[54] = 136;
+    f[58] = 0xa0;
+    f[62..78].copy_from_slice(&vip.octets());
+    f[78..80].copy_from_slice(&[2, 1]);
+    f[80..86].copy_from_slice(&mac);
+    let sum = wire_checksum6(vip, ALL_NODES, 58, &f[54..]);
+    f[56..58].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// The Internet checksum of an upper-layer message over IPv6 (RFC 8200
+/// section 8.1).
+fn wire_checksum6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, msg: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for c in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(msg.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, next_header]);
+    add(msg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsolicited_na_announces_the_vip_as_a_router() {
+        let vip: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let mac = [2, 0, 0, 0, 0, 1];
+        let f = na_frame(mac, vip);
+        assert_eq!(&f[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!((f[20], f[21]), (58, 255), "ICMPv6, hop limit 255");
+        assert_eq!((f[54], f[55], f[58]), (136, 0, 0xa0), "NA, R and O, not S");
+        assert_eq!(&f[62..78], &vip.octets());
+        assert_eq!(&f[78..86], &[2, 1, 2, 0, 0, 0, 0, 1]);
+        // The checksum verifies: the sum over the message with it is 0.
+        let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        assert_eq!(wire_checksum6(vip, dst, 58, &f[54..]), 0);
+    }
 
     #[test]
     fn the_ip_header_checksum_verifies() {

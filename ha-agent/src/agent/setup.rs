@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     process::Command,
 };
 
@@ -79,7 +79,7 @@ pub fn all_vips(config: &Config) -> Vec<config::Vip> {
 
 /// The VIPs of each group's members (`[group][member]`), as the node core
 /// advertises them.
-pub fn member_vips(config: &Config) -> Vec<Vec<Vec<Ipv4Addr>>> {
+pub fn member_vips(config: &Config) -> Vec<Vec<Vec<IpAddr>>> {
     config
         .groups
         .iter()
@@ -98,9 +98,12 @@ pub fn vip_specs(config: &Config) -> Vec<VipSpec> {
     for (gi, g) in config.groups.iter().enumerate() {
         for i in &g.instances {
             for vip in i.parsed_vips() {
+                let IpAddr::V4(addr) = vip.addr else {
+                    continue;
+                };
                 // The address owner (255) always accepts (RFC 9568).
                 vips.push(VipSpec {
-                    addr: vip.addr,
+                    addr,
                     group: gi as u32,
                     accept: i.accept || i.priority == 255,
                     vmac: i.vmac.then_some(i.vrid),
@@ -150,24 +153,27 @@ pub fn arp_sysctls(ifaces: &[String]) {
     }
 }
 
-/// `ip addr replace|del <vip> dev <iface>`.
+/// `ip addr replace|del <vip> dev <iface>`. An IPv6 VIP is added
+/// `nodad` (the other node holds it too: duplicate address detection would
+/// fail it there) and deprecated (`preferred_lft 0`): the kernel never picks
+/// it as the source of its own packets, notably of the Neighbor
+/// Solicitations a backup sends, which would point hosts' entries for the
+/// VIP at the backup (IPv4's `arp_announce=2`). It still takes and answers
+/// traffic to it.
 pub fn ip_addr(op: &str, vip: &config::Vip) -> anyhow::Result<()> {
+    let addr = format!("{}/{}", vip.addr, vip.prefix);
+    let mut args = vec!["addr", op, addr.as_str(), "dev", vip.iface.as_str()];
+    if vip.addr.is_ipv6() && op != "del" {
+        args.extend(["nodad", "preferred_lft", "0"]);
+    }
     let out = Command::new("ip")
-        .args([
-            "addr",
-            op,
-            &format!("{}/{}", vip.addr, vip.prefix),
-            "dev",
-            &vip.iface,
-        ])
+        .args(&args)
         .output()
         .context("running ip addr")?;
     if !out.status.success() {
         anyhow::bail!(
-            "ip addr {op} {}/{} dev {}: {}",
-            vip.addr,
-            vip.prefix,
-            vip.iface,
+            "ip {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

@@ -13,7 +13,7 @@
 //! silence. Both need the send to happen when the core decides it.
 use std::{
     io,
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
@@ -38,8 +38,8 @@ pub enum Kind {
 pub enum Dest {
     /// An AF_PACKET address.
     Link(libc::sockaddr_ll),
-    /// An IPv4 address (the raw VRRP socket).
-    Ip(SocketAddrV4),
+    /// An IP address (the raw VRRP sockets).
+    Ip(SocketAddr),
 }
 
 /// One datagram to send on a socket the loop opened (a duplicate of its
@@ -179,9 +179,7 @@ mod tests {
     fn sends_and_counts_failures() {
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let std::net::SocketAddr::V4(to) = b.local_addr().unwrap() else {
-            panic!("IPv4 bound");
-        };
+        let to = b.local_addr().unwrap();
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let fd = Arc::new(OwnedFd::from(a));
         let d = |kind, bytes: &[u8], dest| Datagram {

@@ -2,10 +2,10 @@
 //! the time, passed separately) in, [`Effect`]s in the order they must be
 //! carried out.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use super::Instant;
-use crate::vrrp::{machine::Role, wire};
+use crate::vrrp::{machine::Role, packet::Header6, wire};
 
 /// Something that happened to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,13 @@ pub enum Event<'a> {
     Packet {
         path: usize,
         bytes: &'a [u8],
+        wall: Duration,
+    },
+    /// A VRRP message received over IPv6 on the HA link (path 0), the
+    /// header as the socket gave it apart. Validated by the core.
+    Packet6 {
+        bytes: &'a [u8],
+        header: Header6,
         wall: Duration,
     },
     /// A frame of the fast heartbeat's ethertype received over heartbeat
@@ -51,7 +58,7 @@ pub enum Event<'a> {
     OwnershipWriteFailed,
     /// The VIPs of each group's members changed (a reload):
     /// `vips[group][member]`.
-    SetVips(Vec<Vec<Vec<Ipv4Addr>>>),
+    SetVips(Vec<Vec<Vec<IpAddr>>>),
     /// An operator's command; answered by an [`Effect::Reply`].
     Command(Command),
     /// Graceful stop: priority-0 adverts from a master, ownership cleared.

@@ -32,7 +32,11 @@ mod io;
 pub mod paths;
 mod report;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use tracing::{info, warn};
 
@@ -49,6 +53,7 @@ use crate::{
         group::{DEMOTED_PRIORITY, Group, PROMOTED_PRIORITY, Track},
         machine::{self, Instance, Reason, Role},
         packet::{self, Rejected},
+        wire,
     },
 };
 
@@ -285,6 +290,13 @@ impl Node {
             } => self.start(now, resumed, maintenance, links, &mut out),
             Event::Packet { path, bytes, wall } => {
                 evaluate = self.on_packet(now, path, bytes, wall, &mut out);
+            }
+            Event::Packet6 {
+                bytes,
+                header,
+                wall,
+            } => {
+                evaluate = self.on_packet6(now, bytes, header, wall, &mut out);
             }
             Event::Probe { path, src, bytes } => {
                 evaluate = self.on_probe(now, path, src, bytes, &mut out);
@@ -702,7 +714,7 @@ impl Node {
         out.push(Effect::WriteStatus);
     }
 
-    fn reject(&mut self, now: Instant, path: usize, reason: Rejected, src: Option<Ipv4Addr>) {
+    fn reject(&mut self, now: Instant, path: usize, reason: Rejected, src: Option<IpAddr>) {
         let total = {
             let n = self.counters.rejected.entry(reason).or_default();
             *n += 1;
@@ -736,7 +748,6 @@ impl Node {
         // and it is the one peer's.
         let peers = &self.peers;
         let own = &self.paths;
-        let by_vrid = &self.by_vrid;
         let is_peer = |a: Ipv4Addr| {
             if path == 0 {
                 peers.contains(&a)
@@ -744,7 +755,13 @@ impl Node {
                 !own.is_local(a)
             }
         };
-        let rx = match packet::parse(bytes, is_peer, |v| by_vrid.contains_key(&v)) {
+        // On the HA link an IPv4 advert is for an IPv4 instance (an IPv6
+        // instance's VRID over IPv4 is another virtual router, RFC 9568
+        // section 7.3); over a data path our peer's adverts of either
+        // family come framed in IPv4.
+        let known =
+            |v| self.runs(v, wire::Family::V4) || (path != 0 && self.runs(v, wire::Family::V6));
+        let rx = match packet::parse(bytes, is_peer, known) {
             Ok(rx) => rx,
             Err((reason, src)) => {
                 let reason = match src {
@@ -753,10 +770,55 @@ impl Node {
                     }
                     _ => reason,
                 };
-                self.reject(now, path, reason, src);
+                self.reject(now, path, reason, src.map(IpAddr::V4));
                 return false;
             }
         };
+        self.on_received(now, path, bytes, rx, wall, out)
+    }
+
+    /// Whether VRID `vrid` is one of our instances of `family`.
+    fn runs(&self, vrid: u8, family: wire::Family) -> bool {
+        self.by_vrid.get(&vrid).is_some_and(|&(gi, mi)| {
+            self.groups[gi].group.members()[mi].config().family() == family
+        })
+    }
+
+    /// Handles an advert received over IPv6 on the HA link (path 0); `false`
+    /// when it was refused.
+    fn on_packet6(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        header: packet::Header6,
+        wall: Duration,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        // A link-local source is the peer's only when there is one peer:
+        // the election knows it by its HA address (with several, whose
+        // link-local is whose is not known).
+        let peer = (self.peers.len() == 1).then(|| self.peers[0]);
+        let known = |v| self.runs(v, wire::Family::V6);
+        let rx = match packet::parse6(bytes, header, |_| peer, known) {
+            Ok(rx) => rx,
+            Err((reason, src)) => {
+                self.reject(now, 0, reason, src);
+                return false;
+            }
+        };
+        self.on_received(now, 0, bytes, rx, wall, out)
+    }
+
+    /// An advert that parsed: authenticated, then handed to its instance.
+    fn on_received(
+        &mut self,
+        now: Instant,
+        path: usize,
+        bytes: &[u8],
+        rx: packet::Received,
+        wall: Duration,
+        out: &mut Vec<Effect>,
+    ) -> bool {
         let signed = match self.verifier.check(
             wall,
             rx.src,
@@ -766,7 +828,7 @@ impl Node {
         ) {
             Ok(signed) => signed,
             Err(f) => {
-                self.reject(now, path, f.into(), Some(rx.src));
+                self.reject(now, path, f.into(), Some(IpAddr::V4(rx.src)));
                 return false;
             }
         };
@@ -858,7 +920,7 @@ impl Node {
         }
     }
 
-    fn set_vips(&mut self, now: Instant, vips: Vec<Vec<Vec<Ipv4Addr>>>, out: &mut Vec<Effect>) {
+    fn set_vips(&mut self, now: Instant, vips: Vec<Vec<Vec<IpAddr>>>, out: &mut Vec<Effect>) {
         for (gi, members) in vips.into_iter().enumerate().take(self.groups.len()) {
             let g = &mut self.groups[gi];
             for (mi, v) in members.into_iter().enumerate().take(g.instances.len()) {

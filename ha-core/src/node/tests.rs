@@ -7,6 +7,7 @@ use crate::vrrp::{
     machine::Reason,
     wire::{self, MULTICAST},
 };
+use std::net::Ipv6Addr;
 
 const ME: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
@@ -32,7 +33,7 @@ fn settings(priority: u8, state_sync: bool) -> Settings {
                     preempt: true,
                     preempt_delay: Duration::ZERO,
                     local_addr: ME,
-                    vips: vec![VIP],
+                    vips: vec![VIP.into()],
                 },
             )],
             tracks: vec![Track {
@@ -72,7 +73,7 @@ fn advert_from(src: Ipv4Addr, priority: u8) -> Vec<u8> {
         vrid: 51,
         priority,
         interval_cs: 1,
-        addrs: vec![VIP],
+        addrs: vec![VIP.into()],
     }
     .to_bytes(src, MULTICAST);
     packet::ip_packet(src, MULTICAST, &vrrp)
@@ -442,13 +443,15 @@ fn new_vips_are_advertised_and_announced_by_a_master() {
     let (mut n, _) = started(100, false);
     let (t, _) = until_master(&mut n);
     let other = Ipv4Addr::new(10, 0, 0, 2);
-    let out = n.handle(t + ms(1), Event::SetVips(vec![vec![vec![VIP, other]]]));
+    let out = n.handle(
+        t + ms(1),
+        Event::SetVips(vec![vec![vec![VIP.into(), other.into()]]]),
+    );
     assert!(out.contains(&Effect::SendGarp { group: 0 }));
     let out = n.handle(t + ms(10), Event::Timer);
-    assert!(
-        out.iter()
-            .any(|e| matches!(e, Effect::SendAdvert(a) if a.addrs == vec![VIP, other]))
-    );
+    assert!(out.iter().any(
+        |e| matches!(e, Effect::SendAdvert(a) if a.addrs == vec![IpAddr::from(VIP), other.into()])
+    ));
 }
 
 #[test]
@@ -477,7 +480,7 @@ fn advert_for(src: Ipv4Addr, vrid: u8, priority: u8) -> Vec<u8> {
         vrid,
         priority,
         interval_cs: 1,
-        addrs: vec![VIP],
+        addrs: vec![VIP.into()],
     }
     .to_bytes(src, MULTICAST);
     packet::ip_packet(src, MULTICAST, &vrrp)
@@ -1075,4 +1078,91 @@ mod fast_heartbeat {
         s.peers.push(Ipv4Addr::new(10, 255, 0, 3));
         assert_eq!(Node::new(s).unwrap_err(), NodeError::HeartbeatPeers(2));
     }
+}
+
+const VIP6: &str = "fd00::1";
+const PEER_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+const OWN_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The node of `settings` with its one instance an IPv6 one.
+fn started6(priority: u8) -> Node {
+    let mut s = settings(priority, false);
+    s.groups[0].instances[0].1.vips = vec![VIP6.parse().unwrap()];
+    start(s).0
+}
+
+/// An IPv6 advert from `src` as the raw socket delivers it (the VRRP
+/// message; the header apart).
+fn advert6_from(src: Ipv6Addr, priority: u8) -> Vec<u8> {
+    wire::Repr {
+        vrid: 51,
+        priority,
+        interval_cs: 1,
+        addrs: vec![VIP6.parse().unwrap()],
+    }
+    .to_bytes(src, wire::MULTICAST6)
+}
+
+fn pkt6(bytes: &[u8], src: Ipv6Addr) -> Event<'_> {
+    Event::Packet6 {
+        bytes,
+        header: packet::Header6 {
+            src,
+            dst: wire::MULTICAST6,
+            hop_limit: 255,
+            own: OWN_LL,
+        },
+        wall: Duration::ZERO,
+    }
+}
+
+/// An IPv6 instance is driven by the peer's IPv6 adverts on the HA link
+/// (known by its HA address), advertises its IPv6 VIPs, and takes an IPv4
+/// advert of its VRID on the HA link for another virtual router's.
+#[test]
+fn an_ipv6_instance_follows_the_peers_ipv6_adverts_only() {
+    let mut n = started6(100);
+    // The peer, higher, keeps it backup past several Master_Down_Intervals.
+    for i in 0..40 {
+        let out = n.handle(ms(5 * i), pkt6(&advert6_from(PEER_LL, 200), PEER_LL));
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::Commit { .. })),
+            "{out:?}"
+        );
+        n.handle(ms(5 * i + 1), Event::Timer);
+    }
+    assert!(n.roles().all(|r| r == Role::Backup));
+    assert_eq!(n.counters().last_advert.as_ref().map(|a| a.src), Some(PEER));
+    // The same VRID over IPv4 on the HA link: another virtual router.
+    let before = n.counters().rejected.get(&Rejected::UnknownVrid).copied();
+    n.handle(ms(201), pkt(&advert_from(PEER, 200)));
+    assert_eq!(
+        n.counters().rejected.get(&Rejected::UnknownVrid).copied(),
+        Some(before.unwrap_or(0) + 1)
+    );
+    // Our own advert reflected back, and one from a global address.
+    n.handle(ms(202), pkt6(&advert6_from(OWN_LL, 200), OWN_LL));
+    assert_eq!(n.counters().rejected.get(&Rejected::Own), Some(&1));
+    let global: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    n.handle(ms(203), pkt6(&advert6_from(global, 200), global));
+    assert_eq!(n.counters().rejected.get(&Rejected::NotPeer), Some(&1));
+    // The peer silent: master, advertising the IPv6 VIP.
+    let (_, out) = until_master(&mut n);
+    let t = n.poll_at().unwrap();
+    let out2 = n.handle(t, Event::Timer);
+    assert!(
+        out.iter()
+            .chain(&out2)
+            .any(|e| matches!(e, Effect::SendAdvert(a)
+            if a.addrs == vec![VIP6.parse::<IpAddr>().unwrap()])),
+        "{out:?} {out2:?}"
+    );
+}
+
+/// An IPv4 instance refuses IPv6 adverts of its VRID.
+#[test]
+fn an_ipv4_instance_refuses_ipv6_adverts() {
+    let (mut n, _) = started(100, false);
+    n.handle(ms(1), pkt6(&advert6_from(PEER_LL, 200), PEER_LL));
+    assert_eq!(n.counters().rejected.get(&Rejected::UnknownVrid), Some(&1));
 }

@@ -485,7 +485,7 @@ mod tests {
             vrid: 51,
             priority,
             interval_cs: 1,
-            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
         }
         .to_bytes(SRC, MULTICAST)
     }

@@ -3,7 +3,11 @@
 //! layer, and [`Instance::poll_at`] says when to call [`Instance::poll`] next.
 //! Tests drive whole elections at fixed instants without sleeping.
 
-use std::{net::Ipv4Addr, time::Duration};
+use super::wire::Family;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 /// Monotonic time since an arbitrary origin (the agent uses its start).
 pub type Instant = Duration;
@@ -40,8 +44,20 @@ pub struct Config {
     pub preempt_delay: Duration,
     /// Our primary address on the VRRP interface: breaks priority ties.
     pub local_addr: Ipv4Addr,
-    /// The virtual addresses announced in adverts.
-    pub vips: Vec<Ipv4Addr>,
+    /// The virtual addresses announced in adverts: all IPv4, or all IPv6
+    /// (an IPv6 instance: its adverts go over IPv6 on the HA link).
+    pub vips: Vec<IpAddr>,
+}
+
+impl Config {
+    /// The family of the instance's adverts on the HA link: IPv6 when its
+    /// VIPs are IPv6 (the configuration never mixes families in one).
+    pub fn family(&self) -> Family {
+        match self.vips.first() {
+            Some(a) => Family::of(a),
+            None => Family::V4,
+        }
+    }
 }
 
 /// The RFC's states, plus Fault (a tracked interface or a group member failed).
@@ -393,7 +409,7 @@ impl Instance {
     }
 
     /// The addresses listed in our adverts (VIPs added or removed live).
-    pub fn set_vips(&mut self, vips: Vec<Ipv4Addr>) {
+    pub fn set_vips(&mut self, vips: Vec<IpAddr>) {
         self.config.vips = vips;
     }
 
@@ -533,7 +549,7 @@ mod tests {
             preempt: true,
             preempt_delay: Duration::ZERO,
             local_addr: local,
-            vips: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            vips: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
         }
     }
 

@@ -2,9 +2,11 @@
 //! VRRP message. [`parse`] validates a received packet in the order the
 //! checks are cheapest and most telling (IPv4 header, TTL, peer, VRRP wire
 //! format and checksum, VRID) and names the first that fails; [`ip_packet`]
-//! frames an advert for sending (IP_HDRINCL).
+//! frames an advert for sending (IP_HDRINCL). [`parse6`] does the same for
+//! an advert received over IPv6 on the HA link, whose header the raw socket
+//! gives apart (source, destination, hop limit).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{
     auth::TRAILER_LEN,
@@ -194,6 +196,75 @@ pub fn parse(
     })
 }
 
+/// Validates a VRRP message received over IPv6 (RFC 9568 section 5.1.2:
+/// from a link-local source, hop limit 255; the checksum over the IPv6
+/// pseudo-header). `peer` names the peer a link-local source belongs to:
+/// the election knows a peer by its HA address whichever family carried
+/// its advert (so a tie between equal priorities is broken alike over
+/// either). `own`: the receiving socket's own address (a reflection of our
+/// advert).
+pub fn parse6(
+    bytes: &[u8],
+    header: Header6,
+    peer: impl Fn(Ipv6Addr) -> Option<Ipv4Addr>,
+    known_vrid: impl Fn(u8) -> bool,
+) -> Result<Received, (Rejected, Option<IpAddr>)> {
+    let Header6 {
+        src,
+        dst,
+        hop_limit,
+        own,
+    } = header;
+    let from = Some(IpAddr::V6(src));
+    if hop_limit != TTL {
+        return Err((Rejected::Ttl, from));
+    }
+    if src == own {
+        return Err((Rejected::Own, from));
+    }
+    if !src.is_unicast_link_local() {
+        return Err((Rejected::NotPeer, from));
+    }
+    let Some(identity) = peer(src) else {
+        return Err((Rejected::NotPeer, from));
+    };
+    let packet = wire::Packet::new_checked_in(bytes, wire::Family::V6)
+        .map_err(|_| (Rejected::Malformed, from))?;
+    let advert = wire::Repr::parse(&packet, src, dst).map_err(|e| {
+        (
+            if e == wire::WireError::ZeroInterval {
+                Rejected::ZeroInterval
+            } else {
+                Rejected::Malformed
+            },
+            from,
+        )
+    })?;
+    if !known_vrid(advert.vrid) {
+        return Err((Rejected::UnknownVrid, from));
+    }
+    let end = packet.message().len();
+    let trailer = bytes
+        .get(end..)
+        .and_then(|rest| <[u8; TRAILER_LEN]>::try_from(rest).ok());
+    Ok(Received {
+        src: identity,
+        advert,
+        pdu: 0..end,
+        trailer,
+    })
+}
+
+/// What an IPv6 raw socket tells of a received advert's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    /// The receiving socket's own (link-local) address.
+    pub own: Ipv6Addr,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,7 +283,7 @@ mod tests {
             vrid: 51,
             priority: 100,
             interval_cs: 1,
-            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
         }
         .to_bytes(src, MULTICAST)
     }
@@ -283,6 +354,64 @@ mod tests {
             ),
             (PEER, 51, 100, 100)
         );
+    }
+
+    const PEER6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+    const OWN6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+    fn advert6(src: Ipv6Addr) -> Vec<u8> {
+        wire::Repr {
+            vrid: 51,
+            priority: 100,
+            interval_cs: 1,
+            addrs: vec!["fd00::1".parse().unwrap()],
+        }
+        .to_bytes(src, wire::MULTICAST6)
+    }
+
+    fn check6(bytes: &[u8], src: Ipv6Addr, hop_limit: u8) -> Result<Received, Rejected> {
+        let header = Header6 {
+            src,
+            dst: wire::MULTICAST6,
+            hop_limit,
+            own: OWN6,
+        };
+        parse6(bytes, header, |a| (a == PEER6).then_some(PEER), |v| v == 51).map_err(|(r, _)| r)
+    }
+
+    #[test]
+    fn ipv6_adverts_are_validated_in_order() {
+        let ok = check6(&advert6(PEER6), PEER6, 255).unwrap();
+        assert_eq!((ok.src, ok.pdu.clone(), ok.trailer), (PEER, 0..24, None));
+        assert_eq!(ok.advert.addrs, vec!["fd00::1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(check6(&advert6(PEER6), PEER6, 64), Err(Rejected::Ttl));
+        assert_eq!(check6(&advert6(OWN6), OWN6, 255), Err(Rejected::Own));
+        let global: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        assert_eq!(
+            check6(&advert6(global), global, 255),
+            Err(Rejected::NotPeer)
+        );
+        let stranger = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
+        assert_eq!(
+            check6(&advert6(stranger), stranger, 255),
+            Err(Rejected::NotPeer)
+        );
+        // Checksummed for another source: not this one's.
+        assert_eq!(check6(&advert6(OWN6), PEER6, 255), Err(Rejected::Malformed));
+        // An IPv4 advert's 4-byte address read as IPv6: too short.
+        let v4 = advert(PEER);
+        assert_eq!(check6(&v4, PEER6, 255), Err(Rejected::Malformed));
+        for len in 0..24 {
+            assert_eq!(
+                check6(&advert6(PEER6)[..len], PEER6, 255),
+                Err(Rejected::Malformed)
+            );
+        }
+        let mut other = advert6(PEER6);
+        other[1] = 52;
+        wire::Packet::new_unchecked_in(&mut other[..], wire::Family::V6)
+            .fill_checksum(PEER6, wire::MULTICAST6);
+        assert_eq!(check6(&other, PEER6, 255), Err(Rejected::UnknownVrid));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! accepted). The fuzz targets `vrrp_wire` and `vrrp_packet` (fuzz/) explore
 //! the same properties for longer; these run with every `cargo test`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 
@@ -16,6 +16,14 @@ use super::{
 
 fn addr() -> impl Strategy<Value = Ipv4Addr> {
     any::<u32>().prop_map(Ipv4Addr::from)
+}
+
+fn addr6() -> impl Strategy<Value = Ipv6Addr> {
+    any::<u128>().prop_map(Ipv6Addr::from)
+}
+
+fn link_local() -> impl Strategy<Value = Ipv6Addr> {
+    any::<u64>().prop_map(|low| Ipv6Addr::from((0xfe80_u128 << 112) | u128::from(low)))
 }
 
 /// Any advert we could send: the interval's 12 bits, not 0; up to 255
@@ -34,8 +42,33 @@ fn repr() -> impl Strategy<Value = Repr> {
             vrid,
             priority,
             interval_cs,
-            addrs,
+            addrs: addrs.into_iter().map(IpAddr::V4).collect(),
         })
+}
+
+/// Any IPv6 advert we could send.
+fn repr6() -> impl Strategy<Value = Repr> {
+    (
+        any::<u8>(),
+        any::<u8>(),
+        1..=wire::MAX_INTERVAL_CS,
+        prop::collection::vec(addr6(), 0..=64),
+    )
+        .prop_map(|(vrid, priority, interval_cs, addrs)| Repr {
+            vrid,
+            priority,
+            interval_cs,
+            addrs: addrs.into_iter().map(IpAddr::V6).collect(),
+        })
+}
+
+fn header6(src: Ipv6Addr, hop_limit: u8) -> packet::Header6 {
+    packet::Header6 {
+        src,
+        dst: wire::MULTICAST6,
+        hop_limit,
+        own: Ipv6Addr::LOCALHOST,
+    }
 }
 
 /// Parses VRRP message bytes as the receive path does.
@@ -65,7 +98,7 @@ proptest! {
     #[test]
     fn emit_then_parse_round_trips(r in repr(), src in addr(), dst in addr()) {
         let bytes = r.to_bytes(src, dst);
-        prop_assert_eq!(bytes.len(), r.buffer_len());
+        prop_assert_eq!(bytes.len(), r.buffer_len(wire::Family::V4));
         prop_assert_eq!(parse_wire(&bytes, src, dst), Ok(r.clone()));
         // And framed in IPv4 as we send it, through the raw-socket checks.
         let framed = packet::ip_packet(src, dst, &bytes);
@@ -108,6 +141,40 @@ proptest! {
             let emitted = got.advert.to_bytes(got.src, dst);
             prop_assert_eq!(&framed[ihl..ihl + emitted.len()], &emitted[..], "byte {} accepted", i);
             prop_assert_eq!(got.src, src);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_over_ipv6_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..1100),
+        src in link_local(),
+        hop_limit in any::<u8>(),
+        vrid in any::<bool>(),
+    ) {
+        let peer = Ipv4Addr::new(10, 255, 0, 2);
+        match packet::parse6(&bytes, header6(src, hop_limit), |_| Some(peer), |_| vrid) {
+            Ok(r) => prop_assert!(vrid && hop_limit == 255 && r.src == peer, "accepted {r:?}"),
+            Err((_, from)) => prop_assert_eq!(from, Some(IpAddr::V6(src))),
+        }
+    }
+
+    #[test]
+    fn ipv6_adverts_round_trip_and_a_changed_byte_is_rejected_or_read_exactly(
+        r in repr6(),
+        src in link_local(),
+        at in any::<prop::sample::Index>(),
+        xor in 1..=255u8,
+    ) {
+        let peer = Ipv4Addr::new(10, 255, 0, 2);
+        let dst = wire::MULTICAST6;
+        let mut bytes = r.to_bytes(src, dst);
+        prop_assert_eq!(bytes.len(), r.buffer_len(wire::Family::V6));
+        let got = packet::parse6(&bytes, header6(src, 255), |_| Some(peer), |v| v == r.vrid);
+        prop_assert_eq!(got, Ok(packet::Received { src: peer, advert: r.clone(), pdu: 0..bytes.len(), trailer: None }));
+        let i = at.index(bytes.len());
+        bytes[i] ^= xor;
+        if let Ok(got) = packet::parse6(&bytes, header6(src, 255), |_| Some(peer), |_| true) {
+            prop_assert_eq!(got.advert.to_bytes(src, dst), bytes, "byte {} accepted", i);
         }
     }
 }

@@ -1,6 +1,8 @@
-//! VRRPv3 advertisements for IPv4 (RFC 9568 section 5), smoltcp style: a
-//! [`Packet`] view over bytes whose only constructor for network input is
-//! [`Packet::new_checked`], and a [`Repr`] with `parse`/`emit`/`buffer_len`.
+//! VRRPv3 advertisements for IPv4 and IPv6 (RFC 9568 section 5), smoltcp
+//! style: a [`Packet`] view over bytes whose only constructors for network
+//! input are [`Packet::new_checked`] (IPv4) and [`Packet::new_checked_in`]
+//! (either family: the family of the carrying IP packet says how long an
+//! address is), and a [`Repr`] with `parse`/`emit`/`buffer_len`.
 //!
 //! ```text
 //!  0                   1                   2                   3
@@ -9,15 +11,44 @@
 //! |(rsvd) |     Max Adver Int     |          Checksum             |
 //! |                       IPvX Address(es)                        |
 //! ```
-//! The checksum covers the VRRP message and the IPv4 pseudo-header (source,
-//! destination, zero, protocol 112, VRRP length).
+//! The checksum covers the VRRP message and the pseudo-header of the
+//! carrying IP packet: IPv4 (source, destination, zero, protocol 112, VRRP
+//! length) or IPv6 (RFC 8200 section 8.1: source, destination, 32-bit
+//! length, next header 112), which sum alike.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// IP protocol number of VRRP.
 pub const PROTOCOL: u8 = 112;
 /// The VRRP IPv4 multicast group.
 pub const MULTICAST: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// The VRRP IPv6 multicast group (ff02::12, link-local scope).
+pub const MULTICAST6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+
+/// The address family of an advert: how long each of its addresses is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Bytes per address.
+    pub const fn addr_len(self) -> usize {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 16,
+        }
+    }
+
+    /// The family of `a`.
+    pub const fn of(a: &IpAddr) -> Family {
+        match a {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
 /// Adverts must be sent and received with this TTL.
 pub const TTL: u8 = 255;
 /// Version field of VRRPv3.
@@ -59,18 +90,34 @@ pub enum WireError {
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
+    family: Family,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps bytes without checks: only for buffers we are about to fill.
+    /// Wraps bytes without checks: only for buffers we are about to fill
+    /// (IPv4 addresses).
     pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
+        Packet {
+            buffer,
+            family: Family::V4,
+        }
     }
 
-    /// Wraps bytes from the network: checks the length covers the header and
-    /// the announced addresses, and the version and type.
+    /// [`Packet::new_unchecked`] for addresses of `family`.
+    pub const fn new_unchecked_in(buffer: T, family: Family) -> Self {
+        Packet { buffer, family }
+    }
+
+    /// Wraps bytes from the network carried over IPv4: checks the length
+    /// covers the header and the announced addresses, and the version and
+    /// type.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let p = Packet { buffer };
+        Self::new_checked_in(buffer, Family::V4)
+    }
+
+    /// [`Packet::new_checked`] for a message carried over `family`.
+    pub fn new_checked_in(buffer: T, family: Family) -> Result<Self, WireError> {
+        let p = Packet { buffer, family };
         let len = p.buffer.as_ref().len();
         if len < HEADER_LEN {
             return Err(WireError::Truncated {
@@ -78,7 +125,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
                 need: HEADER_LEN,
             });
         }
-        let need = HEADER_LEN + 4 * usize::from(p.count());
+        let need = HEADER_LEN + family.addr_len() * usize::from(p.count());
         if len < need {
             return Err(WireError::Truncated { len, need });
         }
@@ -93,6 +140,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
+    }
+    /// The family of the addresses.
+    pub fn family(&self) -> Family {
+        self.family
     }
     pub fn version(&self) -> u8 {
         self.b()[field::VER_TYPE] >> 4
@@ -117,21 +168,24 @@ impl<T: AsRef<[u8]>> Packet<T> {
         u16::from_be_bytes([self.b()[6], self.b()[7]])
     }
     /// The `i`th address (`i < count`, guaranteed by `new_checked`).
-    pub fn addr(&self, i: usize) -> Ipv4Addr {
-        let o = field::ADDRS + 4 * i;
-        Ipv4Addr::new(
-            self.b()[o],
-            self.b()[o + 1],
-            self.b()[o + 2],
-            self.b()[o + 3],
-        )
+    pub fn addr(&self, i: usize) -> IpAddr {
+        let o = field::ADDRS + self.family.addr_len() * i;
+        let b = self.b();
+        match self.family {
+            Family::V4 => Ipv4Addr::new(b[o], b[o + 1], b[o + 2], b[o + 3]).into(),
+            Family::V6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&b[o..o + 16]);
+                Ipv6Addr::from(a).into()
+            }
+        }
     }
     /// The message as covered by the checksum (header + addresses).
     pub fn message(&self) -> &[u8] {
-        &self.b()[..HEADER_LEN + 4 * usize::from(self.count())]
+        &self.b()[..HEADER_LEN + self.family.addr_len() * usize::from(self.count())]
     }
-    /// Whether the checksum matches for these IPv4 addresses.
-    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+    /// Whether the checksum matches for this pseudo-header.
+    pub fn verify_checksum(&self, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> bool {
         checksum(src, dst, self.message()) == 0
     }
 }
@@ -158,20 +212,31 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_checksum(&mut self, v: u16) {
         self.m()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
     }
-    pub fn set_addr(&mut self, i: usize, a: Ipv4Addr) {
-        let o = field::ADDRS + 4 * i;
-        self.m()[o..o + 4].copy_from_slice(&a.octets());
+    /// Writes the `i`th address; one of the other family is not written.
+    pub fn set_addr(&mut self, i: usize, a: IpAddr) {
+        let o = field::ADDRS + self.family.addr_len() * i;
+        match (self.family, a) {
+            (Family::V4, IpAddr::V4(a)) => self.m()[o..o + 4].copy_from_slice(&a.octets()),
+            (Family::V6, IpAddr::V6(a)) => self.m()[o..o + 16].copy_from_slice(&a.octets()),
+            _ => {}
+        }
     }
     /// Computes and stores the checksum.
-    pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+    pub fn fill_checksum(&mut self, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) {
         self.set_checksum(0);
         let c = checksum(src, dst, self.message());
         self.set_checksum(c);
     }
 }
 
-/// Internet checksum of the IPv4 pseudo-header followed by `msg`.
-pub fn checksum(src: Ipv4Addr, dst: Ipv4Addr, msg: &[u8]) -> u16 {
+/// Internet checksum of the pseudo-header (IPv4 or IPv6, by the family of
+/// the addresses) followed by `msg`. IPv6's 32-bit length and its three
+/// zero bytes before the next header add the same words as IPv4's.
+pub fn checksum(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, msg: &[u8]) -> u16 {
+    let octets = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
         for chunk in bytes.chunks(2) {
@@ -179,8 +244,8 @@ pub fn checksum(src: Ipv4Addr, dst: Ipv4Addr, msg: &[u8]) -> u16 {
             sum += u32::from(word);
         }
     };
-    add(&src.octets());
-    add(&dst.octets());
+    add(&octets(src.into()));
+    add(&octets(dst.into()));
     add(&[0, PROTOCOL]);
     add(&(msg.len() as u16).to_be_bytes());
     add(msg);
@@ -197,7 +262,10 @@ pub struct Repr {
     pub priority: u8,
     /// Max Adver Int in centiseconds (1..=4095).
     pub interval_cs: u16,
-    pub addrs: Vec<Ipv4Addr>,
+    /// The virtual addresses. Emitted over one family, those of the other
+    /// are left out (over a data path an IPv6 instance's advert, framed in
+    /// IPv4, lists none: the election does not read them).
+    pub addrs: Vec<IpAddr>,
 }
 
 impl Repr {
@@ -205,9 +273,10 @@ impl Repr {
     /// checksum.
     pub fn parse<T: AsRef<[u8]>>(
         p: &Packet<T>,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: impl Into<IpAddr>,
+        dst: impl Into<IpAddr>,
     ) -> Result<Repr, WireError> {
+        let (src, dst) = (src.into(), dst.into());
         if !p.verify_checksum(src, dst) {
             let expected = {
                 let mut m = p.message().to_vec();
@@ -231,33 +300,59 @@ impl Repr {
         })
     }
 
-    /// Bytes needed to emit this advert.
-    pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + 4 * self.addrs.len()
+    /// The family of the instance advertising: IPv6 when its addresses are
+    /// (an instance has addresses of one family).
+    pub fn family(&self) -> Family {
+        match self.addrs.first() {
+            Some(a) => Family::of(a),
+            None => Family::V4,
+        }
     }
 
-    /// Writes the advert (checksummed for `src` -> `dst`) into `p`.
+    /// The addresses emitted over `family` (at most 255).
+    fn addrs_in(&self, family: Family) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addrs
+            .iter()
+            .copied()
+            .filter(move |a| Family::of(a) == family)
+            .take(255)
+    }
+
+    /// Bytes needed to emit this advert over `family`.
+    pub fn buffer_len(&self, family: Family) -> usize {
+        HEADER_LEN + family.addr_len() * self.addrs_in(family).count()
+    }
+
+    /// Writes the advert (checksummed for `src` -> `dst`) into `p`, whose
+    /// family must be that of `src`.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
         p: &mut Packet<T>,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: impl Into<IpAddr>,
+        dst: impl Into<IpAddr>,
     ) {
+        let family = p.family();
         p.set_version_type(VERSION, TYPE_ADVERTISEMENT);
         p.set_vrid(self.vrid);
         p.set_priority(self.priority);
-        p.set_count(self.addrs.len().min(255) as u8);
+        p.set_count(self.addrs_in(family).count() as u8);
         p.set_interval_cs(self.interval_cs);
-        for (i, a) in self.addrs.iter().take(255).enumerate() {
-            p.set_addr(i, *a);
+        for (i, a) in self.addrs_in(family).enumerate() {
+            p.set_addr(i, a);
         }
         p.fill_checksum(src, dst);
     }
 
-    /// Emits into a new vector.
-    pub fn to_bytes(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-        let mut buf = vec![0u8; self.buffer_len()];
-        self.emit(&mut Packet::new_unchecked(&mut buf[..]), src, dst);
+    /// Emits into a new vector, over the family of `src`.
+    pub fn to_bytes(&self, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Vec<u8> {
+        let src = src.into();
+        let family = Family::of(&src);
+        let mut buf = vec![0u8; self.buffer_len(family)];
+        self.emit(
+            &mut Packet::new_unchecked_in(&mut buf[..], family),
+            src,
+            dst,
+        );
         buf
     }
 }
@@ -273,7 +368,7 @@ pub(crate) mod tests {
             vrid: 51,
             priority: 200,
             interval_cs: 1,
-            addrs: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            addrs: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
         }
     }
 
@@ -365,7 +460,10 @@ pub(crate) mod tests {
                 vrid: 51,
                 priority: 100,
                 interval_cs: 100,
-                addrs: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 1, 0, 1)],
+                addrs: vec![
+                    Ipv4Addr::new(10, 0, 0, 1).into(),
+                    Ipv4Addr::new(10, 1, 0, 1).into()
+                ],
             }
         );
         // And we emit the very same bytes for the same advert.

@@ -157,7 +157,7 @@ impl World<'_> {
                             .map(|(m, (_, c))| {
                                 let mut v = c.vips.clone();
                                 if extra && m == 0 {
-                                    v.push(std::net::Ipv4Addr::new(10, g as u8, 0, 100));
+                                    v.push(std::net::Ipv4Addr::new(10, g as u8, 0, 100).into());
                                 }
                                 v
                             })

@@ -2549,7 +2549,10 @@ fn vrrp_advert(src: Ipv4Addr, dst: Ipv4Addr, priority: u8, adv_ms: u64) -> Vec<u
         vrid: 51,
         priority,
         interval_cs: (adv_ms / 10).max(1) as u16,
-        addrs: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 1, 0, 1)],
+        addrs: vec![
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(10, 1, 0, 1).into(),
+        ],
     }
     .to_bytes(src, dst)
 }
