@@ -254,14 +254,14 @@ fn accept_mode_off_drops_traffic_to_the_vip_on_the_owner() {
     let other = Ipv4Addr::new(192, 0, 2, 2);
     p.dp.set_vip_table(&[
         VipSpec {
-            addr: VIP,
+            addr: VIP.into(),
             group: 0,
             accept: false,
             vmac: None,
             ifindex: 0,
         },
         VipSpec {
-            addr: other,
+            addr: other.into(),
             group: 0,
             accept: true,
             vmac: None,
@@ -301,14 +301,14 @@ fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
     p.dp.set_vip_table(&[
         VipSpec {
-            addr: VIP,
+            addr: VIP.into(),
             group: 0,
             accept: true,
             vmac: Some(7),
             ifindex: lo,
         },
         VipSpec {
-            addr: plain,
+            addr: plain.into(),
             group: 0,
             accept: true,
             vmac: None,
@@ -317,7 +317,7 @@ fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
         // A virtual-MAC VIP of another interface: not answered here (the
         // kernel's `arp_ignore=1` decides), its virtual MAC not taken here.
         VipSpec {
-            addr: elsewhere,
+            addr: elsewhere.into(),
             group: 0,
             accept: true,
             vmac: Some(9),

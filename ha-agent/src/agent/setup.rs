@@ -100,7 +100,7 @@ pub fn vip_specs(config: &Config) -> Vec<VipSpec> {
             for vip in i.parsed_vips() {
                 // The address owner (255) always accepts (RFC 9568).
                 vips.push(VipSpec {
-                    addr: vip.addr,
+                    addr: vip.addr.into(),
                     group: gi as u32,
                     accept: i.accept || i.priority == 255,
                     vmac: i.vmac.then_some(i.vrid),
