@@ -5,7 +5,17 @@
 //! ownership lapses by itself when the agent stops renewing it (fail-safe).
 //! Not owner: ARP whose target is a VIP, and IPv4 to a VIP, are dropped. The
 //! gate looks through one VLAN tag; frames with stacked tags (QinQ) are
-//! dropped, counted. Untagged heartbeat frames (`heartbeat::ETHERTYPE`) go to
+//! dropped, counted.
+//!
+//! IPv6 VIPs live in a table of their own ([`VIPS6_MAP`], keyed by the 16
+//! address bytes in network order) and are gated alike: a Neighbor
+//! Solicitation or Advertisement (ICMPv6 135, 136) whose target is a VIP is
+//! IPv6's ARP (passed only on the owner, never subject to Accept_Mode), and
+//! IPv6 addressed to a VIP is IPv4's twin (owner only, Accept_Mode applies).
+//! ND is recognised only as the IPv6 header's direct next header: an NS for
+//! a VIP goes to the target's solicited-node multicast address, so it is
+//! judged by its target before any destination check; ND behind extension
+//! headers is judged by destination only (see `ha_data`'s `gate6`). Untagged heartbeat frames (`heartbeat::ETHERTYPE`) go to
 //! the reflector first ([`DataVerdict::Heartbeat`]).
 //!
 //! A VIP of an instance with a virtual MAC ([`VIP_FLAG_VMAC`], RFC 9568
@@ -20,8 +30,11 @@ use crate::impl_pod;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "ha_data";
-/// `HashMap<u32 addr, VipEntry>`: the VIP table.
+/// `HashMap<u32 addr, VipEntry>`: the VIP table (IPv4).
 pub const VIPS_MAP: &str = "HA_DATA_VIPS";
+/// `HashMap<[u8; 16] addr (network order), VipEntry>`: the IPv6 VIP table
+/// ([`MAX_VIPS`] entries of its own).
+pub const VIPS6_MAP: &str = "HA_DATA_VIPS6";
 /// `Array<Ownership, 1>`: the one word that decides ownership.
 pub const OWNERSHIP_MAP: &str = "HA_DATA_OWNERSHIP";
 /// `Array<DataConfig, 1>`: flow-tracking settings.
@@ -29,11 +42,12 @@ pub const CONFIG_MAP: &str = "HA_DATA_CONFIG";
 /// `PerCpuArray<u64, DATA_VERDICTS>`: counters by [`DataVerdict`].
 pub const VERDICTS_MAP: &str = "HA_DATA_VERDICTS";
 
-/// Most VIPs in the table.
+/// Most VIPs in each table (IPv4, IPv6).
 pub const MAX_VIPS: u32 = 4096;
 /// [`VipEntry::flags`]: RFC 9568 Accept_Mode off: even the owner drops IPv4
-/// addressed to this VIP (ARP is still answered), unless it is the address
-/// owner (priority 255), for which the agent leaves the flag clear.
+/// or IPv6 addressed to this VIP (ARP and Neighbor Discovery are still
+/// answered), unless it is the address owner (priority 255), for which the
+/// agent leaves the flag clear.
 pub const VIP_FLAG_NO_ACCEPT: u32 = 1;
 
 /// [`VipEntry::flags`]: the VIP's instance uses the virtual MAC of the VRID
@@ -50,6 +64,12 @@ pub const MAX_VMACS: u32 = 1024;
 /// The IPv4 VRRP virtual MAC of `vrid` (RFC 9568 section 7.3).
 pub const fn vmac(vrid: u8) -> [u8; 6] {
     [0x00, 0x00, 0x5e, 0x00, 0x01, vrid]
+}
+
+/// The IPv6 VRRP virtual MAC of `vrid` (RFC 9568 section 7.3). Not used by
+/// the gate yet: the agent refuses a virtual MAC for IPv6 VIPs.
+pub const fn vmac6(vrid: u8) -> [u8; 6] {
+    [0x00, 0x00, 0x5e, 0x00, 0x02, vrid]
 }
 
 /// The VRID of an IPv4 VRRP virtual MAC, if `mac` is one.
@@ -194,10 +214,19 @@ pub enum DataVerdict {
     PassVmacOwner = 15,
     /// A frame to the virtual MAC of a group we do not own.
     DropVmacNotOwner = 16,
+    /// A Neighbor Solicitation or Advertisement for a VIP we own (its
+    /// target, or its destination: an NA answering the VIP's own NS).
+    PassNdOwner = 17,
+    /// IPv6 to a VIP we own.
+    PassIpv6Owner = 18,
+    /// A Neighbor Solicitation or Advertisement for a VIP we do not own.
+    DropNdNotOwner = 19,
+    /// IPv6 to a VIP we do not own.
+    DropIpv6NotOwner = 20,
 }
 
 /// Number of [`DataVerdict`]s.
-pub const DATA_VERDICTS: u32 = 17;
+pub const DATA_VERDICTS: u32 = 21;
 
 impl DataVerdict {
     /// Every counter in index order.
@@ -219,6 +248,10 @@ impl DataVerdict {
         DataVerdict::ArpReplyVmac,
         DataVerdict::PassVmacOwner,
         DataVerdict::DropVmacNotOwner,
+        DataVerdict::PassNdOwner,
+        DataVerdict::PassIpv6Owner,
+        DataVerdict::DropNdNotOwner,
+        DataVerdict::DropIpv6NotOwner,
     ];
 
     /// A short name for operators.
@@ -241,6 +274,10 @@ impl DataVerdict {
             DataVerdict::ArpReplyVmac => "arp_reply_vmac",
             DataVerdict::PassVmacOwner => "pass_vmac_owner",
             DataVerdict::DropVmacNotOwner => "drop_vmac_not_owner",
+            DataVerdict::PassNdOwner => "pass_nd_owner",
+            DataVerdict::PassIpv6Owner => "pass_ipv6_owner",
+            DataVerdict::DropNdNotOwner => "drop_nd_not_owner",
+            DataVerdict::DropIpv6NotOwner => "drop_ipv6_not_owner",
         }
     }
 }
@@ -266,5 +303,13 @@ mod tests {
         // The IPv6 virtual MAC (00-00-5E-00-02-XX) and any other: not ours.
         assert_eq!(vmac_vrid(&[0, 0, 0x5e, 0, 2, 7]), None);
         assert_eq!(vmac_vrid(&[2, 0, 0x5e, 0, 1, 7]), None);
+    }
+
+    #[test]
+    fn the_ipv6_virtual_mac_is_not_the_ipv4_one() {
+        assert_eq!(vmac6(7), [0, 0, 0x5e, 0, 2, 7]);
+        assert_eq!(vmac6(255), [0, 0, 0x5e, 0, 2, 255]);
+        assert_ne!(vmac6(7), vmac(7));
+        assert_eq!(vmac_vrid(&vmac6(7)), None);
     }
 }

@@ -22,11 +22,11 @@ use ha_common::{
 };
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
 use crate::{
-    hdr::{ArpIpv4, IcmpEcho, TcpPorts, UdpPorts, is_fragment},
+    hdr::{ArpIpv4, IcmpEcho, NdTarget, TcpPorts, UdpPorts, is_fragment},
     heartbeat, now_ns, ptr_at, read,
 };
 
@@ -38,9 +38,17 @@ const TCP_ACK: u8 = 0x10;
 const ETH_P_8021Q: u16 = 0x8100_u16.to_be();
 const ETH_P_8021AD: u16 = 0x88a8_u16.to_be();
 const VLAN_HLEN: usize = 4;
+/// IPv6 next header: ICMPv6.
+const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 types of Neighbor Discovery's address resolution (RFC 4861).
+const ND_NEIGHBOR_SOLICIT: u8 = 135;
+const ND_NEIGHBOR_ADVERT: u8 = 136;
 
 #[btf_map]
 static HA_DATA_VIPS: HashMap<u32, VipEntry, { MAX_VIPS as usize }> = HashMap::new();
+/// The IPv6 VIPs, keyed by their 16 bytes as on the wire.
+#[btf_map]
+static HA_DATA_VIPS6: HashMap<[u8; 16], VipEntry, { MAX_VIPS as usize }> = HashMap::new();
 /// Also read by the heartbeat reflector (`crate::heartbeat`).
 #[btf_map]
 pub(crate) static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
@@ -71,6 +79,13 @@ fn vip_of(addr: u32) -> Option<VipEntry> {
     HA_DATA_VIPS.get_ptr(addr).map(|p| unsafe { *p })
 }
 
+/// The IPv6 VIP table entry of `addr`, if it is a VIP.
+#[inline(always)]
+fn vip6_of(addr: &[u8; 16]) -> Option<VipEntry> {
+    // SAFETY: the pointer comes from a successful lookup and is read at once.
+    HA_DATA_VIPS6.get_ptr(addr).map(|p| unsafe { *p })
+}
+
 #[inline(always)]
 fn ownership() -> Ownership {
     HA_DATA_OWNERSHIP.get(0).copied().unwrap_or_default()
@@ -87,6 +102,8 @@ pub fn ha_data(ctx: XdpContext) -> u32 {
     match verdict {
         DataVerdict::DropArpNotOwner
         | DataVerdict::DropIpv4NotOwner
+        | DataVerdict::DropNdNotOwner
+        | DataVerdict::DropIpv6NotOwner
         | DataVerdict::DropLeaseExpired
         | DataVerdict::DropNoAccept
         | DataVerdict::DropStackedVlan
@@ -209,6 +226,10 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
         return verdict;
     }
     if ether_type != EtherType::Ipv4 as u16 {
+        // Tested after IPv4's, so an IPv4 frame pays nothing for IPv6.
+        if ether_type == EtherType::Ipv6 as u16 {
+            return gate6(ctx, l3);
+        }
         return DataVerdict::PassNoVip;
     }
     let Ok(ip) = read::<Ipv4Hdr>(ctx, l3) else {
@@ -238,6 +259,73 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
             track(ctx, &ip, l3, t);
         }
     }
+    verdict
+}
+
+/// The gate for an IPv6 packet at `l3` (after the VLAN tag, if any).
+///
+/// A Neighbor Solicitation or Advertisement (ICMPv6 135/136, whole up to
+/// its target) is IPv6's ARP: judged by its target if that is a VIP (an NS
+/// goes to the target's solicited-node multicast address, never to the VIP,
+/// so this comes before the destination check), else by its destination if
+/// that is one (an NA answering an NS the owner sent from the VIP), and
+/// never subject to Accept_Mode. Any other IPv6 packet to a VIP is gated as
+/// IPv4 is, Accept_Mode included.
+///
+/// ND is recognised only as the IPv6 header's direct next header, where
+/// every ND message in practice has it (RFC 4861 gives ND no extension
+/// headers; RFC 6980 has nodes drop fragmented ND). ND behind an extension
+/// header is judged by its destination like any IPv6 packet: an NS to the
+/// solicited-node address passes (`PassNoVip`). Hop limit and code are not
+/// checked: the kernel discards ND without hop limit 255 or with a non-zero
+/// code itself, and judging those by target only drops more on a backup.
+#[inline(always)]
+fn gate6(ctx: &XdpContext, l3: usize) -> DataVerdict {
+    let Ok(ip) = read::<Ipv6Hdr>(ctx, l3) else {
+        return DataVerdict::Truncated;
+    };
+    let dst_vip = vip6_of(&ip.dst_addr);
+    if ip.next_hdr == IPPROTO_ICMPV6
+        && let Ok(nd) = read::<NdTarget>(ctx, l3 + Ipv6Hdr::LEN)
+        && (nd.type_ == ND_NEIGHBOR_SOLICIT || nd.type_ == ND_NEIGHBOR_ADVERT)
+        && let Some(vip) = vip6_of(&nd.target).or(dst_vip)
+    {
+        return vip_verdict(
+            vip.group,
+            &ownership(),
+            &mut None,
+            DataVerdict::PassNdOwner,
+            DataVerdict::DropNdNotOwner,
+        );
+    }
+    let own = ownership();
+    let mut now = None;
+    let verdict = match dst_vip {
+        Some(vip) => match vip_verdict(
+            vip.group,
+            &own,
+            &mut now,
+            DataVerdict::PassIpv6Owner,
+            DataVerdict::DropIpv6NotOwner,
+        ) {
+            DataVerdict::PassIpv6Owner if vip.flags & VIP_FLAG_NO_ACCEPT != 0 => {
+                DataVerdict::DropNoAccept
+            }
+            v => v,
+        },
+        None => DataVerdict::PassNoVip,
+    };
+    // IPv6 FLOW TRACKING GOES HERE: `track6` (branch v6sync), on the IPv4
+    // path's condition (flows only on an owner with a running lease, never
+    // on a backup; ND for a VIP returned above):
+    //     if matches!(verdict, DataVerdict::PassNoVip | DataVerdict::PassIpv6Owner)
+    //         && own.groups != 0
+    //     {
+    //         let t = *now.get_or_insert_with(now_ns);
+    //         if own.owns_any(t) {
+    //             track6(ctx, &ip, l3, t);
+    //         }
+    //     }
     verdict
 }
 

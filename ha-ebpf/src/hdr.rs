@@ -46,6 +46,19 @@ pub struct IcmpEcho {
     pub id: [u8; 2],
 }
 
+/// A Neighbor Solicitation or Advertisement up to its target address (RFC
+/// 4861 sections 4.3 and 4.4), the first 24 bytes of the ICMPv6 message.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NdTarget {
+    pub type_: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    /// NS: reserved; NA: the R, S, O flags and reserved bits.
+    pub flags: [u8; 4],
+    pub target: [u8; 16],
+}
+
 /// VRRP header up to the checksum (RFC 9568 section 5.1), 8 bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]

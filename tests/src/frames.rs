@@ -1,8 +1,8 @@
 //! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`, built with etherparse.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder};
+use etherparse::{EtherType, Ethernet2Header, Icmpv6Type, IpNumber, Ipv4Header, PacketBuilder};
 
 pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -162,6 +162,127 @@ pub fn ipv6_stub() -> Vec<u8> {
     out.extend_from_slice(&[0x86, 0xdd]);
     out.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
     out.extend_from_slice(&[0; 32]);
+    out
+}
+
+/// The Ethernet destination of IPv6 to `dst`: 33-33 and its last four bytes
+/// for a multicast address (RFC 2464 section 7), else the usual peer MAC.
+fn ipv6_dst_mac(dst: Ipv6Addr) -> [u8; 6] {
+    let o = dst.octets();
+    if dst.is_multicast() {
+        [0x33, 0x33, o[12], o[13], o[14], o[15]]
+    } else {
+        DST_MAC
+    }
+}
+
+/// The solicited-node multicast address of `addr` (RFC 4291 section
+/// 2.7.1): ff02::1:ff and its last three bytes.
+pub fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let o = addr.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// An ICMPv6 message of type `type_` (code 0), its bytes 5 to 8 `word`,
+/// then `body`, from `src` to `dst` with hop limit 255 (as ND requires).
+fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, type_: u8, word: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, ipv6_dst_mac(dst))
+        .ipv6(src.octets(), dst.octets(), 255)
+        .icmpv6(Icmpv6Type::Unknown {
+            type_u8: type_,
+            code_u8: 0,
+            bytes5to8: word,
+        })
+        .write(&mut out, body)
+        .unwrap();
+    out
+}
+
+/// A Neighbor Solicitation (RFC 4861 section 4.3) for `target` from `src`
+/// to the target's solicited-node multicast address, with the sender's
+/// link-layer address option (address resolution; `src` ::, without the
+/// option, is duplicate address detection).
+pub fn neighbor_solicit(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut body = target.octets().to_vec();
+    if !src.is_unspecified() {
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&SRC_MAC);
+    }
+    icmpv6(src, solicited_node(target), 135, [0; 4], &body)
+}
+
+/// A Neighbor Advertisement (RFC 4861 section 4.4) for `target` from `src`
+/// to `dst` (ff02::1: unsolicited; a solicitor's address: solicited),
+/// Override set, with the target link-layer address option.
+pub fn neighbor_advert(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let solicited = if dst.is_multicast() { 0 } else { 0x40 };
+    let mut body = target.octets().to_vec();
+    body.extend_from_slice(&[2, 1]);
+    body.extend_from_slice(&SRC_MAC);
+    icmpv6(src, dst, 136, [0x20 | solicited, 0, 0, 0], &body)
+}
+
+/// An ICMPv6 echo request.
+pub fn ping6(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, ipv6_dst_mac(dst))
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6_echo_request(id, seq)
+        .write(&mut out, b"ping")
+        .unwrap();
+    out
+}
+
+/// A TCP segment over IPv6 with `flags`.
+pub fn tcp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(SRC_MAC, ipv6_dst_mac(dst))
+        .ipv6(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 65535);
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(1);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// The same IPv6 frame with a hop-by-hop options header (8 bytes: PadN)
+/// between the IPv6 header and its payload (untagged frames only).
+pub fn with_hop_by_hop(frame: &[u8]) -> Vec<u8> {
+    assert_eq!(&frame[12..14], &[0x86, 0xdd], "an untagged IPv6 frame");
+    let mut out = frame[..54].to_vec();
+    let next = out[20];
+    out[20] = 0; // hop-by-hop
+    let len = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend_from_slice(&frame[54..]);
     out
 }
 

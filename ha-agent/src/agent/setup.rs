@@ -98,12 +98,9 @@ pub fn vip_specs(config: &Config) -> Vec<VipSpec> {
     for (gi, g) in config.groups.iter().enumerate() {
         for i in &g.instances {
             for vip in i.parsed_vips() {
-                let IpAddr::V4(addr) = vip.addr else {
-                    continue;
-                };
                 // The address owner (255) always accepts (RFC 9568).
                 vips.push(VipSpec {
-                    addr,
+                    addr: vip.addr,
                     group: gi as u32,
                     accept: i.accept || i.priority == 255,
                     vmac: i.vmac.then_some(i.vrid),

@@ -1,7 +1,11 @@
 //! Read-only view of a pinned data plane for the operator CLI (`ha-agent maps`).
 //! Works without a running agent: everything comes from the pins.
 
-use std::{fmt, net::Ipv4Addr, path::Path};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use ha_common::{
@@ -24,7 +28,7 @@ pub struct Snapshot {
     pub ownership_groups: u64,
     /// Lease remaining in ms; `None` = no lease (never lapses); 0 = lapsed.
     pub lease_remaining_ms: Option<f64>,
-    /// The VIP table with effective ownership.
+    /// The VIP tables (IPv4, then IPv6) with effective ownership.
     pub vips: Vec<VipView>,
     /// Last advert per VRID that has seen one.
     pub adverts: Vec<AdvertView>,
@@ -42,10 +46,10 @@ pub struct Snapshot {
 
 #[derive(Debug, Serialize)]
 pub struct VipView {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub group: u32,
     pub owner: bool,
-    /// Accept_Mode: the owner accepts IPv4 addressed to it.
+    /// Accept_Mode: the owner accepts packets addressed to it.
     pub accept: bool,
     /// The VRID whose virtual MAC answers for it, if any.
     pub vmac: Option<u8>,
@@ -94,19 +98,28 @@ impl Snapshot {
         let lease_remaining_ms = (own.lease_expires_ns != u64::MAX)
             .then(|| ns_to_ms(own.lease_expires_ns.saturating_sub(now)));
 
+        let view = |vip: IpAddr, e: VipEntry| VipView {
+            vip,
+            group: e.group,
+            owner: own.owns(e.group, now),
+            accept: e.flags & data::VIP_FLAG_NO_ACCEPT == 0,
+            vmac: (e.flags & data::VIP_FLAG_VMAC != 0)
+                .then_some((e.flags >> data::VIP_VRID_SHIFT) as u8),
+        };
         let vips_map: HashMap<MapData, u32, VipEntry> = open_map(dir, data::VIPS_MAP)?;
+        let vips6_map: HashMap<MapData, [u8; 16], VipEntry> = open_map(dir, data::VIPS6_MAP)?;
         let mut vips: Vec<VipView> = vips_map
             .iter()
             .filter_map(Result::ok)
-            .map(|(addr, e)| VipView {
-                vip: Ipv4Addr::from(addr_octets(addr)),
-                group: e.group,
-                owner: own.owns(e.group, now),
-                accept: e.flags & data::VIP_FLAG_NO_ACCEPT == 0,
-                vmac: (e.flags & data::VIP_FLAG_VMAC != 0)
-                    .then_some((e.flags >> data::VIP_VRID_SHIFT) as u8),
-            })
+            .map(|(addr, e)| view(Ipv4Addr::from(addr_octets(addr)).into(), e))
+            .chain(
+                vips6_map
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(addr, e)| view(Ipv6Addr::from(addr).into(), e)),
+            )
             .collect();
+        // By group, IPv4 before IPv6 within one.
         vips.sort_by_key(|v| (v.group, v.vip));
 
         let adverts_map: Array<MapData, AdvertStamp> = open_map(dir, link::ADVERTS_MAP)?;
@@ -213,10 +226,16 @@ impl fmt::Display for Snapshot {
         };
         writeln!(f, "ownership: groups {:#x}, {lease}", self.ownership_groups)?;
         writeln!(f, "VIPs ({}):", self.vips.len())?;
+        // As wide as the longest address (an IPv6 one may pass IPv4's 15).
+        let width = self
+            .vips
+            .iter()
+            .map(|v| v.vip.to_string().len())
+            .fold(15, usize::max);
         for v in &self.vips {
             writeln!(
                 f,
-                "  {:<15}  group {:<2}  owner {}{}{}",
+                "  {:<width$}  group {:<2}  owner {}{}{}",
                 v.vip,
                 v.group,
                 if v.owner { "yes" } else { "no" },

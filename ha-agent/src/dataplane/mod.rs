@@ -13,7 +13,7 @@ pub mod probe;
 
 use std::{
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -244,6 +244,7 @@ const PINNED_MAPS: &[&str] = &[
     link::ADVERTS_MAP,
     link::VERDICTS_MAP,
     data::VIPS_MAP,
+    data::VIPS6_MAP,
     data::VMACS_MAP,
     data::OWNERSHIP_MAP,
     data::CONFIG_MAP,
@@ -395,12 +396,15 @@ impl Default for LinkSettings {
 /// One VIP of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VipSpec {
-    pub addr: Ipv4Addr,
+    /// An IPv4 VIP goes to `HA_DATA_VIPS`, an IPv6 one to `HA_DATA_VIPS6`.
+    pub addr: IpAddr,
     /// Ownership group, 0..63.
     pub group: u32,
-    /// RFC 9568 Accept_Mode: the owner accepts IPv4 addressed to the VIP.
+    /// RFC 9568 Accept_Mode: the owner accepts packets addressed to the VIP.
     pub accept: bool,
     /// The VRID whose virtual MAC answers for the VIP (`vmac = true`).
+    /// IPv4 only: the gate does not answer Neighbor Solicitations with the
+    /// IPv6 virtual MAC, so an IPv6 VIP with one is refused.
     pub vmac: Option<u8>,
     /// The interface the VIP is on (0: unknown; then no virtual MAC is
     /// answered or taken for it).
@@ -413,8 +417,10 @@ pub struct Dataplane {
     dir: PathBuf,
     /// The one word that decides ownership (and its lease).
     ownership: Array<MapData, Ownership>,
-    /// VIP -> ownership group.
+    /// IPv4 VIP -> ownership group.
     vips: HashMap<MapData, u32, VipEntry>,
+    /// IPv6 VIP (its 16 bytes) -> ownership group.
+    vips6: HashMap<MapData, [u8; 16], VipEntry>,
     /// (interface, VRID) -> ownership group of a virtual MAC.
     vmacs: HashMap<MapData, VmacKey, u32>,
     /// Flow-tracking settings of `ha_data`.
@@ -526,6 +532,7 @@ impl Dataplane {
         Ok(Dataplane {
             ownership: open_map(&dir, data::OWNERSHIP_MAP)?,
             vips: open_map(&dir, data::VIPS_MAP)?,
+            vips6: open_map(&dir, data::VIPS6_MAP)?,
             vmacs: open_map(&dir, data::VMACS_MAP)?,
             data_config: open_map(&dir, data::CONFIG_MAP)?,
             link_config: open_map(&dir, link::CONFIG_MAP)?,
@@ -922,7 +929,7 @@ impl Dataplane {
         let specs: Vec<VipSpec> = vips
             .iter()
             .map(|&(addr, group)| VipSpec {
-                addr,
+                addr: addr.into(),
                 group,
                 accept: true,
                 vmac: None,
@@ -932,19 +939,11 @@ impl Dataplane {
         self.set_vip_table(&specs)
     }
 
-    /// Replaces the VIP table: adds what is new, updates what changed, removes
-    /// what is gone. Ownership is untouched.
+    /// Replaces the VIP tables (IPv4 and IPv6): adds what is new, updates
+    /// what changed, removes what is gone. Ownership is untouched.
     pub fn set_vip_table(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
-        let map = data::VIPS_MAP;
-        let map_err = |source| DataplaneError::Map { map, source };
-        if vips.len() > data::MAX_VIPS as usize {
-            return Err(DataplaneError::Invalid(format!(
-                "{} VIPs: at most {} fit the VIP table",
-                vips.len(),
-                data::MAX_VIPS
-            )));
-        }
         let mut want = std::collections::HashMap::new();
+        let mut want6 = std::collections::HashMap::new();
         let mut vmacs = std::collections::HashMap::<VmacKey, u32>::new();
         for &VipSpec {
             addr,
@@ -961,6 +960,11 @@ impl Dataplane {
             }
             let mut flags = if accept { 0 } else { data::VIP_FLAG_NO_ACCEPT };
             if let Some(vrid) = vmac {
+                if addr.is_ipv6() {
+                    return Err(DataplaneError::Invalid(format!(
+                        "VIP {addr}: a virtual MAC (VRID {vrid}) is not supported for IPv6 VIPs"
+                    )));
+                }
                 let key = VmacKey {
                     ifindex,
                     vrid: u32::from(vrid),
@@ -972,14 +976,23 @@ impl Dataplane {
                 }
                 flags |= data::VIP_FLAG_VMAC | u32::from(vrid) << data::VIP_VRID_SHIFT;
             }
-            want.insert(
-                addr_from_octets(addr.octets()),
-                VipEntry {
-                    group,
-                    flags,
-                    ifindex,
-                },
-            );
+            let entry = VipEntry {
+                group,
+                flags,
+                ifindex,
+            };
+            match addr {
+                IpAddr::V4(a) => want.insert(addr_from_octets(a.octets()), entry),
+                IpAddr::V6(a) => want6.insert(a.octets(), entry),
+            };
+        }
+        for (n, family) in [(want.len(), "IPv4"), (want6.len(), "IPv6")] {
+            if n > data::MAX_VIPS as usize {
+                return Err(DataplaneError::Invalid(format!(
+                    "{n} {family} VIPs: at most {} fit the VIP table",
+                    data::MAX_VIPS
+                )));
+            }
         }
         if vmacs.len() > data::MAX_VMACS as usize {
             return Err(DataplaneError::Invalid(format!(
@@ -995,19 +1008,14 @@ impl Dataplane {
         for (key, group) in &vmacs {
             self.vmacs.insert(key, group, 0).map_err(vmap_err)?;
         }
-        let stale: Vec<u32> = self
-            .vips
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want.contains_key(k))
-            .collect();
-        // Remove first, so replacing a full table never overflows it.
-        for addr in stale {
-            self.vips.remove(&addr).map_err(map_err)?;
-        }
-        for (addr, entry) in &want {
-            self.vips.insert(addr, entry, 0).map_err(map_err)?;
-        }
+        replace_entries(&mut self.vips, &want).map_err(|source| DataplaneError::Map {
+            map: data::VIPS_MAP,
+            source,
+        })?;
+        replace_entries(&mut self.vips6, &want6).map_err(|source| DataplaneError::Map {
+            map: data::VIPS6_MAP,
+            source,
+        })?;
         let gone: Vec<VmacKey> = self
             .vmacs
             .keys()
@@ -1226,6 +1234,30 @@ fn iface_exists(ifindex: u32) -> bool {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: a buffer of IF_NAMESIZE bytes, as the call requires.
     !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
+}
+
+/// Makes `map` exactly `want`: stale keys removed first (so replacing a
+/// full table never overflows it), then every wanted entry written.
+fn replace_entries<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    want: &std::collections::HashMap<K, V>,
+) -> Result<(), MapError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in stale {
+        map.remove(&k)?;
+    }
+    for (k, v) in want {
+        map.insert(k, v, 0)?;
+    }
+    Ok(())
 }
 
 /// Makes `map`'s keys exactly `want`.
