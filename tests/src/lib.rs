@@ -314,6 +314,97 @@ pub struct AgentSpec {
     pub napi_softirq: bool,
     /// Writes `vmac = true` in the instance (the VRRP virtual MAC).
     pub vmac: bool,
+    /// Which VIPs: IPv4 (`VI_1`, VRID 51), IPv6 (`VI_6`, VRID 52, over
+    /// IPv6 on the HA link), or both in the one group. IPv6 needs the
+    /// lab's IPv6 addressing ([`add_ipv6`]).
+    pub family: Family,
+}
+
+/// The address families of a lab's VIPs and traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl Family {
+    pub fn has_v4(self) -> bool {
+        self != Family::Ipv6
+    }
+    pub fn has_v6(self) -> bool {
+        self != Family::Ipv4
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+            Family::Dual => "dual",
+        }
+    }
+}
+
+/// The LAN and WAN VIPs of [`add_ipv6`]'s addressing.
+pub const LAN_VIP6: &str = "fd00::1";
+pub const WAN_VIP6: &str = "fd00:1::1";
+/// The client's and the server's IPv6 addresses.
+pub const CLIENT6: &str = "fd00::10";
+pub const SERVER6: &str = "fd00:1::10";
+
+/// IPv6 on [`failover_lab`] (or [`bridged_lan_lab`]) beside its IPv4: LAN
+/// fd00::/64 (client ::10, fw1 ::2, fw2 ::3, VIP ::1), WAN fd00:1::/64
+/// (server ::10, firewalls ::2 and ::3, VIP ::1), the client's and the
+/// server's default routes via the VIPs, forwarding on the firewalls.
+/// Addresses without duplicate address detection (usable at once); the
+/// HA link keeps the link-local address the kernel gave it.
+pub fn add_ipv6(lab: &ha_lab::Lab) {
+    let add = |ns: &str, iface: &str, cidr: &str| {
+        lab.ip(
+            ns,
+            &format!("{cidr} on {ns}/{iface}"),
+            &["-6", "addr", "add", cidr, "dev", iface, "nodad"],
+        )
+        .unwrap();
+    };
+    for (i, fw) in ["fw1", "fw2"].into_iter().enumerate() {
+        add(fw, "lan0", &format!("fd00::{}/64", i + 2));
+        add(fw, "wan0", &format!("fd00:1::{}/64", i + 2));
+        lab.sysctl(fw, "net.ipv6.conf.all.forwarding", "1").unwrap();
+    }
+    add("client", "eth0", &format!("{CLIENT6}/64"));
+    add("server", "eth0", &format!("{SERVER6}/64"));
+    lab.ip(
+        "client",
+        "client IPv6 default route",
+        &["-6", "route", "add", "default", "via", LAN_VIP6],
+    )
+    .unwrap();
+    lab.ip(
+        "server",
+        "server IPv6 default route",
+        &["-6", "route", "add", "default", "via", WAN_VIP6],
+    )
+    .unwrap();
+    // The HA link's link-local address out of duplicate address detection
+    // before an agent binds it (the agent waits too, up to 5 s).
+    for fw in ["fw1", "fw2"] {
+        wait_for(
+            &format!("{fw}'s ha0 link-local usable"),
+            std::time::Duration::from_secs(5),
+            || {
+                let out = lab
+                    .command(
+                        fw,
+                        &["ip", "-6", "addr", "show", "dev", "ha0", "scope", "link"],
+                    )
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.contains("fe80") && !text.contains("tentative")
+            },
+        );
+    }
 }
 
 impl AgentSpec {
@@ -334,6 +425,7 @@ impl AgentSpec {
             fast_heartbeat_off: false,
             napi_softirq: false,
             vmac: false,
+            family: Family::Ipv4,
         }
     }
 
@@ -361,7 +453,13 @@ garp_count = 3
 garp_interval_ms = 10
 {extra}
 
-[[group.vrrp]]
+{v4}
+{v6}
+{tail}
+"#,
+            v4 = if self.family.has_v4() {
+                format!(
+                    r#"[[group.vrrp]]
 name = "VI_1"
 vrid = 51
 priority = {prio}
@@ -369,11 +467,35 @@ advert_interval_ms = {adv}
 preempt = {preempt}
 accept = {accept}
 {vmac}
-vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", address = "10.1.0.1/24" }}]
-{tail}
-"#,
+vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", address = "10.1.0.1/24" }}]"#,
+                    prio = self.priority,
+                    adv = self.advert_ms,
+                    preempt = self.preempt,
+                    accept = self.accept,
+                    vmac = if self.vmac { "vmac = true" } else { "" },
+                )
+            } else {
+                String::new()
+            },
+            v6 = if self.family.has_v6() {
+                format!(
+                    r#"[[group.vrrp]]
+name = "VI_6"
+vrid = 52
+priority = {prio}
+advert_interval_ms = {adv}
+preempt = {preempt}
+accept = {accept}
+vips = [{{ iface = "lan0", address = "{LAN_VIP6}/64" }}, {{ iface = "wan0", address = "{WAN_VIP6}/64" }}]"#,
+                    prio = self.priority,
+                    adv = self.advert_ms,
+                    preempt = self.preempt,
+                    accept = self.accept,
+                )
+            } else {
+                String::new()
+            },
             tail = self.tail,
-            vmac = if self.vmac { "vmac = true" } else { "" },
             unicast = self.unicast,
             extra = self.group_extra,
             ha_extra = self.ha_extra,
@@ -394,10 +516,6 @@ vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", addres
                 .as_ref()
                 .map(|m| format!("metrics_listen = \"{m}\""))
                 .unwrap_or_default(),
-            prio = self.priority,
-            adv = self.advert_ms,
-            preempt = self.preempt,
-            accept = self.accept,
         )
     }
 }
@@ -583,6 +701,8 @@ impl Drop for RunningAgent {
 #[derive(Debug)]
 pub struct Keepalived {
     pub pid: u32,
+    /// The instance whose states are the group's.
+    stands_for_group: &'static str,
     /// Scratch directory: config, pid files, state file, log.
     pub dir: std::path::PathBuf,
 }
@@ -641,6 +761,7 @@ impl Keepalived {
             binary,
             instance_extra,
             vmac,
+            family,
         } = opts;
         let unicast = *unicast;
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -699,6 +820,48 @@ impl Keepalived {
                 lan = instance("VI_LAN", "lan0", "10.0.0.1/24"),
                 wan = instance("VI_WAN", "wan0", "10.1.0.1/24"),
             )
+        } else if family.has_v6() {
+            // The group's notify for both families; an instance's alone.
+            let group_notify = format!("notify {}", notify.display());
+            let (group, instance_notify) = if family.has_v4() {
+                (
+                    format!(
+                        "vrrp_sync_group G {{\n  group {{\n    VI_1\n    VI_6\n  }}\n  {group_notify}\n}}\n"
+                    ),
+                    String::new(),
+                )
+            } else {
+                (String::new(), group_notify)
+            };
+            let instance = |name: &str, vrid: u8, vips: &str| {
+                format!(
+                    r#"vrrp_instance {name} {{
+  state BACKUP
+  interface ha0
+  virtual_router_id {vrid}
+  priority {priority}
+  advert_int {adv}
+  {unicast}
+  {instance_extra}virtual_ipaddress {{
+    {vips}
+  }}
+  {instance_notify}
+}}
+"#,
+                    adv = advert_ms as f64 / 1000.0,
+                )
+            };
+            let v4 = if family.has_v4() {
+                instance("VI_1", 51, "10.0.0.1/24 dev lan0\n    10.1.0.1/24 dev wan0")
+            } else {
+                String::new()
+            };
+            let v6 = instance(
+                "VI_6",
+                52,
+                &format!("{LAN_VIP6}/64 dev lan0\n    {WAN_VIP6}/64 dev wan0"),
+            );
+            format!("{global_defs}{group}{v4}{v6}")
         } else {
             format!(
                 r#"{global_defs}vrrp_instance VI_1 {{
@@ -753,7 +916,16 @@ impl Keepalived {
         let mut cmd = lab.command(ns, &argv);
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
         let pid = lab.spawn(ns, cmd).unwrap();
-        Keepalived { pid, dir }
+        let stands_for_group = match (*vmac, *family) {
+            (true, _) => "VI_LAN",
+            (false, Family::Ipv6) => "VI_6",
+            (false, _) => "VI_1",
+        };
+        Keepalived {
+            pid,
+            dir,
+            stands_for_group,
+        }
     }
 
     /// Its state (MASTER, BACKUP, FAULT) from the last "Entering ... STATE"
@@ -764,12 +936,13 @@ impl Keepalived {
     }
 
     /// Every state it entered, in order, from its log's "Entering ...
-    /// STATE" lines. With `vmac`, the LAN instance stands for the sync
-    /// group (the WAN one follows it).
+    /// STATE" lines of the instance that stands for the group: with `vmac`
+    /// the LAN one (the WAN one follows it), with both families the IPv4
+    /// one.
     pub fn states(&self) -> Vec<String> {
         self.log_text()
             .lines()
-            .filter(|l| !l.contains("(VI_WAN)"))
+            .filter(|l| !l.contains("(VI_") || l.contains(&format!("({})", self.stands_for_group)))
             .filter_map(|l| {
                 let rest = l.split("Entering ").nth(1)?;
                 Some(rest.split(' ').next()?.to_owned())
@@ -820,6 +993,10 @@ pub struct KeepalivedOptions {
     /// holding its VIP and
     /// sending its adverts on that segment, not on the HA link.
     pub vmac: bool,
+    /// The VIPs' family, as [`AgentSpec::family`]: IPv6 is instance `VI_6`
+    /// (VRID 52, adverts over IPv6 on ha0 from its link-local address to
+    /// ff02::12); both: `VI_1` and `VI_6` in a sync group. Not with `vmac`.
+    pub family: Family,
 }
 
 /// Whether the keepalived at `binary` was built with LVS (its `--version`

@@ -470,6 +470,46 @@ pub(crate) mod tests {
         assert_eq!(r.to_bytes(Ipv4Addr::new(10, 255, 0, 2), MULTICAST), vrrp);
     }
 
+    /// An IPv6 advert captured from keepalived 2.2.7 (VRRPv3, VRID 52,
+    /// priority 100, 1 s, fd00::1 and fd00:1::1, from its link-local
+    /// address to ff02::12), IPv6 header included.
+    pub(crate) const KEEPALIVED_ADVERT6: [u8; 80] = [
+        0x6c, 0x02, 0xd7, 0x15, 0x00, 0x28, 0x70, 0xff, 0xfe, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0xdc, 0x90, 0xb4, 0xff, 0xfe, 0xc8, 0xd7, 0x84, 0xff, 0x02, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x12, 0x31, 0x34, 0x64, 0x02, 0x00,
+        0x64, 0x0a, 0x54, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x01, 0xfd, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x01,
+    ];
+
+    #[test]
+    fn parses_an_ipv6_advert_captured_from_keepalived() {
+        let (ip, vrrp) = KEEPALIVED_ADVERT6.split_at(40);
+        let mut src = [0u8; 16];
+        src.copy_from_slice(&ip[8..24]);
+        let src = Ipv6Addr::from(src);
+        assert!(src.is_unicast_link_local());
+        assert_eq!(ip[7], TTL, "hop limit 255");
+        let p = Packet::new_checked_in(vrrp, Family::V6).unwrap();
+        let r = Repr::parse(&p, src, MULTICAST6).unwrap();
+        let vips: Vec<IpAddr> = vec!["fd00::1".parse().unwrap(), "fd00:1::1".parse().unwrap()];
+        assert_eq!(
+            r,
+            Repr {
+                vrid: 52,
+                priority: 100,
+                interval_cs: 100,
+                addrs: vips,
+            }
+        );
+        assert_eq!(r.family(), Family::V6);
+        // We emit the very same bytes for the same advert.
+        assert_eq!(r.to_bytes(src, MULTICAST6), vrrp);
+        // Read as IPv4 (4-byte addresses), its checksum does not hold.
+        let as_v4 = Packet::new_checked(vrrp).unwrap();
+        assert!(Repr::parse(&as_v4, Ipv4Addr::new(10, 255, 0, 2), MULTICAST).is_err());
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         let mut seed: u32 = 12345;
