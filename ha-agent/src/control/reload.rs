@@ -37,6 +37,11 @@ pub async fn reload(
     if structure(&next) != structure(&current) {
         return Err("not applied: only VIPs, data interfaces and synced files change live; other changes need a restart of the agent".into());
     }
+    // An instance's family decides which socket carries its adverts (and
+    // the IPv6 one is opened at start only).
+    if families(&next) != families(&current) {
+        return Err("not applied: an instance changes address family (IPv4 and IPv6 VIPs, see `vips`): its adverts move to another socket, which needs a restart of the agent".into());
+    }
     let (old_vmacs, new_vmacs) = (setup::vmac_ports(&current), setup::vmac_ports(&next));
     // A veth's gate runs in generic mode under a virtual MAC: moving one
     // that already gates to it would leave the interface ungated for a
@@ -116,6 +121,15 @@ fn secondary_may_apply(
     Ok(())
 }
 
+/// Whether each instance is IPv6, in order.
+fn families(c: &Config) -> Vec<bool> {
+    c.groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .map(|i| i.parsed_vips().first().is_some_and(|v| v.addr.is_ipv6()))
+        .collect()
+}
+
 /// The configuration without what a reload can change live (VIPs, data
 /// interfaces, synced files): if this differs, a restart is needed.
 fn structure(c: &Config) -> Config {
@@ -161,6 +175,11 @@ mod tests {
         let interval =
             parse(&BASE.replace("priority = 200", "priority = 200\nadvert_interval_ms = 10"));
         assert_ne!(structure(&base), structure(&interval));
+        // An instance's VIPs moving to IPv6: the same structure, another
+        // family (refused live).
+        let v6 = parse(&BASE.replace("10.0.0.1/24", "fd00::1/64"));
+        assert_eq!(structure(&base), structure(&v6));
+        assert_eq!((families(&base), families(&v6)), (vec![false], vec![true]));
     }
 
     #[test]

@@ -256,7 +256,7 @@ impl Reader {
                                     self.skip(p, "unicast_peer options are not imported");
                                 }
                             }
-                            None => self.skip(p, "not an IPv4 peer (IPv6 comes with issue 16)"),
+                            None => self.skip(p, "not an IPv4 peer: an IPv6 instance advertises to ff02::12 on the HA link (the agent sends IPv6 adverts by multicast only)"),
                         }
                     }
                 }
@@ -326,6 +326,13 @@ impl Reader {
                 }
             ));
         }
+        if i.vmac && i.vips.first().is_some_and(|(a, _)| a.contains(':')) {
+            i.vmac = false;
+            self.todo.push(format!(
+                "vrrp_instance {}: use_vmac dropped: the agent does not take the IPv6 virtual MAC yet (its VIPs are announced with unsolicited neighbour advertisements from each node's MAC)",
+                i.name
+            ));
+        }
         if i.state_master && i.preempt_delay_ms > 0 {
             i.preempt_delay_ms = 0;
             self.todo.push(format!(
@@ -385,11 +392,13 @@ impl Reader {
                     }
                 }
             }
-            if !v4 {
+            // keepalived: the first address makes the instance IPv4 or
+            // IPv6; one of the other family is not the instance's.
+            if i.vips.first().is_some_and(|(a, _)| a.contains(':') == v4) {
                 self.skipped.push(Skipped {
                     at: s.loc.clone(),
                     what: format!("virtual_ipaddress {addr}"),
-                    why: "IPv6 VIPs come with issue 16".into(),
+                    why: "not the family of the instance's first address (an instance advertises one family, as in keepalived): put it in an instance of its own, in the same group".into(),
                 });
                 continue;
             }

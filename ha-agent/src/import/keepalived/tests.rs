@@ -286,3 +286,34 @@ fn use_vmac_becomes_the_virtual_mac() {
         got.skipped
     );
 }
+
+/// keepalived's IPv6 instance (its first address IPv6) becomes an IPv6
+/// instance; an address of the other family is left out with its line;
+/// `use_vmac` on it is dropped with a to-do (no IPv6 virtual MAC yet).
+#[test]
+fn an_ipv6_instance_is_imported_as_one() {
+    let opts = Options {
+        peer: Some("10.255.0.2".parse().unwrap()),
+        ha_address: Some("10.255.0.1".parse().unwrap()),
+        ..Options::default()
+    };
+    let text = "vrrp_instance V6 {\n interface ha0\n virtual_router_id 52\n use_vmac\n virtual_ipaddress {\n  fd00::1/64 dev lan0\n  10.0.0.1/24 dev lan0\n  fd00:1::1/64 dev wan0\n }\n}\n";
+    let got = import(&mem(text), None, &opts, &no_host).unwrap();
+    let i = &got.config.groups[0].instances[0];
+    let vips: Vec<String> = i.parsed_vips().iter().map(|v| v.addr.to_string()).collect();
+    assert_eq!(vips, ["fd00::1", "fd00:1::1"]);
+    assert!(!i.vmac);
+    assert!(got.config.has_ipv6_instances());
+    assert!(
+        got.skipped
+            .iter()
+            .any(|s| s.what.contains("10.0.0.1/24") && s.at.to_string().contains(":7")),
+        "{:?}",
+        got.skipped
+    );
+    assert!(
+        got.todo.iter().any(|t| t.contains("use_vmac dropped")),
+        "{:?}",
+        got.todo
+    );
+}
