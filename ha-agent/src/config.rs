@@ -730,12 +730,6 @@ impl Config {
                         "mixes IPv4 and IPv6 addresses: an instance advertises one family (RFC 9568); put the IPv6 VIPs in an instance of their own, in the same group to move together".into(),
                     ));
                 }
-                if v6 != 0 && i.vmac {
-                    return Err(bad(
-                        field("vmac"),
-                        "the IPv6 virtual MAC (00:00:5e:00:02:<vrid>) is not supported yet: an IPv6 instance is announced with unsolicited neighbour advertisements from the interface's MAC".into(),
-                    ));
-                }
                 if v6 != 0 && self.ha.peers.len() != 1 {
                     return Err(bad(
                         field("vips"),
@@ -1134,10 +1128,13 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             .unwrap_err()
             .to_string();
         assert!(err.contains("mixes IPv4 and IPv6"), "{err}");
-        let err = parse(&v6.replace("vrid = 51", "vrid = 51\nvmac = true"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("IPv6 virtual MAC"), "{err}");
+        assert!(
+            parse(&v6.replace("vrid = 51", "vrid = 51\nvmac = true"))
+                .unwrap()
+                .groups[0]
+                .instances[0]
+                .vmac
+        );
         for bad in ["fe80::1/64", "ff02::1", "::1", "::", "2001:db8::1/129"] {
             let e = parse(&v6.replace("2001:db8::1/64", bad))
                 .unwrap_err()

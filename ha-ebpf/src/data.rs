@@ -13,7 +13,7 @@ use ha_common::{
     data::{
         DATA_FLAG_EMIT_EVERY_PACKET, DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict,
         MAX_VIPS, MAX_VMACS, Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT,
-        VipEntry, VmacKey, vmac, vmac_vrid,
+        VipEntry, VmacKey, vmac, vmac_key_vrid, vmac6,
     },
     flow::{
         EVENTS_BYTES, Endpoints, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey,
@@ -111,7 +111,7 @@ pub fn ha_data(ctx: XdpContext) -> u32 {
             debug!(&ctx, "ha_data: drop, reason {}", verdict as u32);
             xdp_action::XDP_DROP
         }
-        DataVerdict::ArpReplyVmac => xdp_action::XDP_TX,
+        DataVerdict::ArpReplyVmac | DataVerdict::NaReplyVmac => xdp_action::XDP_TX,
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -161,10 +161,10 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     // To a virtual MAC of ours: only the owner takes it, readdressed to the
     // interface's own MAC so the kernel takes it as its own; then gated as
     // any other frame.
-    if let Some(vrid) = vmac_vrid(&eth.dst_addr) {
+    if let Some(vrid) = vmac_key_vrid(&eth.dst_addr) {
         let key = VmacKey {
             ifindex: heartbeat::ingress_ifindex(ctx),
-            vrid: u32::from(vrid),
+            vrid,
         };
         // SAFETY: the pointer comes from a successful lookup and is read at once.
         if let Some(group) = HA_DATA_VMACS.get_ptr(key).map(|p| unsafe { *p }) {
@@ -228,7 +228,7 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     if ether_type != EtherType::Ipv4 as u16 {
         // Tested after IPv4's, so an IPv4 frame pays nothing for IPv6.
         if ether_type == EtherType::Ipv6 as u16 {
-            return gate6(ctx, l3);
+            return gate6(ctx, l3, &eth.src_addr);
         }
         return DataVerdict::PassNoVip;
     }
@@ -279,8 +279,18 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
 /// solicited-node address passes (`PassNoVip`). Hop limit and code are not
 /// checked: the kernel discards ND without hop limit 255 or with a non-zero
 /// code itself, and judging those by target only drops more on a backup.
+///
+/// On the owner, an NS for a virtual-MAC VIP (`vmac = true`) arriving on
+/// the VIP's interface from a unicast source, in the form a host's address
+/// resolution takes (32 bytes: the source link-layer option and nothing
+/// else) is answered here with an NA naming `00:00:5e:00:02:<vrid>`
+/// ([`answer_ns`]); any other NS (duplicate address detection from `::`,
+/// a unicast reachability probe without options) is left to the kernel,
+/// whose answer carries no link-layer option or is not for a host's entry,
+/// so the host's entry keeps the virtual MAC. `requester`: the frame's
+/// Ethernet source.
 #[inline(always)]
-fn gate6(ctx: &XdpContext, l3: usize) -> DataVerdict {
+fn gate6(ctx: &XdpContext, l3: usize, requester: &[u8; 6]) -> DataVerdict {
     let Ok(ip) = read::<Ipv6Hdr>(ctx, l3) else {
         return DataVerdict::Truncated;
     };
@@ -288,15 +298,36 @@ fn gate6(ctx: &XdpContext, l3: usize) -> DataVerdict {
     if ip.next_hdr == IPPROTO_ICMPV6
         && let Ok(nd) = read::<NdTarget>(ctx, l3 + Ipv6Hdr::LEN)
         && (nd.type_ == ND_NEIGHBOR_SOLICIT || nd.type_ == ND_NEIGHBOR_ADVERT)
-        && let Some(vip) = vip6_of(&nd.target).or(dst_vip)
     {
-        return vip_verdict(
-            vip.group,
-            &ownership(),
-            &mut None,
-            DataVerdict::PassNdOwner,
-            DataVerdict::DropNdNotOwner,
-        );
+        let target = vip6_of(&nd.target);
+        if let Some(vip) = target.or(dst_vip) {
+            let verdict = vip_verdict(
+                vip.group,
+                &ownership(),
+                &mut None,
+                DataVerdict::PassNdOwner,
+                DataVerdict::DropNdNotOwner,
+            );
+            if verdict == DataVerdict::PassNdOwner
+                && nd.type_ == ND_NEIGHBOR_SOLICIT
+                && let Some(t) = target
+                && t.flags & VIP_FLAG_VMAC != 0
+                && t.ifindex == heartbeat::ingress_ifindex(ctx)
+                && ip.src_addr != [0; 16]
+                && u16::from_be_bytes(ip.payload_len) == ND_WITH_LLADDR
+                && answer_ns(
+                    ctx,
+                    l3,
+                    requester,
+                    &ip,
+                    &nd.target,
+                    vmac6((t.flags >> VIP_VRID_SHIFT) as u8),
+                )
+            {
+                return DataVerdict::NaReplyVmac;
+            }
+            return verdict;
+        }
     }
     let own = ownership();
     let mut now = None;
@@ -383,6 +414,84 @@ fn answer_arp(
         body.cast_mut().write_unaligned(reply);
     }
     true
+}
+
+/// Bytes of an NS or NA with its one link-layer address option (RFC 4861
+/// sections 4.3, 4.4): 24 + 8.
+const ND_WITH_LLADDR: u16 = 32;
+
+/// Turns the Neighbor Solicitation at `l3` (from `requester`, for
+/// `target`, [`ND_WITH_LLADDR`] bytes whose option is its source link-layer
+/// address) into the solicited Neighbor Advertisement naming `mac`: from
+/// the target to the solicitation's source, hop limit 255, Router,
+/// Solicited and Override set, the target link-layer option; the VLAN tag,
+/// if any, stays. False if the frame is not that NS or cannot be written.
+#[inline(always)]
+fn answer_ns(
+    ctx: &XdpContext,
+    l3: usize,
+    requester: &[u8; 6],
+    ip: &Ipv6Hdr,
+    target: &[u8; 16],
+    mac: [u8; 6],
+) -> bool {
+    let (Ok(eth), Ok(hdr), Ok(msg)) = (
+        ptr_at::<[u8; 12]>(ctx, 0),
+        ptr_at::<Ipv6Hdr>(ctx, l3),
+        ptr_at::<[u8; ND_WITH_LLADDR as usize]>(ctx, l3 + Ipv6Hdr::LEN),
+    ) else {
+        return false;
+    };
+    // SAFETY: `ptr_at` checked the bytes lie inside the frame; alignment 1.
+    let old = unsafe { msg.read_unaligned() };
+    // The NS's one option: its source link-layer address, 8 bytes.
+    if old[24] != 1 || old[25] != 1 {
+        return false;
+    }
+    let mut na = [0u8; ND_WITH_LLADDR as usize];
+    na[0] = ND_NEIGHBOR_ADVERT;
+    na[4] = 0xe0;
+    na[8..24].copy_from_slice(target);
+    na[24] = 2;
+    na[25] = 1;
+    na[26..32].copy_from_slice(&mac);
+    let sum = icmp6_checksum(target, &ip.src_addr, &na);
+    na[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut addrs = [0u8; 12];
+    addrs[..6].copy_from_slice(requester);
+    addrs[6..].copy_from_slice(&mac);
+    let reply = Ipv6Hdr {
+        vcf: [0x60, 0, 0, 0],
+        hop_limit: 255,
+        src_addr: *target,
+        dst_addr: ip.src_addr,
+        ..*ip
+    };
+    // SAFETY: `ptr_at` checked all three lie inside the frame, which XDP
+    // may write; all are byte arrays or structs of bytes (alignment 1).
+    unsafe {
+        eth.cast_mut().write_unaligned(addrs);
+        hdr.cast_mut().write_unaligned(reply);
+        msg.cast_mut().write_unaligned(na);
+    }
+    true
+}
+
+/// The ICMPv6 checksum of `msg` (its checksum field zero) from `src` to
+/// `dst` (RFC 8200 section 8.1 pseudo-header).
+#[inline(always)]
+fn icmp6_checksum(src: &[u8; 16], dst: &[u8; 16], msg: &[u8; ND_WITH_LLADDR as usize]) -> u16 {
+    let mut sum: u32 = u32::from(ND_WITH_LLADDR) + u32::from(IPPROTO_ICMPV6);
+    for i in 0..8 {
+        sum += u32::from(u16::from_be_bytes([src[2 * i], src[2 * i + 1]]));
+        sum += u32::from(u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]));
+    }
+    for i in 0..16 {
+        sum += u32::from(u16::from_be_bytes([msg[2 * i], msg[2 * i + 1]]));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 /// Records the packet in the flow table and emits an event on a new flow, a TCP

@@ -486,11 +486,13 @@ priority = {prio}
 advert_interval_ms = {adv}
 preempt = {preempt}
 accept = {accept}
+{vmac}
 vips = [{{ iface = "lan0", address = "{LAN_VIP6}/64" }}, {{ iface = "wan0", address = "{WAN_VIP6}/64" }}]"#,
                     prio = self.priority,
                     adv = self.advert_ms,
                     preempt = self.preempt,
                     accept = self.accept,
+                    vmac = if self.vmac { "vmac = true" } else { "" },
                 )
             } else {
                 String::new()

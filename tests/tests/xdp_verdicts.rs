@@ -408,6 +408,93 @@ fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     assert!(snap.vips.iter().any(|v| v.vip == plain && v.vmac.is_none()));
 }
 
+/// The IPv6 virtual MAC (`00:00:5e:00:02:<vrid>`): the owner answers a
+/// host's address resolution for the VIP with an NA naming it (Router,
+/// Solicited, Override, checksummed), back to the requester, tag kept;
+/// duplicate address detection and options-less probes are the kernel's;
+/// frames to the MAC are taken by the owner only; the IPv4 virtual MAC of
+/// the same VRID is another's.
+#[test]
+fn the_ipv6_virtual_mac_is_answered_and_taken_by_the_owner_only() {
+    require_root();
+    use aya::maps::{HashMap, Map, MapData};
+    use ha_common::{
+        data::{vmac, vmac6},
+        heartbeat,
+    };
+    const TX: u32 = 3;
+    let mut p = PinnedDataplane::new("vmac6");
+    let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
+    p.dp.set_vip_table(&[VipSpec {
+        addr: VIP6.into(),
+        group: 0,
+        accept: true,
+        vmac: Some(7),
+        ifindex: lo,
+    }])
+    .unwrap();
+    let lo_mac = [0x02, 0xaa, 0, 0, 0, 1];
+    let path = p.dp.dir().join("maps").join(heartbeat::MACS_MAP);
+    let mut macs: HashMap<MapData, u32, [u8; 8]> =
+        HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap()).unwrap();
+    macs.insert(lo, [0x02, 0xaa, 0, 0, 0, 1, 0, 0], 0).unwrap();
+    let to = |mac: [u8; 6], mut f: Vec<u8>| {
+        f[..6].copy_from_slice(&mac);
+        f
+    };
+    let run = |p: &PinnedDataplane, f: &[u8]| p.dp.test_run_frame("ha_data", f).unwrap();
+    let ns = frames::neighbor_solicit(CLIENT6, VIP6);
+    let forwarded = frames::tcp6(CLIENT6, SERVER6, 40000, 80, SYN, b"");
+    // A backup: no answer, nothing to the virtual MAC gets in.
+    assert_eq!(run(&p, &ns).0, DROP);
+    assert_eq!(run(&p, &to(vmac6(7), forwarded.clone())).0, DROP);
+
+    p.dp.set_ownership(1, None).unwrap();
+    let (v, out) = run(&p, &ns);
+    assert_eq!(v, TX);
+    assert_eq!(out.len(), ns.len());
+    assert_eq!(&out[0..6], &frames::SRC_MAC, "back to the requester");
+    assert_eq!(&out[6..12], &vmac6(7), "from the virtual MAC");
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    assert_eq!((out[14] >> 4, out[20], out[21]), (6, 58, 255));
+    assert_eq!(&out[22..38], &VIP6.octets(), "from the VIP");
+    assert_eq!(&out[38..54], &CLIENT6.octets(), "to the solicitor");
+    assert_eq!((out[54], out[55], out[58]), (136, 0, 0xe0), "NA: R, S, O");
+    assert_eq!(&out[62..78], &VIP6.octets(), "target");
+    assert_eq!(&out[78..80], &[2, 1], "target link-layer option");
+    assert_eq!(&out[80..86], &vmac6(7));
+    // The checksum holds over the IPv6 pseudo-header.
+    let mut sum: u32 = 32 + 58;
+    for w in out[22..54].chunks(2).chain(out[54..86].chunks(2)) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "ICMPv6 checksum");
+    // Through a VLAN tag, the tag kept.
+    let (v, out) = run(&p, &frames::vlan(&ns, 10));
+    assert_eq!(
+        (v, &out[12..16], &out[84..90]),
+        (TX, &[0x81, 0, 0, 10][..], &vmac6(7)[..])
+    );
+    // Duplicate address detection (from ::, no option) is the kernel's.
+    let dad = frames::neighbor_solicit(Ipv6Addr::UNSPECIFIED, VIP6);
+    assert_eq!(run(&p, &dad).0, PASS);
+    // A frame to the virtual MAC goes on, to the interface's own MAC; the
+    // IPv4 virtual MAC of the same VRID is not this instance's.
+    let (v, out) = run(&p, &to(vmac6(7), forwarded.clone()));
+    assert_eq!((v, &out[..6]), (PASS, &lo_mac[..]));
+    let (v, out) = run(&p, &to(vmac(7), forwarded.clone()));
+    assert_eq!((v, &out[..6]), (PASS, &vmac(7)[..]));
+
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    assert_eq!(counter(&snap.data_verdicts, "na_reply_vmac"), 2);
+    assert_eq!(counter(&snap.data_verdicts, "pass_vmac_owner"), 1);
+    assert_eq!(counter(&snap.data_verdicts, "drop_vmac_not_owner"), 1);
+    assert!(snap.vips.iter().any(|v| v.vip == VIP6 && v.vmac == Some(7)));
+}
+
 /// IPv6 VIPs are gated as IPv4 ones: a Neighbor Solicitation or
 /// Advertisement whose target is a VIP (IPv6's ARP) passes only on the
 /// owner with a running lease and never meets Accept_Mode; IPv6 to a VIP
@@ -621,16 +708,6 @@ fn ha_data_gates_ipv6_vips_and_neighbor_discovery() {
     assert_eq!(run(&p, &ns), DROP);
     let snap = Snapshot::read(&p.instance, 0).unwrap();
     assert_eq!(snap.vips.len(), 2, "{:?}", snap.vips);
-
-    // No virtual MAC for an IPv6 VIP: refused, and the table is unchanged.
-    let err =
-        p.dp.set_vip_table(&[VipSpec {
-            vmac: Some(7),
-            ..vip_spec(noaccept, 0, true)
-        }])
-        .unwrap_err();
-    assert!(err.to_string().contains("not supported for IPv6"), "{err}");
-    assert_eq!(run(&p, &ns), DROP);
 }
 
 /// Sync, management, control and ICMP over the HA link pass only when

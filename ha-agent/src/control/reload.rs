@@ -59,8 +59,8 @@ pub async fn reload(
     for v in new_vips.iter().filter(|v| !old_vips.contains(v)) {
         setup::ip_addr("replace", v).map_err(|e| format!("{e:#}"))?;
     }
-    for (iface, vrid) in new_vmacs.difference(&old_vmacs) {
-        setup::vmac_fdb("replace", iface, *vrid).map_err(|e| format!("{e:#}"))?;
+    for (iface, mac) in new_vmacs.difference(&old_vmacs) {
+        setup::vmac_fdb("replace", iface, *mac).map_err(|e| format!("{e:#}"))?;
     }
     let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
     let new_ifaces = next.data_interfaces();
@@ -87,8 +87,8 @@ pub async fn reload(
             warn!(cause = %e, "removing a VIP address");
         }
     }
-    for (iface, vrid) in old_vmacs.difference(&new_vmacs) {
-        if let Err(e) = setup::vmac_fdb("del", iface, *vrid) {
+    for (iface, mac) in old_vmacs.difference(&new_vmacs) {
+        if let Err(e) = setup::vmac_fdb("del", iface, *mac) {
             warn!(cause = %e, "removing a virtual MAC");
         }
     }

@@ -241,8 +241,14 @@ impl fmt::Display for Snapshot {
                 if v.owner { "yes" } else { "no" },
                 if v.accept { "" } else { "  (accept mode off)" },
                 match v.vmac {
-                    Some(vrid) =>
-                        format!("  virtual MAC {}", crate::iface::mac_text(data::vmac(vrid))),
+                    Some(vrid) => format!(
+                        "  virtual MAC {}",
+                        crate::iface::mac_text(if v.vip.is_ipv6() {
+                            data::vmac6(vrid)
+                        } else {
+                            data::vmac(vrid)
+                        })
+                    ),
                     None => String::new(),
                 }
             )?;

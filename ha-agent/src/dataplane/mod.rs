@@ -960,14 +960,11 @@ impl Dataplane {
             }
             let mut flags = if accept { 0 } else { data::VIP_FLAG_NO_ACCEPT };
             if let Some(vrid) = vmac {
-                if addr.is_ipv6() {
-                    return Err(DataplaneError::Invalid(format!(
-                        "VIP {addr}: a virtual MAC (VRID {vrid}) is not supported for IPv6 VIPs"
-                    )));
-                }
+                // The IPv6 virtual MAC (00:00:5e:00:02:<vrid>) is another.
+                let family = if addr.is_ipv6() { data::VMAC_KEY_V6 } else { 0 };
                 let key = VmacKey {
                     ifindex,
-                    vrid: u32::from(vrid),
+                    vrid: u32::from(vrid) | family,
                 };
                 if *vmacs.entry(key).or_insert(group) != group {
                     return Err(DataplaneError::Invalid(format!(

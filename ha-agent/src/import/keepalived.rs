@@ -326,13 +326,6 @@ impl Reader {
                 }
             ));
         }
-        if i.vmac && i.vips.first().is_some_and(|(a, _)| a.contains(':')) {
-            i.vmac = false;
-            self.todo.push(format!(
-                "vrrp_instance {}: use_vmac dropped: the agent does not take the IPv6 virtual MAC yet (its VIPs are announced with unsolicited neighbour advertisements from each node's MAC)",
-                i.name
-            ));
-        }
         if i.state_master && i.preempt_delay_ms > 0 {
             i.preempt_delay_ms = 0;
             self.todo.push(format!(

@@ -289,7 +289,7 @@ fn use_vmac_becomes_the_virtual_mac() {
 
 /// keepalived's IPv6 instance (its first address IPv6) becomes an IPv6
 /// instance; an address of the other family is left out with its line;
-/// `use_vmac` on it is dropped with a to-do (no IPv6 virtual MAC yet).
+/// `use_vmac` on it is the IPv6 virtual MAC.
 #[test]
 fn an_ipv6_instance_is_imported_as_one() {
     let opts = Options {
@@ -302,7 +302,7 @@ fn an_ipv6_instance_is_imported_as_one() {
     let i = &got.config.groups[0].instances[0];
     let vips: Vec<String> = i.parsed_vips().iter().map(|v| v.addr.to_string()).collect();
     assert_eq!(vips, ["fd00::1", "fd00:1::1"]);
-    assert!(!i.vmac);
+    assert!(i.vmac);
     assert!(got.config.has_ipv6_instances());
     assert!(
         got.skipped
@@ -310,10 +310,5 @@ fn an_ipv6_instance_is_imported_as_one() {
             .any(|s| s.what.contains("10.0.0.1/24") && s.at.to_string().contains(":7")),
         "{:?}",
         got.skipped
-    );
-    assert!(
-        got.todo.iter().any(|t| t.contains("use_vmac dropped")),
-        "{:?}",
-        got.todo
     );
 }
