@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use ha_tests::{
-    AgentSpec, CLIENT6, Family, Keepalived, KeepalivedOptions, LAN_VIP6, LinksDown, RunningAgent,
-    SERVER6, WAN_VIP6, add_ipv6, failover_lab, start_pair, wait_for,
+    AgentSpec, CLIENT6, Family, Keepalived, KeepalivedOptions, LAN_LINK_LOCAL_VIP, LinksDown,
+    RunningAgent, SERVER6, WAN_VIP6, add_ipv6, failover_lab, start_pair, wait_for,
 };
 
 /// One heavy lab at a time on a small machine.
@@ -92,7 +92,7 @@ fn both_families_move_together_and_nas_move_the_hosts() {
     );
     let fw1_lan = lab.mac(("fw1", "lan0")).unwrap();
     let fw2_lan = lab.mac(("fw2", "lan0")).unwrap();
-    assert_eq!(neighbour_mac(&lab, "client", LAN_VIP6), fw1_lan);
+    assert_eq!(neighbour_mac(&lab, "client", LAN_LINK_LOCAL_VIP), fw1_lan);
     assert!(data_counter(&a1.pins.0, "pass_nd_owner") >= 1);
     assert!(
         data_counter(&a2.pins.0, "drop_nd_not_owner") >= 1,
@@ -117,7 +117,7 @@ fn both_families_move_together_and_nas_move_the_hosts() {
     wait_for(
         "the client's entry names fw2",
         Duration::from_secs(2),
-        || neighbour_mac(&lab, "client", LAN_VIP6) == fw2_lan,
+        || neighbour_mac(&lab, "client", LAN_LINK_LOCAL_VIP) == fw2_lan,
     );
     assert!(ping6(&lab, "client", SERVER6), "through fw2");
     assert!(ping6(&lab, "server", CLIENT6), "and back");
@@ -253,7 +253,7 @@ fn a_static_neighbour_on_the_ipv6_virtual_mac_survives_a_hard_crash() {
             "-6",
             "neigh",
             "replace",
-            LAN_VIP6,
+            LAN_LINK_LOCAL_VIP,
             "lladdr",
             vmac,
             "dev",
@@ -276,7 +276,7 @@ fn a_static_neighbour_on_the_ipv6_virtual_mac_survives_a_hard_crash() {
         || ping6(&lab, "client", SERVER6),
     );
     assert_eq!(
-        neighbour_mac(&lab, "client", LAN_VIP6),
+        neighbour_mac(&lab, "client", LAN_LINK_LOCAL_VIP),
         vmac,
         "the static entry, unchanged"
     );

@@ -42,6 +42,7 @@ fn settings(priority: u8, state_sync: bool) -> Settings {
             }],
             garp_count: 3,
             garp_interval: ms(10),
+            garp_refresh: None,
         }],
         auth: Default::default(),
         paths: Vec::new(),
@@ -1276,4 +1277,35 @@ fn an_ipv6_instance_hears_its_peer_over_the_data_paths() {
     n.handle(ms(202), ev);
     assert_eq!(n.counters().adverts_received, 41);
     assert!(n.roles().all(|r| r == Role::Backup));
+}
+
+/// `garp_refresh`: a master announces its VIPs again at that period, from
+/// its takeover on; a backup never; a step-down stops it.
+#[test]
+fn a_master_refreshes_its_announcements() {
+    let mut s = settings(200, false);
+    s.groups[0].garp_refresh = Some(ms(1000));
+    let (mut n, _) = start(s);
+    let (t, _) = until_master(&mut n);
+    let mut garps = Vec::new();
+    let mut now = t;
+    while now < t + ms(3500) {
+        now = n.poll_at().unwrap();
+        let out = n.handle(now, Event::Timer);
+        if out.contains(&Effect::SendGarp { group: 0 }) {
+            garps.push(now - t);
+        }
+    }
+    // The takeover's two more rounds at 10 ms, then one a second.
+    assert_eq!(garps, vec![ms(10), ms(20), ms(1000), ms(2000), ms(3000)]);
+    // A higher-priority peer: backup, no more refreshes.
+    n.handle(now + ms(1), pkt(&advert_from(PEER, 255)));
+    assert!(n.roles().all(|r| r == Role::Backup));
+    let mut later = now;
+    while later < now + ms(2500) {
+        later = n.poll_at().unwrap().max(later + ms(1));
+        let out = n.handle(later, Event::Timer);
+        assert!(!out.contains(&Effect::SendGarp { group: 0 }), "{out:?}");
+        n.handle(later, pkt(&advert_from(PEER, 255)));
+    }
 }
