@@ -177,7 +177,10 @@ mod tests {
         assert_ne!(structure(&base), structure(&interval));
         // An instance's VIPs moving to IPv6: the same structure, another
         // family (refused live).
-        let v6 = parse(&BASE.replace("10.0.0.1/24", "fd00::1/64"));
+        let v6 = parse(&BASE.replace(
+            r#"address = "10.0.0.1/24" }"#,
+            r#"address = "fe80::1/64" }, { iface = "lan0", address = "fd00::1/64" }"#,
+        ));
         assert_eq!(structure(&base), structure(&v6));
         assert_eq!((families(&base), families(&v6)), (vec![false], vec![true]));
     }
