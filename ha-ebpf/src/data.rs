@@ -11,13 +11,13 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use ha_common::{
     data::{
-        DATA_FLAG_EMIT_EVERY_PACKET, DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict,
-        MAX_VIPS, MAX_VMACS, Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT,
-        VipEntry, VmacKey, vmac, vmac_vrid,
+        DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict, MAX_VIPS, MAX_VMACS,
+        Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT, VipEntry, VmacKey, vmac,
+        vmac_vrid,
     },
     flow::{
-        EVENTS_BYTES, Endpoints, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey,
-        FlowState, MAX_FLOWS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState, tcp_next,
+        EVENTS_BYTES, Endpoints, FAMILY_V4, FLOW_LO_IS_ORIGIN, FlowEvent, FlowEventKind, FlowKey,
+        FlowState, MAX_FLOWS, PROTO_ICMP,
     },
 };
 use network_types::{
@@ -26,14 +26,11 @@ use network_types::{
 };
 
 use crate::{
-    hdr::{ArpIpv4, IcmpEcho, TcpPorts, UdpPorts, is_fragment},
+    flow, flow6,
+    hdr::{ArpIpv4, is_fragment},
     heartbeat, now_ns, ptr_at, read,
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 /// 802.1Q and 802.1ad ethertypes as they sit in the header (network order).
 const ETH_P_8021Q: u16 = 0x8100_u16.to_be();
 const ETH_P_8021AD: u16 = 0x88a8_u16.to_be();
@@ -47,17 +44,19 @@ pub(crate) static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
 /// (interface, VRID) -> ownership group of the instance using that virtual MAC.
 #[btf_map]
 static HA_DATA_VMACS: HashMap<VmacKey, u32, { MAX_VMACS as usize }> = HashMap::new();
+/// Also read by IPv6 flow tracking (`crate::flow6`).
 #[btf_map]
-static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
+pub(crate) static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
 #[btf_map]
 static HA_DATA_VERDICTS: PerCpuArray<u64, { DATA_VERDICTS as usize }> = PerCpuArray::new();
 #[btf_map]
 static HA_FLOWS: LruHashMap<FlowKey, FlowState, { MAX_FLOWS as usize }> = LruHashMap::new();
+/// Shared with IPv6 flow tracking (`crate::flow6`): one stream of events.
 #[btf_map]
-static HA_FLOW_EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+pub(crate) static HA_FLOW_EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
 
 #[inline(always)]
-fn count(verdict: DataVerdict) {
+pub(crate) fn count(verdict: DataVerdict) {
     if let Some(slot) = HA_DATA_VERDICTS.get_ptr_mut(verdict as u32) {
         // SAFETY: this CPU's slot; per-CPU maps are not shared between CPUs.
         unsafe { *slot += 1 };
@@ -208,6 +207,17 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
         }
         return verdict;
     }
+    if ether_type == EtherType::Ipv6 as u16 {
+        // Flow tracking only on the owner (a running lease), as for IPv4.
+        let own = ownership();
+        if own.groups != 0 {
+            let t = now_ns();
+            if own.owns_any(t) {
+                flow6::track6(ctx, l3, t);
+            }
+        }
+        return DataVerdict::PassNoVip;
+    }
     if ether_type != EtherType::Ipv4 as u16 {
         return DataVerdict::PassNoVip;
     }
@@ -311,53 +321,16 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
     if ihl < Ipv4Hdr::LEN {
         return;
     }
-    let l4 = l3 + ihl;
-    // (source port, destination port, TCP flags, sender is the originator if new)
-    let (sport, dport, tcp_flags, sender_origin) = match ip.proto {
-        PROTO_TCP => {
-            let Ok(t) = read::<TcpPorts>(ctx, l4) else {
-                return;
-            };
-            // A SYN-ACK comes from the responder.
-            let synack = t.flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
-            (
-                u16::from_be_bytes(t.src),
-                u16::from_be_bytes(t.dst),
-                t.flags,
-                !synack,
-            )
-        }
-        PROTO_UDP => {
-            let Ok(u) = read::<UdpPorts>(ctx, l4) else {
-                return;
-            };
-            (
-                u16::from_be_bytes(u.src),
-                u16::from_be_bytes(u.dst),
-                0,
-                true,
-            )
-        }
-        PROTO_ICMP => {
-            let Ok(i) = read::<IcmpEcho>(ctx, l4) else {
-                return;
-            };
-            let id = u16::from_be_bytes(i.id);
-            match i.type_ {
-                8 => (id, id, 0, true),
-                0 => (id, id, 0, false),
-                _ => return,
-            }
-        }
-        _ => return,
+    let Some(p) = flow::l4(ctx, ip.proto, l3 + ihl, PROTO_ICMP, 8, 0) else {
+        return;
     };
     let (key, from_lo) = FlowKey::normalised(
         ip.proto,
         Endpoints {
             src_addr: u32::from_ne_bytes(ip.src_addr),
             dst_addr: u32::from_ne_bytes(ip.dst_addr),
-            src_port: sport,
-            dst_port: dport,
+            src_port: p.sport,
+            dst_port: p.dport,
         },
     );
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -366,63 +339,15 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
         // SAFETY: a live map value; concurrent updates from other CPUs only race
         // on counters and timestamps.
         let st = unsafe { &mut *st };
-        st.last_ns = now;
-        st.packets += 1;
-        st.bytes += len;
-        let mut kind = None;
-        if ip.proto == PROTO_TCP {
-            let (state, flags) = tcp_next(st.state, st.flags, tcp_flags, from_lo);
-            if state != st.state {
-                if state == TcpState::SynSent as u8 {
-                    // The tuple was reused for a new connection: a new flow.
-                    st.first_ns = now;
-                    st.packets = 1;
-                    st.bytes = len;
-                    kind = Some(FlowEventKind::New);
-                } else {
-                    kind = Some(FlowEventKind::StateChange);
-                }
-                st.state = state;
-            }
-            st.flags = flags;
-        }
-        let refresh_due = cfg.refresh_ns != 0 && now.wrapping_sub(st.emitted_ns) >= cfg.refresh_ns;
-        if kind.is_none() && (refresh_due || cfg.flags & DATA_FLAG_EMIT_EVERY_PACKET != 0) {
-            kind = Some(FlowEventKind::Refresh);
-        }
-        if let Some(kind) = kind
+        if let Some(kind) = flow::advance(st, ip.proto, &p, from_lo, now, len, cfg)
             && emit(ctx, &key, st, kind, cfg.wakeup_bytes)
         {
             st.emitted_ns = now;
         }
         return;
     }
-
-    let mut flags = 0;
-    let state = if ip.proto != PROTO_TCP {
-        TcpState::Active
-    } else if tcp_flags & TCP_SYN != 0 {
-        if tcp_flags & TCP_ACK != 0 {
-            flags = FLOW_SYNACK;
-        }
-        TcpState::SynSent
-    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        // A lone FIN or RST for a flow we never saw: nothing to replicate.
+    let Some(mut st) = flow::fresh(ip.proto, &p, from_lo, now, len) else {
         return;
-    } else {
-        // Mid-stream pickup (e.g. after a failover): already established.
-        TcpState::Established
-    };
-    let lo_is_origin = from_lo == sender_origin;
-    let mut st = FlowState {
-        first_ns: now,
-        last_ns: now,
-        emitted_ns: 0,
-        packets: 1,
-        bytes: len,
-        state: state as u8,
-        flags: flags | if lo_is_origin { FLOW_LO_IS_ORIGIN } else { 0 },
-        _pad: [0; 6],
     };
     if emit(ctx, &key, &st, FlowEventKind::New, cfg.wakeup_bytes) {
         st.emitted_ns = now;
@@ -461,7 +386,7 @@ fn emit(
         proto: key.proto,
         state: st.state,
         kind: kind as u8,
-        _pad: 0,
+        family: FAMILY_V4,
         // SAFETY: reading a field of the XDP context the kernel gave us.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
     });
@@ -482,10 +407,16 @@ fn emit(
         0
     };
     entry.submit(u64::from(wake));
+    count_event(kind);
+    true
+}
+
+/// Counts an emitted event by its kind.
+#[inline(always)]
+pub(crate) fn count_event(kind: FlowEventKind) {
     count(match kind {
         FlowEventKind::New => DataVerdict::FlowNew,
         FlowEventKind::StateChange => DataVerdict::FlowStateChange,
         FlowEventKind::Refresh => DataVerdict::FlowRefresh,
     });
-    true
 }

@@ -249,6 +249,7 @@ const PINNED_MAPS: &[&str] = &[
     data::CONFIG_MAP,
     data::VERDICTS_MAP,
     flow::FLOWS_MAP,
+    flow::FLOWS6_MAP,
     flow::EVENTS_MAP,
     heartbeat::CONFIG_MAP,
     heartbeat::TERM_MAP,
@@ -552,6 +553,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &level, true)
             .map_max_entries(flow::FLOWS_MAP, max_flows)
+            .map_max_entries(flow::FLOWS6_MAP, max_flows)
             .load(embedded()?)
             .map_err(DataplaneError::Load)?;
         info!(max_flows, "XDP flow table sized");
