@@ -29,7 +29,7 @@ fn records_become_kernel_conntrack_entries() {
     let icmp = Record::plain(RecordKind::Upsert, 1, 0, client, server, 4242, 4242);
     // Masqueraded: the server sees the firewall's WAN address and another port.
     let mut nat = Record::plain(RecordKind::Upsert, 6, 2, client, server, 40001, 443);
-    nat.reply_dst = Ipv4Addr::new(10, 1, 0, 1);
+    nat.reply_dst = Ipv4Addr::new(10, 1, 0, 1).into();
     nat.reply_dport = 61001;
     nat.flags = FLAG_NAT;
 
@@ -75,15 +75,15 @@ fn records_become_kernel_conntrack_entries() {
     // The sending side reads entries back by either direction's tuple.
     let seen_on_wan = CtTuple {
         proto: 6,
-        src: server,
-        dst: Ipv4Addr::new(10, 1, 0, 1),
+        src: server.into(),
+        dst: Ipv4Addr::new(10, 1, 0, 1).into(),
         sport: 443,
         dport: 61001,
     };
     let unknown = CtTuple {
         proto: 6,
-        src: client,
-        dst: server,
+        src: client.into(),
+        dst: server.into(),
         sport: 1,
         dport: 2,
     };
@@ -124,7 +124,7 @@ fn records_become_kernel_conntrack_entries() {
                 vec![
                     Record {
                         flags: 0,
-                        reply_dst: client,
+                        reply_dst: client.into(),
                         reply_dport: 40001,
                         ..nat
                     },

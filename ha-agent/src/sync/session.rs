@@ -56,7 +56,7 @@ use std::{
 };
 
 use super::{
-    frame::{Crypto, FrameError, Header, Kind, MAX_RECORDS, peek_header},
+    frame::{Crypto, FrameError, Header, Kind, MAX_RECORDS, fitting, peek_header},
     record::Record,
 };
 
@@ -184,7 +184,7 @@ struct Bulk {
 pub struct BulkId(u64);
 
 /// A connection's identity: its original tuple.
-type FlowId = (u8, std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u16);
+type FlowId = (u8, std::net::IpAddr, std::net::IpAddr, u16, u16);
 
 fn flow_id(r: &Record) -> FlowId {
     (r.proto, r.orig_src, r.orig_dst, r.orig_sport, r.orig_dport)
@@ -670,11 +670,12 @@ impl Session {
         let flush = self
             .pending_since
             .is_some_and(|t| now.saturating_sub(t) >= self.settings.flush_after);
-        while connected
-            && (self.pending.len() >= MAX_RECORDS || (flush && !self.pending.is_empty()))
-            && self.unacked.len() < self.settings.max_unacked
-        {
-            let take = self.pending.len().min(MAX_RECORDS);
+        while connected && self.unacked.len() < self.settings.max_unacked {
+            // As many as fit a frame (44 IPv4 records, 17 IPv6, or a mix).
+            let (take, full) = fitting(self.pending.iter().copied());
+            if take == 0 || !(full || flush) {
+                break;
+            }
             let batch: Vec<Record> = self.pending.drain(..take).collect();
             self.send_reliable(now, Kind::Data, &batch, &mut out);
             // The rest are at most as old as now (origins are not kept per
