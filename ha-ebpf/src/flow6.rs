@@ -58,10 +58,9 @@ static HA_FLOW6_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// Extension headers walked before the transport header.
 pub(crate) const MAX_EXT_HEADERS: usize = 4;
 
-/// Offsets in the IPv6 header: next header, source and destination.
+/// Offsets in the IPv6 header: next header, source (then destination).
 const NEXT_HEADER_AT: usize = 6;
 const SRC_AT: usize = 8;
-const DST_AT: usize = 24;
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -121,40 +120,27 @@ pub fn track6(ctx: &XdpContext, l3: usize, now: u64) {
     };
     // SAFETY: this CPU's slot of a per-CPU map; XDP does not nest on a CPU.
     let scratch = unsafe { &mut *scratch };
+    // Both addresses, one bounds check: separate reads each yielding a
+    // Result let LLVM compute with a failed one's undefined value, which the
+    // verifier refuses (an uninitialised register).
+    let Ok(addrs) = ptr_at::<[u8; 32]>(ctx, l3 + SRC_AT) else {
+        return;
+    };
+    let addrs = addrs.cast::<u8>();
+    // SAFETY: `ptr_at` checked the 32 bytes at `addrs` lie inside the frame;
+    // byte arrays, read unaligned.
+    let bytes = |at: usize| unsafe { addrs.add(at).cast::<[u8; 8]>().read_unaligned() };
     // Which endpoint sorts lower (address, then port): as
     // `FlowKey6::normalised`, read straight from the packet.
-    let (Ok(s0), Ok(s1), Ok(d0), Ok(d1)) = (
-        read::<[u8; 8]>(ctx, l3 + SRC_AT),
-        read::<[u8; 8]>(ctx, l3 + SRC_AT + 8),
-        read::<[u8; 8]>(ctx, l3 + DST_AT),
-        read::<[u8; 8]>(ctx, l3 + DST_AT + 8),
-    ) else {
-        return;
-    };
-    let (s0, s1, d0, d1) = (
-        u64::from_be_bytes(s0),
-        u64::from_be_bytes(s1),
-        u64::from_be_bytes(d0),
-        u64::from_be_bytes(d1),
-    );
+    let (s0, s1) = (u64::from_be_bytes(bytes(0)), u64::from_be_bytes(bytes(8)));
+    let (d0, d1) = (u64::from_be_bytes(bytes(16)), u64::from_be_bytes(bytes(24)));
     let from_lo = s0 < d0 || (s0 == d0 && (s1 < d1 || (s1 == d1 && p.sport <= p.dport)));
     let key = &mut scratch.key;
-    let (lo_at, hi_at) = if from_lo {
-        (SRC_AT, DST_AT)
-    } else {
-        (DST_AT, SRC_AT)
-    };
-    let (Ok(lo), Ok(hi)) = (
-        ptr_at::<[u8; 16]>(ctx, l3 + lo_at),
-        ptr_at::<[u8; 16]>(ctx, l3 + hi_at),
-    ) else {
-        return;
-    };
-    // SAFETY: `ptr_at` checked both lie inside the frame; byte arrays
-    // (alignment 1), copied into the map value.
+    let (lo_at, hi_at) = if from_lo { (0, 16) } else { (16, 0) };
+    // SAFETY: as above; copied into the map value.
     unsafe {
-        key.lo_addr = lo.read_unaligned();
-        key.hi_addr = hi.read_unaligned();
+        key.lo_addr = addrs.add(lo_at).cast::<[u8; 16]>().read_unaligned();
+        key.hi_addr = addrs.add(hi_at).cast::<[u8; 16]>().read_unaligned();
     }
     (key.lo_port, key.hi_port) = if from_lo {
         (p.sport, p.dport)
