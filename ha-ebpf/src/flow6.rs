@@ -177,6 +177,10 @@ pub fn track6(ctx: &XdpContext, l3: usize, now: u64) {
         scratch.st.emitted_ns = now;
     }
     // Another CPU may have inserted it first; theirs wins.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value they would be copied to the stack; the helper takes the scratch map's pointers"
+    )]
     let _ = HA_FLOWS6.insert(&scratch.key, &scratch.st, u64::from(BPF_NOEXIST));
 }
 
