@@ -1181,7 +1181,15 @@ fn ipv6_flows_are_tracked_on_the_owner_only() {
     assert_eq!(got[3].packets, 15, "SYN, SYN-ACK, ACK, 10 data, 2 FINs");
     assert_eq!(got[5].dst_port, 77, "ICMPv6 echo: the id as both ports");
 
-    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    let snap = Snapshot::read(&p.instance, 20).unwrap();
+    assert_eq!(snap.flow_count, 9, "8 IPv6 flows and an IPv4 one");
+    assert!(
+        snap.top_flows
+            .iter()
+            .any(|f| f.proto == "tcp" && f.hi == "[2001:db8::10]:40000" && f.state == "closed"),
+        "{:?}",
+        snap.top_flows
+    );
     assert_eq!(counter(&snap.data_verdicts, "flow_new"), 9);
     assert_eq!(counter(&snap.data_verdicts, "flow_state_change"), 3);
     assert_eq!(counter(&snap.data_verdicts, "ringbuf_full"), 0);
