@@ -139,11 +139,33 @@ fn connect(lab: &ha_lab::Lab, port: u16, n: usize) -> Vec<TcpStream> {
 
 /// Sends `msg` and reads it back from the echo server.
 fn echo(c: &mut TcpStream, msg: &[u8]) {
-    c.write_all(msg).unwrap();
+    if let Err(e) = try_echo(c, msg) {
+        panic!("echo over {:?}: {e}", c.local_addr());
+    }
+}
+
+fn try_echo(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    c.write_all(msg)?;
     let mut back = vec![0u8; msg.len()];
-    c.read_exact(&mut back)
-        .unwrap_or_else(|e| panic!("echo over {:?}: {e}", c.local_addr()));
+    c.read_exact(&mut back)?;
     assert_eq!(back, msg);
+    Ok(())
+}
+
+/// The packets fw2's forward chain dropped as invalid.
+fn invalid_drops(lab: &ha_lab::Lab) -> u64 {
+    let out = lab
+        .exec(
+            "fw2",
+            &["nft", "list", "chain", "inet", "halab_fw", "forward"],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .find(|l| l.contains("ct state invalid"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// An echo server on `port` in the server namespace, serving `n`
@@ -243,16 +265,43 @@ fn ipv6_connections_are_synced_resynced_and_survive_a_hard_crash() {
     for (i, c) in live.iter_mut().chain(later.iter_mut()).enumerate() {
         echo(c, format!("after the crash {i}").as_bytes());
     }
-    let drops = lab
-        .exec(
-            "fw2",
-            &["nft", "list", "chain", "inet", "halab_fw", "forward"],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let drops = invalid_drops(&lab);
     println!(
-        "after the hard crash: {} connections carried on through fw2; its forward chain:\n{drops}",
+        "after the hard crash: {} connections carried on through fw2, {drops} invalid drops",
         LIVE + LATER
     );
+    assert_eq!(drops, 0);
     drop(a1);
+}
+
+/// The control: without state sync, the same crash kills every IPv6
+/// connection (fw2's strict ruleset drops their segments as invalid), so
+/// the test above measures something.
+#[test]
+fn without_replication_ipv6_connections_die() {
+    let mut lab = failover_lab();
+    for fw in ["fw1", "fw2"] {
+        stateful_firewall(&lab, fw, None);
+    }
+    ipv6_addresses(&lab);
+    let (a1, _a2) = start_pair(&mut lab, 10, |spec| spec);
+    wait_for("roles", Duration::from_secs(10), || {
+        a1.role().as_deref() == Some("MASTER")
+    });
+    const N: usize = 5;
+    let _server = echo_server(&lab, 8092, N);
+    let mut conns = connect(&lab, 8092, N);
+    a1.signal(libc::SIGKILL);
+    links_down_at_once(&lab, "fw1", &["ha0", "lan0", "wan0"]);
+    route_through(&lab, 3);
+    let mut survived = 0;
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        survived += usize::from(try_echo(c, b"after the crash").is_ok());
+    }
+    let drops = invalid_drops(&lab);
+    println!("without replication: {survived}/{N} survived, {drops} invalid drops on fw2");
+    assert_eq!(survived, 0);
+    assert!(drops > 0, "fw2 dropped nothing as invalid");
 }
