@@ -1121,6 +1121,7 @@ pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv
     iifname \"lo\" accept
     iifname \"ha0\" accept
     ip protocol icmp accept
+    meta l4proto ipv6-icmp accept
   }
   chain forward {
     type filter hook forward priority filter; policy drop;

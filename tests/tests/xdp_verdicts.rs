@@ -531,7 +531,7 @@ fn ha_data_gates_ipv6_vips_and_neighbor_discovery() {
     // target the neighbour's own address.
     let na_to_vip = frames::neighbor_advert(CLIENT6, VIP6, CLIENT6);
     let to_vip = frames::tcp6(CLIENT6, VIP6, 40000, 80, SYN, b"");
-    let ping_vip = frames::ping6(CLIENT6, VIP6, 1, 1);
+    let ping_vip = frames::ping6(CLIENT6, VIP6, 1, 1, false);
     let forwarded = frames::tcp6(CLIENT6, SERVER6, 40000, 80, SYN, b"");
     let ns_stranger = frames::neighbor_solicit(CLIENT6, stranger);
     let na_stranger = frames::neighbor_advert(stranger, ALL_NODES, stranger);
@@ -601,7 +601,7 @@ fn ha_data_gates_ipv6_vips_and_neighbor_discovery() {
     let na_noaccept = frames::neighbor_advert(CLIENT6, ALL_NODES, noaccept);
     check(&p, "NA, no accept", &na_noaccept, PASS, "pass_nd_owner");
     check(&p, "TCP, no accept", &to_noaccept, DROP, "drop_no_accept");
-    let ping_noaccept = frames::ping6(CLIENT6, noaccept, 1, 1);
+    let ping_noaccept = frames::ping6(CLIENT6, noaccept, 1, 1, false);
     check(
         &p,
         "ping, no accept",
@@ -1237,12 +1237,8 @@ fn flow_events_follow_tcp_state_not_packets() {
         ]
     );
     for e in &got {
-        assert_eq!(
-            ha_common::addr_octets(e.src_addr),
-            CLIENT.octets(),
-            "original direction"
-        );
-        assert_eq!(ha_common::addr_octets(e.dst_addr), SERVER.octets());
+        assert_eq!(e.src, CLIENT, "original direction");
+        assert_eq!(e.dst, SERVER);
     }
     assert_eq!((got[0].src_port, got[0].dst_port), (40000, 80));
     assert_eq!(got[3].packets, 45);
@@ -1315,7 +1311,7 @@ fn synack_pickup_and_reused_tuples() {
         ]
     );
     for e in &got {
-        assert_eq!(ha_common::addr_octets(e.src_addr), CLIENT.octets(), "{e:?}");
+        assert_eq!(e.src, CLIENT, "{e:?}");
     }
 }
 
@@ -1395,4 +1391,138 @@ fn ring_buffer_full_is_counted_and_wakeups_happen() {
         ),
         "an idle reader is woken"
     );
+}
+
+/// IPv6 flows are tracked as IPv4 ones are, in a table and events of their
+/// own: on the owner only; TCP by state (New, then StateChange with the
+/// original direction's tuple), UDP and ICMPv6 echo once; through
+/// hop-by-hop, routing, destination-options headers and an atomic
+/// fragment, never a real fragment. IPv4 tracking beside it is unchanged.
+#[test]
+fn ipv6_flows_are_tracked_on_the_owner_only() {
+    use std::net::{IpAddr, Ipv6Addr};
+    require_root();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let mut p = PinnedDataplane::new("flows6");
+    let mut events = FlowEvents::open(&p.instance, Duration::from_millis(1)).unwrap();
+    let run =
+        |p: &PinnedDataplane, f: &[u8]| assert_eq!(p.dp.test_run("ha_data", f, 1).unwrap().0, PASS);
+    let c6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+    // Sorts below the client in the low half only: the responder is `lo`.
+    let s6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x09);
+    let tcp = |src, dst, sport, dport, flags| frames::tcp6(src, dst, sport, dport, flags, b"");
+
+    // A backup (nothing owned) tracks nothing.
+    run(&p, &tcp(c6, s6, 40000, 443, SYN));
+    run(&p, &frames::udp6(c6, s6, 5353, 53, b"q"));
+    let mut got = Vec::new();
+    assert_eq!(events.drain(&mut got), 0, "a backup emitted {got:?}");
+    // Nor does a lease run out.
+    p.dp.set_ownership(0b1, Some(Duration::from_millis(1)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    run(&p, &tcp(c6, s6, 40000, 443, SYN));
+    assert_eq!(
+        events.drain(&mut got),
+        0,
+        "an expired lease emitted {got:?}"
+    );
+
+    p.dp.set_ownership(0b1, Some(Duration::from_secs(30)))
+        .unwrap();
+    run(&p, &tcp(c6, s6, 40000, 443, SYN));
+    run(&p, &tcp(s6, c6, 443, 40000, SYNACK));
+    run(&p, &tcp(c6, s6, 40000, 443, ACK));
+    for _ in 0..5 {
+        run(&p, &frames::tcp6(c6, s6, 40000, 443, ACK, b"data"));
+        run(&p, &frames::tcp6(s6, c6, 443, 40000, ACK, b"data"));
+    }
+    run(&p, &tcp(s6, c6, 443, 40000, FINACK));
+    run(&p, &tcp(c6, s6, 40000, 443, FINACK));
+    run(&p, &frames::udp6(c6, s6, 5353, 53, b"q"));
+    run(&p, &frames::udp6(s6, c6, 53, 5353, b"a"));
+    run(&p, &frames::ping6(c6, s6, 77, 1, false));
+    run(&p, &frames::ping6(s6, c6, 77, 1, true));
+    // An IPv4 flow in between: its own event, unchanged.
+    run(&p, &frames::tcp(CLIENT, SERVER, 40000, 80, SYN, b""));
+    // Extension headers walked (a new flow each), a fragment not.
+    for (i, next) in [0u8, 43, 60].into_iter().enumerate() {
+        let f = tcp(c6, s6, 41000 + i as u16, 443, SYN);
+        run(&p, &frames::ipv6_ext(&f, next, 0));
+    }
+    let atomic = frames::ipv6_ext(&tcp(c6, s6, 42000, 443, SYN), 44, 0);
+    run(&p, &atomic);
+    for frag in [1u16, 8, 9] {
+        let f = frames::ipv6_ext(&tcp(c6, s6, 43000, 443, SYN), 44, frag);
+        run(&p, &f);
+    }
+    // Two extension headers, then more than four: untracked past the limit.
+    let two = frames::ipv6_ext(
+        &frames::ipv6_ext(&tcp(c6, s6, 44000, 443, SYN), 60, 0),
+        0,
+        0,
+    );
+    run(&p, &two);
+    let mut five = tcp(c6, s6, 45000, 443, SYN);
+    for _ in 0..5 {
+        five = frames::ipv6_ext(&five, 60, 0);
+    }
+    run(&p, &five);
+
+    assert!(events.drain(&mut got) > 0);
+    let seen: Vec<_> = got
+        .iter()
+        .map(|e| {
+            (
+                FlowEventKind::from_u8(e.kind).unwrap(),
+                e.proto,
+                TcpState::from_u8(e.state).unwrap(),
+                e.src_port,
+                e.src.is_ipv6(),
+            )
+        })
+        .collect();
+    use FlowEventKind::{New, StateChange};
+    assert_eq!(
+        seen,
+        vec![
+            (New, 6, TcpState::SynSent, 40000, true),
+            (StateChange, 6, TcpState::Established, 40000, true),
+            (StateChange, 6, TcpState::Closing, 40000, true),
+            (StateChange, 6, TcpState::Closed, 40000, true),
+            (New, 17, TcpState::Active, 5353, true),
+            (New, 58, TcpState::Active, 77, true),
+            (New, 6, TcpState::SynSent, 40000, false),
+            (New, 6, TcpState::SynSent, 41000, true),
+            (New, 6, TcpState::SynSent, 41001, true),
+            (New, 6, TcpState::SynSent, 41002, true),
+            (New, 6, TcpState::SynSent, 42000, true),
+            (New, 6, TcpState::SynSent, 44000, true),
+        ]
+    );
+    // The original direction's tuple, whichever endpoint sorts lower.
+    for e in got.iter().filter(|e| e.src.is_ipv6()) {
+        assert_eq!(e.src, IpAddr::V6(c6), "{e:?}");
+        assert_eq!(e.dst, IpAddr::V6(s6), "{e:?}");
+    }
+    assert_eq!(got[0].dst_port, 443);
+    assert_eq!(got[3].packets, 15, "SYN, SYN-ACK, ACK, 10 data, 2 FINs");
+    assert_eq!(got[5].dst_port, 77, "ICMPv6 echo: the id as both ports");
+
+    let snap = Snapshot::read(&p.instance, 20).unwrap();
+    assert_eq!(snap.flow_count, 9, "8 IPv6 flows and an IPv4 one");
+    assert!(
+        snap.top_flows
+            .iter()
+            .any(|f| f.proto == "tcp" && f.hi == "[2001:db8::10]:40000" && f.state == "closed"),
+        "{:?}",
+        snap.top_flows
+    );
+    assert_eq!(counter(&snap.data_verdicts, "flow_new"), 9);
+    assert_eq!(counter(&snap.data_verdicts, "flow_state_change"), 3);
+    assert_eq!(counter(&snap.data_verdicts, "ringbuf_full"), 0);
 }
