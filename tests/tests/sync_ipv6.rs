@@ -1,7 +1,7 @@
-//! State sync of IPv6 connections (issue 16), on the failover lab with IPv6
-//! addresses of its own (no IPv6 VIPs: the client and the server route
-//! through fw1's interface addresses) and the stateful `inet` ruleset on both
-//! firewalls:
+//! State sync of IPv6 connections (issue 16), on the failover lab with its
+//! IPv6 addressing (`add_ipv6`: the client's gateway the LAN's link-local
+//! VIP, the server's the WAN's global VIP, both in an IPv6 instance), and
+//! the stateful `inet` ruleset on both firewalls:
 //!
 //! - TCP connections forwarded by fw1 appear in fw2's kernel conntrack,
 //!   ESTABLISHED and assured (XDP's IPv6 events, enriched through
@@ -9,10 +9,10 @@
 //! - connections opened while fw2's agent is down reach fw2 by the bulk
 //!   resync of its return (the XDP IPv6 table read against an AF_UNSPEC
 //!   dump);
-//! - after a hard crash of fw1 (agent killed, links down) and the routes
-//!   moved to fw2's addresses, every connection goes on through fw2's
-//!   stateful ruleset (strict TCP tracking: only a replicated entry lets a
-//!   segment through).
+//! - after a hard crash of fw1 (agent killed, links down) fw2 takes the
+//!   IPv6 VIPs, its NAs move the hosts, and every connection goes on
+//!   through fw2's stateful ruleset (strict TCP tracking: only a
+//!   replicated entry lets a segment through).
 
 use std::{
     io::{Read as _, Write as _},
@@ -21,57 +21,9 @@ use std::{
 };
 
 use ha_tests::{
-    AgentSpec, RunningAgent, SyncKey, failover_lab, links_down_at_once, start_pair,
-    stateful_firewall, wait_for,
+    AgentSpec, CLIENT6 as CLIENT, Family, RunningAgent, SERVER6 as SERVER, SyncKey, add_ipv6,
+    failover_lab, links_down_at_once, start_pair, stateful_firewall, wait_for,
 };
-
-const SERVER: &str = "2001:db8:1::10";
-const CLIENT: &str = "2001:db8::10";
-
-/// IPv6 on the lab: fw1 `::2`, fw2 `::3` on both data networks, forwarding;
-/// the client and the server route through fw1.
-fn ipv6_addresses(lab: &ha_lab::Lab) {
-    for (fw, n) in [("fw1", 2), ("fw2", 3)] {
-        for (dev, net) in [("lan0", "2001:db8:0"), ("wan0", "2001:db8:1")] {
-            let cidr = format!("{net}::{n}/64");
-            lab.ip(
-                fw,
-                "IPv6 address",
-                &["-6", "addr", "add", &cidr, "dev", dev, "nodad"],
-            )
-            .unwrap();
-        }
-        lab.sysctl(fw, "net.ipv6.conf.all.forwarding", "1").unwrap();
-    }
-    for (ns, cidr) in [
-        ("client", "2001:db8::10/64"),
-        ("server", "2001:db8:1::10/64"),
-    ] {
-        lab.ip(
-            ns,
-            "IPv6 address",
-            &["-6", "addr", "add", cidr, "dev", "eth0", "nodad"],
-        )
-        .unwrap();
-    }
-    route_through(lab, 2);
-}
-
-/// The client's and the server's IPv6 routes through firewall `n` (2: fw1,
-/// 3: fw2).
-fn route_through(lab: &ha_lab::Lab, n: u8) {
-    for (ns, dest, via) in [
-        ("client", "2001:db8:1::/64", format!("2001:db8::{n}")),
-        ("server", "2001:db8::/64", format!("2001:db8:1::{n}")),
-    ] {
-        lab.ip(
-            ns,
-            "IPv6 route",
-            &["-6", "route", "replace", dest, "via", &via],
-        )
-        .unwrap();
-    }
-}
 
 /// fw2's IPv6 TCP entries to `port`, as `conntrack -L -f ipv6` prints them.
 fn fw2_entries(lab: &ha_lab::Lab, port: u16) -> Vec<String> {
@@ -201,11 +153,12 @@ fn ipv6_connections_are_synced_resynced_and_survive_a_hard_crash() {
     for fw in ["fw1", "fw2"] {
         stateful_firewall(&lab, fw, None);
     }
-    ipv6_addresses(&lab);
+    add_ipv6(&lab);
     let key = SyncKey::new("ipv6", [16u8; 32]);
     let ha_extra = key.ha_extra();
     let (a1, mut a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
         ha_extra: ha_extra.clone(),
+        family: Family::Ipv6,
         ..spec
     });
     let in_sync = |a: &RunningAgent| a.status().and_then(|s| s.sync).is_some_and(|s| s.in_sync);
@@ -256,12 +209,14 @@ fn ipv6_connections_are_synced_resynced_and_survive_a_hard_crash() {
     );
     println!("bulk resync: {LIVE}/{LIVE} and {LATER}/{LATER} on fw2");
 
-    // Hard crash of fw1: its agent killed and its links down at once; the
-    // client and the server now route through fw2, whose strict stateful
-    // ruleset passes only what it has entries for.
+    // Hard crash of fw1: its agent killed and its links down at once; fw2
+    // takes the IPv6 VIPs, whose strict stateful ruleset passes only what
+    // it has entries for.
     a1.signal(libc::SIGKILL);
     links_down_at_once(&lab, "fw1", &["ha0", "lan0", "wan0"]);
-    route_through(&lab, 3);
+    wait_for("fw2 MASTER", Duration::from_secs(5), || {
+        a2.role().as_deref() == Some("MASTER")
+    });
     for (i, c) in live.iter_mut().chain(later.iter_mut()).enumerate() {
         echo(c, format!("after the crash {i}").as_bytes());
     }
@@ -283,8 +238,11 @@ fn without_replication_ipv6_connections_die() {
     for fw in ["fw1", "fw2"] {
         stateful_firewall(&lab, fw, None);
     }
-    ipv6_addresses(&lab);
-    let (a1, _a2) = start_pair(&mut lab, 10, |spec| spec);
+    add_ipv6(&lab);
+    let (a1, a2) = start_pair(&mut lab, 10, |spec| AgentSpec {
+        family: Family::Ipv6,
+        ..spec
+    });
     wait_for("roles", Duration::from_secs(10), || {
         a1.role().as_deref() == Some("MASTER")
     });
@@ -293,7 +251,9 @@ fn without_replication_ipv6_connections_die() {
     let mut conns = connect(&lab, 8092, N);
     a1.signal(libc::SIGKILL);
     links_down_at_once(&lab, "fw1", &["ha0", "lan0", "wan0"]);
-    route_through(&lab, 3);
+    wait_for("fw2 MASTER", Duration::from_secs(5), || {
+        a2.role().as_deref() == Some("MASTER")
+    });
     let mut survived = 0;
     for c in &mut conns {
         c.set_read_timeout(Some(Duration::from_millis(1500)))
