@@ -492,7 +492,7 @@ pub fn run(bin: &Path) {
         None,
     );
     assert!(
-        text(&bad).contains("vip 10.0.0.300/24 on lan0: invalid IPv4 address"),
+        text(&bad).contains("vip 10.0.0.300/24 on lan0: invalid IPv4 or IPv6 address"),
         "{}",
         text(&bad)
     );
