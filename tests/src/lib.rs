@@ -1085,7 +1085,10 @@ impl LinksDown {
     }
 }
 
-/// A stateful firewall ruleset as operators run it (naming keepalived's
+/// A stateful firewall ruleset as operators run it, for both families (an
+/// `inet` table; ICMPv6 to the firewall accepted, as neighbour discovery
+/// needs: conntrack leaves NS/NA untracked, so no `ct state` rule passes
+/// them) (naming keepalived's
 /// `use_vmac` macvlans too, through which its master receives and sends
 /// when the lab runs it with them): established/related
 /// accepted, new connections only from the LAN, invalid dropped, strict TCP
@@ -1103,6 +1106,7 @@ pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv
     iifname \"lo\" accept
     iifname \"ha0\" accept
     ip protocol icmp accept
+    meta l4proto ipv6-icmp accept
   }
   chain forward {
     type filter hook forward priority filter; policy drop;
@@ -1133,10 +1137,29 @@ pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv
 /// Connections in `ns`'s kernel conntrack whose original destination port is
 /// `dport` (TCP).
 pub fn conntrack_count(lab: &ha_lab::Lab, ns: &str, dport: u16) -> usize {
+    conntrack_count_of(lab, ns, dport, false)
+}
+
+/// [`conntrack_count`] of IPv6 connections if `ipv6` (`conntrack -L` lists
+/// IPv4 only unless told `-f ipv6`).
+pub fn conntrack_count_of(lab: &ha_lab::Lab, ns: &str, dport: u16, ipv6: bool) -> usize {
     let port = dport.to_string();
-    lab.exec(ns, &["conntrack", "-L", "-p", "tcp", "--dport", &port])
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-        .unwrap_or(0)
+    let family = if ipv6 { "ipv6" } else { "ipv4" };
+    lab.exec(
+        ns,
+        &[
+            "conntrack",
+            "-L",
+            "-f",
+            family,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+        ],
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+    .unwrap_or(0)
 }
 
 /// A state-sync key file for a test, removed on drop (panics included).
