@@ -1003,6 +1003,14 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         let gw = gw.join().unwrap_or_default();
         let vip = vip.join().unwrap_or_default();
         let arp = arp.join().unwrap_or_default();
+        if arp.is_empty() {
+            // No answer at all is a sampler that did not work (the VIP is
+            // answered for before the fault), not a clean record.
+            run.notes.push(format!(
+                "the {} sampler got no answers: dual ownership not measured",
+                if at.lan_vip.is_ipv6() { "NS" } else { "ARP" }
+            ));
+        }
         if let Some(gw4) = gw4 {
             let gw4 = gw4.join().unwrap_or_default();
             run.ipv4_outage_ms = Some(longest_gap(&gw4, fault - Duration::from_millis(50), end));
