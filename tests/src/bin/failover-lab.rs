@@ -25,7 +25,7 @@ use ha_lab::{
 };
 use ha_tests::{
     AgentSpec, Family, Keepalived, RunningAgent, SyncKey, add_ipv6, agent_bin, conntrack_count,
-    conntrack_count_of, failover_lab, links_down_at_once, percentile, stateful_firewall,
+    failover_lab, links_down_at_once, percentile, stateful_firewall,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -754,12 +754,12 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         run.tcp_total = fleet.len();
         if system == System::Agent {
             let _ = wait("replication", Duration::from_secs(5), || {
-                conntrack_count_of(lab_ref, "fw2", 9001, server_tcp.is_ipv6()) >= run.tcp_total
+                conntrack_count(lab_ref, "fw2", 9001) >= run.tcp_total
             });
         } else {
             std::thread::sleep(Duration::from_millis(500));
         }
-        run.flows_replicated = conntrack_count_of(lab_ref, "fw2", 9001, server_tcp.is_ipv6());
+        run.flows_replicated = conntrack_count(lab_ref, "fw2", 9001);
         if scenario == Scenario::Return {
             // The old master crashed a while ago; the peer serves.
             links_down_at_once(lab_ref, "fw1", &["ha0", "lan0", "wan0"]);
