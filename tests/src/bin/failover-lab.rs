@@ -1113,6 +1113,10 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             };
         }
         let mut observed = Some(0u64);
+        // Each node's transitions during the run, with their reasons: in the
+        // notes for the attacks and stalls, and for any run with more than
+        // its fault must cause (so a rare one can be read afterwards).
+        let mut detail: Vec<String> = Vec::new();
         for (i, node) in [&n1, &n2].into_iter().enumerate() {
             if replaced[i] {
                 continue;
@@ -1136,9 +1140,11 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 _ => now.zip(base[i]).map(|(n, b)| n.saturating_sub(b)),
             };
             observed = observed.zip(delta).map(|(o, d)| o + d);
-            if (scenario.attack() || scenario == Scenario::Stall) && delta.is_some_and(|d| d > 0) {
+            if delta.is_some_and(|d| d > 0) {
                 let why = match node {
+                    // A crashed agent's last status file.
                     Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
+                        .or_else(|| a.status())
                         .map(|s| {
                             s.transitions
                                 .iter()
@@ -1156,12 +1162,18 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                         entered[entered.len() - d..].join(", ")
                     }
                 };
-                run.notes.push(format!(
+                detail.push(format!(
                     "fw{} transitions during the run: {} {why}",
                     i + 1,
                     delta.unwrap_or(0),
                 ));
             }
+        }
+        let unexpected = observed
+            .zip(scenario.expected_transitions(system))
+            .is_some_and(|(o, e)| o > e);
+        if scenario.attack() || scenario == Scenario::Stall || unexpected {
+            run.notes.append(&mut detail);
         }
         if std::env::var_os("HATEST_DEBUG").is_some()
             && let (Node::Agent(a1), Node::Agent(a2)) = (&n1, &n2)
