@@ -1,8 +1,10 @@
 //! Sync frames (`ha_agent::sync::frame`) and records (`sync::record`):
 //! `Crypto::open` of arbitrary datagrams, and of datagrams sealed under the
 //! fuzz key around arbitrary plaintext (to reach the record parser behind
-//! the AEAD); `Record::parse` of arbitrary bytes. Nothing panics, and what
-//! opens re-seals to a frame that opens to the same header and records.
+//! the AEAD); `Record::parse` of arbitrary bytes, IPv4 (32-byte) and IPv6
+//! (80-byte) records alike, laid end to end. Nothing panics, and what opens
+//! re-seals to a frame that opens to the same header and records; a record
+//! that parses re-emits to the same bytes but its reserved ones.
 #![no_main]
 
 use chacha20poly1305::{
@@ -11,7 +13,7 @@ use chacha20poly1305::{
 };
 use ha_agent::sync::{
     frame::{Crypto, HEADER_LEN},
-    record::{RECORD_LEN, Record},
+    record::{RECORD_LEN, RECORD6_LEN, Record},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -38,13 +40,22 @@ fuzz_target!(|data: &[u8]| {
         d.extend_from_slice(&sealed);
         check_open(&crypto, &d);
     }
-    for chunk in data.chunks(RECORD_LEN) {
-        if let Ok(r) = Record::parse(chunk) {
-            let mut out = [0u8; RECORD_LEN];
-            r.emit(&mut out);
-            assert_eq!(out[..28], chunk[..28]);
-            assert_eq!(Record::parse(&out), Ok(r));
-        }
+    // Records end to end, each read where the last one ended, as a frame's
+    // plaintext is.
+    let mut rest = data;
+    while let Ok((r, len)) = Record::parse(rest) {
+        assert!(len == RECORD_LEN || len == RECORD6_LEN);
+        assert_eq!(r.wire_len(), len);
+        let mut out = [0u8; RECORD6_LEN];
+        r.emit(&mut out);
+        assert_eq!(out[..len - 4], rest[..len - 4]);
+        assert_eq!(Record::parse(&out[..len]), Ok((r, len)));
+        rest = &rest[len..];
+    }
+    if let Ok(records) = Record::parse_all(data) {
+        let mut again = Vec::new();
+        Record::emit_all(&records, &mut again);
+        assert_eq!(again.len(), data.len());
     }
 });
 

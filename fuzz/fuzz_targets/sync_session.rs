@@ -5,7 +5,10 @@
 //! rejection is counted; no frame it sends exceeds the MTU.
 #![no_main]
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use arbitrary::Arbitrary;
 use ha_agent::sync::{
@@ -54,7 +57,20 @@ enum Op {
     ResyncB,
 }
 
+/// Record `i`: IPv4, or IPv6 for every third (frames carry both, packed
+/// by size).
 fn rec(i: u16) -> Record {
+    if i % 3 == 2 {
+        return Record::plain(
+            RecordKind::Upsert,
+            6,
+            2,
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i),
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 10),
+            i,
+            443,
+        );
+    }
     Record::plain(
         RecordKind::Upsert,
         6,

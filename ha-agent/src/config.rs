@@ -348,6 +348,11 @@ pub struct GroupConfig {
     pub garp_count: u32,
     #[serde(default = "default_garp_interval_ms")]
     pub garp_interval_ms: u64,
+    /// While master, announce the VIPs again every this many ms (0: only
+    /// at takeover; keepalived's `vrrp_garp_master_refresh`). With `vmac`,
+    /// it keeps the switches' entry for the virtual MAC from ageing out.
+    #[serde(default)]
+    pub garp_refresh_ms: u64,
     /// Interfaces whose link state lowers priority (weight) or faults the group (weight 0).
     #[serde(default)]
     pub track: Vec<TrackConfig>,
@@ -688,11 +693,21 @@ impl Config {
             }
         }
         let mut vrids = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeSet::new();
         for g in &self.groups {
             if g.instances.is_empty() {
                 return Err(bad(
                     format!("group {}", g.name),
                     "has no vrrp instance".into(),
+                ));
+            }
+            if g.garp_refresh_ms != 0 && !(1_000..=86_400_000).contains(&g.garp_refresh_ms) {
+                return Err(bad(
+                    format!("group {} garp_refresh_ms", g.name),
+                    format!(
+                        "{}: 0 (off) or 1000 to 86400000 (a second to a day)",
+                        g.garp_refresh_ms
+                    ),
                 ));
             }
             for i in &g.instances {
@@ -723,6 +738,15 @@ impl Config {
                         .map_err(|p| bad(format!("vip {} on {}", v.address, v.iface), p))?;
                 }
                 let vips = i.parsed_vips();
+                for v in &vips {
+                    // The gate knows a VIP by its address alone.
+                    if !addrs.insert(v.addr) {
+                        return Err(bad(
+                            format!("vip {} on {}", v.addr, v.iface),
+                            "listed twice: a VIP address may appear once (a link-local one too: give each interface its own, fe80::1 on lan0, fe80::2 on wan0)".into(),
+                        ));
+                    }
+                }
                 let v6 = vips.iter().filter(|v| v.addr.is_ipv6()).count();
                 if v6 != 0 && v6 != vips.len() {
                     return Err(bad(
@@ -730,10 +754,14 @@ impl Config {
                         "mixes IPv4 and IPv6 addresses: an instance advertises one family (RFC 9568); put the IPv6 VIPs in an instance of their own, in the same group to move together".into(),
                     ));
                 }
-                if v6 != 0 && i.vmac {
+                if v6 != 0
+                    && !vips
+                        .iter()
+                        .any(|v| matches!(v.addr, IpAddr::V6(a) if a.is_unicast_link_local()))
+                {
                     return Err(bad(
-                        field("vmac"),
-                        "the IPv6 virtual MAC (00:00:5e:00:02:<vrid>) is not supported yet: an IPv6 instance is announced with unsolicited neighbour advertisements from the interface's MAC".into(),
+                        field("vips"),
+                        "an IPv6 instance needs a link-local VIP (RFC 9568 section 5.2.9: the first address of its adverts; hosts' router advertisements name the gateway by it): add e.g. { iface = \"lan0\", address = \"fe80::1/64\" }".into(),
                     ));
                 }
                 if v6 != 0 && self.ha.peers.len() != 1 {
@@ -926,6 +954,8 @@ impl Config {
                     tracks: g.tracks(),
                     garp_count: g.garp_count,
                     garp_interval: Duration::from_millis(g.garp_interval_ms),
+                    garp_refresh: (g.garp_refresh_ms > 0)
+                        .then(|| Duration::from_millis(g.garp_refresh_ms)),
                 })
                 .collect(),
             // Filled in by the agent: the keys are read from files, the
@@ -950,9 +980,18 @@ impl Config {
             preempt: i.preempt,
             preempt_delay: Duration::from_millis(i.preempt_delay_ms),
             local_addr: self.ha.address,
-            vips: i.parsed_vips().into_iter().map(|v| v.addr).collect(),
+            vips: advertised(i),
         }
     }
+}
+
+/// An instance's VIPs in advert order: an IPv6 instance's link-local ones
+/// first (RFC 9568 section 5.2.9: the first address is the virtual
+/// router's link-local address), the rest as listed.
+fn advertised(i: &InstanceConfig) -> Vec<IpAddr> {
+    let mut vips: Vec<IpAddr> = i.parsed_vips().into_iter().map(|v| v.addr).collect();
+    vips.sort_by_key(|a| !matches!(a, IpAddr::V6(a) if a.is_unicast_link_local()));
+    vips
 }
 
 impl InstanceConfig {
@@ -993,8 +1032,8 @@ pub fn parse_mgmt(s: &str) -> Result<(u8, u16), String> {
 
 /// Validates a VIP: an IPv4 or IPv6 address with a prefix length (32 or
 /// 128 when none). An IPv6 VIP is a unicast address a host may use as its
-/// gateway or service address: not link-local (each node has its own),
-/// multicast, loopback or unspecified.
+/// gateway or service address (a link-local one too: the virtual router's,
+/// RFC 9568): not multicast, loopback or unspecified.
 pub fn parse_vip(v: &VipConfig) -> Result<Vip, String> {
     let (addr, prefix) = match v.address.split_once('/') {
         Some((a, p)) => (a, Some(p)),
@@ -1013,10 +1052,10 @@ pub fn parse_vip(v: &VipConfig) -> Result<Vip, String> {
             .ok_or_else(|| "invalid prefix length".to_owned())?,
     };
     if let IpAddr::V6(a) = addr
-        && (a.is_unicast_link_local() || a.is_multicast() || a.is_loopback() || a.is_unspecified())
+        && (a.is_multicast() || a.is_loopback() || a.is_unspecified())
     {
         return Err(format!(
-            "{a} is not a usable IPv6 VIP (link-local, multicast, loopback or unspecified)"
+            "{a} is not a usable IPv6 VIP (multicast, loopback or unspecified)"
         ));
     }
     if v.iface.is_empty() || v.iface.len() > 15 {
@@ -1115,7 +1154,7 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
     fn ipv6_vips_go_in_an_instance_of_their_own() {
         let v6 = GOOD
             .replace("10.0.0.1/24", "2001:db8::1/64")
-            .replace("203.0.113.1/24", "2001:db8:1::1/64");
+            .replace("203.0.113.1/24", "fe80::1/64");
         let c = parse(&v6).unwrap();
         assert!(c.has_ipv6_instances());
         let vip = &c.groups[0].instances[0].parsed_vips()[0];
@@ -1123,10 +1162,24 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             (vip.addr.to_string(), vip.prefix),
             ("2001:db8::1".into(), 64)
         );
+        let m = c.machine_config(&c.groups[0].instances[0]);
+        assert_eq!(m.family(), ha_core::vrrp::wire::Family::V6);
         assert_eq!(
-            c.machine_config(&c.groups[0].instances[0]).family(),
-            ha_core::vrrp::wire::Family::V6
+            m.vips,
+            vec![
+                "fe80::1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ],
+            "the link-local first"
         );
+        let err = parse(&v6.replace("fe80::1/64", "2001:db8:1::1/64"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a link-local VIP"), "{err}");
+        let err = parse(&v6.replace("fe80::1/64", "2001:db8::1/64"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listed twice"), "{err}");
         let bare = parse(&v6.replace("2001:db8::1/64", "2001:db8::1")).unwrap();
         assert_eq!(bare.groups[0].instances[0].parsed_vips()[0].prefix, 128);
         assert!(!parse(GOOD).unwrap().has_ipv6_instances());
@@ -1134,11 +1187,14 @@ vips = [{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address =
             .unwrap_err()
             .to_string();
         assert!(err.contains("mixes IPv4 and IPv6"), "{err}");
-        let err = parse(&v6.replace("vrid = 51", "vrid = 51\nvmac = true"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("IPv6 virtual MAC"), "{err}");
-        for bad in ["fe80::1/64", "ff02::1", "::1", "::", "2001:db8::1/129"] {
+        assert!(
+            parse(&v6.replace("vrid = 51", "vrid = 51\nvmac = true"))
+                .unwrap()
+                .groups[0]
+                .instances[0]
+                .vmac
+        );
+        for bad in ["ff02::1", "::1", "::", "2001:db8::1/129"] {
             let e = parse(&v6.replace("2001:db8::1/64", bad))
                 .unwrap_err()
                 .to_string();

@@ -15,8 +15,9 @@
 //! ND is recognised only as the IPv6 header's direct next header: an NS for
 //! a VIP goes to the target's solicited-node multicast address, so it is
 //! judged by its target before any destination check; ND behind extension
-//! headers is judged by destination only (see `ha_data`'s `gate6`). Untagged heartbeat frames (`heartbeat::ETHERTYPE`) go to
-//! the reflector first ([`DataVerdict::Heartbeat`]).
+//! headers is judged by destination only (see `ha_data`'s `gate6`).
+//! Untagged heartbeat frames (`heartbeat::ETHERTYPE`) go to the reflector
+//! first ([`DataVerdict::Heartbeat`]).
 //!
 //! A VIP of an instance with a virtual MAC ([`VIP_FLAG_VMAC`], RFC 9568
 //! section 7.3: `00-00-5E-00-01-{VRID}`) is answered by the program itself:
@@ -24,7 +25,10 @@
 //! (`XDP_TX`), and frames to the virtual MAC are readdressed to the
 //! interface's own MAC (`heartbeat::MACS_MAP`) and go on through the gate;
 //! elsewhere, frames to it are dropped. Clients then never learn a node's
-//! MAC for the VIP, and a takeover needs no ARP change on them.
+//! MAC for the VIP, and a takeover needs no ARP change on them. An IPv6
+//! instance's is `00-00-5E-00-02-{VRID}` ([`vmac6`], keyed apart with
+//! [`VMAC_KEY_V6`]): the owner answers a host's Neighbor Solicitation for
+//! the VIP with an advertisement naming it ([`DataVerdict::NaReplyVmac`]).
 
 use crate::impl_pod;
 
@@ -66,10 +70,27 @@ pub const fn vmac(vrid: u8) -> [u8; 6] {
     [0x00, 0x00, 0x5e, 0x00, 0x01, vrid]
 }
 
-/// The IPv6 VRRP virtual MAC of `vrid` (RFC 9568 section 7.3). Not used by
-/// the gate yet: the agent refuses a virtual MAC for IPv6 VIPs.
+/// The IPv6 VRRP virtual MAC of `vrid` (RFC 9568 section 7.3).
 pub const fn vmac6(vrid: u8) -> [u8; 6] {
     [0x00, 0x00, 0x5e, 0x00, 0x02, vrid]
+}
+
+/// [`VmacKey::vrid`] of an IPv6 virtual MAC: the VRID plus this (an IPv4
+/// and an IPv6 instance may share a VRID number: they are other routers).
+pub const VMAC_KEY_V6: u32 = 0x100;
+
+/// The [`VmacKey::vrid`] of a VRRP virtual MAC, IPv4 or IPv6, if `mac` is
+/// one.
+#[inline(always)]
+pub const fn vmac_key_vrid(mac: &[u8; 6]) -> Option<u32> {
+    if mac[0] != 0x00 || mac[1] != 0x00 || mac[2] != 0x5e || mac[3] != 0x00 {
+        return None;
+    }
+    match mac[4] {
+        0x01 => Some(mac[5] as u32),
+        0x02 => Some(mac[5] as u32 | VMAC_KEY_V6),
+        _ => None,
+    }
 }
 
 /// The VRID of an IPv4 VRRP virtual MAC, if `mac` is one.
@@ -105,7 +126,8 @@ pub struct VipEntry {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VmacKey {
     pub ifindex: u32,
-    /// The VRID (the MAC's last byte), as a u32.
+    /// The VRID (the MAC's last byte), as a u32, plus [`VMAC_KEY_V6`] for
+    /// the IPv6 virtual MAC.
     pub vrid: u32,
 }
 
@@ -223,10 +245,14 @@ pub enum DataVerdict {
     DropNdNotOwner = 19,
     /// IPv6 to a VIP we do not own.
     DropIpv6NotOwner = 20,
+    /// A Neighbor Solicitation for a virtual-MAC IPv6 VIP we own, answered
+    /// by XDP with an advertisement naming the IPv6 virtual MAC
+    /// (`XDP_TX`).
+    NaReplyVmac = 21,
 }
 
 /// Number of [`DataVerdict`]s.
-pub const DATA_VERDICTS: u32 = 21;
+pub const DATA_VERDICTS: u32 = 22;
 
 impl DataVerdict {
     /// Every counter in index order.
@@ -252,6 +278,7 @@ impl DataVerdict {
         DataVerdict::PassIpv6Owner,
         DataVerdict::DropNdNotOwner,
         DataVerdict::DropIpv6NotOwner,
+        DataVerdict::NaReplyVmac,
     ];
 
     /// A short name for operators.
@@ -278,6 +305,7 @@ impl DataVerdict {
             DataVerdict::PassIpv6Owner => "pass_ipv6_owner",
             DataVerdict::DropNdNotOwner => "drop_nd_not_owner",
             DataVerdict::DropIpv6NotOwner => "drop_ipv6_not_owner",
+            DataVerdict::NaReplyVmac => "na_reply_vmac",
         }
     }
 }
@@ -311,5 +339,8 @@ mod tests {
         assert_eq!(vmac6(255), [0, 0, 0x5e, 0, 2, 255]);
         assert_ne!(vmac6(7), vmac(7));
         assert_eq!(vmac_vrid(&vmac6(7)), None);
+        assert_eq!(vmac_key_vrid(&vmac(7)), Some(7));
+        assert_eq!(vmac_key_vrid(&vmac6(7)), Some(7 | VMAC_KEY_V6));
+        assert_eq!(vmac_key_vrid(&[0, 0, 0x5e, 0, 3, 7]), None);
     }
 }

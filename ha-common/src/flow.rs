@@ -8,6 +8,12 @@
 //!
 //! Events grow with flow churn, not packets: one when a flow appears, one per TCP
 //! state change, and a refresh when a flow stays active past the refresh interval.
+//!
+//! IPv6 flows have a table and an event of their own ([`FlowKey6`] in
+//! [`FLOWS6_MAP`], [`FlowEvent6`]), so the IPv4 path keeps its 16-byte keys and
+//! 48-byte events. Both kinds of event share the ring buffer [`EVENTS_MAP`]; the
+//! agent tells them apart by the record's length and checks the `family` byte
+//! ([`FAMILY_V4`], [`FAMILY_V6`]) that sits in both.
 
 use crate::impl_pod;
 
@@ -15,6 +21,9 @@ use crate::impl_pod;
 pub const FLOWS_MAP: &str = "HA_FLOWS";
 /// `RingBuf` of [`FlowEvent`]s to the agent.
 pub const EVENTS_MAP: &str = "HA_FLOW_EVENTS";
+/// `LruHashMap<FlowKey6, FlowState>`: the IPv6 flow table, sized as
+/// [`FLOWS_MAP`] (kernel conntrack's limit counts both families).
+pub const FLOWS6_MAP: &str = "HA_FLOWS6";
 /// Entries in the flow table.
 pub const MAX_FLOWS: u32 = 262_144;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -24,6 +33,12 @@ pub const EVENTS_BYTES: u32 = 4 << 20;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// [`FlowEvent::family`]: an IPv4 flow.
+pub const FAMILY_V4: u8 = 4;
+/// [`FlowEvent6::family`]: an IPv6 flow.
+pub const FAMILY_V6: u8 = 6;
 
 /// Direction-normalised 5-tuple. For ICMP echo both ports are the echo id.
 #[repr(C)]
@@ -222,7 +237,8 @@ pub struct FlowEvent {
     pub state: u8,
     /// [`FlowEventKind`] as a byte.
     pub kind: u8,
-    pub _pad: u8,
+    /// [`FAMILY_V4`] (was zero padding before IPv6 events existed).
+    pub family: u8,
     /// Ingress interface index of the packet that triggered the event.
     pub ifindex: u32,
 }
@@ -240,7 +256,144 @@ impl FlowEvent {
     }
 }
 
-impl_pod!(FlowKey, FlowState, FlowEvent);
+/// Direction-normalised 5-tuple of an IPv6 flow: [`FlowKey`] with 16-byte
+/// addresses (network order, as in the packet). For ICMPv6 echo both ports are
+/// the echo id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey6 {
+    /// Lower endpoint's address.
+    pub lo_addr: [u8; 16],
+    /// Higher endpoint's address.
+    pub hi_addr: [u8; 16],
+    /// Lower endpoint's port, host order.
+    pub lo_port: u16,
+    /// Higher endpoint's port, host order.
+    pub hi_port: u16,
+    /// IP protocol ([`PROTO_TCP`], [`PROTO_UDP`], [`PROTO_ICMPV6`]).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One direction of an IPv6 flow: addresses in network order, ports in host
+/// order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints6 {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// The address as two numbers in host order (high half first): comparing the
+/// pairs compares the addresses, without a `memcmp` (none in BPF).
+#[inline(always)]
+const fn halves(a: &[u8; 16]) -> (u64, u64) {
+    (
+        u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    )
+}
+
+impl FlowKey6 {
+    /// [`FlowKey::normalised`] for IPv6: the endpoint whose address (then
+    /// port) sorts lower is `lo`.
+    #[inline(always)]
+    pub const fn normalised(proto: u8, e: Endpoints6) -> (FlowKey6, bool) {
+        let (s0, s1) = halves(&e.src_addr);
+        let (d0, d1) = halves(&e.dst_addr);
+        let from_lo = s0 < d0 || (s0 == d0 && (s1 < d1 || (s1 == d1 && e.src_port <= e.dst_port)));
+        let key = if from_lo {
+            FlowKey6 {
+                lo_addr: e.src_addr,
+                hi_addr: e.dst_addr,
+                lo_port: e.src_port,
+                hi_port: e.dst_port,
+                proto,
+                _pad: [0; 3],
+            }
+        } else {
+            FlowKey6 {
+                lo_addr: e.dst_addr,
+                hi_addr: e.src_addr,
+                lo_port: e.dst_port,
+                hi_port: e.src_port,
+                proto,
+                _pad: [0; 3],
+            }
+        };
+        (key, from_lo)
+    }
+
+    /// The flow in its original direction (the inverse of
+    /// [`FlowKey6::normalised`]).
+    #[inline(always)]
+    pub const fn oriented(&self, lo_is_origin: bool) -> Endpoints6 {
+        if lo_is_origin {
+            Endpoints6 {
+                src_addr: self.lo_addr,
+                dst_addr: self.hi_addr,
+                src_port: self.lo_port,
+                dst_port: self.hi_port,
+            }
+        } else {
+            Endpoints6 {
+                src_addr: self.hi_addr,
+                dst_addr: self.lo_addr,
+                src_port: self.hi_port,
+                dst_port: self.lo_port,
+            }
+        }
+    }
+}
+
+/// An IPv6 flow's event in the ring buffer (72 bytes): [`FlowEvent`] with
+/// 16-byte addresses. The agent reads a 72-byte record whose `family` is
+/// [`FAMILY_V6`] as one; anything else of that length is malformed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent6 {
+    /// Monotonic ns when emitted.
+    pub ts_ns: u64,
+    /// Packets seen so far.
+    pub packets: u64,
+    /// Bytes seen so far.
+    pub bytes: u64,
+    /// Originator's address, network order.
+    pub src_addr: [u8; 16],
+    /// Responder's address, network order.
+    pub dst_addr: [u8; 16],
+    /// Originator's port (ICMPv6: echo id), host order.
+    pub src_port: u16,
+    /// Responder's port (ICMPv6: echo id), host order.
+    pub dst_port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`TcpState`] as a byte.
+    pub state: u8,
+    /// [`FlowEventKind`] as a byte.
+    pub kind: u8,
+    /// [`FAMILY_V6`].
+    pub family: u8,
+    /// Ingress interface index of the packet that triggered the event.
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+impl FlowEvent6 {
+    /// The flow in its original direction.
+    #[inline(always)]
+    pub const fn endpoints(&self) -> Endpoints6 {
+        Endpoints6 {
+            src_addr: self.src_addr,
+            dst_addr: self.dst_addr,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        }
+    }
+}
+
+impl_pod!(FlowKey, FlowState, FlowEvent, FlowKey6, FlowEvent6);
 
 /// Advances the TCP state for a packet with `tcp_flags` (byte 13 of the TCP
 /// header) sent by the `lo` side (`from_lo`). Shared by the XDP program and the
@@ -391,5 +544,66 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowEvent>(), 48);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<FlowState>(), 48);
+        // IPv6: a key and an event of their own; the family byte at the
+        // same place relative to the protocol in both.
+        assert_eq!(core::mem::size_of::<FlowEvent6>(), 72);
+        assert_eq!(core::mem::size_of::<FlowKey6>(), 40);
+        assert_eq!(core::mem::offset_of!(FlowEvent, family), 39);
+        assert_eq!(core::mem::offset_of!(FlowEvent6, family), 63);
+    }
+
+    #[test]
+    fn ipv6_keys_are_normalised_by_address_then_port() {
+        let mut a = [0u8; 16];
+        a[0] = 0x20;
+        a[1] = 0x01;
+        a[2] = 0x0d;
+        a[3] = 0xb8;
+        let mut b = a;
+        a[15] = 10;
+        // Differs in the low half only, and sorts above `a` there.
+        b[8] = 1;
+        let fwd = Endpoints6 {
+            src_addr: a,
+            dst_addr: b,
+            src_port: 40000,
+            dst_port: 80,
+        };
+        let back = Endpoints6 {
+            src_addr: b,
+            dst_addr: a,
+            src_port: 80,
+            dst_port: 40000,
+        };
+        let (k1, lo1) = FlowKey6::normalised(PROTO_TCP, fwd);
+        let (k2, lo2) = FlowKey6::normalised(PROTO_TCP, back);
+        assert_eq!(k1, k2);
+        assert!(lo1 && !lo2);
+        assert_eq!(k1.oriented(lo1), fwd);
+        assert_eq!(k1.oriented(lo2), back);
+        // The high half decides before the low one.
+        let mut c = a;
+        c[0] = 0x30;
+        c[15] = 0;
+        let (k, lo) = FlowKey6::normalised(
+            PROTO_UDP,
+            Endpoints6 {
+                src_addr: c,
+                dst_addr: b,
+                src_port: 1,
+                dst_port: 2,
+            },
+        );
+        assert!(!lo && k.lo_addr == b);
+        // Same address: the port decides.
+        let same = Endpoints6 {
+            src_addr: a,
+            dst_addr: a,
+            src_port: 2,
+            dst_port: 1,
+        };
+        let (k, lo) = FlowKey6::normalised(PROTO_UDP, same);
+        assert!(!lo && k.lo_port == 1);
+        assert_eq!(k.oriented(lo), same);
     }
 }

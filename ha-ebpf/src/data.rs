@@ -11,13 +11,13 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use ha_common::{
     data::{
-        DATA_FLAG_EMIT_EVERY_PACKET, DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict,
-        MAX_VIPS, MAX_VMACS, Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT,
-        VipEntry, VmacKey, vmac, vmac_vrid,
+        DATA_FLAG_TRACK_FLOWS, DATA_VERDICTS, DataConfig, DataVerdict, MAX_VIPS, MAX_VMACS,
+        Ownership, VIP_FLAG_NO_ACCEPT, VIP_FLAG_VMAC, VIP_VRID_SHIFT, VipEntry, VmacKey, vmac,
+        vmac_key_vrid, vmac6,
     },
     flow::{
-        EVENTS_BYTES, Endpoints, FLOW_LO_IS_ORIGIN, FLOW_SYNACK, FlowEvent, FlowEventKind, FlowKey,
-        FlowState, MAX_FLOWS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TcpState, tcp_next,
+        EVENTS_BYTES, Endpoints, FAMILY_V4, FLOW_LO_IS_ORIGIN, FlowEvent, FlowEventKind, FlowKey,
+        FlowState, MAX_FLOWS, PROTO_ICMP,
     },
 };
 use network_types::{
@@ -26,14 +26,11 @@ use network_types::{
 };
 
 use crate::{
-    hdr::{ArpIpv4, IcmpEcho, NdTarget, TcpPorts, UdpPorts, is_fragment},
+    flow, flow6,
+    hdr::{ArpIpv4, NdTarget, is_fragment},
     heartbeat, now_ns, ptr_at, read,
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 /// 802.1Q and 802.1ad ethertypes as they sit in the header (network order).
 const ETH_P_8021Q: u16 = 0x8100_u16.to_be();
 const ETH_P_8021AD: u16 = 0x88a8_u16.to_be();
@@ -55,17 +52,19 @@ pub(crate) static HA_DATA_OWNERSHIP: Array<Ownership, 1> = Array::new();
 /// (interface, VRID) -> ownership group of the instance using that virtual MAC.
 #[btf_map]
 static HA_DATA_VMACS: HashMap<VmacKey, u32, { MAX_VMACS as usize }> = HashMap::new();
+/// Also read by IPv6 flow tracking (`crate::flow6`).
 #[btf_map]
-static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
+pub(crate) static HA_DATA_CONFIG: Array<DataConfig, 1> = Array::new();
 #[btf_map]
 static HA_DATA_VERDICTS: PerCpuArray<u64, { DATA_VERDICTS as usize }> = PerCpuArray::new();
 #[btf_map]
 static HA_FLOWS: LruHashMap<FlowKey, FlowState, { MAX_FLOWS as usize }> = LruHashMap::new();
+/// Shared with IPv6 flow tracking (`crate::flow6`): one stream of events.
 #[btf_map]
-static HA_FLOW_EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+pub(crate) static HA_FLOW_EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
 
 #[inline(always)]
-fn count(verdict: DataVerdict) {
+pub(crate) fn count(verdict: DataVerdict) {
     if let Some(slot) = HA_DATA_VERDICTS.get_ptr_mut(verdict as u32) {
         // SAFETY: this CPU's slot; per-CPU maps are not shared between CPUs.
         unsafe { *slot += 1 };
@@ -111,7 +110,7 @@ pub fn ha_data(ctx: XdpContext) -> u32 {
             debug!(&ctx, "ha_data: drop, reason {}", verdict as u32);
             xdp_action::XDP_DROP
         }
-        DataVerdict::ArpReplyVmac => xdp_action::XDP_TX,
+        DataVerdict::ArpReplyVmac | DataVerdict::NaReplyVmac => xdp_action::XDP_TX,
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -161,10 +160,10 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     // To a virtual MAC of ours: only the owner takes it, readdressed to the
     // interface's own MAC so the kernel takes it as its own; then gated as
     // any other frame.
-    if let Some(vrid) = vmac_vrid(&eth.dst_addr) {
+    if let Some(vrid) = vmac_key_vrid(&eth.dst_addr) {
         let key = VmacKey {
             ifindex: heartbeat::ingress_ifindex(ctx),
-            vrid: u32::from(vrid),
+            vrid,
         };
         // SAFETY: the pointer comes from a successful lookup and is read at once.
         if let Some(group) = HA_DATA_VMACS.get_ptr(key).map(|p| unsafe { *p }) {
@@ -228,7 +227,7 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
     if ether_type != EtherType::Ipv4 as u16 {
         // Tested after IPv4's, so an IPv4 frame pays nothing for IPv6.
         if ether_type == EtherType::Ipv6 as u16 {
-            return gate6(ctx, l3);
+            return gate6(ctx, l3, &eth.src_addr);
         }
         return DataVerdict::PassNoVip;
     }
@@ -279,8 +278,18 @@ fn gate(ctx: &XdpContext) -> DataVerdict {
 /// solicited-node address passes (`PassNoVip`). Hop limit and code are not
 /// checked: the kernel discards ND without hop limit 255 or with a non-zero
 /// code itself, and judging those by target only drops more on a backup.
+///
+/// On the owner, an NS for a virtual-MAC VIP (`vmac = true`) arriving on
+/// the VIP's interface from a unicast source, in the form a host's address
+/// resolution takes (32 bytes: the source link-layer option and nothing
+/// else) is answered here with an NA naming `00:00:5e:00:02:<vrid>`
+/// ([`answer_ns`]); any other NS (duplicate address detection from `::`,
+/// a unicast reachability probe without options) is left to the kernel,
+/// whose answer carries no link-layer option or is not for a host's entry,
+/// so the host's entry keeps the virtual MAC. `requester`: the frame's
+/// Ethernet source.
 #[inline(always)]
-fn gate6(ctx: &XdpContext, l3: usize) -> DataVerdict {
+fn gate6(ctx: &XdpContext, l3: usize, requester: &[u8; 6]) -> DataVerdict {
     let Ok(ip) = read::<Ipv6Hdr>(ctx, l3) else {
         return DataVerdict::Truncated;
     };
@@ -288,15 +297,36 @@ fn gate6(ctx: &XdpContext, l3: usize) -> DataVerdict {
     if ip.next_hdr == IPPROTO_ICMPV6
         && let Ok(nd) = read::<NdTarget>(ctx, l3 + Ipv6Hdr::LEN)
         && (nd.type_ == ND_NEIGHBOR_SOLICIT || nd.type_ == ND_NEIGHBOR_ADVERT)
-        && let Some(vip) = vip6_of(&nd.target).or(dst_vip)
     {
-        return vip_verdict(
-            vip.group,
-            &ownership(),
-            &mut None,
-            DataVerdict::PassNdOwner,
-            DataVerdict::DropNdNotOwner,
-        );
+        let target = vip6_of(&nd.target);
+        if let Some(vip) = target.or(dst_vip) {
+            let verdict = vip_verdict(
+                vip.group,
+                &ownership(),
+                &mut None,
+                DataVerdict::PassNdOwner,
+                DataVerdict::DropNdNotOwner,
+            );
+            if verdict == DataVerdict::PassNdOwner
+                && nd.type_ == ND_NEIGHBOR_SOLICIT
+                && let Some(t) = target
+                && t.flags & VIP_FLAG_VMAC != 0
+                && t.ifindex == heartbeat::ingress_ifindex(ctx)
+                && ip.src_addr != [0; 16]
+                && u16::from_be_bytes(ip.payload_len) == ND_WITH_LLADDR
+                && answer_ns(
+                    ctx,
+                    l3,
+                    requester,
+                    &ip,
+                    &nd.target,
+                    vmac6((t.flags >> VIP_VRID_SHIFT) as u8),
+                )
+            {
+                return DataVerdict::NaReplyVmac;
+            }
+            return verdict;
+        }
     }
     let own = ownership();
     let mut now = None;
@@ -315,17 +345,15 @@ fn gate6(ctx: &XdpContext, l3: usize) -> DataVerdict {
         },
         None => DataVerdict::PassNoVip,
     };
-    // IPv6 FLOW TRACKING GOES HERE: `track6` (branch v6sync), on the IPv4
-    // path's condition (flows only on an owner with a running lease, never
-    // on a backup; ND for a VIP returned above):
-    //     if matches!(verdict, DataVerdict::PassNoVip | DataVerdict::PassIpv6Owner)
-    //         && own.groups != 0
-    //     {
-    //         let t = *now.get_or_insert_with(now_ns);
-    //         if own.owns_any(t) {
-    //             track6(ctx, &ip, l3, t);
-    //         }
-    //     }
+    // Flow tracking only on the owner (a running lease), never on a
+    // backup, as for IPv4 (ND for a VIP returned above; `track6` leaves
+    // ICMPv6 other than echo alone).
+    if matches!(verdict, DataVerdict::PassNoVip | DataVerdict::PassIpv6Owner) && own.groups != 0 {
+        let t = *now.get_or_insert_with(now_ns);
+        if own.owns_any(t) {
+            flow6::track6(ctx, l3, t);
+        }
+    }
     verdict
 }
 
@@ -385,6 +413,91 @@ fn answer_arp(
     true
 }
 
+/// Bytes of an NS or NA with its one link-layer address option (RFC 4861
+/// sections 4.3, 4.4): 24 + 8.
+const ND_WITH_LLADDR: u16 = 32;
+
+/// Turns the Neighbor Solicitation at `l3` (from `requester`, for
+/// `target`, [`ND_WITH_LLADDR`] bytes whose option is its source link-layer
+/// address) into the solicited Neighbor Advertisement naming `mac`: from
+/// the target to the solicitation's source, hop limit 255, Router,
+/// Solicited and Override set, the target link-layer option; the VLAN tag,
+/// if any, stays. Written field by field in the frame, and checksummed
+/// from it, to keep `ha_data`'s stack small. False if the frame is not
+/// that NS or cannot be written.
+#[inline(always)]
+fn answer_ns(
+    ctx: &XdpContext,
+    l3: usize,
+    requester: &[u8; 6],
+    ip: &Ipv6Hdr,
+    target: &[u8; 16],
+    mac: [u8; 6],
+) -> bool {
+    let (Ok(eth), Ok(hdr), Ok(msg)) = (
+        ptr_at::<[u8; 12]>(ctx, 0),
+        ptr_at::<Ipv6Hdr>(ctx, l3),
+        ptr_at::<NdMessage>(ctx, l3 + Ipv6Hdr::LEN),
+    ) else {
+        return false;
+    };
+    let (eth, hdr, msg) = (eth.cast_mut(), hdr.cast_mut(), msg.cast_mut());
+    // SAFETY: `ptr_at` checked each lies inside the frame, which XDP may
+    // write; all are byte arrays or structs of bytes (alignment 1), each
+    // field written by `write_unaligned` or as a byte.
+    unsafe {
+        // The NS's one option: its source link-layer address, 8 bytes.
+        if (*msg).option != [1, 1] {
+            return false;
+        }
+        eth.cast::<[u8; 6]>().write_unaligned(*requester);
+        eth.cast::<[u8; 6]>().add(1).write_unaligned(mac);
+        (*hdr).vcf = [0x60, 0, 0, 0];
+        (*hdr).hop_limit = 255;
+        (*hdr).dst_addr = ip.src_addr;
+        (*hdr).src_addr = *target;
+        (*msg).type_ = ND_NEIGHBOR_ADVERT;
+        (*msg).code = 0;
+        (*msg).check = [0, 0];
+        (*msg).flags = [0xe0, 0, 0, 0];
+        (*msg).option = [2, 1];
+        (*msg).lladdr = mac;
+        let sum = icmp6_checksum(&*hdr, &*msg);
+        (*msg).check = sum.to_be_bytes();
+    }
+    true
+}
+
+/// An NS or NA with its one link-layer address option, as in the frame.
+#[repr(C)]
+struct NdMessage {
+    type_: u8,
+    code: u8,
+    check: [u8; 2],
+    flags: [u8; 4],
+    target: [u8; 16],
+    option: [u8; 2],
+    lladdr: [u8; 6],
+}
+
+/// The ICMPv6 checksum of `msg` (its checksum field zero) under `ip`'s
+/// addresses (RFC 8200 section 8.1 pseudo-header).
+#[inline(always)]
+fn icmp6_checksum(ip: &Ipv6Hdr, msg: &NdMessage) -> u16 {
+    let word = |b: &[u8], i: usize| u32::from(u16::from_be_bytes([b[2 * i], b[2 * i + 1]]));
+    let mut sum: u32 = u32::from(ND_WITH_LLADDR) + u32::from(IPPROTO_ICMPV6);
+    for i in 0..8 {
+        sum += word(&ip.src_addr, i) + word(&ip.dst_addr, i) + word(&msg.target, i);
+    }
+    sum += u32::from(u16::from_be_bytes([msg.type_, msg.code]));
+    sum += word(&msg.check, 0) + word(&msg.flags, 0) + word(&msg.flags, 1);
+    sum += word(&msg.option, 0);
+    sum += word(&msg.lladdr, 0) + word(&msg.lladdr, 1) + word(&msg.lladdr, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
 /// Records the packet in the flow table and emits an event on a new flow, a TCP
 /// state change, or when a refresh is due.
 #[inline(always)]
@@ -399,53 +512,16 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
     if ihl < Ipv4Hdr::LEN {
         return;
     }
-    let l4 = l3 + ihl;
-    // (source port, destination port, TCP flags, sender is the originator if new)
-    let (sport, dport, tcp_flags, sender_origin) = match ip.proto {
-        PROTO_TCP => {
-            let Ok(t) = read::<TcpPorts>(ctx, l4) else {
-                return;
-            };
-            // A SYN-ACK comes from the responder.
-            let synack = t.flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
-            (
-                u16::from_be_bytes(t.src),
-                u16::from_be_bytes(t.dst),
-                t.flags,
-                !synack,
-            )
-        }
-        PROTO_UDP => {
-            let Ok(u) = read::<UdpPorts>(ctx, l4) else {
-                return;
-            };
-            (
-                u16::from_be_bytes(u.src),
-                u16::from_be_bytes(u.dst),
-                0,
-                true,
-            )
-        }
-        PROTO_ICMP => {
-            let Ok(i) = read::<IcmpEcho>(ctx, l4) else {
-                return;
-            };
-            let id = u16::from_be_bytes(i.id);
-            match i.type_ {
-                8 => (id, id, 0, true),
-                0 => (id, id, 0, false),
-                _ => return,
-            }
-        }
-        _ => return,
+    let Some(p) = flow::l4(ctx, ip.proto, l3 + ihl, PROTO_ICMP, 8, 0) else {
+        return;
     };
     let (key, from_lo) = FlowKey::normalised(
         ip.proto,
         Endpoints {
             src_addr: u32::from_ne_bytes(ip.src_addr),
             dst_addr: u32::from_ne_bytes(ip.dst_addr),
-            src_port: sport,
-            dst_port: dport,
+            src_port: p.sport,
+            dst_port: p.dport,
         },
     );
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -454,63 +530,15 @@ fn track(ctx: &XdpContext, ip: &Ipv4Hdr, l3: usize, now: u64) {
         // SAFETY: a live map value; concurrent updates from other CPUs only race
         // on counters and timestamps.
         let st = unsafe { &mut *st };
-        st.last_ns = now;
-        st.packets += 1;
-        st.bytes += len;
-        let mut kind = None;
-        if ip.proto == PROTO_TCP {
-            let (state, flags) = tcp_next(st.state, st.flags, tcp_flags, from_lo);
-            if state != st.state {
-                if state == TcpState::SynSent as u8 {
-                    // The tuple was reused for a new connection: a new flow.
-                    st.first_ns = now;
-                    st.packets = 1;
-                    st.bytes = len;
-                    kind = Some(FlowEventKind::New);
-                } else {
-                    kind = Some(FlowEventKind::StateChange);
-                }
-                st.state = state;
-            }
-            st.flags = flags;
-        }
-        let refresh_due = cfg.refresh_ns != 0 && now.wrapping_sub(st.emitted_ns) >= cfg.refresh_ns;
-        if kind.is_none() && (refresh_due || cfg.flags & DATA_FLAG_EMIT_EVERY_PACKET != 0) {
-            kind = Some(FlowEventKind::Refresh);
-        }
-        if let Some(kind) = kind
+        if let Some(kind) = flow::advance(st, ip.proto, &p, from_lo, now, len, cfg)
             && emit(ctx, &key, st, kind, cfg.wakeup_bytes)
         {
             st.emitted_ns = now;
         }
         return;
     }
-
-    let mut flags = 0;
-    let state = if ip.proto != PROTO_TCP {
-        TcpState::Active
-    } else if tcp_flags & TCP_SYN != 0 {
-        if tcp_flags & TCP_ACK != 0 {
-            flags = FLOW_SYNACK;
-        }
-        TcpState::SynSent
-    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        // A lone FIN or RST for a flow we never saw: nothing to replicate.
+    let Some(mut st) = flow::fresh(ip.proto, &p, from_lo, now, len) else {
         return;
-    } else {
-        // Mid-stream pickup (e.g. after a failover): already established.
-        TcpState::Established
-    };
-    let lo_is_origin = from_lo == sender_origin;
-    let mut st = FlowState {
-        first_ns: now,
-        last_ns: now,
-        emitted_ns: 0,
-        packets: 1,
-        bytes: len,
-        state: state as u8,
-        flags: flags | if lo_is_origin { FLOW_LO_IS_ORIGIN } else { 0 },
-        _pad: [0; 6],
     };
     if emit(ctx, &key, &st, FlowEventKind::New, cfg.wakeup_bytes) {
         st.emitted_ns = now;
@@ -549,7 +577,7 @@ fn emit(
         proto: key.proto,
         state: st.state,
         kind: kind as u8,
-        _pad: 0,
+        family: FAMILY_V4,
         // SAFETY: reading a field of the XDP context the kernel gave us.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
     });
@@ -570,10 +598,16 @@ fn emit(
         0
     };
     entry.submit(u64::from(wake));
+    count_event(kind);
+    true
+}
+
+/// Counts an emitted event by its kind.
+#[inline(always)]
+pub(crate) fn count_event(kind: FlowEventKind) {
     count(match kind {
         FlowEventKind::New => DataVerdict::FlowNew,
         FlowEventKind::StateChange => DataVerdict::FlowStateChange,
         FlowEventKind::Refresh => DataVerdict::FlowRefresh,
     });
-    true
 }

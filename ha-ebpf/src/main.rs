@@ -10,6 +10,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod data;
+mod flow;
+mod flow6;
 mod hdr;
 mod heartbeat;
 mod link;

@@ -357,6 +357,7 @@ impl Scenario {
                         }],
                         garp_count,
                         garp_interval: ms(10),
+                        garp_refresh: None,
                     })
                     .collect();
                 let node_addrs: Vec<Ipv4Addr> = (0..n_paths).map(|p| path_addr(p, i)).collect();

@@ -6,7 +6,7 @@
 //! `target/bench/dataplane.json`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -23,6 +23,8 @@ const ME: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 const REPEAT: u32 = 2_000_000;
 
 fn ns_per_packet(p: &PinnedDataplane, program: &'static str, frame: &[u8], want: u32) -> f64 {
@@ -138,6 +140,27 @@ fn main() {
             "ha_data flow-tracked TCP to VIP (master)",
             "ha_data",
             frames::tcp(CLIENT, VIP, 1, 80, frames::ACK, b"x"),
+            2,
+            Some(1),
+        ),
+        (
+            "ha_data pass IPv6, untracked (backup)",
+            "ha_data",
+            frames::udp6(CLIENT6, SERVER6, 1, 53, b"q"),
+            2,
+            Some(0),
+        ),
+        (
+            "ha_data flow-tracked IPv6 UDP (master)",
+            "ha_data",
+            frames::udp6(CLIENT6, SERVER6, 1, 53, b"q"),
+            2,
+            Some(1),
+        ),
+        (
+            "ha_data flow-tracked IPv6 TCP (master)",
+            "ha_data",
+            frames::tcp6(CLIENT6, SERVER6, 1, 443, frames::ACK, b"x"),
             2,
             Some(1),
         ),

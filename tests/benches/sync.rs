@@ -81,7 +81,19 @@ fn burst(
     .unwrap();
     let frames: Vec<Vec<u8>> = records
         .iter()
-        .map(|r| ha_tests::frames::udp(r.orig_src, r.orig_dst, r.orig_sport, r.orig_dport, b"q"))
+        .map(|r| {
+            let v4 = |a: std::net::IpAddr| match a {
+                std::net::IpAddr::V4(a) => a,
+                std::net::IpAddr::V6(_) => unreachable!("the bench's records are IPv4"),
+            };
+            ha_tests::frames::udp(
+                v4(r.orig_src),
+                v4(r.orig_dst),
+                r.orig_sport,
+                r.orig_dport,
+                b"q",
+            )
+        })
         .collect();
     let dp = ha_agent::dataplane::Dataplane::open(&a1.pins.0).expect("the master's data plane");
     let prog = dp.test_program("ha_data").expect("ha_data");

@@ -128,6 +128,83 @@ pub fn tcp(
     out
 }
 
+/// An IPv6 TCP segment with `flags`.
+pub fn tcp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 65535);
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(1);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+/// An IPv6 UDP datagram.
+pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// An ICMPv6 echo request, or reply if `reply`.
+pub fn ping6(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16, reply: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src.octets(), dst.octets(), 64);
+    if reply {
+        b.icmpv6_echo_reply(id, seq).write(&mut out, b"ping")
+    } else {
+        b.icmpv6_echo_request(id, seq).write(&mut out, b"ping")
+    }
+    .unwrap();
+    out
+}
+
+/// The untagged IPv6 frame `frame` with an 8-byte extension header of type
+/// `next` (0 hop-by-hop, 43 routing, 44 fragment, 60 destination options)
+/// put first after the IPv6 header, `fragment` its fragment field (offset
+/// and M flag, for a fragment header). Checksums are left as they were.
+pub fn ipv6_ext(frame: &[u8], next: u8, fragment: u16) -> Vec<u8> {
+    let ip = 14;
+    let mut out = frame[..ip + 40].to_vec();
+    let inner = out[ip + 6];
+    out[ip + 6] = next;
+    let len = u16::from_be_bytes([out[ip + 4], out[ip + 5]]) + 8;
+    out[ip + 4..ip + 6].copy_from_slice(&len.to_be_bytes());
+    let mut ext = [0u8; 8];
+    ext[0] = inner;
+    if next == 44 {
+        ext[2..4].copy_from_slice(&fragment.to_be_bytes());
+    } else {
+        // Length 0 (8 bytes); a PadN option filling the rest.
+        ext[2..4].copy_from_slice(&[1, 4]);
+    }
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&frame[ip + 40..]);
+    out
+}
+
 /// An ICMP echo request.
 pub fn ping(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
     let mut out = Vec::new();
@@ -230,46 +307,6 @@ pub fn neighbor_advert(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr) -> Vec<u8
     body.extend_from_slice(&[2, 1]);
     body.extend_from_slice(&SRC_MAC);
     icmpv6(src, dst, 136, [0x20 | solicited, 0, 0, 0], &body)
-}
-
-/// An ICMPv6 echo request.
-pub fn ping6(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(SRC_MAC, ipv6_dst_mac(dst))
-        .ipv6(src.octets(), dst.octets(), 64)
-        .icmpv6_echo_request(id, seq)
-        .write(&mut out, b"ping")
-        .unwrap();
-    out
-}
-
-/// A TCP segment over IPv6 with `flags`.
-pub fn tcp6(
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    sport: u16,
-    dport: u16,
-    flags: Flags,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(SRC_MAC, ipv6_dst_mac(dst))
-        .ipv6(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1000, 65535);
-    if flags.syn {
-        b = b.syn();
-    }
-    if flags.ack {
-        b = b.ack(1);
-    }
-    if flags.fin {
-        b = b.fin();
-    }
-    if flags.rst {
-        b = b.rst();
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).unwrap();
-    out
 }
 
 /// The same IPv6 frame with a hop-by-hop options header (8 bytes: PadN)

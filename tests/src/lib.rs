@@ -345,7 +345,9 @@ impl Family {
     }
 }
 
-/// The LAN and WAN VIPs of [`add_ipv6`]'s addressing.
+/// The LAN and WAN VIPs of [`add_ipv6`]'s addressing, and the virtual
+/// router's link-local address on the LAN (RFC 9568: first in its adverts).
+pub const LAN_LINK_LOCAL_VIP: &str = "fe80::1";
 pub const LAN_VIP6: &str = "fd00::1";
 pub const WAN_VIP6: &str = "fd00:1::1";
 /// The client's and the server's IPv6 addresses.
@@ -354,8 +356,9 @@ pub const SERVER6: &str = "fd00:1::10";
 
 /// IPv6 on [`failover_lab`] (or [`bridged_lan_lab`]) beside its IPv4: LAN
 /// fd00::/64 (client ::10, fw1 ::2, fw2 ::3, VIP ::1), WAN fd00:1::/64
-/// (server ::10, firewalls ::2 and ::3, VIP ::1), the client's and the
-/// server's default routes via the VIPs, forwarding on the firewalls.
+/// (server ::10, firewalls ::2 and ::3, VIP ::1), the client's default
+/// route via the LAN's link-local VIP fe80::1, the server's via the WAN
+/// VIP, forwarding on the firewalls.
 /// Addresses without duplicate address detection (usable at once); the
 /// HA link keeps the link-local address the kernel gave it.
 pub fn add_ipv6(lab: &ha_lab::Lab) {
@@ -374,10 +377,21 @@ pub fn add_ipv6(lab: &ha_lab::Lab) {
     }
     add("client", "eth0", &format!("{CLIENT6}/64"));
     add("server", "eth0", &format!("{SERVER6}/64"));
+    // The client's gateway is the virtual router's link-local address, as
+    // a host's learnt from router advertisements; the server's a global VIP.
     lab.ip(
         "client",
         "client IPv6 default route",
-        &["-6", "route", "add", "default", "via", LAN_VIP6],
+        &[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            LAN_LINK_LOCAL_VIP,
+            "dev",
+            "eth0",
+        ],
     )
     .unwrap();
     lab.ip(
@@ -486,11 +500,13 @@ priority = {prio}
 advert_interval_ms = {adv}
 preempt = {preempt}
 accept = {accept}
-vips = [{{ iface = "lan0", address = "{LAN_VIP6}/64" }}, {{ iface = "wan0", address = "{WAN_VIP6}/64" }}]"#,
+{vmac}
+vips = [{{ iface = "lan0", address = "{LAN_LINK_LOCAL_VIP}/64" }}, {{ iface = "lan0", address = "{LAN_VIP6}/64" }}, {{ iface = "wan0", address = "{WAN_VIP6}/64" }}]"#,
                     prio = self.priority,
                     adv = self.advert_ms,
                     preempt = self.preempt,
                     accept = self.accept,
+                    vmac = if self.vmac { "vmac = true" } else { "" },
                 )
             } else {
                 String::new()
@@ -859,7 +875,9 @@ impl Keepalived {
             let v6 = instance(
                 "VI_6",
                 52,
-                &format!("{LAN_VIP6}/64 dev lan0\n    {WAN_VIP6}/64 dev wan0"),
+                &format!(
+                    "{LAN_LINK_LOCAL_VIP}/64 dev lan0\n    {LAN_VIP6}/64 dev lan0\n    {WAN_VIP6}/64 dev wan0"
+                ),
             );
             format!("{global_defs}{group}{v4}{v6}")
         } else {

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use ha_tests::{
-    AgentSpec, CLIENT6, Family, Keepalived, KeepalivedOptions, LAN_VIP6, LinksDown, RunningAgent,
-    SERVER6, add_ipv6, failover_lab, start_pair, wait_for,
+    AgentSpec, CLIENT6, Family, Keepalived, KeepalivedOptions, LAN_LINK_LOCAL_VIP, LinksDown,
+    RunningAgent, SERVER6, WAN_VIP6, add_ipv6, failover_lab, start_pair, wait_for,
 };
 
 /// One heavy lab at a time on a small machine.
@@ -92,7 +92,7 @@ fn both_families_move_together_and_nas_move_the_hosts() {
     );
     let fw1_lan = lab.mac(("fw1", "lan0")).unwrap();
     let fw2_lan = lab.mac(("fw2", "lan0")).unwrap();
-    assert_eq!(neighbour_mac(&lab, "client", LAN_VIP6), fw1_lan);
+    assert_eq!(neighbour_mac(&lab, "client", LAN_LINK_LOCAL_VIP), fw1_lan);
     assert!(data_counter(&a1.pins.0, "pass_nd_owner") >= 1);
     assert!(
         data_counter(&a2.pins.0, "drop_nd_not_owner") >= 1,
@@ -117,7 +117,7 @@ fn both_families_move_together_and_nas_move_the_hosts() {
     wait_for(
         "the client's entry names fw2",
         Duration::from_secs(2),
-        || neighbour_mac(&lab, "client", LAN_VIP6) == fw2_lan,
+        || neighbour_mac(&lab, "client", LAN_LINK_LOCAL_VIP) == fw2_lan,
     );
     assert!(ping6(&lab, "client", SERVER6), "through fw2");
     assert!(ping6(&lab, "server", CLIENT6), "and back");
@@ -216,4 +216,69 @@ fn agent_master_keepalived_backup_over_ipv6() {
     assert_eq!(ka.states(), vec!["BACKUP".to_owned()], "{}", ka.log_text());
     assert_eq!(agent.role().as_deref(), Some("MASTER"));
     assert!(ping6(&lab, "client", SERVER6), "through the agent's VIP");
+}
+
+/// The IPv6 virtual MAC (`vmac = true` on an IPv6 instance): the master
+/// answers neighbour solicitations for the VIPs with
+/// `00:00:5e:00:02:<vrid>`, and a client whose entry for its gateway VIP is
+/// **static** on that MAC keeps reaching the server through a hard crash.
+#[test]
+fn a_static_neighbour_on_the_ipv6_virtual_mac_survives_a_hard_crash() {
+    let _serial = serial();
+    let mut lab = failover_lab();
+    add_ipv6(&lab);
+    let (a1, a2) = start_pair(&mut lab, 100, |s: AgentSpec| AgentSpec {
+        family: Family::Ipv6,
+        vmac: true,
+        ..s
+    });
+    wait_for("fw1 MASTER, fw2 BACKUP", Duration::from_secs(15), || {
+        a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
+    });
+    let vmac = "00:00:5e:00:02:34";
+    // The server learns the virtual MAC by solicitation (answered by XDP).
+    wait_for(
+        "the server reaches the client",
+        Duration::from_secs(5),
+        || ping6(&lab, "server", CLIENT6),
+    );
+    assert_eq!(neighbour_mac(&lab, "server", WAN_VIP6), vmac);
+    assert!(data_counter(&a1.pins.0, "na_reply_vmac") >= 1);
+    assert_eq!(data_counter(&a2.pins.0, "na_reply_vmac"), 0);
+    // The client's entry is static, on the virtual MAC.
+    lab.ip(
+        "client",
+        "static neighbour for the IPv6 VIP",
+        &[
+            "-6",
+            "neigh",
+            "replace",
+            LAN_LINK_LOCAL_VIP,
+            "lladdr",
+            vmac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
+    assert!(ping6(&lab, "client", SERVER6));
+    assert!(data_counter(&a1.pins.0, "pass_vmac_owner") >= 1);
+    LinksDown::prepare(&lab, "fw1", &["ha0", "lan0", "wan0"]).fire();
+    a1.signal(libc::SIGKILL);
+    wait_for("fw2 MASTER", Duration::from_secs(10), || {
+        a2.role().as_deref() == Some("MASTER")
+    });
+    wait_for(
+        "the client reaches the server through fw2",
+        Duration::from_secs(3),
+        || ping6(&lab, "client", SERVER6),
+    );
+    assert_eq!(
+        neighbour_mac(&lab, "client", LAN_LINK_LOCAL_VIP),
+        vmac,
+        "the static entry, unchanged"
+    );
+    assert!(data_counter(&a2.pins.0, "pass_vmac_owner") >= 1);
 }

@@ -15,8 +15,11 @@ use std::{
     time::Duration,
 };
 
-use ha_agent::dataplane::{Dataplane, LoadOptions, events::FlowEvents};
-use ha_common::flow::{FlowEvent, FlowEventKind, TcpState};
+use ha_agent::dataplane::{
+    Dataplane, LoadOptions,
+    events::{Event as FlowEvent, FlowEvents},
+};
+use ha_common::flow::{FlowEventKind, TcpState};
 use ha_lab::Lab;
 use ha_tests::{PinnedDataplane, failover_lab};
 
@@ -199,8 +202,8 @@ fn forwarded_tcp_flow_produces_its_events_on_the_owner_only() {
         "{got:?}"
     );
     for e in &tcp {
-        assert_eq!(ha_common::addr_octets(e.src_addr), [10, 0, 0, 10]);
-        assert_eq!(ha_common::addr_octets(e.dst_addr), [10, 1, 0, 10]);
+        assert_eq!(e.src, std::net::IpAddr::from([10, 0, 0, 10]));
+        assert_eq!(e.dst, std::net::IpAddr::from([10, 1, 0, 10]));
         assert_eq!(e.dst_port, 8080);
     }
     let mut other = Vec::new();

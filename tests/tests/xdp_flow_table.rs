@@ -30,8 +30,8 @@ fn a_table_of_a_million_flows_holds_and_dumps_a_million() {
     for i in 0..FLOWS {
         let tuple = CtTuple {
             proto: 17,
-            src: Ipv4Addr::from(0x0a00_0000 | (i >> 8)),
-            dst: Ipv4Addr::new(10, 1, 0, 10),
+            src: Ipv4Addr::from(0x0a00_0000 | (i >> 8)).into(),
+            dst: Ipv4Addr::new(10, 1, 0, 10).into(),
             sport: 1024 + (i & 0xff) as u16,
             dport: 53,
         };

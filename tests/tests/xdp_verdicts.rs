@@ -408,6 +408,93 @@ fn the_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     assert!(snap.vips.iter().any(|v| v.vip == plain && v.vmac.is_none()));
 }
 
+/// The IPv6 virtual MAC (`00:00:5e:00:02:<vrid>`): the owner answers a
+/// host's address resolution for the VIP with an NA naming it (Router,
+/// Solicited, Override, checksummed), back to the requester, tag kept;
+/// duplicate address detection and options-less probes are the kernel's;
+/// frames to the MAC are taken by the owner only; the IPv4 virtual MAC of
+/// the same VRID is another's.
+#[test]
+fn the_ipv6_virtual_mac_is_answered_and_taken_by_the_owner_only() {
+    require_root();
+    use aya::maps::{HashMap, Map, MapData};
+    use ha_common::{
+        data::{vmac, vmac6},
+        heartbeat,
+    };
+    const TX: u32 = 3;
+    let mut p = PinnedDataplane::new("vmac6");
+    let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
+    p.dp.set_vip_table(&[VipSpec {
+        addr: VIP6.into(),
+        group: 0,
+        accept: true,
+        vmac: Some(7),
+        ifindex: lo,
+    }])
+    .unwrap();
+    let lo_mac = [0x02, 0xaa, 0, 0, 0, 1];
+    let path = p.dp.dir().join("maps").join(heartbeat::MACS_MAP);
+    let mut macs: HashMap<MapData, u32, [u8; 8]> =
+        HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).unwrap()).unwrap()).unwrap();
+    macs.insert(lo, [0x02, 0xaa, 0, 0, 0, 1, 0, 0], 0).unwrap();
+    let to = |mac: [u8; 6], mut f: Vec<u8>| {
+        f[..6].copy_from_slice(&mac);
+        f
+    };
+    let run = |p: &PinnedDataplane, f: &[u8]| p.dp.test_run_frame("ha_data", f).unwrap();
+    let ns = frames::neighbor_solicit(CLIENT6, VIP6);
+    let forwarded = frames::tcp6(CLIENT6, SERVER6, 40000, 80, SYN, b"");
+    // A backup: no answer, nothing to the virtual MAC gets in.
+    assert_eq!(run(&p, &ns).0, DROP);
+    assert_eq!(run(&p, &to(vmac6(7), forwarded.clone())).0, DROP);
+
+    p.dp.set_ownership(1, None).unwrap();
+    let (v, out) = run(&p, &ns);
+    assert_eq!(v, TX);
+    assert_eq!(out.len(), ns.len());
+    assert_eq!(&out[0..6], &frames::SRC_MAC, "back to the requester");
+    assert_eq!(&out[6..12], &vmac6(7), "from the virtual MAC");
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    assert_eq!((out[14] >> 4, out[20], out[21]), (6, 58, 255));
+    assert_eq!(&out[22..38], &VIP6.octets(), "from the VIP");
+    assert_eq!(&out[38..54], &CLIENT6.octets(), "to the solicitor");
+    assert_eq!((out[54], out[55], out[58]), (136, 0, 0xe0), "NA: R, S, O");
+    assert_eq!(&out[62..78], &VIP6.octets(), "target");
+    assert_eq!(&out[78..80], &[2, 1], "target link-layer option");
+    assert_eq!(&out[80..86], &vmac6(7));
+    // The checksum holds over the IPv6 pseudo-header.
+    let mut sum: u32 = 32 + 58;
+    for w in out[22..54].chunks(2).chain(out[54..86].chunks(2)) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "ICMPv6 checksum");
+    // Through a VLAN tag, the tag kept.
+    let (v, out) = run(&p, &frames::vlan(&ns, 10));
+    assert_eq!(
+        (v, &out[12..16], &out[84..90]),
+        (TX, &[0x81, 0, 0, 10][..], &vmac6(7)[..])
+    );
+    // Duplicate address detection (from ::, no option) is the kernel's.
+    let dad = frames::neighbor_solicit(Ipv6Addr::UNSPECIFIED, VIP6);
+    assert_eq!(run(&p, &dad).0, PASS);
+    // A frame to the virtual MAC goes on, to the interface's own MAC; the
+    // IPv4 virtual MAC of the same VRID is not this instance's.
+    let (v, out) = run(&p, &to(vmac6(7), forwarded.clone()));
+    assert_eq!((v, &out[..6]), (PASS, &lo_mac[..]));
+    let (v, out) = run(&p, &to(vmac(7), forwarded.clone()));
+    assert_eq!((v, &out[..6]), (PASS, &vmac(7)[..]));
+
+    let snap = Snapshot::read(&p.instance, 0).unwrap();
+    assert_eq!(counter(&snap.data_verdicts, "na_reply_vmac"), 2);
+    assert_eq!(counter(&snap.data_verdicts, "pass_vmac_owner"), 1);
+    assert_eq!(counter(&snap.data_verdicts, "drop_vmac_not_owner"), 1);
+    assert!(snap.vips.iter().any(|v| v.vip == VIP6 && v.vmac == Some(7)));
+}
+
 /// IPv6 VIPs are gated as IPv4 ones: a Neighbor Solicitation or
 /// Advertisement whose target is a VIP (IPv6's ARP) passes only on the
 /// owner with a running lease and never meets Accept_Mode; IPv6 to a VIP
@@ -444,7 +531,7 @@ fn ha_data_gates_ipv6_vips_and_neighbor_discovery() {
     // target the neighbour's own address.
     let na_to_vip = frames::neighbor_advert(CLIENT6, VIP6, CLIENT6);
     let to_vip = frames::tcp6(CLIENT6, VIP6, 40000, 80, SYN, b"");
-    let ping_vip = frames::ping6(CLIENT6, VIP6, 1, 1);
+    let ping_vip = frames::ping6(CLIENT6, VIP6, 1, 1, false);
     let forwarded = frames::tcp6(CLIENT6, SERVER6, 40000, 80, SYN, b"");
     let ns_stranger = frames::neighbor_solicit(CLIENT6, stranger);
     let na_stranger = frames::neighbor_advert(stranger, ALL_NODES, stranger);
@@ -514,7 +601,7 @@ fn ha_data_gates_ipv6_vips_and_neighbor_discovery() {
     let na_noaccept = frames::neighbor_advert(CLIENT6, ALL_NODES, noaccept);
     check(&p, "NA, no accept", &na_noaccept, PASS, "pass_nd_owner");
     check(&p, "TCP, no accept", &to_noaccept, DROP, "drop_no_accept");
-    let ping_noaccept = frames::ping6(CLIENT6, noaccept, 1, 1);
+    let ping_noaccept = frames::ping6(CLIENT6, noaccept, 1, 1, false);
     check(
         &p,
         "ping, no accept",
@@ -621,16 +708,6 @@ fn ha_data_gates_ipv6_vips_and_neighbor_discovery() {
     assert_eq!(run(&p, &ns), DROP);
     let snap = Snapshot::read(&p.instance, 0).unwrap();
     assert_eq!(snap.vips.len(), 2, "{:?}", snap.vips);
-
-    // No virtual MAC for an IPv6 VIP: refused, and the table is unchanged.
-    let err =
-        p.dp.set_vip_table(&[VipSpec {
-            vmac: Some(7),
-            ..vip_spec(noaccept, 0, true)
-        }])
-        .unwrap_err();
-    assert!(err.to_string().contains("not supported for IPv6"), "{err}");
-    assert_eq!(run(&p, &ns), DROP);
 }
 
 /// Sync, management, control and ICMP over the HA link pass only when
@@ -1160,12 +1237,8 @@ fn flow_events_follow_tcp_state_not_packets() {
         ]
     );
     for e in &got {
-        assert_eq!(
-            ha_common::addr_octets(e.src_addr),
-            CLIENT.octets(),
-            "original direction"
-        );
-        assert_eq!(ha_common::addr_octets(e.dst_addr), SERVER.octets());
+        assert_eq!(e.src, CLIENT, "original direction");
+        assert_eq!(e.dst, SERVER);
     }
     assert_eq!((got[0].src_port, got[0].dst_port), (40000, 80));
     assert_eq!(got[3].packets, 45);
@@ -1238,7 +1311,7 @@ fn synack_pickup_and_reused_tuples() {
         ]
     );
     for e in &got {
-        assert_eq!(ha_common::addr_octets(e.src_addr), CLIENT.octets(), "{e:?}");
+        assert_eq!(e.src, CLIENT, "{e:?}");
     }
 }
 
@@ -1318,4 +1391,138 @@ fn ring_buffer_full_is_counted_and_wakeups_happen() {
         ),
         "an idle reader is woken"
     );
+}
+
+/// IPv6 flows are tracked as IPv4 ones are, in a table and events of their
+/// own: on the owner only; TCP by state (New, then StateChange with the
+/// original direction's tuple), UDP and ICMPv6 echo once; through
+/// hop-by-hop, routing, destination-options headers and an atomic
+/// fragment, never a real fragment. IPv4 tracking beside it is unchanged.
+#[test]
+fn ipv6_flows_are_tracked_on_the_owner_only() {
+    use std::net::{IpAddr, Ipv6Addr};
+    require_root();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let mut p = PinnedDataplane::new("flows6");
+    let mut events = FlowEvents::open(&p.instance, Duration::from_millis(1)).unwrap();
+    let run =
+        |p: &PinnedDataplane, f: &[u8]| assert_eq!(p.dp.test_run("ha_data", f, 1).unwrap().0, PASS);
+    let c6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+    // Sorts below the client in the low half only: the responder is `lo`.
+    let s6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x09);
+    let tcp = |src, dst, sport, dport, flags| frames::tcp6(src, dst, sport, dport, flags, b"");
+
+    // A backup (nothing owned) tracks nothing.
+    run(&p, &tcp(c6, s6, 40000, 443, SYN));
+    run(&p, &frames::udp6(c6, s6, 5353, 53, b"q"));
+    let mut got = Vec::new();
+    assert_eq!(events.drain(&mut got), 0, "a backup emitted {got:?}");
+    // Nor does a lease run out.
+    p.dp.set_ownership(0b1, Some(Duration::from_millis(1)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    run(&p, &tcp(c6, s6, 40000, 443, SYN));
+    assert_eq!(
+        events.drain(&mut got),
+        0,
+        "an expired lease emitted {got:?}"
+    );
+
+    p.dp.set_ownership(0b1, Some(Duration::from_secs(30)))
+        .unwrap();
+    run(&p, &tcp(c6, s6, 40000, 443, SYN));
+    run(&p, &tcp(s6, c6, 443, 40000, SYNACK));
+    run(&p, &tcp(c6, s6, 40000, 443, ACK));
+    for _ in 0..5 {
+        run(&p, &frames::tcp6(c6, s6, 40000, 443, ACK, b"data"));
+        run(&p, &frames::tcp6(s6, c6, 443, 40000, ACK, b"data"));
+    }
+    run(&p, &tcp(s6, c6, 443, 40000, FINACK));
+    run(&p, &tcp(c6, s6, 40000, 443, FINACK));
+    run(&p, &frames::udp6(c6, s6, 5353, 53, b"q"));
+    run(&p, &frames::udp6(s6, c6, 53, 5353, b"a"));
+    run(&p, &frames::ping6(c6, s6, 77, 1, false));
+    run(&p, &frames::ping6(s6, c6, 77, 1, true));
+    // An IPv4 flow in between: its own event, unchanged.
+    run(&p, &frames::tcp(CLIENT, SERVER, 40000, 80, SYN, b""));
+    // Extension headers walked (a new flow each), a fragment not.
+    for (i, next) in [0u8, 43, 60].into_iter().enumerate() {
+        let f = tcp(c6, s6, 41000 + i as u16, 443, SYN);
+        run(&p, &frames::ipv6_ext(&f, next, 0));
+    }
+    let atomic = frames::ipv6_ext(&tcp(c6, s6, 42000, 443, SYN), 44, 0);
+    run(&p, &atomic);
+    for frag in [1u16, 8, 9] {
+        let f = frames::ipv6_ext(&tcp(c6, s6, 43000, 443, SYN), 44, frag);
+        run(&p, &f);
+    }
+    // Two extension headers, then more than four: untracked past the limit.
+    let two = frames::ipv6_ext(
+        &frames::ipv6_ext(&tcp(c6, s6, 44000, 443, SYN), 60, 0),
+        0,
+        0,
+    );
+    run(&p, &two);
+    let mut five = tcp(c6, s6, 45000, 443, SYN);
+    for _ in 0..5 {
+        five = frames::ipv6_ext(&five, 60, 0);
+    }
+    run(&p, &five);
+
+    assert!(events.drain(&mut got) > 0);
+    let seen: Vec<_> = got
+        .iter()
+        .map(|e| {
+            (
+                FlowEventKind::from_u8(e.kind).unwrap(),
+                e.proto,
+                TcpState::from_u8(e.state).unwrap(),
+                e.src_port,
+                e.src.is_ipv6(),
+            )
+        })
+        .collect();
+    use FlowEventKind::{New, StateChange};
+    assert_eq!(
+        seen,
+        vec![
+            (New, 6, TcpState::SynSent, 40000, true),
+            (StateChange, 6, TcpState::Established, 40000, true),
+            (StateChange, 6, TcpState::Closing, 40000, true),
+            (StateChange, 6, TcpState::Closed, 40000, true),
+            (New, 17, TcpState::Active, 5353, true),
+            (New, 58, TcpState::Active, 77, true),
+            (New, 6, TcpState::SynSent, 40000, false),
+            (New, 6, TcpState::SynSent, 41000, true),
+            (New, 6, TcpState::SynSent, 41001, true),
+            (New, 6, TcpState::SynSent, 41002, true),
+            (New, 6, TcpState::SynSent, 42000, true),
+            (New, 6, TcpState::SynSent, 44000, true),
+        ]
+    );
+    // The original direction's tuple, whichever endpoint sorts lower.
+    for e in got.iter().filter(|e| e.src.is_ipv6()) {
+        assert_eq!(e.src, IpAddr::V6(c6), "{e:?}");
+        assert_eq!(e.dst, IpAddr::V6(s6), "{e:?}");
+    }
+    assert_eq!(got[0].dst_port, 443);
+    assert_eq!(got[3].packets, 15, "SYN, SYN-ACK, ACK, 10 data, 2 FINs");
+    assert_eq!(got[5].dst_port, 77, "ICMPv6 echo: the id as both ports");
+
+    let snap = Snapshot::read(&p.instance, 20).unwrap();
+    assert_eq!(snap.flow_count, 9, "8 IPv6 flows and an IPv4 one");
+    assert!(
+        snap.top_flows
+            .iter()
+            .any(|f| f.proto == "tcp" && f.hi == "[2001:db8::10]:40000" && f.state == "closed"),
+        "{:?}",
+        snap.top_flows
+    );
+    assert_eq!(counter(&snap.data_verdicts, "flow_new"), 9);
+    assert_eq!(counter(&snap.data_verdicts, "flow_state_change"), 3);
+    assert_eq!(counter(&snap.data_verdicts, "ringbuf_full"), 0);
 }

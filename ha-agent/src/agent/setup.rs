@@ -23,23 +23,37 @@ pub fn install_vips(config: &Config, dp: &mut Dataplane) -> anyhow::Result<()> {
     for vip in all_vips(config) {
         ip_addr("replace", &vip)?;
     }
-    for (iface, vrid) in vmac_ports(config) {
-        vmac_fdb("replace", &iface, vrid)?;
+    for (iface, mac) in vmac_ports(config) {
+        vmac_fdb("replace", &iface, mac)?;
     }
     dp.set_vip_table(&vip_specs(config))?;
     Ok(())
 }
 
 /// Each interface carrying a VIP of an instance with `vmac = true`, with
-/// that instance's VRID.
-pub fn vmac_ports(config: &Config) -> BTreeSet<(String, u8)> {
+/// that instance's virtual MAC.
+pub fn vmac_ports(config: &Config) -> BTreeSet<(String, [u8; 6])> {
     config
         .groups
         .iter()
         .flat_map(|g| &g.instances)
-        .filter(|i| i.vmac)
-        .flat_map(|i| i.parsed_vips().into_iter().map(|v| (v.iface, i.vrid)))
+        .filter_map(|i| Some((i, virtual_mac(i)?)))
+        .flat_map(|(i, mac)| i.parsed_vips().into_iter().map(move |v| (v.iface, mac)))
         .collect()
+}
+
+/// The virtual MAC of an instance with `vmac = true` (RFC 9568 section
+/// 7.3): `00:00:5e:00:01:<vrid>`, or `00:00:5e:00:02:<vrid>` for an IPv6
+/// instance.
+pub fn virtual_mac(i: &config::InstanceConfig) -> Option<[u8; 6]> {
+    let v6 = i.parsed_vips().first().is_some_and(|v| v.addr.is_ipv6());
+    i.vmac.then(|| {
+        if v6 {
+            ha_common::data::vmac6(i.vrid)
+        } else {
+            ha_common::data::vmac(i.vrid)
+        }
+    })
 }
 
 /// `bridge fdb replace|del <virtual MAC> dev <iface> self [permanent]`: the
@@ -47,8 +61,8 @@ pub fn vmac_ports(config: &Config) -> BTreeSet<(String, u8)> {
 /// filter, or turns promiscuous; a bridge delivers them to itself, where
 /// XDP runs, instead of flooding them to its ports). On every node, as the
 /// VIP addresses: XDP decides who keeps them.
-pub fn vmac_fdb(op: &str, iface: &str, vrid: u8) -> anyhow::Result<()> {
-    let mac = crate::iface::mac_text(ha_common::data::vmac(vrid));
+pub fn vmac_fdb(op: &str, iface: &str, mac: [u8; 6]) -> anyhow::Result<()> {
+    let mac = crate::iface::mac_text(mac);
     let mut args = vec!["fdb", op, mac.as_str(), "dev", iface, "self"];
     if op != "del" {
         args.push("permanent");
@@ -183,7 +197,7 @@ pub fn ip_addr(op: &str, vip: &config::Vip) -> anyhow::Result<()> {
 pub fn garp_senders(g: &config::GroupConfig) -> anyhow::Result<Vec<GarpSender>> {
     let mut per_iface: BTreeMap<String, Vec<Announced>> = BTreeMap::new();
     for i in &g.instances {
-        let mac = i.vmac.then(|| ha_common::data::vmac(i.vrid));
+        let mac = virtual_mac(i);
         for vip in i.parsed_vips() {
             per_iface
                 .entry(vip.iface)

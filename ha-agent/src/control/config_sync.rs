@@ -1067,6 +1067,10 @@ mod tests {
         extra.name = "extra".into();
         extra.instances[0].vrid = 52;
         extra.instances[0].name = "VI_2".into();
+        // A VIP of its own (an address appears once in a configuration).
+        for v in &mut extra.instances[0].vips {
+            v.address = v.address.replace("10.0.0.", "10.0.9.");
+        }
         c.groups.push(extra);
         let shared = c.shared_text();
         let hash = bundle_hash(&shared, &files);

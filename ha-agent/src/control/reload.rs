@@ -37,6 +37,11 @@ pub async fn reload(
     if structure(&next) != structure(&current) {
         return Err("not applied: only VIPs, data interfaces and synced files change live; other changes need a restart of the agent".into());
     }
+    // An instance's family decides which socket carries its adverts (and
+    // the IPv6 one is opened at start only).
+    if families(&next) != families(&current) {
+        return Err("not applied: an instance changes address family (IPv4 and IPv6 VIPs, see `vips`): its adverts move to another socket, which needs a restart of the agent".into());
+    }
     let (old_vmacs, new_vmacs) = (setup::vmac_ports(&current), setup::vmac_ports(&next));
     // A veth's gate runs in generic mode under a virtual MAC: moving one
     // that already gates to it would leave the interface ungated for a
@@ -54,8 +59,8 @@ pub async fn reload(
     for v in new_vips.iter().filter(|v| !old_vips.contains(v)) {
         setup::ip_addr("replace", v).map_err(|e| format!("{e:#}"))?;
     }
-    for (iface, vrid) in new_vmacs.difference(&old_vmacs) {
-        setup::vmac_fdb("replace", iface, *vrid).map_err(|e| format!("{e:#}"))?;
+    for (iface, mac) in new_vmacs.difference(&old_vmacs) {
+        setup::vmac_fdb("replace", iface, *mac).map_err(|e| format!("{e:#}"))?;
     }
     let dp = Dataplane::open(&current.instance).map_err(|e| format!("data plane: {e}"))?;
     let new_ifaces = next.data_interfaces();
@@ -82,8 +87,8 @@ pub async fn reload(
             warn!(cause = %e, "removing a VIP address");
         }
     }
-    for (iface, vrid) in old_vmacs.difference(&new_vmacs) {
-        if let Err(e) = setup::vmac_fdb("del", iface, *vrid) {
+    for (iface, mac) in old_vmacs.difference(&new_vmacs) {
+        if let Err(e) = setup::vmac_fdb("del", iface, *mac) {
             warn!(cause = %e, "removing a virtual MAC");
         }
     }
@@ -114,6 +119,15 @@ fn secondary_may_apply(
         ));
     }
     Ok(())
+}
+
+/// Whether each instance is IPv6, in order.
+fn families(c: &Config) -> Vec<bool> {
+    c.groups
+        .iter()
+        .flat_map(|g| &g.instances)
+        .map(|i| i.parsed_vips().first().is_some_and(|v| v.addr.is_ipv6()))
+        .collect()
 }
 
 /// The configuration without what a reload can change live (VIPs, data
@@ -161,6 +175,14 @@ mod tests {
         let interval =
             parse(&BASE.replace("priority = 200", "priority = 200\nadvert_interval_ms = 10"));
         assert_ne!(structure(&base), structure(&interval));
+        // An instance's VIPs moving to IPv6: the same structure, another
+        // family (refused live).
+        let v6 = parse(&BASE.replace(
+            r#"address = "10.0.0.1/24" }"#,
+            r#"address = "fe80::1/64" }, { iface = "lan0", address = "fd00::1/64" }"#,
+        ));
+        assert_eq!(structure(&base), structure(&v6));
+        assert_eq!((families(&base), families(&v6)), (vec![false], vec![true]));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use ha_common::{
     addr_octets,
     data::{self, DataVerdict, Ownership, VipEntry},
-    flow::{self, FlowKey, FlowState, TcpState},
+    flow::{self, FlowKey, FlowKey6, FlowState, TcpState},
     heartbeat::{self, ProbeCounter},
     link::{self, AdvertStamp, LinkVerdict},
 };
@@ -140,13 +140,21 @@ impl Snapshot {
         let flows_map: HashMap<MapData, FlowKey, FlowState> = open_map(dir, flow::FLOWS_MAP)?;
         let mut flows: Vec<(FlowKey, FlowState)> =
             flows_map.iter().filter_map(Result::ok).collect();
-        let flow_count = flows.len();
+        // IPv6 flows have a table of their own (absent from older pins).
+        let flows6: Vec<(FlowKey6, FlowState)> =
+            open_map::<HashMap<MapData, FlowKey6, FlowState>>(dir, flow::FLOWS6_MAP)
+                .map(|m| m.iter().filter_map(Result::ok).collect())
+                .unwrap_or_default();
+        let flow_count = flows.len() + flows6.len();
         flows.sort_by_key(|(_, s)| std::cmp::Reverse(s.bytes));
-        let top_flows = flows
+        let mut top_flows: Vec<FlowView> = flows
             .iter()
             .take(top)
             .map(|(k, s)| flow_view(k, s, now))
+            .chain(flows6.iter().map(|(k, s)| flow_view6(k, s, now)))
             .collect();
+        top_flows.sort_by_key(|f| std::cmp::Reverse(f.bytes));
+        top_flows.truncate(top);
 
         Ok(Snapshot {
             dir: dir.display().to_string(),
@@ -199,6 +207,30 @@ fn flow_view(k: &FlowKey, s: &FlowState, now: u64) -> FlowView {
     }
 }
 
+fn flow_view6(k: &FlowKey6, s: &FlowState, now: u64) -> FlowView {
+    let ep = |a: [u8; 16], p: u16| {
+        let ip = std::net::Ipv6Addr::from(a);
+        if k.proto == flow::PROTO_ICMPV6 {
+            format!("{ip} id {p}")
+        } else {
+            format!("[{ip}]:{p}")
+        }
+    };
+    FlowView {
+        proto: match k.proto {
+            flow::PROTO_TCP => "tcp",
+            flow::PROTO_UDP => "udp",
+            _ => "icmpv6",
+        },
+        lo: ep(k.lo_addr, k.lo_port),
+        hi: ep(k.hi_addr, k.hi_port),
+        state: TcpState::from_u8(s.state).map_or("?", TcpState::name),
+        packets: s.packets,
+        bytes: s.bytes,
+        idle_ms: ns_to_ms(now.saturating_sub(s.last_ns)),
+    }
+}
+
 /// Per-CPU counters summed, named.
 pub fn counters(
     dir: &Path,
@@ -241,8 +273,14 @@ impl fmt::Display for Snapshot {
                 if v.owner { "yes" } else { "no" },
                 if v.accept { "" } else { "  (accept mode off)" },
                 match v.vmac {
-                    Some(vrid) =>
-                        format!("  virtual MAC {}", crate::iface::mac_text(data::vmac(vrid))),
+                    Some(vrid) => format!(
+                        "  virtual MAC {}",
+                        crate::iface::mac_text(if v.vip.is_ipv6() {
+                            data::vmac6(vrid)
+                        } else {
+                            data::vmac(vrid)
+                        })
+                    ),
                     None => String::new(),
                 }
             )?;

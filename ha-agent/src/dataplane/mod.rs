@@ -250,6 +250,7 @@ const PINNED_MAPS: &[&str] = &[
     data::CONFIG_MAP,
     data::VERDICTS_MAP,
     flow::FLOWS_MAP,
+    flow::FLOWS6_MAP,
     flow::EVENTS_MAP,
     heartbeat::CONFIG_MAP,
     heartbeat::TERM_MAP,
@@ -286,39 +287,43 @@ pub fn flow_table_size(configured: Option<u32>, conntrack_max: Option<&str>) -> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlowTableInfo {
     pub max_flows: u32,
-    /// The map's `memlock` (from its fdinfo): what the kernel charges.
+    /// The `memlock` of the IPv4 and the IPv6 table together (from their
+    /// fdinfo): what the kernel charges. Each holds `max_flows`.
     pub memlock_bytes: u64,
 }
 
 impl FlowTableInfo {
-    /// Of the table pinned in `dir`.
+    /// Of the tables pinned in `dir` (`HA_FLOWS`; `HA_FLOWS6` if pinned).
     fn of_pin(dir: &Path) -> Result<FlowTableInfo, DataplaneError> {
+        let memlock = |info: &aya::maps::MapInfo| {
+            info.fd()
+                .ok()
+                .and_then(|fd| {
+                    use std::os::fd::{AsFd as _, AsRawFd as _};
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
+                        .ok()
+                })
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("memlock:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
         let path = dir.join("maps").join(flow::FLOWS_MAP);
         let info = aya::maps::MapInfo::from_pin(&path).map_err(|source| DataplaneError::Map {
             map: flow::FLOWS_MAP,
             source,
         })?;
-        let memlock_bytes = info
-            .fd()
-            .ok()
-            .and_then(|fd| {
-                use std::os::fd::{AsFd as _, AsRawFd as _};
-                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
-                    .ok()
-            })
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("memlock:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0);
+        let v6 = aya::maps::MapInfo::from_pin(dir.join("maps").join(flow::FLOWS6_MAP))
+            .map_or(0, |i| memlock(&i));
         Ok(FlowTableInfo {
             max_flows: info.max_entries(),
-            memlock_bytes,
+            memlock_bytes: memlock(&info) + v6,
         })
     }
 
-    /// Kernel memory per flow the table can hold.
+    /// Kernel memory per flow of `max_flows` (both families' tables).
     pub fn bytes_per_flow(&self) -> f64 {
         self.memlock_bytes as f64 / f64::from(self.max_flows.max(1))
     }
@@ -559,6 +564,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &level, true)
             .map_max_entries(flow::FLOWS_MAP, max_flows)
+            .map_max_entries(flow::FLOWS6_MAP, max_flows)
             .load(embedded()?)
             .map_err(DataplaneError::Load)?;
         info!(max_flows, "XDP flow table sized");
@@ -960,14 +966,11 @@ impl Dataplane {
             }
             let mut flags = if accept { 0 } else { data::VIP_FLAG_NO_ACCEPT };
             if let Some(vrid) = vmac {
-                if addr.is_ipv6() {
-                    return Err(DataplaneError::Invalid(format!(
-                        "VIP {addr}: a virtual MAC (VRID {vrid}) is not supported for IPv6 VIPs"
-                    )));
-                }
+                // The IPv6 virtual MAC (00:00:5e:00:02:<vrid>) is another.
+                let family = if addr.is_ipv6() { data::VMAC_KEY_V6 } else { 0 };
                 let key = VmacKey {
                     ifindex,
-                    vrid: u32::from(vrid),
+                    vrid: u32::from(vrid) | family,
                 };
                 if *vmacs.entry(key).or_insert(group) != group {
                     return Err(DataplaneError::Invalid(format!(

@@ -11,7 +11,7 @@
 //! | `track_interface` (`weight -N`; none: fault) | the group's `track` |
 //! | `notify` | the group's `notify` (the same arguments) |
 //! | `notify_master` / `notify_backup` | a service run by `sh -c` on MASTER / BACKUP and FAULT |
-//! | `garp_master_repeat`, `garp_interval` (and `vrrp_garp_*` in `global_defs`) | `garp_count`, `garp_interval_ms` |
+//! | `garp_master_repeat`, `garp_interval`, `garp_master_refresh` (and `vrrp_garp_*` in `global_defs`) | `garp_count`, `garp_interval_ms`, `garp_refresh_ms` |
 //! | `vrrp_rt_priority` | `ha.realtime_priority` |
 //! | conntrackd `Sync { UDP { ... } }` | `ha.sync_port` (and the peer) |
 
@@ -49,6 +49,7 @@ struct Instance {
     state_master: bool,
     garp_count: Option<u32>,
     garp_interval_ms: Option<u64>,
+    garp_refresh_ms: Option<u64>,
 }
 
 /// A `track_interface` line: the interface and keepalived's weight (None:
@@ -86,6 +87,7 @@ struct SyncGroup {
 struct Globals {
     garp_count: Option<u32>,
     garp_interval_ms: Option<u64>,
+    garp_refresh_ms: Option<u64>,
     realtime_priority: Option<u8>,
     version: Option<String>,
 }
@@ -209,6 +211,7 @@ impl Reader {
             match s.key().as_str() {
                 "vrrp_garp_master_repeat" => g.garp_count = Some(Self::number(s)?),
                 "vrrp_garp_interval" => g.garp_interval_ms = Some(Self::seconds_ms(s)?),
+                "vrrp_garp_master_refresh" => g.garp_refresh_ms = Some(Self::seconds_ms(s)?),
                 "vrrp_rt_priority" => g.realtime_priority = Some(Self::number(s)?),
                 "vrrp_version" => g.version = s.arg(0).map(str::to_owned),
                 "router_id" => self.skip(s, "ha-agent names a node by its HA address"),
@@ -256,7 +259,7 @@ impl Reader {
                                     self.skip(p, "unicast_peer options are not imported");
                                 }
                             }
-                            None => self.skip(p, "not an IPv4 peer (IPv6 comes with issue 16)"),
+                            None => self.skip(p, "not an IPv4 peer: an IPv6 instance advertises to ff02::12 on the HA link (the agent sends IPv6 adverts by multicast only)"),
                         }
                     }
                 }
@@ -268,6 +271,7 @@ impl Reader {
                 "notify_fault" => i.hooks.fault = Some(script(self, c)?),
                 "garp_master_repeat" => i.garp_count = Some(Self::number(c)?),
                 "garp_interval" => i.garp_interval_ms = Some(Self::seconds_ms(c)?),
+                "garp_master_refresh" => i.garp_refresh_ms = Some(Self::seconds_ms(c)?),
                 "state" => {
                     i.state_master = c.arg(0).is_some_and(|a| a.eq_ignore_ascii_case("MASTER"));
                     self.skip(
@@ -385,11 +389,13 @@ impl Reader {
                     }
                 }
             }
-            if !v4 {
+            // keepalived: the first address makes the instance IPv4 or
+            // IPv6; one of the other family is not the instance's.
+            if i.vips.first().is_some_and(|(a, _)| a.contains(':') == v4) {
                 self.skipped.push(Skipped {
                     at: s.loc.clone(),
                     what: format!("virtual_ipaddress {addr}"),
-                    why: "IPv6 VIPs come with issue 16".into(),
+                    why: "not the family of the instance's first address (an instance advertises one family, as in keepalived): put it in an instance of its own, in the same group".into(),
                 });
                 continue;
             }
@@ -924,6 +930,18 @@ fn group(
     {
         g.insert("garp_interval_ms".into(), Value::Integer(ms as i64));
     }
+    // keepalived: 0 is off, and so is anything under a second here.
+    if let Some(ms) = members
+        .iter()
+        .find_map(|i| i.garp_refresh_ms)
+        .or(globals.garp_refresh_ms)
+        .filter(|ms| *ms > 0)
+    {
+        g.insert(
+            "garp_refresh_ms".into(),
+            Value::Integer(ms.clamp(1_000, 86_400_000) as i64),
+        );
+    }
     let tracks = group_tracks.to_vec();
     if !tracks.is_empty() {
         g.insert(
@@ -1005,6 +1023,31 @@ fn group(
         }
         if vips.is_empty() {
             return Err(missing("IPv4 virtual_ipaddress"));
+        }
+        // An IPv6 instance needs the virtual router's link-local address
+        // (RFC 9568: first in its adverts); keepalived does not insist.
+        let link_local = |a: &String| {
+            a.split('/')
+                .next()
+                .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
+                .is_some_and(|a| a.is_unicast_link_local())
+        };
+        if let Some((_, dev)) = i.vips.first().filter(|(a, _)| a.contains(':'))
+            && !i.vips.iter().any(|(a, _)| link_local(a))
+        {
+            let iface = dev
+                .clone()
+                .or_else(|| i.interface.clone())
+                .unwrap_or_default();
+            let addr = format!("fe80::{:x}/64", i.vrid.unwrap_or(1));
+            r.todo.push(format!(
+                "vrrp_instance {}: {addr} on {iface} added as the virtual router's link-local address (RFC 9568 puts one first in IPv6 adverts; keepalived did not require it): hosts may use it as their gateway; change it if that address is taken",
+                i.name
+            ));
+            let mut v = Table::new();
+            v.insert("iface".into(), Value::String(iface));
+            v.insert("address".into(), Value::String(addr));
+            vips.insert(0, Value::Table(v));
         }
         t.insert("vips".into(), Value::Array(vips));
         vrrp.push(Value::Table(t));

@@ -13,12 +13,18 @@
 //! direction's tuple) to learn the NAT mapping the flow events of XDP cannot
 //! see.
 //!
+//! IPv4 and IPv6 alike: a request's nfgenmsg family is its tuple's (AF_INET
+//! or AF_INET6), addresses go as `CTA_IP_V4_*` or `CTA_IP_V6_*`, ICMPv6
+//! echo as `CTA_PROTO_ICMPV6_*`, and a dump asks for every family at once
+//! (AF_UNSPEC).
+//!
 //! Requests go out in batches (one `send` of many messages, then their
 //! answers), which is what makes ctnetlink fast enough here.
 
-#[cfg(test)]
-use std::net::IpAddr;
-use std::{io, net::Ipv4Addr};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr},
+};
 
 #[cfg(test)]
 use netlink_packet_core::DefaultNla;
@@ -53,6 +59,8 @@ const CTA_NAT_SRC: u16 = 6;
 const CTA_NAT_DST: u16 = 13;
 const CTA_NAT_V4_MINIP: u16 = 1;
 const CTA_NAT_V4_MAXIP: u16 = 2;
+const CTA_NAT_V6_MINIP: u16 = 4;
+const CTA_NAT_V6_MAXIP: u16 = 5;
 const CTA_NAT_PROTO: u16 = 3;
 const CTA_PROTONAT_PORT_MIN: u16 = 1;
 const CTA_PROTONAT_PORT_MAX: u16 = 2;
@@ -80,13 +88,19 @@ const RCVBUF: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CtTuple {
     pub proto: u8,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    /// Both of one family.
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
 }
 
 impl CtTuple {
+    /// Whether it is an IPv6 tuple.
+    pub fn is_v6(&self) -> bool {
+        self.src.is_ipv6()
+    }
+
     /// The same connection seen from the other end.
     pub fn inverted(self) -> CtTuple {
         CtTuple {
@@ -183,12 +197,13 @@ fn tuple(t: &CtTuple) -> Vec<Tuple> {
             ProtoTuple::SourcePort(t.sport),
             ProtoTuple::DestinationPort(t.dport),
         ],
+        58 => vec![ProtoTuple::Protocol(Protocol::Ipv6Icmp)],
         _ => vec![ProtoTuple::Protocol(Protocol::Icmp)],
     };
     vec![
         Tuple::Ip(vec![
-            IPTuple::SourceAddress(IpAddr::V4(t.src)),
-            IPTuple::DestinationAddress(IpAddr::V4(t.dst)),
+            IPTuple::SourceAddress(t.src),
+            IPTuple::DestinationAddress(t.dst),
         ]),
         Tuple::Proto(proto_tuple),
     ]
@@ -198,8 +213,8 @@ fn tuple(t: &CtTuple) -> Vec<Tuple> {
 fn parse_tuple(proto: u8, attrs: &[Tuple]) -> Option<CtTuple> {
     let mut t = CtTuple {
         proto,
-        src: Ipv4Addr::UNSPECIFIED,
-        dst: Ipv4Addr::UNSPECIFIED,
+        src: Ipv4Addr::UNSPECIFIED.into(),
+        dst: Ipv4Addr::UNSPECIFIED.into(),
         sport: 0,
         dport: 0,
     };
@@ -208,8 +223,8 @@ fn parse_tuple(proto: u8, attrs: &[Tuple]) -> Option<CtTuple> {
             Tuple::Ip(ips) => {
                 for ip in ips {
                     match ip {
-                        IPTuple::SourceAddress(IpAddr::V4(a)) => t.src = *a,
-                        IPTuple::DestinationAddress(IpAddr::V4(a)) => t.dst = *a,
+                        IPTuple::SourceAddress(a) => t.src = *a,
+                        IPTuple::DestinationAddress(a) => t.dst = *a,
                         _ => return None,
                     }
                 }
@@ -241,11 +256,20 @@ fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
     b
 }
 
+/// The NAT range attributes of an address's family (min, max) and its bytes.
+fn nat_range(addr: &IpAddr) -> (u16, u16, Vec<u8>) {
+    match addr {
+        IpAddr::V4(a) => (CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP, a.octets().to_vec()),
+        IpAddr::V6(a) => (CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP, a.octets().to_vec()),
+    }
+}
+
 /// A NAT range of exactly one address and port.
 #[cfg(test)]
-fn nat_to(kind: u16, addr: Ipv4Addr, port: u16, with_port: bool) -> ConntrackAttribute {
-    let mut v = nla(CTA_NAT_V4_MINIP, &addr.octets());
-    v.extend(nla(CTA_NAT_V4_MAXIP, &addr.octets()));
+fn nat_to(kind: u16, addr: IpAddr, port: u16, with_port: bool) -> ConntrackAttribute {
+    let (min, max, bytes) = nat_range(&addr);
+    let mut v = nla(min, &bytes);
+    v.extend(nla(max, &bytes));
     if with_port {
         let mut p = nla(CTA_PROTONAT_PORT_MIN, &port.to_be_bytes());
         p.extend(nla(CTA_PROTONAT_PORT_MAX, &port.to_be_bytes()));
@@ -299,16 +323,22 @@ fn upsert_message(r: &Record, timeout_s: u32, with_nat: bool) -> ConntrackMessag
     ConntrackMessage::New(attrs)
 }
 
-/// Appends request `msg` (with `flags` besides NLM_F_REQUEST, sequence
-/// number `seq`) to `buf`.
-fn serialize(msg: ConntrackMessage, flags: u16, seq: u32, buf: &mut Vec<u8>) {
+/// Appends request `msg` (for `family`, with `flags` besides NLM_F_REQUEST,
+/// sequence number `seq`) to `buf`.
+fn serialize(
+    msg: ConntrackMessage,
+    family: NetfilterProtoFamily,
+    flags: u16,
+    seq: u32,
+    buf: &mut Vec<u8>,
+) {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = seq;
     let mut nl = NetlinkMessage::new(
         header,
         NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+            NetfilterHeader::new(family, 0, 0),
             msg,
         )),
     );
@@ -371,7 +401,7 @@ impl Request<'_> {
                 write_upsert(buf, r, timeout_s, with_nat, flags, seq);
             }
             Request::Get(t, reply) => {
-                let at = begin_message(buf, IPCTNL_MSG_CT_GET, flags, seq);
+                let at = begin_message(buf, IPCTNL_MSG_CT_GET, t.is_v6(), flags, seq);
                 let kind = if reply {
                     CTA_TUPLE_REPLY
                 } else {
@@ -381,7 +411,7 @@ impl Request<'_> {
                 end_message(buf, at);
             }
             Request::Delete(t, _) => {
-                let at = begin_message(buf, IPCTNL_MSG_CT_DELETE, flags, seq);
+                let at = begin_message(buf, IPCTNL_MSG_CT_DELETE, t.is_v6(), flags, seq);
                 put_tuple(buf, CTA_TUPLE_ORIG, &t);
                 end_message(buf, at);
             }
@@ -389,17 +419,18 @@ impl Request<'_> {
     }
 }
 
-/// Appends a ctnetlink request's headers (netlink, nfgenmsg for IPv4);
-/// returns where it starts, for [`end_message`].
-fn begin_message(buf: &mut Vec<u8>, msg: u16, flags: u16, seq: u32) -> usize {
+/// Appends a ctnetlink request's headers (netlink, nfgenmsg for IPv4, or
+/// IPv6 if `v6`); returns where it starts, for [`end_message`].
+fn begin_message(buf: &mut Vec<u8>, msg: u16, v6: bool, flags: u16, seq: u32) -> usize {
     let at = buf.len();
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | msg).to_ne_bytes());
     buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     buf.extend_from_slice(&seq.to_ne_bytes());
     buf.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: AF_INET, version 0, resource id 0.
-    buf.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    // nfgenmsg: the family, version 0, resource id 0.
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    buf.extend_from_slice(&[family as u8, 0, 0, 0]);
     at
 }
 
@@ -437,14 +468,30 @@ fn put_attrs(buf: &mut Vec<u8>, kind: u16, f: impl FnOnce(&mut Vec<u8>)) {
 fn put_tuple(buf: &mut Vec<u8>, kind: u16, t: &CtTuple) {
     put_nested(buf, kind, |b| {
         put_nested(b, CTA_TUPLE_IP, |b| {
-            put_attr(b, CTA_IP_V4_SRC, &t.src.octets());
-            put_attr(b, CTA_IP_V4_DST, &t.dst.octets());
+            for (a, v4, v6) in [
+                (&t.src, CTA_IP_V4_SRC, CTA_IP_V6_SRC),
+                (&t.dst, CTA_IP_V4_DST, CTA_IP_V6_DST),
+            ] {
+                match a {
+                    IpAddr::V4(a) => put_attr(b, v4, &a.octets()),
+                    IpAddr::V6(a) => put_attr(b, v6, &a.octets()),
+                }
+            }
         });
         put_nested(b, CTA_TUPLE_PROTO, |b| match t.proto {
             6 | 17 => {
                 put_attr(b, CTA_PROTO_NUM, &[t.proto]);
                 put_attr(b, CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
                 put_attr(b, CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+            }
+            // ICMPv6 echo likewise: request (128) one way, reply (129)
+            // the other.
+            58 => {
+                put_attr(b, CTA_PROTO_NUM, &[58]);
+                put_attr(b, CTA_PROTO_ICMPV6_ID, &t.sport.to_be_bytes());
+                let icmp_type = if kind == CTA_TUPLE_REPLY { 129 } else { 128 };
+                put_attr(b, CTA_PROTO_ICMPV6_TYPE, &[icmp_type]);
+                put_attr(b, CTA_PROTO_ICMPV6_CODE, &[0]);
             }
             // ICMP echo: the kernel needs type, code and identifier (XDP
             // keeps the identifier as both ports); the original direction
@@ -472,20 +519,21 @@ fn write_upsert(
     flags: u16,
     seq: u32,
 ) {
-    let at = begin_message(buf, IPCTNL_MSG_CT_NEW, flags, seq);
     let orig = CtTuple::orig_of(r);
+    let at = begin_message(buf, IPCTNL_MSG_CT_NEW, orig.is_v6(), flags, seq);
     let reply = CtTuple::reply_of(r);
     put_tuple(buf, CTA_TUPLE_ORIG, &orig);
     put_tuple(buf, CTA_TUPLE_REPLY, &orig.inverted());
     put_attr(buf, CTA_TIMEOUT, &timeout_s.to_be_bytes());
     let with_port = r.proto == 6 || r.proto == 17;
-    let nat = |buf: &mut Vec<u8>, kind: u16, addr: Ipv4Addr, port: u16| {
+    let nat = |buf: &mut Vec<u8>, kind: u16, addr: IpAddr, port: u16| {
         // Without NLA_F_NESTED on the outer attribute, as the typed message
         // goes (netlink-packet-core drops the flags of a DefaultNla's kind;
         // ctnetlink reads it either way).
+        let (min, max, bytes) = nat_range(&addr);
         put_attrs(buf, kind, |b| {
-            put_attr(b, CTA_NAT_V4_MINIP, &addr.octets());
-            put_attr(b, CTA_NAT_V4_MAXIP, &addr.octets());
+            put_attr(b, min, &bytes);
+            put_attr(b, max, &bytes);
             if with_port {
                 put_nested(b, CTA_NAT_PROTO, |b| {
                     put_attr(b, CTA_PROTONAT_PORT_MIN, &port.to_be_bytes());
@@ -739,7 +787,8 @@ impl Conntrack {
 }
 
 impl Conntrack {
-    /// Every IPv4 entry of the namespace's table, in one ctnetlink dump (a
+    /// Every IPv4 and IPv6 entry of the namespace's table, in one ctnetlink
+    /// dump (AF_UNSPEC: every family; a
     /// bulk resync reads the whole table at once rather than asking for
     /// each flow), handed to `each` a received buffer at a time (so a bulk
     /// goes out while the dump is still being read).
@@ -747,7 +796,13 @@ impl Conntrack {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut buf = Vec::new();
-        serialize(ConntrackMessage::Get(Vec::new()), NLM_F_DUMP, seq, &mut buf);
+        serialize(
+            ConntrackMessage::Get(Vec::new()),
+            NetfilterProtoFamily::Unspec,
+            NLM_F_DUMP,
+            seq,
+            &mut buf,
+        );
         self.sock.send(&buf, 0)?;
         let mut part = Vec::new();
         loop {
@@ -763,7 +818,8 @@ impl Conntrack {
         }
     }
 
-    /// Every IPv4 entry of the namespace's table, in one ctnetlink dump.
+    /// Every IPv4 and IPv6 entry of the namespace's table, in one ctnetlink
+    /// dump.
     pub fn dump(&mut self) -> io::Result<Vec<CtEntry>> {
         let mut out = Vec::new();
         self.dump_each(|part| out.extend_from_slice(part))?;
@@ -829,12 +885,17 @@ const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_PROTO_ICMP_ID: u16 = 4;
 const CTA_PROTO_ICMP_TYPE: u16 = 5;
 const CTA_PROTO_ICMP_CODE: u16 = 6;
+const CTA_PROTO_ICMPV6_ID: u16 = 7;
+const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
+const CTA_PROTO_ICMPV6_CODE: u16 = 9;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
@@ -844,8 +905,9 @@ const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
 /// replication needs with netlink-packet-core's attribute iterator: what
 /// netlink-packet-netfilter's typed messages read (a test checks it),
 /// without its allocation per attribute (a dump of a million entries spent
-/// most of its time there). `None` for anything but an IPv4 TCP, UDP or
-/// ICMP entry, or attributes that do not decode.
+/// most of its time there). `None` for anything but a TCP, UDP or ICMP
+/// (IPv4) or ICMPv6 (IPv6) entry whose tuples are of one family, or
+/// attributes that do not decode.
 fn entry_of_attrs(attrs: &[u8]) -> Option<CtEntry> {
     let (mut orig, mut reply, mut tcp_state) = (None, None, 0);
     for nla in NlasIterator::new(attrs) {
@@ -871,7 +933,7 @@ fn entry_of_attrs(attrs: &[u8]) -> Option<CtEntry> {
         }
     }
     let (orig, reply): (CtTuple, CtTuple) = (orig?, reply?);
-    (orig.proto == reply.proto).then_some(CtEntry {
+    (orig.proto == reply.proto && orig.is_v6() == reply.is_v6()).then_some(CtEntry {
         orig,
         reply,
         tcp_state,
@@ -881,12 +943,14 @@ fn entry_of_attrs(attrs: &[u8]) -> Option<CtEntry> {
 fn tuple_of_attrs(b: &[u8]) -> Option<CtTuple> {
     let mut t = CtTuple {
         proto: 0,
-        src: Ipv4Addr::UNSPECIFIED,
-        dst: Ipv4Addr::UNSPECIFIED,
+        src: Ipv4Addr::UNSPECIFIED.into(),
+        dst: Ipv4Addr::UNSPECIFIED.into(),
         sport: 0,
         dport: 0,
     };
-    let v4 = |v: &[u8]| <[u8; 4]>::try_from(v).ok().map(Ipv4Addr::from);
+    let (mut v4, mut v6) = (0, 0);
+    let ip4 = |v: &[u8]| <[u8; 4]>::try_from(v).ok().map(IpAddr::from);
+    let ip6 = |v: &[u8]| <[u8; 16]>::try_from(v).ok().map(IpAddr::from);
     let port = |v: &[u8]| <[u8; 2]>::try_from(v).ok().map(u16::from_be_bytes);
     for nla in NlasIterator::new(b) {
         let nla = nla.ok()?;
@@ -895,9 +959,11 @@ fn tuple_of_attrs(b: &[u8]) -> Option<CtTuple> {
                 for ip in NlasIterator::new(nla.value()) {
                     let ip = ip.ok()?;
                     match ip.kind() {
-                        CTA_IP_V4_SRC => t.src = v4(ip.value())?,
-                        CTA_IP_V4_DST => t.dst = v4(ip.value())?,
-                        // IPv6 and anything else: not ours.
+                        CTA_IP_V4_SRC => (t.src, v4) = (ip4(ip.value())?, v4 + 1),
+                        CTA_IP_V4_DST => (t.dst, v4) = (ip4(ip.value())?, v4 + 1),
+                        CTA_IP_V6_SRC => (t.src, v6) = (ip6(ip.value())?, v6 + 1),
+                        CTA_IP_V6_DST => (t.dst, v6) = (ip6(ip.value())?, v6 + 1),
+                        // Anything else: not ours.
                         _ => return None,
                     }
                 }
@@ -911,7 +977,7 @@ fn tuple_of_attrs(b: &[u8]) -> Option<CtTuple> {
                         CTA_PROTO_DST_PORT => t.dport = port(p.value())?,
                         // ICMP echo: the identifier stands for both ports,
                         // as in XDP's flow keys.
-                        CTA_PROTO_ICMP_ID => {
+                        CTA_PROTO_ICMP_ID | CTA_PROTO_ICMPV6_ID => {
                             t.sport = port(p.value())?;
                             t.dport = t.sport;
                         }
@@ -922,7 +988,9 @@ fn tuple_of_attrs(b: &[u8]) -> Option<CtTuple> {
             _ => {}
         }
     }
-    matches!(t.proto, 6 | 17 | 1).then_some(t)
+    // Both addresses, of one family; ICMP with IPv4, ICMPv6 with IPv6.
+    let family_ok = (v4 == 2 && v6 == 0 && t.proto != 58) || (v6 == 2 && v4 == 0 && t.proto != 1);
+    (family_ok && matches!(t.proto, 6 | 17 | 1 | 58)).then_some(t)
 }
 
 /// Reads one received buffer of netlink messages (the kernel's bytes: checked,
@@ -1020,6 +1088,7 @@ fn typed_entry(bytes: &[u8]) -> Option<CtEntry> {
                                 Protocol::Tcp => 6,
                                 Protocol::Udp => 17,
                                 Protocol::Icmp => 1,
+                                Protocol::Ipv6Icmp => 58,
                                 _ => return None,
                             };
                         }
@@ -1057,6 +1126,14 @@ fn typed_entry(bytes: &[u8]) -> Option<CtEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn family_of(t: &CtTuple) -> NetfilterProtoFamily {
+        if t.is_v6() {
+            NetfilterProtoFamily::IPv6
+        } else {
+            NetfilterProtoFamily::IPv4
+        }
+    }
 
     /// A ctnetlink reply buffer (after the fuzz target's count byte): the
     /// entry answering request 1 (a NATed TCP flow, ESTABLISHED), then
@@ -1121,11 +1198,16 @@ mod tests {
 
     #[test]
     fn the_lean_writer_of_a_lookup_or_delete_writes_what_the_typed_one_writes() {
-        for proto in [6u8, 17] {
+        let v4: [IpAddr; 2] = [[10, 0, 0, 1].into(), [10, 1, 0, 10].into()];
+        let v6: [IpAddr; 2] = [
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8:1::10".parse().unwrap(),
+        ];
+        for (proto, [src, dst]) in [(6u8, v4), (17, v4), (6, v6), (17, v6)] {
             let tup = CtTuple {
                 proto,
-                src: Ipv4Addr::new(10, 0, 0, 1),
-                dst: Ipv4Addr::new(10, 1, 0, 10),
+                src,
+                dst,
                 sport: 40000,
                 dport: 443,
             };
@@ -1147,7 +1229,7 @@ mod tests {
                 let mut a = Vec::new();
                 lean.write(flags, 9, &mut a);
                 let mut b = Vec::new();
-                serialize(typed, flags, 9, &mut b);
+                serialize(typed, family_of(&tup), flags, 9, &mut b);
                 assert_eq!(a, b, "{tup:?}");
             }
         }
@@ -1155,11 +1237,25 @@ mod tests {
 
     #[test]
     fn the_lean_writer_of_a_create_writes_what_the_typed_one_writes() {
-        let a = |x: u8| Ipv4Addr::new(10, 0, 0, x);
+        fn a4(x: u8) -> IpAddr {
+            IpAddr::from([10, 0, 0, x])
+        }
+        fn a6(x: u8) -> IpAddr {
+            IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                x.into(),
+            ))
+        }
         let mut records = Vec::new();
         // ICMP: the typed messages have no type, code and identifier (which
         // the kernel needs); conntrack_apply checks those against it.
-        for proto in [6u8, 17] {
+        for (proto, a) in [(6u8, a4 as fn(u8) -> IpAddr), (17, a4), (6, a6), (17, a6)] {
             for state in [
                 TcpState::SynSent,
                 TcpState::Established,
@@ -1201,7 +1297,14 @@ mod tests {
             for with_nat in [false, true] {
                 for flags in [NLM_F_CREATE, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK] {
                     let mut typed = Vec::new();
-                    serialize(upsert_message(r, 600, with_nat), flags, 7, &mut typed);
+                    let family = family_of(&CtTuple::orig_of(r));
+                    serialize(
+                        upsert_message(r, 600, with_nat),
+                        family,
+                        flags,
+                        7,
+                        &mut typed,
+                    );
                     let mut lean = Vec::new();
                     write_upsert(&mut lean, r, 600, with_nat, flags, 7);
                     assert_eq!(lean, typed, "{r:?} with_nat {with_nat}");

@@ -9,8 +9,10 @@ use std::{
     time::Duration,
 };
 
-use ha_common::flow::{self, FlowEvent, FlowEventKind, TcpState};
+use ha_common::flow::{self, FlowEventKind, TcpState};
 use tracing::warn;
+
+use crate::dataplane::events::Event;
 
 use super::{
     apply::CACHE_MAX,
@@ -37,15 +39,15 @@ const HANDSHAKE_TRIES: u8 = 9;
 /// carry them.
 const UNTRANSLATED_FIRST_TRY: u8 = 5;
 
-/// A flow event as a record, as XDP saw it (original direction; a closed TCP
-/// flow is a delete).
-pub fn record_of(e: &FlowEvent) -> Record {
+/// A flow event of either family as a record, as XDP saw it (original
+/// direction; a closed TCP flow is a delete).
+pub fn record_of(e: &Event) -> Record {
     let kind = if e.proto == flow::PROTO_TCP && e.state == TcpState::Closed as u8 {
         RecordKind::Delete
     } else {
         RecordKind::Upsert
     };
-    Record::of_flow(kind, e.proto, e.state, e.endpoints())
+    Record::plain(kind, e.proto, e.state, e.src, e.dst, e.src_port, e.dst_port)
 }
 
 /// Why a flow is looked up again later.

@@ -1,12 +1,18 @@
-//! This node's XDP flow table (`HA_FLOWS`) from the sync side: a dump for a
-//! bulk resync, and entries written for the flows the peer replicated (so
-//! the new master's XDP tracks them from their first packet). Keys are
-//! normalised by [`FlowKey::normalised`], shared with the XDP programs.
+//! This node's XDP flow tables (`HA_FLOWS`, and `HA_FLOWS6` for IPv6) from
+//! the sync side: a dump for a bulk resync, and entries written for the
+//! flows the peer replicated (so the new master's XDP tracks them from their
+//! first packet). Keys are normalised by [`FlowKey::normalised`] and
+//! [`FlowKey6::normalised`], shared with the XDP programs.
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use std::net::IpAddr;
+
+use aya::{
+    Pod,
+    maps::{HashMap as BpfHashMap, MapData},
+};
 use ha_common::{
     addr_from_octets,
-    flow::{self, Endpoints, FlowKey, FlowState, TcpState},
+    flow::{self, Endpoints, Endpoints6, FlowKey, FlowKey6, FlowState, TcpState},
 };
 
 use super::{
@@ -15,44 +21,71 @@ use super::{
 };
 use crate::dataplane::{open_map, pin_dir};
 
-/// A tuple's key in the flow table, and whether its source is `lo`.
-fn key_of(t: &CtTuple) -> (FlowKey, bool) {
-    FlowKey::normalised(
-        t.proto,
-        Endpoints {
-            src_addr: addr_from_octets(t.src.octets()),
-            dst_addr: addr_from_octets(t.dst.octets()),
-            src_port: t.sport,
-            dst_port: t.dport,
-        },
-    )
+/// A tuple's key in a flow table of its family.
+enum Key {
+    V4(FlowKey),
+    V6(FlowKey6),
 }
 
-/// The pinned flow table of an instance.
-pub struct FlowTable {
-    map: BpfHashMap<MapData, FlowKey, FlowState>,
+/// A tuple's key in the flow table of its family, and whether its source
+/// is `lo`. `None` for a tuple whose addresses are not of one family.
+fn key_of(t: &CtTuple) -> Option<(Key, bool)> {
+    match (t.src, t.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let (k, lo) = FlowKey::normalised(
+                t.proto,
+                Endpoints {
+                    src_addr: addr_from_octets(src.octets()),
+                    dst_addr: addr_from_octets(dst.octets()),
+                    src_port: t.sport,
+                    dst_port: t.dport,
+                },
+            );
+            Some((Key::V4(k), lo))
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let (k, lo) = FlowKey6::normalised(
+                t.proto,
+                Endpoints6 {
+                    src_addr: src.octets(),
+                    dst_addr: dst.octets(),
+                    src_port: t.sport,
+                    dst_port: t.dport,
+                },
+            );
+            Some((Key::V6(k), lo))
+        }
+        _ => None,
+    }
+}
+
+/// One pinned flow table, keyed by `K`.
+struct Table<K: Pod> {
+    map: BpfHashMap<MapData, K, FlowState>,
     /// The same map, for the batched dump (aya has no batch operations).
     raw: Option<MapData>,
 }
 
-impl FlowTable {
-    /// Opens the pinned table; `None` when the data plane has none.
-    pub fn open(instance: &str) -> Option<FlowTable> {
-        let dir = pin_dir(instance);
-        let raw = MapData::from_pin(dir.join("maps").join(flow::FLOWS_MAP)).ok();
-        open_map(&dir, flow::FLOWS_MAP)
-            .ok()
-            .map(|map| FlowTable { map, raw })
+impl<K: Pod + Default> Table<K> {
+    fn open(dir: &std::path::Path, name: &'static str) -> Option<Self> {
+        let raw = MapData::from_pin(dir.join("maps").join(name)).ok();
+        open_map(dir, name).ok().map(|map| Table { map, raw })
+    }
+
+    /// Every entry, batched if the kernel lets us, else one by one.
+    fn entries(&self) -> Vec<(K, FlowState)> {
+        self.entries_batched()
+            .unwrap_or_else(|| self.map.iter().filter_map(Result::ok).collect())
     }
 
     /// Every entry, read `BATCH` at a time with `BPF_MAP_LOOKUP_BATCH` (one
     /// system call per batch instead of two per entry: a million entries in
     /// a fraction of a second); `None` if the kernel refuses it.
-    fn entries_batched(&self) -> Option<Vec<(FlowKey, FlowState)>> {
+    fn entries_batched(&self) -> Option<Vec<(K, FlowState)>> {
         const BATCH: usize = 8192;
         let fd = raw_fd(self.raw.as_ref()?);
-        let mut out: Vec<(FlowKey, FlowState)> = Vec::new();
-        let mut keys = vec![FlowKey::default(); BATCH];
+        let mut out: Vec<(K, FlowState)> = Vec::new();
+        let mut keys = vec![K::default(); BATCH];
         let mut values = vec![FlowState::default(); BATCH];
         // The opaque position (a bucket index for hash maps).
         let mut token = [0u64; 2];
@@ -95,24 +128,13 @@ impl FlowTable {
         }
     }
 
-    /// Tracks the flow `t` (original direction) in `state`, seen at `now_ns`.
-    pub fn insert(&mut self, t: &CtTuple, state: u8, now_ns: u64) {
-        let (key, st) = entry_of(t, state, now_ns);
-        let _ = self.map.insert(key, st, 0);
-    }
-
-    /// Tracks the flows `flows` (tuple in the original direction, state),
-    /// seen at `now_ns`, with `BPF_MAP_UPDATE_BATCH`: one system call for
-    /// all (a bulk resync writes a million); one by one if the kernel
-    /// refuses the batch.
-    pub fn insert_many(&mut self, flows: &[(CtTuple, u8)], now_ns: u64) {
-        if flows.is_empty() {
+    /// Writes `keys` and `values` with `BPF_MAP_UPDATE_BATCH`: one system
+    /// call for all (a bulk resync writes a million); one by one if the
+    /// kernel refuses the batch.
+    fn insert_many(&mut self, keys: Vec<K>, values: Vec<FlowState>) {
+        if keys.is_empty() {
             return;
         }
-        let (keys, values): (Vec<FlowKey>, Vec<FlowState>) = flows
-            .iter()
-            .map(|(t, state)| entry_of(t, *state, now_ns))
-            .unzip();
         let batched = self.raw.as_ref().is_some_and(|raw| {
             // SAFETY: the kernel reads `count` keys and values from buffers
             // of that many.
@@ -175,9 +197,56 @@ unsafe fn map_batch(
     (r, (attr[4] & 0xffff_ffff) as usize)
 }
 
+/// The pinned flow tables of an instance, one per family.
+pub struct FlowTable {
+    v4: Table<FlowKey>,
+    /// `None` with a data plane older than IPv6 flow tracking.
+    v6: Option<Table<FlowKey6>>,
+}
+
+impl FlowTable {
+    /// Opens the pinned tables; `None` when the data plane has none.
+    pub fn open(instance: &str) -> Option<FlowTable> {
+        let dir = pin_dir(instance);
+        let v4 = Table::open(&dir, flow::FLOWS_MAP)?;
+        Some(FlowTable {
+            v4,
+            v6: Table::open(&dir, flow::FLOWS6_MAP),
+        })
+    }
+
+    /// Tracks the flow `t` (original direction) in `state`, seen at `now_ns`.
+    pub fn insert(&mut self, t: &CtTuple, state: u8, now_ns: u64) {
+        self.insert_many(&[(*t, state)], now_ns);
+    }
+
+    /// Tracks the flows `flows` (tuple in the original direction, state),
+    /// seen at `now_ns`, a batch per family.
+    pub fn insert_many(&mut self, flows: &[(CtTuple, u8)], now_ns: u64) {
+        let (mut k4, mut s4, mut k6, mut s6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (t, state) in flows {
+            match entry_of(t, *state, now_ns) {
+                Some((Key::V4(k), st)) => {
+                    k4.push(k);
+                    s4.push(st);
+                }
+                Some((Key::V6(k), st)) => {
+                    k6.push(k);
+                    s6.push(st);
+                }
+                None => {}
+            }
+        }
+        self.v4.insert_many(k4, s4);
+        if let Some(v6) = &mut self.v6 {
+            v6.insert_many(k6, s6);
+        }
+    }
+}
+
 /// A flow's key and its entry as written from the sync side.
-fn entry_of(t: &CtTuple, state: u8, now_ns: u64) -> (FlowKey, FlowState) {
-    let (key, lo_origin) = key_of(t);
+fn entry_of(t: &CtTuple, state: u8, now_ns: u64) -> Option<(Key, FlowState)> {
+    let (key, lo_origin) = key_of(t)?;
     let st = FlowState {
         first_ns: now_ns,
         last_ns: now_ns,
@@ -192,13 +261,23 @@ fn entry_of(t: &CtTuple, state: u8, now_ns: u64) -> (FlowKey, FlowState) {
         },
         _pad: [0; 6],
     };
-    (key, st)
+    Some((key, st))
 }
 
 impl FlowTable {
     /// Forgets the flow `t`.
     pub fn remove(&mut self, t: &CtTuple) {
-        let _ = self.map.remove(&key_of(t).0);
+        match key_of(t) {
+            Some((Key::V4(k), _)) => {
+                let _ = self.v4.map.remove(&k);
+            }
+            Some((Key::V6(k), _)) => {
+                if let Some(v6) = &mut self.v6 {
+                    let _ = v6.map.remove(&k);
+                }
+            }
+            None => {}
+        }
     }
 
     /// Forgets the flow `t` if XDP saw no packet of it for `idle` (by
@@ -206,28 +285,44 @@ impl FlowTable {
     /// conntrack does not know may be one whose first packet the kernel has
     /// not confirmed yet. Whether it was forgotten.
     pub fn forget_idle(&mut self, t: &CtTuple, now_ns: u64, idle: std::time::Duration) -> bool {
-        let key = key_of(t).0;
         let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-        match self.map.get(&key, 0) {
-            Ok(s) if now_ns.saturating_sub(s.last_ns) >= idle_ns => self.map.remove(&key).is_ok(),
+        fn forget<K: Pod>(t: &mut Table<K>, key: &K, now_ns: u64, idle_ns: u64) -> bool {
+            match t.map.get(key, 0) {
+                Ok(s) if now_ns.saturating_sub(s.last_ns) >= idle_ns => t.map.remove(key).is_ok(),
+                _ => false,
+            }
+        }
+        match (key_of(t), &mut self.v6) {
+            (Some((Key::V4(k), _)), _) => forget(&mut self.v4, &k, now_ns, idle_ns),
+            (Some((Key::V6(k), _)), Some(v6)) => forget(v6, &k, now_ns, idle_ns),
             _ => false,
         }
     }
 
-    /// Every live flow (closed TCP flows left out), in its original
-    /// direction, as XDP saw it.
+    /// Every live flow of both families (closed TCP flows left out), in its
+    /// original direction, as XDP saw it.
     pub fn dump(&self) -> Vec<Record> {
-        let entries = self
-            .entries_batched()
-            .unwrap_or_else(|| self.map.iter().filter_map(Result::ok).collect());
-        entries
+        let live = |proto: u8, s: &FlowState| {
+            !(proto == flow::PROTO_TCP && s.state == TcpState::Closed as u8)
+        };
+        let origin = |s: &FlowState| s.flags & flow::FLOW_LO_IS_ORIGIN != 0;
+        let v4 = self
+            .v4
+            .entries()
             .into_iter()
-            .filter(|(k, s)| !(k.proto == flow::PROTO_TCP && s.state == TcpState::Closed as u8))
+            .filter(|(k, s)| live(k.proto, s))
             .map(|(k, s)| {
-                let e = k.oriented(s.flags & flow::FLOW_LO_IS_ORIGIN != 0);
-                Record::of_flow(RecordKind::Upsert, k.proto, s.state, e)
-            })
-            .collect()
+                Record::of_flow(RecordKind::Upsert, k.proto, s.state, k.oriented(origin(&s)))
+            });
+        let v6 = self
+            .v6
+            .iter()
+            .flat_map(Table::entries)
+            .filter(|(k, s)| live(k.proto, s))
+            .map(|(k, s)| {
+                Record::of_flow6(RecordKind::Upsert, k.proto, s.state, k.oriented(origin(&s)))
+            });
+        v4.chain(v6).collect()
     }
 }
 
@@ -243,23 +338,55 @@ mod tests {
     fn a_tuple_and_its_inverse_share_a_key_and_the_origin_is_kept() {
         let t = CtTuple {
             proto: flow::PROTO_TCP,
-            src: Ipv4Addr::new(10, 1, 0, 10),
-            dst: Ipv4Addr::new(10, 0, 0, 10),
+            src: Ipv4Addr::new(10, 1, 0, 10).into(),
+            dst: Ipv4Addr::new(10, 0, 0, 10).into(),
             sport: 80,
             dport: 40000,
         };
-        let (k, lo) = key_of(&t);
-        let (k2, lo2) = key_of(&t.inverted());
+        let Some((Key::V4(k), lo)) = key_of(&t) else {
+            panic!("an IPv4 key")
+        };
+        let Some((Key::V4(k2), lo2)) = key_of(&t.inverted()) else {
+            panic!("an IPv4 key")
+        };
         assert_eq!(k, k2);
         assert!(!lo && lo2);
         let e = k.oriented(lo);
         assert_eq!(
             (
-                Ipv4Addr::from(addr_octets(e.src_addr)),
+                IpAddr::from(addr_octets(e.src_addr)),
                 e.src_port,
                 e.dst_port
             ),
             (t.src, 80, 40000)
         );
+    }
+
+    #[test]
+    fn an_ipv6_tuple_has_an_ipv6_key_and_a_mixed_one_none() {
+        let a: IpAddr = "2001:db8::10".parse().unwrap();
+        let b: IpAddr = "2001:db8:1::10".parse().unwrap();
+        let t = CtTuple {
+            proto: flow::PROTO_TCP,
+            src: b,
+            dst: a,
+            sport: 443,
+            dport: 40000,
+        };
+        let Some((Key::V6(k), lo)) = key_of(&t) else {
+            panic!("an IPv6 key")
+        };
+        let Some((Key::V6(k2), lo2)) = key_of(&t.inverted()) else {
+            panic!("an IPv6 key")
+        };
+        assert_eq!(k, k2);
+        assert!(!lo && lo2);
+        let e = k.oriented(lo);
+        assert_eq!((IpAddr::from(e.src_addr), e.src_port), (b, 443));
+        let mixed = CtTuple {
+            src: Ipv4Addr::new(10, 0, 0, 1).into(),
+            ..t
+        };
+        assert!(key_of(&mixed).is_none());
     }
 }

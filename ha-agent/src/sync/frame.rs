@@ -23,7 +23,7 @@ use chacha20poly1305::{
     aead::{Aead, Payload},
 };
 
-use super::record::{RECORD_LEN, Record};
+use super::record::{RECORD_LEN, RECORD6_LEN, Record, RecordError};
 
 pub const MAGIC: [u8; 2] = *b"HA";
 /// 2: the header carries `to_epoch`, and `Open` exists.
@@ -32,8 +32,30 @@ pub const HEADER_LEN: usize = 40;
 pub const TAG_LEN: usize = 16;
 /// Largest datagram: an Ethernet MTU minus IPv4 and UDP headers.
 pub const MAX_FRAME: usize = 1500 - 20 - 8;
-/// Records that fit one frame.
-pub const MAX_RECORDS: usize = (MAX_FRAME - HEADER_LEN - TAG_LEN) / RECORD_LEN;
+/// Bytes of records one frame carries.
+pub const MAX_PAYLOAD: usize = MAX_FRAME - HEADER_LEN - TAG_LEN;
+/// IPv4 records that fit one frame.
+pub const MAX_RECORDS: usize = MAX_PAYLOAD / RECORD_LEN;
+/// IPv6 records that fit one frame.
+pub const MAX_RECORDS6: usize = MAX_PAYLOAD / RECORD6_LEN;
+
+/// How many of `records`, from the first, go in one frame, and whether that
+/// frame is full (not even an IPv4 record would fit beside them, or the
+/// next record does not).
+pub fn fitting(records: impl IntoIterator<Item = Record>) -> (usize, bool) {
+    let (mut n, mut bytes) = (0, 0);
+    for r in records {
+        if bytes + r.wire_len() > MAX_PAYLOAD {
+            return (n, true);
+        }
+        bytes += r.wire_len();
+        n += 1;
+        if bytes + RECORD_LEN > MAX_PAYLOAD {
+            return (n, true);
+        }
+    }
+    (n, false)
+}
 
 /// Frame kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +128,10 @@ pub enum FrameError {
     NotSync,
     #[error("authentication failed (wrong key or forged)")]
     Auth,
-    #[error("records malformed")]
+    #[error("records malformed (truncated)")]
     Malformed,
+    #[error("a record of an unknown kind")]
+    RecordKind,
     #[error("from an unexpected sender")]
     Sender,
     #[error("already received (resent by the peer, or replayed)")]
@@ -193,10 +217,8 @@ impl Crypto {
     pub fn seal(&self, h: &Header, records: &[Record]) -> Vec<u8> {
         let mut header = [0u8; HEADER_LEN];
         emit_header(h, &mut header);
-        let mut plain = vec![0u8; records.len() * RECORD_LEN];
-        for (r, chunk) in records.iter().zip(plain.chunks_mut(RECORD_LEN)) {
-            r.emit(chunk);
-        }
+        let mut plain = Vec::new();
+        Record::emit_all(records, &mut plain);
         let sealed = self
             .aead
             .encrypt(
@@ -226,21 +248,17 @@ impl Crypto {
                 },
             )
             .map_err(|_| FrameError::Auth)?;
-        if plain.len() % RECORD_LEN != 0 {
-            return Err(FrameError::Malformed);
-        }
-        let records = plain
-            .chunks(RECORD_LEN)
-            .map(Record::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| FrameError::Malformed)?;
+        let records = Record::parse_all(&plain).map_err(|e| match e {
+            RecordError::Kind(_) => FrameError::RecordKind,
+            RecordError::Truncated { .. } => FrameError::Malformed,
+        })?;
         Ok((h, records))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
     use crate::sync::record::RecordKind;
@@ -277,6 +295,83 @@ mod tests {
         assert_eq!(MAX_RECORDS, 44);
         let (h, got) = c.open(&d).unwrap();
         assert_eq!((h, got), (header(1), records));
+    }
+
+    fn rec6(i: u16) -> Record {
+        Record::plain(
+            RecordKind::Upsert,
+            6,
+            2,
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10),
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 10),
+            i,
+            443,
+        )
+    }
+
+    /// Seals `plain` as records under the frame's key (what a peer holding
+    /// the key could send), bypassing `seal`.
+    fn seal_raw(c: &Crypto, h: &Header, plain: &[u8]) -> Vec<u8> {
+        let mut header = [0u8; HEADER_LEN];
+        emit_header(h, &mut header);
+        let sealed = c
+            .aead
+            .encrypt(
+                &nonce(h),
+                Payload {
+                    msg: plain,
+                    aad: &header,
+                },
+            )
+            .unwrap();
+        [&header[..], &sealed].concat()
+    }
+
+    #[test]
+    fn ipv6_and_mixed_frames_fit_the_mtu_and_roundtrip() {
+        let c = Crypto::new(&[7; 32]);
+        assert_eq!(MAX_RECORDS6, 17);
+        let records: Vec<Record> = (0..MAX_RECORDS6 as u16).map(rec6).collect();
+        // An IPv4 record would still fit beside 17 IPv6 ones; an 18th not.
+        assert_eq!(fitting(records.iter().copied()), (17, false));
+        assert_eq!(fitting((0..18).map(rec6)), (17, true));
+        let d = c.seal(&header(1), &records);
+        assert!(d.len() <= MAX_FRAME, "{} bytes", d.len());
+        assert_eq!(c.open(&d).unwrap().1, records);
+        // Mixed: as many as fit, in order.
+        let mixed: Vec<Record> = (0..100u16)
+            .map(|i| if i % 3 == 0 { rec6(i) } else { rec(i) })
+            .collect();
+        let (n, full) = fitting(mixed.iter().copied());
+        assert!(full);
+        let d = c.seal(&header(2), &mixed[..n]);
+        assert!(d.len() <= MAX_FRAME, "{} bytes", d.len());
+        assert_eq!(c.open(&d).unwrap().1, mixed[..n]);
+        assert!(c.seal(&header(3), &mixed[..=n]).len() > MAX_FRAME);
+        // A few records: not full.
+        assert_eq!(fitting([rec(1), rec6(2)]), (2, false));
+        assert_eq!(fitting((0..44).map(rec)), (44, true), "IPv4 as before");
+        assert_eq!(fitting((0..43).map(rec)), (43, false));
+    }
+
+    #[test]
+    fn malformed_or_unknown_records_are_refused_by_name() {
+        let c = Crypto::new(&[7; 32]);
+        let mut plain = Vec::new();
+        Record::emit_all(&[rec(1), rec6(2)], &mut plain);
+        // An IPv6 record cut short, even to a multiple of 32 bytes.
+        for cut in [1, 16, 48, 79] {
+            let d = seal_raw(&c, &header(1), &plain[..plain.len() - cut]);
+            assert_eq!(c.open(&d).unwrap_err(), FrameError::Malformed, "cut {cut}");
+        }
+        // A kind no version sends.
+        let mut bad = plain.clone();
+        bad[RECORD_LEN] = 0x33;
+        let d = seal_raw(&c, &header(1), &bad);
+        assert_eq!(c.open(&d).unwrap_err(), FrameError::RecordKind);
+        // Unchanged, it opens.
+        let d = seal_raw(&c, &header(1), &plain);
+        assert_eq!(c.open(&d).unwrap().1, vec![rec(1), rec6(2)]);
     }
 
     #[test]

@@ -218,6 +218,7 @@ impl Node {
             out.push(Effect::SendGarp { group: gi });
             g.garp_pending = g.garp_count.saturating_sub(1);
             g.garp_at = now + g.garp_interval;
+            g.refresh_at = g.garp_refresh.map_or(Instant::MAX, |every| now + every);
             info!(event = "group", group = %g.name, role = "MASTER", ?reason, "MASTER: VIPs owned and announced");
         } else {
             if self.owned & bit != 0 {
@@ -244,6 +245,7 @@ impl Node {
                 });
             }
             self.groups[gi].garp_pending = 0;
+            self.groups[gi].refresh_at = Instant::MAX;
             info!(event = "group", group = %self.groups[gi].name, role = to.as_str(), ?reason, "group left MASTER or started");
         }
         let g = &self.groups[gi];

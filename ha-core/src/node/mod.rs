@@ -96,6 +96,11 @@ pub struct GroupSettings {
     /// GARP rounds on takeover, and their spacing.
     pub garp_count: u32,
     pub garp_interval: Duration,
+    /// While master, the VIPs are announced again this often (keepalived's
+    /// `vrrp_garp_master_refresh`): switches that aged out the virtual
+    /// MAC, or hosts that missed the takeover's rounds, learn it anew.
+    /// `None`: only at takeover.
+    pub garp_refresh: Option<Duration>,
 }
 
 /// Settings the core cannot run.
@@ -133,6 +138,9 @@ struct GroupState {
     /// GARP rounds still to send after a takeover, and when the next is due.
     garp_pending: u32,
     garp_at: Instant,
+    garp_refresh: Option<Duration>,
+    /// When the next refresh is due while master (`Duration::MAX`: not).
+    refresh_at: Instant,
     /// VIPs re-announced for a competing master, at most once a second.
     resend: Every,
 }
@@ -238,6 +246,8 @@ impl Node {
                 garp_interval: g.garp_interval,
                 garp_pending: 0,
                 garp_at: Duration::MAX,
+                garp_refresh: g.garp_refresh.filter(|d| !d.is_zero()),
+                refresh_at: Duration::MAX,
                 resend: Every::new(),
                 name: g.name,
             });
@@ -515,7 +525,8 @@ impl Node {
             .iter()
             .flat_map(|g| {
                 let garp = (g.garp_pending > 0).then_some(g.garp_at);
-                g.group.poll_at().into_iter().chain(garp)
+                let refresh = (g.refresh_at != Duration::MAX).then_some(g.refresh_at);
+                g.group.poll_at().into_iter().chain(garp).chain(refresh)
             })
             .chain(paths)
             .chain(
@@ -898,12 +909,20 @@ impl Node {
             }
             let owns = self.owns(gi, now);
             let g = &mut self.groups[gi];
+            let mut send = false;
             if g.garp_pending > 0 && g.garp_at <= now {
                 g.garp_pending -= 1;
                 g.garp_at = now + g.garp_interval;
-                if owns {
-                    out.push(Effect::SendGarp { group: gi });
-                }
+                send = true;
+            }
+            if let Some(every) = g.garp_refresh
+                && g.refresh_at <= now
+            {
+                g.refresh_at = now + every;
+                send = true;
+            }
+            if send && owns {
+                out.push(Effect::SendGarp { group: gi });
             }
         }
     }

@@ -42,6 +42,7 @@ fn settings(priority: u8, state_sync: bool) -> Settings {
             }],
             garp_count: 3,
             garp_interval: ms(10),
+            garp_refresh: None,
         }],
         auth: Default::default(),
         paths: Vec::new(),
@@ -1165,4 +1166,146 @@ fn an_ipv4_instance_refuses_ipv6_adverts() {
     let (mut n, _) = started(100, false);
     n.handle(ms(1), pkt6(&advert6_from(PEER_LL, 200), PEER_LL));
     assert_eq!(n.counters().rejected.get(&Rejected::UnknownVrid), Some(&1));
+}
+
+/// Hostile IPv6 adverts to a master of an IPv6 instance change nothing but
+/// counters: a higher priority with the hop limit lowered, from a global
+/// or our own address, a bad checksum, truncated, another VRID.
+#[test]
+fn hostile_ipv6_packets_change_nothing_but_counters() {
+    let mut n = started6(200);
+    let (t, _) = until_master(&mut n);
+    let before = n.election_state();
+    let higher = advert6_from(PEER_LL, 255);
+    let mut bad_checksum = higher.clone();
+    bad_checksum[2] ^= 0x55;
+    let mut other_vrid = higher.clone();
+    other_vrid[1] = 99;
+    wire::Packet::new_unchecked_in(&mut other_vrid[..], wire::Family::V6)
+        .fill_checksum(PEER_LL, wire::MULTICAST6);
+    let global: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    let with = |bytes: &[u8], src: Ipv6Addr, hop_limit: u8| {
+        (
+            bytes.to_vec(),
+            packet::Header6 {
+                src,
+                dst: wire::MULTICAST6,
+                hop_limit,
+                own: OWN_LL,
+            },
+        )
+    };
+    let inputs = [
+        with(&higher, PEER_LL, 64),
+        with(&advert6_from(global, 255), global, 255),
+        with(&advert6_from(OWN_LL, 255), OWN_LL, 255),
+        with(&bad_checksum, PEER_LL, 255),
+        with(&higher[..23], PEER_LL, 255),
+        with(&[], PEER_LL, 255),
+        with(&other_vrid, PEER_LL, 255),
+        // An IPv4 advert's bytes over IPv6.
+        with(&advert_from(PEER, 255)[20..], PEER_LL, 255),
+    ];
+    for (i, (bytes, header)) in inputs.iter().enumerate() {
+        let ev = Event::Packet6 {
+            bytes,
+            header: *header,
+            wall: Duration::ZERO,
+        };
+        let out = n.handle(t + ms(1), ev);
+        assert!(out.is_empty(), "input {i}: {out:#?}");
+        assert_eq!(n.election_state(), before, "input {i}");
+    }
+    let c = n.counters();
+    assert_eq!(c.rejected.values().sum::<u64>(), inputs.len() as u64);
+    assert_eq!(c.adverts_received, 0);
+}
+
+/// An IPv6 instance's adverts reach the peer over the data paths too
+/// (framed in IPv4 there, no addresses listed): with the HA link silent
+/// (cut), the peer's signed adverts over lan0 keep the backup a backup,
+/// as for an IPv4 instance; an IPv4-framed advert of the IPv6 VRID on the
+/// HA link is another router's. And the IPv6 advert itself, signed over
+/// the sender's HA address, verifies.
+#[test]
+fn an_ipv6_instance_hears_its_peer_over_the_data_paths() {
+    let mut s = authenticated(100);
+    s.groups[0].instances[0].1.vips = vec![VIP6.parse().unwrap()];
+    let (mut n, _) = start(s);
+    let seq = auth::clock_seq(WALL);
+    let framed = |src: Ipv4Addr, seq: u64| {
+        let mut pdu = wire::Repr {
+            vrid: 51,
+            priority: 200,
+            interval_cs: 1,
+            addrs: vec![VIP6.parse().unwrap()],
+        }
+        .to_bytes(src, MULTICAST);
+        assert_eq!(
+            pdu.len(),
+            wire::HEADER_LEN,
+            "no IPv6 address in an IPv4 frame"
+        );
+        pdu.extend_from_slice(&auth::seal(&advert_key(), seq, src, &pdu));
+        packet::ip_packet(src, MULTICAST, &pdu)
+    };
+    for i in 0..40u64 {
+        let out = n.handle(ms(5 * i), over(1, &framed(LAN_PEER, seq + i)));
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::Commit { .. })),
+            "{out:?}"
+        );
+        n.handle(ms(5 * i + 1), Event::Timer);
+    }
+    assert!(n.roles().all(|r| r == Role::Backup));
+    assert_eq!(n.counters().adverts_received, 40);
+    n.handle(ms(201), over(0, &framed(PEER, seq + 100)));
+    assert_eq!(n.counters().rejected.get(&Rejected::UnknownVrid), Some(&1));
+    // Over IPv6 on the HA link, sealed over the peer's HA address.
+    let mut pdu = advert6_from(PEER_LL, 200);
+    pdu.extend_from_slice(&auth::seal(&advert_key(), seq + 200, PEER, &pdu));
+    let ev = Event::Packet6 {
+        bytes: &pdu,
+        header: packet::Header6 {
+            src: PEER_LL,
+            dst: wire::MULTICAST6,
+            hop_limit: 255,
+            own: OWN_LL,
+        },
+        wall: WALL,
+    };
+    n.handle(ms(202), ev);
+    assert_eq!(n.counters().adverts_received, 41);
+    assert!(n.roles().all(|r| r == Role::Backup));
+}
+
+/// `garp_refresh`: a master announces its VIPs again at that period, from
+/// its takeover on; a backup never; a step-down stops it.
+#[test]
+fn a_master_refreshes_its_announcements() {
+    let mut s = settings(200, false);
+    s.groups[0].garp_refresh = Some(ms(1000));
+    let (mut n, _) = start(s);
+    let (t, _) = until_master(&mut n);
+    let mut garps = Vec::new();
+    let mut now = t;
+    while now < t + ms(3500) {
+        now = n.poll_at().unwrap();
+        let out = n.handle(now, Event::Timer);
+        if out.contains(&Effect::SendGarp { group: 0 }) {
+            garps.push(now - t);
+        }
+    }
+    // The takeover's two more rounds at 10 ms, then one a second.
+    assert_eq!(garps, vec![ms(10), ms(20), ms(1000), ms(2000), ms(3000)]);
+    // A higher-priority peer: backup, no more refreshes.
+    n.handle(now + ms(1), pkt(&advert_from(PEER, 255)));
+    assert!(n.roles().all(|r| r == Role::Backup));
+    for i in 1..=500 {
+        let at = now + ms(5 * i);
+        n.handle(at, pkt(&advert_from(PEER, 255)));
+        let out = n.handle(at, Event::Timer);
+        assert!(!out.contains(&Effect::SendGarp { group: 0 }), "{out:?}");
+    }
+    assert!(n.roles().all(|r| r == Role::Backup));
 }

@@ -286,3 +286,57 @@ fn use_vmac_becomes_the_virtual_mac() {
         got.skipped
     );
 }
+
+/// keepalived's IPv6 instance (its first address IPv6) becomes an IPv6
+/// instance; an address of the other family is left out with its line;
+/// `use_vmac` on it is the IPv6 virtual MAC.
+#[test]
+fn an_ipv6_instance_is_imported_as_one() {
+    let opts = Options {
+        peer: Some("10.255.0.2".parse().unwrap()),
+        ha_address: Some("10.255.0.1".parse().unwrap()),
+        ..Options::default()
+    };
+    let text = "vrrp_instance V6 {\n interface ha0\n virtual_router_id 52\n use_vmac\n virtual_ipaddress {\n  fd00::1/64 dev lan0\n  10.0.0.1/24 dev lan0\n  fd00:1::1/64 dev wan0\n }\n}\n";
+    let got = import(&mem(text), None, &opts, &no_host).unwrap();
+    let i = &got.config.groups[0].instances[0];
+    let vips: Vec<String> = i.parsed_vips().iter().map(|v| v.addr.to_string()).collect();
+    assert_eq!(vips, ["fe80::34", "fd00::1", "fd00:1::1"]);
+    assert!(
+        got.todo
+            .iter()
+            .any(|t| t.contains("fe80::34/64 on lan0 added")),
+        "{:?}",
+        got.todo
+    );
+    assert!(i.vmac);
+    assert!(got.config.has_ipv6_instances());
+    assert!(
+        got.skipped
+            .iter()
+            .any(|s| s.what.contains("10.0.0.1/24") && s.at.to_string().contains(":7")),
+        "{:?}",
+        got.skipped
+    );
+}
+
+/// keepalived's periodic re-announcement (`vrrp_garp_master_refresh`, or
+/// an instance's `garp_master_refresh`, seconds) becomes the group's
+/// `garp_refresh_ms`.
+#[test]
+fn the_master_refresh_is_imported() {
+    let opts = Options {
+        peer: Some("10.255.0.2".parse().unwrap()),
+        ha_address: Some("10.255.0.1".parse().unwrap()),
+        ..Options::default()
+    };
+    let text = "global_defs {\n vrrp_garp_master_refresh 60\n}\nvrrp_instance A {\n interface ha0\n virtual_router_id 7\n virtual_ipaddress { 10.0.0.1/24 dev lan0 }\n}\n";
+    let got = import(&mem(text), None, &opts, &no_host).unwrap();
+    assert_eq!(got.config.groups[0].garp_refresh_ms, 60_000);
+    let text = text.replace(
+        "virtual_router_id 7",
+        "virtual_router_id 7\n garp_master_refresh 30",
+    );
+    let got = import(&mem(&text), None, &opts, &no_host).unwrap();
+    assert_eq!(got.config.groups[0].garp_refresh_ms, 30_000);
+}
