@@ -220,9 +220,10 @@ struct Args {
     #[arg(long)]
     vmac: bool,
     /// The VIPs' address family: `ipv4` (instance VI_1), `ipv6` (VI_6, VRRP
-    /// over IPv6 on the HA link, VIPs fd00::1 and fd00:1::1) or `dual`
-    /// (both instances in one group). With IPv6 the probes, the neighbour
-    /// sampler (Neighbor Solicitations instead of ARP) and the TCP
+    /// over IPv6 on the HA link, VIPs fe80::1 and fd00::1 on the LAN,
+    /// fd00:1::1 on the WAN) or `dual` (both instances in one group). With
+    /// IPv6 the probes, the neighbour sampler (Neighbor Solicitations for
+    /// the client's gateway fe80::1 instead of ARP) and the TCP
     /// connections use IPv6 (client fd00::10 to server fd00:1::10); with
     /// `dual` IPv6 is the family under test and the IPv4 gateway probe and
     /// ARP sampler run beside it (`ipv4_outage_ms_max`,
@@ -342,7 +343,12 @@ fn family() -> Family {
 /// `ipv6` and `dual`).
 #[derive(Debug, Clone, Copy)]
 struct Addrs {
+    /// The service on the firewall listens here (a global VIP).
     lan_vip: IpAddr,
+    /// The client's gateway, whose neighbour entry a takeover must move:
+    /// the LAN VIP, or over IPv6 the virtual router's link-local VIP
+    /// fe80::1 (RFC 9568), as hosts learn it from router advertisements.
+    lan_gateway: IpAddr,
     wan_vip: IpAddr,
     server: IpAddr,
 }
@@ -352,6 +358,7 @@ fn addrs() -> Addrs {
         let p = |s: &str| s.parse::<Ipv6Addr>().expect("lab IPv6 address").into();
         Addrs {
             lan_vip: p(ha_tests::LAN_VIP6),
+            lan_gateway: p(ha_tests::LAN_LINK_LOCAL_VIP),
             wan_vip: p(ha_tests::WAN_VIP6),
             server: p(ha_tests::SERVER6),
         }
@@ -363,6 +370,7 @@ fn addrs() -> Addrs {
 impl Addrs {
     const V4: Addrs = Addrs {
         lan_vip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        lan_gateway: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         wan_vip: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
         server: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 10)),
     };
@@ -831,11 +839,11 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 .unwrap()
                 .unwrap_or_default()
         };
-        // Who answers for the LAN VIP: ARP, or neighbour discovery (one
-        // solicitation every 5 ms, from fd00::100-13f, not the probe's
-        // address fd00::20, as ARP's).
+        // Who answers for the client's gateway: ARP for 10.0.0.1, or
+        // neighbour discovery for fe80::1 (one solicitation every 5 ms,
+        // from fd00::100-13f, not the probe's address fd00::20, as ARP's).
         let stop_ref = &stop;
-        let arp = s.spawn(move || match at.lan_vip {
+        let arp = s.spawn(move || match at.lan_gateway {
             IpAddr::V4(_) => arp4(),
             IpAddr::V6(vip) => lab_ref
                 .run_in("probe", || {
@@ -1008,7 +1016,11 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             // answered for before the fault), not a clean record.
             run.notes.push(format!(
                 "the {} sampler got no answers: dual ownership not measured",
-                if at.lan_vip.is_ipv6() { "NS" } else { "ARP" }
+                if at.lan_gateway.is_ipv6() {
+                    "NS"
+                } else {
+                    "ARP"
+                }
             ));
         }
         if let Some(gw4) = gw4 {
@@ -2619,7 +2631,7 @@ fn cut_for(lab: &Lab, paths: &[(&str, &str)], hold: Duration, run: &mut Run) -> 
 }
 
 /// After a partition healed: the client's neighbour entry for the LAN VIP
-/// (10.0.0.1, or fd00::1 with IPv6) and the server's for the WAN VIP
+/// (10.0.0.1, or its gateway fe80::1 with IPv6) and the server's for the WAN VIP
 /// (10.1.0.1, fd00:1::1) (as their kernels hold them now) point to the
 /// final master's lan0 and wan0 MACs. `None`: no single master.
 fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) -> Option<bool> {
@@ -2645,7 +2657,7 @@ fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) ->
         Some(1)
     };
     let at = addrs();
-    let (lan_vip, wan_vip) = (at.lan_vip.to_string(), at.wan_vip.to_string());
+    let (lan_vip, wan_vip) = (at.lan_gateway.to_string(), at.wan_vip.to_string());
     let (client, server) = (neigh("client", &lan_vip), neigh("server", &wan_vip));
     let who = |entry: &str, i: usize| {
         let mac = entry
