@@ -79,8 +79,8 @@ fn the_lab_reports_hard_crash_and_switchover() {
 
 /// `--family ipv6` (issue 16): the lab runs over IPv6 VIPs end to end (a
 /// hard crash; IPv6 probes, the Neighbor Solicitation sampler and TCP over
-/// IPv6) and says so in its JSON. TCP survival is not asserted: IPv6
-/// connection state sync is not there yet (the row shows what it gives).
+/// IPv6) and says so in its JSON; the IPv6 connections are replicated and
+/// survive, as IPv4's do.
 #[test]
 fn the_lab_runs_over_ipv6() {
     require_root();
@@ -122,6 +122,9 @@ fn the_lab_runs_over_ipv6() {
     assert_eq!(s["name"], "hard-crash", "{stdout}");
     assert_eq!(s["recovered"], 1, "{stdout}");
     assert_eq!(s["tcp_total"], 20, "{stdout}");
+    assert_eq!(s["flows_replicated"], 20, "{stdout}");
+    assert_eq!(s["tcp_survived"], 20, "{stdout}");
+    assert_eq!(s["rsts"], 0, "{stdout}");
     // A fresh host resolved the IPv6 VIP by neighbour discovery after the
     // fault; the NS sampler heard one owner at a time.
     assert_eq!(s["arp_resolved"], 1, "{stdout}");
