@@ -28,7 +28,11 @@ pub struct EchoStats {
 /// A listening socket with a backlog for a thousand connections arriving at
 /// once (std's is 128: an overflowing accept queue drops handshakes).
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
     s.listen(4096)?;
@@ -308,7 +312,12 @@ pub fn udp_probe(
     stop: &AtomicBool,
     limit: Duration,
 ) -> io::Result<Vec<Instant>> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let any: std::net::IpAddr = if to.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let sock = std::net::UdpSocket::bind((any, 0))?;
     sock.connect(to)?;
     sock.set_nonblocking(true)?;
     let started = Instant::now();
@@ -364,48 +373,8 @@ pub fn arp_sample(
     stop: &AtomicBool,
     limit: Duration,
 ) -> io::Result<Vec<ArpAnswer>> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-    let mut my_mac = [0u8; 6];
-    for (i, p) in mac.trim().split(':').enumerate().take(6) {
-        my_mac[i] = u8::from_str_radix(p, 16).map_err(io::Error::other)?;
-    }
-    let proto = (libc::ETH_P_ARP as u16).to_be();
-    // SAFETY: plain socket(2); owned right after.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-            i32::from(proto),
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh valid fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = ifindex;
-    // SAFETY: valid fd and address.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    use std::os::fd::AsRawFd as _;
+    let (fd, my_mac) = packet_socket(iface, libc::ETH_P_ARP as u16)?;
     let mut req = [0u8; 42];
     req[..6].copy_from_slice(&[0xff; 6]);
     req[6..12].copy_from_slice(&my_mac);
@@ -462,4 +431,186 @@ pub fn arp_sample(
         std::thread::sleep(Duration::from_micros(200));
     }
     Ok(out)
+}
+
+/// A Neighbor Solicitation frame (RFC 4861 section 4.3) for `target` from
+/// `src` (MAC `mac`) to the target's solicited-node multicast address, hop
+/// limit 255, with the source link-layer address option (so the answer
+/// comes back unicast without a solicitation of its own), ICMPv6 checksum
+/// over the IPv6 pseudo-header.
+pub fn neighbor_solicit_frame(
+    mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    target: std::net::Ipv6Addr,
+) -> [u8; 86] {
+    let t = target.octets();
+    let mut dst = [0u8; 16];
+    dst[..2].copy_from_slice(&[0xff, 0x02]);
+    dst[11..13].copy_from_slice(&[0x01, 0xff]);
+    dst[13..].copy_from_slice(&t[13..]);
+    let mut f = [0u8; 86];
+    f[..6].copy_from_slice(&[0x33, 0x33, dst[12], dst[13], dst[14], dst[15]]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    // Version 6, payload 32 bytes (NS 24 + option 8), ICMPv6, hop limit 255.
+    f[14..22].copy_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+    f[22..38].copy_from_slice(&src.octets());
+    f[38..54].copy_from_slice(&dst);
+    f[54] = 135;
+    f[62..78].copy_from_slice(&t);
+    f[78..80].copy_from_slice(&[1, 1]);
+    f[80..86].copy_from_slice(&mac);
+    let sum = icmpv6_checksum(&f[22..38], &f[38..54], &f[54..]);
+    f[56..58].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// The ICMPv6 checksum (RFC 4443 section 2.3) of `msg` (its checksum field
+/// zero) from `src` to `dst`: one's complement sum over the pseudo-header
+/// (addresses, length, next header 58) and the message.
+fn icmpv6_checksum(src: &[u8], dst: &[u8], msg: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for c in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(src);
+    add(dst);
+    add(&(msg.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(msg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Who answers neighbour discovery for `target`, the IPv6 [`arp_sample`]:
+/// from interface `iface` (of the calling thread's namespace), a Neighbor
+/// Solicitation every `every` until `stop` (at most `limit`), from `src`,
+/// `src + 1`, ... in turn ([`ARP_SAMPLE_SENDERS`] addresses, which need
+/// not be configured: the answers are read from a packet socket); returns
+/// every solicited Neighbor Advertisement for `target` sent to one of them,
+/// with the MAC it names (its target link-layer address option, else the
+/// frame's source) and the solicitation it answers: two answers to one
+/// solicitation are two owners. Unsolicited NAs (to ff02::1) are not
+/// counted.
+pub fn ns_sample(
+    iface: &str,
+    src: std::net::Ipv6Addr,
+    target: std::net::Ipv6Addr,
+    every: Duration,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> io::Result<Vec<ArpAnswer>> {
+    use std::os::fd::AsRawFd as _;
+    let (fd, my_mac) = packet_socket(iface, 0x86dd)?;
+    let senders = u64::from(ARP_SAMPLE_SENDERS);
+    let sender = |k: u64| std::net::Ipv6Addr::from(u128::from(src).wrapping_add(u128::from(k)));
+    let frames: Vec<[u8; 86]> = (0..senders)
+        .map(|k| neighbor_solicit_frame(my_mac, sender(k), target))
+        .collect();
+    let addrs: Vec<[u8; 16]> = (0..senders).map(|k| sender(k).octets()).collect();
+    let started = Instant::now();
+    let mut next = started;
+    let mut sent = 0u64;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+        if Instant::now() >= next {
+            let f = &frames[(sent % senders) as usize];
+            // SAFETY: valid fd, buffer, bound socket.
+            unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            sent += 1;
+            // As arp_sample: never a burst to catch up after a stall.
+            next = Instant::now() + every;
+        }
+        loop {
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 78 {
+                break;
+            }
+            let n = n as usize;
+            // IPv6, ICMPv6 directly, a Neighbor Advertisement for the
+            // target, to one of our senders.
+            let to = addrs.iter().position(|a| buf[38..54] == a[..]);
+            if buf[12..14] == [0x86, 0xdd]
+                && buf[20] == 58
+                && buf[54] == 136
+                && buf[62..78] == target.octets()
+                && let Some(i) = to
+                && sent > 0
+            {
+                let last = sent - 1;
+                let i = i as u64;
+                let Some(request) = last.checked_sub((last + senders - i) % senders) else {
+                    continue;
+                };
+                let mut mac = [0u8; 6];
+                if n >= 86 && buf[78] == 2 && buf[79] == 1 {
+                    mac.copy_from_slice(&buf[80..86]);
+                } else {
+                    mac.copy_from_slice(&buf[6..12]);
+                }
+                out.push(ArpAnswer {
+                    at: Instant::now(),
+                    mac,
+                    request,
+                });
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(out)
+}
+
+/// A raw packet socket bound to `iface` (of the calling thread's
+/// namespace) for frames of `ethertype`, non-blocking, and the interface's
+/// MAC.
+fn packet_socket(iface: &str, ethertype: u16) -> io::Result<(std::os::fd::OwnedFd, [u8; 6])> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
+    let mut my_mac = [0u8; 6];
+    for (i, p) in mac.trim().split(':').enumerate().take(6) {
+        my_mac[i] = u8::from_str_radix(p, 16).map_err(io::Error::other)?;
+    }
+    let proto = ethertype.to_be();
+    // SAFETY: plain socket(2); owned right after.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh valid fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: valid fd and address.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((fd, my_mac))
 }

@@ -1103,12 +1103,14 @@ impl LinksDown {
     }
 }
 
-/// A stateful firewall ruleset as operators run it (naming keepalived's
-/// `use_vmac` macvlans too, through which its master receives and sends
-/// when the lab runs it with them): established/related
-/// accepted, new connections only from the LAN, invalid dropped, strict TCP
+/// A stateful firewall ruleset as operators run it, for both families (an
+/// `inet` table), naming keepalived's `use_vmac` macvlans too (through
+/// which its master receives and sends when the lab runs it with them):
+/// established/related accepted, new connections only from the LAN, invalid dropped, strict TCP
 /// tracking (`nf_conntrack_tcp_loose=0`, so a connection conntrack does not
-/// know is not picked up mid-stream). With `snat`, connections leaving on the
+/// know is not picked up mid-stream), ICMPv6 to the firewall accepted
+/// (neighbour discovery: conntrack leaves NS and NA untracked, so no `ct
+/// state` rule passes them). With `snat`, connections leaving on the
 /// WAN are source-NATed to that address (the WAN VIP, so they survive a
 /// failover).
 pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv4Addr>) {
@@ -1150,7 +1152,8 @@ pub fn stateful_firewall(lab: &ha_lab::Lab, fw: &str, snat: Option<std::net::Ipv
 }
 
 /// Connections in `ns`'s kernel conntrack whose original destination port is
-/// `dport` (TCP).
+/// `dport` (TCP), of both families (conntrack-tools 1.4.7 lists IPv4 and
+/// IPv6 unless told `-f`).
 pub fn conntrack_count(lab: &ha_lab::Lab, ns: &str, dport: u16) -> usize {
     let port = dport.to_string();
     lab.exec(ns, &["conntrack", "-L", "-p", "tcp", "--dport", &port])

@@ -44,6 +44,14 @@ pub struct LabArgs {
     /// for it (`static_neighbor_ok` per scenario).
     #[arg(long)]
     vmac: bool,
+    /// The VIPs' address family: `ipv4`, `ipv6` (VRRP over IPv6, IPv6
+    /// VIPs; probes, a Neighbor Solicitation sampler and TCP over IPv6) or
+    /// `dual` (both families in one group; IPv6 measured, IPv4's gateway
+    /// probe and ARP beside it). The failover scenarios only; not with
+    /// `--vmac`. Example: `cargo xtask lab --family ipv6 --scenario
+    /// hard-crash --runs 3`.
+    #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "ipv6", "dual"])]
+    family: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -139,6 +147,8 @@ pub fn run(args: &LabArgs) -> anyhow::Result<()> {
                 &args.soak_s.to_string(),
                 "--probe-cost-s",
                 &args.probe_cost_s.to_string(),
+                "--family",
+                &args.family,
             ]);
             for s in &args.scenario {
                 cmd.args(["--scenario", s]);

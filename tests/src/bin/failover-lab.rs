@@ -6,9 +6,12 @@
 //! failures included.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -16,13 +19,13 @@ use clap::Parser;
 use ha_lab::{
     Lab,
     traffic::{
-        ArpAnswer, Fleet, arp_sample, count_resets, echo_server, listen, resets_seen, udp_echo,
-        udp_probe,
+        ArpAnswer, Fleet, arp_sample, count_resets, echo_server, listen, ns_sample, resets_seen,
+        udp_echo, udp_probe,
     },
 };
 use ha_tests::{
-    AgentSpec, Keepalived, RunningAgent, SyncKey, agent_bin, conntrack_count, failover_lab,
-    links_down_at_once, percentile, stateful_firewall,
+    AgentSpec, Family, Keepalived, RunningAgent, SyncKey, add_ipv6, agent_bin, conntrack_count,
+    failover_lab, links_down_at_once, percentile, stateful_firewall,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -216,6 +219,18 @@ struct Args {
     /// and the WAN (not on the HA link as without it).
     #[arg(long)]
     vmac: bool,
+    /// The VIPs' address family: `ipv4` (instance VI_1), `ipv6` (VI_6, VRRP
+    /// over IPv6 on the HA link, VIPs fe80::1 and fd00::1 on the LAN,
+    /// fd00:1::1 on the WAN) or `dual` (both instances in one group). With
+    /// IPv6 the probes, the neighbour sampler (Neighbor Solicitations for
+    /// the client's gateway fe80::1 instead of ARP) and the TCP
+    /// connections use IPv6 (client fd00::10 to server fd00:1::10); with
+    /// `dual` IPv6 is the family under test and the IPv4 gateway probe and
+    /// ARP sampler run beside it (`ipv4_outage_ms_max`,
+    /// `ipv4_dual_owner_ms`). The failover scenarios only (not the attacks,
+    /// soak or probe-cost, whose traffic is IPv4's); not with `--vmac`.
+    #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "ipv6", "dual"])]
+    family: String,
 }
 
 /// One run's measurements.
@@ -255,6 +270,12 @@ struct Run {
     /// and server's static neighbour entries (the virtual MAC); `None`:
     /// not run with it.
     static_neighbor_ok: Option<bool>,
+    /// `--family dual`: the IPv4 gateway probe's longest gap (ms), beside
+    /// the IPv6 one in `outage_ms`.
+    ipv4_outage_ms: Option<f64>,
+    /// `--family dual`: the ARP sampler's dual ownership (ms), beside the
+    /// NS sampler's in `dual_owner_ms`.
+    ipv4_dual_owner_ms: Option<f64>,
     /// The scenario does not apply to the system (no row figures).
     na: bool,
     /// ha-agent, after a takeover: the reason of the new master's last
@@ -310,6 +331,51 @@ static NAPI_SOFTIRQ: AtomicBool = AtomicBool::new(false);
 /// `--vmac` (set once by `main`).
 static VMAC: AtomicBool = AtomicBool::new(false);
 
+/// `--family` (set once by `main`).
+static FAMILY: OnceLock<Family> = OnceLock::new();
+
+/// The VIPs' family of this lab (`--family`).
+fn family() -> Family {
+    FAMILY.get().copied().unwrap_or_default()
+}
+
+/// The addresses the probes use, of the family under test (IPv6 for
+/// `ipv6` and `dual`).
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    /// The service on the firewall listens here (a global VIP).
+    lan_vip: IpAddr,
+    /// The client's gateway, whose neighbour entry a takeover must move:
+    /// the LAN VIP, or over IPv6 the virtual router's link-local VIP
+    /// fe80::1 (RFC 9568), as hosts learn it from router advertisements.
+    lan_gateway: IpAddr,
+    wan_vip: IpAddr,
+    server: IpAddr,
+}
+
+fn addrs() -> Addrs {
+    if family().has_v6() {
+        let p = |s: &str| s.parse::<Ipv6Addr>().expect("lab IPv6 address").into();
+        Addrs {
+            lan_vip: p(ha_tests::LAN_VIP6),
+            lan_gateway: p(ha_tests::LAN_LINK_LOCAL_VIP),
+            wan_vip: p(ha_tests::WAN_VIP6),
+            server: p(ha_tests::SERVER6),
+        }
+    } else {
+        Addrs::V4
+    }
+}
+
+impl Addrs {
+    const V4: Addrs = Addrs {
+        lan_vip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        lan_gateway: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        wan_vip: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
+        server: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 10)),
+    };
+}
+
 /// Whether this run of `system` uses the virtual MAC and static neighbours
 /// (`--vmac`: both systems, keepalived with `use_vmac`).
 fn vmac_for(_system: System) -> bool {
@@ -334,6 +400,7 @@ fn start(
                 ha_extra: key.ha_extra(),
                 napi_softirq: NAPI_SOFTIRQ.load(Ordering::Relaxed),
                 vmac: vmac_for(system),
+                family: family(),
                 ..AgentSpec::new(node, prio, adv_ms)
             };
             if scenario.hostile() {
@@ -377,6 +444,7 @@ fn start(
                 &ha_tests::KeepalivedOptions {
                     on_state,
                     vmac: VMAC.load(Ordering::Relaxed),
+                    family: family(),
                     ..Default::default()
                 },
             );
@@ -507,6 +575,15 @@ fn build_lab(scenario: Scenario) -> Lab {
         .expect("probe port");
     lab.add_addr(("probe", "eth0"), "10.0.0.20/24")
         .expect("probe address");
+    if family().has_v6() {
+        add_ipv6(&lab);
+        lab.ip(
+            "probe",
+            "probe IPv6 address",
+            &["-6", "addr", "add", "fd00::20/64", "dev", "eth0", "nodad"],
+        )
+        .expect("probe IPv6 address");
+    }
     for fw in ["fw1", "fw2"] {
         stateful_firewall(&lab, fw, None);
         // The service on the VIP (a DNS forwarder, a VPN endpoint).
@@ -628,21 +705,39 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             Duration::ZERO
         };
     let lab_ref = &lab;
-    let server_tcp = SocketAddr::from((Ipv4Addr::new(10, 1, 0, 10), 9001));
+    // The family under test's addresses (IPv6 for `ipv6` and `dual`); with
+    // `dual`, IPv4's gateway probe runs beside them.
+    let at = addrs();
+    let dual = family() == Family::Dual;
+    let server_tcp = SocketAddr::new(at.server, 9001);
     let listener = lab
         .run_in("server", || listen(server_tcp))
         .unwrap()
         .expect("listen");
     let usock = lab
-        .run_in("server", || UdpSocket::bind("10.1.0.10:9000"))
+        .run_in("server", || UdpSocket::bind((at.server, 9000)))
         .unwrap()
         .expect("udp");
+    let usock4 = dual.then(|| {
+        lab.run_in("server", || UdpSocket::bind((Addrs::V4.server, 9000)))
+            .unwrap()
+            .expect("udp (IPv4)")
+    });
     // Bound to the VIP (so answers come from it), freebind: keepalived's
     // backup does not have the address yet.
     let vip_socket = || -> std::io::Result<UdpSocket> {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-        s.set_freebind(true)?;
-        s.bind(&SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 5353)).into())?;
+        let vip = SocketAddr::new(at.lan_vip, 5353);
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(vip),
+            socket2::Type::DGRAM,
+            None,
+        )?;
+        if vip.is_ipv6() {
+            s.set_freebind_ipv6(true)?;
+        } else {
+            s.set_freebind(true)?;
+        }
+        s.bind(&vip.into())?;
         Ok(s.into())
     };
     let vsock1 = lab.run_in("fw1", vip_socket).unwrap().expect("udp fw1");
@@ -650,6 +745,9 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
     std::thread::scope(|s| {
         s.spawn(|| echo_server(listener, &stop, limit));
         s.spawn(|| udp_echo(usock, &stop, limit));
+        if let Some(u) = usock4 {
+            s.spawn(|| udp_echo(u, &stop, limit));
+        }
         s.spawn(|| udp_echo(vsock1, &stop, limit));
         s.spawn(|| udp_echo(vsock2, &stop, limit));
         // The TCP fleet, opened before the probes.
@@ -686,7 +784,7 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             lab_ref
                 .run_in("client", || {
                     udp_probe(
-                        "10.1.0.10:9000".parse().unwrap(),
+                        SocketAddr::new(at.server, 9000),
                         Duration::from_millis(1),
                         &stop,
                         limit,
@@ -694,12 +792,27 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 })
                 .unwrap()
                 .unwrap_or_default()
+        });
+        let gw4 = dual.then(|| {
+            s.spawn(|| {
+                lab_ref
+                    .run_in("client", || {
+                        udp_probe(
+                            SocketAddr::new(Addrs::V4.server, 9000),
+                            Duration::from_millis(1),
+                            &stop,
+                            limit,
+                        )
+                    })
+                    .unwrap()
+                    .unwrap_or_default()
+            })
         });
         let vip = s.spawn(|| {
             lab_ref
                 .run_in("client", || {
                     udp_probe(
-                        "10.0.0.1:5353".parse().unwrap(),
+                        SocketAddr::new(at.lan_vip, 5353),
                         Duration::from_millis(1),
                         &stop,
                         limit,
@@ -708,7 +821,7 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 .unwrap()
                 .unwrap_or_default()
         });
-        let arp = s.spawn(|| {
+        let arp4 = || {
             lab_ref
                 .run_in("probe", || {
                     arp_sample(
@@ -725,7 +838,28 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 })
                 .unwrap()
                 .unwrap_or_default()
+        };
+        // Who answers for the client's gateway: ARP for 10.0.0.1, or
+        // neighbour discovery for fe80::1 (one solicitation every 5 ms,
+        // from fd00::100-13f, not the probe's address fd00::20, as ARP's).
+        let stop_ref = &stop;
+        let arp = s.spawn(move || match at.lan_gateway {
+            IpAddr::V4(_) => arp4(),
+            IpAddr::V6(vip) => lab_ref
+                .run_in("probe", || {
+                    ns_sample(
+                        "eth0",
+                        "fd00::100".parse().expect("address"),
+                        vip,
+                        Duration::from_millis(5),
+                        stop_ref,
+                        limit,
+                    )
+                })
+                .unwrap()
+                .unwrap_or_default(),
         });
+        let arp_v4 = dual.then(|| s.spawn(arp4));
         std::thread::sleep(Duration::from_millis(300));
         let fault = Instant::now();
         let settle = Duration::from_millis(1500) + 4 * mdi;
@@ -852,8 +986,9 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             (System::Keepalived, _) => {}
         }
         // A fresh client must resolve the VIP by ARP now.
+        let vip_text = at.lan_vip.to_string();
         run.arp_ok = lab_ref
-            .command("probe", &["ping", "-c", "1", "-W", "1", "10.0.0.1"])
+            .command("probe", &["ping", "-c", "1", "-W", "1", &vip_text])
             .output()
             .is_ok_and(|o| o.status.success());
         run.tcp_survived = lab_ref
@@ -876,6 +1011,26 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
         let gw = gw.join().unwrap_or_default();
         let vip = vip.join().unwrap_or_default();
         let arp = arp.join().unwrap_or_default();
+        if arp.is_empty() {
+            // No answer at all is a sampler that did not work (the VIP is
+            // answered for before the fault), not a clean record.
+            run.notes.push(format!(
+                "the {} sampler got no answers: dual ownership not measured",
+                if at.lan_gateway.is_ipv6() {
+                    "NS"
+                } else {
+                    "ARP"
+                }
+            ));
+        }
+        if let Some(gw4) = gw4 {
+            let gw4 = gw4.join().unwrap_or_default();
+            run.ipv4_outage_ms = Some(longest_gap(&gw4, fault - Duration::from_millis(50), end));
+        }
+        if let Some(arp_v4) = arp_v4 {
+            let arp_v4 = arp_v4.join().unwrap_or_default();
+            run.ipv4_dual_owner_ms = Some(dual_slots(&arp_v4, fault, end).len() as f64 * 5.0);
+        }
         if std::env::var_os("HATEST_DEBUG").is_some() {
             eprintln!(
                 "answers: gateway {} vip {} arp {}",
@@ -970,6 +1125,10 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
             };
         }
         let mut observed = Some(0u64);
+        // Each node's transitions during the run, with their reasons: in the
+        // notes for the attacks and stalls, and for any run with more than
+        // its fault must cause (so a rare one can be read afterwards).
+        let mut detail: Vec<String> = Vec::new();
         for (i, node) in [&n1, &n2].into_iter().enumerate() {
             if replaced[i] {
                 continue;
@@ -993,9 +1152,11 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                 _ => now.zip(base[i]).map(|(n, b)| n.saturating_sub(b)),
             };
             observed = observed.zip(delta).map(|(o, d)| o + d);
-            if (scenario.attack() || scenario == Scenario::Stall) && delta.is_some_and(|d| d > 0) {
+            if delta.is_some_and(|d| d > 0) {
                 let why = match node {
+                    // A crashed agent's last status file.
                     Node::Agent(a) => live_status(&a.pins.0, Duration::from_secs(2))
+                        .or_else(|| a.status())
                         .map(|s| {
                             s.transitions
                                 .iter()
@@ -1013,12 +1174,18 @@ fn one_run(system: System, scenario: Scenario, a: &Args) -> Run {
                         entered[entered.len() - d..].join(", ")
                     }
                 };
-                run.notes.push(format!(
+                detail.push(format!(
                     "fw{} transitions during the run: {} {why}",
                     i + 1,
                     delta.unwrap_or(0),
                 ));
             }
+        }
+        let unexpected = observed
+            .zip(scenario.expected_transitions(system))
+            .is_some_and(|(o, e)| o > e);
+        if scenario.attack() || scenario == Scenario::Stall || unexpected {
+            run.notes.append(&mut detail);
         }
         if std::env::var_os("HATEST_DEBUG").is_some()
             && let (Node::Agent(a1), Node::Agent(a2)) = (&n1, &n2)
@@ -1853,7 +2020,17 @@ fn main() {
     let _ = agent_bin();
     NAPI_SOFTIRQ.store(a.napi == "softirq", Ordering::Relaxed);
     VMAC.store(a.vmac, Ordering::Relaxed);
+    let fam = match a.family.as_str() {
+        "ipv6" => Family::Ipv6,
+        "dual" => Family::Dual,
+        _ => Family::Ipv4,
+    };
+    let _ = FAMILY.set(fam);
     if a.up {
+        if fam != Family::Ipv4 {
+            eprintln!("--up builds the IPv4 lab only (no --family)");
+            std::process::exit(2);
+        }
         return up(&a);
     }
     let scenarios: Vec<Scenario> = if a.scenario.is_empty() {
@@ -1861,6 +2038,28 @@ fn main() {
     } else {
         a.scenario.clone()
     };
+    if fam != Family::Ipv4 {
+        // The virtual MAC is IPv4's only (the agent refuses it on an IPv6
+        // VIP); the attacks, soak and probe-cost drive IPv4 traffic and
+        // IPv4 VRRP of their own.
+        if a.vmac {
+            eprintln!("--vmac is IPv4 only: not with --family {}", fam.as_str());
+            std::process::exit(2);
+        }
+        let v4_only: Vec<&str> = scenarios
+            .iter()
+            .filter(|s| s.attack() || matches!(s, Scenario::Soak | Scenario::ProbeCost))
+            .map(|s| s.name())
+            .collect();
+        if !v4_only.is_empty() {
+            eprintln!(
+                "with --family {}: the failover scenarios only ({} measure IPv4 traffic of their own)",
+                fam.as_str(),
+                v4_only.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
     let mut systems = vec![System::Agent];
     if a.compare == "keepalived" {
         systems.push(System::Keepalived);
@@ -1898,8 +2097,16 @@ fn report(
     results: &[(System, Scenario, Vec<Run>)],
 ) {
     println!(
-        "\nfailover lab: {} ms adverts, {} runs per scenario, {} TCP connections per run\n",
-        a.adv_ms, a.runs, a.tcp
+        "\nfailover lab ({}): {} ms adverts, {} runs per scenario, {} TCP connections per run\n",
+        match family() {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6: NS sampler, probes and TCP over IPv6",
+            Family::Dual =>
+                "dual: IPv4 and IPv6 VIPs in one group; IPv6 measured, IPv4's gateway probe and ARP beside",
+        },
+        a.adv_ms,
+        a.runs,
+        a.tcp
     );
     println!(
         "{:<16} {:<11} {:>9} {:>11} {:>11} {:>12} {:>11} {:>5} {:>10} {:>7} {:>6} {:>6} {:>8} {:>8}  detected by",
@@ -2058,6 +2265,25 @@ fn report(
                     runs.len()
                 );
             }
+            // `--family dual`: IPv4's figures beside IPv6's (the row's).
+            let v4_outage = runs
+                .iter()
+                .filter(|r| r.recovered)
+                .filter_map(|r| r.ipv4_outage_ms)
+                .reduce(f64::max);
+            let v4_dual = runs
+                .iter()
+                .filter_map(|r| r.ipv4_dual_owner_ms)
+                .reduce(f64::max);
+            if v4_outage.is_some() || v4_dual.is_some() {
+                println!(
+                    "{:<16} {:<11}   IPv4 beside it: outage max {} ms, dual ownership (ARP) {} ms",
+                    "",
+                    "",
+                    v4_outage.map_or("-".to_owned(), |v| format!("{v:.1}")),
+                    v4_dual.map_or("-".to_owned(), |v| format!("{v:.0}")),
+                );
+            }
             for note in &notes {
                 println!("{:<16} {:<11}   note: {note}", "", "");
             }
@@ -2083,6 +2309,8 @@ fn report(
                 "detected_by": detected,
                 "detection_ms_p50": percentile(&detection, 0.5),
                 "detection_ms_max": detection.iter().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+                "ipv4_outage_ms_max": v4_outage,
+                "ipv4_dual_owner_ms": v4_dual,
                 "notes": notes,
             }));
             if let Some(v) = soak_json(runs) {
@@ -2090,7 +2318,7 @@ fn report(
             }
         }
         json_systems.push(
-            serde_json::json!({"system": system.name(), "adv_ms": a.adv_ms, "napi": if system == System::Agent { a.napi.as_str() } else { "softirq" }, "family": "ipv4", "vmac": vmac_for(system), "scenarios": js}),
+            serde_json::json!({"system": system.name(), "adv_ms": a.adv_ms, "napi": if system == System::Agent { a.napi.as_str() } else { "softirq" }, "family": family().as_str(), "vmac": vmac_for(system), "scenarios": js}),
         );
     }
     if systems.len() == 2 {
@@ -2402,12 +2630,13 @@ fn cut_for(lab: &Lab, paths: &[(&str, &str)], hold: Duration, run: &mut Run) -> 
     heal
 }
 
-/// After a partition healed: the client's neighbour entry for 10.0.0.1 and
-/// the server's for 10.1.0.1 (as their kernels hold them now) point to the
+/// After a partition healed: the client's neighbour entry for the LAN VIP
+/// (10.0.0.1, or its gateway fe80::1 with IPv6) and the server's for the WAN VIP
+/// (10.1.0.1, fd00:1::1) (as their kernels hold them now) point to the
 /// final master's lan0 and wan0 MACs. `None`: no single master.
 fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) -> Option<bool> {
     let neigh = |ns: &str, ip: &str| -> String {
-        lab.exec(ns, &["ip", "-4", "neigh", "show", ip, "dev", "eth0"])
+        lab.exec(ns, &["ip", "neigh", "show", ip, "dev", "eth0"])
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default()
     };
@@ -2427,7 +2656,9 @@ fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) ->
     } else {
         Some(1)
     };
-    let (client, server) = (neigh("client", "10.0.0.1"), neigh("server", "10.1.0.1"));
+    let at = addrs();
+    let (lan_vip, wan_vip) = (at.lan_gateway.to_string(), at.wan_vip.to_string());
+    let (client, server) = (neigh("client", &lan_vip), neigh("server", &wan_vip));
     let who = |entry: &str, i: usize| {
         let mac = entry
             .split_whitespace()
@@ -2447,7 +2678,7 @@ fn vips_reannounced(lab: &Lab, n1: &Node, n2: &Node, notes: &mut Vec<String>) ->
     };
     let (c, s) = (who(&client, 0), who(&server, 1));
     notes.push(format!(
-        "after the heal: master {}; client's 10.0.0.1 -> {} {}, server's 10.1.0.1 -> {} {}",
+        "after the heal: master {}; client's {lan_vip} -> {} {}, server's {wan_vip} -> {} {}",
         master.map_or("none".to_owned(), |m| format!("fw{}", m + 1)),
         c.0,
         c.1,
@@ -3586,6 +3817,21 @@ fn host_busy_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The NS sampler's solicitation is the one the gate tests build with
+    /// etherparse (its checksum over the IPv6 pseudo-header included).
+    #[test]
+    fn the_ns_samplers_solicitation_is_a_valid_one() {
+        let src: Ipv6Addr = "fd00::100".parse().unwrap();
+        let target: Ipv6Addr = ha_tests::LAN_VIP6.parse().unwrap();
+        let ours = ha_lab::traffic::neighbor_solicit_frame(ha_tests::frames::SRC_MAC, src, target);
+        assert_eq!(
+            ours.to_vec(),
+            ha_tests::frames::neighbor_solicit(src, target)
+        );
+        // To fd00::1's solicited-node group, ff02::1:ff00:1.
+        assert_eq!(&ours[..6], &[0x33, 0x33, 0xff, 0, 0, 1]);
+    }
 
     /// Two MACs in a slot are two owners, and so are two answers to one
     /// request (under a virtual MAC both name the same); one answer per
