@@ -764,6 +764,16 @@ impl Config {
                         "an IPv6 instance needs a link-local VIP (RFC 9568 section 5.2.9: the first address of its adverts; hosts' router advertisements name the gateway by it): add e.g. { iface = \"lan0\", address = \"fe80::1/64\" }".into(),
                     ));
                 }
+                // An advert lists them all: 64 keep a signed one within a
+                // 1,500-byte HA link, unfragmented (ha_link drops fragments).
+                if v6 > MAX_IPV6_VIPS {
+                    return Err(bad(
+                        field("vips"),
+                        format!(
+                            "{v6} IPv6 VIPs: at most {MAX_IPV6_VIPS} in an instance (its adverts list them all and must fit the HA link unfragmented): spread them over instances of the group"
+                        ),
+                    ));
+                }
                 if v6 != 0 && self.ha.peers.len() != 1 {
                     return Err(bad(
                         field("vips"),
@@ -985,10 +995,14 @@ impl Config {
     }
 }
 
+/// Most IPv6 VIPs in an instance: its adverts (8 + 16 each, the
+/// authentication trailer, 40 of IPv6 header) fit 1,500 bytes.
+pub const MAX_IPV6_VIPS: usize = 64;
+
 /// An instance's VIPs in advert order: an IPv6 instance's link-local ones
 /// first (RFC 9568 section 5.2.9: the first address is the virtual
 /// router's link-local address), the rest as listed.
-fn advertised(i: &InstanceConfig) -> Vec<IpAddr> {
+pub fn advertised(i: &InstanceConfig) -> Vec<IpAddr> {
     let mut vips: Vec<IpAddr> = i.parsed_vips().into_iter().map(|v| v.addr).collect();
     vips.sort_by_key(|a| !matches!(a, IpAddr::V6(a) if a.is_unicast_link_local()));
     vips

@@ -75,8 +75,9 @@ pub const fn vmac6(vrid: u8) -> [u8; 6] {
     [0x00, 0x00, 0x5e, 0x00, 0x02, vrid]
 }
 
-/// [`VmacKey::vrid`] of an IPv6 virtual MAC: the VRID plus this (an IPv4
-/// and an IPv6 instance may share a VRID number: they are other routers).
+/// [`VmacKey::vrid`] of an IPv6 virtual MAC: the VRID plus this (the IPv4
+/// virtual MAC of the same number is another router's: another cluster
+/// on the segment may run it; ours never share a VRID).
 pub const VMAC_KEY_V6: u32 = 0x100;
 
 /// The [`VmacKey::vrid`] of a VRRP virtual MAC, IPv4 or IPv6, if `mac` is

@@ -3,7 +3,8 @@
 //! Passes VRRP (IPv4 protocol 112, TTL 255, a configured VRID, a source in the
 //! peer allow-list, to 224.0.0.18 or this node; or over IPv6, for an IPv6
 //! instance: hop limit 255, a link-local source, to ff02::12) and stamps
-//! the last advert per VRID; passes ARP. No other IPv6 passes. Everything else must be addressed to this node's HA address
+//! the last advert per VRID; passes ARP, and MLD (so snooping switches keep
+//! forwarding ff02::12). No other IPv6 passes. Everything else must be addressed to this node's HA address
 //! ([`LinkConfig::local_addr`]): a VIP, another host or forwarded traffic is
 //! dropped (`drop_not_local`), so the HA segment reaches only this node's own
 //! services. Of those it passes sync frames (UDP to the sync port) only from a
@@ -130,10 +131,15 @@ pub enum LinkVerdict {
     /// (`XDP_TX`), a reply to our own probe passed, or dropped (not ours,
     /// malformed); `heartbeat::ProbeCounter` says which.
     Heartbeat = 18,
+    /// Multicast Listener Discovery (ICMPv6 130, 131, 132, 143 behind the
+    /// hop-by-hop header, from a link-local address, hop limit 1): an
+    /// MLD-snooping switch must hear this node's listener reports and its
+    /// queries answered, or it stops forwarding ff02::12 to it.
+    PassMld = 19,
 }
 
 /// Number of [`LinkVerdict`]s.
-pub const LINK_VERDICTS: u32 = 19;
+pub const LINK_VERDICTS: u32 = 20;
 
 impl LinkVerdict {
     /// Every verdict in index order.
@@ -157,6 +163,7 @@ impl LinkVerdict {
         LinkVerdict::DropControlSource,
         LinkVerdict::DropControlReply,
         LinkVerdict::Heartbeat,
+        LinkVerdict::PassMld,
     ];
 
     /// Whether the frame goes on to the stack ([`LinkVerdict::Heartbeat`]:
@@ -171,6 +178,7 @@ impl LinkVerdict {
                 | LinkVerdict::PassMgmt
                 | LinkVerdict::PassControl
                 | LinkVerdict::PassControlReply
+                | LinkVerdict::PassMld
         )
     }
 
@@ -196,6 +204,7 @@ impl LinkVerdict {
             LinkVerdict::DropControlSource => "drop_control_not_peer",
             LinkVerdict::DropControlReply => "drop_control_reply_no_socket",
             LinkVerdict::Heartbeat => "heartbeat",
+            LinkVerdict::PassMld => "pass_mld",
         }
     }
 }

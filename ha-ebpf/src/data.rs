@@ -78,11 +78,16 @@ fn vip_of(addr: u32) -> Option<VipEntry> {
     HA_DATA_VIPS.get_ptr(addr).map(|p| unsafe { *p })
 }
 
-/// The IPv6 VIP table entry of `addr`, if it is a VIP.
+/// The IPv6 VIP table entry of `addr`, if it is a VIP here: a link-local
+/// VIP (fe80::/10) only on its own interface (`ingress`), as a link-local
+/// address means one link (an upstream router's fe80::1 on the WAN is not
+/// the LAN's virtual router).
 #[inline(always)]
-fn vip6_of(addr: &[u8; 16]) -> Option<VipEntry> {
+fn vip6_of(addr: &[u8; 16], ingress: u32) -> Option<VipEntry> {
     // SAFETY: the pointer comes from a successful lookup and is read at once.
-    HA_DATA_VIPS6.get_ptr(addr).map(|p| unsafe { *p })
+    let vip = HA_DATA_VIPS6.get_ptr(addr).map(|p| unsafe { *p })?;
+    let link_local = addr[0] == 0xfe && addr[1] & 0xc0 == 0x80;
+    (!link_local || vip.ifindex == 0 || vip.ifindex == ingress).then_some(vip)
 }
 
 #[inline(always)]
@@ -293,12 +298,13 @@ fn gate6(ctx: &XdpContext, l3: usize, requester: &[u8; 6]) -> DataVerdict {
     let Ok(ip) = read::<Ipv6Hdr>(ctx, l3) else {
         return DataVerdict::Truncated;
     };
-    let dst_vip = vip6_of(&ip.dst_addr);
+    let ingress = heartbeat::ingress_ifindex(ctx);
+    let dst_vip = vip6_of(&ip.dst_addr, ingress);
     if ip.next_hdr == IPPROTO_ICMPV6
         && let Ok(nd) = read::<NdTarget>(ctx, l3 + Ipv6Hdr::LEN)
         && (nd.type_ == ND_NEIGHBOR_SOLICIT || nd.type_ == ND_NEIGHBOR_ADVERT)
     {
-        let target = vip6_of(&nd.target);
+        let target = vip6_of(&nd.target, ingress);
         if let Some(vip) = target.or(dst_vip) {
             let verdict = vip_verdict(
                 vip.group,
@@ -311,8 +317,13 @@ fn gate6(ctx: &XdpContext, l3: usize, requester: &[u8; 6]) -> DataVerdict {
                 && nd.type_ == ND_NEIGHBOR_SOLICIT
                 && let Some(t) = target
                 && t.flags & VIP_FLAG_VMAC != 0
-                && t.ifindex == heartbeat::ingress_ifindex(ctx)
+                && t.ifindex == ingress
+                // RFC 4861 section 7.1.1: on-link (hop limit 255), code 0,
+                // from a unicast address.
+                && ip.hop_limit == 255
+                && nd.code == 0
                 && ip.src_addr != [0; 16]
+                && ip.src_addr[0] != 0xff
                 && u16::from_be_bytes(ip.payload_len) == ND_WITH_LLADDR
                 && answer_ns(
                     ctx,

@@ -163,6 +163,10 @@ fn classify(ctx: &XdpContext) -> LinkVerdict {
     verdict
 }
 
+/// IPv6 next headers: hop-by-hop options, ICMPv6.
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMPV6: u8 = 58;
+
 /// ff02::12, the VRRP IPv6 multicast group.
 const VRRP_GROUP6: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12];
 
@@ -171,20 +175,41 @@ const VRRP_GROUP6: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
 /// link-local address, to ff02::12, a configured VRID). The peers'
 /// link-local addresses are not configured: any link-local source passes
 /// here and the agent maps it to the one peer (authenticated adverts
-/// verify it). Everything else over IPv6 is dropped: the cluster's own
-/// services run over the IPv4 HA address.
+/// verify it). MLD passes too (an MLD-snooping switch forwards ff02::12
+/// only to listeners it hears). Everything else over IPv6 is dropped: the
+/// cluster's own services run over the IPv4 HA address.
 #[inline(always)]
 fn ipv6(ctx: &XdpContext) -> LinkVerdict {
     let Ok(ip) = read::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
         return LinkVerdict::DropTruncated;
     };
+    let link_local = ip.src_addr[0] == 0xfe && ip.src_addr[1] & 0xc0 == 0x80;
+    if ip.next_hdr == IPPROTO_HOPOPTS {
+        // MLD: ICMPv6 behind the hop-by-hop header (router alert).
+        let l4 = EthHdr::LEN + Ipv6Hdr::LEN;
+        let Ok(hbh) = read::<[u8; 2]>(ctx, l4) else {
+            return LinkVerdict::DropTruncated;
+        };
+        let Ok(icmp) = read::<[u8; 1]>(ctx, l4 + (usize::from(hbh[1]) + 1) * 8) else {
+            return LinkVerdict::DropTruncated;
+        };
+        return if hbh[0] == IPPROTO_ICMPV6
+            && matches!(icmp[0], 130 | 131 | 132 | 143)
+            && ip.hop_limit == 1
+            && link_local
+        {
+            LinkVerdict::PassMld
+        } else {
+            LinkVerdict::DropNotAllowed
+        };
+    }
     if ip.next_hdr != IPPROTO_VRRP {
         return LinkVerdict::DropNotAllowed;
     }
     if ip.hop_limit != VRRP_TTL {
         return LinkVerdict::DropVrrpTtl;
     }
-    if ip.src_addr[0] != 0xfe || ip.src_addr[1] & 0xc0 != 0x80 {
+    if !link_local {
         return LinkVerdict::DropVrrpSource;
     }
     if ip.dst_addr != VRRP_GROUP6 {

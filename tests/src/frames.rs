@@ -232,6 +232,44 @@ pub fn arp(oper: u16, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
 }
 
 /// An IPv6 frame header only (anything not IPv4/ARP).
+/// A raw IPv6 packet (`next` header, hop limit `hop`) carrying `payload`,
+/// to `dst`, in an Ethernet frame; upper-layer checksums left as given.
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&ipv6_dst_mac(dst));
+    out.extend_from_slice(&SRC_MAC);
+    out.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[next, hop]);
+    out.extend_from_slice(&src.octets());
+    out.extend_from_slice(&dst.octets());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A VRRPv3 advert over IPv6 from `src` to ff02::12 (VRID `vrid`, one
+/// address), hop limit `hop`.
+pub fn vrrp6(src: Ipv6Addr, hop: u8, vrid: u8) -> Vec<u8> {
+    let group = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+    let mut msg = vec![0x31, vrid, 100, 1, 0, 1, 0, 0];
+    msg.extend_from_slice(&Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1).octets());
+    ipv6(src, group, 112, hop, &msg)
+}
+
+/// An MLDv2 listener report (ICMPv6 143) from `src` to ff02::16 behind a
+/// hop-by-hop header with the router alert option, hop limit `hop`.
+pub fn mld_report(src: Ipv6Addr, hop: u8) -> Vec<u8> {
+    let mut payload = vec![58, 0, 5, 2, 0, 0, 1, 0];
+    payload.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 0]);
+    ipv6(
+        src,
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16),
+        0,
+        hop,
+        &payload,
+    )
+}
+
 pub fn ipv6_stub() -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&DST_MAC);

@@ -282,3 +282,40 @@ fn a_static_neighbour_on_the_ipv6_virtual_mac_survives_a_hard_crash() {
     );
     assert!(data_counter(&a2.pins.0, "pass_vmac_owner") >= 1);
 }
+
+/// A node whose HA link is down at start (no link-local address there yet)
+/// still starts, and once the link comes up binds its IPv6 adverts to the
+/// link-local address and follows the master's.
+#[test]
+fn an_agent_starts_with_its_ha_link_down_and_binds_when_it_comes_up() {
+    let _serial = serial();
+    let mut lab = failover_lab();
+    add_ipv6(&lab);
+    lab.link_down(("fw2", "ha0")).unwrap();
+    let (a1, a2) = start_pair(&mut lab, 100, |s: AgentSpec| AgentSpec {
+        family: Family::Ipv6,
+        ..s
+    });
+    wait_for("fw2's agent running", Duration::from_secs(15), || {
+        a2.status().is_some()
+    });
+    assert!(
+        a2.log_text().contains("no usable IPv6 link-local address"),
+        "{}",
+        a2.log_text()
+    );
+    lab.link_up(("fw2", "ha0")).unwrap();
+    wait_for(
+        "fw1 MASTER, fw2 BACKUP over the HA link",
+        Duration::from_secs(15),
+        || a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP"),
+    );
+    wait_for("fw2 bound", Duration::from_secs(5), || {
+        a2.log_text()
+            .contains("IPv6 instances advertise over IPv6 on the HA link")
+    });
+    let before = a2.status().unwrap().adverts_received;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a2.status().unwrap().adverts_received >= before + 5);
+    assert_eq!(rejected(&a2), 0);
+}

@@ -31,6 +31,7 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const PEER_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 
 /// The cluster control (and join) port.
 const CONTROL: u16 = 7789;
@@ -142,6 +143,42 @@ fn ha_link_verdicts() {
         ),
         ("IPv6", frames::ipv6_stub(), DROP, "drop_not_allowed"),
         (
+            "VRRP over IPv6",
+            frames::vrrp6(PEER_LL, 255, 51),
+            PASS,
+            "pass_vrrp",
+        ),
+        (
+            "VRRP over IPv6, hop limit 64",
+            frames::vrrp6(PEER_LL, 64, 51),
+            DROP,
+            "drop_vrrp_ttl",
+        ),
+        (
+            "VRRP over IPv6 from a global address",
+            frames::vrrp6(CLIENT6, 255, 51),
+            DROP,
+            "drop_vrrp_not_peer",
+        ),
+        (
+            "VRRP over IPv6, unknown VRID",
+            frames::vrrp6(PEER_LL, 255, 52),
+            DROP,
+            "drop_vrrp_unknown_vrid",
+        ),
+        (
+            "MLD report (snooping switches)",
+            frames::mld_report(PEER_LL, 1),
+            PASS,
+            "pass_mld",
+        ),
+        (
+            "MLD with hop limit 255",
+            frames::mld_report(PEER_LL, 255),
+            DROP,
+            "drop_not_allowed",
+        ),
+        (
             "snmp (mgmt, udp)",
             frames::udp(STRANGER, ME, 40000, 161, b"get"),
             PASS,
@@ -173,12 +210,13 @@ fn ha_link_verdicts() {
             "{what}: counter {reason}"
         );
     }
-    // Only the valid advert was stamped, with its fields.
+    // Only the valid adverts were stamped, with their fields: the IPv4
+    // one, then the IPv6 one (the last; its source is not an IPv4 address).
     assert_eq!(snap.adverts.len(), 1, "{:?}", snap.adverts);
     let a = &snap.adverts[0];
     assert_eq!(
         (a.vrid, a.priority, a.source, a.interval_cs, a.count),
-        (51, 100, PEER, 1, 1)
+        (51, 100, Ipv4Addr::UNSPECIFIED, 1, 2)
     );
     assert!(a.age_ms >= 0.0 && a.age_ms < 60_000.0, "{}", a.age_ms);
 
@@ -425,13 +463,25 @@ fn the_ipv6_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     const TX: u32 = 3;
     let mut p = PinnedDataplane::new("vmac6");
     let lo = ha_agent::iface::if_index("lo").unwrap() as u32;
-    p.dp.set_vip_table(&[VipSpec {
-        addr: VIP6.into(),
-        group: 0,
-        accept: true,
-        vmac: Some(7),
-        ifindex: lo,
-    }])
+    // A link-local VIP of another interface: fe80::1 here is another
+    // router's (an upstream gateway on the WAN, say), never gated.
+    let router = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+    p.dp.set_vip_table(&[
+        VipSpec {
+            addr: VIP6.into(),
+            group: 0,
+            accept: true,
+            vmac: Some(7),
+            ifindex: lo,
+        },
+        VipSpec {
+            addr: router.into(),
+            group: 0,
+            accept: true,
+            vmac: None,
+            ifindex: lo + 1000,
+        },
+    ])
     .unwrap();
     let lo_mac = [0x02, 0xaa, 0, 0, 0, 1];
     let path = p.dp.dir().join("maps").join(heartbeat::MACS_MAP);
@@ -445,8 +495,17 @@ fn the_ipv6_virtual_mac_is_answered_and_taken_by_the_owner_only() {
     let run = |p: &PinnedDataplane, f: &[u8]| p.dp.test_run_frame("ha_data", f).unwrap();
     let ns = frames::neighbor_solicit(CLIENT6, VIP6);
     let forwarded = frames::tcp6(CLIENT6, SERVER6, 40000, 80, SYN, b"");
-    // A backup: no answer, nothing to the virtual MAC gets in.
+    // A backup: no answer, nothing to the virtual MAC gets in; another
+    // link's fe80::1 is not the VIP.
     assert_eq!(run(&p, &ns).0, DROP);
+    assert_eq!(
+        run(&p, &frames::neighbor_advert(router, ALL_NODES, router)).0,
+        PASS
+    );
+    assert_eq!(
+        run(&p, &frames::ping6(router, CLIENT6, 1, 1, false)).0,
+        PASS
+    );
     assert_eq!(run(&p, &to(vmac6(7), forwarded.clone())).0, DROP);
 
     p.dp.set_ownership(1, None).unwrap();

@@ -312,9 +312,24 @@ impl Agent {
         let sock = VrrpSocket::open(&config.ha.interface, config.ha.address, unicast)
             .with_context(|| format!("VRRP socket on {}", config.ha.interface))?;
         let sock6 = if config.has_ipv6_instances() {
-            let s = Vrrp6Socket::open(&config.ha.interface, config.ha.address)
+            let link_local_vips: Vec<std::net::Ipv6Addr> = setup::all_vips(&config)
+                .into_iter()
+                .filter_map(|v| match v.addr {
+                    std::net::IpAddr::V6(a) if a.is_unicast_link_local() => Some(a),
+                    _ => None,
+                })
+                .collect();
+            let s = Vrrp6Socket::open(&config.ha.interface, config.ha.address, &link_local_vips)
                 .with_context(|| format!("VRRP IPv6 socket on {}", config.ha.interface))?;
-            info!(iface = %config.ha.interface, local = %s.local(), "IPv6 instances advertise over IPv6");
+            match s.local() {
+                Some(local) => {
+                    info!(iface = %config.ha.interface, %local, "IPv6 instances advertise over IPv6");
+                }
+                None => warn!(
+                    iface = %config.ha.interface,
+                    "no usable IPv6 link-local address on the HA link yet (link down?): IPv6 instances advertise over the data paths until it comes"
+                ),
+            }
             Some(s)
         } else {
             None
@@ -656,6 +671,12 @@ impl Agent {
         }
         if self.links_at <= now {
             self.links_at = now + LINK_POLL;
+            if let Some(s6) = &mut self.sock6
+                && s6.local().is_none()
+                && s6.try_bind()
+            {
+                info!(local = ?s6.local(), "IPv6 instances advertise over IPv6 on the HA link");
+            }
             for iface in self.node.tracked_links() {
                 let up = self.links.up(&iface);
                 let effects = self.node.handle(now, Event::Link { iface: &iface, up });
@@ -889,7 +910,11 @@ impl Agent {
         // Sent now, with the lease just renewed (errors counted and logged
         // by `tx`).
         match (&self.sock6, advert.family()) {
-            (Some(s6), ha_core::vrrp::wire::Family::V6) => self.tx.send(s6.datagram(advert, seal)),
+            (Some(s6), ha_core::vrrp::wire::Family::V6) => {
+                if let Some(d) = s6.datagram(advert, seal) {
+                    self.tx.send(d);
+                }
+            }
             _ => {
                 for d in self.sock.datagrams(advert, seal) {
                     self.tx.send(d);

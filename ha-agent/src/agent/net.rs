@@ -121,8 +121,10 @@ impl VrrpSocket {
 #[derive(Debug)]
 pub struct Vrrp6Socket {
     fd: AsyncFd<Socket>,
-    /// Our link-local address on the HA interface.
-    local: Ipv6Addr,
+    /// Our link-local address on the HA interface, once bound.
+    local: Option<Ipv6Addr>,
+    /// Link-local VIPs: never our source.
+    exclude: Vec<Ipv6Addr>,
     /// Our HA address: what a seal binds (the election knows a node by it,
     /// whichever family carried its advert).
     identity: Ipv4Addr,
@@ -136,7 +138,7 @@ pub struct Vrrp6Socket {
 const LINK_LOCAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Vrrp6Socket {
-    pub fn open(iface: &str, identity: Ipv4Addr) -> io::Result<Self> {
+    pub fn open(iface: &str, identity: Ipv4Addr, exclude: &[Ipv6Addr]) -> io::Result<Self> {
         let ifindex = u32::try_from(if_index(iface)?).unwrap_or(0);
         let s = Socket::new(
             Domain::IPV6,
@@ -156,66 +158,75 @@ impl Vrrp6Socket {
         for opt in [libc::IPV6_RECVPKTINFO, libc::IPV6_RECVHOPLIMIT] {
             set_int(&s, libc::IPPROTO_IPV6, opt, 1)?;
         }
-        // The link-local address is usable once duplicate address
-        // detection is over (a tentative one cannot be bound).
-        let deadline = std::time::Instant::now() + LINK_LOCAL_WAIT;
-        let local = loop {
-            let tried = crate::iface::ipv6_link_locals(iface)?
-                .into_iter()
-                .find(|a| {
-                    s.bind(&std::net::SocketAddrV6::new(*a, 0, 0, ifindex).into())
-                        .is_ok()
-                });
-            match tried {
-                Some(a) => break a,
-                None if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrNotAvailable,
-                        format!(
-                            "{iface} has no usable IPv6 link-local address (IPv6 off on it, or duplicate address detection failed): the IPv6 instances advertise from it"
-                        ),
-                    ));
-                }
-            }
-        };
         s.set_nonblocking(true)?;
         s.set_recv_buffer_size(1 << 20)?;
         let tx = tx_fd(&s)?;
         // SAFETY: the Socket owns its fd until dropped together with the AsyncFd.
         let fd = unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(Vrrp6Socket {
+        let mut sock = Vrrp6Socket {
             fd,
-            local,
+            local: None,
+            exclude: exclude.to_vec(),
             identity,
             ifindex,
             tx,
             iface: iface.into(),
-        })
+        };
+        // The link-local address is usable once duplicate address
+        // detection is over (a tentative one cannot be bound), and exists
+        // only once the link is up: waited for a moment, then left to
+        // `try_bind` (the agent starts without it: a node whose HA cable
+        // is out still runs, heard and hearing over the data paths).
+        let deadline = std::time::Instant::now() + LINK_LOCAL_WAIT;
+        while !sock.try_bind() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(sock)
     }
 
-    /// Our link-local address on the HA interface.
-    pub fn local(&self) -> Ipv6Addr {
+    /// Binds the socket to the HA interface's own link-local address, if
+    /// it is not bound yet and one is usable: the kernel's, never a VIP
+    /// (`exclude`: a link-local VIP on a shared HA interface would be the
+    /// same source on both nodes, each refusing the other's adverts as its
+    /// own). Whether the socket is bound.
+    pub fn try_bind(&mut self) -> bool {
+        if self.local.is_some() {
+            return true;
+        }
+        let candidates = crate::iface::ipv6_link_locals(&self.iface).unwrap_or_default();
+        let s = self.fd.get_ref();
+        self.local = candidates
+            .into_iter()
+            .filter(|a| !self.exclude.contains(a))
+            .find(|a| {
+                s.bind(&std::net::SocketAddrV6::new(*a, 0, 0, self.ifindex).into())
+                    .is_ok()
+            });
+        self.local.is_some()
+    }
+
+    /// Our link-local address on the HA interface, once bound.
+    pub fn local(&self) -> Option<Ipv6Addr> {
         self.local
     }
 
     /// An advert of an IPv6 instance to ff02::12, signed when `seal` says
-    /// so (over our HA address, see [`Vrrp6Socket::identity`]).
-    pub fn datagram(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> Datagram {
-        let mut pdu = advert.to_bytes(self.local, MULTICAST6);
+    /// so (over our HA address, see [`Vrrp6Socket::identity`]); `None`
+    /// until the socket is bound (no source to checksum it for).
+    pub fn datagram(&self, advert: &wire::Repr, seal: Option<Seal<'_>>) -> Option<Datagram> {
+        let local = self.local?;
+        let mut pdu = advert.to_bytes(local, MULTICAST6);
         if let Some(s) = seal {
             pdu.extend_from_slice(&auth::seal(s.key, s.seq, self.identity, &pdu));
         }
-        Datagram {
+        Some(Datagram {
             fd: self.tx.clone(),
             iface: self.iface.clone(),
             kind: Kind::Advert,
             bytes: pdu,
             dest: Dest::Ip(std::net::SocketAddrV6::new(MULTICAST6, 0, 0, self.ifindex).into()),
-        }
+        })
     }
 
     /// Polls for readability (readiness cleared: the caller drains).
@@ -251,7 +262,13 @@ impl Vrrp6Socket {
         if n < 0 {
             return None;
         }
-        let bytes = &buf[..n as usize];
+        // A message cut short by the buffer is refused whole (malformed),
+        // never read as the advert its first bytes make.
+        let bytes = if msg.msg_flags & libc::MSG_TRUNC == 0 {
+            &buf[..n as usize]
+        } else {
+            &buf[..0]
+        };
         let (mut dst, mut hop_limit) = (None, None);
         // SAFETY: the kernel filled `msg_controllen` bytes of `control`
         // with well-formed cmsgs; each is read within its own length.
@@ -278,7 +295,7 @@ impl Vrrp6Socket {
             src: Ipv6Addr::from(name.sin6_addr.s6_addr),
             dst: dst.unwrap_or(Ipv6Addr::UNSPECIFIED),
             hop_limit: hop_limit.unwrap_or(0),
-            own: self.local,
+            own: self.local.unwrap_or(Ipv6Addr::UNSPECIFIED),
         };
         Some((bytes, header))
     }

@@ -97,12 +97,7 @@ pub fn member_vips(config: &Config) -> Vec<Vec<Vec<IpAddr>>> {
     config
         .groups
         .iter()
-        .map(|g| {
-            g.instances
-                .iter()
-                .map(|i| i.parsed_vips().into_iter().map(|v| v.addr).collect())
-                .collect()
-        })
+        .map(|g| g.instances.iter().map(crate::config::advertised).collect())
         .collect()
 }
 

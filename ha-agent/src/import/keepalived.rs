@@ -1032,6 +1032,12 @@ fn group(
                 .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
                 .is_some_and(|a| a.is_unicast_link_local())
         };
+        if i.vips.first().is_some_and(|(a, _)| a.contains(':')) {
+            r.todo.push(format!(
+                "vrrp_instance {} (IPv6): give the two nodes different priorities: at equal priorities ha-agent breaks the tie by HA (IPv4) address, keepalived by link-local address, and they may disagree",
+                i.name
+            ));
+        }
         if let Some((_, dev)) = i.vips.first().filter(|(a, _)| a.contains(':'))
             && !i.vips.iter().any(|(a, _)| link_local(a))
         {
