@@ -17,6 +17,26 @@ pub fn require_root() {
     );
 }
 
+/// Holds the lock that runs a test binary's heavy labs one at a time (on a
+/// small machine, several labs at 10 ms adverts at once stall each other's
+/// loops past the lease, and their timings are measured); a test that
+/// panicked leaves it usable.
+pub fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A data-plane counter of an agent's instance (as `ha-agent maps` shows it).
+pub fn data_counter(instance: &str, name: &str) -> u64 {
+    let snap = ha_agent::dataplane::inspect::Snapshot::read(instance, 0).unwrap();
+    snap.data_verdicts
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, v)| *v)
+}
+
 pub mod frames;
 pub mod survival;
 

@@ -17,18 +17,9 @@ use ha_tests::{
     wait_for,
 };
 
-/// One heavy lab at a time on a small machine.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[test]
 fn the_gate_holds_on_a_bridge_and_moves_with_a_hard_crash() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let mut lab = bridged_lan_lab();
     let (a1, a2) = start_pair(&mut lab, 100, |s: AgentSpec| s);
     wait_for("fw1 MASTER, fw2 BACKUP", Duration::from_secs(15), || {
@@ -74,7 +65,7 @@ fn the_gate_holds_on_a_bridge_and_moves_with_a_hard_crash() {
 
 #[test]
 fn connections_survive_a_hard_failover_on_a_bridge() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let o = survival::run_on(bridged_lan_lab(), &BRIDGED_CRASH_LINKS, true, false, false);
     survival::assert_survived(&o);
 }

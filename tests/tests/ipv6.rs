@@ -11,26 +11,8 @@ use std::time::Duration;
 
 use ha_tests::{
     AgentSpec, CLIENT6, Family, Keepalived, KeepalivedOptions, LAN_LINK_LOCAL_VIP, LinksDown,
-    RunningAgent, SERVER6, WAN_VIP6, add_ipv6, failover_lab, start_pair, wait_for,
+    RunningAgent, SERVER6, WAN_VIP6, add_ipv6, data_counter, failover_lab, start_pair, wait_for,
 };
-
-/// One heavy lab at a time on a small machine.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A data-plane counter of an agent's instance (as `ha-agent maps` shows it).
-fn data_counter(instance: &str, name: &str) -> u64 {
-    let snap = ha_agent::dataplane::inspect::Snapshot::read(instance, 0).unwrap();
-    snap.data_verdicts
-        .iter()
-        .find(|(n, _)| n == name)
-        .map_or(0, |(_, v)| *v)
-}
 
 /// The MAC in `ns`'s neighbour entry for `addr` ("" when none).
 fn neighbour_mac(lab: &ha_lab::Lab, ns: &str, addr: &str) -> String {
@@ -68,7 +50,7 @@ fn rejected(a: &RunningAgent) -> u64 {
 /// neighbour unreachability detection).
 #[test]
 fn both_families_move_together_and_nas_move_the_hosts() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let mut lab = failover_lab();
     add_ipv6(&lab);
     let (a1, a2) = start_pair(&mut lab, 100, |s: AgentSpec| AgentSpec {
@@ -129,7 +111,7 @@ fn both_families_move_together_and_nas_move_the_hosts() {
 /// transition), and takes over when keepalived leaves (priority 0 advert).
 #[test]
 fn keepalived_master_agent_backup_over_ipv6() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let mut lab = failover_lab();
     add_ipv6(&lab);
     let ka = Keepalived::start_with(
@@ -184,7 +166,7 @@ fn keepalived_master_agent_backup_over_ipv6() {
 /// link-local source) and never becomes MASTER.
 #[test]
 fn agent_master_keepalived_backup_over_ipv6() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let mut lab = failover_lab();
     add_ipv6(&lab);
     let agent = RunningAgent::start(
@@ -224,7 +206,7 @@ fn agent_master_keepalived_backup_over_ipv6() {
 /// **static** on that MAC keeps reaching the server through a hard crash.
 #[test]
 fn a_static_neighbour_on_the_ipv6_virtual_mac_survives_a_hard_crash() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let mut lab = failover_lab();
     add_ipv6(&lab);
     let (a1, a2) = start_pair(&mut lab, 100, |s: AgentSpec| AgentSpec {
@@ -288,7 +270,7 @@ fn a_static_neighbour_on_the_ipv6_virtual_mac_survives_a_hard_crash() {
 /// link-local address and follows the master's.
 #[test]
 fn an_agent_starts_with_its_ha_link_down_and_binds_when_it_comes_up() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let mut lab = failover_lab();
     add_ipv6(&lab);
     lab.link_down(("fw2", "ha0")).unwrap();

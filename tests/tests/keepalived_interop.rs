@@ -17,16 +17,6 @@ use std::time::{Duration, Instant};
 use ha_core::vrrp::machine::{master_down_interval, skew_time};
 use ha_tests::{AgentSpec, Keepalived, RunningAgent, failover_lab, wait_for};
 
-/// The tests of this file run one at a time: several labs at 10 ms adverts
-/// at once on a small machine stall each other's loops past the lease.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Whether the agent's transitions since the baseline are all a lapse of its
 /// own lease and the takeover right after (its loop stalled past the lease:
 /// at 10 ms adverts, 26 ms, which this VM's scheduler stalls exceed now and
@@ -39,7 +29,7 @@ fn only_own_lease_lapses(t: &[ha_agent::status::Transition], max: usize) -> bool
 }
 
 fn agent_master_keepalived_backup_stable(advert_ms: u64) {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let mut lab = failover_lab();
     let agent = RunningAgent::start(&mut lab, "fw1", &AgentSpec::new(1, 200, advert_ms));
     let ka = Keepalived::start(&mut lab, "fw2", 2, 100, advert_ms, false);
@@ -152,7 +142,7 @@ fn takeover_delay(agent: &RunningAgent) -> (Duration, String) {
 }
 
 fn agent_takes_over_hard_killed_keepalived(advert_ms: u64) {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let (lab, ka, agent) = keepalived_master(advert_ms);
     for ifc in ["ha0", "lan0", "wan0"] {
         lab.link_down(("fw1", ifc)).unwrap();
@@ -179,7 +169,7 @@ fn agent_takes_over_hard_killed_keepalived(advert_ms: u64) {
 }
 
 fn agent_takes_over_from_keepalived_leaving(advert_ms: u64) {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let (_lab, ka, agent) = keepalived_master(advert_ms);
     ka.signal(libc::SIGTERM);
     wait_for("agent MASTER", Duration::from_secs(10), || {

@@ -5,20 +5,10 @@
 
 use ha_tests::require_root;
 
-/// One lab at a time: the two runs' timings and survival figures are
-/// measured, not just their keys.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[test]
 fn the_lab_reports_hard_crash_and_switchover() {
     require_root();
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let dir = std::env::temp_dir().join(format!("hatest-lab-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");
@@ -84,7 +74,7 @@ fn the_lab_reports_hard_crash_and_switchover() {
 #[test]
 fn the_lab_runs_over_ipv6() {
     require_root();
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let dir = std::env::temp_dir().join(format!("hatest-lab-report6-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");

@@ -8,27 +8,9 @@
 use std::time::Duration;
 
 use ha_tests::{
-    AgentSpec, BRIDGED_CRASH_LINKS, LinksDown, arp_answers, bridged_lan_lab, failover_lab,
-    start_pair, survival, survival::LAB_VMAC, wait_for,
+    AgentSpec, BRIDGED_CRASH_LINKS, LinksDown, arp_answers, bridged_lan_lab, data_counter,
+    failover_lab, start_pair, survival, survival::LAB_VMAC, wait_for,
 };
-
-/// One heavy lab at a time on a small machine.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A data-plane counter of an agent's instance (as `ha-agent maps` shows it).
-fn data_counter(instance: &str, name: &str) -> u64 {
-    let snap = ha_agent::dataplane::inspect::Snapshot::read(instance, 0).unwrap();
-    snap.data_verdicts
-        .iter()
-        .find(|(n, _)| n == name)
-        .map_or(0, |(_, v)| *v)
-}
 
 #[test]
 fn only_the_master_answers_with_the_virtual_mac_and_a_crash_moves_it() {
@@ -44,7 +26,7 @@ fn the_virtual_mac_on_a_bridge() {
 }
 
 fn answers_and_moves(mut lab: ha_lab::Lab, crash_links: &[&str]) {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let (a1, a2) = start_pair(&mut lab, 100, |s: AgentSpec| AgentSpec { vmac: true, ..s });
     wait_for("fw1 MASTER, fw2 BACKUP", Duration::from_secs(15), || {
         a1.role().as_deref() == Some("MASTER") && a2.role().as_deref() == Some("BACKUP")
@@ -89,7 +71,7 @@ fn answers_and_moves(mut lab: ha_lab::Lab, crash_links: &[&str]) {
 
 #[test]
 fn static_neighbour_clients_keep_their_connections_through_a_hard_crash() {
-    let _serial = serial();
+    let _serial = ha_tests::one_lab_at_a_time();
     let o = survival::run_on(failover_lab(), &["ha0", "lan0", "wan0"], true, false, true);
     // What the virtual MAC answers for: the clients' path moves with it.
     survival::assert_survived(&o);
