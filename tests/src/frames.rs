@@ -108,24 +108,8 @@ pub fn tcp(
     flags: Flags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1000, 65535);
-    if flags.syn {
-        b = b.syn();
-    }
-    if flags.ack {
-        b = b.ack(1);
-    }
-    if flags.fin {
-        b = b.fin();
-    }
-    if flags.rst {
-        b = b.rst();
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, payload).unwrap();
-    out
+    let ip = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv4(src.octets(), dst.octets(), 64);
+    tcp_over(ip, sport, dport, flags, payload)
 }
 
 /// An IPv6 TCP segment with `flags`.
@@ -137,9 +121,19 @@ pub fn tcp6(
     flags: Flags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .ipv6(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1000, 65535);
+    let ip = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ipv6(src.octets(), dst.octets(), 64);
+    tcp_over(ip, sport, dport, flags, payload)
+}
+
+/// The TCP segment with `flags` over the IP header `ip` builds.
+fn tcp_over(
+    ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    sport: u16,
+    dport: u16,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip.tcp(sport, dport, 1000, 65535);
     if flags.syn {
         b = b.syn();
     }

@@ -463,6 +463,27 @@ impl AgentSpec {
         }
     }
 
+    /// One `[[group.vrrp]]` of the group, with these settings and `vips`
+    /// (the TOML array's items).
+    fn instance(&self, name: &str, vrid: u8, vips: &str) -> String {
+        format!(
+            r#"[[group.vrrp]]
+name = "{name}"
+vrid = {vrid}
+priority = {prio}
+advert_interval_ms = {adv}
+preempt = {preempt}
+accept = {accept}
+{vmac}
+vips = [{vips}]"#,
+            prio = self.priority,
+            adv = self.advert_ms,
+            preempt = self.preempt,
+            accept = self.accept,
+            vmac = if self.vmac { "vmac = true" } else { "" },
+        )
+    }
+
     /// The agent's TOML configuration for `instance`.
     pub fn toml(&self, instance: &str) -> String {
         let me = self.node;
@@ -492,41 +513,21 @@ garp_interval_ms = 10
 {tail}
 "#,
             v4 = if self.family.has_v4() {
-                format!(
-                    r#"[[group.vrrp]]
-name = "VI_1"
-vrid = 51
-priority = {prio}
-advert_interval_ms = {adv}
-preempt = {preempt}
-accept = {accept}
-{vmac}
-vips = [{{ iface = "lan0", address = "10.0.0.1/24" }}, {{ iface = "wan0", address = "10.1.0.1/24" }}]"#,
-                    prio = self.priority,
-                    adv = self.advert_ms,
-                    preempt = self.preempt,
-                    accept = self.accept,
-                    vmac = if self.vmac { "vmac = true" } else { "" },
+                self.instance(
+                    "VI_1",
+                    51,
+                    r#"{ iface = "lan0", address = "10.0.0.1/24" }, { iface = "wan0", address = "10.1.0.1/24" }"#,
                 )
             } else {
                 String::new()
             },
             v6 = if self.family.has_v6() {
-                format!(
-                    r#"[[group.vrrp]]
-name = "VI_6"
-vrid = 52
-priority = {prio}
-advert_interval_ms = {adv}
-preempt = {preempt}
-accept = {accept}
-{vmac}
-vips = [{{ iface = "lan0", address = "{LAN_LINK_LOCAL_VIP}/64" }}, {{ iface = "lan0", address = "{LAN_VIP6}/64" }}, {{ iface = "wan0", address = "{WAN_VIP6}/64" }}]"#,
-                    prio = self.priority,
-                    adv = self.advert_ms,
-                    preempt = self.preempt,
-                    accept = self.accept,
-                    vmac = if self.vmac { "vmac = true" } else { "" },
+                self.instance(
+                    "VI_6",
+                    52,
+                    &format!(
+                        r#"{{ iface = "lan0", address = "{LAN_LINK_LOCAL_VIP}/64" }}, {{ iface = "lan0", address = "{LAN_VIP6}/64" }}, {{ iface = "wan0", address = "{WAN_VIP6}/64" }}"#
+                    ),
                 )
             } else {
                 String::new()

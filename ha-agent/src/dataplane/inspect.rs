@@ -184,46 +184,43 @@ impl Snapshot {
 }
 
 fn flow_view(k: &FlowKey, s: &FlowState, now: u64) -> FlowView {
-    let ep = |a: u32, p: u16| {
-        let ip = Ipv4Addr::from(addr_octets(a));
-        if k.proto == flow::PROTO_ICMP {
-            format!("{ip} id {p}")
-        } else {
-            format!("{ip}:{p}")
-        }
-    };
-    FlowView {
-        proto: match k.proto {
-            flow::PROTO_TCP => "tcp",
-            flow::PROTO_UDP => "udp",
-            _ => "icmp",
-        },
-        lo: ep(k.lo_addr, k.lo_port),
-        hi: ep(k.hi_addr, k.hi_port),
-        state: TcpState::from_u8(s.state).map_or("?", TcpState::name),
-        packets: s.packets,
-        bytes: s.bytes,
-        idle_ms: ns_to_ms(now.saturating_sub(s.last_ns)),
-    }
+    let ip = |a: u32| Ipv4Addr::from(addr_octets(a)).into();
+    let (lo, hi) = ((ip(k.lo_addr), k.lo_port), (ip(k.hi_addr), k.hi_port));
+    flow_view_of(k.proto, lo, hi, s, now)
 }
 
 fn flow_view6(k: &FlowKey6, s: &FlowState, now: u64) -> FlowView {
-    let ep = |a: [u8; 16], p: u16| {
-        let ip = std::net::Ipv6Addr::from(a);
-        if k.proto == flow::PROTO_ICMPV6 {
+    let ip = |a: [u8; 16]| std::net::Ipv6Addr::from(a).into();
+    let (lo, hi) = ((ip(k.lo_addr), k.lo_port), (ip(k.hi_addr), k.hi_port));
+    flow_view_of(k.proto, lo, hi, s, now)
+}
+
+/// A flow of either family as `maps` shows it: `addr:port` (`[addr]:port`
+/// over IPv6), or `addr id N` for ICMP echo.
+fn flow_view_of(
+    proto: u8,
+    lo: (std::net::IpAddr, u16),
+    hi: (std::net::IpAddr, u16),
+    s: &FlowState,
+    now: u64,
+) -> FlowView {
+    let icmp = proto != flow::PROTO_TCP && proto != flow::PROTO_UDP;
+    let ep = |(ip, p): (std::net::IpAddr, u16)| {
+        if icmp {
             format!("{ip} id {p}")
         } else {
-            format!("[{ip}]:{p}")
+            std::net::SocketAddr::new(ip, p).to_string()
         }
     };
     FlowView {
-        proto: match k.proto {
+        proto: match proto {
             flow::PROTO_TCP => "tcp",
             flow::PROTO_UDP => "udp",
-            _ => "icmpv6",
+            _ if lo.0.is_ipv6() => "icmpv6",
+            _ => "icmp",
         },
-        lo: ep(k.lo_addr, k.lo_port),
-        hi: ep(k.hi_addr, k.hi_port),
+        lo: ep(lo),
+        hi: ep(hi),
         state: TcpState::from_u8(s.state).map_or("?", TcpState::name),
         packets: s.packets,
         bytes: s.bytes,
